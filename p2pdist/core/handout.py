@@ -1,0 +1,72 @@
+"""Peer-handout policy: which peers the tracker gives an announcing node."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    node: str
+    addr: str
+    zone: str = ""
+    rack: str = ""
+    have: int = 0  # verified pieces
+    complete: bool = False
+    load: int = 0  # uploads in progress, as the peer last reported
+
+
+class HandoutPolicy(Protocol):
+    name: str
+
+    def handout(
+        self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
+    ) -> list[PeerInfo]: ...
+
+
+def locality(asker: PeerInfo, peer: PeerInfo) -> int:
+    """0 = same rack, 1 = same zone, 2 = elsewhere (empty labels never match)."""
+    if asker.zone and peer.zone == asker.zone:
+        return 0 if asker.rack and peer.rack == asker.rack else 1
+    return 2
+
+
+@dataclass(frozen=True)
+class LocalityFirst:
+    """Peers that have what the asker lacks, nearest first, least loaded first, bounded.
+
+    "Has what the asker lacks" is judged from piece counts (complete, or more pieces than the
+    asker) so the tracker's cost per announce does not grow with the number of pieces.
+    """
+
+    name: str = "locality"
+
+    def handout(
+        self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
+    ) -> list[PeerInfo]:
+        def key(p: PeerInfo) -> tuple[int, int, int, float]:
+            useful = p.complete or p.have > asker.have
+            return (0 if useful else 1, locality(asker, p), p.load, rng.random())
+
+        others = [p for p in candidates if p.node != asker.node]
+        return sorted(others, key=key)[:limit]
+
+
+@dataclass(frozen=True)
+class RandomByCompleteness:
+    """Kraken-like: a random sample, then ordered by completeness."""
+
+    name: str = "kraken"
+
+    def handout(
+        self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
+    ) -> list[PeerInfo]:
+        others = [p for p in candidates if p.node != asker.node]
+        sample = rng.sample(others, min(limit, len(others)))
+        return sorted(sample, key=lambda p: (not p.complete, -p.have))
+
+
+HANDOUTS: dict[str, type] = {"locality": LocalityFirst, "kraken": RandomByCompleteness}

@@ -1,0 +1,79 @@
+"""Piece layout: how a blob of a given size is cut into pieces.
+
+Piece size rule (see README "Piece size"): the smallest power of two that keeps a blob at or
+below ``TARGET_PIECES`` pieces, clamped to [MIN_PIECE_SIZE, MAX_PIECE_SIZE]. Small pieces let
+peers start re-serving sooner (the chunked bound shrinks with piece count); each piece costs one
+HTTP request and one tracker-known digest, which is what the upper clamp and the target bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_PIECE_SIZE = 1 << 20  # 1 MiB
+MAX_PIECE_SIZE = 16 << 20  # 16 MiB
+TARGET_PIECES = 256
+MAX_PIECES = 1 << 20  # guards decode paths against absurd layouts
+
+
+class LayoutError(ValueError):
+    """A blob size or piece size that cannot describe a layout."""
+
+
+def piece_size_for(
+    blob_size: int,
+    *,
+    target_pieces: int = TARGET_PIECES,
+    min_size: int = MIN_PIECE_SIZE,
+    max_size: int = MAX_PIECE_SIZE,
+) -> int:
+    if blob_size < 0:
+        raise LayoutError(f"blob size must be >= 0, got {blob_size}")
+    size = min_size
+    while size < max_size and size * target_pieces < blob_size:
+        size <<= 1
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class PieceLayout:
+    blob_size: int
+    piece_size: int
+
+    def __post_init__(self) -> None:
+        if self.blob_size < 0:
+            raise LayoutError(f"blob size must be >= 0, got {self.blob_size}")
+        if self.piece_size <= 0:
+            raise LayoutError(f"piece size must be > 0, got {self.piece_size}")
+        if self.count > MAX_PIECES:
+            raise LayoutError(f"{self.count} pieces exceeds the limit of {MAX_PIECES}")
+
+    @classmethod
+    def for_blob(cls, blob_size: int, piece_size: int | None = None) -> PieceLayout:
+        return cls(blob_size, piece_size or piece_size_for(blob_size))
+
+    @property
+    def count(self) -> int:
+        # An empty blob still has one (empty) piece so every blob has a well-defined manifest.
+        return max(1, -(-self.blob_size // self.piece_size))
+
+    def offset(self, index: int) -> int:
+        self._check(index)
+        return index * self.piece_size
+
+    def length(self, index: int) -> int:
+        self._check(index)
+        return min(self.piece_size, self.blob_size - index * self.piece_size)
+
+    def span(self, index: int) -> tuple[int, int]:
+        """(offset, length) of a piece."""
+        return self.offset(index), self.length(index)
+
+    def piece_at(self, offset: int) -> int:
+        if not 0 <= offset < max(1, self.blob_size):
+            raise LayoutError(f"offset {offset} outside blob of {self.blob_size} bytes")
+        return offset // self.piece_size
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.count:
+            raise LayoutError(f"piece {index} outside 0..{self.count - 1}")

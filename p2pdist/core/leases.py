@@ -1,0 +1,119 @@
+"""Origin leases: which node may fetch which piece ranges from the origin, and until when.
+
+Each piece leaves the origin about once per cluster because only a lease holder fetches it.
+Leases expire unless their holder reports progress, so a vanished holder's pieces return to the
+pool. Time is passed in (seconds, any monotonic origin): the core owns no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Lease:
+    node: str
+    start: int  # first piece
+    end: int  # one past the last piece
+    expires: float
+
+    def covers(self, index: int) -> bool:
+        return self.start <= index < self.end
+
+
+class LeaseBook:
+    """Lease state of one blob: which pieces are digested, which are leased to whom."""
+
+    def __init__(self, piece_count: int, lease_pieces: int = 8, ttl: float = 10.0, per_node: int = 2) -> None:
+        if piece_count <= 0 or lease_pieces <= 0 or ttl <= 0 or per_node <= 0:
+            raise ValueError("piece_count, lease_pieces, ttl and per_node must be positive")
+        self.piece_count = piece_count
+        self.lease_pieces = lease_pieces
+        self.ttl = ttl
+        self.per_node = per_node
+        self.digested = bytearray(piece_count)  # 1 once the piece's digest is known
+        self._leased_to: list[Lease | None] = [None] * piece_count
+        self.leases: list[Lease] = []
+        self._cursor = 0  # every piece below it is digested or leased: keeps grant() O(lease)
+
+    def held_by(self, node: str) -> list[Lease]:
+        return [lease for lease in self.leases if lease.node == node]
+
+    def holder(self, index: int) -> str | None:
+        lease = self._leased_to[index]
+        return lease.node if lease else None
+
+    def expire(self, now: float) -> list[Lease]:
+        gone = [lease for lease in self.leases if lease.expires <= now]
+        for lease in gone:
+            self._drop(lease)
+        return gone
+
+    def release(self, node: str) -> None:
+        for lease in self.held_by(node):
+            self._drop(lease)
+
+    def _drop(self, lease: Lease) -> None:
+        self.leases.remove(lease)
+        for i in range(lease.start, lease.end):
+            if self._leased_to[i] is lease:
+                self._leased_to[i] = None
+                if not self.digested[i]:
+                    self._cursor = min(self._cursor, i)
+
+    def grant(self, node: str, now: float, want: int = 1) -> list[Lease]:
+        """Grant up to ``want`` new leases (bounded by per_node) over unleased, undigested pieces."""
+        granted: list[Lease] = []
+        room = min(want, self.per_node - len(self.held_by(node)))
+        while room > 0:
+            start = self._next_free(self._cursor)
+            if start is None:
+                break
+            end = start
+            while end < self.piece_count and end - start < self.lease_pieces and self._free(end):
+                end += 1
+            lease = Lease(node, start, end, now + self.ttl)
+            for i in range(start, end):
+                self._leased_to[i] = lease
+            self.leases.append(lease)
+            granted.append(lease)
+            room -= 1
+        return granted
+
+    def _free(self, i: int) -> bool:
+        return not self.digested[i] and self._leased_to[i] is None
+
+    def _next_free(self, start: int) -> int | None:
+        i = start
+        while i < self.piece_count and not self._free(i):
+            i += 1
+        if start == self._cursor:
+            self._cursor = i
+        return i if i < self.piece_count else None
+
+    def may_report(self, node: str, index: int) -> bool:
+        lease = self._leased_to[index] if 0 <= index < self.piece_count else None
+        return lease is not None and lease.node == node
+
+    def record(self, node: str, index: int, now: float) -> bool:
+        """A digest for ``index`` reported by ``node``: accepted only from its lease holder.
+
+        Progress renews the holder's lease; a lease whose pieces are all digested is closed.
+        """
+        if not self.may_report(node, index) or self.digested[index]:
+            return False
+        lease = self._leased_to[index]
+        assert lease is not None
+        self.digested[index] = 1
+        lease.expires = max(lease.expires, now + self.ttl)
+        if all(self.digested[i] for i in range(lease.start, lease.end)):
+            self._drop(lease)
+        return True
+
+    def mark_digested(self, index: int) -> None:
+        """A digest that came from a verified complete copy (a seeder), not from a lease."""
+        self.digested[index] = 1
+
+    @property
+    def all_digested(self) -> bool:
+        return all(self.digested)

@@ -1,0 +1,120 @@
+"""Piece-selection and peer-choice policies (which piece to ask for next, and from whom).
+
+Policies are small and swappable so the simulator and the agent run the very same code.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class PieceSelector(Protocol):
+    name: str
+
+    def select(
+        self,
+        candidates: Collection[int],
+        availability: Sequence[int],
+        count: int,
+        rng: random.Random,
+        cursor: int | None = None,
+    ) -> list[int]:
+        """Pick up to ``count`` pieces from ``candidates`` (fetchable now), best first."""
+        ...
+
+
+@dataclass(frozen=True)
+class RarestFirst:
+    """Rarest-first, except an in-order window at a streaming reader's cursor.
+
+    Rarest-first keeps every piece alive in the swarm and spreads load; the window keeps a
+    client that is reading the blob as it downloads from stalling on the next bytes it needs.
+    """
+
+    window: int = 4
+    name: str = "rarest-first"
+
+    def select(
+        self,
+        candidates: Collection[int],
+        availability: Sequence[int],
+        count: int,
+        rng: random.Random,
+        cursor: int | None = None,
+    ) -> list[int]:
+        if count <= 0 or not candidates:
+            return []
+        chosen: list[int] = []
+        if cursor is not None and self.window > 0:
+            chosen = [i for i in range(cursor, cursor + self.window) if i in candidates][:count]
+        rest = count - len(chosen)
+        if rest > 0:
+            taken = set(chosen)
+            pool = [i for i in candidates if i not in taken]
+            # Random secondary key: equally rare pieces are spread across requesters.
+            chosen += heapq.nsmallest(rest, pool, key=lambda i: (availability[i], rng.random()))
+        return chosen
+
+
+@dataclass(frozen=True)
+class RandomOrder:
+    """Uniformly random pieces (Kraken's default policy)."""
+
+    name: str = "random"
+
+    def select(
+        self,
+        candidates: Collection[int],
+        availability: Sequence[int],
+        count: int,
+        rng: random.Random,
+        cursor: int | None = None,
+    ) -> list[int]:
+        pool = sorted(candidates)
+        return rng.sample(pool, min(count, len(pool)))
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """Lowest index first: what a plain streaming download does."""
+
+    name: str = "sequential"
+
+    def select(
+        self,
+        candidates: Collection[int],
+        availability: Sequence[int],
+        count: int,
+        rng: random.Random,
+        cursor: int | None = None,
+    ) -> list[int]:
+        return heapq.nsmallest(count, candidates)
+
+
+SELECTORS: dict[str, type] = {"rarest-first": RarestFirst, "random": RandomOrder, "sequential": Sequential}
+
+
+@dataclass(slots=True)
+class PeerSlot:
+    """What the peer chooser needs to know about one peer."""
+
+    peer: str
+    inflight: int
+    limit: int
+    score: float = 0.0  # higher is better; penalties for bad pieces and timeouts drive it down
+
+    @property
+    def free(self) -> bool:
+        return self.inflight < self.limit
+
+
+def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: float = -3.0) -> PeerSlot | None:
+    """Among peers holding a piece, the best-scored one with a free slot, least busy first."""
+    usable = [p for p in holders if p.free and p.score > min_score]
+    if not usable:
+        return None
+    return min(usable, key=lambda p: (-p.score, p.inflight / p.limit, rng.random()))

@@ -1,0 +1,286 @@
+"""Wire messages: msgpack maps with a protocol version and a type, validated on decode.
+
+Every frame is ``{"v": VERSION, "t": TYPE, ...fields}``. Decoding checks the size before parsing,
+parses with msgpack's own container limits, then checks every field's type and bounds, so a
+malformed, oversized or foreign frame becomes a precise ``WireError`` and never a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from .digest import Digest, DigestError
+from .manifest import PIECE_DIGEST_SIZE
+
+VERSION = 1
+MAX_FRAME = 1 << 20  # 1 MiB: an announce with thousands of digests fits, a memory bomb does not
+MAX_LIST = 8192
+MAX_TEXT = 512
+
+
+class WireError(ValueError):
+    """A frame that is not a valid message of this protocol version."""
+
+
+def _text(limit: int = MAX_TEXT):
+    def check(name: str, v: Any) -> str:
+        if not isinstance(v, str) or len(v) > limit:
+            raise WireError(f"field {name!r} must be a string of at most {limit} characters")
+        return v
+
+    return check
+
+
+def _int(lo: int = 0, hi: int = 1 << 62):
+    def check(name: str, v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise WireError(f"field {name!r} must be an integer in [{lo}, {hi}]")
+        return v
+
+    return check
+
+
+def _opt_int(lo: int = 0, hi: int = 1 << 62):
+    inner = _int(lo, hi)
+    return lambda name, v: None if v is None else inner(name, v)
+
+
+def _num(lo: float = 0.0, hi: float = 1e9):
+    def check(name: str, v: Any) -> float:
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+            raise WireError(f"field {name!r} must be a number in [{lo}, {hi}]")
+        return float(v)
+
+    return check
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise WireError(f"field {name!r} must be a boolean")
+    return v
+
+
+def _bytes(limit: int):
+    def check(name: str, v: Any) -> bytes:
+        if not isinstance(v, bytes) or len(v) > limit:
+            raise WireError(f"field {name!r} must be at most {limit} bytes")
+        return v
+
+    return check
+
+
+def _digest(name: str, v: Any) -> str:
+    try:
+        return str(Digest.parse(v))
+    except DigestError as e:
+        raise WireError(f"field {name!r}: {e}") from None
+
+
+def _choice(*options: str):
+    def check(name: str, v: Any) -> str:
+        if v not in options:
+            raise WireError(f"field {name!r} must be one of {', '.join(options)}")
+        return v
+
+    return check
+
+
+def _list(item, limit: int = MAX_LIST):
+    def check(name: str, v: Any) -> list:
+        if not isinstance(v, list) or len(v) > limit:
+            raise WireError(f"field {name!r} must be a list of at most {limit} items")
+        return [item(f"{name}[{i}]", x) for i, x in enumerate(v)]
+
+    return check
+
+
+def _piece_digest(name: str, v: Any) -> tuple[int, bytes]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise WireError(f"field {name!r} must be [index, sha256]")
+    index = _int(0, 1 << 20)(name, v[0])
+    if not isinstance(v[1], bytes) or len(v[1]) != PIECE_DIGEST_SIZE:
+        raise WireError(f"field {name!r} must carry a {PIECE_DIGEST_SIZE}-byte sha256")
+    return index, v[1]
+
+
+def _lease(name: str, v: Any) -> tuple[int, int, float]:
+    if not isinstance(v, list) or len(v) != 3:
+        raise WireError(f"field {name!r} must be [start, end, ttl]")
+    start, end = _int(0, 1 << 20)(name, v[0]), _int(1, 1 << 20)(name, v[1])
+    if end <= start:
+        raise WireError(f"field {name!r}: lease end must be after its start")
+    return start, end, _num()(name, v[2])
+
+
+def _peer(name: str, v: Any) -> PeerEntry:
+    if not isinstance(v, dict):
+        raise WireError(f"field {name!r} must be a map")
+    return PeerEntry.from_fields(v, name)
+
+
+class Message:
+    TYPE: ClassVar[str]
+    CHECKS: ClassVar[dict[str, Any]]
+
+    def to_fields(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Message):
+                value = value.to_fields()
+            elif isinstance(value, list):
+                value = [x.to_fields() if isinstance(x, Message) else list(x) if isinstance(x, tuple) else x
+                         for x in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], where: str = ""):
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {}
+        for name, f in known.items():
+            label = f"{where}.{name}" if where else name
+            if name in fields:
+                values[name] = cls.CHECKS[name](label, fields[name])
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise WireError(f"{cls.TYPE or 'message'}: missing field {label!r}")
+        # Unknown fields are ignored so a minor addition does not need a version bump.
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PeerEntry(Message):
+    TYPE: ClassVar[str] = ""
+    CHECKS: ClassVar[dict[str, Any]] = {
+        "node": _text(128), "addr": _text(300), "zone": _text(64), "rack": _text(64),
+        "have": _int(), "complete": _bool,
+    }
+    node: str
+    addr: str
+    zone: str = ""
+    rack: str = ""
+    have: int = 0
+    complete: bool = False
+
+
+EVENTS = ("started", "progress", "completed", "stopped", "corrupt")
+
+
+@dataclass(frozen=True)
+class Announce(Message):
+    TYPE: ClassVar[str] = "announce"
+    CHECKS: ClassVar[dict[str, Any]] = {
+        "node": _text(128), "addr": _text(300), "zone": _text(64), "rack": _text(64),
+        "blob": _digest, "size": _opt_int(), "have": _int(), "complete": _bool, "load": _int(0, 1 << 20),
+        "event": _choice(*EVENTS), "want_leases": _int(0, 16),
+        "digests": _list(_piece_digest), "digest_pos": _int(),
+    }
+    node: str
+    addr: str
+    blob: str
+    zone: str = ""
+    rack: str = ""
+    size: int | None = None
+    have: int = 0
+    complete: bool = False
+    load: int = 0
+    event: str = "progress"
+    want_leases: int = 0
+    digests: list[tuple[int, bytes]] = field(default_factory=list)
+    digest_pos: int = 0
+
+
+@dataclass(frozen=True)
+class AnnounceReply(Message):
+    TYPE: ClassVar[str] = "announce-reply"
+    CHECKS: ClassVar[dict[str, Any]] = {
+        "interval": _num(0.0, 86400.0), "size": _opt_int(), "piece_size": _opt_int(1, 1 << 32),
+        "peers": _list(_peer, 1024), "digests": _list(_piece_digest), "digest_pos": _int(),
+        "leases": _list(_lease, 64), "reset": _bool,
+    }
+    interval: float
+    size: int | None = None
+    piece_size: int | None = None
+    peers: list[PeerEntry] = field(default_factory=list)
+    digests: list[tuple[int, bytes]] = field(default_factory=list)
+    digest_pos: int = 0
+    leases: list[tuple[int, int, float]] = field(default_factory=list)
+    reset: bool = False  # the tracker forgot this blob's digests: drop the cursor and start over
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    CHECKS: ClassVar[dict[str, Any]] = {"node": _text(128), "addr": _text(300)}
+    node: str
+    addr: str
+
+
+@dataclass(frozen=True)
+class BitfieldMsg(Message):
+    TYPE: ClassVar[str] = "bitfield"
+    CHECKS: ClassVar[dict[str, Any]] = {
+        "blob": _digest, "pieces": _int(1, 1 << 20), "bits": _bytes((1 << 20) // 8),
+    }
+    blob: str
+    pieces: int
+    bits: bytes
+
+
+@dataclass(frozen=True)
+class Have(Message):
+    TYPE: ClassVar[str] = "have"
+    CHECKS: ClassVar[dict[str, Any]] = {"blob": _digest, "index": _int(0, 1 << 20)}
+    blob: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Lost(Message):
+    """The sender no longer holds this blob (evicted or found corrupt): forget its pieces."""
+
+    TYPE: ClassVar[str] = "lost"
+    CHECKS: ClassVar[dict[str, Any]] = {"blob": _digest}
+    blob: str
+
+
+MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost)}
+
+
+def encode(message: Message) -> bytes:
+    data = msgpack.packb({"v": VERSION, "t": message.TYPE, **message.to_fields()}, use_bin_type=True)
+    if len(data) > MAX_FRAME:
+        raise WireError(f"{message.TYPE} frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    return data
+
+
+def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Message:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireError("frame must be bytes")
+    if len(data) > MAX_FRAME:
+        raise WireError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        obj = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=MAX_FRAME, max_bin_len=MAX_FRAME, max_array_len=MAX_LIST * 2,
+            max_map_len=64, max_ext_len=0,
+        )
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as e:
+        raise WireError(f"malformed msgpack frame: {e}") from None
+    if not isinstance(obj, dict):
+        raise WireError("frame must be a msgpack map")
+    version = obj.get("v")
+    if version != VERSION:
+        raise WireError(f"unsupported protocol version {version!r}: this node speaks version {VERSION}")
+    kind = obj.get("t")
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError(f"unknown message type {str(kind)[:40]!r}")
+    if expect is not None and cls not in expect:
+        raise WireError(f"unexpected message type {kind!r} here")
+    return cls.from_fields(obj)
