@@ -30,6 +30,8 @@ class Bitfield:
 
     @classmethod
     def from_bytes(cls, size: int, data: bytes) -> Bitfield:
+        if size < 0:
+            raise BitfieldError(f"bitfield size must be >= 0, got {size}")
         if len(data) != (size + 7) // 8:
             raise BitfieldError(f"bitfield of {size} pieces needs {(size + 7) // 8} bytes, got {len(data)}")
         spare = len(data) * 8 - size

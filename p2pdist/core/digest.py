@@ -40,7 +40,8 @@ class Digest:
         length = _ALGORITHMS.get(algorithm)
         if length is None:
             raise DigestError(
-                f"invalid digest {text[:80]!r}: unsupported algorithm {algorithm[:20]!r} (use sha256 or sha512)"
+                f"invalid digest {text[:80]!r}: unsupported algorithm {algorithm[:20]!r}"
+                " (use sha256 or sha512)"
             )
         if len(encoded) != length or not _ENCODED.fullmatch(encoded):
             raise DigestError(

@@ -52,7 +52,7 @@ class LocalityFirst:
             return (0 if useful else 1, locality(asker, p), p.load, rng.random())
 
         others = [p for p in candidates if p.node != asker.node]
-        return sorted(others, key=key)[:limit]
+        return sorted(others, key=key)[:max(0, limit)]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class RandomByCompleteness:
         self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
     ) -> list[PeerInfo]:
         others = [p for p in candidates if p.node != asker.node]
-        sample = rng.sample(others, min(limit, len(others)))
+        sample = rng.sample(others, max(0, min(limit, len(others))))
         return sorted(sample, key=lambda p: (not p.complete, -p.have))
 
 

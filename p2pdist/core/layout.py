@@ -50,7 +50,7 @@ class PieceLayout:
 
     @classmethod
     def for_blob(cls, blob_size: int, piece_size: int | None = None) -> PieceLayout:
-        return cls(blob_size, piece_size or piece_size_for(blob_size))
+        return cls(blob_size, piece_size_for(blob_size) if piece_size is None else piece_size)
 
     @property
     def count(self) -> int:

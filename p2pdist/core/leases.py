@@ -112,7 +112,12 @@ class LeaseBook:
 
     def mark_digested(self, index: int) -> None:
         """A digest that came from a verified complete copy (a seeder), not from a lease."""
+        if not 0 <= index < self.piece_count:
+            raise ValueError(f"piece {index} outside 0..{self.piece_count - 1}")
         self.digested[index] = 1
+        lease = self._leased_to[index]
+        if lease is not None and all(self.digested[i] for i in range(lease.start, lease.end)):
+            self._drop(lease)
 
     @property
     def all_digested(self) -> bool:

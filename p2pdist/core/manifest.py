@@ -30,10 +30,13 @@ class PieceManifest:
         for index, digest in digests:
             self.set(index, digest)
 
-    def set(self, index: int, digest: bytes) -> bool:
-        """Record a digest; True if new. A different digest for a known piece is an error."""
+    def _check(self, index: int) -> None:
         if not 0 <= index < self.layout.count:
             raise ManifestError(f"piece {index} outside 0..{self.layout.count - 1}")
+
+    def set(self, index: int, digest: bytes) -> bool:
+        """Record a digest; True if new. A different digest for a known piece is an error."""
+        self._check(index)
         if not isinstance(digest, bytes) or len(digest) != PIECE_DIGEST_SIZE:
             raise ManifestError(f"piece digest for {index} must be {PIECE_DIGEST_SIZE} raw bytes")
         current = self._digests[index]
@@ -46,13 +49,16 @@ class PieceManifest:
         return True
 
     def get(self, index: int) -> bytes | None:
+        self._check(index)
         return self._digests[index]
 
     def known(self, index: int) -> bool:
+        self._check(index)
         return self._digests[index] is not None
 
     def verify(self, index: int, data: bytes | memoryview) -> bool:
         """True only if the digest is known and the data matches it and the piece's length."""
+        self._check(index)
         expected = self._digests[index]
         if expected is None or len(data) != self.layout.length(index):
             return False

@@ -75,7 +75,7 @@ class RandomOrder:
         cursor: int | None = None,
     ) -> list[int]:
         pool = sorted(candidates)
-        return rng.sample(pool, min(count, len(pool)))
+        return rng.sample(pool, max(0, min(count, len(pool))))
 
 
 @dataclass(frozen=True)

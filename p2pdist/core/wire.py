@@ -249,7 +249,9 @@ class Lost(Message):
     blob: str
 
 
-MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost)}
+MESSAGES: dict[str, type[Message]] = {
+    m.TYPE: m for m in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost)
+}
 
 
 def encode(message: Message) -> bytes:
@@ -275,7 +277,7 @@ def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Mess
     if not isinstance(obj, dict):
         raise WireError("frame must be a msgpack map")
     version = obj.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise WireError(f"unsupported protocol version {version!r}: this node speaks version {VERSION}")
     kind = obj.get("t")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None

@@ -1,0 +1,171 @@
+"""The agent: one store, one neighbourhood, one swarm per blob being fetched, and seeding."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+
+from .config import AgentConfig
+from .core import wire
+from .core.bitfield import Bitfield
+from .core.digest import Digest
+from .core.layout import PieceLayout
+from .metrics import AgentMetrics
+from .neighbours import Neighbourhood
+from .origin import Credentials, OriginClient
+from .ratelimit import TokenBucket
+from .store import Store
+from .swarm import Swarm
+from .tracker_client import TrackerClient, TrackerUnavailable
+
+log = logging.getLogger("p2pdist.agent")
+
+SEED_INTERVAL = 10.0  # fallback re-announce interval for complete blobs (the tracker's reply wins)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, node: str, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.node = node
+        self.addr = config.advertise
+        self.session = session
+        self.metrics = AgentMetrics()
+        self.store = Store(config.data_dir / "store", capacity=config.capacity or None)
+        self.tracker = TrackerClient(session, config.tracker, config.cluster_token) if config.tracker else None
+        self.neighbours = Neighbourhood(self, session, config.cluster_token, config.limits.neighbours)
+        self.neighbours.on_change = lambda: self.metrics.neighbours.set(len(self.neighbours.peers))
+        self.swarms: dict[str, Swarm] = {}
+        self._downloads: dict[str, asyncio.Task[Path]] = {}
+        self._seeds: dict[str, float] = {}  # blob -> next announce (monotonic)
+        self._seed_digests_sent: set[str] = set()
+        self._seeder: asyncio.Task | None = None
+        self.uploads = 0
+        self.download_rate = TokenBucket(config.limits.download_rate)
+
+    # --- fetching ---------------------------------------------------------------------------
+
+    def origin_client(self, registry: str, repo: str) -> OriginClient:
+        up = self.config.upstream(registry)
+        creds = Credentials(up.username, up.password) if up.username else None
+        return OriginClient(self.session, registry, plain_http=up.plain_http, credentials=creds)
+
+    def fetch(self, registry: str, repo: str, digest: Digest) -> tuple[Swarm | None, asyncio.Future[Path]]:
+        """Start (or join) the one download of this blob on this node."""
+        blob = str(digest)
+        if self.store.has(digest):
+            done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+            done.set_result(self.store.blob_path(digest))
+            return None, done
+        task = self._downloads.get(blob)
+        if task is None:
+            swarm = self.swarms[blob] = Swarm(self, digest, registry, repo)
+            task = self._downloads[blob] = asyncio.ensure_future(swarm.run())
+            self.metrics.swarms.set(len(self._downloads))
+            task.add_done_callback(lambda _t, b=blob: self._finished(b))
+        return self.swarms.get(blob), task
+
+    def _finished(self, blob: str) -> None:
+        self._downloads.pop(blob, None)
+        self.swarms.pop(blob, None)
+        self.metrics.swarms.set(len(self._downloads))
+        self.metrics.store_bytes.set(self.store.usage())
+
+    # --- what neighbours and the peer server ask of us --------------------------------------
+
+    def _complete_layout(self, digest: Digest) -> PieceLayout | None:
+        manifest = self.store.piece_manifest(digest)
+        return manifest.layout if manifest is not None else None
+
+    def local_bitfield(self, blob: str) -> Bitfield | None:
+        swarm = self.swarms.get(blob)
+        if swarm is not None and swarm.partial is not None:
+            return swarm.partial.have.copy()
+        try:
+            digest = Digest.parse(blob)
+        except ValueError:
+            return None
+        layout = self._complete_layout(digest) if self.store.has(digest) else None
+        return Bitfield.full(layout.count) if layout else None
+
+    def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None:
+        swarm = self.swarms.get(blob)
+        if swarm is not None:
+            swarm.on_bitfield(old, new)
+
+    def on_have(self, blob: str, index: int) -> None:
+        swarm = self.swarms.get(blob)
+        if swarm is not None:
+            swarm.on_have(index)
+
+    def piece_source(self, digest: Digest, start: int, end: int) -> tuple[Path, int] | None:
+        """(file, blob size) if bytes [start, end) are verified here, else None."""
+        if self.store.has(digest):
+            size = self.store.size(digest)
+            if size is not None and end <= size:
+                return self.store.blob_path(digest), size
+            return None
+        swarm = self.swarms.get(str(digest))
+        partial = swarm.partial if swarm else None
+        if partial is None or end > partial.layout.blob_size or start >= end:
+            return None
+        layout = partial.layout
+        if all(i in partial.have for i in range(layout.piece_at(start), layout.piece_at(end - 1) + 1)):
+            return partial.data_path, layout.blob_size
+        return None
+
+    # --- seeding ----------------------------------------------------------------------------
+
+    def seeding(self, digest: Digest, interval: float | None = None) -> None:
+        self._seeds[str(digest)] = time.monotonic() + (interval or SEED_INTERVAL)
+
+    async def start(self) -> None:
+        for digest, _size in self.store.blobs():
+            self._seeds[str(digest)] = 0.0
+        if self.tracker is not None:
+            self._seeder = asyncio.ensure_future(self._seed_loop())
+
+    async def _seed_loop(self) -> None:
+        """Keep the tracker told which complete blobs we can serve, so others find us."""
+        while True:
+            now = time.monotonic()
+            due = [b for b, t in self._seeds.items() if t <= now and b not in self._downloads]
+            for blob in due:
+                interval = await self._announce_complete(blob)
+                self._seeds[blob] = time.monotonic() + interval
+            await asyncio.sleep(max(0.2, min((t for t in self._seeds.values()), default=now + 5) - time.monotonic()))
+
+    async def _announce_complete(self, blob: str) -> float:
+        digest = Digest.parse(blob)
+        manifest = self.store.piece_manifest(digest)
+        if manifest is None:
+            self._seeds.pop(blob, None)
+            return SEED_INTERVAL
+        msg = wire.Announce(
+            node=self.node, addr=self.addr, blob=blob, zone=self.config.zone, rack=self.config.rack,
+            size=manifest.layout.blob_size, have=manifest.layout.count, complete=True, load=self.uploads,
+            event="completed",
+            # The piece digests go once per process: enough to rebuild a tracker's memory.
+            digests=[] if blob in self._seed_digests_sent else list(manifest.items())[: wire.MAX_LIST],
+        )
+        try:
+            reply = await self.tracker.announce(msg)
+        except TrackerUnavailable:
+            self.metrics.tracker_errors.inc()
+            return SEED_INTERVAL
+        self._seed_digests_sent.add(blob)
+        return reply.interval
+
+    async def close(self) -> None:
+        if self._seeder is not None:
+            self._seeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._seeder
+        for task in list(self._downloads.values()):
+            task.cancel()
+        await asyncio.gather(*self._downloads.values(), return_exceptions=True)
+        await self.neighbours.close()

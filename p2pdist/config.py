@@ -1,0 +1,224 @@
+"""Agent configuration: defaults < TOML file < P2PDIST_* environment < command-line flags.
+
+Every field has a default that works on one machine with no config at all; the comments here are
+the reference documentation for each setting (``p2pdist daemon --help`` points at them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/p2pdist")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "p2pdist"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An origin registry the agent may fetch from, with optional credentials."""
+
+    registry: str  # host[:port], as it appears in image references
+    username: str = ""
+    password: str = ""
+    plain_http: bool = False  # speak http:// instead of https:// (loopback test registries)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Rates, sizes and concurrency in one place."""
+
+    peer_concurrency: int = 4  # piece requests in flight to one peer
+    inflight_bytes: int = 96 << 20  # piece bytes being fetched at once, across peers
+    neighbours: int = 16  # peers kept connected per blob
+    origin_concurrency: int = 4  # parallel Range requests to the origin
+    upload_slots: int = 64  # concurrent piece uploads served before answering 503 (busy)
+    piece_timeout: float = 30.0  # seconds for one piece from a peer before trying elsewhere
+    stall_timeout: float = 20.0  # seconds without progress before fetching from the origin directly
+    download_rate: int = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited
+    piece_size: int = 0  # 0 = the layout rule (see README "Piece size"); otherwise a power of two
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault injection for tests and drills. Never enable in production."""
+
+    corrupt_uploads: bool = False  # flip a byte in every piece this node uploads
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    data_dir: Path = field(default_factory=_default_data_dir)
+    node_id: str = ""  # empty = hostname plus a random suffix, kept in data_dir/node-id
+    tracker: str = "http://127.0.0.1:7070"  # empty = no tracker: every piece from the origin
+    cluster_token: str = ""  # shared secret for peers and tracker; empty = loopback-only cluster
+    peer_listen: str = "127.0.0.1:65003"  # peer data and control endpoint
+    peer_advertise: str = ""  # address other peers dial; empty = peer_listen
+    api_listen: str = "127.0.0.1:65002"  # local control API and /metrics (p2pdist fetch talks to it)
+    zone: str = ""
+    rack: str = ""
+    capacity: int = 0  # bytes of complete blobs kept; 0 = unlimited. TOML accepts "50GiB".
+    log_level: str = "info"
+    upstreams: tuple[Upstream, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def advertise(self) -> str:
+        return self.peer_advertise or self.peer_listen
+
+    def upstream(self, registry: str) -> Upstream:
+        for up in self.upstreams:
+            if up.registry == registry:
+                return up
+        # Loopback registries are plain HTTP in practice; anything else must be configured to be.
+        host = registry.rsplit(":", 1)[0]
+        return Upstream(registry, plain_http=host in ("127.0.0.1", "localhost", "[::1]"))
+
+    def check(self) -> AgentConfig:
+        for name in ("peer_listen", "api_listen"):
+            split_hostport(getattr(self, name), name)
+        if self.cluster_token == "" and not _is_loopback(split_hostport(self.peer_listen, "peer_listen")[0]):
+            raise ConfigError(
+                "peer_listen is not a loopback address but no cluster_token is set: set "
+                "P2PDIST_CLUSTER_TOKEN (the same secret on every node and the tracker)"
+            )
+        if self.limits.piece_size and self.limits.piece_size & (self.limits.piece_size - 1):
+            raise ConfigError(f"limits.piece_size must be a power of two, got {self.limits.piece_size}")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def split_hostport(value: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: str | int) -> int:
+    """'50GiB', '512M', '1048576' -> bytes (binary units)."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE.fullmatch(str(value))
+    if not m:
+        raise ConfigError(f"not a size: {value!r} (use e.g. 512MiB, 50GiB)")
+    unit = (m.group(2) or "").upper()[:1]
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def _coerce(name: str, value: Any, target: Any) -> Any:
+    kind = type(target)
+    if isinstance(target, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return bool(value)
+    if isinstance(target, Path):
+        return Path(value).expanduser()
+    if name.endswith("capacity") or name.endswith("bytes") or name.endswith("piece_size") or name.endswith("_rate"):
+        return parse_size(value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> Any:
+    changes = {}
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            changes[key] = _apply(current, value, f"{where}.{key}")
+        elif key == "upstreams":
+            changes[key] = tuple(_upstream(u, where) for u in value)
+        else:
+            changes[key] = _coerce(f"{where}.{key}", value, current)
+    return dataclasses.replace(obj, **changes)
+
+
+def _upstream(value: Any, where: str) -> Upstream:
+    if not isinstance(value, dict) or "registry" not in value:
+        raise ConfigError(f"{where}: each [[upstream]] needs at least registry = \"host[:port]\"")
+    return _apply(Upstream(value["registry"]), value, f"{where}.upstream")
+
+
+def _env_values(environ: dict[str, str], prefix: str, obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        current = getattr(obj, f.name)
+        if dataclasses.is_dataclass(current):
+            sub = _env_values(environ, f"{prefix}{f.name.upper()}_", current)
+            if sub:
+                out[f.name] = sub
+        elif f.name != "upstreams" and f"{prefix}{f.name.upper()}" in environ:
+            out[f.name] = environ[f"{prefix}{f.name.upper()}"]
+    return out
+
+
+def load(path: Path | None = None, environ: dict[str, str] | None = None,
+         overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Build the agent config from a TOML file, the environment and flag overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    cfg = AgentConfig()
+    if path is None and environ.get("P2PDIST_CONFIG"):
+        path = Path(environ["P2PDIST_CONFIG"])
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        if "upstream" in data:
+            data["upstreams"] = data.pop("upstream")
+        cfg = _apply(cfg, data, str(path))
+    cfg = _apply(cfg, _env_values(environ, "P2PDIST_", cfg), "environment")
+    if overrides:
+        cfg = _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
+    return cfg.check()
+
+
+def node_id(cfg: AgentConfig) -> str:
+    """The configured node id, or a stable one generated once and kept in the data dir."""
+    if cfg.node_id:
+        return cfg.node_id
+    path = cfg.data_dir / "node-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(value + "\n")
+        tmp.replace(path)
+        return value

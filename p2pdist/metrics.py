@@ -1,0 +1,29 @@
+"""Prometheus metrics of one agent process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.bytes_in = Counter("p2pdist_bytes_received_total", "Verified blob bytes received", ["source"], registry=r)
+        self.bytes_out = Counter("p2pdist_bytes_uploaded_total", "Piece bytes uploaded to peers", registry=r)
+        self.pieces_bad = Counter("p2pdist_bad_pieces_total", "Pieces from peers that failed verification", registry=r)
+        self.peer_errors = Counter("p2pdist_peer_errors_total", "Failed piece requests to peers", ["kind"], registry=r)
+        self.peers_banned = Counter("p2pdist_peers_banned_total", "Peers stopped being used for bad data", registry=r)
+        self.uploads_busy = Counter("p2pdist_uploads_refused_total", "Piece requests refused as busy", registry=r)
+        self.fetches = Counter("p2pdist_blob_fetches_total", "Blob downloads finished", ["result"], registry=r)
+        self.fetch_seconds = Histogram(
+            "p2pdist_blob_fetch_seconds", "Time to fetch a blob", registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900),
+        )
+        self.tracker_errors = Counter("p2pdist_tracker_errors_total", "Failed announces", registry=r)
+        self.origin_fallbacks = Counter(
+            "p2pdist_origin_fallbacks_total", "Downloads that fell back to the origin", ["reason"], registry=r
+        )
+        self.swarms = Gauge("p2pdist_active_swarms", "Blobs downloading now", registry=r)
+        self.neighbours = Gauge("p2pdist_neighbours", "Connected peers", registry=r)
+        self.store_bytes = Gauge("p2pdist_store_bytes", "Bytes of complete blobs in the store", registry=r)

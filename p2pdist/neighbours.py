@@ -1,0 +1,241 @@
+"""The control plane between peers: one WebSocket per neighbour, msgpack frames.
+
+On connect each side says HELLO; for every blob both care about they swap a BITFIELD, then send
+HAVE as pieces verify. The data itself moves over plain HTTP range GETs (see peer_server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from .core import wire
+from .core.bitfield import Bitfield, BitfieldError
+
+log = logging.getLogger("p2pdist.neighbours")
+
+BAN_AFTER_BAD_PIECES = 2  # one bad piece can be bad luck on a flaky disk; two is a pattern
+
+
+class Host(Protocol):
+    """What the neighbourhood needs from the agent."""
+
+    node: str
+    addr: str
+
+    def local_bitfield(self, blob: str) -> Bitfield | None: ...
+    def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None: ...
+    def on_have(self, blob: str, index: int) -> None: ...
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+@dataclass(eq=False)
+class Neighbour:
+    node: str
+    addr: str
+    sockets: list[WebSocket] = field(default_factory=list)
+    bitfields: dict[str, Bitfield] = field(default_factory=dict)
+    sent: set[str] = field(default_factory=set)  # blobs whose bitfield this neighbour has from us
+    inflight: int = 0
+    score: float = 0.0
+    bad_pieces: int = 0
+    busy_until: float = 0.0
+
+    def has(self, blob: str, index: int) -> bool:
+        bf = self.bitfields.get(blob)
+        return bf is not None and index in bf
+
+    async def send(self, msg: wire.Message) -> None:
+        frame = wire.encode(msg)
+        for ws in list(self.sockets):
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_bytes(frame)
+                    return
+
+
+class Neighbourhood:
+    def __init__(self, host: Host, session: aiohttp.ClientSession, token: str, limit: int) -> None:
+        self.host = host
+        self.session = session
+        self.limit = limit
+        self.peers: dict[str, Neighbour] = {}
+        self.banned: set[str] = set()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._dialing: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.on_change: Callable[[], None] = lambda: None
+
+    # --- membership -------------------------------------------------------------------------
+
+    def connect(self, entries: Iterable[wire.PeerEntry], blob: str) -> None:
+        """Dial new peers from a tracker handout and offer our bitfield of ``blob`` to everyone."""
+        for nb in list(self.peers.values()):
+            self._offer(nb, blob)
+        wanted = [e for e in entries if e.node != self.host.node and e.node not in self.banned]
+        for entry in wanted:
+            if entry.node in self.peers or entry.node in self._dialing:
+                continue
+            if len(self.peers) + len(self._dialing) >= self.limit:
+                break
+            self._dialing.add(entry.node)
+            self._spawn(self._dial(entry, blob))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dial(self, entry: wire.PeerEntry, blob: str) -> None:
+        try:
+            ws = await self.session.ws_connect(
+                f"http://{entry.addr}/v1/control", headers=self._headers, heartbeat=15.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=wire.MAX_FRAME,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.info("dial failed", extra={"peer": entry.node, "addr": entry.addr, "error": str(e)})
+            self._dialing.discard(entry.node)
+            return
+        try:
+            await ws.send_bytes(wire.encode(wire.Hello(self.host.node, self.host.addr)))
+            nb = self._attach(entry.node, entry.addr, ws)
+            self._dialing.discard(entry.node)
+            self._offer(nb, blob)
+            await self._read(nb, ws)
+        finally:
+            self._dialing.discard(entry.node)
+            await ws.close()
+
+    async def accept(self, request: web.Request) -> web.WebSocketResponse:
+        """Inbound control connection (route of the peer server)."""
+        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=wire.MAX_FRAME)
+        await ws.prepare(request)
+        try:
+            first = await ws.receive(timeout=10.0)
+            if first.type != aiohttp.WSMsgType.BINARY:
+                await ws.close(code=aiohttp.WSCloseCode.PROTOCOL_ERROR, message=b"expected a binary HELLO frame")
+                return ws
+            hello = wire.decode(first.data, expect=(wire.Hello,))
+        except (wire.WireError, TimeoutError) as e:
+            await ws.close(code=aiohttp.WSCloseCode.PROTOCOL_ERROR, message=str(e)[:120].encode())
+            return ws
+        assert isinstance(hello, wire.Hello)
+        if hello.node in self.banned or hello.node == self.host.node:
+            await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"not accepted")
+            return ws
+        nb = self._attach(hello.node, hello.addr, ws)
+        await self._read(nb, ws)
+        return ws
+
+    def _attach(self, node: str, addr: str, ws: WebSocket) -> Neighbour:
+        nb = self.peers.get(node)
+        if nb is None:
+            nb = self.peers[node] = Neighbour(node, addr)
+        nb.sockets.append(ws)
+        self.on_change()
+        return nb
+
+    def _detach(self, nb: Neighbour, ws: WebSocket) -> None:
+        if ws in nb.sockets:
+            nb.sockets.remove(ws)
+        if not nb.sockets and self.peers.get(nb.node) is nb:
+            del self.peers[nb.node]
+            for blob, bf in nb.bitfields.items():
+                self.host.on_bitfield(blob, bf, None)
+            self.on_change()
+
+    # --- messages ---------------------------------------------------------------------------
+
+    async def _read(self, nb: Neighbour, ws: WebSocket) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    if msg.type == aiohttp.WSMsgType.ERROR:
+                        break
+                    continue
+                try:
+                    self._handle(nb, wire.decode(msg.data, expect=(wire.BitfieldMsg, wire.Have, wire.Lost)))
+                except (wire.WireError, BitfieldError) as e:
+                    # A peer speaking nonsense is dropped, not trusted partially.
+                    log.warning("bad control frame", extra={"peer": nb.node, "error": str(e)})
+                    await ws.close(code=aiohttp.WSCloseCode.PROTOCOL_ERROR, message=str(e)[:120].encode())
+                    break
+        finally:
+            self._detach(nb, ws)
+
+    def _handle(self, nb: Neighbour, msg: wire.Message) -> None:
+        if isinstance(msg, wire.BitfieldMsg):
+            new = Bitfield.from_bytes(msg.pieces, msg.bits)
+            old = nb.bitfields.get(msg.blob)
+            nb.bitfields[msg.blob] = new
+            self.host.on_bitfield(msg.blob, old, new)
+            self._offer(nb, msg.blob)
+        elif isinstance(msg, wire.Have):
+            bf = nb.bitfields.get(msg.blob)
+            if bf is not None and msg.index < bf.size and bf.add(msg.index):
+                self.host.on_have(msg.blob, msg.index)
+        elif isinstance(msg, wire.Lost):
+            old = nb.bitfields.pop(msg.blob, None)
+            nb.sent.discard(msg.blob)
+            if old is not None:
+                self.host.on_bitfield(msg.blob, old, None)
+
+    def _offer(self, nb: Neighbour, blob: str) -> None:
+        if blob in nb.sent:
+            return
+        bf = self.host.local_bitfield(blob)
+        if bf is None:
+            return
+        nb.sent.add(blob)
+        self._spawn(nb.send(wire.BitfieldMsg(blob, bf.size, bf.to_bytes())))
+
+    def broadcast_have(self, blob: str, index: int) -> None:
+        msg = wire.Have(blob, index)
+        for nb in self.peers.values():
+            if blob in nb.sent:
+                self._spawn(nb.send(msg))
+            elif blob in nb.bitfields:
+                self._offer(nb, blob)
+
+    def broadcast_lost(self, blob: str) -> None:
+        for nb in self.peers.values():
+            if blob in nb.sent:
+                nb.sent.discard(blob)
+                self._spawn(nb.send(wire.Lost(blob)))
+
+    # --- peer quality -----------------------------------------------------------------------
+
+    def holders(self, blob: str, index: int) -> list[Neighbour]:
+        now = time.monotonic()
+        return [nb for nb in self.peers.values() if nb.busy_until <= now and nb.has(blob, index)]
+
+    def penalise_bad_piece(self, nb: Neighbour) -> bool:
+        """Count a piece that failed verification; True if the peer is now banned."""
+        nb.bad_pieces += 1
+        nb.score -= 2.0
+        if nb.bad_pieces >= BAN_AFTER_BAD_PIECES and nb.node not in self.banned:
+            self.banned.add(nb.node)
+            log.warning("peer banned for bad pieces", extra={"peer": nb.node, "bad_pieces": nb.bad_pieces})
+            for ws in list(nb.sockets):
+                self._spawn(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"bad pieces"))
+            return True
+        return False
+
+    async def close(self) -> None:
+        for nb in list(self.peers.values()):
+            for ws in list(nb.sockets):
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

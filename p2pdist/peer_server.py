@@ -1,0 +1,84 @@
+"""Peer data endpoint: verified piece ranges served from the store with sendfile.
+
+``GET /v1/blobs/<digest>`` with a single ``Range`` is answered only when every piece covering the
+range is verified here (complete blob, or verified pieces of a partial). Busy peers say 503 so the
+asker goes elsewhere instead of queueing behind us.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .auth import cluster_auth
+from .core.digest import Digest, DigestError
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+
+
+def _error(status: type[web.HTTPException], text: str) -> web.HTTPException:
+    return status(text=text)
+
+
+def build_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[cluster_auth(agent.config.cluster_token)])
+    async def blob_range(request: web.Request) -> web.StreamResponse:
+        try:
+            digest = Digest.parse(request.match_info["digest"])
+        except DigestError as e:
+            raise _error(web.HTTPBadRequest, str(e)) from None
+        m = _RANGE.fullmatch(request.headers.get("Range", ""))
+        if not m:
+            raise _error(web.HTTPBadRequest, "peer requests need one 'Range: bytes=FIRST-LAST' header")
+        first, last = int(m.group(1)), int(m.group(2))
+        if last < first:
+            raise _error(web.HTTPRequestRangeNotSatisfiable, f"empty range {first}-{last}")
+        if agent.uploads >= agent.config.limits.upload_slots:
+            agent.metrics.uploads_busy.inc()
+            raise web.HTTPServiceUnavailable(text="all upload slots busy", headers={"Retry-After": "1"})
+        source = agent.piece_source(digest, first, last + 1)
+        if source is None:
+            raise _error(web.HTTPNotFound, f"{digest} bytes {first}-{last} are not verified on this node")
+        path, size = source
+        agent.uploads += 1
+        try:
+            agent.metrics.bytes_out.inc(last + 1 - first)
+            if agent.config.faults.corrupt_uploads:
+                resp: web.StreamResponse = _corrupted(path, first, last, size)
+            else:
+                # FileResponse answers the Range with 206 using sendfile (zero copy).
+                resp = web.FileResponse(path, chunk_size=1 << 20)
+            # Sent here, not after returning, so the slot stays taken while the bytes flow.
+            await resp.prepare(request)
+            return resp
+        finally:
+            agent.uploads -= 1
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"node": agent.node, "ok": True})
+
+    async def control(request: web.Request) -> web.StreamResponse:
+        return await agent.neighbours.accept(request)
+
+    app.router.add_get("/v1/blobs/{digest}", blob_range)
+    app.router.add_get("/v1/control", control)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _corrupted(path, first: int, last: int, size: int) -> web.Response:
+    """Fault injection: the right length, the wrong bytes."""
+    with open(path, "rb") as f:
+        f.seek(first)
+        data = bytearray(f.read(last + 1 - first))
+    if data:
+        data[len(data) // 2] ^= 0xFF
+    return web.Response(
+        body=bytes(data), status=206,
+        headers={"Content-Range": f"bytes {first}-{last}/{size}", "Content-Type": "application/octet-stream"},
+    )

@@ -1,0 +1,501 @@
+"""One blob's download on this node: pieces from peers first, leased pieces from the origin.
+
+The swarm feeds the core's policies with what it sees (neighbour bitfields, leases, digests) and
+carries out their decisions. It never marks a piece as had before it is verified, and it never
+commits a blob before the whole-blob digest matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from .core import wire
+from .core.digest import Digest, DigestMismatch
+from .core.layout import PieceLayout, piece_size_for
+from .core.manifest import ManifestError, piece_digest
+from .core.selection import PeerSlot, RarestFirst, choose_peer
+from .origin import OriginError, RangeNotSupported
+from .peer_client import PeerBusy, PeerError, fetch_piece
+from .tracker_client import TrackerUnavailable
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .neighbours import Neighbour
+    from .store import Partial
+
+log = logging.getLogger("p2pdist.swarm")
+
+ANNOUNCE_SPACING = 0.05  # seconds between announces triggered by events (digests to send or learn)
+ORIGIN_RETRIES = 3
+DIRECT_RUN_PIECES = 8  # pieces per origin Range request when fetching without a tracker
+
+
+class FetchFailed(Exception):
+    """The blob could not be fetched even from the origin; the message says why."""
+
+
+@dataclass
+class SwarmStats:
+    size: int = 0
+    from_peers: int = 0
+    from_origin: int = 0
+    resumed: int = 0  # verified bytes found on disk from an earlier, interrupted download
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def have(self) -> int:
+        return self.resumed + self.from_peers + self.from_origin
+
+
+class Swarm:
+    def __init__(self, agent: Agent, digest: Digest, registry: str, repo: str) -> None:
+        self.agent = agent
+        self.digest = digest
+        self.blob = str(digest)
+        self.registry = registry
+        self.repo = repo
+        self.stats = SwarmStats()
+        self.partial: Partial | None = None
+        self.layout: PieceLayout | None = None
+        self.selector = RarestFirst()
+        self.rng = random.Random(f"{agent.node}/{digest}")
+        self.availability: list[int] = []
+        self.inflight: set[int] = set()
+        self.inflight_bytes = 0
+        self.leases: list[tuple[int, int]] = []  # granted to us, not yet fetched
+        self.origin_active = 0
+        self.direct = agent.tracker is None  # fetch everything from the origin ourselves
+        self.report: list[tuple[int, bytes]] = []  # origin piece digests the tracker has not had
+        self.digest_pos = 0
+        self.cursor: int | None = None  # a streaming reader's next piece (mirror)
+        self.wake = asyncio.Event()
+        self.kick = asyncio.Event()
+        self.piece_done = asyncio.Condition()
+        self.last_progress = time.monotonic()
+        self.error: BaseException | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.origin = agent.origin_client(registry, repo)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> Path:
+        try:
+            try:
+                path = await self._download()
+            except DigestMismatch as e:
+                # The assembled blob is wrong although every piece matched its digest: a lease
+                # holder reported bad digests or the origin changed. Start over from the origin alone.
+                log.error("assembled blob failed its digest; refetching from origin",
+                          extra={"blob": self.blob, "error": str(e)})
+                self.agent.metrics.origin_fallbacks.labels("corrupt").inc()
+                await self._announce_safely("corrupt")
+                self._reset()
+                self.direct = True
+                path = await self._download()
+        except BaseException:
+            self.agent.metrics.fetches.labels("error").inc()
+            raise
+        finally:
+            await self._stop_tasks()
+        self.stats.finished = time.monotonic()
+        self.agent.metrics.fetches.labels("ok").inc()
+        self.agent.metrics.fetch_seconds.observe(self.stats.finished - self.stats.started)
+        return path
+
+    def _reset(self) -> None:
+        self.partial = None
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.leases.clear()
+        self.report.clear()
+        self.digest_pos = 0
+        self.stats.from_origin = self.stats.from_peers = 0
+
+    async def _download(self) -> Path:
+        reply = None if self.direct else await self._first_announce()
+        size = reply.size if reply and reply.size is not None else await self._origin_size()
+        if reply is not None and reply.size is None:
+            reply = await self._announce_safely("started", size=size)
+        piece_size = (self.agent.config.limits.piece_size or (reply.piece_size if reply else None)
+                      or piece_size_for(size))
+        self.layout = PieceLayout(size, piece_size)
+        self.stats.size = size
+        self.partial = await asyncio.to_thread(self.agent.store.open_partial, self.digest, self.layout)
+        try:
+            self.availability = [0] * self.layout.count
+            for nb in self.agent.neighbours.peers.values():
+                bf = nb.bitfields.get(self.blob)
+                if bf is not None and bf.size == self.layout.count:
+                    for i in bf:
+                        self.availability[i] += 1
+            self.stats.from_origin = 0
+            self.stats.from_peers = 0
+            self.stats.resumed = sum(self.layout.length(i) for i in self.partial.have)
+            if reply is not None:
+                self._apply(reply)
+            if self.direct:
+                self._lease_everything()
+            else:
+                self._spawn(self._announcer())
+            while not self.partial.have.complete:
+                if self.error is not None:
+                    raise self.error
+                self._schedule_origin()
+                self._schedule_peers()
+                self._check_stall()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                self.wake.clear()
+            await self._stop_tasks()
+            path = await asyncio.to_thread(self.partial.commit)
+        finally:
+            if self.partial is not None:
+                self.partial.close()
+        await self._announce_safely("completed")
+        return path
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.error is None:
+            self.error = task.exception()
+        self.wake.set()
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- tracker ----------------------------------------------------------------------------
+
+    def _announce_msg(self, event: str, size: int | None = None, complete: bool = False) -> wire.Announce:
+        have = len(self.partial.have) if self.partial else 0
+        digests = self.report[: wire.MAX_LIST]
+        if complete and self.partial is not None:
+            digests = list(self.partial.manifest.items())[: wire.MAX_LIST]
+        want = 0
+        if not complete and not self.direct:
+            want = max(0, self.agent.config.limits.origin_concurrency - self.origin_active - len(self.leases))
+        return wire.Announce(
+            node=self.agent.node, addr=self.agent.config.advertise, blob=self.blob,
+            zone=self.agent.config.zone, rack=self.agent.config.rack,
+            size=size if size is not None else (self.layout.blob_size if self.layout else None),
+            have=have, complete=complete, load=self.agent.uploads, event=event,
+            want_leases=min(want, 16), digests=digests, digest_pos=self.digest_pos,
+        )
+
+    async def _first_announce(self) -> wire.AnnounceReply | None:
+        try:
+            return await self.agent.tracker.announce(self._announce_msg("started"))
+        except TrackerUnavailable as e:
+            log.warning("tracker unreachable; fetching from the origin", extra={"blob": self.blob, "error": str(e)})
+            self.agent.metrics.tracker_errors.inc()
+            self.agent.metrics.origin_fallbacks.labels("tracker").inc()
+            self.direct = True
+            return None
+
+    async def _announce_safely(self, event: str, size: int | None = None) -> wire.AnnounceReply | None:
+        if self.agent.tracker is None or (self.direct and event not in ("corrupt", "completed")):
+            return None
+        complete = event == "completed"
+        try:
+            reply = await self.agent.tracker.announce(self._announce_msg(event, size=size, complete=complete))
+        except TrackerUnavailable:
+            self.agent.metrics.tracker_errors.inc()
+            return None
+        if complete:
+            self.agent.seeding(self.digest, reply.interval)
+        return reply
+
+    async def _announcer(self) -> None:
+        failures = 0
+        interval = 1.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.kick.wait(), timeout=interval)
+            self.kick.clear()
+            msg = self._announce_msg("progress")
+            sent = len(msg.digests)
+            try:
+                reply = await self.agent.tracker.announce(msg)
+            except TrackerUnavailable as e:
+                failures += 1
+                self.agent.metrics.tracker_errors.inc()
+                if failures >= 2:
+                    log.warning("tracker lost mid-download; fetching the rest from the origin",
+                                extra={"blob": self.blob, "error": str(e)})
+                    self.agent.metrics.origin_fallbacks.labels("tracker").inc()
+                    self.direct = True
+                    self._lease_everything()
+                    self.wake.set()
+                    return
+                interval = 0.5
+                continue
+            failures = 0
+            del self.report[:sent]
+            self._apply(reply)
+            interval = reply.interval
+            await asyncio.sleep(ANNOUNCE_SPACING)
+
+    def _apply(self, reply: wire.AnnounceReply) -> None:
+        assert self.partial is not None
+        if reply.reset:
+            self.digest_pos = 0
+        for index, digest in reply.digests:
+            with contextlib.suppress(ManifestError, IndexError):
+                self.partial.manifest.set(index, digest)
+        self.digest_pos = reply.digest_pos
+        active = set(self.leases)
+        for start, end, _ttl in reply.leases:
+            if (start, end) not in active and end <= self.layout.count:
+                self.leases.append((start, end))
+        self.agent.neighbours.connect(reply.peers, self.blob)
+        self.wake.set()
+
+    # --- origin -----------------------------------------------------------------------------
+
+    async def _origin_size(self) -> int:
+        try:
+            return await self.origin.blob_size(self.repo, self.blob)
+        except OriginError as e:
+            raise FetchFailed(f"{self.registry}/{self.repo}@{self.blob}: {e}") from e
+
+    def _lease_everything(self) -> None:
+        """Without a tracker every missing piece is ours to fetch, in runs for parallel streams."""
+        assert self.layout is not None and self.partial is not None
+        streams = self.agent.config.limits.origin_concurrency
+        per = max(1, min(DIRECT_RUN_PIECES, -(-self.layout.count // streams)))
+        queued = {i for s, e in self.leases for i in range(s, e)}
+        for start in range(0, self.layout.count, per):
+            end = min(start + per, self.layout.count)
+            if any(i not in self.partial.have and i not in queued for i in range(start, end)):
+                self.leases.append((start, end))
+
+    def _schedule_origin(self) -> None:
+        while self.leases and self.origin_active < self.agent.config.limits.origin_concurrency:
+            start, end = self.leases.pop(0)
+            runs = self._missing_runs(start, end)
+            if not runs:
+                continue
+            for s, e in runs:
+                self.inflight.update(range(s, e))
+            self.origin_active += 1
+            self._spawn(self._origin_lease(runs))
+
+    def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        for i in range(start, end):
+            if i in self.partial.have or i in self.inflight:
+                continue
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        return runs
+
+    async def _origin_lease(self, runs: list[tuple[int, int]]) -> None:
+        try:
+            for start, end in runs:
+                await self._origin_run(start, end)
+        finally:
+            self.origin_active -= 1
+            for s, e in runs:
+                self.inflight.difference_update(range(s, e))
+            self.kick.set()
+
+    async def _origin_run(self, start: int, end: int) -> None:
+        layout = self.layout
+        for attempt in range(ORIGIN_RETRIES):
+            todo = [i for i in range(start, end) if i not in self.partial.have]
+            if not todo:
+                return
+            first, last = todo[0], todo[-1]
+            try:
+                await self._stream_pieces(first, last + 1, self.origin.fetch_range(
+                    self.repo, self.blob, layout.offset(first), layout.offset(last) + layout.length(last)))
+                return
+            except RangeNotSupported:
+                await self._stream_pieces(0, layout.count, self.origin.fetch_all(self.repo, self.blob))
+                return
+            except (OriginError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                if attempt == ORIGIN_RETRIES - 1:
+                    raise FetchFailed(f"origin {self.registry} failed for {self.repo}@{self.blob}: {e}") from e
+                log.warning("origin request failed; retrying", extra={"blob": self.blob, "error": str(e)})
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def _stream_pieces(self, first: int, end: int, chunks) -> None:
+        """Cut an origin byte stream starting at piece ``first`` into pieces and store them."""
+        layout = self.layout
+        index = first
+        buf = bytearray(layout.length(index))
+        filled = 0
+        writes: list[asyncio.Task] = []
+        try:
+            async for chunk in chunks:
+                await self.agent.download_rate.take(len(chunk))
+                view = memoryview(chunk)
+                while view:
+                    if index >= end:
+                        raise OriginError("origin sent more bytes than requested")
+                    n = min(len(view), len(buf) - filled)
+                    buf[filled:filled + n] = view[:n]
+                    filled += n
+                    view = view[n:]
+                    if filled == len(buf):
+                        # Hash and write off the loop while the next piece streams in; two at most.
+                        writes.append(asyncio.ensure_future(self._store(index, bytes(buf), None, "origin")))
+                        if len(writes) >= 2:
+                            await writes.pop(0)
+                        index += 1
+                        filled = 0
+                        if index < end:
+                            buf = bytearray(layout.length(index))
+            if index < end:
+                raise OriginError(f"origin stream ended early at piece {index} of {end}")
+            for w in writes:
+                await w
+        finally:
+            for w in writes:
+                w.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+
+    # --- peers ------------------------------------------------------------------------------
+
+    def _schedule_peers(self) -> None:
+        layout, partial = self.layout, self.partial
+        budget = self.agent.config.limits.inflight_bytes - self.inflight_bytes
+        if budget < layout.piece_size and self.inflight_bytes:
+            return
+        known = partial.manifest
+        candidates = {
+            i for i in range(layout.count)
+            if self.availability[i] and i not in partial.have and i not in self.inflight and known.known(i)
+        }
+        if not candidates:
+            if any(self.availability[i] and not known.known(i) and i not in partial.have
+                   for i in range(layout.count)):
+                self.kick.set()  # peers have pieces whose digests we lack: ask the tracker
+            return
+        count = max(1, budget // layout.piece_size)
+        for index in self.selector.select(candidates, self.availability, count, self.rng, self.cursor):
+            holders = self.agent.neighbours.holders(self.blob, index)
+            limit = self.agent.config.limits.peer_concurrency
+            slots = [PeerSlot(nb.node, nb.inflight, limit, nb.score) for nb in holders]
+            slot = choose_peer(slots, self.rng)
+            if slot is None:
+                continue
+            nb = next(n for n in holders if n.node == slot.peer)
+            self._fetch_from_peer(index, nb)
+
+    def _fetch_from_peer(self, index: int, nb: Neighbour) -> None:
+        length = self.layout.length(index)
+        self.inflight.add(index)
+        self.inflight_bytes += length
+        nb.inflight += 1
+        self._spawn(self._peer_piece(index, nb, length))
+
+    async def _peer_piece(self, index: int, nb: Neighbour, length: int) -> None:
+        cfg = self.agent.config
+        try:
+            data = await fetch_piece(
+                self.agent.session, nb.addr, self.blob, self.layout.offset(index), length,
+                token=cfg.cluster_token, timeout=cfg.limits.piece_timeout,
+            )
+            await self.agent.download_rate.take(length)
+            expected = self.partial.manifest.get(index)
+            if not await self._store(index, data, expected, "peer"):
+                self.agent.metrics.pieces_bad.inc()
+                log.warning("bad piece from peer", extra={"peer": nb.node, "blob": self.blob, "piece": index})
+                if self.agent.neighbours.penalise_bad_piece(nb):
+                    self.agent.metrics.peers_banned.inc()
+            else:
+                nb.score = min(nb.score + 0.1, 1.0)
+        except PeerBusy:
+            self.agent.metrics.peer_errors.labels("busy").inc()
+            nb.busy_until = time.monotonic() + 0.5
+        except PeerError as e:
+            self.agent.metrics.peer_errors.labels("transfer").inc()
+            nb.score -= 1.0
+            log.info("piece request failed", extra={"peer": nb.node, "piece": index, "error": str(e)})
+        finally:
+            nb.inflight -= 1
+            self.inflight.discard(index)
+            self.inflight_bytes -= length
+            self.wake.set()
+
+    # --- storing ----------------------------------------------------------------------------
+
+    async def _store(self, index: int, data: bytes, expected: bytes | None, source: str) -> bool:
+        """Verify (peer pieces) or digest (origin pieces) off the loop, then write and announce."""
+        partial = self.partial
+
+        def work() -> bytes | None:
+            digest = piece_digest(data)
+            if expected is not None and digest != expected:
+                return None
+            partial.write_piece(index, data, digest)
+            return digest
+
+        digest = await asyncio.to_thread(work)
+        if digest is None:
+            return False
+        if source == "origin":
+            self.stats.from_origin += len(data)
+            with contextlib.suppress(ManifestError):
+                partial.manifest.set(index, digest)
+            if not self.direct:
+                self.report.append((index, digest))
+                self.kick.set()
+        else:
+            self.stats.from_peers += len(data)
+        self.agent.metrics.bytes_in.labels(source).inc(len(data))
+        self.last_progress = time.monotonic()
+        self.agent.neighbours.broadcast_have(self.blob, index)
+        self.wake.set()
+        async with self.piece_done:
+            self.piece_done.notify_all()
+        return True
+
+    def _check_stall(self) -> None:
+        """A pull never fails because of P2P: with no progress for too long, take the rest direct."""
+        if self.direct or time.monotonic() - self.last_progress < self.agent.config.limits.stall_timeout:
+            return
+        if self.origin_active:
+            return
+        log.warning("no progress from peers or leases; fetching the rest from the origin",
+                    extra={"blob": self.blob})
+        self.agent.metrics.origin_fallbacks.labels("stall").inc()
+        self.direct = True
+        self._lease_everything()
+
+    # --- neighbour events -------------------------------------------------------------------
+
+    def on_bitfield(self, old, new) -> None:
+        if not self.availability:
+            return
+        for bf, delta in ((old, -1), (new, 1)):
+            if bf is not None and bf.size == len(self.availability):
+                for i in bf:
+                    self.availability[i] += delta
+        self.wake.set()
+
+    def on_have(self, index: int) -> None:
+        if index < len(self.availability):
+            self.availability[index] += 1
+            self.wake.set()

@@ -1,0 +1,272 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pdist.core.leases import Lease, LeaseBook
+
+NODES = ("a", "b", "c")
+
+
+def test_lease_covers():
+    lease = Lease("a", 2, 5, 10.0)
+    assert [i for i in range(7) if lease.covers(i)] == [2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"piece_count": 0}, {"piece_count": 4, "lease_pieces": 0}, {"piece_count": 4, "ttl": 0},
+     {"piece_count": 4, "per_node": 0}, {"piece_count": -1}],
+)
+def test_constructor_rejects_nonpositive(kwargs):
+    with pytest.raises(ValueError):
+        LeaseBook(**kwargs)
+
+
+def test_grants_are_contiguous_disjoint_and_bounded():
+    book = LeaseBook(20, lease_pieces=8, ttl=10, per_node=2)
+    (a1,) = book.grant("a", 0.0)
+    (b1,) = book.grant("b", 0.0)
+    (a2,) = book.grant("a", 0.0)
+    assert (a1.start, a1.end, b1.start, b1.end, a2.start, a2.end) == (0, 8, 8, 16, 16, 20)
+    assert a1.expires == 10.0
+    assert book.grant("c", 0.0) == []  # nothing left
+    assert [book.holder(i) for i in (0, 7, 8, 15, 16, 19)] == ["a", "a", "b", "b", "a", "a"]
+
+
+def test_per_node_and_want_respected():
+    book = LeaseBook(100, lease_pieces=2, per_node=3)
+    assert len(book.grant("a", 0.0, want=2)) == 2
+    assert len(book.grant("a", 0.0, want=5)) == 1  # per_node caps at 3
+    assert book.grant("a", 0.0, want=5) == []
+    assert len(book.held_by("a")) == 3
+    assert book.grant("b", 0.0, want=0) == []
+    assert book.grant("b", 0.0, want=-1) == []
+
+
+def test_grants_skip_digested_pieces():
+    book = LeaseBook(10, lease_pieces=4)
+    for i in (0, 1, 3):
+        book.mark_digested(i)
+    (lease,) = book.grant("a", 0.0)
+    assert (lease.start, lease.end) == (2, 3)  # stops at the digested piece 3
+    (lease,) = book.grant("b", 0.0)
+    assert (lease.start, lease.end) == (4, 8)
+
+
+def test_record_only_from_holder():
+    book = LeaseBook(8, lease_pieces=4)
+    book.grant("a", 0.0)
+    assert book.may_report("a", 0) and not book.may_report("b", 0)
+    assert book.record("b", 0, 1.0) is False
+    assert not book.digested[0]
+    assert book.record("a", 0, 1.0) is True
+    assert book.digested[0]
+    assert book.record("a", 0, 1.0) is False  # already digested
+    assert book.record("a", 5, 1.0) is False  # unleased piece
+    assert book.record("a", -1, 1.0) is False
+    assert book.record("a", 8, 1.0) is False
+    assert not book.may_report("a", -1) and not book.may_report("a", 99)
+
+
+def test_expiry_returns_pieces_and_reassigns_to_another_node():
+    book = LeaseBook(8, lease_pieces=4, ttl=10, per_node=1)
+    (a,) = book.grant("a", 0.0)
+    (b,) = book.grant("b", 0.0)
+    assert book.record("a", 0, 1.0)
+    assert book.grant("c", 2.0) == []  # all leased
+    assert book.expire(9.99) == []
+    gone = book.expire(11.0)  # a's lease was renewed to 11.0 by its progress, b's ran out at 10.0
+    assert {id(x) for x in gone} == {id(a), id(b)}
+    assert book.leases == []
+    assert book.holder(1) is None and book.holder(4) is None
+    (c1,) = book.grant("c", 11.0)
+    assert (c1.start, c1.end) == (1, 5)  # piece 0 is digested and never leased again
+    assert book.holder(1) == "c"
+    assert not book.record("a", 1, 11.0)  # the old holder can no longer report
+    assert book.record("c", 1, 11.0)
+
+
+def test_expire_boundary_is_inclusive():
+    book = LeaseBook(4, ttl=5)
+    book.grant("a", 0.0)
+    assert book.expire(4.999) == []
+    assert len(book.expire(5.0)) == 1
+
+
+def test_progress_renews_expiry():
+    book = LeaseBook(8, lease_pieces=4, ttl=10)
+    (lease,) = book.grant("a", 0.0)
+    assert book.record("a", 0, 8.0)
+    assert lease.expires == 18.0
+    assert book.expire(15.0) == []
+    assert book.holder(1) == "a"
+    # Late, out-of-order reports never shorten the lease.
+    assert book.record("a", 1, 2.0)
+    assert lease.expires == 18.0
+
+
+def test_completed_lease_closes_and_frees_slot():
+    book = LeaseBook(8, lease_pieces=2, per_node=1)
+    (lease,) = book.grant("a", 0.0)
+    assert book.grant("a", 0.0) == []
+    assert book.record("a", 0, 1.0)
+    assert lease in book.leases
+    assert book.record("a", 1, 1.0)
+    assert lease not in book.leases
+    assert book.held_by("a") == []
+    (nxt,) = book.grant("a", 1.0)
+    assert (nxt.start, nxt.end) == (2, 4)
+
+
+def test_release_returns_pieces():
+    book = LeaseBook(8, lease_pieces=4, per_node=2)
+    book.grant("a", 0.0, want=2)
+    book.record("a", 0, 0.0)
+    book.release("a")
+    assert book.leases == [] and book.held_by("a") == []
+    (lease,) = book.grant("b", 0.0)
+    assert (lease.start, lease.end) == (1, 5)
+
+
+def test_mark_digested_closes_fully_digested_lease():
+    book = LeaseBook(4, lease_pieces=2, per_node=1)
+    (lease,) = book.grant("a", 0.0)
+    book.mark_digested(0)
+    assert lease in book.leases
+    book.mark_digested(1)
+    assert lease not in book.leases  # seeder supplied everything: the slot is free again
+    (nxt,) = book.grant("a", 0.0)
+    assert (nxt.start, nxt.end) == (2, 4)
+
+
+@pytest.mark.parametrize("index", [-1, 4])
+def test_mark_digested_out_of_range(index):
+    book = LeaseBook(4)
+    with pytest.raises(ValueError):
+        book.mark_digested(index)
+    assert not any(book.digested)
+
+
+def test_all_digested():
+    book = LeaseBook(3, lease_pieces=3)
+    book.grant("a", 0.0)
+    book.record("a", 0, 0.0)
+    book.mark_digested(1)
+    assert not book.all_digested
+    book.record("a", 2, 0.0)
+    assert book.all_digested
+    assert book.leases == []
+    assert book.grant("b", 0.0) == []
+
+
+# -- model-based property over random operation sequences ---------------------------------------
+
+node_st = st.sampled_from(NODES)
+op_st = st.one_of(
+    st.tuples(st.just("grant"), node_st, st.integers(0, 3)),
+    st.tuples(st.just("record"), node_st, st.integers(-1, 40)),
+    st.tuples(st.just("record-held"), node_st, st.integers(0, 1000)),
+    st.tuples(st.just("expire"), st.floats(0, 6)),
+    st.tuples(st.just("release"), node_st),
+    st.tuples(st.just("mark"), st.integers(0, 40)),
+)
+
+
+def _free(book, i):
+    return not book.digested[i] and book.holder(i) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 6),
+    st.integers(1, 3),
+    st.lists(op_st, max_size=60),
+)
+def test_lease_invariants_hold_under_random_operations(piece_count, lease_pieces, per_node, ops):
+    ttl = 5.0
+    book = LeaseBook(piece_count, lease_pieces=lease_pieces, ttl=ttl, per_node=per_node)
+    digested: set[int] = set()
+    now = 0.0
+    for op in ops:
+        kind = op[0]
+        if kind == "grant":
+            _, node, want = op
+            before_digested = set(digested)
+            before_holder = [book.holder(i) for i in range(piece_count)]
+            held = len(book.held_by(node))
+            granted = book.grant(node, now, want)
+            assert len(granted) <= max(0, min(want, per_node - held))
+            for lease in granted:
+                assert lease.node == node and lease.expires == now + ttl
+                assert 0 <= lease.start < lease.end <= piece_count
+                assert lease.end - lease.start <= lease_pieces
+                for i in range(lease.start, lease.end):
+                    assert i not in before_digested, "digested piece leased anew"
+                    assert before_holder[i] is None, "piece leased twice"
+            if len(granted) < min(want, per_node - held):
+                # Stopping short is only allowed when nothing is left to lease.
+                assert not any(_free(book, i) for i in range(piece_count))
+        elif kind in ("record", "record-held"):
+            _, node, index = op
+            if kind == "record-held":
+                mine = [i for lease in book.held_by(node) for i in range(lease.start, lease.end)]
+                if not mine:
+                    continue
+                index = mine[index % len(mine)]
+            holder = book.holder(index) if 0 <= index < piece_count else None
+            lease = next((x for x in book.leases if x.covers(index)), None)
+            accepted = book.record(node, index, now)
+            assert accepted == (holder == node and index not in digested)
+            if accepted:
+                digested.add(index)
+                assert lease is not None
+                if all(i in digested for i in range(lease.start, lease.end)):
+                    assert lease not in book.leases, "completed lease stays open"
+                else:
+                    assert lease.expires >= now + ttl, "progress did not renew"
+        elif kind == "expire":
+            now += op[1]
+            due = [x for x in book.leases if x.expires <= now]
+            gone = book.expire(now)
+            assert sorted(map(id, gone)) == sorted(map(id, due))
+            assert all(x.expires > now for x in book.leases)
+            for lease in gone:
+                for i in range(lease.start, lease.end):
+                    assert book.holder(i) is None
+        elif kind == "release":
+            book.release(op[1])
+            assert book.held_by(op[1]) == []
+        elif kind == "mark" and op[1] < piece_count:
+            book.mark_digested(op[1])
+            digested.add(op[1])
+
+        # Invariants after every step.
+        assert {i for i in range(piece_count) if book.digested[i]} == digested
+        owners = [[] for _ in range(piece_count)]
+        for lease in book.leases:
+            assert lease.end - lease.start <= lease_pieces
+            assert not all(i in digested for i in range(lease.start, lease.end)), "fully digested lease open"
+            for i in range(lease.start, lease.end):
+                owners[i].append(lease.node)
+        for i in range(piece_count):
+            assert len(owners[i]) <= 1, f"piece {i} leased to {owners[i]}"
+            assert book.holder(i) == (owners[i][0] if owners[i] else None)
+        for node in NODES:
+            assert len(book.held_by(node)) <= per_node
+    assert book.all_digested == (len(digested) == piece_count)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 8), st.integers(1, 3))
+def test_cooperating_nodes_digest_every_piece_exactly_once(piece_count, lease_pieces, per_node):
+    book = LeaseBook(piece_count, lease_pieces=lease_pieces, per_node=per_node)
+    fetched = []
+    for _ in range(piece_count + 1):
+        for node in NODES:
+            for lease in book.grant(node, 0.0, want=per_node):
+                for i in range(lease.start, lease.end):
+                    assert book.record(node, i, 0.0)
+                    fetched.append(i)
+    assert sorted(fetched) == list(range(piece_count))
+    assert book.all_digested and book.leases == []

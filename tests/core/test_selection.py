@@ -1,0 +1,170 @@
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pdist.core.selection import SELECTORS, PeerSlot, RandomOrder, RarestFirst, Sequential, choose_peer
+
+
+@st.composite
+def selection_inputs(draw):
+    n = draw(st.integers(1, 80))
+    availability = draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    candidates = draw(st.sets(st.integers(0, n - 1), max_size=n))
+    count = draw(st.integers(0, n + 3))
+    cursor = draw(st.none() | st.integers(0, n))
+    window = draw(st.integers(0, 8))
+    seed = draw(st.integers(0, 2**32))
+    return availability, candidates, count, cursor, window, seed
+
+
+@settings(max_examples=200)
+@given(selection_inputs())
+def test_rarest_first_properties(inputs):
+    availability, candidates, count, cursor, window, seed = inputs
+    chosen = RarestFirst(window=window).select(candidates, availability, count, random.Random(seed), cursor)
+
+    assert len(chosen) == len(set(chosen)), "duplicates"
+    assert set(chosen) <= candidates, "non-candidates"
+    assert len(chosen) == min(max(count, 0), len(candidates)), "count"
+
+    in_window = []
+    if cursor is not None and window > 0:
+        in_window = [i for i in range(cursor, cursor + window) if i in candidates][: max(count, 0)]
+    # Window pieces come first, in order.
+    assert chosen[: len(in_window)] == in_window
+    rest = chosen[len(in_window) :]
+    # Outside the window the choice is rarest-first: no unchosen candidate is strictly rarer than
+    # any chosen piece, and the chosen pieces are ordered by rarity.
+    unchosen = candidates - set(chosen)
+    if rest and unchosen:
+        assert min(availability[i] for i in unchosen) >= max(availability[i] for i in rest)
+    assert [availability[i] for i in rest] == sorted(availability[i] for i in rest)
+
+
+@given(selection_inputs())
+def test_rarest_first_deterministic_for_seed(inputs):
+    availability, candidates, count, cursor, window, seed = inputs
+    policy = RarestFirst(window=window)
+    a = policy.select(candidates, availability, count, random.Random(seed), cursor)
+    b = policy.select(candidates, availability, count, random.Random(seed), cursor)
+    assert a == b
+
+
+def test_rarest_first_example():
+    availability = [5, 1, 3, 0, 2, 9, 9, 9]
+    assert RarestFirst(window=0).select(set(range(8)), availability, 3, random.Random(1)) == [3, 1, 4]
+    # Window at the cursor overrides rarity, then rarest-first fills the rest.
+    got = RarestFirst(window=2).select(set(range(8)), availability, 4, random.Random(1), cursor=5)
+    assert got == [5, 6, 3, 1]
+
+
+def test_window_skips_non_candidates_and_respects_count():
+    availability = [0] * 10
+    got = RarestFirst(window=4).select({2, 4, 5, 9}, availability, 2, random.Random(0), cursor=3)
+    assert got == [4, 5]
+    got = RarestFirst(window=4).select({2, 9}, availability, 5, random.Random(0), cursor=3)
+    assert sorted(got) == [2, 9]
+
+
+def test_window_zero_or_no_cursor_is_pure_rarest():
+    availability = [3, 2, 1, 0]
+    for policy, cursor in ((RarestFirst(window=0), 0), (RarestFirst(window=4), None)):
+        assert policy.select({0, 1, 2, 3}, availability, 2, random.Random(0), cursor) == [3, 2]
+
+
+def test_rarest_first_ties_are_spread_by_rng():
+    availability = [1] * 50
+    firsts = {RarestFirst(window=0).select(set(range(50)), availability, 1, random.Random(s))[0]
+              for s in range(40)}
+    assert len(firsts) > 5  # not always the lowest index
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_nonpositive_count_returns_nothing(count):
+    for policy in (RarestFirst(), RandomOrder(), Sequential()):
+        assert policy.select({0, 1, 2}, [0, 0, 0], count, random.Random(0), 0) == []
+
+
+def test_empty_candidates():
+    for policy in (RarestFirst(), RandomOrder(), Sequential()):
+        assert policy.select(set(), [0, 0], 3, random.Random(0), 0) == []
+
+
+@given(st.sets(st.integers(0, 100)), st.integers(0, 120), st.integers(0, 2**32))
+def test_random_order(candidates, count, seed):
+    availability = [0] * 101
+    got = RandomOrder().select(candidates, availability, count, random.Random(seed))
+    assert len(got) == len(set(got)) == min(count, len(candidates))
+    assert set(got) <= candidates
+    assert got == RandomOrder().select(candidates, availability, count, random.Random(seed))
+
+
+def test_random_order_is_not_sequential():
+    got = [tuple(RandomOrder().select(set(range(20)), [0] * 20, 5, random.Random(s))) for s in range(10)]
+    assert len(set(got)) > 1
+    assert any(g != tuple(sorted(g)) for g in got)
+
+
+@given(st.sets(st.integers(0, 100)), st.integers(0, 120))
+def test_sequential_lowest_first(candidates, count):
+    got = Sequential().select(candidates, [9] * 101, count, random.Random(0), cursor=50)
+    assert got == sorted(candidates)[:count]
+
+
+def test_selector_registry():
+    assert {name: cls().name for name, cls in SELECTORS.items()} == {
+        "rarest-first": "rarest-first", "random": "random", "sequential": "sequential",
+    }
+
+
+# -- choose_peer ---------------------------------------------------------------------------------
+
+
+def test_choose_peer_skips_full_peers():
+    full = PeerSlot("full", inflight=4, limit=4, score=10)
+    free = PeerSlot("free", inflight=3, limit=4, score=0)
+    assert choose_peer([full, free], random.Random(0)) is free
+
+
+def test_choose_peer_skips_badly_scored_peers():
+    bad = PeerSlot("bad", inflight=0, limit=4, score=-3.0)  # at the threshold: excluded
+    ok = PeerSlot("ok", inflight=3, limit=4, score=-2.9)
+    assert choose_peer([bad, ok], random.Random(0)) is ok
+    assert choose_peer([bad], random.Random(0)) is None
+    assert choose_peer([bad], random.Random(0), min_score=-5) is bad
+
+
+def test_choose_peer_none_when_no_holders_or_all_full():
+    assert choose_peer([], random.Random(0)) is None
+    assert choose_peer([PeerSlot("a", 2, 2), PeerSlot("b", 0, 0)], random.Random(0)) is None
+
+
+def test_choose_peer_prefers_score_then_least_busy():
+    high_busy = PeerSlot("high", inflight=3, limit=4, score=1.0)
+    low_idle = PeerSlot("low", inflight=0, limit=4, score=0.0)
+    assert choose_peer([low_idle, high_busy], random.Random(0)) is high_busy
+    a = PeerSlot("a", inflight=2, limit=4, score=0.0)  # 50 % busy
+    b = PeerSlot("b", inflight=2, limit=8, score=0.0)  # 25 % busy
+    assert choose_peer([a, b], random.Random(0)) is b
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 5), st.sampled_from([-4.0, -3.0, -1.0, 0.0, 0.5, 2.0])),
+        max_size=12,
+    ),
+    st.integers(0, 2**32),
+)
+def test_choose_peer_property(specs, seed):
+    slots = [PeerSlot(f"p{i}", inflight, limit, score) for i, (inflight, limit, score) in enumerate(specs)]
+    got = choose_peer(slots, random.Random(seed))
+    usable = [p for p in slots if p.inflight < p.limit and p.score > -3.0]
+    if not usable:
+        assert got is None
+        return
+    assert got in usable
+    best = max(p.score for p in usable)
+    assert got.score == best
+    assert got.inflight / got.limit == min(p.inflight / p.limit for p in usable if p.score == best)

@@ -1,0 +1,139 @@
+"""Real processes for integration tests: start, wait until they answer, stop by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.registry import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, deadline: float = 20.0) -> None:
+    """Poll until ``url`` answers; fail early if the process died."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args} exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers, even if not with 200
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {deadline}s")
+
+
+@dataclass
+class Proc:
+    args: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
+        self.popen = subprocess.Popen(self.args, stdout=self._logf, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def kill9(self) -> None:
+        assert self.popen is not None
+        os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._logf.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Tracker(Proc):
+    def __init__(self, workdir: Path, token: str = "", extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        args = [sys.executable, "-m", "tracker", "--listen", f"127.0.0.1:{self.port}", *(extra or [])]
+        if token:
+            args += ["--cluster-token", token]
+        super().__init__(args, workdir / f"tracker-{self.port}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Tracker:
+        super().start()
+        wait_http(self.url + "/healthz", self.popen)
+        return self
+
+
+class AgentProc(Proc):
+    def __init__(self, workdir: Path, name: str, tracker: str, token: str = "",
+                 extra_env: dict[str, str] | None = None, data_dir: Path | None = None) -> None:
+        self.name = name
+        self.peer_port, self.api_port = free_port(), free_port()
+        self.data_dir = data_dir or workdir / name
+        args = [sys.executable, "-m", "p2pdist", "daemon", "--node-id", name, "--tracker", tracker,
+                "--peer-listen", f"127.0.0.1:{self.peer_port}", "--api-listen", f"127.0.0.1:{self.api_port}",
+                "--data-dir", str(self.data_dir)]
+        env = dict(extra_env or {})
+        if token:
+            env["P2PDIST_CLUSTER_TOKEN"] = token
+        super().__init__(args, workdir / f"{name}.log", env)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> AgentProc:
+        super().start()
+        wait_http(self.api + "/healthz", self.popen)
+        return self
+
+    def fetch(self, ref: str, timeout: float = 300.0) -> dict:
+        """Fetch through the daemon's API; returns the final event (done or error)."""
+        req = urllib.request.Request(self.api + "/v1/fetch", data=json.dumps({"ref": ref}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        last: dict = {}
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            for line in resp:
+                last = json.loads(line)
+        return last
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(self.api + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(self.api + "/v1/status", timeout=5) as resp:
+            return json.loads(resp.read())

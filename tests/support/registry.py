@@ -1,0 +1,621 @@
+"""A real CNCF distribution registry (``docker-registry``) for tests, started and stopped by PID.
+
+The registry runs as a subprocess on 127.0.0.1 with its own config, storage and log in a temp dir.
+Optional auth: htpasswd basic auth, or token auth backed by :class:`TokenIssuer`, a small in-process
+token server that signs RS256 JWTs the way distribution 2.8 verifies them.
+
+Byte accounting comes from the registry's own log (JSON formatter): every successful response logs
+``"msg": "response completed"`` with ``http.response.written``, the body bytes it actually wrote.
+The access log (Apache combined format on stdout) has one line for *every* request, 401s included,
+so :meth:`Registry.requests` is built from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+BINARY = "docker-registry"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+PUSH_USER_AGENT = "p2pdist-test-push"
+SYNC_USER_AGENT = "p2pdist-test-log-sync"
+
+_BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+# host ident user [time] "METHOD URI PROTO" status size "referer" "user-agent"
+_ACCESS_LINE = re.compile(
+    r'^(?P<remote>\S+) \S+ (?P<user>\S+) \[[^\]]+\] "(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" '
+    r'(?P<status>\d{3}) (?P<size>\d+|-) "[^"]*" "(?P<ua>[^"]*)"$'
+)
+
+
+class RegistryError(RuntimeError):
+    """The test registry could not be started or refused a push."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry on the rare race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """One bcrypt htpasswd line, as distribution's htpasswd auth requires (bcrypt only)."""
+    try:
+        import bcrypt
+    except ImportError:
+        tool = shutil.which("htpasswd")
+        if tool is None:
+            raise RegistryError(
+                "need the 'bcrypt' Python package (pip install bcrypt) or htpasswd "
+                "(apt-get install -y apache2-utils) to write an htpasswd file"
+            ) from None
+        # -C 4: the cheapest bcrypt cost; the registry checks it on every request.
+        out = subprocess.run([tool, "-nbB", "-C", "4", user, password], check=True, capture_output=True)
+        return out.stdout.decode().strip()
+    # Cost 4 for the same reason: the default (12) costs the registry ~200 ms per request.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:{hashed}"
+
+
+def libtrust_key_id(public_key: rsa.RSAPublicKey) -> str:
+    """The key ID libtrust derives from a public key: distribution 2.8 looks up a JWT's ``kid`` by it.
+
+    sha256 of the DER SubjectPublicKeyInfo, first 240 bits, base32, in 12 colon-separated groups of 4.
+    """
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    b32 = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
+    return ":".join(b32[i : i + 4] for i in range(0, 48, 4))
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One request the token issuer answered."""
+
+    user: str | None  # None: anonymous
+    service: str | None
+    scopes: tuple[str, ...]
+    status: int
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the registry answered, from its access log."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+    written: int
+    remote: str
+    user_agent: str
+
+
+class TokenIssuer:
+    """A Docker token server (``GET /token?service=&scope=``) on 127.0.0.1, in a thread.
+
+    It checks basic credentials against ``users`` and issues RS256 JWTs whose header ``kid`` is the
+    libtrust ID of its key, which distribution 2.8 matches against the certificate in its
+    ``rootcertbundle``. (An ``x5c`` header with the DER certificate is accepted too; ``kid`` keeps
+    tokens short.) Thread-based so it works from sync fixtures and async tests alike.
+    """
+
+    def __init__(
+        self,
+        users: dict[str, str],
+        *,
+        service: str = "p2pdist-test-registry",
+        issuer: str = "p2pdist-test-issuer",
+        expires_in: int = 300,
+        anonymous_pull: bool = False,
+    ) -> None:
+        self.users = dict(users)
+        self.service = service
+        self.issuer = issuer
+        self.expires_in = expires_in
+        self.anonymous_pull = anonymous_pull
+        self.requests: list[TokenRequest] = []
+        self._lock = threading.Lock()
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_id = libtrust_key_id(self.key.public_key())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
+        now = datetime.datetime.now(datetime.UTC)
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .sign(self.key, hashes.SHA256())
+        )
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def realm(self) -> str:
+        assert self._server is not None, "token issuer not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def token_requests(self) -> list[TokenRequest]:
+        with self._lock:
+            return list(self.requests)
+
+    def mint(self, subject: str, access: list[dict[str, Any]], *, expires_in: int | None = None) -> str:
+        """A signed registry token granting ``access`` (list of {type, name, actions})."""
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.key_id}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + (self.expires_in if expires_in is None else expires_in),
+            # Back-dated: the registry rejects tokens "not yet valid" on the slightest clock skew.
+            "nbf": now - 60,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def _grant(self, user: str | None, scopes: list[str]) -> list[dict[str, Any]]:
+        access = []
+        for scope in scopes:
+            parts = scope.split(":")
+            if len(parts) < 3:
+                continue
+            kind, name, actions = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
+            if user is None:
+                actions = [a for a in actions if a == "pull"] if self.anonymous_pull else []
+            if actions:
+                access.append({"type": kind, "name": name, "actions": actions})
+        return access
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        url = urllib.parse.urlsplit(handler.path)
+        query = urllib.parse.parse_qs(url.query)
+        scopes = query.get("scope", [])
+        service = query.get("service", [None])[0]
+        user: str | None = None
+        status = 200
+        auth = handler.headers.get("Authorization")
+        if url.path != "/token":
+            status = 404
+        elif auth is not None:
+            try:
+                scheme, _, value = auth.partition(" ")
+                name, _, password = base64.b64decode(value).decode().partition(":")
+            except ValueError:
+                scheme, name, password = "", "", ""
+            if scheme.lower() != "basic" or self.users.get(name) != password:
+                status = 401
+            else:
+                user = name
+        elif not self.anonymous_pull:
+            status = 401
+        with self._lock:
+            self.requests.append(TokenRequest(user, service, tuple(scopes), status))
+        if status != 200:
+            body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}).encode()
+            handler.send_response(status)
+            if status == 401:
+                handler.send_header("WWW-Authenticate", 'Basic realm="p2pdist-test-issuer"')
+        else:
+            token = self.mint(user or "anonymous", self._grant(user, scopes))
+            issued = datetime.datetime.now(datetime.UTC).isoformat()
+            body = json.dumps(
+                {"token": token, "access_token": token, "expires_in": self.expires_in, "issued_at": issued}
+            ).encode()
+            handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def start(self) -> TokenIssuer:
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                issuer._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # requests are recorded in issuer.requests instead
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        # A short poll interval: shutdown() waits for it, and stop() runs after every test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="token-issuer", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+
+@dataclass
+class Registry:
+    """A running ``docker-registry serve`` on 127.0.0.1. Use as a context manager or start()/stop().
+
+    auth: None (anonymous), "basic" (htpasswd with ``users``) or "token" (a :class:`TokenIssuer`
+    with ``users``, available as ``.issuer`` once started). ``redirect_baseurl`` turns on
+    distribution's ``redirect`` storage middleware: blob GETs answer 307 to baseurl + storage path,
+    as a registry backed by S3 or a CDN would.
+    """
+
+    auth: Literal["basic", "token"] | None = None
+    users: dict[str, str] = field(default_factory=lambda: {"alice": "secret-pw"})
+    token_expires_in: int = 300
+    anonymous_pull: bool = False
+    redirect_baseurl: str | None = None
+    workdir: Path | None = None
+    startup_timeout: float = 15.0
+
+    port: int = field(init=False, default=0)
+    issuer: TokenIssuer | None = field(init=False, default=None)
+    _proc: subprocess.Popen[bytes] | None = field(init=False, default=None, repr=False)
+    _own_workdir: bool = field(init=False, default=False, repr=False)
+    _sync_counter: int = field(init=False, default=0, repr=False)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def root(self) -> Path:
+        """The filesystem storage root (blobs live under docker/registry/v2/blobs/)."""
+        assert self.workdir is not None
+        return self.workdir / "storage"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "registry.log"
+
+    def __enter__(self) -> Registry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Registry:
+        binary = shutil.which(BINARY)
+        if binary is None:
+            # Fail, never skip: a test run without the real origin proves nothing.
+            raise RegistryError(
+                f"{BINARY} not found on PATH: install CNCF distribution with "
+                "'apt-get install -y --no-install-recommends docker-registry'"
+            )
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="p2pdist-registry-"))
+            self._own_workdir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(exist_ok=True)
+        try:
+            if self.auth == "token":
+                self.issuer = TokenIssuer(
+                    self.users, expires_in=self.token_expires_in, anonymous_pull=self.anonymous_pull
+                ).start()
+            # free_port() can race with another process; a bind failure shows in the log, so retry.
+            for attempt in range(3):
+                self.port = free_port()
+                config = self.workdir / "config.yml"
+                config.write_text(json.dumps(self._config()))  # JSON is valid YAML
+                if self._launch(binary, config, last=attempt == 2):
+                    return self
+        except BaseException:
+            self.stop()
+            raise
+        raise AssertionError("unreachable")
+
+    def _config(self) -> dict[str, Any]:
+        assert self.workdir is not None
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"accesslog": {"disabled": False}, "level": "info", "formatter": "json"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.root)},
+                "delete": {"enabled": True},
+                "cache": {"blobdescriptor": "inmemory"},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": f"127.0.0.1:{self.port}", "secret": secrets.token_hex(16)},
+        }
+        if self.auth == "basic":
+            htpasswd = self.workdir / "htpasswd"
+            htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
+            config["auth"] = {"htpasswd": {"realm": "p2pdist-test", "path": str(htpasswd)}}
+        elif self.auth == "token":
+            assert self.issuer is not None
+            bundle = self.workdir / "token-ca.pem"
+            bundle.write_bytes(self.issuer.certificate_pem())
+            config["auth"] = {
+                "token": {
+                    "realm": self.issuer.realm,
+                    "service": self.issuer.service,
+                    "issuer": self.issuer.issuer,
+                    "rootcertbundle": str(bundle),
+                }
+            }
+        elif self.auth is not None:
+            raise ValueError(f"unknown auth mode {self.auth!r}: use None, 'basic' or 'token'")
+        if self.redirect_baseurl is not None:
+            config["middleware"] = {"storage": [{"name": "redirect", "options": {"baseurl": self.redirect_baseurl}}]}
+        return config
+
+    def _launch(self, binary: str, config: Path, *, last: bool) -> bool:
+        """Start the process and wait until /v2/ answers. False: port taken, try another."""
+        with open(self.log_path, "ab") as log:
+            # One file for both streams: JSON app log (stderr) and access log (stdout) stay in order.
+            self._proc = subprocess.Popen(
+                [binary, "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self._log_tail()
+                self._proc = None
+                if "address already in use" in tail and not last:
+                    return False
+                raise RegistryError(f"{BINARY} exited during startup; log tail:\n{tail}")
+            # Probes carry the sync user agent so requests() leaves them out.
+            probe = urllib.request.Request(f"{self.url}/v2/", headers={"User-Agent": SYNC_USER_AGENT})
+            try:
+                with urllib.request.urlopen(probe, timeout=1):
+                    return True
+            except urllib.error.HTTPError:
+                return True  # 401 under auth: it is up
+            except OSError:
+                time.sleep(0.05)
+        self._stop_process()
+        raise RegistryError(
+            f"{BINARY} did not answer GET /v2/ within {self.startup_timeout}s; log tail:\n{self._log_tail()}"
+        )
+
+    def _stop_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        self._stop_process()
+        if self.issuer is not None:
+            self.issuer.stop()
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+            self._own_workdir = False
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- pushing ----------------------------------------------------------------------------------
+
+    def _push_auth(self, repo: str) -> str | None:
+        if self.auth is None:
+            return None
+        if not self.users:
+            raise RegistryError("pushing to an auth registry needs at least one user in users")
+        user, password = next(iter(self.users.items()))
+        if self.auth == "basic":
+            return _basic_header(user, password)
+        if self.auth == "token":
+            assert self.issuer is not None
+            # Minted directly: pushes are test setup and must not show up in the issuer's counts.
+            access = [{"type": "repository", "name": repo, "actions": ["pull", "push"]}]
+            return "Bearer " + self.issuer.mint(user, access)
+        return None
+
+    def _call(
+        self, method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        request.add_header("User-Agent", PUSH_USER_AGENT)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+                return response.status, response.headers
+        except urllib.error.HTTPError as e:
+            raise RegistryError(f"{method} {url} -> {e.code}: {e.read()[:500]!r}") from None
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        """Upload ``data`` (POST an upload, then PUT it whole with ?digest=); returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        auth = self._push_auth(repo)
+        headers = {"Authorization": auth} if auth else {}
+        _, response_headers = self._call("POST", f"{self.url}/v2/{repo}/blobs/uploads/", headers=headers)
+        location = urllib.parse.urljoin(self.url + "/", response_headers["Location"])
+        separator = "&" if "?" in location else "?"
+        put_headers = {**headers, "Content-Type": "application/octet-stream"}
+        _, response_headers = self._call("PUT", f"{location}{separator}digest={digest}", data=data, headers=put_headers)
+        if response_headers.get("Docker-Content-Digest") not in (None, digest):
+            raise RegistryError(f"registry stored {response_headers['Docker-Content-Digest']}, sent {digest}")
+        return digest
+
+    def push_image(self, repo: str, tag: str, layers: list[bytes]) -> tuple[str, list[str]]:
+        """Push ``layers`` (uncompressed tar media type), a config and an OCI image manifest.
+
+        Returns (manifest digest, layer digests). Layer bytes need not be real tars: registries
+        don't look inside.
+        """
+        layer_digests = [self.push_blob(repo, layer) for layer in layers]
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": layer_digests},
+                "config": {},
+            },
+            sort_keys=True,
+        ).encode()
+        config_digest = self.push_blob(repo, config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    {"mediaType": OCI_LAYER, "digest": d, "size": len(layer)}
+                    for d, layer in zip(layer_digests, layers, strict=True)
+                ],
+            },
+            sort_keys=True,
+        ).encode()
+        manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        auth = self._push_auth(repo)
+        headers = {"Content-Type": OCI_MANIFEST, **({"Authorization": auth} if auth else {})}
+        self._call("PUT", f"{self.url}/v2/{repo}/manifests/{tag}", data=manifest, headers=headers)
+        return manifest_digest, layer_digests
+
+    # -- observing --------------------------------------------------------------------------------
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Wait until everything answered so far is in the log.
+
+        The registry writes a request's log lines after the response is finished, so a client can
+        have every byte before the line exists. A marker request answered after ours logs after them.
+        """
+        self._sync_counter += 1
+        marker = f"/v2/?p2pdist-log-sync={os.getpid()}-{self._sync_counter}-{secrets.token_hex(4)}"
+        request = urllib.request.Request(self.url + marker, headers={"User-Agent": SYNC_USER_AGENT})
+        with contextlib.suppress(urllib.error.HTTPError):  # 401 under auth is logged just the same
+            urllib.request.urlopen(request, timeout=5).close()
+        deadline = time.monotonic() + timeout
+        needle = f'"GET {marker} '.encode()
+        while needle not in self.log_path.read_bytes():
+            if time.monotonic() > deadline:
+                raise RegistryError(f"registry log did not show {marker} within {timeout}s")
+            time.sleep(0.01)
+
+    def _log_lines(self) -> Iterator[str]:
+        with open(self.log_path, encoding="utf-8", errors="replace") as log:
+            yield from log
+
+    def log_entries(self, *, sync: bool = True) -> list[dict[str, Any]]:
+        """The registry's JSON app-log entries (``http.request.host``, ``http.response.written``, ...)."""
+        if sync:
+            self.sync()
+        entries = []
+        for line in self._log_lines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entries.append(json.loads(line))
+        return entries
+
+    def requests(self, *, sync: bool = True) -> list[RequestRecord]:
+        """Every request answered, in log order, from the access log (one line per request, any status).
+
+        Excludes the startup probes and log-sync markers.
+        """
+        if sync:
+            self.sync()
+        records = []
+        for line in self._log_lines():
+            match = _ACCESS_LINE.match(line.rstrip("\n"))
+            if match is None or match["ua"] == SYNC_USER_AGENT:
+                continue
+            path, _, query = match["uri"].partition("?")
+            size = match["size"]
+            records.append(
+                RequestRecord(
+                    method=match["method"],
+                    path=path,
+                    query=query,
+                    status=int(match["status"]),
+                    written=0 if size == "-" else int(size),
+                    remote=match["remote"],
+                    user_agent=match["ua"],
+                )
+            )
+        return records
+
+    def egress(self, digest: str | None = None, *, sync: bool = True) -> int:
+        """Blob body bytes the registry served (GET, 200/206), optionally for one digest only.
+
+        From ``http.response.written`` of the "response completed" log entries: bytes the registry
+        wrote, so a client that hangs up early is charged for what was sent before, not the whole
+        blob (bytes still in socket buffers count as sent). Redirected blob
+        GETs (307) count nothing here: the bytes came from the redirect target.
+        """
+        total = 0
+        for entry in self.log_entries(sync=sync):
+            if entry.get("msg") != "response completed" or entry.get("http.request.method") != "GET":
+                continue
+            if entry.get("http.response.status") not in (200, 206):
+                continue
+            path = str(entry.get("http.request.uri", "")).partition("?")[0]
+            match = _BLOB_PATH.match(path)
+            if match is None or (digest is not None and match["digest"] != digest):
+                continue
+            total += int(entry.get("http.response.written", 0))
+        return total

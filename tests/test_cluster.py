@@ -1,0 +1,148 @@
+"""Agents and a tracker as separate processes on loopback, pulling from a real docker-registry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import AgentProc, Tracker, free_port
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+TOKEN = "cluster-test-token"
+
+
+class Cluster:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list = []
+        self.tracker: Tracker | None = None
+
+    def start_tracker(self, extra: list[str] | None = None) -> Tracker:
+        self.tracker = Tracker(self.workdir, TOKEN, extra).start()
+        self.procs.append(self.tracker)
+        return self.tracker
+
+    def agent(self, name: str, env: dict[str, str] | None = None, tracker: str | None = None,
+              start: bool = True) -> AgentProc:
+        url = tracker if tracker is not None else self.tracker.url
+        agent = AgentProc(self.workdir, name, url, TOKEN, env)
+        self.procs.append(agent)
+        return agent.start() if start else agent
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def fetch_all(agents: list[AgentProc], ref: str) -> list[dict]:
+    with ThreadPoolExecutor(len(agents)) as pool:
+        return list(pool.map(lambda a: a.fetch(ref), agents))
+
+
+def test_eight_agents_flash_crowd_take_each_byte_from_origin_about_once(registry: Registry, cluster: Cluster):
+    size = 256 * MiB
+    digest = registry.push_blob("team/big", os.urandom(size))
+    cluster.start_tracker()
+    agents = [cluster.agent(f"node{i}") for i in range(8)]
+    results = fetch_all(agents, f"{registry.host}/team/big@{digest}")
+    for agent, result in zip(agents, results, strict=True):
+        assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-2000:]}"
+        assert sha256_file(result["path"]) == digest
+    egress = registry.egress(digest)
+    assert egress <= 1.10 * size, f"origin served {egress / size:.2f} x the blob"
+    # The agents' own accounting agrees that most bytes moved between peers.
+    assert sum(r["from_peers"] for r in results) >= 6 * size
+
+
+def test_peer_that_corrupts_uploads_is_dropped_and_everyone_still_finishes(registry: Registry, cluster: Cluster):
+    size = 64 * MiB
+    digest = registry.push_blob("team/app", os.urandom(size))
+    cluster.start_tracker()
+    # Fall back to the origin quickly for pieces only the bad peer holds.
+    fast_stall = {"P2PDIST_LIMITS_STALL_TIMEOUT": "3"}
+    bad = cluster.agent("bad", {"P2PDIST_FAULTS_CORRUPT_UPLOADS": "true", **fast_stall})
+    good = [cluster.agent(f"good{i}", fast_stall) for i in range(4)]
+    ref = f"{registry.host}/team/app@{digest}"
+    assert bad.fetch(ref).get("done")  # the bad peer seeds the whole blob first
+    results = fetch_all(good, ref)
+    bad_pieces = 0
+    for agent, result in zip(good, results, strict=True):
+        assert result.get("done"), f"{agent.name}: {result}"
+        assert sha256_file(result["path"]) == digest
+        seen = agent.metrics().get("p2pdist_bad_pieces_total", 0)
+        bad_pieces += seen
+        if seen:
+            assert "bad" in agent.status()["banned"], f"{agent.name} got bad pieces but kept the peer"
+        # Once banned, no more requests: at most the ban threshold plus what was already in flight.
+        assert seen <= 2 + 4
+    assert bad_pieces >= 1, "the corrupting peer was never asked: the test proved nothing"
+    uploaded = bad.metrics()["p2pdist_bytes_uploaded_total"]
+    piece = 1 * MiB
+    assert uploaded <= len(good) * (2 + 4) * piece
+
+
+def test_agent_killed_halfway_resumes_without_refetching_verified_pieces(registry: Registry, cluster: Cluster):
+    size = 128 * MiB
+    digest = registry.push_blob("team/slow", os.urandom(size))
+    cluster.start_tracker()
+    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(32 * MiB)}  # ~4 s, so halfway can be caught
+    agent = cluster.agent("victim", slow)
+    ref = f"{registry.host}/team/slow@{digest}"
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(agent.fetch, ref)
+        deadline = time.monotonic() + 60
+        have = 0
+        while time.monotonic() < deadline:
+            have = agent.status()["downloads"].get(digest, {}).get("have", 0)
+            if have >= size // 2:
+                break
+        assert have >= size // 2, "download never reached halfway"
+        agent.kill9()
+        with pytest.raises(Exception):  # noqa: B017 - the connection dies with the process
+            pending.result()
+    blob_file = agent.data_dir / "store" / "blobs" / "sha256" / digest.split(":")[1]
+    assert not blob_file.exists(), "a partial blob was committed as complete"
+    agent.env.pop("P2PDIST_LIMITS_DOWNLOAD_RATE")
+    agent.start()
+    result = agent.fetch(ref)
+    assert result.get("done"), result
+    assert result["resumed"] >= have, "verified pieces were lost by kill -9"
+    assert result["from_origin"] + result["from_peers"] == size - result["resumed"]
+    assert sha256_file(result["path"]) == digest
+    # Counted on the origin side: what was verified before the kill was not fetched again.
+    assert registry.egress(digest) <= size + 4 * 8 * MiB  # plus at most the origin streams cut by the kill
+
+
+def test_fetch_works_with_tracker_down(registry: Registry, cluster: Cluster):
+    size = 32 * MiB
+    digest = registry.push_blob("team/solo", os.urandom(size))
+    dead_tracker = f"http://127.0.0.1:{free_port()}"
+    agent = cluster.agent("lonely", tracker=dead_tracker)
+    result = agent.fetch(f"{registry.host}/team/solo@{digest}")
+    assert result.get("done"), result
+    assert result["from_origin"] == size
+    assert sha256_file(result["path"]) == digest
+    assert agent.metrics()['p2pdist_origin_fallbacks_total{reason="tracker"}'] == 1

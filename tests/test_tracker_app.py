@@ -1,0 +1,246 @@
+"""The real tracker process (`python -m tracker`) over real HTTP on 127.0.0.1.
+
+Every bad request must get a precise refusal, and the next valid announce must still succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+
+from p2pdist.core.wire import MAX_FRAME, Announce, AnnounceReply, decode, encode
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-cluster-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BLOB = "sha256:" + "c" * 64
+MiB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen
+    url: str
+    stdout: Path
+    stderr: Path
+
+
+def start_tracker(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Proc:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("P2PDIST_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
+    out, err = tmp / "stdout.log", tmp / "stderr.log"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tracker", "--listen", f"127.0.0.1:{port}", *args],
+            cwd=tmp, env={**clean, **(env or {})}, stdout=o, stderr=e,
+        )
+    running = Proc(proc, f"http://127.0.0.1:{port}", out, err)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # bounded poll of /healthz
+        if proc.poll() is not None:
+            raise AssertionError(f"tracker exited with {proc.returncode}: {err.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{running.url}/healthz", timeout=0.5) as resp:
+                if resp.status == 200:
+                    return running
+        except OSError:  # not listening yet (URLError is an OSError)
+            pass
+        time.sleep(0.05)
+    stop_tracker(running)
+    raise AssertionError(f"tracker did not become healthy: {err.read_text()}")
+
+
+def stop_tracker(running: Proc) -> int:
+    running.proc.send_signal(signal.SIGTERM)  # by PID, the one we started
+    try:
+        return running.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        running.proc.kill()
+        running.proc.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    running = start_tracker(tmp_path_factory.mktemp("tracker"), env={"P2PDIST_TRACKER_CLUSTER_TOKEN": TOKEN})
+    yield running
+    assert stop_tracker(running) == 0
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def announce_body(node: str = "n1", **fields: Any) -> bytes:
+    return encode(Announce(node=node, addr=f"127.0.0.1:{7000 + len(node)}", blob=BLOB, **fields))
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
+               ) -> tuple[int, Any]:
+    async with http.post(f"{url}/v1/announce", data=body,
+                         headers={"Content-Type": "application/msgpack", **(AUTH if headers is None else headers)}
+                         ) as resp:
+        raw = await resp.read()
+        if resp.content_type == "application/msgpack":
+            return resp.status, decode(raw, expect=(AnnounceReply,))
+        assert resp.content_type == "application/json", raw
+        return resp.status, (await resp.json())["error"]
+
+
+async def assert_still_serving(http: aiohttp.ClientSession, url: str) -> None:
+    status, reply = await post(http, url, announce_body("checker", size=16 * MiB))
+    assert status == 200 and isinstance(reply, AnnounceReply)
+    assert (reply.size, reply.piece_size) == (16 * MiB, MiB)
+
+
+def frame(**fields: Any) -> bytes:
+    base = {"v": 1, "t": "announce", "node": "n1", "addr": "127.0.0.1:7001", "blob": BLOB}
+    return msgpack.packb({**base, **fields}, use_bin_type=True)
+
+
+async def test_healthz_needs_no_token(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{tracker.url}/healthz") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    assert "listening on " + tracker.url in tracker.stdout.read_text()
+
+
+async def test_announce_round_trip(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    await assert_still_serving(http, tracker.url)
+    status, reply = await post(http, tracker.url, announce_body("n2", want_leases=1))
+    assert status == 200
+    assert reply.peers and all(p.node != "n2" for p in reply.peers)
+    assert len(reply.leases) == 1 and reply.interval == 1.0  # leased pieces pending: announce faster
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"\xc1not msgpack", 400, "malformed msgpack frame"),
+        (b"", 400, "malformed msgpack frame"),
+        (frame(v=2), 400, "unsupported protocol version 2: this node speaks version 1"),
+        (frame(blob="sha256:../../etc/passwd"), 400,
+         "field 'blob': invalid digest 'sha256:../../etc/passwd': sha256 needs 64 lowercase hex characters"),
+        (frame(t="hello"), 400, "unexpected message type 'hello' here"),
+        (frame(digests=[[0, b"short"]]), 400, "field 'digests[0]' must carry a 32-byte sha256"),
+        (frame(want_leases=99), 400, "field 'want_leases' must be an integer in [0, 16]"),
+        (b"\x00" * (MAX_FRAME + 1), 413, f"frame of {MAX_FRAME + 1} bytes exceeds the {MAX_FRAME}-byte limit"),
+        (frame(size=17 * MiB), 409, f"blob {BLOB} is known as {16 * MiB} bytes but this announce says {17 * MiB}"),
+    ],
+    ids=["garbage", "empty", "version", "digest-traversal", "wrong-type", "short-digest", "bounds", "oversize",
+         "size-conflict"],
+)
+async def test_bad_announce_is_refused_precisely_and_service_continues(
+    tracker: Proc, http: aiohttp.ClientSession, body: bytes, status: int, error: str
+) -> None:
+    await assert_still_serving(http, tracker.url)  # fixes the blob's size for the conflict case
+    got_status, got_error = await post(http, tracker.url, body)
+    assert (got_status, got_error[: len(error)]) == (status, error)
+    await assert_still_serving(http, tracker.url)
+
+
+async def test_oversize_chunked_body_is_refused(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"\x00" * (MAX_FRAME // 4)
+
+    status, error = await post(http, tracker.url, chunks())
+    assert (status, error) == (413, f"frame exceeds the {MAX_FRAME}-byte limit")
+    await assert_still_serving(http, tracker.url)
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ({}, "missing 'Authorization: Bearer <cluster token>' header"),
+        ({"Authorization": "Bearer wrong-token"}, "invalid cluster token"),
+        ({"Authorization": f"Basic {TOKEN}"}, "the Authorization header must be 'Bearer <cluster token>'"),
+        ({"Authorization": "Bearer " + "\u00e9" * 8}, "invalid cluster token"),
+    ],
+    ids=["missing", "wrong", "scheme", "non-ascii"],
+)
+async def test_authentication_is_required(
+    tracker: Proc, http: aiohttp.ClientSession, headers: dict[str, str], error: str
+) -> None:
+    status, got = await post(http, tracker.url, announce_body(), headers=headers)
+    assert (status, got) == (401, error)
+    async with http.get(f"{tracker.url}/metrics", headers=headers) as resp:
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+    await assert_still_serving(http, tracker.url)
+
+
+async def test_leases_and_digests_over_http(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    blob = "sha256:" + "d" * 64
+
+    def body(node: str, **fields: Any) -> bytes:
+        return encode(Announce(node=node, addr="127.0.0.1:1", blob=blob, **fields))
+
+    _, holder = await post(http, tracker.url, body("h", size=4 * MiB, want_leases=1))
+    assert [tuple(lease[:2]) for lease in holder.leases] == [(0, 4)]
+    digest = bytes(range(32))
+    _, other = await post(http, tracker.url, body("o", digests=[(1, digest)]))
+    assert other.digests == []  # not the lease holder
+    _, holder = await post(http, tracker.url, body("h", digests=[(1, digest)], digest_pos=holder.digest_pos))
+    assert holder.digests == [(1, digest)]
+    _, other = await post(http, tracker.url, body("o", digest_pos=other.digest_pos))
+    assert other.digests == [(1, digest)]
+
+
+async def test_metrics_count_announces_and_errors(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    await post(http, tracker.url, b"\xc1")
+    await assert_still_serving(http, tracker.url)
+    async with http.get(f"{tracker.url}/metrics", headers=AUTH) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    for needle in (
+        'p2pdist_tracker_announces_total{event="progress"}', 'p2pdist_tracker_errors_total{kind="malformed"}',
+        "p2pdist_tracker_peers ", "p2pdist_tracker_blobs ", "p2pdist_tracker_leases_granted_total",
+        "p2pdist_tracker_digests_rejected_total",
+    ):
+        assert needle in text
+
+
+async def test_events_are_logged_as_json_lines(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    await post(http, tracker.url, frame(v=9))
+    lines = [json.loads(line) for line in tracker.stderr.read_text().splitlines() if line.startswith("{")]
+    assert any(line["event"] == "listening" for line in lines)
+    assert any(line["event"] == "bad_announce" and "version 9" in line["why"] for line in lines)
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    running = start_tracker(tmp_path)  # no token: allowed on loopback
+    assert stop_tracker(running) == 0
+    assert '"event":"stopping"' in running.stderr.read_text()
+
+
+def test_refuses_to_expose_without_token(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("P2PDIST_")}
+    clean["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-m", "tracker", "--listen", f"0.0.0.0:{free_port()}"],
+                          env=clean, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "without a cluster token" in done.stderr and "--insecure" in done.stderr

@@ -1,0 +1,94 @@
+"""Tracker configuration: defaults < TOML < environment < flags, and refusals with usable messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracker.cli import build_parser, main
+from tracker.config import ConfigError, TrackerConfig, check_exposure, load, parse_listen
+
+
+def test_defaults_need_no_configuration() -> None:
+    config = load(env={})
+    assert config == TrackerConfig()
+    assert (config.host, config.port, config.peer_ttl, config.lease_ttl) == ("127.0.0.1", 7070, 30.0, 10.0)
+    check_exposure(config)  # loopback without a token is fine
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.toml"
+    path.write_text('[tracker]\nlisten = "127.0.0.2:9000"\npeer_ttl = 40\nlease_ttl = 20\nlease_pieces = 4\n')
+    env = {"P2PDIST_TRACKER_LEASE_TTL": "15", "P2PDIST_TRACKER_LEASE_PIECES": "6", "UNRELATED": "x"}
+    config = load(path, env=env, flags={"lease_pieces": 12, "peer_ttl": None})
+    assert (config.host, config.port) == ("127.0.0.2", 9000)
+    assert config.peer_ttl == 40.0  # file
+    assert config.lease_ttl == 15.0  # env beats file
+    assert config.lease_pieces == 12  # flag beats env
+
+
+def test_config_file_from_env(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text("handout_size = 4\n")
+    assert load(env={"P2PDIST_TRACKER_CONFIG": str(path)}).handout_size == 4
+
+
+def test_env_values_are_parsed_by_type() -> None:
+    config = load(env={"P2PDIST_TRACKER_INSECURE": "yes", "P2PDIST_TRACKER_CLUSTER_TOKEN": "t0k",
+                       "P2PDIST_TRACKER_LISTEN": "[::1]:7171"})
+    assert config.insecure and config.cluster_token == "t0k" and (config.host, config.port) == ("::1", 7171)
+    with pytest.raises(ConfigError, match="lease_pieces in the environment must be an integer"):
+        load(env={"P2PDIST_TRACKER_LEASE_PIECES": "many"})
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("peer_tll = 3\n", "unknown setting 'peer_tll'"),
+        ("lease_ttl = 0\n", "lease_ttl must be > 0"),
+        ('handout_policy = "best"\n', "handout_policy 'best' is unknown; choose one of locality, kraken"),
+        ('lease_ttl = "soon"\n', "lease_ttl in .* must be a number"),
+        ("leases_per_node = 100\n", "leases_per_node must be in 1..64"),
+        ("not toml [", "is not valid TOML"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_setting_named(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load(path, env={})
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match=r"cannot read config file /nonexistent\.toml"):
+        load("/nonexistent.toml", env={})
+
+
+@pytest.mark.parametrize("text", ["7070", "host:", ":7070", "h:99999", "h:port"])
+def test_bad_listen_addresses(text: str) -> None:
+    with pytest.raises(ConfigError, match="must be HOST:PORT"):
+        parse_listen(text)
+
+
+def test_unauthenticated_tracker_refuses_non_loopback() -> None:
+    for host in ("0.0.0.0", "10.1.2.3", "tracker.internal"):
+        with pytest.raises(ConfigError, match="without a cluster token"):
+            check_exposure(TrackerConfig(host=host))
+        check_exposure(TrackerConfig(host=host, cluster_token="s"))
+        check_exposure(TrackerConfig(host=host, insecure=True))
+    for host in ("127.0.0.1", "::1", "localhost"):
+        check_exposure(TrackerConfig(host=host))
+
+
+def test_cli_refuses_exposure_with_a_clear_error(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("P2PDIST_TRACKER_CLUSTER_TOKEN", raising=False)
+    assert main(["--listen", "0.0.0.0:7070"]) == 2
+    assert "refusing to listen on 0.0.0.0:7070 without a cluster token" in capsys.readouterr().err
+
+
+def test_help_teaches() -> None:
+    text = build_parser().format_help()
+    for needle in ("examples:", "P2PDIST_TRACKER_PEER_TTL", "--listen HOST:PORT", "/v1/announce", "--insecure"):
+        assert needle in text

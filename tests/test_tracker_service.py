@@ -1,0 +1,378 @@
+"""The tracker's announce logic, driven with a fake clock (plain numbers): no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pdist.core.layout import piece_size_for
+from p2pdist.core.wire import Announce, AnnounceReply
+from tracker.config import TrackerConfig
+from tracker.service import AnnounceError, handle_announce, memory_state
+from tracker.state import MemoryState
+
+BLOB = "sha256:" + "a" * 64
+OTHER = "sha256:" + "b" * 64
+MiB = 1 << 20
+CONFIG = TrackerConfig(lease_pieces=4, leases_per_node=2, lease_ttl=10.0, peer_ttl=30.0, handout_size=16)
+
+
+def pd(index: int) -> bytes:
+    """The (fake) sha256 of piece ``index``."""
+    return hashlib.sha256(b"piece %d" % index).digest()
+
+
+class Harness:
+    """A tracker state plus a recorder of the events the service emits."""
+
+    def __init__(self, config: TrackerConfig = CONFIG, **state_args: Any) -> None:
+        self.config = config
+        self.state = state_args.pop("state", None) or memory_state(config)
+        self.rng = random.Random(7)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [f for e, f in self.events if e == event]
+
+    def announce(self, node: str, now: float, **fields: Any) -> AnnounceReply:
+        fields.setdefault("blob", BLOB)
+        msg = Announce(node=node, addr=f"{node}.example:7001", **fields)
+        return handle_announce(self.state, msg, now, self.rng, self.config, self.emit)
+
+
+def peers_of(reply: AnnounceReply) -> set[str]:
+    return {p.node for p in reply.peers}
+
+
+def ranges(reply: AnnounceReply) -> list[tuple[int, int]]:
+    return [(start, end) for start, end, _ in reply.leases]
+
+
+# --- size and layout ---------------------------------------------------------------------------
+
+
+def test_first_size_fixes_layout_and_later_announces_learn_it() -> None:
+    t = Harness()
+    first = t.announce("a", 0, size=100 * MiB)
+    assert (first.size, first.piece_size) == (100 * MiB, piece_size_for(100 * MiB))
+    later = t.announce("b", 1)  # size None: the agent only knows the digest
+    assert (later.size, later.piece_size) == (100 * MiB, piece_size_for(100 * MiB))
+
+
+def test_unknown_size_gives_no_layout_and_no_leases() -> None:
+    reply = Harness().announce("a", 0, want_leases=2)
+    assert (reply.size, reply.piece_size, reply.leases) == (None, None, [])
+
+
+def test_conflicting_size_is_refused_and_keeps_the_first() -> None:
+    t = Harness()
+    t.announce("a", 0, size=10 * MiB)
+    with pytest.raises(AnnounceError) as err:
+        t.announce("b", 1, size=10 * MiB + 1)
+    assert err.value.kind == "size-conflict"
+    assert "known as 10485760 bytes" in str(err.value)
+    assert t.announce("c", 2).size == 10 * MiB
+
+
+def test_too_large_size_is_refused_without_creating_the_blob() -> None:
+    t = Harness(replace(CONFIG, max_blob_size=MiB))
+    with pytest.raises(AnnounceError) as err:
+        t.announce("a", 0, size=MiB + 1)
+    assert err.value.kind == "size-invalid"
+    assert t.state.blob_count() == 0
+
+
+def test_config_overrides_the_piece_size_rule() -> None:
+    t = Harness(replace(CONFIG, piece_min=64 << 10, piece_max=256 << 10, piece_target=4))
+    assert t.announce("a", 0, size=MiB).piece_size == 256 << 10
+    assert t.announce("a", 0, size=100, blob=OTHER).piece_size == 64 << 10
+
+
+# --- peers ---------------------------------------------------------------------------------------
+
+
+def test_handout_is_bounded_and_excludes_the_asker() -> None:
+    t = Harness(replace(CONFIG, handout_size=3))
+    for i in range(10):
+        t.announce(f"n{i}", 0)
+    reply = t.announce("n0", 1)
+    assert len(reply.peers) == 3
+    assert "n0" not in peers_of(reply)
+
+
+def test_handout_prefers_the_same_rack_then_zone() -> None:
+    t = Harness(replace(CONFIG, handout_size=2))
+    t.announce("far", 0, zone="z2", rack="r9", complete=True)
+    t.announce("zone", 0, zone="z1", rack="r2", complete=True)
+    t.announce("rack", 0, zone="z1", rack="r1", complete=True)
+    reply = t.announce("me", 1, zone="z1", rack="r1")
+    assert [p.node for p in reply.peers] == ["rack", "zone"]
+
+
+def test_peers_expire_after_peer_ttl() -> None:
+    t = Harness()
+    t.announce("old", 0)
+    t.announce("fresh", 20)
+    reply = t.announce("me", 31)  # "old" last announced 31 s ago, past the 30 s TTL
+    assert peers_of(reply) == {"fresh"}
+    assert [f["node"] for f in t.of("peer_expired")] == ["old"]
+
+
+def test_handout_policy_is_chosen_by_name() -> None:
+    t = Harness(replace(CONFIG, handout_policy="kraken", handout_size=2))
+    for i in range(5):
+        t.announce(f"n{i}", 0, have=i)
+    reply = t.announce("me", 1)
+    assert len(reply.peers) == 2 and "me" not in peers_of(reply)
+
+
+def test_peers_per_blob_are_bounded() -> None:
+    config = replace(CONFIG, max_peers_per_blob=3)
+    t = Harness(config)
+    for i in range(5):
+        reply = t.announce(f"n{i}", 0)
+    assert isinstance(reply, AnnounceReply)  # the extra node is still served
+    assert t.state.peer_count() == 3
+    assert len(t.of("peer_rejected")) == 2
+
+
+def test_stopped_removes_the_peer_and_releases_its_leases() -> None:
+    t = Harness()
+    held = ranges(t.announce("a", 0, size=64 * MiB, want_leases=2))
+    t.announce("b", 0)
+    reply = t.announce("a", 1, event="stopped")
+    assert reply.peers == [] and reply.leases == []
+    assert "a" not in peers_of(t.announce("c", 2))
+    assert ranges(t.announce("b", 2, want_leases=2)) == held  # free again at once, no TTL wait
+
+
+# --- leases --------------------------------------------------------------------------------------
+
+
+def test_leases_do_not_overlap_across_nodes() -> None:
+    t = Harness()
+    t.announce("seed-size", 0, size=64 * MiB)  # 64 pieces of 1 MiB
+    covered: list[int] = []
+    for node in ("a", "b", "c"):
+        reply = t.announce(node, 1, want_leases=2)
+        assert len(reply.leases) == 2
+        for start, end, ttl in reply.leases:
+            assert end - start == 4 and ttl == pytest.approx(10.0)
+            covered.extend(range(start, end))
+    assert len(covered) == len(set(covered)) == 24
+
+
+def test_leases_per_node_are_bounded_and_still_held_ones_are_repeated() -> None:
+    t = Harness()
+    first = t.announce("a", 0, size=64 * MiB, want_leases=2)
+    again = t.announce("a", 4, want_leases=2)  # e.g. the first reply was lost
+    assert ranges(again) == ranges(first)
+    assert [ttl for _, _, ttl in again.leases] == [pytest.approx(6.0)] * 2
+    assert ranges(t.announce("a", 5)) == ranges(first)  # held leases come back even unasked
+
+
+def test_complete_nodes_get_no_leases() -> None:
+    t = Harness()
+    assert t.announce("seeder", 0, size=64 * MiB, complete=True, want_leases=2).leases == []
+
+
+def test_expired_lease_is_reassigned_and_late_digests_are_rejected() -> None:
+    t = Harness()
+    a = t.announce("a", 0, size=64 * MiB, want_leases=1)
+    assert ranges(a) == [(0, 4)]
+    b = t.announce("b", 11, want_leases=1)  # a said nothing for 11 s > lease_ttl
+    assert ranges(b) == [(0, 4)]
+    assert t.of("lease_expired") == [{"blob": BLOB, "node": "a", "start": 0, "end": 4}]
+    assert t.of("lease_granted")[-1]["reassigned"] is True
+    late = t.announce("a", 12, digests=[(0, pd(0))])
+    assert late.digests == [] and ranges(late) == []
+    assert t.of("digests_rejected")[-1] == {"blob": BLOB, "node": "a", "count": 1, "reason": "not-lease-holder"}
+
+
+def test_progress_renews_a_lease() -> None:
+    t = Harness()
+    t.announce("a", 0, size=64 * MiB, want_leases=1)
+    t.announce("a", 8, digests=[(0, pd(0))])
+    reply = t.announce("a", 15)  # 15 s after the grant, 7 s after progress
+    assert ranges(reply) == [(0, 4)]
+    assert t.announce("b", 16, want_leases=1).leases[0][:2] == (4, 8)
+
+
+# --- digests -------------------------------------------------------------------------------------
+
+
+def test_digests_are_accepted_only_from_the_lease_holder() -> None:
+    t = Harness()
+    t.announce("a", 0, size=64 * MiB, want_leases=1)  # a holds pieces 0..3
+    intruder = t.announce("b", 1, digests=[(0, b"\x00" * 32), (1, pd(1))])
+    assert intruder.digests == []
+    assert t.of("digests_rejected")[-1]["count"] == 2
+    holder = t.announce("a", 2, digests=[(0, pd(0)), (1, pd(1))])
+    assert holder.digests == [(0, pd(0)), (1, pd(1))]
+    # The intruder learns the holder's digests on its next announce, never its own.
+    assert t.announce("b", 3, digest_pos=intruder.digest_pos).digests == [(0, pd(0)), (1, pd(1))]
+
+
+def test_out_of_range_and_conflicting_digests_are_rejected_resends_ignored() -> None:
+    t = Harness()
+    t.announce("a", 0, size=4 * MiB, want_leases=1)
+    t.announce("a", 1, digests=[(0, pd(0))])
+    t.events.clear()
+    t.announce("a", 2, digests=[(0, pd(0))])  # resend after a lost reply
+    assert t.of("digests_rejected") == []
+    t.announce("s", 3, complete=True, digests=[(0, pd(99)), (9, pd(9))])
+    reasons = {f["reason"] for f in t.of("digests_rejected")}
+    assert reasons == {"conflict", "out-of-range"}
+
+
+def test_seeder_digests_are_accepted_for_pieces_without_one() -> None:
+    t = Harness()
+    t.announce("a", 0, size=8 * MiB, want_leases=1)
+    t.announce("a", 1, digests=[(0, pd(0))])
+    seeder = t.announce("s", 2, complete=True, digests=[(i, pd(i)) for i in range(8)])
+    assert seeder.digests == []  # a seeder is sent no digests back: it has verified them all
+    log = t.announce("b", 3).digests
+    assert [i for i, _ in log] == list(range(8))  # each piece once, 0 from the lease holder
+    assert t.of("digests_accepted")[-1] == {"blob": BLOB, "node": "s", "count": 7, "seeder": True}
+    assert t.announce("b", 3, want_leases=2).leases == []  # every piece has its digest: nothing to lease
+    assert t.announce("a", 3).leases == []  # a's lease closed once all its pieces had digests
+
+
+def test_digests_without_a_known_size_are_rejected() -> None:
+    t = Harness()
+    t.announce("s", 0, complete=True, digests=[(0, pd(0))])
+    assert t.of("digests_rejected")[-1]["reason"] == "size-unknown"
+
+
+def test_digest_log_pages_by_digest_pos() -> None:
+    t = Harness(replace(CONFIG, digests_per_reply=3))
+    t.announce("s", 0, size=10 * MiB, complete=True, digests=[(i, pd(i)) for i in range(10)])
+    pos, seen = 0, []
+    for _ in range(4):
+        reply = t.announce("b", 1, digest_pos=pos)
+        assert not reply.reset
+        seen += reply.digests
+        pos = reply.digest_pos
+    assert seen == [(i, pd(i)) for i in range(10)]
+    last = t.announce("b", 2, digest_pos=pos)
+    assert (last.digests, last.digest_pos) == ([], pos)
+
+
+def test_corrupt_resets_digests_and_leases_for_everyone() -> None:
+    t = Harness()
+    t.announce("a", 0, size=8 * MiB, want_leases=2)
+    early = t.announce("c", 0.5)  # c's cursor is at the start of the old log
+    t.announce("a", 1, digests=[(i, pd(i)) for i in range(8)])
+    behind = t.announce("b", 1)  # b's cursor is past the whole old log
+    reply = t.announce("c", 2, event="corrupt", digest_pos=early.digest_pos)
+    assert reply.reset and reply.digests == []
+    assert t.of("corrupt_reset") == [{"blob": BLOB, "node": "c", "discarded": 8}]
+    # The swarm starts over: pieces are leasable again from 0, digests flow again.
+    assert ranges(t.announce("d", 3, want_leases=1)) == [(0, 4)]
+    t.announce("d", 4, digests=[(0, pd(0)), (1, pd(1))])
+    for cursor in (behind.digest_pos, early.digest_pos):
+        again = t.announce("b", 5, digest_pos=cursor)
+        assert again.reset and again.digests == [(0, pd(0)), (1, pd(1))]
+
+
+def test_cursor_from_a_forgotten_log_is_reset_even_if_in_range() -> None:
+    """A cursor shorter than the new log still belongs to the old one (e.g. after a tracker restart)."""
+    t = Harness()
+    t.announce("s", 0, size=8 * MiB, complete=True, digests=[(0, pd(0))])
+    old = t.announce("b", 0).digest_pos  # offset 1 in the old log
+    t.announce("x", 1, event="corrupt")
+    t.announce("s", 2, complete=True, digests=[(i, pd(i)) for i in range(8)])
+    reply = t.announce("b", 3, digest_pos=old)
+    assert reply.reset and len(reply.digests) == 8
+
+
+def test_fresh_agent_is_not_told_to_reset() -> None:
+    assert not Harness().announce("a", 0, digest_pos=0).reset
+
+
+# --- interval, bounds, cleanup -------------------------------------------------------------------
+
+
+def test_interval_is_short_while_leased_pieces_are_pending() -> None:
+    t = Harness()
+    assert t.announce("a", 0, size=4 * MiB).interval == CONFIG.announce_interval
+    assert t.announce("a", 0, want_leases=1).interval == CONFIG.busy_interval
+    done = t.announce("a", 1, digests=[(i, pd(i)) for i in range(4)])
+    assert done.interval == CONFIG.announce_interval
+
+
+def test_idle_blobs_are_dropped_after_their_ttl() -> None:
+    t = Harness(replace(CONFIG, blob_ttl=60.0))
+    t.announce("a", 0, blob=OTHER, size=MiB)
+    t.announce("a", 59)
+    assert t.state.blob_count() == 2
+    t.announce("a", 65)  # the sweep runs at most every 5 s
+    assert t.state.blob_count() == 1 and t.of("blob_dropped") == [{"blob": OTHER}]
+
+
+def test_max_blobs_evicts_idle_blobs_then_refuses() -> None:
+    config = replace(CONFIG, max_blobs=2)
+    t = Harness(config)
+    t.announce("a", 0, blob="sha256:" + "1" * 64)
+    t.announce("a", 0, blob="sha256:" + "2" * 64)
+    with pytest.raises(AnnounceError) as err:
+        t.announce("a", 1, blob="sha256:" + "3" * 64)
+    assert err.value.kind == "capacity"
+    t.announce("a", 31, blob="sha256:" + "2" * 64)  # blob 1's peers are now past peer_ttl
+    t.announce("a", 32, blob="sha256:" + "3" * 64)
+    assert t.state.get("sha256:" + "1" * 64) is None and t.state.blob_count() == 2
+
+
+def test_stopped_for_an_unknown_blob_creates_nothing() -> None:
+    t = Harness()
+    t.announce("a", 0, event="stopped")
+    assert t.state.blob_count() == 0
+
+
+def test_state_defaults_are_bounded() -> None:
+    state = MemoryState()
+    assert state.max_blobs > 0 and state.max_peers_per_blob > 0
+
+
+# --- invariants under random schedules -----------------------------------------------------------
+
+step = st.tuples(
+    st.sampled_from(["a", "b", "c", "d"]),  # node
+    st.floats(0, 6),  # time advance
+    st.integers(0, 2),  # leases wanted
+    st.booleans(),  # report digests for the held leases
+    st.sampled_from(["progress", "progress", "progress", "stopped", "corrupt"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(step, min_size=1, max_size=60))
+def test_leases_never_overlap_and_each_piece_is_logged_once(steps: list) -> None:
+    t = Harness()
+    t.announce("a", 0, size=40 * MiB)
+    now = 0.0
+    for node, dt, want, report, event in steps:
+        now += dt
+        held = t.state.get(BLOB).book.held_by(node)
+        digests = [(i, pd(i)) for lease in held for i in range(lease.start, lease.end)] if report else []
+        t.announce(node, now, want_leases=want, digests=digests, event=event)
+        blob = t.state.get(BLOB)
+        owners: dict[int, str] = {}
+        for lease in blob.book.leases:
+            for i in range(lease.start, lease.end):
+                assert i not in owners, f"piece {i} leased twice"
+                owners[i] = lease.node
+        indices = [i for i, _ in blob.log]
+        assert len(indices) == len(set(indices))
+        assert all(d == pd(i) for i, d in blob.log)
+        assert all(blob.book.digested[i] for i in indices)
+        assert all(len(blob.book.held_by(n)) <= CONFIG.leases_per_node for n in "abcd")

@@ -1,0 +1,189 @@
+"""The tracker's HTTP shell: decode the announce, run the service logic, encode the reply.
+
+Endpoints: ``POST /v1/announce`` (msgpack Announce in, msgpack AnnounceReply out),
+``GET /healthz`` (no authentication, for probes) and ``GET /metrics`` (Prometheus text).
+Every refusal is a JSON body ``{"error": "..."}`` with a message the agent's operator can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
+
+from .config import TrackerConfig
+from .logs import log_event
+from .metrics import TrackerMetrics
+from .service import AnnounceError, handle_announce, memory_state
+from .state import TrackerState
+
+log = logging.getLogger("tracker")
+
+MSGPACK = "application/msgpack"
+PUBLIC_PATHS = frozenset({"/healthz"})  # probes must work without the cluster secret
+STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503}
+# Service events worth a line at info or above; the rest are debug.
+EVENT_LEVELS = {
+    "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "digests_rejected": logging.WARNING,
+    "peer_rejected": logging.WARNING, "blob_dropped": logging.INFO, "peer_expired": logging.INFO,
+}
+
+
+@dataclass
+class Tracker:
+    """One tracker's state and collaborators, shared by the handlers."""
+
+    config: TrackerConfig
+    state: TrackerState
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+    metrics: TrackerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = TrackerMetrics(self.state)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.metrics.observe(event, fields)
+        level = EVENT_LEVELS.get(event, logging.DEBUG)
+        if event == "lease_granted" and fields.get("reassigned"):
+            level = logging.INFO
+        log_event(log, level, event, **fields)
+
+    def refuse(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        self.metrics.errors.labels(kind).inc()
+        return web.json_response({"error": message}, status=status, headers=headers)
+
+
+TRACKER = web.AppKey("tracker", Tracker)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def authenticate(request: web.Request, token: str) -> str | None:
+    """None if the request carries the cluster credential, else why not.
+
+    Every tracker request passes here: this is the one place where mTLS would plug in.
+    """
+    if not token:
+        return None
+    header = request.headers.get("Authorization")
+    if header is None:
+        return "missing 'Authorization: Bearer <cluster token>' header"
+    scheme, _, presented = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return "the Authorization header must be 'Bearer <cluster token>'"
+    # Constant-time comparison of bytes: compare_digest refuses non-ASCII str.
+    if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8")):
+        return "invalid cluster token"
+    return None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS:
+        tracker = request.app[TRACKER]
+        why = authenticate(request, tracker.config.cluster_token)
+        if why is not None:
+            log_event(log, logging.INFO, "unauthorized", remote=request.remote, path=request.path, why=why)
+            return tracker.refuse(401, "unauthorized", why, {"WWW-Authenticate": 'Bearer realm="p2pdist"'})
+    return await handler(request)
+
+
+def _wire_kind(message: str) -> str:
+    if message.startswith("unsupported protocol version"):
+        return "version"
+    if message.startswith("malformed msgpack"):
+        return "malformed"
+    return "invalid"
+
+
+async def announce(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    length = request.content_length
+    # Same words as the core's WireError for an oversized frame; refused before buffering the body.
+    if length is not None and length > MAX_FRAME:
+        return tracker.refuse(413, "oversize", f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked body without a length
+        return tracker.refuse(413, "oversize", f"frame exceeds the {MAX_FRAME}-byte limit")
+    try:
+        msg = decode(body, expect=(Announce,))
+    except WireError as e:
+        log_event(log, logging.INFO, "bad_announce", remote=request.remote, why=str(e))
+        return tracker.refuse(400, _wire_kind(str(e)), str(e))
+    assert isinstance(msg, Announce)
+    tracker.metrics.announces.labels(msg.event).inc()
+    try:
+        reply = handle_announce(tracker.state, msg, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
+    except AnnounceError as e:
+        log_event(log, logging.WARNING, "announce_refused", blob=msg.blob, node=msg.node, kind=e.kind,
+                  why=str(e))
+        return tracker.refuse(STATUS[e.kind], e.kind, str(e))
+    return web.Response(body=encode(reply), content_type=MSGPACK)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[TRACKER].state
+    return web.json_response({"status": "ok", "blobs": state.blob_count(), "peers": state.peer_count()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[TRACKER].metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A bug in one request becomes a JSON 500 and a logged traceback; the process keeps serving."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as e:
+        log.exception("internal_error", extra={"fields": {"path": request.path}})
+        return request.app[TRACKER].refuse(500, "internal", f"internal error: {type(e).__name__}")
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Forget idle blobs even when nobody announces, so the gauges and memory follow."""
+    tracker = app[TRACKER]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(min(5.0, tracker.config.peer_ttl))
+            for digest in tracker.state.sweep(tracker.clock()):
+                tracker.emit("blob_dropped", blob=digest)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(
+    config: TrackerConfig,
+    state: TrackerState | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> web.Application:
+    # client_max_size = the wire's frame limit: aiohttp itself refuses anything larger.
+    app = web.Application(client_max_size=MAX_FRAME, middlewares=[error_middleware, auth_middleware])
+    app[TRACKER] = Tracker(config, state if state is not None else memory_state(config), clock,
+                           rng if rng is not None else random.Random())
+    app.router.add_post("/v1/announce", announce)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_sweeper)
+    return app

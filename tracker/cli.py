@@ -1,0 +1,119 @@
+"""``p2pdist-tracker``: run the tracker until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from .app import create_app
+from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
+from .logs import log_event, setup_logging
+
+log = logging.getLogger("tracker")
+
+DESCRIPTION = """\
+Run the p2pdist tracker. Every agent announces to it which blobs it is pulling; the tracker answers
+with a bounded list of peers (nearest first), the piece digests learned so far, and origin leases
+(piece ranges only that agent may fetch from the origin), so each piece leaves the origin about
+once per cluster.
+
+Endpoints: POST /v1/announce (msgpack), GET /healthz (no auth), GET /metrics (Prometheus)."""
+
+
+def _epilog() -> str:
+    defaults = TrackerConfig()
+    settings = "\n".join(
+        f"  {name:<20} {ENV_PREFIX + name.upper():<42} default: {getattr(defaults, name)!r}"
+        for name in FIELDS if name != "cluster_token"
+    )
+    return f"""\
+examples:
+  p2pdist-tracker
+      loopback only, no authentication: try it on one machine
+  {ENV_PREFIX}CLUSTER_TOKEN=$(cat /etc/p2pdist/token) p2pdist-tracker --listen 0.0.0.0:7070
+      serve the cluster; agents send "Authorization: Bearer <token>"
+  p2pdist-tracker --config /etc/p2pdist/tracker.toml --log-level debug
+
+configuration, lowest to highest precedence: built-in defaults; the TOML file from --config
+(or {ENV_PREFIX}CONFIG), top level or a [tracker] table; environment variables
+{ENV_PREFIX}<SETTING>; these flags. listen = "HOST:PORT" sets host and port together.
+Without a cluster token the tracker refuses to listen beyond loopback unless --insecure is given.
+
+settings (TOML key, environment variable, default):
+  {"cluster_token":<20} {ENV_PREFIX + "CLUSTER_TOKEN":<42} default: '' (authentication off)
+{settings}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="p2pdist-tracker", description=DESCRIPTION, epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:7070)")
+    p.add_argument("--config", metavar="FILE", help="TOML file with settings (see below)")
+    p.add_argument("--peer-ttl", type=float, metavar="SECONDS",
+                   help="forget a peer that has not announced for this long (default 30)")
+    p.add_argument("--lease-ttl", type=float, metavar="SECONDS",
+                   help="give an origin lease to another node after this long without progress (default 10)")
+    p.add_argument("--lease-pieces", type=int, metavar="N", help="pieces per origin lease (default 8)")
+    p.add_argument("--cluster-token", metavar="TOKEN",
+                   help=f"shared secret agents must present; prefer {ENV_PREFIX}CLUSTER_TOKEN, "
+                        "since flags are visible to every local user in ps")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="allow listening beyond loopback without a cluster token")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info); logs are JSON lines")
+    return p
+
+
+async def serve(config: TrackerConfig) -> None:
+    """Serve until SIGTERM/SIGINT, then close connections and stop cleanly."""
+    app = create_app(config)
+    access = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
+    runner = web.AppRunner(app, handle_signals=False, access_log=access)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        for sockname in runner.addresses:
+            host, port = sockname[0], sockname[1]
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            print(f"p2pdist-tracker listening on {url}", flush=True)
+            log_event(log, logging.INFO, "listening", url=url, auth=bool(config.cluster_token))
+        await stop.wait()
+        log_event(log, logging.INFO, "stopping")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = {
+        "listen": args.listen, "peer_ttl": args.peer_ttl, "lease_ttl": args.lease_ttl,
+        "lease_pieces": args.lease_pieces, "cluster_token": args.cluster_token,
+        "insecure": args.insecure, "log_level": args.log_level,
+    }
+    try:
+        config = load(args.config, flags=flags)
+        check_exposure(config)
+    except ConfigError as e:
+        print(f"p2pdist-tracker: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:  # typically the port is taken or the address is not ours
+        print(f"p2pdist-tracker: error: cannot listen on {config.listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0

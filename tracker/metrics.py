@@ -1,0 +1,51 @@
+"""Prometheus metrics of one tracker app, in a registry of its own (several apps can share a process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from .state import TrackerState
+
+
+class TrackerMetrics:
+    def __init__(self, state: TrackerState) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.announces = Counter("p2pdist_tracker_announces", "Announces received, by event", ["event"],
+                                 registry=r)
+        self.errors = Counter("p2pdist_tracker_errors", "Requests refused, by kind", ["kind"], registry=r)
+        self.leases_granted = Counter("p2pdist_tracker_leases_granted", "Origin leases granted", registry=r)
+        self.leases_reassigned = Counter("p2pdist_tracker_leases_reassigned",
+                                         "Leases granted over pieces an earlier lease had covered", registry=r)
+        self.leases_expired = Counter("p2pdist_tracker_leases_expired",
+                                      "Origin leases that expired without finishing", registry=r)
+        self.digests_accepted = Counter("p2pdist_tracker_digests_accepted", "Piece digests accepted",
+                                        registry=r)
+        self.digests_rejected = Counter("p2pdist_tracker_digests_rejected", "Piece digests rejected, by reason",
+                                        ["reason"], registry=r)
+        self.corrupt_resets = Counter("p2pdist_tracker_corrupt_resets",
+                                      "Blobs whose digests were forgotten after a corrupt report", registry=r)
+        # Read at scrape time so the gauges never drift from the state.
+        Gauge("p2pdist_tracker_peers", "Peers tracked over all blobs", registry=r).set_function(
+            lambda: state.peer_count())
+        Gauge("p2pdist_tracker_blobs", "Blobs tracked", registry=r).set_function(lambda: state.blob_count())
+
+    def observe(self, event: str, fields: dict[str, Any]) -> None:
+        """Count one service event (see tracker.service.Emit)."""
+        if event == "lease_granted":
+            self.leases_granted.inc()
+            if fields.get("reassigned"):
+                self.leases_reassigned.inc()
+        elif event == "lease_expired":
+            self.leases_expired.inc()
+        elif event == "digests_accepted":
+            self.digests_accepted.inc(fields["count"])
+        elif event == "digests_rejected":
+            self.digests_rejected.labels(fields["reason"]).inc(fields["count"])
+        elif event == "corrupt_reset":
+            self.corrupt_resets.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
