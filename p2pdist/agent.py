@@ -160,11 +160,27 @@ class Agent:
         self._seed_digests_sent.add(blob)
         return reply.interval
 
+    async def _announce_stopped(self) -> None:
+        """Tell the tracker we are leaving, so nobody is handed a dead peer until its TTL runs out."""
+        if self.tracker is None:
+            return
+        blobs = set(self._seeds) | set(self.swarms)
+
+        async def stop(blob: str) -> None:
+            msg = wire.Announce(node=self.node, addr=self.addr, blob=blob, event="stopped")
+            with contextlib.suppress(TrackerUnavailable):
+                await self.tracker.announce(msg)
+
+        # Bounded: a daemon asked to stop must stop even if the tracker is slow.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(stop(b) for b in blobs)), timeout=3.0)
+
     async def close(self) -> None:
         if self._seeder is not None:
             self._seeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._seeder
+        await self._announce_stopped()
         for task in list(self._downloads.values()):
             task.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)

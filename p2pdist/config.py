@@ -47,7 +47,7 @@ class Limits:
     origin_concurrency: int = 4  # parallel Range requests to the origin
     upload_slots: int = 64  # concurrent piece uploads served before answering 503 (busy)
     piece_timeout: float = 30.0  # seconds for one piece from a peer before trying elsewhere
-    stall_timeout: float = 20.0  # seconds without progress before fetching from the origin directly
+    stall_timeout: float = 10.0  # seconds of a silent swarm before fetching the rest from the origin directly
     download_rate: int = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited
     piece_size: int = 0  # 0 = the layout rule (see README "Piece size"); otherwise a power of two
 

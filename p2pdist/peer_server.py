@@ -7,6 +7,7 @@ asker goes elsewhere instead of queueing behind us.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from .auth import cluster_auth
 from .core.digest import Digest, DigestError
+from .store import BlobNotFound
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -46,6 +48,11 @@ def build_app(agent: Agent) -> web.Application:
             raise _error(web.HTTPNotFound, f"{digest} bytes {first}-{last} are not verified on this node")
         path, size = source
         agent.uploads += 1
+        # A complete blob is pinned while it is sent, so garbage collection cannot pull it away.
+        pin = None
+        if agent.store.has(digest):
+            with contextlib.suppress(BlobNotFound):
+                pin = agent.store.open_blob(digest)
         try:
             agent.metrics.bytes_out.inc(last + 1 - first)
             if agent.config.faults.corrupt_uploads:
@@ -58,6 +65,8 @@ def build_app(agent: Agent) -> web.Application:
             return resp
         finally:
             agent.uploads -= 1
+            if pin is not None:
+                pin.close()
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"node": agent.node, "ok": True})

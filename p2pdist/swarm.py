@@ -36,6 +36,7 @@ log = logging.getLogger("p2pdist.swarm")
 
 ANNOUNCE_SPACING = 0.05  # seconds between announces triggered by events (digests to send or learn)
 ORIGIN_RETRIES = 3
+SPARE_LEASES = 1
 DIRECT_RUN_PIECES = 8  # pieces per origin Range request when fetching without a tracker
 
 
@@ -147,7 +148,9 @@ class Swarm:
                 self._lease_everything()
             else:
                 self._spawn(self._announcer())
-            while not self.partial.have.complete:
+            # Done when every piece is stored *and* every fetch has settled (a worker thread can mark
+            # the last piece had before its task has counted it).
+            while not (self.partial.have.complete and not self.inflight):
                 if self.error is not None:
                     raise self.error
                 self._schedule_origin()
@@ -191,7 +194,9 @@ class Swarm:
             digests = list(self.partial.manifest.items())[: wire.MAX_LIST]
         want = 0
         if not complete and not self.direct:
-            want = max(0, self.agent.config.limits.origin_concurrency - self.origin_active - len(self.leases))
+            # One spare lease per node keeps its origin streams busy across the announce round trip.
+            slots = self.agent.config.limits.origin_concurrency + SPARE_LEASES
+            want = max(0, slots - self.origin_active - len(self.leases))
         return wire.Announce(
             node=self.agent.node, addr=self.agent.config.advertise, blob=self.blob,
             zone=self.agent.config.zone, rack=self.agent.config.rack,
@@ -257,9 +262,12 @@ class Swarm:
         assert self.partial is not None
         if reply.reset:
             self.digest_pos = 0
+        learned = False
         for index, digest in reply.digests:
             with contextlib.suppress(ManifestError, IndexError):
-                self.partial.manifest.set(index, digest)
+                learned |= self.partial.manifest.set(index, digest)
+        if learned or reply.leases:
+            self.last_progress = time.monotonic()  # the swarm is moving, even if not through us yet
         self.digest_pos = reply.digest_pos
         active = set(self.leases)
         for start, end, _ttl in reply.leases:
@@ -290,6 +298,7 @@ class Swarm:
     def _schedule_origin(self) -> None:
         while self.leases and self.origin_active < self.agent.config.limits.origin_concurrency:
             start, end = self.leases.pop(0)
+            self._report_had(start, end)
             runs = self._missing_runs(start, end)
             if not runs:
                 continue
@@ -297,6 +306,17 @@ class Swarm:
                 self.inflight.update(range(s, e))
             self.origin_active += 1
             self._spawn(self._origin_lease(runs))
+
+    def _report_had(self, start: int, end: int) -> None:
+        """Pieces of a lease we already hold (resumed, or from peers) are reported, closing them."""
+        if self.direct:
+            return
+        reported = {i for i, _ in self.report}
+        for i in range(start, end):
+            digest = self.partial.manifest.get(i)
+            if i in self.partial.have and digest is not None and i not in reported:
+                self.report.append((i, digest))
+                self.kick.set()
 
     def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
         runs: list[tuple[int, int]] = []
@@ -310,6 +330,7 @@ class Swarm:
         return runs
 
     async def _origin_lease(self, runs: list[tuple[int, int]]) -> None:
+        log.debug("origin lease start", extra={"blob": self.blob, "runs": str(runs)})
         try:
             for start, end in runs:
                 await self._origin_run(start, end)
@@ -359,13 +380,13 @@ class Swarm:
                     view = view[n:]
                     if filled == len(buf):
                         # Hash and write off the loop while the next piece streams in; two at most.
-                        writes.append(asyncio.ensure_future(self._store(index, bytes(buf), None, "origin")))
+                        writes.append(asyncio.ensure_future(self._store(index, buf, None, "origin")))
                         if len(writes) >= 2:
                             await writes.pop(0)
                         index += 1
                         filled = 0
                         if index < end:
-                            buf = bytearray(layout.length(index))
+                            buf = bytearray(layout.length(index))  # a fresh buffer: the last one is being stored
             if index < end:
                 raise OriginError(f"origin stream ended early at piece {index} of {end}")
             for w in writes:
@@ -441,7 +462,7 @@ class Swarm:
 
     # --- storing ----------------------------------------------------------------------------
 
-    async def _store(self, index: int, data: bytes, expected: bytes | None, source: str) -> bool:
+    async def _store(self, index: int, data: bytes | bytearray, expected: bytes | None, source: str) -> bool:
         """Verify (peer pieces) or digest (origin pieces) off the loop, then write and announce."""
         partial = self.partial
 
@@ -473,10 +494,11 @@ class Swarm:
         return True
 
     def _check_stall(self) -> None:
-        """A pull never fails because of P2P: with no progress for too long, take the rest direct."""
+        """A pull never fails because of P2P: if the swarm shows no progress (no piece verified here,
+        no new digest, no HAVE from a neighbour) for stall_timeout, take the rest from the origin."""
         if self.direct or time.monotonic() - self.last_progress < self.agent.config.limits.stall_timeout:
             return
-        if self.origin_active:
+        if self.origin_active or self.inflight:
             return
         log.warning("no progress from peers or leases; fetching the rest from the origin",
                     extra={"blob": self.blob})
@@ -498,4 +520,5 @@ class Swarm:
     def on_have(self, index: int) -> None:
         if index < len(self.availability):
             self.availability[index] += 1
+            self.last_progress = time.monotonic()
             self.wake.set()

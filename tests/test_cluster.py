@@ -121,8 +121,11 @@ def test_agent_killed_halfway_resumes_without_refetching_verified_pieces(registr
                 break
         assert have >= size // 2, "download never reached halfway"
         agent.kill9()
-        with pytest.raises(Exception):  # noqa: B017 - the connection dies with the process
-            pending.result()
+        try:
+            last = pending.result()
+        except OSError:  # the connection died with the process
+            last = {}
+        assert not last.get("done"), "the killed agent reported the blob complete"
     blob_file = agent.data_dir / "store" / "blobs" / "sha256" / digest.split(":")[1]
     assert not blob_file.exists(), "a partial blob was committed as complete"
     agent.env.pop("P2PDIST_LIMITS_DOWNLOAD_RATE")

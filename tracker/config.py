@@ -43,7 +43,7 @@ class TrackerConfig:
     # An origin lease with no reported progress for this long goes back to the pool for another node.
     lease_ttl: float = 10.0
     lease_pieces: int = 8  # pieces per lease
-    leases_per_node: int = 2  # leases one node may hold per blob at once
+    leases_per_node: int = 5  # leases one node may hold per blob at once: its origin streams (4) + 1 spare
     handout_size: int = 16  # peers per announce reply
     handout_policy: str = "locality"  # a name from p2pdist.core.handout.HANDOUTS
     announce_interval: float = 5.0  # seconds between announces in steady state

@@ -94,6 +94,10 @@ def handle_announce(
                 "the agent has a wrong size for this digest",
             )
     blob.last_seen = now
+    if blob.book is not None and not blob.live_peers():
+        # Every holder left (stopped or expired): the digests stay facts, but the bytes must come
+        # from the origin again, under lease.
+        blob.book.reopen()
 
     if msg.event == "corrupt":
         emit("corrupt_reset", blob=msg.blob, node=msg.node, discarded=len(blob.log))
@@ -160,7 +164,10 @@ def _take_digests(blob: BlobRecord, msg: Announce, now: float, emit: Emit) -> No
             reason = "out-of-range"
         elif (known := manifest.get(index)) is not None:
             if known == digest:
-                continue  # a resend after a lost reply: harmless
+                # A resend after a lost reply, or a re-fetch after the swarm emptied: still progress
+                # on the sender's lease.
+                book.record(msg.node, index, now)
+                continue
             reason = "conflict"
         elif book.record(msg.node, index, now):
             reason = ""

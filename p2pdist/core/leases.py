@@ -119,6 +119,16 @@ class LeaseBook:
         if lease is not None and all(self.digested[i] for i in range(lease.start, lease.end)):
             self._drop(lease)
 
+    def reopen(self) -> None:
+        """Every holder left the swarm: the digests stay facts, but the bytes must leave the origin again.
+
+        Unleased pieces become grantable; leases in progress are kept.
+        """
+        for i in range(self.piece_count):
+            if self._leased_to[i] is None:
+                self.digested[i] = 0
+        self._cursor = 0
+
     @property
     def all_digested(self) -> bool:
         return all(self.digested)

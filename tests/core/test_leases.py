@@ -270,3 +270,16 @@ def test_cooperating_nodes_digest_every_piece_exactly_once(piece_count, lease_pi
                     fetched.append(i)
     assert sorted(fetched) == list(range(piece_count))
     assert book.all_digested and book.leases == []
+
+
+def test_reopen_makes_digested_pieces_grantable_again_but_keeps_live_leases() -> None:
+    book = LeaseBook(piece_count=8, lease_pieces=4, ttl=10.0, per_node=2)
+    first = book.grant("a", now=0.0)[0]
+    for i in range(first.start, first.end):
+        assert book.record("a", i, now=1.0)
+    held = book.grant("b", now=1.0)[0]
+    assert book.grant("c", now=1.0) == []  # every piece is digested or leased
+    book.reopen()
+    again = book.grant("c", now=2.0)
+    assert [(lease.start, lease.end) for lease in again] == [(first.start, first.end)]
+    assert book.holder(held.start) == "b"  # the lease in progress survived

@@ -1,0 +1,122 @@
+"""Fetch benchmarks on loopback against a real docker-registry (issue: P2P core).
+
+1. one agent fetching a blob from the origin vs `curl` of the same blob, run alternately;
+2. N agents fetching the same blob at once: time until all have it, origin egress / blob size.
+
+Run: .venv/bin/python -m benchmarks.bench_fetch [--single-size 1GiB] [--crowd 8] [--crowd-size 256MiB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from p2pdist.config import parse_size
+from tests.support.procs import AgentProc, Tracker
+from tests.support.registry import Registry
+
+TOKEN = "bench-token"
+
+
+def random_file_bytes(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def time_curl(url: str, out: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["curl", "-sf", "-o", str(out), url], check=True)
+    elapsed = time.perf_counter() - start
+    out.unlink()
+    return elapsed
+
+
+def time_agent(work: Path, tracker: Tracker, ref: str, run: int) -> tuple[float, dict]:
+    agent = AgentProc(work, f"single{run}", tracker.url, TOKEN).start()
+    try:
+        start = time.perf_counter()
+        result = agent.fetch(ref)
+        elapsed = time.perf_counter() - start
+    finally:
+        agent.stop()
+        shutil.rmtree(agent.data_dir, ignore_errors=True)
+    assert result.get("done"), result
+    return elapsed, result
+
+
+def single(work: Path, size: int, runs: int) -> dict:
+    with Registry(workdir=work / "registry-single") as registry:
+        digest = registry.push_blob("bench/single", random_file_bytes(size))
+        tracker = Tracker(work, TOKEN).start()
+        try:
+            ref = f"{registry.host}/bench/single@{digest}"
+            url = f"{registry.url}/v2/bench/single/blobs/{digest}"
+            time_curl(url, work / "warm")  # the registry's first read warms the page cache for both
+            curl_t, agent_t = [], []
+            for run in range(runs):
+                curl_t.append(time_curl(url, work / "curl.out"))
+                agent_t.append(time_agent(work, tracker, ref, run)[0])
+        finally:
+            tracker.stop()
+    c, a = statistics.median(curl_t), statistics.median(agent_t)
+    return {"size": size, "curl_s": curl_t, "agent_s": agent_t, "curl_median_s": c, "agent_median_s": a,
+            "ratio": a / c, "curl_MBps": size / c / 1e6, "agent_MBps": size / a / 1e6}
+
+
+def crowd(work: Path, size: int, nodes: int) -> dict:
+    with Registry(workdir=work / "registry-crowd") as registry:
+        digest = registry.push_blob("bench/crowd", random_file_bytes(size))
+        tracker = Tracker(work, TOKEN).start()
+        agents = [AgentProc(work, f"crowd{i}", tracker.url, TOKEN).start() for i in range(nodes)]
+        try:
+            ref = f"{registry.host}/bench/crowd@{digest}"
+            start = time.perf_counter()
+
+            def one(agent: AgentProc) -> tuple[float, dict]:
+                result = agent.fetch(ref)
+                return time.perf_counter() - start, result
+
+            with ThreadPoolExecutor(nodes) as pool:
+                done = list(pool.map(one, agents))
+            egress = registry.egress(digest)
+        finally:
+            for agent in agents:
+                agent.stop()
+            tracker.stop()
+    for _t, result in done:
+        assert result.get("done"), result
+    times = sorted(t for t, _ in done)
+    return {"size": size, "nodes": nodes, "time_to_all_s": times[-1], "first_s": times[0],
+            "median_s": statistics.median(times), "origin_egress_ratio": egress / size,
+            "from_peers_total": sum(r["from_peers"] for _, r in done)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--single-size", default="1GiB")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--crowd", type=int, default=8)
+    p.add_argument("--crowd-size", default="256MiB")
+    p.add_argument("--skip-single", action="store_true")
+    p.add_argument("--skip-crowd", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="p2pdist-bench-") as tmp:
+        work = Path(tmp)
+        out = {}
+        if not args.skip_single:
+            out["single"] = single(work, parse_size(args.single_size), args.runs)
+            print(json.dumps(out["single"]), flush=True)
+        if not args.skip_crowd:
+            out["crowd"] = crowd(work, parse_size(args.crowd_size), args.crowd)
+            print(json.dumps(out["crowd"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
