@@ -38,8 +38,8 @@ def time_curl(url: str, out: Path) -> float:
     return elapsed
 
 
-def time_agent(work: Path, tracker: Tracker, ref: str, run: int) -> tuple[float, dict]:
-    agent = AgentProc(work, f"single{run}", tracker.url, TOKEN).start()
+def time_agent(work: Path, tracker: Tracker, ref: str, run: int, upstream: str) -> tuple[float, dict]:
+    agent = AgentProc(work, f"single{run}", tracker.url, TOKEN, upstreams=[upstream]).start()
     try:
         start = time.perf_counter()
         result = agent.fetch(ref)
@@ -62,7 +62,7 @@ def single(work: Path, size: int, runs: int) -> dict:
             curl_t, agent_t = [], []
             for run in range(runs):
                 curl_t.append(time_curl(url, work / "curl.out"))
-                agent_t.append(time_agent(work, tracker, ref, run)[0])
+                agent_t.append(time_agent(work, tracker, ref, run, f"http://{registry.host}")[0])
         finally:
             tracker.stop()
     c, a = statistics.median(curl_t), statistics.median(agent_t)
@@ -74,7 +74,8 @@ def crowd(work: Path, size: int, nodes: int) -> dict:
     with Registry(workdir=work / "registry-crowd") as registry:
         digest = registry.push_blob("bench/crowd", random_file_bytes(size))
         tracker = Tracker(work, TOKEN).start()
-        agents = [AgentProc(work, f"crowd{i}", tracker.url, TOKEN).start() for i in range(nodes)]
+        agents = [AgentProc(work, f"crowd{i}", tracker.url, TOKEN, upstreams=[f"http://{registry.host}"]).start()
+                  for i in range(nodes)]
         try:
             ref = f"{registry.host}/bench/crowd@{digest}"
             start = time.perf_counter()

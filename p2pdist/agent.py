@@ -28,6 +28,10 @@ log = logging.getLogger("p2pdist.agent")
 SEED_INTERVAL = 10.0  # fallback re-announce interval for complete blobs (the tracker's reply wins)
 
 
+class UpstreamNotAllowed(Exception):
+    """A registry that is not on the agent's upstream allow-list."""
+
+
 class Agent:
     def __init__(self, config: AgentConfig, node: str, session: aiohttp.ClientSession) -> None:
         self.config = config
@@ -49,13 +53,25 @@ class Agent:
 
     # --- fetching ---------------------------------------------------------------------------
 
-    def origin_client(self, registry: str, repo: str) -> OriginClient:
+    def origin_client(self, registry: str, authorization: str | None = None) -> OriginClient:
         up = self.config.upstream(registry)
+        if up is None:
+            raise UpstreamNotAllowed(
+                f"registry {registry} is not an allowed upstream: add it with --upstream "
+                f"(e.g. --upstream https://{registry}) or an [[upstream]] table in the config file"
+            )
         creds = Credentials(up.username, up.password) if up.username else None
-        return OriginClient(self.session, registry, plain_http=up.plain_http, credentials=creds)
+        # A client's own credential wins: it is the one the upstream just accepted for this pull.
+        return OriginClient(self.session, up.host, plain_http=up.plain_http, credentials=creds,
+                            authorization=authorization, verify_tls=not up.skip_verify)
 
-    def fetch(self, registry: str, repo: str, digest: Digest) -> tuple[Swarm | None, asyncio.Future[Path]]:
-        """Start (or join) the one download of this blob on this node."""
+    def fetch(self, registry: str, repo: str, digest: Digest,
+              authorization: str | None = None) -> tuple[Swarm | None, asyncio.Future[Path]]:
+        """Start (or join) the one download of this blob on this node.
+
+        ``authorization`` is a mirror client's own credential, used for the origin when the
+        download starts here; later joiners share the download (they were checked upstream first).
+        """
         blob = str(digest)
         if self.store.has(digest):
             done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
@@ -63,7 +79,7 @@ class Agent:
             return None, done
         task = self._downloads.get(blob)
         if task is None:
-            swarm = self.swarms[blob] = Swarm(self, digest, registry, repo)
+            swarm = self.swarms[blob] = Swarm(self, digest, registry, repo, authorization)
             task = self._downloads[blob] = asyncio.ensure_future(swarm.run())
             self.metrics.swarms.set(len(self._downloads))
             task.add_done_callback(lambda _t, b=blob: self._finished(b))

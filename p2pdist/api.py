@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .agent import UpstreamNotAllowed
 from .core.digest import DigestError
 from .core.names import InvalidName
 from .core.reference import parse_reference
@@ -35,7 +36,10 @@ def build_app(agent: Agent) -> web.Application:
             raise web.HTTPBadRequest(text=json.dumps({"error": "fetch needs REGISTRY/REPO@DIGEST"}),
                                      content_type="application/json")
         started = time.monotonic()
-        swarm, done = agent.fetch(ref.registry, ref.repository, ref.digest)
+        try:
+            swarm, done = agent.fetch(ref.registry, ref.repository, ref.digest)
+        except UpstreamNotAllowed as e:
+            raise web.HTTPForbidden(text=json.dumps({"error": str(e)}), content_type="application/json") from None
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
 

@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--zone", help="zone label; the tracker prefers peers in the same zone")
     d.add_argument("--rack", help="rack label; the tracker prefers peers in the same rack")
     d.add_argument("--capacity", help="bytes of blobs to keep, e.g. 50GiB (default unlimited)")
+    d.add_argument("--upstream", action="append", metavar="[http://]REGISTRY[=ENDPOINT]",
+                   help="allow this origin registry (repeatable; http:// = plain HTTP). Also $P2PDIST_UPSTREAMS "
+                        "(comma-separated). docker.io is allowed by default")
+    d.add_argument("--mirror-listen", help="HOST:PORT of the registry mirror (default 127.0.0.1:65001, '' = off)")
     d.add_argument("--cluster-token", help="shared cluster secret (prefer $P2PDIST_CLUSTER_TOKEN)")
     d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -85,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 def _daemon(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "tracker", "peer_listen", "peer_advertise", "api_listen", "data_dir", "node_id", "zone", "rack",
-        "capacity", "cluster_token", "log_level")}
+        "capacity", "cluster_token", "log_level", "upstream")}
+    if args.mirror_listen is not None:
+        overrides["mirror"] = {"listen": args.mirror_listen}
     try:
         cfg = config.load(args.config, overrides=overrides)
     except config.ConfigError as e:

@@ -31,10 +31,30 @@ def _default_data_dir() -> Path:
 class Upstream:
     """An origin registry the agent may fetch from, with optional credentials."""
 
-    registry: str  # host[:port], as it appears in image references
+    registry: str  # host[:port], as it appears in image references (and in containerd's ?ns=)
+    endpoint: str = ""  # host[:port] to connect to; empty = registry (docker.io: registry-1.docker.io)
     username: str = ""
     password: str = ""
-    plain_http: bool = False  # speak http:// instead of https:// (loopback test registries)
+    plain_http: bool = False  # speak http:// instead of https:// (only when configured: never guessed)
+    skip_verify: bool = False  # accept any TLS certificate (insecure registries, only when configured)
+
+    @property
+    def host(self) -> str:
+        if self.endpoint:
+            return self.endpoint
+        return "registry-1.docker.io" if self.registry == "docker.io" else self.registry
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    """The local registry mirror that Docker, containerd and podman pull through."""
+
+    listen: str = "127.0.0.1:65001"  # empty = no mirror. Loopback by default: not an open proxy.
+    default_upstream: str = "docker.io"  # for requests without ?ns= (Docker's registry-mirrors)
+    tag_ttl: float = 600.0  # seconds a resolved tag may be served while the upstream is unreachable
+    auth_ttl: float = 300.0  # seconds an upstream's yes for (credential, repository) is trusted
+    public_ttl: float = 3600.0  # seconds an anonymous yes (a public repository) is trusted
+    max_requests: int = 512  # concurrent mirror requests before answering 429 TOOMANYREQUESTS
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,8 @@ class AgentConfig:
     rack: str = ""
     capacity: int = 0  # bytes of complete blobs kept; 0 = unlimited. TOML accepts "50GiB".
     log_level: str = "info"
-    upstreams: tuple[Upstream, ...] = ()
+    upstreams: tuple[Upstream, ...] = (Upstream("docker.io"),)  # the allow-list of origins
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
     limits: Limits = field(default_factory=Limits)
     faults: Faults = field(default_factory=Faults)
 
@@ -80,17 +101,18 @@ class AgentConfig:
     def advertise(self) -> str:
         return self.peer_advertise or self.peer_listen
 
-    def upstream(self, registry: str) -> Upstream:
+    def upstream(self, registry: str) -> Upstream | None:
+        """The configured upstream for a registry name; None if it is not on the allow-list."""
         for up in self.upstreams:
             if up.registry == registry:
                 return up
-        # Loopback registries are plain HTTP in practice; anything else must be configured to be.
-        host = registry.rsplit(":", 1)[0]
-        return Upstream(registry, plain_http=host in ("127.0.0.1", "localhost", "[::1]"))
+        return None
 
     def check(self) -> AgentConfig:
         for name in ("peer_listen", "api_listen"):
             split_hostport(getattr(self, name), name)
+        if self.mirror.listen:
+            split_hostport(self.mirror.listen, "mirror.listen")
         if self.cluster_token == "" and not _is_loopback(split_hostport(self.peer_listen, "peer_listen")[0]):
             raise ConfigError(
                 "peer_listen is not a loopback address but no cluster_token is set: set "
@@ -166,6 +188,21 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def parse_upstream_spec(spec: str) -> Upstream:
+    """``[http://|https://]REGISTRY[=ENDPOINT]``: http:// marks a plain-HTTP registry."""
+    plain = spec.startswith("http://")
+    rest = spec.removeprefix("http://").removeprefix("https://").rstrip("/")
+    registry, _, endpoint = rest.partition("=")
+    if not registry or "/" in registry:
+        raise ConfigError(f"upstream {spec!r}: expected [http://|https://]REGISTRY[=ENDPOINT], e.g. http://127.0.0.1:5000")
+    return Upstream(registry, endpoint=endpoint, plain_http=plain)
+
+
+def merge_upstreams(base: tuple[Upstream, ...], extra: list[Upstream]) -> tuple[Upstream, ...]:
+    names = {u.registry for u in extra}
+    return tuple(u for u in base if u.registry not in names) + tuple(extra)
+
+
 def _upstream(value: Any, where: str) -> Upstream:
     if not isinstance(value, dict) or "registry" not in value:
         raise ConfigError(f"{where}: each [[upstream]] needs at least registry = \"host[:port]\"")
@@ -203,6 +240,12 @@ def load(path: Path | None = None, environ: dict[str, str] | None = None,
             data["upstreams"] = data.pop("upstream")
         cfg = _apply(cfg, data, str(path))
     cfg = _apply(cfg, _env_values(environ, "P2PDIST_", cfg), "environment")
+    specs = [s for s in environ.get("P2PDIST_UPSTREAMS", "").split(",") if s.strip()]
+    overrides = dict(overrides or {})
+    specs += overrides.pop("upstream", None) or []
+    if specs:
+        cfg = dataclasses.replace(cfg, upstreams=merge_upstreams(cfg.upstreams, [parse_upstream_spec(s.strip())
+                                                                              for s in specs]))
     if overrides:
         cfg = _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
     return cfg.check()

@@ -9,7 +9,7 @@ import signal
 import aiohttp
 from aiohttp import web
 
-from . import api, peer_server
+from . import api, mirror, peer_server
 from .agent import Agent
 from .config import AgentConfig, node_id, split_hostport
 from .core import wire
@@ -24,8 +24,10 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
         agent = Agent(config, node, session)
         runners = []
-        for app, listen in ((peer_server.build_app(agent), config.peer_listen),
-                            (api.build_app(agent), config.api_listen)):
+        apps = [(peer_server.build_app(agent), config.peer_listen), (api.build_app(agent), config.api_listen)]
+        if config.mirror.listen:
+            apps.append((mirror.build_app(agent), config.mirror.listen))
+        for app, listen in apps:
             app._client_max_size = wire.MAX_FRAME
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -34,6 +36,7 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
             runners.append(runner)
         await agent.start()
         log.info("agent ready", extra={"node": node, "peer": config.peer_listen, "api": config.api_listen,
+                                        "mirror": config.mirror.listen or "off",
                                         "tracker": config.tracker or "none", "data_dir": str(config.data_dir)})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

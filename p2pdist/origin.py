@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from p2pdist.core.digest import Digest
@@ -117,9 +118,11 @@ class OriginClient:
         plain_http: bool = False,
         credentials: Credentials | None = None,
         authorization: str | None = None,
+        verify_tls: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._ssl = verify_tls  # False only for insecure registries the operator configured as such
         self.registry = check_registry(registry)
         self._base = URL.build(scheme="http" if plain_http else "https", authority=registry)
         self._credentials = credentials
@@ -179,6 +182,32 @@ class OriginClient:
             async for chunk in self._stream(response, response.content_length, digest):
                 yield chunk
 
+    @asynccontextmanager
+    async def passthrough(
+        self, method: str, repo: str, kind: str, reference: str, headers: CIMultiDict[str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A manifest or blob request whose answer, whatever its status, goes back to a mirror client.
+
+        Repeated headers (every ``Accept``) are sent as they came. With a client's own Authorization
+        the upstream's 401 and its challenge are yielded as they are, for the client to answer.
+        """
+        check_repository(repo)
+        if kind not in ("manifests", "blobs"):
+            raise ValueError(f"unknown endpoint kind {kind!r}")
+        url = self._base.with_path(f"/v2/{repo}/{kind}/{reference}")
+        scope = f"repository:{repo}:pull"
+        authorization = self._authorization or self._cached_authorization(scope)
+        response = await self._send(method, url, headers, authorization)
+        if response.status == 401 and self._authorization is None and self._credentials is not None:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.release()
+            authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
+            response = await self._send(method, url, headers, authorization)
+        try:
+            yield response
+        finally:
+            response.release()
+
     # -- request plumbing -------------------------------------------------------------------------
 
     async def _stream(
@@ -224,7 +253,7 @@ class OriginClient:
             response.release()
 
     async def _send(
-        self, method: str, url: URL, headers: dict[str, str], authorization: str | None
+        self, method: str, url: URL, headers: dict[str, str] | CIMultiDict[str], authorization: str | None
     ) -> aiohttp.ClientResponse:
         """Send, following redirects ourselves: Authorization goes only to the origin it was meant for.
 
@@ -234,13 +263,16 @@ class OriginClient:
         """
         origin = url.origin()
         for _ in range(MAX_REDIRECTS + 1):
-            request_headers = dict(headers)
+            request_headers = CIMultiDict(headers)  # a multidict: repeated Accept headers survive
+            request_headers.popall("Authorization", None)
             if authorization is not None and url.origin() == origin:
                 request_headers["Authorization"] = authorization
             else:
                 authorization = None  # once we left the origin, never send it again
             try:
-                response = await self._session.request(method, url, headers=request_headers, allow_redirects=False)
+                response = await self._session.request(
+                    method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl
+                )
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise OriginError(f"cannot reach origin {url.host}:{url.port}: {e}") from e
             location = response.headers.get("Location")

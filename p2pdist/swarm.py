@@ -59,7 +59,8 @@ class SwarmStats:
 
 
 class Swarm:
-    def __init__(self, agent: Agent, digest: Digest, registry: str, repo: str) -> None:
+    def __init__(self, agent: Agent, digest: Digest, registry: str, repo: str,
+                 authorization: str | None = None) -> None:
         self.agent = agent
         self.digest = digest
         self.blob = str(digest)
@@ -85,7 +86,10 @@ class Swarm:
         self.last_progress = time.monotonic()
         self.error: BaseException | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.origin = agent.origin_client(registry, repo)
+        self.origin = agent.origin_client(registry, authorization)
+        self.ready = asyncio.Event()  # the layout is known and the partial is open
+        self.finished = False
+        self._readers: dict[int, int] = {}  # streaming reader id -> the piece it waits for
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -108,6 +112,10 @@ class Swarm:
             raise
         finally:
             await self._stop_tasks()
+            self.finished = True
+            self.ready.set()
+            async with self.piece_done:
+                self.piece_done.notify_all()  # readers waiting for pieces learn that nothing more comes
         self.stats.finished = time.monotonic()
         self.agent.metrics.fetches.labels("ok").inc()
         self.agent.metrics.fetch_seconds.observe(self.stats.finished - self.stats.started)
@@ -132,6 +140,7 @@ class Swarm:
         self.layout = PieceLayout(size, piece_size)
         self.stats.size = size
         self.partial = await asyncio.to_thread(self.agent.store.open_partial, self.digest, self.layout)
+        self.ready.set()
         try:
             self.availability = [0] * self.layout.count
             for nb in self.agent.neighbours.peers.values():
@@ -505,6 +514,25 @@ class Swarm:
         self.agent.metrics.origin_fallbacks.labels("stall").inc()
         self.direct = True
         self._lease_everything()
+
+    # --- streaming readers (the mirror) -----------------------------------------------------
+
+    def follow(self, reader: int, index: int) -> None:
+        """A reader streams the blob and next needs ``index``: the selection window sits there."""
+        self._readers[reader] = index
+        self.cursor = min(self._readers.values())
+        self.wake.set()
+
+    def unfollow(self, reader: int) -> None:
+        self._readers.pop(reader, None)
+        self.cursor = min(self._readers.values(), default=None)
+
+    async def wait_piece(self, partial: Partial, index: int) -> bool:
+        """Wait until ``index`` is verified in ``partial``; False if the download ended without it."""
+        async with self.piece_done:
+            await self.piece_done.wait_for(lambda: index in partial.have or self.finished
+                                           or self.partial is not partial)
+        return index in partial.have
 
     # --- neighbour events -------------------------------------------------------------------
 

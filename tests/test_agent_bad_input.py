@@ -23,8 +23,9 @@ GOOD = "sha256:" + "a" * 64
 
 
 @pytest.fixture
-def agent(tmp_path: Path):
-    proc = AgentProc(tmp_path, "target", f"http://127.0.0.1:{free_port()}", TOKEN).start()
+def agent(tmp_path: Path, registry: Registry):
+    proc = AgentProc(tmp_path, "target", f"http://127.0.0.1:{free_port()}", TOKEN,
+                     upstreams=[f"http://{registry.host}"]).start()
     yield proc
     proc.stop()
 
@@ -112,3 +113,10 @@ async def test_agent_still_fetches_after_bad_input(agent: AgentProc, registry: R
         assert r.status == 400
     result = await asyncio.to_thread(agent.fetch, f"{registry.host}/team/after@{digest}")
     assert result.get("done"), result
+
+
+async def test_fetch_from_a_registry_not_on_the_allow_list_is_refused(agent: AgentProc):
+    ref = f"127.0.0.1:{free_port()}/team/app@{GOOD}"
+    async with aiohttp.ClientSession() as session, session.post(agent.api + "/v1/fetch", json={"ref": ref}) as r:
+        assert r.status == 403
+        assert "not an allowed upstream" in (await r.json())["error"]

@@ -20,8 +20,9 @@ TOKEN = "cluster-test-token"
 
 
 class Cluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, registry: Registry) -> None:
         self.workdir = workdir
+        self.upstreams = [f"http://{registry.host}"]
         self.procs: list = []
         self.tracker: Tracker | None = None
 
@@ -33,7 +34,7 @@ class Cluster:
     def agent(self, name: str, env: dict[str, str] | None = None, tracker: str | None = None,
               start: bool = True) -> AgentProc:
         url = tracker if tracker is not None else self.tracker.url
-        agent = AgentProc(self.workdir, name, url, TOKEN, env)
+        agent = AgentProc(self.workdir, name, url, TOKEN, env, upstreams=self.upstreams)
         self.procs.append(agent)
         return agent.start() if start else agent
 
@@ -43,8 +44,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path):
-    c = Cluster(tmp_path)
+def cluster(tmp_path: Path, registry: Registry):
+    c = Cluster(tmp_path, registry)
     yield c
     c.stop()
 

@@ -93,17 +93,26 @@ class Tracker(Proc):
 
 class AgentProc(Proc):
     def __init__(self, workdir: Path, name: str, tracker: str, token: str = "",
-                 extra_env: dict[str, str] | None = None, data_dir: Path | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, data_dir: Path | None = None,
+                 upstreams: list[str] | None = None, mirror: bool = False) -> None:
         self.name = name
         self.peer_port, self.api_port = free_port(), free_port()
         self.data_dir = data_dir or workdir / name
         args = [sys.executable, "-m", "p2pdist", "daemon", "--node-id", name, "--tracker", tracker,
                 "--peer-listen", f"127.0.0.1:{self.peer_port}", "--api-listen", f"127.0.0.1:{self.api_port}",
                 "--data-dir", str(self.data_dir)]
+        self.mirror_port = free_port() if mirror else 0
+        args += ["--mirror-listen", f"127.0.0.1:{self.mirror_port}" if mirror else ""]
+        for spec in upstreams or []:
+            args += ["--upstream", spec]
         env = dict(extra_env or {})
         if token:
             env["P2PDIST_CLUSTER_TOKEN"] = token
         super().__init__(args, workdir / f"{name}.log", env)
+
+    @property
+    def mirror(self) -> str:
+        return f"127.0.0.1:{self.mirror_port}"
 
     @property
     def api(self) -> str:

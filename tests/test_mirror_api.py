@@ -1,0 +1,217 @@
+"""The mirror's OCI pull API against a real docker-registry upstream, spoken to with plain HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yarl
+
+from tests.support.procs import AgentProc, Tracker
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "mirror-api-token"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MiB = 1 << 20
+
+
+def start_agent(tmp_path: Path, registry: Registry, name: str = "m", tracker: Tracker | None = None) -> AgentProc:
+    url = tracker.url if tracker else "http://127.0.0.1:9"  # no tracker: a single node
+    return AgentProc(tmp_path, name, url, TOKEN, upstreams=[f"http://{registry.host}"], mirror=True).start()
+
+
+@pytest.fixture
+def image(registry: Registry):
+    layers = [os.urandom(5 * MiB + 123), os.urandom(300_000), os.urandom(17)]
+    manifest, digests = registry.push_image("team/app", "v1", layers)
+    return manifest, digests, layers
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, registry: Registry):
+    agent = start_agent(tmp_path, registry)
+    yield agent
+    agent.stop()
+
+
+def ns(registry: Registry) -> dict[str, str]:
+    return {"ns": registry.host}
+
+
+async def test_base_endpoint_answers_like_a_registry(mirror: AgentProc):
+    async with aiohttp.ClientSession() as s, s.get(f"http://{mirror.mirror}/v2/") as r:
+        assert r.status == 200
+        assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+async def test_manifests_by_tag_and_digest_with_every_accept_forwarded(mirror, registry, image):
+    manifest_digest, _, _ = image
+    base = f"http://{mirror.mirror}/v2/team/app/manifests"
+    # Docker's type first: if the mirror kept only one Accept, the registry would refuse the OCI manifest.
+    accept = [("Accept", DOCKER_MANIFEST), ("Accept", OCI_MANIFEST)]
+    async with aiohttp.ClientSession() as s:
+        async with s.head(f"{base}/v1", params=ns(registry), headers=accept) as r:
+            assert r.status == 200
+            assert r.headers["Docker-Content-Digest"] == manifest_digest
+            assert r.headers["Content-Type"] == OCI_MANIFEST
+            assert int(r.headers["Content-Length"]) > 0
+        async with s.get(f"{base}/{manifest_digest}", params=ns(registry), headers=accept) as r:
+            body = await r.read()
+            assert r.status == 200
+            assert "sha256:" + hashlib.sha256(body).hexdigest() == manifest_digest
+            assert r.headers["Docker-Content-Digest"] == manifest_digest
+            assert r.headers["Content-Type"] == OCI_MANIFEST
+        async with s.get(f"{base}/v1", params=ns(registry), headers=[("Accept", DOCKER_MANIFEST)]) as r:
+            assert r.status == 404  # the upstream's own answer to an Accept it cannot meet, passed on
+            assert (await r.json())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+async def test_blobs_whole_head_and_ranges(mirror, registry, image):
+    _, digests, layers = image
+    big, data = digests[0], layers[0]
+    url = f"http://{mirror.mirror}/v2/team/app/blobs/{big}"
+    async with aiohttp.ClientSession() as s:
+        async with s.head(url, params=ns(registry)) as r:
+            assert r.status == 200
+            assert int(r.headers["Content-Length"]) == len(data)
+            assert r.headers["Docker-Content-Digest"] == big
+        async with s.get(url, params=ns(registry), headers={"Range": "bytes=1048570-1048585"}) as r:
+            assert r.status == 206  # served from the swarm while the blob is still cold
+            assert r.headers["Content-Range"] == f"bytes 1048570-1048585/{len(data)}"
+            assert await r.read() == data[1048570:1048586]
+        async with s.get(url, params=ns(registry)) as r:
+            assert r.status == 200
+            assert r.headers["Docker-Content-Digest"] == big
+            assert await r.read() == data
+        for header, status, expect in [
+            ("bytes=10-19", 206, data[10:20]),
+            ("bytes=-7", 206, data[-7:]),
+            (f"bytes={len(data) - 3}-", 206, data[-3:]),
+        ]:
+            async with s.get(url, params=ns(registry), headers={"Range": header}) as r:
+                assert r.status == status, header
+                assert await r.read() == expect
+        async with s.get(url, params=ns(registry), headers={"Range": f"bytes={len(data)}-"}) as r:
+            assert r.status == 416
+    assert registry.egress(big) == len(data)  # every byte from the origin once, despite four requests
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v2/team/app/blobs/sha256:" + "0" * 64, 404, "BLOB_UNKNOWN"),
+    ("HEAD", "/v2/team/app/blobs/sha256:" + "0" * 64, 404, None),
+    ("GET", "/v2/team/app/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+    ("GET", "/v2/Team/App/manifests/v1", 400, "NAME_INVALID"),
+    ("GET", "/v2/team/../etc/blobs/sha256:" + "0" * 64, 400, "NAME_INVALID"),
+    ("GET", "/v2/team/app/blobs/sha256:..%2F..%2Fetc", 400, "DIGEST_INVALID"),
+    ("GET", "/v2/team/app/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),
+    ("GET", "/v2/team/app/manifests/sha256:1234", 400, "DIGEST_INVALID"),
+    ("GET", "/v2/team/app/manifests/-bad-tag", 400, "TAG_INVALID"),
+    ("POST", "/v2/team/app/blobs/uploads/", 405, "UNSUPPORTED"),
+    ("PUT", "/v2/team/app/manifests/v2", 405, "UNSUPPORTED"),
+    ("PATCH", "/v2/team/app/blobs/uploads/x", 405, "UNSUPPORTED"),
+    ("DELETE", "/v2/team/app/manifests/v1", 405, "UNSUPPORTED"),
+    ("GET", "/v2/team/app/tags/list", 404, "NAME_UNKNOWN"),
+])
+async def test_bad_and_unsupported_requests_get_oci_errors(mirror, registry, image, method, path, status, code):
+    # encoded=True: send the path exactly as written (no client-side '..' folding).
+    url = yarl.URL(f"http://{mirror.mirror}{path}?ns={registry.host}", encoded=True)
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, url) as r:
+            assert r.status == status
+            if code is not None:
+                assert (await r.json())["errors"][0]["code"] == code
+        async with s.get(f"http://{mirror.mirror}/v2/") as r:
+            assert r.status == 200  # still serving
+
+
+async def test_registry_outside_the_allow_list_is_denied(mirror, image):
+    url = f"http://{mirror.mirror}/v2/team/app/manifests/v1"
+    async with aiohttp.ClientSession() as s, s.get(url, params={"ns": "evil.example:5000"}) as r:
+        assert r.status == 403
+        assert (await r.json())["errors"][0]["code"] == "DENIED"
+
+
+async def test_private_repository_needs_the_clients_own_credentials(tmp_path, registry_basic: Registry):
+    layer = os.urandom(2 * MiB)
+    manifest = registry_basic.push_image("private/app", "v1", [layer])[0]
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    agent = start_agent(tmp_path, registry_basic)
+    good = {"Authorization": "Basic " + base64.b64encode(b"alice:secret-pw").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()}
+    base = f"http://{agent.mirror}/v2/private/app"
+    params = ns(registry_basic)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/manifests/v1", params=params, headers={"Accept": OCI_MANIFEST}) as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"].startswith("Basic")  # the upstream's challenge, unchanged
+            async with s.get(f"{base}/manifests/v1", params=params, headers={"Accept": OCI_MANIFEST, **good}) as r:
+                assert r.status == 200
+                assert r.headers["Docker-Content-Digest"] == manifest
+            async with s.get(f"{base}/blobs/{layer_digest}", params=params, headers=good) as r:
+                assert r.status == 200
+                assert await r.read() == layer
+            # The blob is now in the cache; clients without accepted credentials still get nothing.
+            for headers in ({}, bad):
+                async with s.get(f"{base}/blobs/{layer_digest}", params=params, headers=headers) as r:
+                    assert r.status == 401
+                    assert "WWW-Authenticate" in r.headers
+                    assert await r.read() != layer
+                async with s.head(f"{base}/blobs/{layer_digest}", params=params, headers=headers) as r:
+                    assert r.status == 401
+                async with s.get(f"{base}/manifests/{manifest}", params=params, headers=headers) as r:
+                    assert r.status == 401
+    finally:
+        agent.stop()
+    assert registry_basic.egress(layer_digest) == len(layer)
+
+
+async def test_upstream_down_cached_manifest_by_digest_and_blobs_still_served(mirror, registry, image):
+    manifest_digest, digests, layers = image
+    base = f"http://{mirror.mirror}/v2/team/app"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{base}/manifests/v1", params=ns(registry), headers={"Accept": OCI_MANIFEST}) as r:
+            manifest = await r.read()
+        for d in digests:
+            async with s.get(f"{base}/blobs/{d}", params=ns(registry)) as r:
+                assert r.status == 200
+        registry.stop()
+        async with s.get(f"{base}/manifests/{manifest_digest}", params=ns(registry)) as r:
+            assert r.status == 200
+            assert await r.read() == manifest
+        async with s.get(f"{base}/manifests/v1", params=ns(registry)) as r:
+            assert r.status == 200  # the tag was resolved within the window
+            assert r.headers["Docker-Content-Digest"] == manifest_digest
+        for d, layer in zip(digests, layers, strict=True):
+            async with s.get(f"{base}/blobs/{d}", params=ns(registry)) as r:
+                assert r.status == 200
+                assert await r.read() == layer
+        async with s.get(f"{base}/manifests/never-seen", params=ns(registry)) as r:
+            assert r.status == 503
+
+
+async def test_many_clients_share_one_download(tmp_path, registry: Registry):
+    data = os.urandom(24 * MiB)
+    digest = registry.push_blob("team/shared", data)
+    agent = start_agent(tmp_path, registry)
+    url = f"http://{agent.mirror}/v2/team/shared/blobs/{digest}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def get() -> bytes:
+                async with s.get(url, params=ns(registry)) as r:
+                    assert r.status == 200
+                    return await r.read()
+
+            bodies = await asyncio.gather(*(get() for _ in range(6)))
+    finally:
+        agent.stop()
+    assert all(b == data for b in bodies)
+    assert registry.egress(digest) == len(data)
