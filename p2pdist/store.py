@@ -28,6 +28,7 @@ import struct
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -419,8 +420,12 @@ class Partial:
 
     # -- endings -------------------------------------------------------------------------------
 
-    def commit(self) -> Path:
-        """Verify the whole blob against its digest and move it into ``blobs/``; returns its path."""
+    def commit(self, on_verified: Callable[[], None] | None = None) -> Path:
+        """Verify the whole blob against its digest and move it into ``blobs/``; returns its path.
+
+        ``on_verified`` runs once the digest matched, before the fsync: a reader streaming the blob
+        may release its last bytes then, without waiting for the disk.
+        """
         with self._lock, self._store._lock:
             self._check_open()
             if not self.have.complete:
@@ -440,6 +445,8 @@ class Partial:
             if actual != str(self.digest):
                 self._discard(PartialState.COMMITTING)
                 raise DigestMismatch(str(self.digest), actual)
+            if on_verified is not None:
+                on_verified()
             # The data can only be longer by tampering; cutting it makes the blob exactly what we hashed.
             os.ftruncate(self._data_fd, self.layout.blob_size)
             os.fsync(self._data_fd)

@@ -88,6 +88,7 @@ class Swarm:
         self._tasks: set[asyncio.Task] = set()
         self.origin = agent.origin_client(registry, authorization)
         self.ready = asyncio.Event()  # the layout is known and the partial is open
+        self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
         self.finished = False
         self._readers: dict[int, int] = {}  # streaming reader id -> the piece it waits for
 
@@ -123,6 +124,7 @@ class Swarm:
 
     def _reset(self) -> None:
         self.partial = None
+        self.verified.clear()
         self.inflight.clear()
         self.inflight_bytes = 0
         self.leases.clear()
@@ -169,7 +171,8 @@ class Swarm:
                     await asyncio.wait_for(self.wake.wait(), timeout=1.0)
                 self.wake.clear()
             await self._stop_tasks()
-            path = await asyncio.to_thread(self.partial.commit)
+            loop = asyncio.get_running_loop()
+            path = await asyncio.to_thread(self.partial.commit, lambda: loop.call_soon_threadsafe(self.verified.set))
         finally:
             if self.partial is not None:
                 self.partial.close()
@@ -232,9 +235,9 @@ class Swarm:
             reply = await self.agent.tracker.announce(self._announce_msg(event, size=size, complete=complete))
         except TrackerUnavailable:
             self.agent.metrics.tracker_errors.inc()
-            return None
-        if complete:
-            self.agent.seeding(self.digest, reply.interval)
+            reply = None
+        if complete:  # seed even if this announce failed: the seeding loop retries
+            self.agent.seeding(self.digest, reply.interval if reply else None)
         return reply
 
     async def _announcer(self) -> None:
@@ -526,6 +529,18 @@ class Swarm:
     def unfollow(self, reader: int) -> None:
         self._readers.pop(reader, None)
         self.cursor = min(self._readers.values(), default=None)
+
+    async def wait_verified(self, done: asyncio.Future) -> None:
+        """Until the whole blob matched its digest; raises the download's error if it failed."""
+        waiter = asyncio.ensure_future(self.verified.wait())
+        try:
+            await asyncio.wait([waiter, done], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not self.verified.is_set():
+            await done  # raises why it failed
+            if not self.verified.is_set():
+                raise DigestMismatch(self.blob, "a restarted download")
 
     async def wait_piece(self, partial: Partial, index: int) -> bool:
         """Wait until ``index`` is verified in ``partial``; False if the download ended without it."""

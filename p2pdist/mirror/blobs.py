@@ -109,7 +109,7 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
                 stop = min(offset + length, end)
                 data = await asyncio.to_thread(os.pread, partial.fileno(), stop - pos, pos)
                 if stop == end == layout.blob_size and span is None:
-                    await done  # the whole-blob digest check; raises on a mismatch
+                    await swarm.wait_verified(done)  # the whole-blob digest check; raises on a mismatch
                 await resp.write(data)
                 pos = stop
         finally:

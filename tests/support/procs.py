@@ -106,6 +106,11 @@ class AgentProc(Proc):
         for spec in upstreams or []:
             args += ["--upstream", spec]
         env = dict(extra_env or {})
+        if upstreams:
+            # Requests without ?ns= (skopeo, podman, Docker) go to the default upstream: in tests that
+            # must be the local registry, never a real one out on the internet.
+            first = upstreams[0].removeprefix("http://").removeprefix("https://").split("=")[0]
+            env.setdefault("P2PDIST_MIRROR_DEFAULT_UPSTREAM", first)
         if token:
             env["P2PDIST_CLUSTER_TOKEN"] = token
         super().__init__(args, workdir / f"{name}.log", env)
