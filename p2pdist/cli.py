@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from . import __version__, config, logs
+from . import __version__, config, configure, demo, logs
 
 DAEMON_EXAMPLES = """\
 examples:
@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("ref", help="REGISTRY/REPO@sha256:... (the registry defaults to docker.io)")
     f.add_argument("--api", default="127.0.0.1:65002", help="the daemon's API address (default %(default)s)")
     f.add_argument("--json", action="store_true", help="print one JSON result line instead of a progress bar")
+
+    # Commands in their own modules: each brings its parser and its runner.
+    configure.add_parser(sub)
+    demo.add_parser(sub)
     return p
 
 
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         from .fetch_cmd import run_fetch
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
-    return 2
+    runners = {"configure": configure.run, "demo": demo.run}
+    return runners[args.command](args)
 
 
 def _daemon(args: argparse.Namespace) -> int:
