@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 
 
@@ -31,10 +29,12 @@ async def fetch_piece(
                 raise PeerBusy(f"peer {addr} is busy")
             if resp.status != 206:
                 raise PeerError(f"peer {addr} answered {resp.status} for {blob} @{offset}")
-            if resp.content_length is not None and resp.content_length != length:
+            # A length is required up front: read() below must never buffer an unbounded body.
+            if resp.content_length != length:
                 raise PeerError(f"peer {addr} sent Content-Length {resp.content_length}, expected {length}")
-            return await resp.content.readexactly(length)
+            data = await resp.read()  # one join of the received chunks (readexactly copies per chunk)
+            if len(data) != length:
+                raise PeerError(f"peer {addr} sent {len(data)} bytes, expected {length}")
+            return data
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         raise PeerError(f"peer {addr}: {e or type(e).__name__}") from None
-    except asyncio.IncompleteReadError:
-        raise PeerError(f"peer {addr} hung up mid-piece") from None

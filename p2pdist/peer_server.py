@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .auth import cluster_auth
 from .core.digest import Digest, DigestError
+from .sendfile import SentFile
 from .store import BlobNotFound
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def build_app(agent: Agent) -> web.Application:
                 resp: web.StreamResponse = _corrupted(path, first, last, size)
             else:
                 # FileResponse answers the Range with 206 using sendfile (zero copy).
-                resp = web.FileResponse(path, chunk_size=1 << 20)
+                resp = SentFile(path, chunk_size=1 << 20)
             # Sent here, not after returning, so the slot stays taken while the bytes flow.
             await resp.prepare(request)
             return resp

@@ -74,6 +74,9 @@ class Swarm:
         self.availability: list[int] = []
         self.inflight: set[int] = set()
         self.inflight_bytes = 0
+        # Kept up to date piece by piece, so scheduling never scans the whole blob on every event:
+        self.fetchable: set[int] = set()  # held by a neighbour, digest known, missing, not in flight
+        self.undigested: set[int] = set()  # held by a neighbour, missing, but whose digest we lack
         self.leases: list[tuple[int, int]] = []  # granted to us, not yet fetched
         self.origin_active = 0
         self.direct = agent.tracker is None  # fetch everything from the origin ourselves
@@ -127,6 +130,8 @@ class Swarm:
         self.verified.clear()
         self.inflight.clear()
         self.inflight_bytes = 0
+        self.fetchable.clear()
+        self.undigested.clear()
         self.leases.clear()
         self.report.clear()
         self.digest_pos = 0
@@ -150,6 +155,8 @@ class Swarm:
                 if bf is not None and bf.size == self.layout.count:
                     for i in bf:
                         self.availability[i] += 1
+            for i in range(self.layout.count):
+                self._refresh(i)
             self.stats.from_origin = 0
             self.stats.from_peers = 0
             self.stats.resumed = sum(self.layout.length(i) for i in self.partial.have)
@@ -277,7 +284,9 @@ class Swarm:
         learned = False
         for index, digest in reply.digests:
             with contextlib.suppress(ManifestError, IndexError):
-                learned |= self.partial.manifest.set(index, digest)
+                if self.partial.manifest.set(index, digest):
+                    learned = True
+                    self._refresh(index)
         if learned or reply.leases:
             self.last_progress = time.monotonic()  # the swarm is moving, even if not through us yet
         self.digest_pos = reply.digest_pos
@@ -315,7 +324,7 @@ class Swarm:
             if not runs:
                 continue
             for s, e in runs:
-                self.inflight.update(range(s, e))
+                self._start(range(s, e))
             self.origin_active += 1
             self._spawn(self._origin_lease(runs))
 
@@ -349,7 +358,7 @@ class Swarm:
         finally:
             self.origin_active -= 1
             for s, e in runs:
-                self.inflight.difference_update(range(s, e))
+                self._settle(range(s, e))
             self.kick.set()
 
     async def _origin_run(self, start: int, end: int) -> None:
@@ -411,22 +420,16 @@ class Swarm:
     # --- peers ------------------------------------------------------------------------------
 
     def _schedule_peers(self) -> None:
-        layout, partial = self.layout, self.partial
+        layout = self.layout
         budget = self.agent.config.limits.inflight_bytes - self.inflight_bytes
         if budget < layout.piece_size and self.inflight_bytes:
             return
-        known = partial.manifest
-        candidates = {
-            i for i in range(layout.count)
-            if self.availability[i] and i not in partial.have and i not in self.inflight and known.known(i)
-        }
-        if not candidates:
-            if any(self.availability[i] and not known.known(i) and i not in partial.have
-                   for i in range(layout.count)):
-                self.kick.set()  # peers have pieces whose digests we lack: ask the tracker
+        if self.undigested:
+            self.kick.set()  # peers have pieces whose digests we lack: ask the tracker
+        if not self.fetchable:
             return
         count = max(1, budget // layout.piece_size)
-        for index in self.selector.select(candidates, self.availability, count, self.rng, self.cursor):
+        for index in self.selector.select(self.fetchable, self.availability, count, self.rng, self.cursor):
             holders = self.agent.neighbours.holders(self.blob, index)
             limit = self.agent.config.limits.peer_concurrency
             slots = [PeerSlot(nb.node, nb.inflight, limit, nb.score) for nb in holders]
@@ -438,7 +441,7 @@ class Swarm:
 
     def _fetch_from_peer(self, index: int, nb: Neighbour) -> None:
         length = self.layout.length(index)
-        self.inflight.add(index)
+        self._start((index,))
         self.inflight_bytes += length
         nb.inflight += 1
         self._spawn(self._peer_piece(index, nb, length))
@@ -468,7 +471,7 @@ class Swarm:
             log.info("piece request failed", extra={"peer": nb.node, "piece": index, "error": str(e)})
         finally:
             nb.inflight -= 1
-            self.inflight.discard(index)
+            self._settle((index,))
             self.inflight_bytes -= length
             self.wake.set()
 
@@ -488,6 +491,7 @@ class Swarm:
         digest = await asyncio.to_thread(work)
         if digest is None:
             return False
+        self._refresh(index)
         if source == "origin":
             self.stats.from_origin += len(data)
             with contextlib.suppress(ManifestError):
@@ -517,6 +521,33 @@ class Swarm:
         self.agent.metrics.origin_fallbacks.labels("stall").inc()
         self.direct = True
         self._lease_everything()
+
+    # --- piece bookkeeping ------------------------------------------------------------------
+
+    def _refresh(self, i: int) -> None:
+        """Re-file piece i into fetchable / undigested after anything about it changed."""
+        partial = self.partial
+        if partial is None or i in partial.have or not self.availability[i]:
+            self.fetchable.discard(i)
+            self.undigested.discard(i)
+        elif not partial.manifest.known(i):
+            self.fetchable.discard(i)
+            self.undigested.add(i)
+        else:
+            self.undigested.discard(i)
+            if i in self.inflight:
+                self.fetchable.discard(i)
+            else:
+                self.fetchable.add(i)
+
+    def _start(self, pieces) -> None:
+        self.inflight.update(pieces)
+        self.fetchable.difference_update(pieces)
+
+    def _settle(self, pieces) -> None:
+        self.inflight.difference_update(pieces)
+        for i in pieces:
+            self._refresh(i)
 
     # --- streaming readers (the mirror) -----------------------------------------------------
 
@@ -558,10 +589,12 @@ class Swarm:
             if bf is not None and bf.size == len(self.availability):
                 for i in bf:
                     self.availability[i] += delta
+                    self._refresh(i)
         self.wake.set()
 
     def on_have(self, index: int) -> None:
         if index < len(self.availability):
             self.availability[index] += 1
+            self._refresh(index)
             self.last_progress = time.monotonic()
             self.wake.set()

@@ -180,9 +180,10 @@ async def test_upstream_down_cached_manifest_by_digest_and_blobs_still_served(mi
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{base}/manifests/v1", params=ns(registry), headers={"Accept": OCI_MANIFEST}) as r:
             manifest = await r.read()
-        for d in digests:
+        for d, layer in zip(digests, layers, strict=True):
             async with s.get(f"{base}/blobs/{d}", params=ns(registry)) as r:
                 assert r.status == 200
+                assert await r.read() == layer  # the whole pull happened before the upstream went away
         registry.stop()
         async with s.get(f"{base}/manifests/{manifest_digest}", params=ns(registry)) as r:
             assert r.status == 200

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..sendfile import SentFile
 from ..store import BlobExists, BlobNotFound
 from .errors import API_VERSION, MirrorError
 
@@ -55,7 +56,7 @@ async def serve_stored(request: web.Request, agent: Agent, digest: Digest) -> we
     except BlobNotFound:
         return None
     try:
-        resp = web.FileResponse(reader.path, chunk_size=1 << 20, headers=blob_headers(digest))
+        resp = SentFile(reader.path, chunk_size=1 << 20, headers=blob_headers(digest))
         await resp.prepare(request)
         return resp
     finally:
