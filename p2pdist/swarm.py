@@ -175,7 +175,8 @@ class Swarm:
                 self._schedule_peers()
                 self._check_stall()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self.wake.wait()
                 self.wake.clear()
             await self._stop_tasks()
             loop = asyncio.get_running_loop()
@@ -251,8 +252,11 @@ class Swarm:
         failures = 0
         interval = 1.0
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands
+            # as the event fires, and this task must stop when the download is done.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.kick.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self.kick.wait()
             self.kick.clear()
             msg = self._announce_msg("progress")
             sent = len(msg.digests)
