@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.bench_fetch import prefault_page_cache
 from p2pdist.config import parse_size
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
@@ -101,6 +102,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-") as tmp:
+        prefault_page_cache(Path(tmp), 8 << 30)
         print(json.dumps({"warm": warm(Path(tmp), parse_size(args.blob_size), args.runs)}), flush=True)
         layers = [parse_size(x) for x in args.layers.split(",")]
         print(json.dumps({"cold": cold(Path(tmp), layers, args.runs)}), flush=True)
