@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from . import __version__, config, configure, demo, logs
+from . import __version__, config, configure, demo, logs, simulate_cmd
 
 DAEMON_EXAMPLES = """\
 examples:
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     # Commands in their own modules: each brings its parser and its runner.
     configure.add_parser(sub)
     demo.add_parser(sub)
+    simulate_cmd.add_parser(sub)
     return p
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         from .fetch_cmd import run_fetch
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
-    runners = {"configure": configure.run, "demo": demo.run}
+    runners = {"configure": configure.run, "demo": demo.run, "simulate": simulate_cmd.run}
     return runners[args.command](args)
 
 

@@ -1,0 +1,105 @@
+"""`p2pdist simulate SCENARIO`: predict distribution on thousands of nodes before deploying.
+
+Wired into the CLI with ``add_parser(subparsers)`` and ``run(args)``. The simulator lives in the
+top-level ``simulations`` package and runs the same core policies the agents ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  p2pdist simulate simulations/scenarios/flash-100.toml
+  p2pdist simulate simulations/scenarios/flash-1000.toml --runs p2pdist,origin-only --out results/
+  p2pdist simulate simulations/scenarios/flash-100.toml --nodes 500 --seed 7 --json result.json
+  p2pdist simulate simulations/scenarios/flash-100.toml --sweep 10,100,1000 --runs p2pdist,kraken
+
+Runs are p2pdist, origin-only, pull-through-cache, kraken and dragonfly (default: the scenario's
+`runs`, else all). --out writes <name>.json and the PNG plots (completion CDF, origin egress,
+time to all vs N, ratio to the chunked bound vs N). The same scenario and seed give the same numbers.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate", help="simulate distribution to a cluster (flow-level, same policies as the agents)",
+        description="Simulate a TOML scenario: the time until every node has the image, origin load and tail "
+                    "latency, for p2pdist and the baselines, against the fluid and chunked bounds.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", type=Path, help="scenario TOML file (see simulations/scenarios/)")
+    p.add_argument("--runs", help="comma-separated runs, e.g. p2pdist,origin-only (default: the scenario's)")
+    p.add_argument("--nodes", type=int, help="override the scenario's node count")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--sweep", help="comma-separated node counts for the time-to-all vs N plots")
+    p.add_argument("--out", type=Path, help="directory for <name>.json and the PNG plots")
+    p.add_argument("--json", type=Path, dest="json_path", help="write the JSON result to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from simulations.report import print_table, write_json, write_plots
+    from simulations.run import PROFILES, run_scenario, run_sweep
+    from simulations.scenario import load_scenario
+    from simulations.units import ScenarioError
+
+    try:
+        scenario = load_scenario(args.scenario)
+        if args.nodes is not None:
+            if args.nodes <= scenario.seeds:
+                raise ScenarioError(f"--nodes must exceed the scenario's {scenario.seeds} seeds")
+            scenario = scenario.with_nodes(args.nodes)
+        if args.seed is not None:
+            scenario = dataclasses.replace(scenario, seed=args.seed)
+        runs = tuple(r.strip() for r in args.runs.split(",") if r.strip()) if args.runs else scenario.runs
+        for r in runs:
+            if r not in PROFILES:
+                raise ScenarioError(f"--runs: unknown run {r!r}; choose from {', '.join(PROFILES)}")
+        sizes = _sizes(args.sweep) if args.sweep else scenario.sweep
+    except ScenarioError as e:
+        print(f"p2pdist simulate: {e}", file=sys.stderr)
+        return 2
+
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    say = None if args.quiet else (lambda msg: console.print(f"[dim]simulating {msg}[/dim]"))
+    report = run_scenario(scenario, runs, progress=say)
+    if sizes:
+        report.sweep = run_sweep(scenario, sizes, runs, progress=say)
+    print_table(report, console)
+    if args.json_path:
+        write_json(report, args.json_path)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(report, args.out / f"{scenario.name}.json")
+        for path in write_plots(report, args.out):
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    from simulations.units import ScenarioError
+
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ScenarioError(f"--sweep: expected node counts like 10,100,1000, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ScenarioError("--sweep: node counts must be >= 1")
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="p2pdist")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Cluster-scale, flow-level simulation of layer distribution, driven by the policies the agents ship.
+
+``simulations.run.run_scenario(load_scenario(path))`` simulates one TOML scenario under p2pdist and
+the baselines; ``p2pdist simulate SCENARIO`` is the command-line front end. See README.md here.
+"""

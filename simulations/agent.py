@@ -1,0 +1,459 @@
+"""A simulated node and its swarms: p2pdist/swarm.py's decisions, carried out on simulated links.
+
+Each ``Swarm`` mirrors one ``p2pdist.swarm.Swarm``: the same announce loop (kick, 50 ms spacing,
+the tracker's interval), the same origin scheduling (leases popped into Range runs, at most
+``origin_concurrency`` at once), the same peer scheduling (an inflight byte budget, the core
+selector over fetchable pieces, ``choose_peer`` over the holders with per-peer concurrency), the
+same stall fallback. Decisions are the core's; this file only keeps the state they read.
+
+For speed the state is kept incrementally instead of recomputed per pass: the fetchable
+``candidates`` (available, digest known, not had, not in flight) and ``waiting`` (available but no
+digest yet) sets change only when a HAVE, a digest, a start or an end touches a piece. A pass runs
+only when its outcome can differ from the last one: a new fetchable piece, a free-slot holder for a
+piece the last pass chose but could not place (``blocked``), freed budget or slots, and the agent's
+1 s loop timer while blocked. The agent's loop also runs on every other HAVE; with rarest-first
+such a pass picks the same pieces (the HAVE only made a piece commoner) up to random tie-breaks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import TYPE_CHECKING
+
+from p2pdist.core.selection import PeerSlot, choose_peer
+
+from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
+
+if TYPE_CHECKING:
+    from .cluster import Blob, Cluster
+
+MAX_LIST = 8192  # p2pdist.core.wire.MAX_LIST: digests per announce
+BUSY_BACKOFF = 0.5  # swarm._peer_piece: a peer that answered 503 is skipped this long
+LOOP_TIMEOUT = 1.0  # swarm._download: the loop runs at least this often
+
+
+class Edge(PeerSlot):
+    """This node's view of one neighbour: the PeerSlot choose_peer reads, plus where its bitfields are."""
+
+    __slots__ = ("bits", "busy_until", "node")
+
+    def __init__(self, node: Node, limit: int) -> None:
+        super().__init__(node.name, 0, limit, 0.0)
+        self.node = node
+        self.bits = node.bits
+        self.busy_until = 0.0
+
+
+class Node:
+    __slots__ = (
+        "alive",
+        "arrived",
+        "bits",
+        "dialing",
+        "done_at",
+        "down",
+        "edge_list",
+        "edges",
+        "from_origin",
+        "from_peers",
+        "generation",
+        "have_n",
+        "idx",
+        "is_origin",
+        "layers_done",
+        "left_at",
+        "masks",
+        "name",
+        "next_layer",
+        "queue",
+        "rack",
+        "rack_idx",
+        "seed",
+        "swarms",
+        "transfers",
+        "up",
+        "uploads",
+        "watchers",
+        "zone",
+        "zone_idx",
+    )
+
+    def __init__(self, idx: int, name: str, blobs: list[Blob]) -> None:
+        self.idx = idx
+        self.name = name
+        self.zone = self.rack = ""
+        self.rack_idx = self.zone_idx = 0
+        self.up = self.down = None
+        self.edges: dict[int, Edge] = {}  # neighbours we may fetch from, by node index
+        self.edge_list: list[Edge] = []
+        self.watchers: dict[int, Node] = {}  # neighbours our HAVEs go to
+        self.dialing: set[int] = set()
+        self.uploads = 0
+        self.bits = [bytearray(b.count) for b in blobs]  # verified pieces per blob, what bitfields carry
+        self.have_n = [0] * len(blobs)
+        # The same bits as one integer per blob: a pass finds which of its chosen pieces a peer holds
+        # with one AND per peer instead of one lookup per peer and piece.
+        self.masks = [0] * len(blobs)
+        self.swarms: list[Swarm | None] = [None] * len(blobs)
+        self.alive = False
+        self.arrived = -1.0
+        self.done_at = -1.0
+        self.layers_done = 0
+        self.next_layer = 0
+        self.transfers: dict[int, object] = {}  # transfer id -> Transfer, ours up and down (churn cancels them)
+        self.from_origin = 0
+        self.from_peers = 0
+        self.is_origin = False
+        self.seed = False
+        self.left_at = -1.0
+        self.generation = 0  # bumps when the agent restarts, so stale timers of the old process do nothing
+        self.queue: deque[tuple[Swarm, int, Edge, int]] = deque()  # uploads waiting for a slot (upload_queue)
+
+    def complete(self, blob: int) -> bool:
+        return self.have_n[blob] == len(self.bits[blob])
+
+    def fill(self, blob: int) -> None:
+        """Every piece of ``blob`` verified here (a seed, the origin)."""
+        count = len(self.bits[blob])
+        self.bits[blob][:] = b"\x01" * count
+        self.have_n[blob] = count
+        self.masks[blob] = (1 << count) - 1
+
+
+class Swarm:
+    """One blob's download on one node."""
+
+    def __init__(self, cluster: Cluster, node: Node, blob: Blob) -> None:
+        self.cluster = cluster
+        self.profile = cluster.profile
+        self.node = node
+        self.blob = blob
+        self.b = blob.idx
+        count = blob.count
+        self.have = node.bits[blob.idx]
+        self.known = bytearray(b"\x01" * count) if self.profile.digests_known else bytearray(count)
+        self.avail = [0] * count
+        self.inflight = bytearray(count)
+        self.inflight_bytes = 0
+        self.candidates: set[int] = set()
+        self.blocked: set[int] = set()  # chosen by the last pass but no holder had a free slot
+        self.waiting: set[int] = set()
+        self.leases: list[tuple[int, int]] = []
+        self.origin_active = 0
+        self.direct = self.profile.origin == DIRECT
+        # Dragonfly's back-to-source peer keeps reporting to its scheduler; p2pdist's direct mode does not.
+        self.reports_direct = self.profile.origin == BACK_TO_SOURCE
+        self.report: list[int] = []
+        self.digest_pos = 0
+        self.cursor: int | None = 0 if self.profile.streaming else None
+        self.rng = random.Random(f"{cluster.seed}/{node.name}/{blob.idx}/{node.generation}")
+        self.dirty = False
+        self.done = False
+        self.last_progress = cluster.sim.now
+        self.generation = node.generation
+        # announcer (swarm._announcer)
+        self.kicked = False
+        self.waiting_for_kick = False
+        self.timer = 0  # version of the pending announce timeout
+        self.loop_timer = False  # a LOOP_TIMEOUT wake is pending
+        for i in range(count):
+            if self.have[i]:
+                self.known[i] = 1  # resumed pieces were verified, so their digests are known
+        self._advance_cursor()
+
+    # --- piece state ------------------------------------------------------------------------
+
+    def add_holder(self, i: int, edge: Edge | None) -> None:
+        """A neighbour now has piece i (HAVE or bitfield); ``edge`` is our connection to it."""
+        if self.have[i]:
+            return
+        avail = self.avail
+        avail[i] += 1
+        if avail[i] == 1:
+            if self.known[i]:
+                if not self.inflight[i]:
+                    self.candidates.add(i)
+                    self.wake()
+            else:
+                self.waiting.add(i)
+                self.wake()
+        elif i in self.blocked and edge is not None and edge.inflight < edge.limit:
+            self.wake()  # a holder with a free request slot for a piece the last pass could not place
+
+    def drop_holder(self, i: int) -> None:
+        if self.have[i]:
+            return
+        self.avail[i] -= 1
+        if self.avail[i] <= 0:
+            self.avail[i] = 0
+            self.candidates.discard(i)
+            self.waiting.discard(i)
+
+    def learn_digest(self, i: int) -> bool:
+        if self.known[i]:
+            return False
+        self.known[i] = 1
+        if self.avail[i] and not self.have[i]:
+            self.waiting.discard(i)
+            if not self.inflight[i]:
+                self.candidates.add(i)
+        return True
+
+    def _release(self, i: int) -> None:
+        """Piece i is no longer in flight (and not had): fetchable again if someone has it."""
+        self.inflight[i] = 0
+        if not self.have[i] and self.avail[i] and self.known[i]:
+            self.candidates.add(i)
+
+    def _advance_cursor(self) -> None:
+        if self.cursor is None:
+            return
+        c, have, n = self.cursor, self.have, len(self.have)
+        while c < n and have[c]:
+            c += 1
+        self.cursor = c if c < n else None
+
+    def wake(self) -> None:
+        if not self.dirty and not self.done:
+            self.dirty = True
+            self.cluster.dirty.append(self)
+
+    # --- the loop body (swarm._download's while loop) ---------------------------------------
+
+    def run_pass(self) -> None:
+        if self.done or not self.node.alive or self.generation != self.node.generation:
+            return
+        self.schedule_origin()
+        self.schedule_peers()
+
+    def schedule_origin(self) -> None:
+        limit = self.profile.origin_concurrency
+        while self.leases and self.origin_active < limit:
+            start, end = self.leases.pop(0)
+            self._report_had(start, end)
+            runs = self._missing_runs(start, end)
+            if not runs:
+                continue
+            for s, e in runs:
+                for i in range(s, e):
+                    self.inflight[i] = 1
+                    self.candidates.discard(i)
+            self.origin_active += 1
+            self.cluster.origin_stream(self, runs)
+
+    def _report_had(self, start: int, end: int) -> None:
+        """swarm._report_had: pieces of a lease we already hold are reported, closing them."""
+        if self.direct:
+            return
+        reported = set(self.report)
+        for i in range(start, min(end, len(self.have))):
+            if self.have[i] and self.known[i] and i not in reported:
+                self.report.append(i)
+                self.kick()
+
+    def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        have, inflight = self.have, self.inflight
+        for i in range(start, min(end, len(have))):
+            if have[i] or inflight[i]:
+                continue
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        return runs
+
+    def origin_stream_done(self, runs: list[tuple[int, int]]) -> None:
+        self.origin_active -= 1
+        for s, e in runs:
+            for i in range(s, e):
+                if self.inflight[i]:
+                    self._release(i)
+        self.kick()
+        self.wake()
+
+    def schedule_peers(self) -> None:
+        profile = self.profile
+        piece_size = self.blob.piece_size
+        budget = profile.inflight_bytes - self.inflight_bytes
+        if budget < piece_size and self.inflight_bytes:
+            return
+        if self.waiting:
+            self.kick()  # peers have pieces whose digests we lack: ask the tracker
+        candidates = self.candidates
+        if not candidates:
+            return
+        now = self.cluster.sim.now
+        # choose_peer only ever returns a peer with a free request slot that is not backing off, so
+        # holders are looked for among those; with none, no selection can lead anywhere.
+        free = [e for e in self.node.edge_list if e.inflight < e.limit and e.busy_until <= now]
+        if not free:
+            self.blocked.clear()  # nothing was chosen: only a freed slot (our own wake) or the timer helps
+            self._loop_timer()
+            return
+        count = max(1, budget // piece_size)
+        b = self.b
+        blocked = self.blocked
+        blocked.clear()
+        chosen = profile.selector.select(candidates, self.avail, count, self.rng, self.cursor)
+        wanted = 0
+        for index in chosen:
+            wanted |= 1 << index
+        holding: dict[int, list[Edge]] = {}  # chosen piece -> free peers holding it, in edge order
+        for e in free:
+            hit = e.node.masks[b] & wanted
+            while hit:
+                low = hit & -hit
+                holding.setdefault(low.bit_length() - 1, []).append(e)
+                hit ^= low
+        for index in chosen:
+            holders = [e for e in holding.get(index, ()) if e.inflight < e.limit]
+            slot = choose_peer(holders, self.rng)
+            if slot is None:
+                blocked.add(index)
+                continue
+            self.cluster.fetch_from_peer(self, index, slot)
+        if blocked:
+            self._loop_timer()
+
+    def _loop_timer(self) -> None:
+        # The agent's loop wakes at least every second: a peer's busy back-off ends, a slot frees.
+        if not self.loop_timer:
+            self.loop_timer = True
+            self.cluster.sim.after(LOOP_TIMEOUT, self._loop_tick, self.generation)
+
+    def _loop_tick(self, generation: int) -> None:
+        self.loop_timer = False
+        if generation == self.node.generation and not self.done and self.candidates:
+            self.wake()
+
+    # --- storing ----------------------------------------------------------------------------
+
+    def store(self, i: int, from_origin: bool) -> None:
+        """A verified piece: have it, tell the neighbours, report an origin piece's digest."""
+        if self.have[i]:
+            return
+        node = self.node
+        self.have[i] = 1
+        node.have_n[self.b] += 1
+        node.masks[self.b] |= 1 << i
+        self.known[i] = 1
+        self.candidates.discard(i)
+        self.waiting.discard(i)
+        self.last_progress = self.cluster.sim.now
+        length = self.blob.length(i)
+        if from_origin:
+            node.from_origin += length
+            if not self.direct and self.profile.upstream_digests:
+                self.report.append(i)
+                self.kick()
+        else:
+            node.from_peers += length
+        if self.cursor == i:
+            self._advance_cursor()
+        b = self.b
+        idx = node.idx
+        # add_holder inlined: this loop runs once per neighbour per stored piece, the hottest path.
+        for watcher in node.watchers.values():
+            sw = watcher.swarms[b]
+            if sw is None or sw.have[i]:
+                continue
+            avail = sw.avail
+            avail[i] += 1
+            if avail[i] == 1:
+                if not sw.known[i]:
+                    sw.waiting.add(i)
+                elif sw.inflight[i]:
+                    continue
+                else:
+                    sw.candidates.add(i)
+                if not sw.dirty:
+                    sw.wake()
+            elif i in sw.blocked:
+                edge = watcher.edges.get(idx)
+                if edge is not None and edge.inflight < edge.limit and not sw.dirty:
+                    sw.wake()
+        self.wake()
+        if node.have_n[b] == self.blob.count:
+            self.cluster.swarm_complete(self)
+
+    # --- the announcer (swarm._announcer) ---------------------------------------------------
+
+    def kick(self) -> None:
+        if self.done or (self.direct and not self.reports_direct):
+            return
+        self.kicked = True
+        if self.waiting_for_kick:
+            self.announce()
+
+    def announce(self) -> None:
+        self.waiting_for_kick = False
+        self.kicked = False
+        self.timer += 1
+        self.cluster.send_announce(self, "progress")
+
+    def announce_timeout(self, version: int) -> None:
+        if version == self.timer and self.waiting_for_kick and not self.done:
+            self.announce()
+
+    def wait_for_kick(self, interval: float) -> None:
+        """After a reply and ANNOUNCE_SPACING: announce on the next kick, or after ``interval``."""
+        if self.done or (self.direct and not self.reports_direct) or self.generation != self.node.generation:
+            return
+        if self.kicked:
+            self.announce()
+            return
+        self.waiting_for_kick = True
+        self.timer += 1
+        self.cluster.sim.after(interval, self.announce_timeout, self.timer)
+
+    def stop_announcing(self) -> None:
+        self.waiting_for_kick = False
+        self.timer += 1
+
+    def want_leases(self) -> int:
+        if self.done or self.direct or self.profile.origin != LEASES:
+            return 0
+        slots = self.profile.origin_concurrency + SPARE_LEASES
+        return min(max(0, slots - self.origin_active - len(self.leases)), 16)
+
+    def apply_leases(self, leases: list[tuple[int, int, float]]) -> None:
+        active = set(self.leases)
+        for start, end, _ttl in leases:
+            if (start, end) not in active and end <= self.blob.count:
+                self.leases.append((start, end))
+
+    def lease_everything(self) -> None:
+        """swarm._lease_everything: without a tracker every missing piece is ours, in Range runs."""
+        count = self.blob.count
+        streams = self.profile.origin_concurrency
+        per = max(1, min(self.profile.direct_run_pieces, -(-count // streams)))
+        queued = {i for s, e in self.leases for i in range(s, e)}
+        have = self.have
+        for start in range(0, count, per):
+            end = min(start + per, count)
+            if any(not have[i] and i not in queued for i in range(start, end)):
+                self.leases.append((start, end))
+
+    def check_stall(self, generation: int) -> None:
+        """swarm._check_stall: no progress for stall_timeout and no origin stream: take the rest direct."""
+        if self.done or generation != self.node.generation or self.direct:
+            return
+        now = self.cluster.sim.now
+        due = self.last_progress + self.profile.stall_timeout
+        if now < due:
+            self.cluster.sim.at(due, self.check_stall, generation)
+            return
+        if self.origin_active:
+            self.cluster.sim.after(LOOP_TIMEOUT, self.check_stall, generation)
+            return
+        self.cluster.stalls += 1
+        self.go_direct()
+
+    def go_direct(self) -> None:
+        self.direct = True
+        if not self.reports_direct:
+            self.stop_announcing()
+        self.lease_everything()
+        self.wake()

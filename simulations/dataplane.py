@@ -1,0 +1,208 @@
+"""The data plane: carrying the agents' fetch decisions out as transfers on the simulated links.
+
+Peer pieces (with the peer's upload slots, 503 back-off, piece timeout and failures when a peer
+leaves) and origin Range streams, plus the paths bytes take through racks and zones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .agent import BUSY_BACKOFF, Edge, Node, Swarm
+from .engine import Link, Transfer
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+
+class OriginStream:
+    """One Range request stream of a lease (swarm._origin_lease): runs in order, piece by piece."""
+
+    __slots__ = ("cluster", "generation", "i", "last", "r", "runs", "sw")
+
+    def __init__(self, cluster: Cluster, sw: Swarm, runs: list[tuple[int, int]]) -> None:
+        self.cluster = cluster
+        self.sw = sw
+        self.runs = runs
+        self.r = 0
+        self.i = self.last = 0
+        self.generation = sw.node.generation
+
+    def request(self, _: object = None) -> None:
+        sw = self.sw
+        if self.generation != sw.node.generation:
+            return
+        while self.r < len(self.runs):
+            s, e = self.runs[self.r]
+            todo = [i for i in range(s, e) if not sw.have[i]]
+            if todo:
+                self.i, self.last = todo[0], todo[-1]
+                self.piece()
+                return
+            self.r += 1
+        sw.origin_stream_done(self.runs)
+
+    def piece(self) -> None:
+        c = self.cluster
+        sw = self.sw
+        node = sw.node
+        t = c.net.transfer(sw.blob.length(self.i), c.origin_path(node), c.origin_piece_done, self)
+        c.track(t, node, None)
+
+    def advance(self) -> None:
+        self.i += 1
+        if self.i <= self.last:
+            self.piece()
+            return
+        self.r += 1
+        if self.r < len(self.runs):
+            self.cluster.sim.after(self.cluster.origin_rtt, self.request)
+        else:
+            self.sw.origin_stream_done(self.runs)
+
+
+
+class DataPlane:
+    """Mixin of Cluster: transfers."""
+
+    # --- transfers --------------------------------------------------------------------------
+
+    def path(self, src: Node, dst: Node) -> list[Link]:
+        if src.is_origin:
+            return self.origin_path(dst)
+        links = [src.up]
+        if self.rack_up and src.rack_idx != dst.rack_idx:
+            links.append(self.rack_up[src.rack_idx])
+            if src.zone_idx != dst.zone_idx:
+                links.append(self.zone_up[src.zone_idx])
+                links.append(self.zone_down[dst.zone_idx])
+            links.append(self.rack_down[dst.rack_idx])
+            links = [link for link in links if link is not None]
+        links.append(dst.down)
+        return links
+
+    def origin_path(self, dst: Node) -> list[Link]:
+        # The origin sits outside the cluster: its bytes enter through the zone and the rack.
+        if self.rack_up:
+            links = [self.origin_link, self.zone_down[dst.zone_idx], self.rack_down[dst.rack_idx], dst.down]
+            return [link for link in links if link is not None]
+        return [self.origin_link, dst.down]
+
+    def track(self, t: Transfer, receiver: Node, sender: Node | None) -> None:
+        self._tid += 1
+        tid = self._tid
+        t.data = (t.data, tid, receiver, sender)
+        receiver.transfers[tid] = t
+        if sender is not None:
+            sender.transfers[tid] = t
+
+    def _untrack(self, t: Transfer) -> object:
+        data, tid, receiver, sender = t.data
+        receiver.transfers.pop(tid, None)
+        if sender is not None:
+            sender.transfers.pop(tid, None)
+        return data
+
+    def _cancel(self, t: Transfer) -> None:
+        if t.cancelled or t.pending == 0:
+            return
+        self.net.cancel(t)
+        data = self._untrack(t)
+        if isinstance(data, OriginStream):
+            return  # the stream dies with the node that ran it
+        sw, index, edge, length = data
+        edge.node.uploads = max(0, edge.node.uploads - 1)
+        self._peer_failed(sw, index, edge, length)
+        if edge.node.alive:
+            self._next_upload(edge.node)
+
+    def _next_upload(self, peer: Node) -> None:
+        while peer.queue and peer.uploads < self.profile.upload_slots:
+            sw, index, edge, length = peer.queue.popleft()
+            if sw.node.alive and sw.generation == sw.node.generation:
+                self._upload(sw, index, edge, length)
+            else:
+                edge.inflight -= 1
+                sw.inflight_bytes -= length
+
+    def origin_stream(self, sw: Swarm, runs: list[tuple[int, int]]) -> None:
+        stream = OriginStream(self, sw, runs)
+        self.sim.after(self.origin_rtt, stream.request)
+
+    def origin_piece_done(self, t: Transfer) -> None:
+        stream: OriginStream = self._untrack(t)  # type: ignore[assignment]
+        sw = stream.sw
+        if stream.generation != sw.node.generation:
+            return
+        sw.store(stream.i, from_origin=True)
+        stream.advance()
+
+    def fetch_from_peer(self, sw: Swarm, index: int, edge: Edge) -> None:
+        peer = edge.node
+        length = sw.blob.length(index)
+        sw.inflight[index] = 1
+        sw.candidates.discard(index)
+        sw.inflight_bytes += length
+        edge.inflight += 1
+        if not peer.alive or (peer.uploads >= self.profile.upload_slots and not self.profile.upload_queue):
+            self.sim.after(self.rtt, self._busy, (sw, index, edge, length))
+            return
+        if peer.uploads >= self.profile.upload_slots:
+            peer.queue.append((sw, index, edge, length))
+            return
+        self._upload(sw, index, edge, length)
+
+    def _upload(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
+        peer = edge.node
+        peer.uploads += 1
+        t = self.net.transfer(length, self.path(peer, sw.node), self._peer_done, (sw, index, edge, length))
+        self.track(t, sw.node, peer)
+        self._timeouts.append((self.sim.now + self.profile.piece_timeout, t))
+        if not self._timeout_armed:
+            self._timeout_armed = True
+            self.sim.at(self._timeouts[0][0], self._check_timeouts)
+
+    def _busy(self, args: tuple[Swarm, int, Edge, int]) -> None:
+        sw, index, edge, length = args
+        self.busy_replies += 1
+        edge.inflight -= 1
+        sw.inflight_bytes -= length
+        edge.busy_until = self.sim.now + BUSY_BACKOFF
+        sw._release(index)
+        sw.wake()
+
+    def _peer_done(self, t: Transfer) -> None:
+        sw, index, edge, length = self._untrack(t)  # type: ignore[misc]
+        peer = edge.node
+        peer.uploads -= 1
+        self._next_upload(peer)
+        edge.inflight -= 1
+        sw.inflight_bytes -= length
+        if sw.generation != sw.node.generation:
+            return
+        edge.score = min(edge.score + 0.1, 1.0)
+        sw.store(index, from_origin=False)
+        sw.inflight[index] = 0
+
+    def _peer_failed(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
+        edge.inflight -= 1
+        sw.inflight_bytes -= length
+        if sw.generation != sw.node.generation:
+            return
+        edge.score -= 1.0
+        sw._release(index)
+        sw.wake()
+
+    def _check_timeouts(self, _: object = None) -> None:
+        now = self.sim.now
+        queue = self._timeouts
+        while queue and (queue[0][1].pending == 0 or queue[0][1].cancelled or queue[0][0] <= now):
+            _, t = queue.popleft()
+            if t.pending and not t.cancelled:
+                self.timeouts += 1
+                self._cancel(t)
+        if queue:
+            self.sim.at(queue[0][0], self._check_timeouts)
+        else:
+            self._timeout_armed = False
+

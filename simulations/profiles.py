@@ -1,0 +1,171 @@
+"""Who the simulated agents are: p2pdist as shipped, and the baselines, as policy bundles.
+
+The p2pdist profile takes every number from the shipped defaults (``p2pdist.config.Limits``,
+``tracker.config.TrackerConfig``) and every policy from ``p2pdist.core``, so the simulation follows
+the code when either changes. Scenarios may override them, and the run says what it used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pdist.config import Limits
+from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo, RandomByCompleteness, locality
+from p2pdist.core.selection import SELECTORS, PieceSelector, RandomOrder, Sequential
+from tracker.config import ConfigError, TrackerConfig
+
+from .scenario import Scenario
+from .units import ScenarioError
+
+# How a node gets pieces nobody in the cluster has yet.
+LEASES = "leases"  # p2pdist: only under a tracker lease, in Range runs (the agent's _schedule_origin)
+DIRECT = "direct"  # no tracker: every piece from the origin (the agent's _lease_everything)
+ORIGIN_PEER = "origin-peer"  # Kraken: the origin is a seeding peer that every handout includes
+BACK_TO_SOURCE = "back-to-source"  # Dragonfly: a node with no parent fetches the whole blob itself
+
+# The agent's own timing constants (p2pdist/swarm.py). Copied, not imported, because the simulator
+# may import only the core and config, never the asyncio shells; tests/test_sim_tracker.py fails
+# if they drift apart.
+ANNOUNCE_SPACING = 0.05
+DIRECT_RUN_PIECES = 8
+SPARE_LEASES = 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    selector: PieceSelector
+    handout: HandoutPolicy
+    origin: str = LEASES
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    peer_concurrency: int = 4
+    inflight_bytes: int = 96 << 20
+    neighbours: int = 16  # peers a node dials (inbound connections are not limited, as in Neighbourhood)
+    upload_slots: int = 64
+    origin_concurrency: int = 4
+    piece_timeout: float = 30.0
+    stall_timeout: float = 20.0
+    announce_spacing: float = ANNOUNCE_SPACING
+    direct_run_pieces: int = DIRECT_RUN_PIECES
+    digests_known: bool = False  # True: piece digests come with the metainfo (Kraken, Dragonfly)
+    parents_only: bool = False  # True: fetch only from the last handout (Dragonfly's scheduled parents)
+    streaming: bool = True
+    back_to_source: int = 1  # Dragonfly: nodes that may go back to the source per blob
+    upstream_digests: bool = True  # p2pdist agents report origin piece digests to the tracker
+    stall_fallback: bool = True  # no progress for stall_timeout: fetch the rest from the origin directly
+    # What a peer does with a request when all upload slots are busy: answer 503 (the shipped agent;
+    # the asker backs off from it) or queue it until a slot frees (what-if, for policy studies).
+    upload_queue: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "selector": self.selector.name, "handout": self.handout.name, "origin": self.origin,
+            "peer_concurrency": self.peer_concurrency, "inflight_bytes": self.inflight_bytes,
+            "neighbours": self.neighbours, "upload_slots": self.upload_slots,
+            "origin_concurrency": self.origin_concurrency, "handout_size": self.tracker.handout_size,
+            "announce_interval": self.tracker.announce_interval, "busy_interval": self.tracker.busy_interval,
+            "lease_pieces": self.tracker.lease_pieces, "leases_per_node": self.tracker.leases_per_node,
+            "lease_ttl": self.tracker.lease_ttl, "max_peers_per_blob": self.tracker.max_peers_per_blob,
+        }
+
+
+def _selector(name: str) -> PieceSelector:
+    if name not in SELECTORS:
+        raise ScenarioError(f"p2pdist.selector: unknown {name!r}; choose from {', '.join(SELECTORS)}")
+    return SELECTORS[name]()
+
+
+def p2pdist_profile(scenario: Scenario) -> Profile:
+    limits = Limits()
+    overrides = dict(scenario.limits)
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Limits)})
+    if unknown:
+        raise ScenarioError(f"p2pdist.limits: unknown setting(s) {', '.join(unknown)}")
+    try:
+        limits = dataclasses.replace(limits, **overrides)
+        tracker = dataclasses.replace(TrackerConfig(), **dict(scenario.tracker))
+    except (TypeError, ConfigError) as e:
+        raise ScenarioError(f"p2pdist.limits / p2pdist.tracker: {e}") from None
+    handout_name = scenario.handout or tracker.handout_policy
+    if handout_name not in HANDOUTS:
+        raise ScenarioError(f"p2pdist.handout: unknown {handout_name!r}; choose from {', '.join(HANDOUTS)}")
+    return Profile(
+        name="p2pdist", selector=_selector(scenario.selector), handout=HANDOUTS[handout_name](),
+        origin=LEASES, tracker=tracker, peer_concurrency=limits.peer_concurrency,
+        inflight_bytes=limits.inflight_bytes, neighbours=limits.neighbours, upload_slots=limits.upload_slots,
+        origin_concurrency=limits.origin_concurrency, piece_timeout=limits.piece_timeout,
+        stall_timeout=limits.stall_timeout, streaming=scenario.streaming,
+    )
+
+
+def origin_only_profile(scenario: Scenario) -> Profile:
+    """The p2pdist agent with no tracker: what every node does when P2P is switched off."""
+    return dataclasses.replace(p2pdist_profile(scenario), name="origin-only", origin=DIRECT)
+
+
+def kraken_profile(scenario: Scenario) -> Profile:
+    """Kraken-like: random peers ordered by completeness, random pieces, origin as a seeder.
+
+    Numbers follow Kraken's defaults: 10 connections per torrent, 3 requests pipelined per peer,
+    announce every 3 s; the torrent's metainfo carries every piece digest from the start.
+    """
+    base = p2pdist_profile(scenario)
+    tracker = dataclasses.replace(base.tracker, announce_interval=3.0, busy_interval=3.0, handout_size=10)
+    return dataclasses.replace(
+        base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
+        tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario),
+        digests_known=True, streaming=False, stall_fallback=False,
+    )
+
+
+def dragonfly_profile(scenario: Scenario) -> Profile:
+    """Dragonfly-like: a scheduler gives each node a few scored parents; the first goes back to source.
+
+    Four candidate parents (Dragonfly's default candidate_parent_limit), pieces in order, parents
+    re-scheduled at every announce (1 s); piece digests travel with the piece metadata.
+    """
+    base = p2pdist_profile(scenario)
+    tracker = dataclasses.replace(base.tracker, announce_interval=1.0, busy_interval=1.0, handout_size=4)
+    return dataclasses.replace(
+        base, name="dragonfly", selector=Sequential(), handout=ScoredParents(), origin=BACK_TO_SOURCE,
+        tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario),
+        digests_known=True, parents_only=True, streaming=False, stall_fallback=False,
+    )
+
+
+def _piece_hint(scenario: Scenario) -> int:
+    from p2pdist.core.layout import piece_size_for
+
+    return scenario.image.piece_size or piece_size_for(max(scenario.image.layers))
+
+
+@dataclass(frozen=True)
+class ScoredParents:
+    """Dragonfly-like parent choice: only peers ahead of the asker, best score first.
+
+    The score weighs completeness, free upload (load as reported) and locality, in the spirit of
+    Dragonfly's scheduler evaluator; ties are broken at random.
+    """
+
+    upload_slots: int = 64
+    name: str = "scored-parents"
+
+    def handout(
+        self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
+    ) -> list[PeerInfo]:
+        ahead = [p for p in candidates if p.node != asker.node and (p.complete or p.have > asker.have)]
+        if not ahead:
+            return []
+        most = max(p.have for p in ahead) or 1
+
+        def score(p: PeerInfo) -> tuple[float, float]:
+            complete = 1.0 if p.complete else p.have / most
+            free = max(0.0, 1.0 - p.load / self.upload_slots)
+            near = (2 - locality(asker, p)) / 2
+            return (-(0.4 * complete + 0.4 * free + 0.2 * near), rng.random())
+
+        return sorted(ahead, key=score)[: max(0, limit)]

@@ -1,0 +1,149 @@
+"""Run a scenario under p2pdist and the baselines, and condense each run into comparable numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bounds import chunked_bound, fluid_bound
+from .cache import run_cache
+from .cluster import Cluster, Outcome
+from .profiles import Profile, dragonfly_profile, kraken_profile, origin_only_profile, p2pdist_profile
+from .scenario import Scenario
+
+PROFILES: dict[str, Callable[[Scenario], Profile]] = {
+    "p2pdist": p2pdist_profile,
+    "origin-only": origin_only_profile,
+    "pull-through-cache": lambda s: dataclasses.replace(origin_only_profile(s), name="pull-through-cache"),
+    "kraken": kraken_profile,
+    "dragonfly": dragonfly_profile,
+}
+
+
+@dataclass
+class RunSummary:
+    run: str
+    policy: dict[str, Any]
+    nodes: int
+    completed: int
+    departed: int
+    time_to_all: float | None  # seconds from the first arrival to the last completion; None if cut off
+    latency: dict[str, float]  # per-node arrival-to-completion: p50, p90, p99, max, mean
+    origin_bytes: float
+    origin_copies: float  # origin bytes / image size: 1.0 means every byte left the origin once
+    from_peers: float
+    ratio_chunked: float | None
+    ratio_fluid: float | None
+    counters: dict[str, float]
+    completion_times: list[float] = field(repr=False)  # sorted, seconds since the first arrival
+    origin_rate: list[float] = field(repr=False)  # bytes/s per bin
+    bin_seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    scenario: Scenario
+    bounds: dict[str, float]
+    runs: list[RunSummary]
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        sc = self.scenario
+        return {
+            "scenario": {"name": sc.name, "description": sc.description, "seed": sc.seed, "nodes": sc.nodes,
+                         "image_bytes": sc.image.size, "layers": list(sc.image.layers),
+                         "arrival": sc.arrival.pattern},
+            "bounds": self.bounds,
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+            "sweep": self.sweep,
+        }
+
+
+def run_one(scenario: Scenario, run: str) -> Outcome:
+    profile = PROFILES[run](scenario)
+    if run == "pull-through-cache":
+        return run_cache(scenario, profile)
+    return Cluster(scenario, profile).run()
+
+
+def scenario_bounds(scenario: Scenario) -> dict[str, float]:
+    """Fluid and chunked bounds for the nodes that download (seeds help upload)."""
+    net = scenario.network
+    cluster = Cluster(scenario, p2pdist_profile(scenario))  # the same population the runs see
+    down = [n for n in cluster.nodes if not n.seed]
+    size = scenario.image.size
+    pieces = sum(b.count for b in cluster.blobs)
+    uploads = [n.up.capacity for n in cluster.nodes]
+    u = min(net.origin_upload, statistics.fmean(uploads))
+    return {
+        "fluid": fluid_bound(size, len(down), net.origin_upload, uploads, min(n.down.capacity for n in down)),
+        "chunked": chunked_bound(size, len(down), u, pieces),
+        "pieces": pieces,
+        "image_bytes": size,
+    }
+
+
+def summarize(scenario: Scenario, run: str, outcome: Outcome, bounds: dict[str, float]) -> RunSummary:
+    rows = [(a, d, left) for a, d, seed, left in zip(outcome.arrived, outcome.done, outcome.seeds, outcome.left,
+                                                      strict=True) if not seed]
+    first = min((a for a, _, _ in rows if a >= 0), default=0.0)
+    done = sorted(d - first for _, d, _ in rows if d >= 0)
+    latencies = sorted(d - a for a, d, _ in rows if d >= 0)
+    departed = sum(1 for _, d, left in rows if left)
+    finished = not outcome.cut_off and len(done) + departed == len(rows)
+    t_all = done[-1] if finished and done else None
+    size = scenario.image.size
+    counters = {k: getattr(outcome, k) for k in (
+        "announces", "handouts", "leases_granted", "leases_reassigned", "leases_expired", "digests_rejected",
+        "stalls", "busy_replies", "timeouts", "events", "wall_seconds", "sim_seconds")}
+    return RunSummary(
+        run=run, policy=outcome.profile.describe(), nodes=len(rows), completed=len(done), departed=departed,
+        time_to_all=t_all, latency=_percentiles(latencies), origin_bytes=outcome.origin_bytes,
+        origin_copies=outcome.origin_bytes / size, from_peers=float(outcome.from_peers),
+        ratio_chunked=t_all / bounds["chunked"] if t_all is not None and bounds["chunked"] else None,
+        ratio_fluid=t_all / bounds["fluid"] if t_all is not None and bounds["fluid"] else None,
+        counters=counters, completion_times=done,
+        origin_rate=[b / outcome.bin_seconds for b in outcome.origin_bins], bin_seconds=outcome.bin_seconds,
+    )
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+
+    def at(q: float) -> float:
+        return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": values[-1], "mean": statistics.fmean(values)}
+
+
+def run_scenario(scenario: Scenario, runs: Sequence[str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> Report:
+    bounds = scenario_bounds(scenario)
+    summaries = []
+    for run in runs or scenario.runs:
+        if progress:
+            progress(f"{scenario.name}: {run} with {scenario.nodes} nodes")
+        summaries.append(summarize(scenario, run, run_one(scenario, run), bounds))
+    return Report(scenario, bounds, summaries)
+
+
+def run_sweep(scenario: Scenario, sizes: Sequence[int], runs: Sequence[str] | None = None,
+              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Time to all and ratio to the chunked bound for each node count (the vs-N plots)."""
+    points = []
+    for n in sizes:
+        sc = scenario.with_nodes(n)
+        bounds = scenario_bounds(sc)
+        for run in runs or sc.runs:
+            if progress:
+                progress(f"{sc.name}: {run} with {n} nodes")
+            s = summarize(sc, run, run_one(sc, run), bounds)
+            points.append({"nodes": n, "run": run, "time_to_all": s.time_to_all, "ratio_chunked": s.ratio_chunked,
+                           "chunked": bounds["chunked"], "fluid": bounds["fluid"],
+                           "origin_copies": s.origin_copies, "wall_seconds": s.counters["wall_seconds"]})
+    return points

@@ -1,0 +1,71 @@
+"""p2pdist against the bounds, equal links and a flash crowd (issue: cluster-scale simulation).
+
+The target is a time to all within 1.10 x the chunked bound. The simulation of the shipped
+policies does not reach it yet; the two target tests are strict xfails that record by how much, so
+the day a policy change meets the target they fail and must be turned into plain assertions.
+README "Findings" says why the shipped policies miss it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.run import run_one, scenario_bounds, summarize
+from simulations.scenario import scenario_from_dict
+
+
+def _flash(nodes: int, size: str) -> dict:
+    # Pieces pinned to 1 GiB / 256 = 4 MiB (the issue's case), 64 MiB / 64 = 1 MiB, whatever the rule says.
+    piece = "4MiB" if size == "1GiB" else "1MiB"
+    return {"name": f"flash-{nodes}", "nodes": nodes, "image": {"layers": [size], "piece_size": piece},
+            "network": {"upload": "1Gbit", "download": "1Gbit", "origin_upload": "1Gbit"},
+            "arrival": {"pattern": "flash"}}
+
+
+def _summary(nodes: int, size: str, run: str = "p2pdist"):
+    sc = scenario_from_dict(_flash(nodes, size))
+    bounds = scenario_bounds(sc)
+    return summarize(sc, run, run_one(sc, run), bounds), bounds
+
+
+@pytest.fixture(scope="module")
+def n100():
+    return _summary(100, "1GiB")
+
+
+@pytest.fixture(scope="module")
+def n1000():
+    return _summary(1000, "64MiB")
+
+
+def test_no_run_beats_the_bounds(n100, n1000):
+    for summary, bounds in (n100, n1000):
+        assert summary.completed == summary.nodes
+        assert summary.time_to_all >= bounds["chunked"] >= bounds["fluid"] * 0.999
+        assert summary.latency["p50"] >= bounds["fluid"]
+
+
+def test_each_piece_leaves_the_origin_about_once(n100, n1000):
+    for summary, _ in (n100, n1000):
+        assert summary.origin_copies <= 1.05
+
+
+def test_origin_only_is_n_times_the_image():
+    summary, bounds = _summary(20, "64MiB", run="origin-only")
+    assert summary.origin_copies == pytest.approx(20, rel=1e-6)
+    assert summary.time_to_all == pytest.approx(20 * bounds["image_bytes"] / 125e6, rel=0.01)
+
+
+TARGET = "the shipped policies give ~2.4x (N=100) and ~7x (N=1000, 64 MiB) the chunked bound; see README Findings"
+
+
+@pytest.mark.xfail(strict=True, reason=TARGET)
+def test_p2pdist_within_1_10_of_the_chunked_bound_n100(n100):
+    summary, _ = n100
+    assert summary.ratio_chunked <= 1.10
+
+
+@pytest.mark.xfail(strict=True, reason=TARGET)
+def test_p2pdist_within_1_10_of_the_chunked_bound_n1000(n1000):
+    summary, _ = n1000
+    assert summary.ratio_chunked <= 1.10

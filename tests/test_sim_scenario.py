@@ -1,0 +1,107 @@
+"""Scenario files, units, the `p2pdist simulate` command and its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from p2pdist import simulate_cmd
+from simulations.cluster import Cluster
+from simulations.profiles import p2pdist_profile
+from simulations.run import run_scenario
+from simulations.scenario import load_scenario, scenario_from_dict
+from simulations.units import ScenarioError, parse_duration, parse_rate, parse_size
+
+SCENARIOS = sorted((Path(__file__).parent.parent / "simulations" / "scenarios").glob("*.toml"))
+
+
+def test_units():
+    assert parse_size("1GiB", "x") == 1 << 30
+    assert parse_size("512MB", "x") == 512_000_000
+    assert parse_rate("1Gbit", "x") == 125e6
+    assert parse_rate("100Mbps", "x") == 12.5e6
+    assert parse_rate("125MB/s", "x") == 125e6
+    assert parse_rate("1MiB/s", "x") == 1 << 20
+    assert parse_duration("500ms", "x") == 0.5
+    assert parse_duration("2m", "x") == 120
+    for bad in ("fast", "1Gbyte", "-1s"):
+        with pytest.raises(ScenarioError):
+            parse_rate(bad, "x")
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_shipped_scenarios_load(path):
+    sc = load_scenario(path)
+    assert sc.nodes > sc.seeds >= 0 and sc.image.size > 0 and sc.runs
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"nodes": 0}, "nodes"),
+    ({"nodez": 3}, "unknown setting"),
+    ({"arrival": {"pattern": "stampede"}}, "arrival.pattern"),
+    ({"image": {"layers": ["1GiB"], "piece_size": "3MiB"}}, "power of two"),
+    ({"network": {"upload": {"dist": "zipf"}}}, "unknown dist"),
+    ({"p2pdist": {"limits": {"peer_concurency": 2}}}, "peer_concurency"),
+    ({"p2pdist": {"selector": "fastest"}}, "selector"),
+    ({"runs": ["bittorrent"]}, "bittorrent"),
+    ({"nodes": 3, "seeds": 3}, "seeds"),
+])
+def test_bad_scenarios_say_what_is_wrong(bad, message):
+    with pytest.raises(ScenarioError, match=message):
+        scenario_from_dict(bad)
+
+
+def test_churn_stragglers_seeds_and_racks_run_to_completion():
+    sc = scenario_from_dict({
+        "nodes": 40, "seeds": 2, "image": {"layers": ["32MiB", "16MiB"]},
+        "network": {"upload": {"dist": "uniform", "low": "500Mbit", "high": "2Gbit"}, "origin_upload": "1Gbit",
+                    "topology": {"zones": 2, "racks_per_zone": 2, "rack_uplink": "2Gbit", "zone_uplink": "2Gbit"}},
+        "arrival": {"pattern": "poisson", "rate": 20.0},
+        "churn": {"fraction": 0.2, "start": "0.1s", "end": "1s", "rejoin_after": "2s"},
+        "stragglers": {"fraction": 0.1, "factor": 0.2},
+    })
+    out = Cluster(sc, p2pdist_profile(sc)).run()
+    downloaders = [d for d, seed in zip(out.done, out.seeds, strict=True) if not seed]
+    assert len(downloaders) == 38 and all(d > 0 for d in downloaders)
+    assert not out.cut_off
+
+
+def test_nodes_that_leave_for_good_are_counted_not_waited_for():
+    sc = scenario_from_dict({"nodes": 20, "image": {"layers": ["32MiB"]},
+                             "churn": {"fraction": 0.25, "start": "0.05s", "end": "0.1s"}})
+    report = run_scenario(sc, ["p2pdist"])
+    summary = report.runs[0]
+    assert summary.departed == 5 and summary.completed == 15 and summary.time_to_all is not None
+
+
+def test_simulate_command_writes_table_json_and_plots(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="p2pdist")
+    simulate_cmd.add_parser(parser.add_subparsers(dest="command"))
+    scenario = Path(__file__).parent.parent / "simulations" / "scenarios" / "flash-100.toml"
+    args = parser.parse_args(["simulate", str(scenario), "--nodes", "12", "--sweep", "4,12",
+                              "--runs", "p2pdist,origin-only,pull-through-cache,kraken,dragonfly",
+                              "--out", str(tmp_path), "--quiet"])
+    assert simulate_cmd.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "p2pdist" in printed and "origin-only" in printed and "chunked" in printed
+    data = json.loads((tmp_path / "flash-100.json").read_text())
+    assert [r["run"] for r in data["runs"]] == ["p2pdist", "origin-only", "pull-through-cache", "kraken",
+                                               "dragonfly"]
+    assert all(r["completed"] == 12 for r in data["runs"])
+    assert {p["nodes"] for p in data["sweep"]} == {4, 12}
+    for suffix in ("cdf", "origin", "vs-n", "ratio"):
+        png = tmp_path / f"flash-100-{suffix}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Deterministic per seed: the same command gives the same numbers.
+    first = data["runs"][0]["completion_times"]
+    assert simulate_cmd.run(args) == 0
+    again = json.loads((tmp_path / "flash-100.json").read_text())["runs"][0]["completion_times"]
+    assert first == again
+
+
+def test_simulate_command_rejects_a_missing_file(capsys, tmp_path):
+    assert simulate_cmd.main(["simulate", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
