@@ -22,7 +22,7 @@ from .core import wire
 from .core.digest import Digest, DigestMismatch
 from .core.layout import PieceLayout, piece_size_for
 from .core.manifest import ManifestError, piece_digest
-from .core.selection import PeerSlot, RarestFirst, choose_peer
+from .core.selection import PeerSlot, RarestFirst, assign
 from .origin import OriginError, RangeNotSupported
 from .peer_client import PeerBusy, PeerError, fetch_piece
 from .tracker_client import TrackerUnavailable
@@ -439,15 +439,18 @@ class Swarm:
         if not self.fetchable:
             return
         count = max(1, budget // layout.piece_size)
-        for index in self.selector.select(self.fetchable, self.availability, count, self.rng, self.cursor):
-            holders = self.agent.neighbours.holders(self.blob, index)
-            limit = self.agent.config.limits.peer_concurrency
-            slots = [PeerSlot(nb.node, nb.inflight, limit, nb.score) for nb in holders]
-            slot = choose_peer(slots, self.rng)
-            if slot is None:
-                continue
-            nb = next(n for n in holders if n.node == slot.peer)
-            self._fetch_from_peer(index, nb)
+        limit = self.agent.config.limits.peer_concurrency
+        now = time.monotonic()
+        # One PeerSlot per usable neighbour for this pass: assign() counts its requests on them.
+        slots = {nb.node: (PeerSlot(nb.node, nb.inflight, limit, nb.score), nb)
+                 for nb in self.agent.neighbours.peers.values() if nb.busy_until <= now}
+
+        def holders(index: int) -> list[PeerSlot]:
+            return [slot for slot, nb in slots.values() if nb.has(self.blob, index)]
+
+        for index, slot in assign(self.selector, self.fetchable, self.availability, count, holders, self.rng,
+                                  self.cursor):
+            self._fetch_from_peer(index, slots[slot.peer][1])
 
     def _fetch_from_peer(self, index: int, nb: Neighbour) -> None:
         length = self.layout.length(index)

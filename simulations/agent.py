@@ -21,7 +21,7 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING
 
-from p2pdist.core.selection import PeerSlot, choose_peer
+from p2pdist.core.selection import PeerSlot, assign
 
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
 
@@ -296,24 +296,19 @@ class Swarm:
         b = self.b
         blocked = self.blocked
         blocked.clear()
-        chosen = profile.selector.select(candidates, self.avail, count, self.rng, self.cursor)
-        wanted = 0
-        for index in chosen:
-            wanted |= 1 << index
-        holding: dict[int, list[Edge]] = {}  # chosen piece -> free peers holding it, in edge order
-        for e in free:
-            hit = e.node.masks[b] & wanted
-            while hit:
-                low = hit & -hit
-                holding.setdefault(low.bit_length() - 1, []).append(e)
-                hit ^= low
-        for index in chosen:
-            holders = [e for e in holding.get(index, ()) if e.inflight < e.limit]
-            slot = choose_peer(holders, self.rng)
-            if slot is None:
-                blocked.add(index)
-                continue
+
+        def holders(index: int) -> list[Edge]:
+            bit = 1 << index
+            return [e for e in free if e.node.masks[b] & bit]
+
+        # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
+        assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, self.cursor)
+        for index, slot in assigned:
+            slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
             self.cluster.fetch_from_peer(self, index, slot)
+        if len(assigned) < count and len(assigned) < len(candidates):
+            taken = {i for i, _ in assigned}
+            blocked.update(i for i in candidates if i not in taken)  # any of them may unblock us
         if blocked:
             self._loop_timer()
 

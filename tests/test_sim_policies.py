@@ -51,7 +51,7 @@ def test_the_simulator_calls_the_core_policies(monkeypatch):
     assert all(d > 0 for d in out.done)
     assert calls["select"] > 100 and calls["handout"] >= 40 and calls["grant"] > 0
     # And the peer choice and lease book are the core's own objects, not copies.
-    assert sim_agent.choose_peer is selection_mod.choose_peer
+    assert sim_agent.assign is selection_mod.assign
     assert sim_tracker.LeaseBook is leases_mod.LeaseBook
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,8 +113,46 @@ class PeerSlot:
 
 
 def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: float = -3.0) -> PeerSlot | None:
-    """Among peers holding a piece, the best-scored one with a free slot, least busy first."""
+    """Among peers holding a piece, the least busy one with a free slot; score breaks ties.
+
+    Load first: ranking by score first piles every requester onto the peers that answered first
+    (seen in the simulator); the score's job is to keep bad peers out (``min_score``).
+    """
     usable = [p for p in holders if p.free and p.score > min_score]
     if not usable:
         return None
-    return min(usable, key=lambda p: (-p.score, p.inflight / p.limit, rng.random()))
+    return min(usable, key=lambda p: (p.inflight / p.limit, -p.score, rng.random()))
+
+
+SCAN = 4  # pieces ranked per request slot: room to skip pieces whose holders are all busy
+
+
+def assign(
+    selector: PieceSelector,
+    candidates: Collection[int],
+    availability: Sequence[int],
+    count: int,
+    holders: Callable[[int], Sequence[PeerSlot]],
+    rng: random.Random,
+    cursor: int | None = None,
+) -> list[tuple[int, PeerSlot]]:
+    """Choose up to ``count`` (piece, peer) requests together.
+
+    Pieces are taken in the selector's order, but a piece whose holders are all busy is skipped
+    for the next one instead of leaving the slot empty: piece-first scheduling otherwise idles
+    every uplink but those of the rarest pieces' holders. ``holders(i)`` must return the same
+    PeerSlot objects across calls: their ``inflight`` counts the requests assigned here.
+    """
+    if count <= 0 or not candidates:
+        return []
+    ranked = selector.select(candidates, availability, min(len(candidates), count * SCAN), rng, cursor)
+    out: list[tuple[int, PeerSlot]] = []
+    for index in ranked:
+        slot = choose_peer(holders(index), rng)
+        if slot is None:
+            continue
+        slot.inflight += 1
+        out.append((index, slot))
+        if len(out) >= count:
+            break
+    return out

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pdist.core.selection import SELECTORS, PeerSlot, RandomOrder, RarestFirst, Sequential, choose_peer
+from p2pdist.core.selection import SELECTORS, PeerSlot, RandomOrder, RarestFirst, Sequential, assign, choose_peer
 
 
 @st.composite
@@ -141,13 +141,27 @@ def test_choose_peer_none_when_no_holders_or_all_full():
     assert choose_peer([PeerSlot("a", 2, 2), PeerSlot("b", 0, 0)], random.Random(0)) is None
 
 
-def test_choose_peer_prefers_score_then_least_busy():
+def test_choose_peer_prefers_least_busy_then_score():
     high_busy = PeerSlot("high", inflight=3, limit=4, score=1.0)
     low_idle = PeerSlot("low", inflight=0, limit=4, score=0.0)
-    assert choose_peer([low_idle, high_busy], random.Random(0)) is high_busy
+    assert choose_peer([low_idle, high_busy], random.Random(0)) is low_idle
     a = PeerSlot("a", inflight=2, limit=4, score=0.0)  # 50 % busy
     b = PeerSlot("b", inflight=2, limit=8, score=0.0)  # 25 % busy
     assert choose_peer([a, b], random.Random(0)) is b
+    good = PeerSlot("good", inflight=1, limit=4, score=1.0)
+    meh = PeerSlot("meh", inflight=1, limit=4, score=-1.0)
+    assert choose_peer([meh, good], random.Random(0)) is good  # equal load: the better score
+
+
+def test_assign_skips_pieces_whose_holders_are_busy():
+    full = PeerSlot("full", inflight=4, limit=4)
+    idle = PeerSlot("idle", inflight=0, limit=2)
+    holders = {0: [full], 1: [full], 2: [idle], 3: [idle], 4: [idle]}
+    rare_first = [1, 1, 2, 2, 3]  # pieces 0 and 1 are the rarest but only the full peer has them
+    got = assign(RarestFirst(window=0), set(holders), rare_first, 3, holders.__getitem__, random.Random(0))
+    # Piece-first would have stopped at 0 and 1; assign fills idle's two slots with the next pieces.
+    assert sorted(i for i, _ in got) == [2, 3] and {s.peer for _, s in got} == {"idle"}
+    assert idle.inflight == 2  # counted, so the third request found no slot
 
 
 @given(
@@ -165,6 +179,6 @@ def test_choose_peer_property(specs, seed):
         assert got is None
         return
     assert got in usable
-    best = max(p.score for p in usable)
-    assert got.score == best
-    assert got.inflight / got.limit == min(p.inflight / p.limit for p in usable if p.score == best)
+    least = min(p.inflight / p.limit for p in usable)
+    assert got.inflight / got.limit == least
+    assert got.score == max(p.score for p in usable if p.inflight / p.limit == least)
