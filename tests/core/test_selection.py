@@ -31,7 +31,7 @@ def test_rarest_first_properties(inputs):
 
     in_window = []
     if cursor is not None and window > 0:
-        in_window = [i for i in range(cursor, cursor + window) if i in candidates][: max(count, 0)]
+        in_window = [i for i in range(cursor, cursor + window) if i in candidates][: max(1, count // 4)]
     # Window pieces come first, in order.
     assert chosen[: len(in_window)] == in_window
     rest = chosen[len(in_window) :]
@@ -55,15 +55,19 @@ def test_rarest_first_deterministic_for_seed(inputs):
 def test_rarest_first_example():
     availability = [5, 1, 3, 0, 2, 9, 9, 9]
     assert RarestFirst(window=0).select(set(range(8)), availability, 3, random.Random(1)) == [3, 1, 4]
-    # Window at the cursor overrides rarity, then rarest-first fills the rest.
+    # The window at the cursor comes first but takes at most a quarter of the requests (at least
+    # one); rarest-first fills the rest.
     got = RarestFirst(window=2).select(set(range(8)), availability, 4, random.Random(1), cursor=5)
-    assert got == [5, 6, 3, 1]
+    assert got == [5, 3, 1, 4]
+    got = RarestFirst(window=2).select(set(range(8)), availability, 8, random.Random(1), cursor=5)
+    assert got[:2] == [5, 6]
 
 
 def test_window_skips_non_candidates_and_respects_count():
     availability = [0] * 10
-    got = RarestFirst(window=4).select({2, 4, 5, 9}, availability, 2, random.Random(0), cursor=3)
-    assert got == [4, 5]
+    got = RarestFirst(window=4).select({2, 4, 5, 9}, availability, 8, random.Random(0), cursor=3)
+    assert got[:2] == [4, 5]  # the window is 3..6, of which 4 and 5 are candidates
+    assert RarestFirst(window=4).select({2, 4, 5, 9}, availability, 1, random.Random(0), cursor=3) == [4]
     got = RarestFirst(window=4).select({2, 9}, availability, 5, random.Random(0), cursor=3)
     assert sorted(got) == [2, 9]
 
