@@ -51,7 +51,7 @@ class TrackerConfig:
     busy_interval: float = 1.0
     digests_per_reply: int = 4096  # page size of the digest log; ~40 bytes each on the wire
     max_blobs: int = 4096  # blobs tracked at once; idle ones are evicted first when full
-    max_peers_per_blob: int = 2048  # peers kept per blob (handout cost grows with this, not pieces)
+    max_peers_per_blob: int = 16384  # peers kept per blob; handouts rank a bounded sample of them
     blob_ttl: float = 600.0  # a blob with no live peers is forgotten after this long
     max_blob_size: int = 1 << 40  # 1 TiB: bounds the per-blob piece tables
     # Piece size rule (see p2pdist.core.layout): smallest power of two from piece_min keeping the

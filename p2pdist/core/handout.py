@@ -27,6 +27,9 @@ class HandoutPolicy(Protocol):
     ) -> list[PeerInfo]: ...
 
 
+SAMPLE = 8  # candidates ranked per peer handed out, in large swarms
+
+
 def locality(asker: PeerInfo, peer: PeerInfo) -> int:
     """0 = same rack, 1 = same zone, 2 = elsewhere (empty labels never match)."""
     if asker.zone and peer.zone == asker.zone:
@@ -52,6 +55,10 @@ class LocalityFirst:
             return (0 if useful else 1, locality(asker, p), p.load, rng.random())
 
         others = [p for p in candidates if p.node != asker.node]
+        if limit > 0 and len(others) > limit * SAMPLE:
+            # Rank a random sample, not everyone: the sort is the tracker's cost per announce, and in
+            # a swarm of thousands a sample still finds useful, near, idle peers.
+            others = rng.sample(others, limit * SAMPLE)
         return sorted(others, key=key)[:max(0, limit)]
 
 

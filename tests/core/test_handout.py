@@ -3,7 +3,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pdist.core.handout import HANDOUTS, LocalityFirst, PeerInfo, RandomByCompleteness, locality
+from p2pdist.core.handout import HANDOUTS, SAMPLE, LocalityFirst, PeerInfo, RandomByCompleteness, locality
 
 ASKER = PeerInfo("me", "10.0.0.1:7000", zone="z1", rack="r1", have=5)
 
@@ -132,3 +132,21 @@ def test_kraken_samples_randomly_not_best_first():
 def test_handout_registry():
     assert HANDOUTS["locality"]().name == "locality"
     assert HANDOUTS["kraken"]().name == "kraken"
+
+
+def test_large_swarms_rank_a_bounded_sample():
+    asker = PeerInfo("me", "me:1", "z", "r")
+    crowd = [PeerInfo(f"n{i}", f"n{i}:1", "z", "r", have=i % 7, load=i % 5) for i in range(5000)]
+    ranked: list[PeerInfo] = []
+
+    class Counting(random.Random):
+        def sample(self, population, k):  # the policy must shrink the field before sorting it
+            chosen = super().sample(population, k)
+            ranked.extend(chosen)
+            return chosen
+
+    got = LocalityFirst().handout(asker, [asker, *crowd], 16, Counting(3))
+    assert len(got) == 16 and len({p.node for p in got}) == 16 and asker not in got
+    assert len(ranked) == 16 * SAMPLE and set(got) <= set(ranked)
+    # Within the sample the ranking still holds: useful peers (more pieces than the asker) first.
+    assert all(p.have > 0 for p in got)
