@@ -21,6 +21,7 @@ import aiohttp
 from .core import wire
 from .core.digest import Digest, DigestMismatch
 from .core.layout import PieceLayout, piece_size_for
+from .core.leases import missing_runs
 from .core.manifest import ManifestError, piece_digest
 from .core.selection import PeerSlot, RarestFirst, assign
 from .origin import OriginError, RangeNotSupported
@@ -344,15 +345,7 @@ class Swarm:
                 self.kick.set()
 
     def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
-        runs: list[tuple[int, int]] = []
-        for i in range(start, end):
-            if i in self.partial.have or i in self.inflight:
-                continue
-            if runs and runs[-1][1] == i:
-                runs[-1] = (runs[-1][0], i + 1)
-            else:
-                runs.append((i, i + 1))
-        return runs
+        return missing_runs(start, end, lambda i: i in self.partial.have or i in self.inflight)
 
     async def _origin_lease(self, runs: list[tuple[int, int]]) -> None:
         log.debug("origin lease start", extra={"blob": self.blob, "runs": str(runs)})

@@ -21,6 +21,7 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING
 
+from p2pdist.core.leases import missing_runs
 from p2pdist.core.selection import PeerSlot, assign
 
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
@@ -253,16 +254,8 @@ class Swarm:
                 self.kick()
 
     def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
-        runs: list[tuple[int, int]] = []
         have, inflight = self.have, self.inflight
-        for i in range(start, min(end, len(have))):
-            if have[i] or inflight[i]:
-                continue
-            if runs and runs[-1][1] == i:
-                runs[-1] = (runs[-1][0], i + 1)
-            else:
-                runs.append((i, i + 1))
-        return runs
+        return missing_runs(start, min(end, len(have)), lambda i: bool(have[i] or inflight[i]))
 
     def origin_stream_done(self, runs: list[tuple[int, int]]) -> None:
         self.origin_active -= 1

@@ -7,6 +7,7 @@ pool. Time is passed in (seconds, any monotonic origin): the core owns no clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -132,3 +133,19 @@ class LeaseBook:
     @property
     def all_digested(self) -> bool:
         return all(self.digested)
+
+
+def missing_runs(start: int, end: int, skip: Callable[[int], bool]) -> list[tuple[int, int]]:
+    """The contiguous runs of pieces in [start, end) not ``skip``-ped (had or in flight).
+
+    One origin Range request per run: a lease's pieces that arrived meanwhile are not fetched again.
+    """
+    runs: list[tuple[int, int]] = []
+    for i in range(start, end):
+        if skip(i):
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pdist.core.leases import Lease, LeaseBook
+from p2pdist.core.leases import Lease, LeaseBook, missing_runs
 
 NODES = ("a", "b", "c")
 
@@ -283,3 +283,10 @@ def test_reopen_makes_digested_pieces_grantable_again_but_keeps_live_leases() ->
     again = book.grant("c", now=2.0)
     assert [(lease.start, lease.end) for lease in again] == [(first.start, first.end)]
     assert book.holder(held.start) == "b"  # the lease in progress survived
+
+
+def test_missing_runs_skips_had_and_inflight_pieces() -> None:
+    had = {0, 3, 4, 7}
+    assert missing_runs(0, 9, had.__contains__) == [(1, 3), (5, 7), (8, 9)]
+    assert missing_runs(3, 5, had.__contains__) == []
+    assert missing_runs(2, 3, lambda i: False) == [(2, 3)]
