@@ -33,9 +33,10 @@ def random_file_bytes(size: int) -> bytes:
 def prefault_page_cache(work: Path, size: int) -> None:
     """Write and delete ``size`` bytes once before measuring.
 
-    On these VMs the first touch of a guest page costs ~3 s of kernel time per GiB (measured:
-    a first 1 GiB write 3.2 s, the same write again 0.23 s). Whichever side first grows the page
-    cache would pay it, so both sides start from memory that has been touched.
+    These VMs hand freed guest pages back to the host within seconds, and touching them again costs
+    ~2.5 s of kernel time per GiB (measured: a 1 GiB write 2.6 s, again at once 0.29 s, again after
+    10 s idle 2.5 s). Whichever side writes into returned pages pays it, so each timed run starts
+    right after this touches (and frees) enough memory for its writes.
     """
     chunk = os.urandom(8 << 20)
     path = work / "prefault"
@@ -76,7 +77,9 @@ def single(work: Path, size: int, runs: int) -> dict:
             time_curl(url, work / "warm")  # the registry's first read warms the page cache for both
             curl_t, agent_t = [], []
             for run in range(runs):
+                prefault_page_cache(work, 2 * size)
                 curl_t.append(time_curl(url, work / "curl.out"))
+                prefault_page_cache(work, 2 * size)
                 agent_t.append(time_agent(work, tracker, ref, run, f"http://{registry.host}")[0])
         finally:
             tracker.stop()
@@ -125,7 +128,6 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-") as tmp:
         work = Path(tmp)
-        prefault_page_cache(work, 8 << 30)
         out = {}
         if not args.skip_single:
             out["single"] = single(work, parse_size(args.single_size), args.runs)
