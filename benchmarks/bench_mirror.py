@@ -46,7 +46,9 @@ def warm(work: Path, size: int, runs: int) -> dict:
             curl_seconds(direct)
             d_t, m_t = [], []
             for _ in range(runs):
+                prefault_page_cache(work, size)
                 d_t.append(curl_seconds(direct))
+                prefault_page_cache(work, size)
                 m_t.append(curl_seconds(mirrored))
         finally:
             agent.stop()
@@ -79,12 +81,15 @@ def cold(work: Path, layers: list[int], runs: int) -> dict:
         ref = f"{registry.host}/bench/cold:v1"
         skopeo_copy(work, ref, None)  # warm the registry's page cache for both sides
         d_t, m_t = [], []
+        touch = 3 * sum(layers)
         for run in range(runs):
+            prefault_page_cache(work, touch)
             d_t.append(skopeo_copy(work, ref, None))
             agent = AgentProc(work, f"cold{run}", NO_TRACKER, TOKEN, upstreams=[f"http://{registry.host}"],
                               mirror=True).start()
             try:
                 conf = registries_conf(work / "registries.conf", registry.host, agent.mirror)
+                prefault_page_cache(work, touch)
                 m_t.append(skopeo_copy(work, ref, conf))
             finally:
                 agent.stop()
@@ -102,7 +107,6 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-") as tmp:
-        prefault_page_cache(Path(tmp), 8 << 30)
         print(json.dumps({"warm": warm(Path(tmp), parse_size(args.blob_size), args.runs)}), flush=True)
         layers = [parse_size(x) for x in args.layers.split(",")]
         print(json.dumps({"cold": cold(Path(tmp), layers, args.runs)}), flush=True)
