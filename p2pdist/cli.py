@@ -116,6 +116,3 @@ def _daemon(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-

@@ -109,6 +109,8 @@ class Swarm:
                           extra={"blob": self.blob, "error": str(e)})
                 self.agent.metrics.origin_fallbacks.labels("corrupt").inc()
                 await self._announce_safely("corrupt")
+                # The discarded pieces are gone: neighbours must stop asking us for them.
+                self.agent.neighbours.broadcast_lost(self.blob)
                 self._reset()
                 self.direct = True
                 path = await self._download()
