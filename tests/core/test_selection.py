@@ -1,7 +1,7 @@
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from p2pdist.core.selection import SELECTORS, PeerSlot, RandomOrder, RarestFirst, Sequential, assign, choose_peer
@@ -21,6 +21,7 @@ def selection_inputs(draw):
 
 @settings(max_examples=200)
 @given(selection_inputs())
+@example(([0], {0}, 0, 0, 1, 0))  # count 0 with the cursor on a candidate: nothing at all
 def test_rarest_first_properties(inputs):
     availability, candidates, count, cursor, window, seed = inputs
     chosen = RarestFirst(window=window).select(candidates, availability, count, random.Random(seed), cursor)
@@ -31,7 +32,8 @@ def test_rarest_first_properties(inputs):
 
     in_window = []
     if cursor is not None and window > 0:
-        in_window = [i for i in range(cursor, cursor + window) if i in candidates][: max(1, count // 4)]
+        share = max(1, count // 4) if count > 0 else 0  # a quarter of the requests, at least one
+        in_window = [i for i in range(cursor, cursor + window) if i in candidates][:share]
     # Window pieces come first, in order.
     assert chosen[: len(in_window)] == in_window
     rest = chosen[len(in_window) :]
