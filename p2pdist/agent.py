@@ -118,6 +118,15 @@ class Agent:
         if swarm is not None:
             swarm.on_have(index)
 
+    def on_room(self) -> None:
+        for swarm in self.swarms.values():
+            swarm.wake.set()
+
+    def upload_slots_changed(self, delta: int) -> None:
+        """An upload started (+1) or ended (-1): the neighbours hear how much room is left."""
+        self.uploads += delta
+        self.neighbours.advertise_room(self.config.limits.upload_slots - self.uploads)
+
     def piece_source(self, digest: Digest, start: int, end: int) -> tuple[Path, int] | None:
         """(file, blob size) if bytes [start, end) are verified here, else None."""
         if self.store.has(digest):

@@ -1,7 +1,9 @@
 """The control plane between peers: one WebSocket per neighbour, msgpack frames.
 
 On connect each side says HELLO; for every blob both care about they swap a BITFIELD, then send
-HAVE as pieces verify. The data itself moves over plain HTTP range GETs (see peer_server).
+HAVE as pieces verify, and ROOM whenever the number of free upload slots changes (askers skip full
+peers and prefer the emptiest, instead of learning it from 503s). The data itself moves over plain
+HTTP range GETs (see peer_server).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .core.bitfield import Bitfield, BitfieldError
 log = logging.getLogger("p2pdist.neighbours")
 
 BAN_AFTER_BAD_PIECES = 2  # one bad piece can be bad luck on a flaky disk; two is a pattern
+UNKNOWN_ROOM = 1 << 16  # a neighbour that has not said how many upload slots it has free
 
 
 class Host(Protocol):
@@ -34,9 +37,11 @@ class Host(Protocol):
     def local_bitfield(self, blob: str) -> Bitfield | None: ...
     def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None: ...
     def on_have(self, blob: str, index: int) -> None: ...
+    def on_room(self) -> None: ...
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+CONTROL_MESSAGES = (wire.BitfieldMsg, wire.Have, wire.Lost, wire.Room)
 
 
 @dataclass(eq=False)
@@ -50,6 +55,7 @@ class Neighbour:
     score: float = 0.0
     bad_pieces: int = 0
     busy_until: float = 0.0
+    room: int = UNKNOWN_ROOM  # its free upload slots, as it last said
 
     def has(self, blob: str, index: int) -> bool:
         bf = self.bitfields.get(blob)
@@ -75,6 +81,7 @@ class Neighbourhood:
         self._dialing: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.on_change: Callable[[], None] = lambda: None
+        self._room = UNKNOWN_ROOM  # the free upload slots we last told everyone
 
     # --- membership -------------------------------------------------------------------------
 
@@ -142,6 +149,8 @@ class Neighbourhood:
         if nb is None:
             nb = self.peers[node] = Neighbour(node, addr)
         nb.sockets.append(ws)
+        if self._room != UNKNOWN_ROOM:
+            self._spawn(nb.send(wire.Room(self._room)))
         self.on_change()
         return nb
 
@@ -164,7 +173,7 @@ class Neighbourhood:
                         break
                     continue
                 try:
-                    self._handle(nb, wire.decode(msg.data, expect=(wire.BitfieldMsg, wire.Have, wire.Lost)))
+                    self._handle(nb, wire.decode(msg.data, expect=CONTROL_MESSAGES))
                 except (wire.WireError, BitfieldError) as e:
                     # A peer speaking nonsense is dropped, not trusted partially.
                     log.warning("bad control frame", extra={"peer": nb.node, "error": str(e)})
@@ -184,6 +193,11 @@ class Neighbourhood:
             bf = nb.bitfields.get(msg.blob)
             if bf is not None and msg.index < bf.size and bf.add(msg.index):
                 self.host.on_have(msg.blob, msg.index)
+        elif isinstance(msg, wire.Room):
+            opened = msg.free > 0 and nb.room <= 0
+            nb.room = msg.free
+            if opened:
+                self.host.on_room()  # a swarm waiting for a free holder may go on now
         elif isinstance(msg, wire.Lost):
             old = nb.bitfields.pop(msg.blob, None)
             nb.sent.discard(msg.blob)
@@ -206,6 +220,16 @@ class Neighbourhood:
                 self._spawn(nb.send(msg))
             elif blob in nb.bitfields:
                 self._offer(nb, blob)
+
+    def advertise_room(self, free: int) -> None:
+        """Tell every neighbour how many upload slots we have free, when that number changed."""
+        free = max(0, free)
+        if free == self._room:
+            return
+        self._room = free
+        msg = wire.Room(free)
+        for nb in self.peers.values():
+            self._spawn(nb.send(msg))
 
     def broadcast_lost(self, blob: str) -> None:
         for nb in self.peers.values():

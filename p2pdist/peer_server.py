@@ -2,7 +2,8 @@
 
 ``GET /v1/blobs/<digest>`` with a single ``Range`` is answered only when every piece covering the
 range is verified here (complete blob, or verified pieces of a partial). Busy peers say 503 so the
-asker goes elsewhere instead of queueing behind us.
+asker goes elsewhere instead of queueing behind us; neighbours also hear our free slots (ROOM) and
+rarely ask a full peer at all.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def build_app(agent: Agent) -> web.Application:
         if source is None:
             raise _error(web.HTTPNotFound, f"{digest} bytes {first}-{last} are not verified on this node")
         path, size = source
-        agent.uploads += 1
+        agent.upload_slots_changed(+1)
         # A complete blob is pinned while it is sent, so garbage collection cannot pull it away.
         pin = None
         if agent.store.has(digest):
@@ -65,7 +66,7 @@ def build_app(agent: Agent) -> web.Application:
             await resp.prepare(request)
             return resp
         finally:
-            agent.uploads -= 1
+            agent.upload_slots_changed(-1)
             if pin is not None:
                 pin.close()
 

@@ -437,7 +437,7 @@ class Swarm:
         limit = self.agent.config.limits.peer_concurrency
         now = time.monotonic()
         # One PeerSlot per usable neighbour for this pass: assign() counts its requests on them.
-        slots = {nb.node: (PeerSlot(nb.node, nb.inflight, limit, nb.score), nb)
+        slots = {nb.node: (PeerSlot(nb.node, nb.inflight, limit, nb.score, nb.room), nb)
                  for nb in self.agent.neighbours.peers.values() if nb.busy_until <= now}
 
         def holders(index: int) -> list[PeerSlot]:

@@ -281,6 +281,11 @@ class Swarm:
         # choose_peer only ever returns a peer with a free request slot that is not backing off, so
         # holders are looked for among those; with none, no selection can lead anywhere.
         free = [e for e in self.node.edge_list if e.inflight < e.limit and e.busy_until <= now]
+        if profile.load_aware:
+            slots = profile.upload_slots
+            for e in free:
+                e.room = slots - e.node.uploads  # ROOM messages take rtt/2: read directly
+            free = [e for e in free if e.room > 0]
         if not free:
             self.blocked.clear()  # nothing was chosen: only a freed slot (our own wake) or the timer helps
             self._loop_timer()
@@ -289,6 +294,15 @@ class Swarm:
         b = self.b
         blocked = self.blocked
         blocked.clear()
+        reach = 0
+        for e in free:
+            reach |= e.node.masks[b]
+        if not any(reach >> i & 1 for i in candidates):
+            # No free peer holds any candidate: assign() would return nothing (most passes, measured),
+            # so skip its ranking. Only its random draws are saved; every decision is the same.
+            blocked.update(candidates)
+            self._loop_timer()
+            return
 
         def holders(index: int) -> list[Edge]:
             bit = 1 << index

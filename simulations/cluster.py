@@ -104,6 +104,7 @@ class Cluster(DataPlane, ControlPlane):
         self._timeouts: deque[tuple[float, Transfer]] = deque()
         self._timeout_armed = False
         self._tid = 0
+        self.room_rng = random.Random(f"{self.seed}/room")
 
     # --- construction -----------------------------------------------------------------------
 

@@ -162,6 +162,16 @@ class DataPlane:
             self._timeout_armed = True
             self.sim.at(self._timeouts[0][0], self._check_timeouts)
 
+    def _room(self, peer: Node) -> None:
+        """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
+        piece look again. They hear it in no fixed order; the first to ask gets the slot."""
+        watchers = list(peer.watchers.values())
+        self.room_rng.shuffle(watchers)
+        for watcher in watchers:
+            for sw in watcher.swarms:
+                if sw is not None and sw.blocked and not sw.dirty:
+                    sw.wake()
+
     def _busy(self, args: tuple[Swarm, int, Edge, int]) -> None:
         sw, index, edge, length = args
         self.busy_replies += 1
@@ -176,6 +186,8 @@ class DataPlane:
         peer = edge.node
         peer.uploads -= 1
         self._next_upload(peer)
+        if self.profile.load_aware and peer.uploads == self.profile.upload_slots - 1:
+            self._room(peer)
         edge.inflight -= 1
         sw.inflight_bytes -= length
         if sw.generation != sw.node.generation:

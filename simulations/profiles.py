@@ -60,6 +60,9 @@ class Profile:
     # What a peer does with a request when all upload slots are busy: answer 503 (the shipped agent;
     # the asker backs off from it) or queue it until a slot frees (what-if, for policy studies).
     upload_queue: bool = False
+    # Peers advertise their free upload slots (the agent's ROOM message): askers skip full peers,
+    # prefer the emptiest, and look again when a full one frees a slot. Off for the baselines.
+    load_aware: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -118,7 +121,7 @@ def kraken_profile(scenario: Scenario) -> Profile:
     return dataclasses.replace(
         base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
         tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario),
-        digests_known=True, streaming=False, stall_fallback=False,
+        digests_known=True, streaming=False, stall_fallback=False, load_aware=False,
     )
 
 
@@ -133,7 +136,7 @@ def dragonfly_profile(scenario: Scenario) -> Profile:
     return dataclasses.replace(
         base, name="dragonfly", selector=Sequential(), handout=ScoredParents(), origin=BACK_TO_SOURCE,
         tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario),
-        digests_known=True, parents_only=True, streaming=False, stall_fallback=False,
+        digests_known=True, parents_only=True, streaming=False, stall_fallback=False, load_aware=False,
     )
 
 

@@ -58,7 +58,9 @@ class BlobTrack:
 
     def __init__(self, piece_count: int, config: TrackerConfig) -> None:
         self.piece_count = piece_count
-        self.book = LeaseBook(piece_count, config.lease_pieces, config.lease_ttl, config.leases_per_node)
+        self.book = LeaseBook(
+            piece_count, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams)
+        self.downloaders = 0  # peers not complete (tracker/state.py BlobRecord.downloaders)
         self.logged = bytearray(piece_count)
         self.log: list[int] = []
         self.peers: dict[str, _Peer] = {}
@@ -100,6 +102,10 @@ class SimTracker:
         asker = PeerInfo(msg.node, msg.node, msg.zone, msg.rack, msg.have, msg.complete, msg.load)
         record = track.peers.get(msg.node)
         if record is not None or len(track.peers) < cfg.max_peers_per_blob:
+            if record is not None and not record.info.complete:
+                track.downloaders -= 1
+            if not asker.complete:
+                track.downloaders += 1
             track.peers[msg.node] = _Peer(asker, now)
         if msg.node in track.peers:
             self._seq += 1
@@ -129,7 +135,9 @@ class SimTracker:
         self.leases_expired += len(track.book.expire(now))
 
     def _remove_peer(self, track: BlobTrack, node: str) -> None:
-        track.peers.pop(node, None)
+        record = track.peers.pop(node, None)
+        if record is not None and not record.info.complete:
+            track.downloaders -= 1
         track.book.release(node)
 
     def _take_digests(self, track: BlobTrack, msg: Announce, now: float) -> None:
@@ -156,7 +164,7 @@ class SimTracker:
             book.release(msg.node)
             return []
         if msg.want_leases > 0:
-            for lease in book.grant(msg.node, now, msg.want_leases):
+            for lease in book.grant(msg.node, now, msg.want_leases, track.downloaders):
                 self.leases_granted += 1
                 if lease.start < track.granted_upto:
                     self.leases_reassigned += 1

@@ -88,9 +88,17 @@ def test_a_selector_that_picks_nothing_sends_everyone_to_the_origin():
 
 
 def test_busy_peers_answer_503_unless_uploads_queue():
-    # One upload slot per peer: the shipped agent's peers turn extra requests away (503) and the
-    # asker backs off; the what-if queue serves them in turn instead. Both deliver everything.
-    answered = _run({"upload_slots": 1}, nodes=12)
-    queued = _run({"upload_slots": 1, "upload_queue": True}, nodes=12)
+    # One upload slot per peer and no ROOM advertisements: peers turn extra requests away (503) and
+    # the asker backs off; the what-if queue serves them in turn instead. Both deliver everything.
+    answered = _run({"upload_slots": 1, "load_aware": False}, nodes=12)
+    queued = _run({"upload_slots": 1, "upload_queue": True, "load_aware": False}, nodes=12)
     assert answered.busy_replies > 0 and queued.busy_replies == 0
     assert all(d > 0 for d in answered.done) and all(d > 0 for d in queued.done)
+
+
+def test_room_advertisements_spare_the_busy_replies_and_help():
+    # With ROOM (the shipped agent), askers skip full peers: no 503s, and the crowd finishes sooner.
+    blind = _run({"load_aware": False}, nodes=30)
+    aware = _run(nodes=30)
+    assert blind.busy_replies > 0 and aware.busy_replies == 0
+    assert max(aware.done) < max(blind.done)

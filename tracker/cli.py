@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forget a peer that has not announced for this long (default 30)")
     p.add_argument("--lease-ttl", type=float, metavar="SECONDS",
                    help="give an origin lease to another node after this long without progress (default 10)")
-    p.add_argument("--lease-pieces", type=int, metavar="N", help="pieces per origin lease (default 8)")
+    p.add_argument("--lease-pieces", type=int, metavar="N", help="pieces per origin lease (default 4)")
+    p.add_argument("--origin-streams", type=int, metavar="N",
+                   help="origin leases out at once per blob, split among the downloading nodes; bounds the "
+                        "origin's load and spreads new pieces over many uplinks (default 8; 0 = no cap)")
     p.add_argument("--cluster-token", metavar="TOKEN",
                    help=f"shared secret agents must present; prefer {ENV_PREFIX}CLUSTER_TOKEN, "
                         "since flags are visible to every local user in ps")
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = {
         "listen": args.listen, "peer_ttl": args.peer_ttl, "lease_ttl": args.lease_ttl,
-        "lease_pieces": args.lease_pieces, "cluster_token": args.cluster_token,
+        "lease_pieces": args.lease_pieces, "origin_streams": args.origin_streams, "cluster_token": args.cluster_token,
         "insecure": args.insecure, "log_level": args.log_level,
     }
     try:

@@ -42,8 +42,12 @@ class TrackerConfig:
     peer_ttl: float = 30.0
     # An origin lease with no reported progress for this long goes back to the pool for another node.
     lease_ttl: float = 10.0
-    lease_pieces: int = 8  # pieces per lease
+    lease_pieces: int = 4  # pieces per lease: small, so the first node to ask does not take a long run
     leases_per_node: int = 5  # leases one node may hold per blob at once: its origin streams (4) + 1 spare
+    # Leases out at once per blob, shared among the nodes still downloading (at least one each): the
+    # origin's pieces then land on many nodes whose uplinks spread them in parallel, and the origin
+    # sees a bounded number of streams per blob. 0 = no cap (every node gets leases_per_node).
+    origin_streams: int = 8
     handout_size: int = 16  # peers per announce reply
     handout_policy: str = "locality"  # a name from p2pdist.core.handout.HANDOUTS
     announce_interval: float = 5.0  # seconds between announces in steady state
@@ -74,6 +78,7 @@ class TrackerConfig:
         need(self.lease_pieces >= 1, f"lease_pieces must be >= 1, got {self.lease_pieces}")
         # The wire reply carries at most 64 leases and 1024 peers.
         need(1 <= self.leases_per_node <= 64, f"leases_per_node must be in 1..64, got {self.leases_per_node}")
+        need(0 <= self.origin_streams <= 4096, f"origin_streams must be in 0..4096, got {self.origin_streams}")
         need(1 <= self.handout_size <= 1024, f"handout_size must be in 1..1024, got {self.handout_size}")
         need(self.handout_policy in HANDOUTS,
              f"handout_policy {self.handout_policy!r} is unknown; choose one of {', '.join(HANDOUTS)}")

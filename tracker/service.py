@@ -86,7 +86,8 @@ def handle_announce(
     _expire(blob, now, config, emit)
     if layout is not None:
         if blob.size is None:
-            blob.set_layout(layout, config.lease_pieces, config.lease_ttl, config.leases_per_node)
+            blob.set_layout(
+                layout, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams)
         elif blob.size != layout.blob_size:
             raise AnnounceError(
                 "size-conflict",
@@ -198,7 +199,7 @@ def _leases(blob: BlobRecord, msg: Announce, now: float, emit: Emit) -> list[tup
         book.release(msg.node)  # a seeder has every piece: its remaining leases go back to the pool
         return []
     if msg.want_leases > 0:
-        for lease in book.grant(msg.node, now, msg.want_leases):
+        for lease in book.grant(msg.node, now, msg.want_leases, blob.downloaders):
             emit("lease_granted", blob=blob.digest, node=msg.node, start=lease.start, end=lease.end,
                  reassigned=lease.start < blob.granted_upto)
             blob.granted_upto = max(blob.granted_upto, lease.end)

@@ -48,10 +48,13 @@ class BlobRecord:
     log: list[tuple[int, bytes]] = field(default_factory=list)
     peers: dict[str, PeerRecord] = field(default_factory=dict)
     granted_upto: int = 0  # highest lease end ever granted: a lease below it is a reassignment
+    downloaders: int = 0  # peers not complete yet: the origin lease cap is shared among them
 
-    def set_layout(self, layout: PieceLayout, lease_pieces: int, lease_ttl: float, per_node: int) -> None:
+    def set_layout(
+        self, layout: PieceLayout, lease_pieces: int, lease_ttl: float, per_node: int, max_leases: int = 0
+    ) -> None:
         self.size, self.piece_size = layout.blob_size, layout.piece_size
-        self.book = LeaseBook(layout.count, lease_pieces, lease_ttl, per_node)
+        self.book = LeaseBook(layout.count, lease_pieces, lease_ttl, per_node, max_leases)
         self.manifest = PieceManifest(layout)
         self.log = []
         self.granted_upto = 0
@@ -60,7 +63,7 @@ class BlobRecord:
         """Forget every digest and lease (the assembled blob failed its digest): start over."""
         if self.book is not None and self.manifest is not None:
             book = self.book
-            self.set_layout(self.manifest.layout, book.lease_pieces, book.ttl, book.per_node)
+            self.set_layout(self.manifest.layout, book.lease_pieces, book.ttl, book.per_node, book.max_leases)
         self.epoch = epoch
 
     @property
@@ -82,11 +85,17 @@ class BlobRecord:
         record = self.peers.get(info.node)
         if record is None and len(self.peers) >= self.max_peers:
             return False
+        if record is not None and not record.info.complete:
+            self.downloaders -= 1
+        if not info.complete:
+            self.downloaders += 1
         self.peers[info.node] = PeerRecord(info, now)
         return True
 
     def remove_peer(self, node: str) -> None:
-        self.peers.pop(node, None)
+        record = self.peers.pop(node, None)
+        if record is not None and not record.info.complete:
+            self.downloaders -= 1
         if self.book is not None:
             self.book.release(node)
 

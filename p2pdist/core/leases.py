@@ -25,13 +25,16 @@ class Lease:
 class LeaseBook:
     """Lease state of one blob: which pieces are digested, which are leased to whom."""
 
-    def __init__(self, piece_count: int, lease_pieces: int = 8, ttl: float = 10.0, per_node: int = 2) -> None:
-        if piece_count <= 0 or lease_pieces <= 0 or ttl <= 0 or per_node <= 0:
-            raise ValueError("piece_count, lease_pieces, ttl and per_node must be positive")
+    def __init__(
+        self, piece_count: int, lease_pieces: int = 8, ttl: float = 10.0, per_node: int = 2, max_leases: int = 0
+    ) -> None:
+        if piece_count <= 0 or lease_pieces <= 0 or ttl <= 0 or per_node <= 0 or max_leases < 0:
+            raise ValueError("piece_count, lease_pieces, ttl and per_node must be positive, max_leases >= 0")
         self.piece_count = piece_count
         self.lease_pieces = lease_pieces
         self.ttl = ttl
         self.per_node = per_node
+        self.max_leases = max_leases  # leases out at once for the blob (origin streams); 0 = no cap
         self.digested = bytearray(piece_count)  # 1 once the piece's digest is known
         self._leased_to: list[Lease | None] = [None] * piece_count
         self.leases: list[Lease] = []
@@ -62,10 +65,24 @@ class LeaseBook:
                 if not self.digested[i]:
                     self._cursor = min(self._cursor, i)
 
-    def grant(self, node: str, now: float, want: int = 1) -> list[Lease]:
-        """Grant up to ``want`` new leases (bounded by per_node) over unleased, undigested pieces."""
+    def share(self, downloaders: int) -> int:
+        """Leases one node may hold when ``downloaders`` nodes are fetching the blob.
+
+        With a cap, the cap is split among the downloaders (at least one each): origin pieces then
+        land on many nodes, whose uplinks spread them at once, instead of queueing behind the few
+        uplinks of the first nodes to ask (measured in the simulator).
+        """
+        if not self.max_leases:
+            return self.per_node
+        return max(1, min(self.per_node, self.max_leases // max(1, downloaders)))
+
+    def grant(self, node: str, now: float, want: int = 1, downloaders: int = 1) -> list[Lease]:
+        """Grant up to ``want`` new leases over unleased, undigested pieces, bounded by the node's
+        ``share`` and by ``max_leases`` for the whole blob."""
         granted: list[Lease] = []
-        room = min(want, self.per_node - len(self.held_by(node)))
+        room = min(want, self.share(downloaders) - len(self.held_by(node)))
+        if self.max_leases:
+            room = min(room, self.max_leases - len(self.leases))
         while room > 0:
             start = self._next_free(self._cursor)
             if start is None:

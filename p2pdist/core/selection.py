@@ -109,6 +109,7 @@ class PeerSlot:
     inflight: int
     limit: int
     score: float = 0.0  # higher is better; penalties for bad pieces and timeouts drive it down
+    room: int = 1 << 30  # upload slots the peer last said it had free (unlimited until it says)
 
     @property
     def free(self) -> bool:
@@ -118,13 +119,15 @@ class PeerSlot:
 def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: float = -3.0) -> PeerSlot | None:
     """Among peers holding a piece, the least busy one with a free slot; score breaks ties.
 
-    Load first: ranking by score first piles every requester onto the peers that answered first
-    (seen in the simulator); the score's job is to keep bad peers out (``min_score``).
+    Busy means, first, the peer's own free upload slots as it advertised them (``room``: the
+    emptiest uplink sends the piece fastest, and a full one would answer 503), then our requests
+    to it. Load before score: ranking by score first piles every requester onto the peers that
+    answered first (seen in the simulator); the score's job is to keep bad peers out (``min_score``).
     """
-    usable = [p for p in holders if p.free and p.score > min_score]
+    usable = [p for p in holders if p.free and p.room > 0 and p.score > min_score]
     if not usable:
         return None
-    return min(usable, key=lambda p: (p.inflight / p.limit, -p.score, rng.random()))
+    return min(usable, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
 
 
 SCAN = 4  # pieces ranked per request slot: room to skip pieces whose holders are all busy
@@ -155,6 +158,7 @@ def assign(
         if slot is None:
             continue
         slot.inflight += 1
+        slot.room -= 1
         out.append((index, slot))
         if len(out) >= count:
             break

@@ -249,8 +249,20 @@ class Lost(Message):
     blob: str
 
 
+@dataclass(frozen=True)
+class Room(Message):
+    """Upload slots the sender has free right now: askers skip a full peer and prefer the emptiest.
+
+    Sent when the number changes; a peer that never said is assumed to have room (a 503 corrects it).
+    """
+
+    TYPE: ClassVar[str] = "room"
+    CHECKS: ClassVar[dict[str, Any]] = {"free": _int(0, 1 << 16)}
+    free: int
+
+
 MESSAGES: dict[str, type[Message]] = {
-    m.TYPE: m for m in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost)
+    m.TYPE: m for m in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost, Room)
 }
 
 

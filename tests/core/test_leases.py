@@ -290,3 +290,27 @@ def test_missing_runs_skips_had_and_inflight_pieces() -> None:
     assert missing_runs(0, 9, had.__contains__) == [(1, 3), (5, 7), (8, 9)]
     assert missing_runs(3, 5, had.__contains__) == []
     assert missing_runs(2, 3, lambda i: False) == [(2, 3)]
+
+
+def test_cap_bounds_leases_out_for_the_whole_blob():
+    book = LeaseBook(100, lease_pieces=2, per_node=5, max_leases=3)
+    first = book.grant("a", 0.0, want=5, downloaders=1)
+    assert len(first) == 3  # alone, a node may take the whole cap (up to per_node)
+    assert book.grant("b", 0.0, want=5, downloaders=2) == []  # the cap is reached
+    book.record("a", first[0].start, 1.0)
+    book.record("a", first[0].start + 1, 1.0)  # lease closed: one stream's worth is free again
+    again = book.grant("b", 1.0, want=5, downloaders=2)
+    assert [(x.node, x.end - x.start) for x in again] == [("b", 2)]
+
+
+def test_cap_is_shared_among_downloaders_but_everyone_gets_one():
+    book = LeaseBook(100, lease_pieces=2, per_node=5, max_leases=8)
+    assert book.share(1) == 5 and book.share(2) == 4 and book.share(4) == 2 and book.share(100) == 1
+    assert len(book.grant("a", 0.0, want=5, downloaders=4)) == 2
+    assert len(book.grant("b", 0.0, want=5, downloaders=100)) == 1
+
+
+def test_no_cap_keeps_per_node():
+    book = LeaseBook(100, lease_pieces=2, per_node=3)
+    assert book.share(1000) == 3
+    assert len(book.grant("a", 0.0, want=9, downloaders=1000)) == 3

@@ -188,3 +188,18 @@ def test_choose_peer_property(specs, seed):
     least = min(p.inflight / p.limit for p in usable)
     assert got.inflight / got.limit == least
     assert got.score == max(p.score for p in usable if p.inflight / p.limit == least)
+
+
+def test_choose_peer_skips_peers_with_no_room_and_prefers_the_emptiest():
+    full = PeerSlot("full", inflight=0, limit=4, score=1.0, room=0)
+    one = PeerSlot("one", inflight=0, limit=4, score=1.0, room=1)
+    three = PeerSlot("three", inflight=2, limit=4, score=0.0, room=3)
+    assert choose_peer([full, one, three], random.Random(0)) is three
+    assert choose_peer([full], random.Random(0)) is None
+
+
+def test_assign_spends_advertised_room():
+    # One free slot at the only holder: a second piece it holds must not be sent there too.
+    holder = PeerSlot("h", inflight=0, limit=4, room=1)
+    out = assign(RarestFirst(window=0), {0, 1}, [1, 1], 2, lambda i: [holder], random.Random(0))
+    assert len(out) == 1 and holder.room == 0

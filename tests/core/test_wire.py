@@ -20,6 +20,7 @@ from p2pdist.core.wire import (
     Hello,
     Lost,
     PeerEntry,
+    Room,
     WireError,
     decode,
     encode,
@@ -68,6 +69,7 @@ messages = st.one_of(
     st.builds(BitfieldMsg, blob=digests, pieces=st.integers(1, 1 << 20), bits=st.binary(max_size=200)),
     st.builds(Have, blob=digests, index=st.integers(0, 1 << 20)),
     st.builds(Lost, blob=digests),
+    st.builds(Room, free=st.integers(0, 1 << 16)),
 )
 
 
@@ -85,7 +87,7 @@ def test_round_trip(message):
 @pytest.mark.parametrize("cls", list(MESSAGES.values()))
 def test_every_message_type_is_covered_by_round_trip_strategies(cls):
     # Guards against adding a message without a strategy above.
-    assert cls in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost)
+    assert cls in (Announce, AnnounceReply, Hello, BitfieldMsg, Have, Lost, Room)
 
 
 def test_defaults_round_trip_and_frame_shape():
@@ -403,3 +405,10 @@ def test_digest_is_canonical_string():
 
 def test_wire_error_is_value_error():
     assert issubclass(WireError, ValueError)
+
+
+@pytest.mark.parametrize("free", [-1, 1 << 17, "4", 2.5, None])
+def test_room_out_of_range_or_wrong_type_is_refused(free):
+    data = msgpack.packb({"v": VERSION, "t": "room", "free": free})
+    with pytest.raises(WireError, match="free"):
+        decode(data)

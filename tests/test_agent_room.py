@@ -1,0 +1,69 @@
+"""A real agent tells its neighbours how many upload slots it has free (ROOM), as they change.
+
+A prober connects to the control channel like a neighbour would, then holds the agent's upload
+slots with range requests it does not read: every slot taken and given back must show up as a
+ROOM frame, and a request beyond the slots gets 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from p2pdist.config import Limits
+from p2pdist.core import wire
+from tests.support.procs import AgentProc, free_port
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "room-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SIZE = 48 << 20  # each held range is far larger than the loopback socket buffers, so sendfile blocks
+
+
+async def _next_room(ws: aiohttp.ClientWebSocketResponse) -> int:
+    while True:
+        msg = await ws.receive(timeout=20)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+        frame = wire.decode(msg.data)
+        if isinstance(frame, wire.Room):
+            return frame.free
+
+
+async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
+    slots = Limits().upload_slots
+    held: list[aiohttp.ClientResponse] = []
+    agent = AgentProc(tmp_path, "holder", f"http://127.0.0.1:{free_port()}", TOKEN,
+                      upstreams=[f"http://{registry.host}"]).start()
+    try:
+        digest = registry.push_blob("team/room", os.urandom(SIZE))
+        result = await asyncio.to_thread(agent.fetch, f"{registry.host}/team/room@{digest}")
+        assert result.get("done"), result
+        url = f"http://127.0.0.1:{agent.peer_port}/v1/blobs/{digest}"
+        # One connection per request (limit=0): each held response keeps its own socket busy.
+        control = f"http://127.0.0.1:{agent.peer_port}/v1/control"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
+                session.ws_connect(control, headers=AUTH) as ws:
+            await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
+            seen = []
+            for _ in range(slots):
+                held.append(await session.get(url, headers={**AUTH, "Range": f"bytes=0-{SIZE - 1}"}))
+                seen.append(await _next_room(ws))
+            assert seen == list(range(slots - 1, -1, -1))  # one less free slot per upload
+            async with session.get(url, headers={**AUTH, "Range": "bytes=0-9"}) as busy:
+                assert busy.status == 503  # full, as the last ROOM said
+            for r in held:
+                assert r.status == 206
+            held.pop().close()  # drop one reader: its upload ends, a slot frees
+            assert await _next_room(ws) == 1
+    finally:
+        for r in held:
+            with contextlib.suppress(Exception):
+                r.close()
+        agent.stop()
