@@ -23,7 +23,7 @@ from .core.digest import Digest, DigestMismatch
 from .core.layout import PieceLayout, piece_size_for
 from .core.leases import missing_runs
 from .core.manifest import ManifestError, piece_digest
-from .core.selection import PeerSlot, RarestFirst, assign
+from .core.selection import PeerSlot, RarestFirst, assign, usable
 from .origin import OriginError, RangeNotSupported
 from .peer_client import PeerBusy, PeerError, fetch_piece
 from .tracker_client import TrackerUnavailable
@@ -443,8 +443,19 @@ class Swarm:
         def holders(index: int) -> list[PeerSlot]:
             return [slot for slot, nb in slots.values() if nb.has(self.blob, index)]
 
+        # The pieces some usable peer holds, from the union of their bitfields: one shift per piece
+        # instead of asking every neighbour about every piece, on every pass.
+        reach, width = 0, self.layout.count
+        for slot, nb in slots.values():
+            bf = nb.bitfields.get(self.blob)
+            if bf is not None and usable(slot):
+                reach |= bf.as_int()
+                width = bf.width
+        reachable = [i for i in self.fetchable if reach >> (width - 1 - i) & 1]
+        if not reachable:
+            return
         for index, slot in assign(self.selector, self.fetchable, self.availability, count, holders, self.rng,
-                                  self.cursor):
+                                  self.cursor, reachable):
             self._fetch_from_peer(index, slots[slot.peer][1])
 
     def _fetch_from_peer(self, index: int, nb: Neighbour) -> None:

@@ -297,9 +297,9 @@ class Swarm:
         reach = 0
         for e in free:
             reach |= e.node.masks[b]
-        if not any(reach >> i & 1 for i in candidates):
-            # No free peer holds any candidate: assign() would return nothing (most passes, measured),
-            # so skip its ranking. Only its random draws are saved; every decision is the same.
+        # What assign() would work out with holders() per candidate, from the neighbours' masks.
+        reachable = [i for i in candidates if reach >> i & 1]
+        if not reachable:
             blocked.update(candidates)
             self._loop_timer()
             return
@@ -309,7 +309,8 @@ class Swarm:
             return [e for e in free if e.node.masks[b] & bit]
 
         # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
-        assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, self.cursor)
+        assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, self.cursor,
+                          reachable)
         for index, slot in assigned:
             slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
             self.cluster.fetch_from_peer(self, index, slot)

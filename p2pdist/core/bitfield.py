@@ -45,6 +45,17 @@ class Bitfield:
     def to_bytes(self) -> bytes:
         return bytes(self._bits)
 
+    def as_int(self) -> int:
+        """The bits as one integer, piece i at bit ``width - 1 - i`` (``width`` = 8 x bytes).
+
+        OR-ing several of them answers "does anyone have piece i" with one shift per piece.
+        """
+        return int.from_bytes(self._bits, "big")
+
+    @property
+    def width(self) -> int:
+        return len(self._bits) * 8
+
     def _check(self, i: int) -> None:
         if not 0 <= i < self.size:
             raise BitfieldError(f"piece {i} outside bitfield of {self.size}")

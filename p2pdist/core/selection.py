@@ -130,7 +130,9 @@ def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: floa
     return min(usable, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
 
 
-SCAN = 4  # pieces ranked per request slot: room to skip pieces whose holders are all busy
+def usable(p: PeerSlot, min_score: float = -3.0) -> bool:
+    """A peer choose_peer may pick: a free request slot, room it advertised, not scored out."""
+    return p.inflight < p.limit and p.room > 0 and p.score > min_score
 
 
 def assign(
@@ -141,25 +143,34 @@ def assign(
     holders: Callable[[int], Sequence[PeerSlot]],
     rng: random.Random,
     cursor: int | None = None,
+    reachable: Collection[int] | None = None,
 ) -> list[tuple[int, PeerSlot]]:
     """Choose up to ``count`` (piece, peer) requests together.
 
-    Pieces are taken in the selector's order, but a piece whose holders are all busy is skipped
-    for the next one instead of leaving the slot empty: piece-first scheduling otherwise idles
-    every uplink but those of the rarest pieces' holders. ``holders(i)`` must return the same
-    PeerSlot objects across calls: their ``inflight`` counts the requests assigned here.
+    Only pieces some usable peer holds are ranked: ranking all of them and skipping the ones whose
+    holders are busy left slots empty whenever the rarest pieces sat at full peers (the simulator
+    saw most passes place nothing), idling every uplink but theirs. ``reachable``, if given, is
+    that set already worked out by the caller (it must equal what ``holders`` and ``usable``
+    give). ``holders(i)`` must return the same PeerSlot objects across calls: their ``inflight``
+    and ``room`` count the requests assigned here.
     """
     if count <= 0 or not candidates:
         return []
-    ranked = selector.select(candidates, availability, min(len(candidates), count * SCAN), rng, cursor)
+    # A copy either way: it shrinks as pieces are placed.
+    reachable = (
+        {i for i in candidates if any(usable(p) for p in holders(i))} if reachable is None else set(reachable)
+    )
     out: list[tuple[int, PeerSlot]] = []
-    for index in ranked:
-        slot = choose_peer(holders(index), rng)
-        if slot is None:
-            continue
-        slot.inflight += 1
-        slot.room -= 1
-        out.append((index, slot))
-        if len(out) >= count:
+    while reachable and len(out) < count:
+        ranked = selector.select(reachable, availability, count - len(out), rng, cursor)
+        if not ranked:
             break
+        for index in ranked:
+            slot = choose_peer(holders(index), rng)
+            reachable.discard(index)
+            if slot is None:
+                continue  # its holders filled up earlier in this pass
+            slot.inflight += 1
+            slot.room -= 1
+            out.append((index, slot))
     return out

@@ -151,3 +151,12 @@ def test_equality_considers_size():
     assert Bitfield(8, [1]) != Bitfield(7, [1])
     assert Bitfield(8, [1]) != Bitfield(8, [2])
     assert Bitfield(8, [1]) != {1}
+
+
+def test_as_int_puts_piece_i_at_width_minus_one_minus_i():
+    bf = Bitfield(11, [0, 3, 10])
+    assert bf.width == 16
+    got = [i for i in range(11) if bf.as_int() >> (bf.width - 1 - i) & 1]
+    assert got == [0, 3, 10]
+    union = bf.as_int() | Bitfield(11, [5]).as_int()
+    assert [i for i in range(11) if union >> (bf.width - 1 - i) & 1] == [0, 3, 5, 10]

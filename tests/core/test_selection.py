@@ -203,3 +203,21 @@ def test_assign_spends_advertised_room():
     holder = PeerSlot("h", inflight=0, limit=4, room=1)
     out = assign(RarestFirst(window=0), {0, 1}, [1, 1], 2, lambda i: [holder], random.Random(0))
     assert len(out) == 1 and holder.room == 0
+
+
+def test_assign_ranks_only_pieces_a_usable_peer_holds():
+    # The 50 rarest pieces sit at a full peer; a free peer holds commoner ones. Ranking everything
+    # and skipping would look at the rarest first and place nothing; assign places both requests.
+    full = PeerSlot("full", inflight=0, limit=4, room=0)
+    free = PeerSlot("free", inflight=0, limit=4, room=4)
+    availability = [1] * 50 + [5] * 50
+
+    def holders(i):
+        return [full] if i < 50 else [full, free]
+
+    out = assign(RarestFirst(window=0), set(range(100)), availability, 2, holders, random.Random(0))
+    assert len(out) == 2 and all(i >= 50 and slot is free for i, slot in out)
+    # A caller's own reachable set gives the same answer.
+    again = assign(RarestFirst(window=0), set(range(100)), availability, 2, holders, random.Random(0),
+                   reachable=range(50, 100))
+    assert [i for i, _ in again] == [i for i, _ in out]
