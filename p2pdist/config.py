@@ -61,16 +61,20 @@ class MirrorConfig:
 class Limits:
     """Rates, sizes and concurrency in one place."""
 
-    peer_concurrency: int = 4  # piece requests in flight to one peer
+    # Piece requests in flight to one peer. Two: a holder of a new piece then serves several askers
+    # at once instead of one asker taking all its slots, so the piece reaches more nodes per hop.
+    peer_concurrency: int = 2
     # Piece bytes being fetched at once, across peers. Few: transfers share a link, so every piece in
     # flight slows the others, and a new piece's first copies must arrive fast for the swarm to
-    # spread it (simulator: 96 MiB in flight took 2.2x the chunked bound at 100 nodes, 16 MiB 1.1x).
-    inflight_bytes: int = 16 << 20
+    # spread it. Simulator, 100 nodes x 1 GiB in 4 MiB pieces: 96 MiB in flight and 64 upload slots
+    # took 2.2x the chunked bound; 16 MiB and 4 slots 1.11x; 12 MiB, 3 slots and 2 per peer 1.09x.
+    inflight_bytes: int = 12 << 20
     neighbours: int = 16  # peers kept connected per blob
     origin_concurrency: int = 4  # parallel Range requests to the origin
     # Concurrent piece uploads served before answering 503 (busy). Few, for the same reason: a piece
-    # shared by 64 uploads reaches its first holders 64 piece-times late; 4 keeps the uplink full.
-    upload_slots: int = 4
+    # shared by k uploads reaches its next holders k piece-times late; 3 still keeps the uplink full
+    # (askers hear our free slots through ROOM and come back as soon as one frees).
+    upload_slots: int = 3
     piece_timeout: float = 30.0  # seconds for one piece from a peer before trying elsewhere
     stall_timeout: float = 10.0  # seconds of a silent swarm before fetching the rest from the origin directly
     download_rate: int = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited

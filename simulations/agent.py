@@ -280,14 +280,22 @@ class Swarm:
         now = self.cluster.sim.now
         # choose_peer only ever returns a peer with a free request slot that is not backing off, so
         # holders are looked for among those; with none, no selection can lead anywhere.
-        free = [e for e in self.node.edge_list if e.inflight < e.limit and e.busy_until <= now]
         if profile.load_aware:
             slots = profile.upload_slots
-            for e in free:
-                e.room = slots - e.node.uploads  # ROOM messages take rtt/2: read directly
-            free = [e for e in free if e.room > 0]
+            free = []
+            for e in self.node.edge_list:
+                if e.inflight < e.limit and e.busy_until <= now:
+                    room = slots - e.node.uploads  # ROOM messages take rtt/2: read directly
+                    if room > 0:
+                        e.room = room
+                        free.append(e)
+        else:
+            free = [e for e in self.node.edge_list if e.inflight < e.limit and e.busy_until <= now]
         if not free:
-            self.blocked.clear()  # nothing was chosen: only a freed slot (our own wake) or the timer helps
+            # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
+            # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
+            self.blocked.clear()
+            self.blocked.update(candidates)
             self._loop_timer()
             return
         count = max(1, budget // piece_size)

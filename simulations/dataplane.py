@@ -166,7 +166,10 @@ class DataPlane:
         """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
         piece look again. They hear it in no fixed order; the first to ask gets the slot."""
         watchers = list(peer.watchers.values())
-        self.room_rng.shuffle(watchers)
+        if len(watchers) > 1:
+            # A random starting point, not a full shuffle: this runs once per finished upload.
+            k = self.room_rng.randrange(len(watchers))
+            watchers = watchers[k:] + watchers[:k]
         for watcher in watchers:
             for sw in watcher.swarms:
                 if sw is not None and sw.blocked and not sw.dirty:
