@@ -297,9 +297,14 @@ class Swarm:
         if learned or reply.leases:
             self.last_progress = time.monotonic()  # the swarm is moving, even if not through us yet
         self.digest_pos = reply.digest_pos
-        active = set(self.leases)
+        # The reply lists every lease the tracker still gives us: a queued one missing from it
+        # expired and went to another node, so fetching it too would take it from the origin twice.
+        held = {(start, end) for start, end, _ttl in reply.leases}
+        self.leases = [lease for lease in self.leases if lease in held]
+        queued = set(self.leases)
         for start, end, _ttl in reply.leases:
-            if (start, end) not in active and end <= self.layout.count:
+            # A lease being streamed comes back too; its pieces are in flight, so it adds no request.
+            if (start, end) not in queued and end <= self.layout.count:
                 self.leases.append((start, end))
         self.agent.neighbours.connect(reply.peers, self.blob)
         self.wake.set()

@@ -430,9 +430,12 @@ class Swarm:
         return min(max(0, slots - self.origin_active - len(self.leases)), 16)
 
     def apply_leases(self, leases: list[tuple[int, int, float]]) -> None:
-        active = set(self.leases)
+        """swarm._apply: queued leases the tracker no longer lists are dropped, new ones queued."""
+        held = {(start, end) for start, end, _ttl in leases}
+        self.leases = [lease for lease in self.leases if lease in held]
+        queued = set(self.leases)
         for start, end, _ttl in leases:
-            if (start, end) not in active and end <= self.blob.count:
+            if (start, end) not in queued and end <= self.blob.count:
                 self.leases.append((start, end))
 
     def lease_everything(self) -> None:

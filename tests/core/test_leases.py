@@ -314,3 +314,14 @@ def test_no_cap_keeps_per_node():
     book = LeaseBook(100, lease_pieces=2, per_node=3)
     assert book.share(1000) == 3
     assert len(book.grant("a", 0.0, want=9, downloaders=1000)) == 3
+
+
+def test_progress_on_one_lease_renews_all_of_the_holders_leases():
+    # A lease queued behind the holder's busy streams must not expire while the holder progresses.
+    book = LeaseBook(16, lease_pieces=4, ttl=10.0, per_node=3)
+    first, queued, _ = book.grant("a", 0.0, want=3)
+    other = book.grant("b", 0.0, want=1)
+    book.record("a", first.start, 8.0)
+    assert queued.expires == 18.0 and first.expires == 18.0
+    assert other[0].expires == 10.0  # another node's lease is not renewed by a's progress
+    assert book.expire(12.0) == other
