@@ -197,6 +197,7 @@ class Neighbourhood:
             opened = msg.free > 0 and nb.room <= 0
             nb.room = msg.free
             if opened:
+                nb.busy_until = 0.0  # its word beats the back-off from an earlier 503
                 self.host.on_room()  # a swarm waiting for a free holder may go on now
         elif isinstance(msg, wire.Lost):
             old = nb.bitfields.pop(msg.blob, None)

@@ -299,8 +299,10 @@ class Swarm:
         self.digest_pos = reply.digest_pos
         # The reply lists every lease the tracker still gives us: a queued one missing from it
         # expired and went to another node, so fetching it too would take it from the origin twice.
-        held = {(start, end) for start, end, _ttl in reply.leases}
-        self.leases = [lease for lease in self.leases if lease in held]
+        # (In direct mode the queue holds our own runs of missing pieces, not tracker leases.)
+        if not self.direct:
+            held = {(start, end) for start, end, _ttl in reply.leases}
+            self.leases = [lease for lease in self.leases if lease in held]
         queued = set(self.leases)
         for start, end, _ttl in reply.leases:
             # A lease being streamed comes back too; its pieces are in flight, so it adds no request.

@@ -431,8 +431,9 @@ class Swarm:
 
     def apply_leases(self, leases: list[tuple[int, int, float]]) -> None:
         """swarm._apply: queued leases the tracker no longer lists are dropped, new ones queued."""
-        held = {(start, end) for start, end, _ttl in leases}
-        self.leases = [lease for lease in self.leases if lease in held]
+        if not self.direct:  # in direct mode the queue holds our own runs, not tracker leases
+            held = {(start, end) for start, end, _ttl in leases}
+            self.leases = [lease for lease in self.leases if lease in held]
         queued = set(self.leases)
         for start, end, _ttl in leases:
             if (start, end) not in queued and end <= self.blob.count:

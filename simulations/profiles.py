@@ -34,6 +34,10 @@ ANNOUNCE_SPACING = 0.05
 DIRECT_RUN_PIECES = 8
 SPARE_LEASES = 1
 
+# Uploads a Kraken- or Dragonfly-like peer serves at once: theirs are tens (Dragonfly's default
+# concurrent upload limit is 50), not p2pdist's few slots with ROOM advertisements.
+BASELINE_UPLOAD_SLOTS = 64
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -122,6 +126,7 @@ def kraken_profile(scenario: Scenario) -> Profile:
         base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
         tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario),
         digests_known=True, streaming=False, stall_fallback=False, load_aware=False,
+        upload_slots=BASELINE_UPLOAD_SLOTS,
     )
 
 
@@ -137,6 +142,7 @@ def dragonfly_profile(scenario: Scenario) -> Profile:
         base, name="dragonfly", selector=Sequential(), handout=ScoredParents(), origin=BACK_TO_SOURCE,
         tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario),
         digests_known=True, parents_only=True, streaming=False, stall_fallback=False, load_aware=False,
+        upload_slots=BASELINE_UPLOAD_SLOTS,
     )
 
 
