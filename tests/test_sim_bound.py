@@ -2,9 +2,9 @@
 
 The target is a time to all within 1.10 x the chunked bound, for the issue's case: 1 GiB in 4 MiB
 pieces over equal 1 Gbit/s links. The shipped policies meet it at N=100 (1.08 x). At N=1,000 they
-do not yet (1.16 x): that test is a strict xfail recording by how much, so the day a policy change
-meets the target it fails and must become a plain assertion. simulations/README.md "Findings" says
-where the rest of the time goes.
+do not yet (1.16 x with this seed, 1.16-1.23 x over four seeds): that test is a strict xfail, so
+the day a policy change meets the target it fails and must become a plain assertion.
+simulations/README.md "Findings" says where the rest of the time goes.
 """
 
 from __future__ import annotations
