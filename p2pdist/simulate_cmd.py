@@ -16,10 +16,12 @@ examples:
   p2pdist simulate simulations/scenarios/flash-1000.toml --runs p2pdist,origin-only --out results/
   p2pdist simulate simulations/scenarios/flash-100.toml --nodes 500 --seed 7 --json result.json
   p2pdist simulate simulations/scenarios/flash-100.toml --sweep 10,100,1000 --runs p2pdist,kraken
+  p2pdist simulate simulations/scenarios/flash-100.toml --runs p2pdist --seeds 1-6
 
 Runs are p2pdist, origin-only, pull-through-cache, kraken and dragonfly (default: the scenario's
 `runs`, else all). --out writes <name>.json and the PNG plots (completion CDF, origin egress,
-time to all vs N, ratio to the chunked bound vs N). The same scenario and seed give the same numbers.
+time to all vs N, ratio to the chunked bound vs N). The same scenario and seed give the same numbers;
+another seed gives other random choices, often a few percent apart: judge a what-if with --seeds.
 """
 
 
@@ -35,6 +37,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nodes", type=int, help="override the scenario's node count")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--sweep", help="comma-separated node counts for the time-to-all vs N plots")
+    p.add_argument("--seeds", help="also run every run once per seed, e.g. 1-6 or 1,5,9, and report mean, min "
+                                   "and max: one seed's result is not a trend")
     p.add_argument("--out", type=Path, help="directory for <name>.json and the PNG plots")
     p.add_argument("--json", type=Path, dest="json_path", help="write the JSON result to this file")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from simulations.report import print_table, write_json, write_plots
-    from simulations.run import PROFILES, run_scenario, run_sweep
+    from simulations.run import PROFILES, run_scenario, run_seeds, run_sweep
     from simulations.scenario import load_scenario
     from simulations.units import ScenarioError
 
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             if r not in PROFILES:
                 raise ScenarioError(f"--runs: unknown run {r!r}; choose from {', '.join(PROFILES)}")
         sizes = _sizes(args.sweep) if args.sweep else scenario.sweep
+        seeds = _seeds(args.seeds) if args.seeds is not None else ()
     except ScenarioError as e:
         print(f"p2pdist simulate: {e}", file=sys.stderr)
         return 2
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_scenario(scenario, runs, progress=say)
     if sizes:
         report.sweep = run_sweep(scenario, sizes, runs, progress=say)
+    if seeds:
+        report.seeds = run_seeds(scenario, seeds, runs, progress=say)
     print_table(report, console)
     if args.json_path:
         write_json(report, args.json_path)
@@ -93,6 +100,25 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise ScenarioError("--sweep: node counts must be >= 1")
     return sizes
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``1-6`` or ``1,5,9`` (or both: ``1-3,10``) into distinct seeds, in order."""
+    from simulations.units import ScenarioError
+
+    seeds: list[int] = []
+    try:
+        for part in (x.strip() for x in text.split(",") if x.strip()):
+            first, dash, last = part.partition("-")
+            seeds.extend(range(int(first), int(last) + 1) if dash else [int(part)])
+    except ValueError:
+        raise ScenarioError(f"--seeds: expected seeds like 1-6 or 1,5,9, got {text!r}") from None
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds or min(seeds) < 0:
+        raise ScenarioError(f"--seeds: expected non-negative seeds like 1-6, got {text!r}")
+    if len(seeds) > 1000:
+        raise ScenarioError(f"--seeds: {len(seeds)} seeds is more runs than anyone wants to wait for; at most 1000")
+    return tuple(seeds)
 
 
 def main(argv: list[str] | None = None) -> int:

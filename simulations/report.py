@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .run import Report
+from .run import Report, seed_spread
 from .units import human_bytes
 
 COLOURS = {"p2pdist": "tab:blue", "origin-only": "tab:red", "pull-through-cache": "tab:orange",
@@ -50,6 +50,20 @@ def print_table(report: Report, console: Console | None = None) -> None:
             sweep.add_row(str(p["nodes"]), p["run"], _secs(p["time_to_all"]), _ratio(p["ratio_chunked"]),
                           f"{p['origin_copies']:.2f}x", f"{p['wall_seconds']:.1f} s")
         console.print(sweep)
+    if report.seeds:
+        spread = seed_spread(report.seeds)
+        seeds = Table(title=f"over {len({p['seed'] for p in report.seeds})} seeds",
+                      caption="compare what-ifs by their means, against this spread")
+        for col in ("run", "time to all: mean", "min", "max", "x chunked: mean", "min", "max", "finished"):
+            seeds.add_column(col, justify="left" if col == "run" else "right")
+        for run, st in spread.items():
+            seeds.add_row(
+                run, _secs(st.get("time_to_all_mean")), _secs(st.get("time_to_all_min")),
+                _secs(st.get("time_to_all_max")), _ratio(st.get("ratio_chunked_mean")),
+                _ratio(st.get("ratio_chunked_min")), _ratio(st.get("ratio_chunked_max")),
+                f"{int(st['finished'])}/{int(st['seeds'])}",
+            )
+        console.print(seeds)
 
 
 def write_json(report: Report, path: Path) -> None:

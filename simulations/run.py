@@ -50,6 +50,7 @@ class Report:
     bounds: dict[str, float]
     runs: list[RunSummary]
     sweep: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         sc = self.scenario
@@ -60,6 +61,7 @@ class Report:
             "bounds": self.bounds,
             "runs": [dataclasses.asdict(r) for r in self.runs],
             "sweep": self.sweep,
+            "seeds": self.seeds,
         }
 
 
@@ -147,3 +149,36 @@ def run_sweep(scenario: Scenario, sizes: Sequence[int], runs: Sequence[str] | No
                            "chunked": bounds["chunked"], "fluid": bounds["fluid"],
                            "origin_copies": s.origin_copies, "wall_seconds": s.counters["wall_seconds"]})
     return points
+
+
+def run_seeds(scenario: Scenario, seeds: Sequence[int], runs: Sequence[str] | None = None,
+              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Each run once per seed: one seed's time to all can differ by several percent from another's
+    (random tie-breaks, handouts, arrival order), so a what-if should be judged over several."""
+    points = []
+    for seed in seeds:
+        sc = dataclasses.replace(scenario, seed=seed)
+        bounds = scenario_bounds(sc)
+        for run in runs or sc.runs:
+            if progress:
+                progress(f"{sc.name}: {run} with seed {seed}")
+            s = summarize(sc, run, run_one(sc, run), bounds)
+            points.append({"seed": seed, "run": run, "time_to_all": s.time_to_all, "ratio_chunked": s.ratio_chunked,
+                           "origin_copies": s.origin_copies, "wall_seconds": s.counters["wall_seconds"]})
+    return points
+
+
+def seed_spread(points: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per run: mean, min and max of time to all and of the ratio to the chunked bound, over the
+    seeds whose run finished (``finished`` counts them)."""
+    out: dict[str, dict[str, float]] = {}
+    for run in dict.fromkeys(p["run"] for p in points):
+        done = [p for p in points if p["run"] == run and p["time_to_all"] is not None]
+        stats: dict[str, float] = {"finished": float(len(done)), "seeds": float(sum(p["run"] == run for p in points))}
+        for key in ("time_to_all", "ratio_chunked"):
+            values = [p[key] for p in done if p[key] is not None]
+            if values:
+                stats |= {f"{key}_mean": statistics.fmean(values), f"{key}_min": min(values),
+                          f"{key}_max": max(values)}
+        out[run] = stats
+    return out

@@ -11,7 +11,7 @@ import pytest
 from p2pdist import simulate_cmd
 from simulations.cluster import Cluster
 from simulations.profiles import p2pdist_profile
-from simulations.run import run_scenario
+from simulations.run import run_scenario, seed_spread
 from simulations.scenario import load_scenario, scenario_from_dict
 from simulations.units import ScenarioError, parse_duration, parse_rate, parse_size
 
@@ -105,3 +105,32 @@ def test_simulate_command_writes_table_json_and_plots(tmp_path, capsys):
 def test_simulate_command_rejects_a_missing_file(capsys, tmp_path):
     assert simulate_cmd.main(["simulate", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_simulate_over_seeds_reports_each_seed_and_their_spread(tmp_path, capsys):
+    scenario = Path(__file__).parent.parent / "simulations" / "scenarios" / "flash-100.toml"
+    out = tmp_path / "seeds.json"
+    argv = ["simulate", str(scenario), "--nodes", "12", "--runs", "p2pdist", "--seeds", "3-5,9,3",
+            "--json", str(out), "--quiet"]
+    assert simulate_cmd.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "over 4 seeds" in printed
+    points = json.loads(out.read_text())["seeds"]
+    assert [p["seed"] for p in points] == [3, 4, 5, 9]  # ranges expanded, the repeated 3 run once
+    # Each seed is its own run: the same as --seed alone would give.
+    alone = tmp_path / "alone.json"
+    assert simulate_cmd.main(["simulate", str(scenario), "--nodes", "12", "--runs", "p2pdist", "--seed", "5",
+                              "--json", str(alone), "--quiet"]) == 0
+    assert json.loads(alone.read_text())["runs"][0]["time_to_all"] == points[2]["time_to_all"]
+    spread = seed_spread(points)["p2pdist"]
+    times = [p["time_to_all"] for p in points]
+    assert spread["time_to_all_min"] == min(times) and spread["time_to_all_max"] == max(times)
+    assert min(times) < max(times)  # seeds really differ, or the option would be pointless
+    assert spread["finished"] == spread["seeds"] == 4
+
+
+@pytest.mark.parametrize("text", ["", "x", "5-", "-3", "1-2-3", ",,"])
+def test_simulate_rejects_malformed_seeds(text, capsys):
+    scenario = Path(__file__).parent.parent / "simulations" / "scenarios" / "flash-100.toml"
+    assert simulate_cmd.main(["simulate", str(scenario), "--seeds", text, "--quiet"]) == 2
+    assert "--seeds" in capsys.readouterr().err
