@@ -125,6 +125,7 @@ class Agent:
     def upload_slots_changed(self, delta: int) -> None:
         """An upload started (+1) or ended (-1): the neighbours hear how much room is left."""
         self.uploads += delta
+        self.metrics.uploads.set(self.uploads)
         self.neighbours.advertise_room(self.config.limits.upload_slots - self.uploads)
 
     def piece_source(self, digest: Digest, start: int, end: int) -> tuple[Path, int] | None:

@@ -26,4 +26,6 @@ class AgentMetrics:
         )
         self.swarms = Gauge("p2pdist_active_swarms", "Blobs downloading now", registry=r)
         self.neighbours = Gauge("p2pdist_neighbours", "Connected peers", registry=r)
+        self.uploads = Gauge("p2pdist_uploads_active", "Piece uploads being served now (limits.upload_slots caps them)",
+                             registry=r)
         self.store_bytes = Gauge("p2pdist_store_bytes", "Bytes of complete blobs in the store", registry=r)

@@ -56,6 +56,7 @@ async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
                 held.append(await session.get(url, headers={**AUTH, "Range": f"bytes=0-{SIZE - 1}"}))
                 seen.append(await _next_room(ws))
             assert seen == list(range(slots - 1, -1, -1))  # one less free slot per upload
+            assert agent.metrics()["p2pdist_uploads_active"] == slots
             async with session.get(url, headers={**AUTH, "Range": "bytes=0-9"}) as busy:
                 assert busy.status == 503  # full, as the last ROOM said
             for r in held:

@@ -224,6 +224,22 @@ async def test_metrics_count_announces_and_errors(tracker: Proc, http: aiohttp.C
         assert needle in text
 
 
+async def _leases_out(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(f"{url}/metrics", headers=AUTH) as resp:
+        text = await resp.text()
+    (line,) = [line for line in text.splitlines() if line.startswith("p2pdist_tracker_leases_out ")]
+    return float(line.split()[1])
+
+
+async def test_leases_out_gauge_follows_grants(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    before = await _leases_out(http, tracker.url)
+    other = "sha256:" + os.urandom(32).hex()  # a blob of its own: the module's tracker is shared by other tests
+    body = encode(Announce(node="leaser", addr="127.0.0.1:7999", blob=other, size=64 * MiB, want_leases=3))
+    status, reply = await post(http, tracker.url, body)
+    assert status == 200 and len(reply.leases) == 3
+    assert await _leases_out(http, tracker.url) == before + 3
+
+
 async def test_events_are_logged_as_json_lines(tracker: Proc, http: aiohttp.ClientSession) -> None:
     await post(http, tracker.url, frame(v=9))
     lines = [json.loads(line) for line in tracker.stderr.read_text().splitlines() if line.startswith("{")]

@@ -31,6 +31,8 @@ class TrackerMetrics:
         Gauge("p2pdist_tracker_peers", "Peers tracked over all blobs", registry=r).set_function(
             lambda: state.peer_count())
         Gauge("p2pdist_tracker_blobs", "Blobs tracked", registry=r).set_function(lambda: state.blob_count())
+        Gauge("p2pdist_tracker_leases_out", "Origin leases out now (each an origin stream; origin_streams caps "
+              "them per blob)", registry=r).set_function(lambda: state.lease_count())
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
         """Count one service event (see tracker.service.Emit)."""

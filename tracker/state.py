@@ -128,6 +128,10 @@ class TrackerState(Protocol):
 
     def peer_count(self) -> int: ...
 
+    def lease_count(self) -> int:
+        """Origin leases out over all blobs: origin streams the cluster may be running now."""
+        ...
+
 
 class MemoryState:
     """In-process state: the embedded default for a single tracker."""
@@ -193,3 +197,6 @@ class MemoryState:
 
     def peer_count(self) -> int:
         return sum(len(b.peers) for b in self._blobs.values())
+
+    def lease_count(self) -> int:
+        return sum(len(b.book.leases) for b in self._blobs.values() if b.book is not None)
