@@ -102,3 +102,18 @@ def test_room_advertisements_spare_the_busy_replies_and_help():
     aware = _run(nodes=30)
     assert blind.busy_replies > 0 and aware.busy_replies == 0
     assert max(aware.done) < max(blind.done)
+
+
+def test_a_reply_drops_queued_leases_the_tracker_took_back_but_not_direct_runs():
+    sc = scenario_from_dict(dict(SCENARIO, nodes=2))
+    cluster = Cluster(sc, p2pdist_profile(sc))
+    node = cluster.nodes[0]
+    sw = sim_agent.Swarm(cluster, node, cluster.blobs[0])
+    sw.leases = [(0, 4), (4, 8)]
+    sw.apply_leases([(4, 8, 5.0), (8, 12, 10.0)])  # (0, 4) expired and went elsewhere; (8, 12) is new
+    assert sw.leases == [(4, 8), (8, 12)]
+    sw.go_direct()  # no tracker any more: the queue is our own runs of missing pieces
+    runs = list(sw.leases)
+    assert runs and sw.direct
+    sw.apply_leases([])  # e.g. a late reply: it must not empty the direct queue
+    assert sw.leases == runs
