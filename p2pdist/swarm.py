@@ -297,19 +297,21 @@ class Swarm:
         if learned or reply.leases:
             self.last_progress = time.monotonic()  # the swarm is moving, even if not through us yet
         self.digest_pos = reply.digest_pos
-        # The reply lists every lease the tracker still gives us: a queued one missing from it
-        # expired and went to another node, so fetching it too would take it from the origin twice.
-        # (In direct mode the queue holds our own runs of missing pieces, not tracker leases.)
-        if not self.direct:
-            held = {(start, end) for start, end, _ttl in reply.leases}
-            self.leases = [lease for lease in self.leases if lease in held]
+        if not self.direct:  # direct: the queue is our own runs of every missing piece already
+            self._take_leases(reply.leases)
+        self.agent.neighbours.connect(reply.peers, self.blob)
+        self.wake.set()
+
+    def _take_leases(self, leases: list[tuple[int, int, float]]) -> None:
+        """The reply lists every lease the tracker still gives us: a queued one missing from it
+        expired and went to another node (fetching it too would take it from the origin twice)."""
+        held = {(start, end) for start, end, _ttl in leases}
+        self.leases = [lease for lease in self.leases if lease in held]
         queued = set(self.leases)
-        for start, end, _ttl in reply.leases:
+        for start, end, _ttl in leases:
             # A lease being streamed comes back too; its pieces are in flight, so it adds no request.
             if (start, end) not in queued and end <= self.layout.count:
                 self.leases.append((start, end))
-        self.agent.neighbours.connect(reply.peers, self.blob)
-        self.wake.set()
 
     # --- origin -----------------------------------------------------------------------------
 

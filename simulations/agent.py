@@ -430,10 +430,12 @@ class Swarm:
         return min(max(0, slots - self.origin_active - len(self.leases)), 16)
 
     def apply_leases(self, leases: list[tuple[int, int, float]]) -> None:
-        """swarm._apply: queued leases the tracker no longer lists are dropped, new ones queued."""
-        if not self.direct:  # in direct mode the queue holds our own runs, not tracker leases
-            held = {(start, end) for start, end, _ttl in leases}
-            self.leases = [lease for lease in self.leases if lease in held]
+        """swarm._take_leases: queued leases the tracker no longer lists are dropped, new ones queued.
+        In direct mode the queue is our own runs of every missing piece, and replies leave it alone."""
+        if self.direct:
+            return
+        held = {(start, end) for start, end, _ttl in leases}
+        self.leases = [lease for lease in self.leases if lease in held]
         queued = set(self.leases)
         for start, end, _ttl in leases:
             if (start, end) not in queued and end <= self.blob.count:

@@ -295,13 +295,9 @@ class Cluster(DataPlane, ControlPlane):
         for x, y in ((a, b), (b, a)):
             if x.edges.pop(y.idx, None) is not None:
                 x.edge_list = list(x.edges.values())
-                for blob in range(len(self.blobs)):
-                    sw = x.swarms[blob]
-                    if sw is not None and not sw.done and y.have_n[blob]:
-                        bits = y.bits[blob]
-                        for i in range(len(bits)):
-                            if bits[i]:
-                                sw.drop_holder(i)
+                for sw in x.swarms:
+                    if sw is not None and not sw.done:
+                        self._drop_bitfield(sw, y)
             x.watchers.pop(y.idx, None)
 
     # --- results ----------------------------------------------------------------------------

@@ -134,22 +134,19 @@ class ControlPlane:
         self._attach(node, peer, both=not peer.is_origin)
 
     def _attach(self, a: Node, b: Node, both: bool) -> None:
-        limit = self.profile.peer_concurrency
-        a.edges[b.idx] = Edge(b, limit)
+        self._link(a, b)
+        if both and a.idx not in b.edges:
+            self._link(b, a)
+
+    def _link(self, a: Node, b: Node) -> None:
+        """a may fetch from b from now on: an edge, a watcher for b's HAVEs, and b's bitfields."""
+        a.edges[b.idx] = Edge(b, self.profile.peer_concurrency)
         a.edge_list = list(a.edges.values())
         b.watchers[a.idx] = a
         for blob in range(len(self.blobs)):
             sw = a.swarms[blob]
             if sw is not None and not sw.done:
                 self._add_bitfield(sw, b)
-        if both and a.idx not in b.edges:
-            b.edges[a.idx] = Edge(a, limit)
-            b.edge_list = list(b.edges.values())
-            a.watchers[b.idx] = b
-            for blob in range(len(self.blobs)):
-                sw = b.swarms[blob]
-                if sw is not None and not sw.done:
-                    self._add_bitfield(sw, a)
 
     def _add_bitfield(self, sw: Swarm, peer: Node) -> None:
         if not peer.have_n[sw.b]:
@@ -160,6 +157,15 @@ class ControlPlane:
             if bits[i]:
                 sw.add_holder(i, edge)
 
+    def _drop_bitfield(self, sw: Swarm, peer: Node) -> None:
+        """The connection to ``peer`` is gone: its pieces no longer count for ``sw``."""
+        if not peer.have_n[sw.b]:
+            return
+        bits = peer.bits[sw.b]
+        for i in range(len(bits)):
+            if bits[i]:
+                sw.drop_holder(i)
+
     def _set_parents(self, node: Node, peers: list[PeerInfo], b: int) -> None:
         """Dragonfly: the scheduler's parents replace the old ones (transfers in flight finish)."""
         chosen = [self.by_name[p.node] for p in peers if p.node in self.by_name]
@@ -169,11 +175,8 @@ class ControlPlane:
             del node.edges[j]
             parent.watchers.pop(node.idx, None)
             sw = node.swarms[b]
-            if sw is not None and not sw.done and parent.have_n[b]:
-                bits = parent.bits[b]
-                for i in range(len(bits)):
-                    if bits[i]:
-                        sw.drop_holder(i)
+            if sw is not None and not sw.done:
+                self._drop_bitfield(sw, parent)
         for parent in chosen:
             if parent.idx in wanted and parent.idx not in node.edges:
                 self._attach(node, parent, both=False)

@@ -144,11 +144,16 @@ def run_sweep(scenario: Scenario, sizes: Sequence[int], runs: Sequence[str] | No
         for run in runs or sc.runs:
             if progress:
                 progress(f"{sc.name}: {run} with {n} nodes")
-            s = summarize(sc, run, run_one(sc, run), bounds)
-            points.append({"nodes": n, "run": run, "time_to_all": s.time_to_all, "ratio_chunked": s.ratio_chunked,
-                           "chunked": bounds["chunked"], "fluid": bounds["fluid"],
-                           "origin_copies": s.origin_copies, "wall_seconds": s.counters["wall_seconds"]})
+            points.append({"nodes": n, **_point(sc, run, bounds),
+                           "chunked": bounds["chunked"], "fluid": bounds["fluid"]})
     return points
+
+
+def _point(scenario: Scenario, run: str, bounds: dict[str, float]) -> dict[str, Any]:
+    """One run condensed to the numbers a sweep or a seed table shows."""
+    s = summarize(scenario, run, run_one(scenario, run), bounds)
+    return {"run": run, "time_to_all": s.time_to_all, "ratio_chunked": s.ratio_chunked,
+            "origin_copies": s.origin_copies, "wall_seconds": s.counters["wall_seconds"]}
 
 
 def run_seeds(scenario: Scenario, seeds: Sequence[int], runs: Sequence[str] | None = None,
@@ -162,9 +167,7 @@ def run_seeds(scenario: Scenario, seeds: Sequence[int], runs: Sequence[str] | No
         for run in runs or sc.runs:
             if progress:
                 progress(f"{sc.name}: {run} with seed {seed}")
-            s = summarize(sc, run, run_one(sc, run), bounds)
-            points.append({"seed": seed, "run": run, "time_to_all": s.time_to_all, "ratio_chunked": s.ratio_chunked,
-                           "origin_copies": s.origin_copies, "wall_seconds": s.counters["wall_seconds"]})
+            points.append({"seed": seed, **_point(sc, run, bounds)})
     return points
 
 

@@ -111,10 +111,6 @@ class PeerSlot:
     score: float = 0.0  # higher is better; penalties for bad pieces and timeouts drive it down
     room: int = 1 << 30  # upload slots the peer last said it had free (unlimited until it says)
 
-    @property
-    def free(self) -> bool:
-        return self.inflight < self.limit
-
 
 def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: float = -3.0) -> PeerSlot | None:
     """Among peers holding a piece, the least busy one with a free slot; score breaks ties.
@@ -124,10 +120,10 @@ def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: floa
     to it. Load before score: ranking by score first piles every requester onto the peers that
     answered first (seen in the simulator); the score's job is to keep bad peers out (``min_score``).
     """
-    usable = [p for p in holders if p.free and p.room > 0 and p.score > min_score]
-    if not usable:
+    candidates = [p for p in holders if usable(p, min_score)]
+    if not candidates:
         return None
-    return min(usable, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
+    return min(candidates, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
 
 
 def usable(p: PeerSlot, min_score: float = -3.0) -> bool:
