@@ -69,7 +69,9 @@ class Limits:
     # spread it. Simulator, 100 nodes x 1 GiB in 4 MiB pieces: 96 MiB in flight and 64 upload slots
     # took 2.2x the chunked bound; 16 MiB and 4 slots 1.11x; 12 MiB, 3 slots and 2 per peer 1.09x.
     inflight_bytes: int = 12 << 20
-    neighbours: int = 16  # peers kept connected per blob
+    # Peers we dial per blob (inbound ones come on top). More neighbours see a rare piece sooner and
+    # offer more holders with a free slot: simulator, 1,000 nodes, 16 -> 32 took 0.1-0.3 s off.
+    neighbours: int = 32
     origin_concurrency: int = 4  # parallel Range requests to the origin
     # Concurrent piece uploads served before answering 503 (busy). Few, for the same reason: a piece
     # shared by k uploads reaches its next holders k piece-times late; 3 still keeps the uplink full

@@ -23,7 +23,7 @@ from .core.digest import Digest, DigestMismatch
 from .core.layout import PieceLayout, piece_size_for
 from .core.leases import missing_runs
 from .core.manifest import ManifestError, piece_digest
-from .core.selection import PeerSlot, RarestFirst, assign, usable
+from .core.selection import PeerSlot, RarestFirst, assign, reader_cursor, usable
 from .origin import OriginError, RangeNotSupported
 from .peer_client import PeerBusy, PeerError, fetch_piece
 from .tracker_client import TrackerUnavailable
@@ -463,8 +463,9 @@ class Swarm:
         reachable = [i for i in self.fetchable if reach >> (width - 1 - i) & 1]
         if not reachable:
             return
+        cursor = reader_cursor(self.selector, self.cursor, layout.count, self.inflight.__contains__)
         for index, slot in assign(self.selector, self.fetchable, self.availability, count, holders, self.rng,
-                                  self.cursor, reachable):
+                                  cursor, reachable):
             self._fetch_from_peer(index, slots[slot.peer][1])
 
     def _fetch_from_peer(self, index: int, nb: Neighbour) -> None:

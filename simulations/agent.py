@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from p2pdist.core.leases import missing_runs
-from p2pdist.core.selection import PeerSlot, assign
+from p2pdist.core.selection import PeerSlot, assign, reader_cursor
 
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
 
@@ -317,8 +317,9 @@ class Swarm:
             return [e for e in free if e.node.masks[b] & bit]
 
         # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
-        assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, self.cursor,
-                          reachable)
+        inflight = self.inflight
+        cursor = reader_cursor(profile.selector, self.cursor, len(inflight), inflight.__getitem__)
+        assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, cursor, reachable)
         for index, slot in assigned:
             slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
             self.cluster.fetch_from_peer(self, index, slot)

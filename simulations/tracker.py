@@ -59,7 +59,8 @@ class BlobTrack:
     def __init__(self, piece_count: int, config: TrackerConfig) -> None:
         self.piece_count = piece_count
         self.book = LeaseBook(
-            piece_count, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams)
+            piece_count, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams,
+            config.origin_slow_start)
         self.downloaders = 0  # peers not complete (tracker/state.py BlobRecord.downloaders)
         self.logged = bytearray(piece_count)
         self.log: list[int] = []

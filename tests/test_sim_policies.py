@@ -52,6 +52,7 @@ def test_the_simulator_calls_the_core_policies(monkeypatch):
     assert calls["select"] > 100 and calls["handout"] >= 40 and calls["grant"] > 0
     # And the peer choice and lease book are the core's own objects, not copies.
     assert sim_agent.assign is selection_mod.assign
+    assert sim_agent.reader_cursor is selection_mod.reader_cursor
     assert sim_tracker.LeaseBook is leases_mod.LeaseBook
 
 
@@ -117,3 +118,35 @@ def test_a_reply_drops_queued_leases_the_tracker_took_back_but_not_direct_runs()
     assert runs and sw.direct
     sw.apply_leases([])  # e.g. a late reply: it must not empty the direct queue
     assert sw.leases == runs
+
+
+def test_the_reader_window_rules_change_the_result():
+    # A reader at every node (streaming): with no minimum of holders and no limit on window requests
+    # in flight, every pass sends its one request to the window; the shipped rules do not.
+    shipped = _run()
+    eager = _run({"selector": selection_mod.RarestFirst(window=4, window_min=0)})
+    assert shipped.done != eager.done
+
+
+def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
+    # All streams from the start share the origin's uplink: nothing is complete for several piece
+    # times. One stream first delivers its first piece at full speed.
+    stored: list[float] = []
+    real_store = sim_agent.Swarm.store
+
+    def store(sw, i, from_origin):
+        stored.append(sw.cluster.sim.now)
+        return real_store(sw, i, from_origin)
+
+    monkeypatch.setattr(sim_agent.Swarm, "store", store)
+
+    def first_piece_at(slow_start: bool) -> float:
+        stored.clear()
+        sc = scenario_from_dict(dict(SCENARIO))
+        profile = p2pdist_profile(sc)
+        tracker = dataclasses.replace(profile.tracker, origin_slow_start=slow_start)
+        out = Cluster(sc, dataclasses.replace(profile, tracker=tracker)).run()
+        assert all(d > 0 for d in out.done) and out.origin_bytes <= 1.05 * (64 << 20)
+        return min(stored)
+
+    assert first_piece_at(True) < first_piece_at(False)

@@ -92,3 +92,11 @@ def test_help_teaches() -> None:
     text = build_parser().format_help()
     for needle in ("examples:", "P2PDIST_TRACKER_PEER_TTL", "--listen HOST:PORT", "/v1/announce", "--insecure"):
         assert needle in text
+
+
+def test_origin_slow_start_is_on_by_default_and_can_be_turned_off() -> None:
+    assert TrackerConfig().origin_slow_start
+    assert build_parser().parse_args([]).origin_slow_start is None  # unset: the file, env or default decides
+    flag = build_parser().parse_args(["--no-origin-slow-start"]).origin_slow_start
+    assert load(env={}, flags={"origin_slow_start": flag}).origin_slow_start is False
+    assert load(env={"P2PDIST_TRACKER_ORIGIN_SLOW_START": "false"}).origin_slow_start is False

@@ -20,7 +20,10 @@ from tracker.state import MemoryState
 BLOB = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
 MiB = 1 << 20
-CONFIG = TrackerConfig(lease_pieces=4, leases_per_node=2, lease_ttl=10.0, peer_ttl=30.0, handout_size=16)
+# Slow start off: these tests are about lease mechanics; test_origin_slow_start_* turn it on.
+CONFIG = TrackerConfig(
+    lease_pieces=4, leases_per_node=2, lease_ttl=10.0, peer_ttl=30.0, handout_size=16, origin_slow_start=False
+)
 
 
 def pd(index: int) -> bytes:
@@ -192,6 +195,27 @@ def test_origin_streams_are_capped_per_blob_and_shared_by_downloaders() -> None:
     assert got == {"a": 1, "b": 1, "c": 1, "d": 1}  # 4 // 4 each: pieces land on four uplinks
     t2.announce("e", 3)
     assert t2.announce("e", 3, want_leases=5).leases == []  # the cap is reached
+
+
+def test_origin_slow_start_opens_one_stream_more_per_digested_piece() -> None:
+    t = Harness(replace(CONFIG, leases_per_node=5, origin_streams=8, origin_slow_start=True))
+    first = t.announce("a", 0, size=64 * MiB, want_leases=5)
+    assert ranges(first) == [(0, 4)]  # one stream while nothing is digested
+    assert t.announce("b", 0, want_leases=5).leases == []
+    t.announce("a", 1, digests=[(0, pd(0))])  # one digest: one more stream (1 + 1 out)
+    assert ranges(t.announce("b", 1, want_leases=5)) == [(4, 8)]
+    t.announce("a", 2, digests=[(1, pd(1)), (2, pd(2))])  # three digests: up to four out
+    assert len(t.announce("b", 2, want_leases=5).leases) == 3  # b's one plus two new
+    assert len(t.announce("c", 2, want_leases=5).leases) == 0  # a 1 + b 3 = 4 = 1 + 3 digested
+    t.announce("a", 3, digests=[(3, pd(3))])  # a's first lease closes: 4 digested, 3 out
+    assert len(t.announce("c", 3, want_leases=5).leases) == 2  # up to 1 + 4 = 5 out
+
+
+def test_origin_slow_start_does_not_hold_back_a_blob_a_seeder_digested() -> None:
+    t = Harness(replace(CONFIG, leases_per_node=5, origin_streams=8, origin_slow_start=True))
+    t.announce("seeder", 0, size=64 * MiB, complete=True,
+               digests=[(i, pd(i)) for i in range(32)])  # half the blob is known from a seeder
+    assert len(t.announce("a", 1, want_leases=5).leases) == 5  # no slow start left to do
 
 
 def test_complete_nodes_get_no_leases() -> None:

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin-streams", type=int, metavar="N",
                    help="origin leases out at once per blob, split among the downloading nodes; bounds the "
                         "origin's load and spreads new pieces over many uplinks (default 8; 0 = no cap)")
+    p.add_argument("--origin-slow-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="open a blob's origin streams one at a time, one more per piece digested, so the "
+                        "first pieces arrive at full origin speed (default on)")
     p.add_argument("--cluster-token", metavar="TOKEN",
                    help=f"shared secret agents must present; prefer {ENV_PREFIX}CLUSTER_TOKEN, "
                         "since flags are visible to every local user in ps")
@@ -104,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = {
         "listen": args.listen, "peer_ttl": args.peer_ttl, "lease_ttl": args.lease_ttl,
-        "lease_pieces": args.lease_pieces, "origin_streams": args.origin_streams, "cluster_token": args.cluster_token,
+        "lease_pieces": args.lease_pieces, "origin_streams": args.origin_streams,
+        "origin_slow_start": args.origin_slow_start, "cluster_token": args.cluster_token,
         "insecure": args.insecure, "log_level": args.log_level,
     }
     try:

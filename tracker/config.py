@@ -48,6 +48,9 @@ class TrackerConfig:
     # origin's pieces then land on many nodes whose uplinks spread them in parallel, and the origin
     # sees a bounded number of streams per blob. 0 = no cap (every node gets leases_per_node).
     origin_streams: int = 8
+    # Open those streams one at a time: one lease, then one more per piece digested. Streams share
+    # the origin's uplink, so opening all at once delays every first piece (and the whole swarm).
+    origin_slow_start: bool = True
     handout_size: int = 16  # peers per announce reply
     handout_policy: str = "locality"  # a name from p2pdist.core.handout.HANDOUTS
     announce_interval: float = 5.0  # seconds between announces in steady state

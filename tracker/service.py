@@ -87,7 +87,8 @@ def handle_announce(
     if layout is not None:
         if blob.size is None:
             blob.set_layout(
-                layout, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams)
+                layout, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams,
+                config.origin_slow_start)
         elif blob.size != layout.blob_size:
             raise AnnounceError(
                 "size-conflict",

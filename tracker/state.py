@@ -51,10 +51,11 @@ class BlobRecord:
     downloaders: int = 0  # peers not complete yet: the origin lease cap is shared among them
 
     def set_layout(
-        self, layout: PieceLayout, lease_pieces: int, lease_ttl: float, per_node: int, max_leases: int = 0
+        self, layout: PieceLayout, lease_pieces: int, lease_ttl: float, per_node: int, max_leases: int = 0,
+        slow_start: bool = False,
     ) -> None:
         self.size, self.piece_size = layout.blob_size, layout.piece_size
-        self.book = LeaseBook(layout.count, lease_pieces, lease_ttl, per_node, max_leases)
+        self.book = LeaseBook(layout.count, lease_pieces, lease_ttl, per_node, max_leases, slow_start)
         self.manifest = PieceManifest(layout)
         self.log = []
         self.granted_upto = 0

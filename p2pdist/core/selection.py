@@ -33,9 +33,15 @@ class RarestFirst:
 
     Rarest-first keeps every piece alive in the swarm and spreads load; the window keeps a
     client that is reading the blob as it downloads from stalling on the next bytes it needs.
+    Window pieces are taken only once at least ``window_min`` peers hold them: a scarcer piece is
+    left to rarest-first, which spreads it, instead of every reader in a flash crowd queueing at
+    its few holders. A reader's next piece is usually an old one that most neighbours hold, so it
+    rarely waits for this. Simulator, 1,000 nodes: a minimum of 3 took 0.06-0.15 s longer than 8,
+    which is within 0.05 s of no window at all. See also ``reader_cursor``.
     """
 
     window: int = 4
+    window_min: int = 8
     name: str = "rarest-first"
 
     def select(
@@ -53,7 +59,8 @@ class RarestFirst:
             # At most a quarter of the requests go to the window: when every node in a flash crowd
             # streams, all-window requests make them all chase the same few pieces (simulator).
             share = max(1, count // 4)
-            chosen = [i for i in range(cursor, cursor + self.window) if i in candidates][:share]
+            chosen = [i for i in range(cursor, cursor + self.window)
+                      if i in candidates and availability[i] >= self.window_min][:share]
         rest = count - len(chosen)
         if rest > 0:
             taken = set(chosen)
@@ -96,6 +103,25 @@ class Sequential:
         cursor: int | None = None,
     ) -> list[int]:
         return heapq.nsmallest(count, candidates)
+
+
+def reader_cursor(
+    selector: PieceSelector, cursor: int | None, count: int, in_flight: Callable[[int], bool]
+) -> int | None:
+    """The cursor to select with: none while a piece of the reader's window is already in flight.
+
+    One window request at a time. A pass usually has one free request (one finished), so a
+    window share of every pass would send nearly every request to the window: the swarm then
+    fetches in order, and a piece fresh from the origin waits at its holder until every reader's
+    cursor reaches it (the simulator saw the last pieces stuck for two seconds). ``count`` is the
+    blob's piece count; ``in_flight(i)`` says whether piece i is being fetched.
+    """
+    window = getattr(selector, "window", 0)
+    if cursor is None or window <= 0:
+        return cursor
+    if any(in_flight(i) for i in range(cursor, min(cursor + window, count))):
+        return None
+    return cursor
 
 
 SELECTORS: dict[str, type] = {"rarest-first": RarestFirst, "random": RandomOrder, "sequential": Sequential}

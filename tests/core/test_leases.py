@@ -325,3 +325,27 @@ def test_progress_on_one_lease_renews_all_of_the_holders_leases():
     assert queued.expires == 18.0 and first.expires == 18.0
     assert other[0].expires == 10.0  # another node's lease is not renewed by a's progress
     assert book.expire(12.0) == other
+
+
+def test_slow_start_grants_one_lease_more_than_pieces_digested():
+    book = LeaseBook(32, lease_pieces=2, per_node=5, max_leases=8, slow_start=True)
+    first = book.grant("a", 0.0, want=5)
+    assert [(x.start, x.end) for x in first] == [(0, 2)]
+    assert book.grant("b", 0.0, want=5) == []
+    assert book.record("a", 0, 0.1)
+    assert len(book.grant("b", 0.1, want=5)) == 1  # 1 digested: 2 out
+    book.mark_digested(20)  # a seeder's digest counts too
+    book.mark_digested(20)  # counted once
+    assert len(book.grant("c", 0.2, want=5)) == 1  # 2 digested: 3 out
+    assert book.grant("c", 0.2, want=5) == []
+
+
+def test_slow_start_begins_again_when_the_swarm_reopens():
+    book = LeaseBook(8, lease_pieces=2, per_node=5, max_leases=8, slow_start=True)
+    assert len(book.grant("a", 0.0, want=5)) == 1
+    book.record("a", 0, 0.1)
+    book.record("a", 1, 0.1)  # closes the lease: 2 digested, none out
+    assert len(book.grant("a", 0.2, want=5)) == 3
+    book.release("a")
+    book.reopen()  # every holder left: the bytes must leave the origin again, one stream first
+    assert len(book.grant("b", 1.0, want=5)) == 1

@@ -4,7 +4,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from p2pdist.core.selection import SELECTORS, PeerSlot, RandomOrder, RarestFirst, Sequential, assign, choose_peer
+from p2pdist.core.selection import (
+    SELECTORS,
+    PeerSlot,
+    RandomOrder,
+    RarestFirst,
+    Sequential,
+    assign,
+    choose_peer,
+    reader_cursor,
+)
 
 
 @st.composite
@@ -15,16 +24,18 @@ def selection_inputs(draw):
     count = draw(st.integers(0, n + 3))
     cursor = draw(st.none() | st.integers(0, n))
     window = draw(st.integers(0, 8))
+    window_min = draw(st.integers(0, 4))
     seed = draw(st.integers(0, 2**32))
-    return availability, candidates, count, cursor, window, seed
+    return availability, candidates, count, cursor, (window, window_min), seed
 
 
 @settings(max_examples=200)
 @given(selection_inputs())
-@example(([0], {0}, 0, 0, 1, 0))  # count 0 with the cursor on a candidate: nothing at all
+@example(([0], {0}, 0, 0, (1, 0), 0))  # count 0 with the cursor on a candidate: nothing at all
 def test_rarest_first_properties(inputs):
-    availability, candidates, count, cursor, window, seed = inputs
-    chosen = RarestFirst(window=window).select(candidates, availability, count, random.Random(seed), cursor)
+    availability, candidates, count, cursor, (window, window_min), seed = inputs
+    policy = RarestFirst(window=window, window_min=window_min)
+    chosen = policy.select(candidates, availability, count, random.Random(seed), cursor)
 
     assert len(chosen) == len(set(chosen)), "duplicates"
     assert set(chosen) <= candidates, "non-candidates"
@@ -33,7 +44,8 @@ def test_rarest_first_properties(inputs):
     in_window = []
     if cursor is not None and window > 0:
         share = max(1, count // 4) if count > 0 else 0  # a quarter of the requests, at least one
-        in_window = [i for i in range(cursor, cursor + window) if i in candidates][:share]
+        in_window = [i for i in range(cursor, cursor + window)
+                     if i in candidates and availability[i] >= window_min][:share]
     # Window pieces come first, in order.
     assert chosen[: len(in_window)] == in_window
     rest = chosen[len(in_window) :]
@@ -47,8 +59,8 @@ def test_rarest_first_properties(inputs):
 
 @given(selection_inputs())
 def test_rarest_first_deterministic_for_seed(inputs):
-    availability, candidates, count, cursor, window, seed = inputs
-    policy = RarestFirst(window=window)
+    availability, candidates, count, cursor, (window, window_min), seed = inputs
+    policy = RarestFirst(window=window, window_min=window_min)
     a = policy.select(candidates, availability, count, random.Random(seed), cursor)
     b = policy.select(candidates, availability, count, random.Random(seed), cursor)
     assert a == b
@@ -66,12 +78,33 @@ def test_rarest_first_example():
 
 
 def test_window_skips_non_candidates_and_respects_count():
-    availability = [0] * 10
+    availability = [8] * 10
     got = RarestFirst(window=4).select({2, 4, 5, 9}, availability, 8, random.Random(0), cursor=3)
     assert got[:2] == [4, 5]  # the window is 3..6, of which 4 and 5 are candidates
     assert RarestFirst(window=4).select({2, 4, 5, 9}, availability, 1, random.Random(0), cursor=3) == [4]
     got = RarestFirst(window=4).select({2, 9}, availability, 5, random.Random(0), cursor=3)
     assert sorted(got) == [2, 9]
+
+
+def test_window_leaves_scarce_pieces_to_rarest_first():
+    # Pieces 0 and 1 sit at the cursor but only 1 and 2 peers hold them: a reader must not send
+    # the whole crowd to their holders. Piece 2 has the default minimum of 8 holders.
+    availability = [1, 2, 8, 9, 9, 0]
+    got = RarestFirst(window=4).select({0, 1, 2, 3, 5}, availability, 2, random.Random(0), cursor=0)
+    assert got == [2, 5]  # the window gives 2 (0 and 1 are too scarce), rarest-first gives 5
+    got = RarestFirst(window=4, window_min=0).select({0, 1, 2, 3, 5}, availability, 2, random.Random(0), cursor=0)
+    assert got == [0, 5]  # without the minimum the reader's next piece comes first, however scarce
+
+
+def test_reader_cursor_allows_one_window_request_in_flight():
+    policy = RarestFirst(window=4)
+    assert reader_cursor(policy, 10, 100, lambda i: False) == 10
+    assert reader_cursor(policy, 10, 100, lambda i: i == 13) is None  # 13 is in the window 10..13
+    assert reader_cursor(policy, 10, 100, lambda i: i in (9, 14)) == 10  # in flight, but outside it
+    assert reader_cursor(policy, 98, 100, lambda i: i >= 100) == 98  # the window ends with the blob
+    assert reader_cursor(policy, None, 100, lambda i: True) is None
+    assert reader_cursor(RarestFirst(window=0), 5, 100, lambda i: True) == 5  # no window, nothing to limit
+    assert reader_cursor(Sequential(), 5, 100, lambda i: True) == 5
 
 
 def test_window_zero_or_no_cursor_is_pure_rarest():
