@@ -70,7 +70,7 @@ class Limits:
     # took 2.2x the chunked bound; 16 MiB and 4 slots 1.11x; 12 MiB, 3 slots and 2 per peer 1.09x.
     inflight_bytes: int = 12 << 20
     # Peers we dial per blob (inbound ones come on top). More neighbours see a rare piece sooner and
-    # offer more holders with a free slot: simulator, 1,000 nodes, 16 -> 32 took 0.1-0.3 s off.
+    # offer more holders with a free slot: simulator, 1,000 nodes, 16 -> 32 took 0.05-0.1 s off.
     neighbours: int = 32
     origin_concurrency: int = 4  # parallel Range requests to the origin
     # Concurrent piece uploads served before answering 503 (busy). Few, for the same reason: a piece

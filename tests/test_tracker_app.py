@@ -236,8 +236,14 @@ async def test_leases_out_gauge_follows_grants(tracker: Proc, http: aiohttp.Clie
     other = "sha256:" + os.urandom(32).hex()  # a blob of its own: the module's tracker is shared by other tests
     body = encode(Announce(node="leaser", addr="127.0.0.1:7999", blob=other, size=64 * MiB, want_leases=3))
     status, reply = await post(http, tracker.url, body)
-    assert status == 200 and len(reply.leases) == 3
-    assert await _leases_out(http, tracker.url) == before + 3
+    assert status == 200 and len(reply.leases) == 1  # origin slow start: one stream first
+    assert await _leases_out(http, tracker.url) == before + 1
+    # One piece digested: one stream more may open (1 + 1 digested out at once).
+    body = encode(Announce(node="leaser", addr="127.0.0.1:7999", blob=other, want_leases=3,
+                           digests=[(reply.leases[0][0], os.urandom(32))]))
+    status, reply = await post(http, tracker.url, body)
+    assert status == 200 and len(reply.leases) == 2
+    assert await _leases_out(http, tracker.url) == before + 2
 
 
 async def test_events_are_logged_as_json_lines(tracker: Proc, http: aiohttp.ClientSession) -> None:
