@@ -33,7 +33,8 @@ class RarestFirst:
 
     Rarest-first keeps every piece alive in the swarm and spreads load; the window keeps a
     client that is reading the blob as it downloads from stalling on the next bytes it needs.
-    Window pieces are taken only once at least ``window_min`` peers hold them: a scarcer piece is
+    Window pieces are taken only once at least ``window_min`` peers hold them, or, when no
+    candidate is that common (a small cluster), as many as hold the commonest: a scarcer piece is
     left to rarest-first, which spreads it, instead of every reader in a flash crowd queueing at
     its few holders. A reader's next piece is usually an old one that most neighbours hold, so it
     rarely waits for this. Simulator, 1,000 nodes: a minimum of 3 took 0.1 s longer than 8, and
@@ -59,8 +60,10 @@ class RarestFirst:
             # At most a quarter of the requests go to the window: when every node in a flash crowd
             # streams, all-window requests make them all chase the same few pieces (simulator).
             share = max(1, count // 4)
-            chosen = [i for i in range(cursor, cursor + self.window)
-                      if i in candidates and availability[i] >= self.window_min][:share]
+            window = [i for i in range(cursor, cursor + self.window) if i in candidates]
+            if window:
+                need = min(self.window_min, max(availability[i] for i in candidates))
+                chosen = [i for i in window if availability[i] >= need][:share]
         rest = count - len(chosen)
         if rest > 0:
             taken = set(chosen)

@@ -44,8 +44,9 @@ def test_rarest_first_properties(inputs):
     in_window = []
     if cursor is not None and window > 0:
         share = max(1, count // 4) if count > 0 else 0  # a quarter of the requests, at least one
+        need = min(window_min, max((availability[i] for i in candidates), default=0))
         in_window = [i for i in range(cursor, cursor + window)
-                     if i in candidates and availability[i] >= window_min][:share]
+                     if i in candidates and availability[i] >= need][:share]
     # Window pieces come first, in order.
     assert chosen[: len(in_window)] == in_window
     rest = chosen[len(in_window) :]
@@ -94,6 +95,14 @@ def test_window_leaves_scarce_pieces_to_rarest_first():
     assert got == [2, 5]  # the window gives 2 (0 and 1 are too scarce), rarest-first gives 5
     got = RarestFirst(window=4, window_min=0).select({0, 1, 2, 3, 5}, availability, 2, random.Random(0), cursor=0)
     assert got == [0, 5]  # without the minimum the reader's next piece comes first, however scarce
+
+
+def test_window_minimum_follows_the_commonest_piece_in_a_small_cluster():
+    # Two neighbours at most: no piece can have 8 holders, so the reader's next piece qualifies as
+    # soon as it is as common as any; a rarer one still does not.
+    got = RarestFirst(window=4).select({0, 1, 2, 3}, [1, 2, 2, 0], 1, random.Random(0), cursor=0)
+    assert got == [1]  # 0 is held by one peer, 1 by two, the most any candidate has
+    assert RarestFirst(window=4).select({0, 3}, [1, 2, 2, 0], 1, random.Random(0), cursor=0) == [0]
 
 
 def test_reader_cursor_allows_one_window_request_in_flight():
