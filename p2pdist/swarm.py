@@ -82,6 +82,10 @@ class Swarm:
         self.origin_active = 0
         self.direct = agent.tracker is None  # fetch everything from the origin ourselves
         self.report: list[tuple[int, bytes]] = []  # origin piece digests the tracker has not had
+        # Pieces whose digests went into ``report`` once. Every reply lists the leases we hold, including
+        # one being streamed, so it is queued and popped again: without this, _report_had sent the
+        # same digests (and an announce) after every reply until the lease closed.
+        self.reported: set[int] = set()
         self.digest_pos = 0
         self.cursor: int | None = None  # a streaming reader's next piece (mirror)
         self.wake = asyncio.Event()
@@ -137,6 +141,7 @@ class Swarm:
         self.undigested.clear()
         self.leases.clear()
         self.report.clear()
+        self.reported.clear()
         self.digest_pos = 0
         self.stats.from_origin = self.stats.from_peers = 0
 
@@ -348,11 +353,11 @@ class Swarm:
         """Pieces of a lease we already hold (resumed, or from peers) are reported, closing them."""
         if self.direct:
             return
-        reported = {i for i, _ in self.report}
         for i in range(start, end):
             digest = self.partial.manifest.get(i)
-            if i in self.partial.have and digest is not None and i not in reported:
+            if i in self.partial.have and digest is not None and i not in self.reported:
                 self.report.append((i, digest))
+                self.reported.add(i)
                 self.kick.set()
 
     def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
@@ -527,6 +532,7 @@ class Swarm:
                 partial.manifest.set(index, digest)
             if not self.direct:
                 self.report.append((index, digest))
+                self.reported.add(index)
                 self.kick.set()
         else:
             self.stats.from_peers += len(data)

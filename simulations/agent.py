@@ -146,6 +146,7 @@ class Swarm:
         # Dragonfly's back-to-source peer keeps reporting to its scheduler; p2pdist's direct mode does not.
         self.reports_direct = self.profile.origin == BACK_TO_SOURCE
         self.report: list[int] = []
+        self.reported: set[int] = set()  # swarm.reported: digests queued for the tracker once
         self.digest_pos = 0
         self.cursor: int | None = 0 if self.profile.streaming else None
         self.rng = random.Random(f"{cluster.seed}/{node.name}/{blob.idx}/{node.generation}")
@@ -247,10 +248,11 @@ class Swarm:
         """swarm._report_had: pieces of a lease we already hold are reported, closing them."""
         if self.direct:
             return
-        reported = set(self.report)
+        reported = self.reported
         for i in range(start, min(end, len(self.have))):
             if self.have[i] and self.known[i] and i not in reported:
                 self.report.append(i)
+                reported.add(i)
                 self.kick()
 
     def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
@@ -359,6 +361,7 @@ class Swarm:
             node.from_origin += length
             if not self.direct and self.profile.upstream_digests:
                 self.report.append(i)
+                self.reported.add(i)
                 self.kick()
         else:
             node.from_peers += length

@@ -150,3 +150,21 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
         return min(stored)
 
     assert first_piece_at(True) < first_piece_at(False)
+
+
+def test_a_lease_listed_again_does_not_report_its_digests_again():
+    # Every reply lists the leases a node holds, the one it is streaming too, so the lease is queued
+    # and popped again; the pieces of it already held must be reported once, not after every reply.
+    sc = scenario_from_dict(dict(SCENARIO, nodes=2))
+    cluster = Cluster(sc, p2pdist_profile(sc))
+    sw = sim_agent.Swarm(cluster, cluster.nodes[0], cluster.blobs[0])
+    for i in (0, 1):
+        sw.have[i] = sw.known[i] = 1
+    sw._report_had(0, 4)
+    assert sw.report == [0, 1]
+    del sw.report[:2]  # the tracker's reply took them
+    sw._report_had(0, 4)
+    assert sw.report == []
+    sw.have[2] = sw.known[2] = 1  # a piece that arrived since is still reported
+    sw._report_had(0, 4)
+    assert sw.report == [2]
