@@ -228,6 +228,7 @@ def run_benchmark(cfg: BenchConfig, reporter: Reporter | None = None, workdir: P
         reporter.step(f"deleted {len(stale)} namespaces left by a killed benchmark")
     own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="p2pdist-shaped-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     cluster = ShapedCluster(workdir, cfg.nodes, cfg.rate, cfg.rate)
     clean = False
     try:
@@ -246,7 +247,7 @@ def run_benchmark(cfg: BenchConfig, reporter: Reporter | None = None, workdir: P
         cluster.close()
         if clean and own_workdir:
             remove_tree(workdir)
-        elif not clean:
+        else:
             reporter.step(f"logs kept in {workdir}")
     result.seconds = time.monotonic() - started
     return result
@@ -349,6 +350,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     p.add_argument("--no-probe", action="store_true", help="bound at the nominal rate, skip measuring goodput")
     p.add_argument("--simulate", action="store_true", help="also simulate the scenario and compare")
     p.add_argument("--json", type=Path, dest="json_path", help="write every number to this file")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="work in DIR and keep every log there (registry, tracker, agents); by default a "
+                        "temporary directory, deleted unless a run failed")
     p.add_argument("--from-json", type=Path, metavar="FILE",
                    help="measure nothing: simulate and compare with the results saved in FILE by --json")
     args = p.parse_args(argv)
@@ -379,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = BenchResult.from_json(json.loads(args.from_json.read_text()))
     else:
         try:
-            result = run_benchmark(cfg, reporter)
+            result = run_benchmark(cfg, reporter, workdir=args.keep)
         except (ClusterError, OSError, RuntimeError) as e:
             reporter.console.print(f"[red]bench_shaped: {e}")
             return 1
