@@ -292,7 +292,10 @@ class Swarm:
     def _apply(self, reply: wire.AnnounceReply) -> None:
         assert self.partial is not None
         if reply.reset:
+            # The tracker forgot its digests (a restart, or a corrupt one discarded): what we sent
+            # before must be sent again, or leases over pieces we hold would never close.
             self.digest_pos = 0
+            self.reported.clear()
         learned = False
         for index, digest in reply.digests:
             with contextlib.suppress(ManifestError, IndexError):

@@ -61,8 +61,10 @@ class RarestFirst:
             # streams, all-window requests make them all chase the same few pieces (simulator).
             share = max(1, count // 4)
             window = [i for i in range(cursor, cursor + self.window) if i in candidates]
-            if window:
-                need = min(self.window_min, max(availability[i] for i in candidates))
+            chosen = [i for i in window if availability[i] >= self.window_min][:share]
+            if window and not chosen:
+                # Only then the scan over every candidate: is any of them common enough at all?
+                need = max(availability[i] for i in candidates)
                 chosen = [i for i in window if availability[i] >= need][:share]
         rest = count - len(chosen)
         if rest > 0:
