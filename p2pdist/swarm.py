@@ -80,6 +80,7 @@ class Swarm:
         self.undigested: set[int] = set()  # held by a neighbour, missing, but whose digest we lack
         self.leases: list[tuple[int, int]] = []  # granted to us, not yet fetched
         self.origin_active = 0
+        self.streamed = 0  # origin bytes since the last announce (they renew our leases)
         self.direct = agent.tracker is None  # fetch everything from the origin ourselves
         self.report: list[tuple[int, bytes]] = []  # origin piece digests the tracker has not had
         # Pieces whose digests went into ``report`` once. Every reply lists the leases we hold, including
@@ -225,12 +226,16 @@ class Swarm:
             # One spare lease per node keeps its origin streams busy across the announce round trip.
             slots = self.agent.config.limits.origin_concurrency + SPARE_LEASES
             want = max(0, slots - self.origin_active - len(self.leases))
+        # Bytes on an origin stream since the last announce keep our leases alive at the tracker
+        # while a piece is still on its way (a slow or crowded origin can take longer than the TTL).
+        streaming = self.streamed > 0 and not complete and not self.direct
+        self.streamed = 0
         return wire.Announce(
             node=self.agent.node, addr=self.agent.config.advertise, blob=self.blob,
             zone=self.agent.config.zone, rack=self.agent.config.rack,
             size=size if size is not None else (self.layout.blob_size if self.layout else None),
             have=have, complete=complete, load=self.agent.uploads, event=event,
-            want_leases=min(want, 16), digests=digests, digest_pos=self.digest_pos,
+            want_leases=min(want, 16), digests=digests, digest_pos=self.digest_pos, streaming=streaming,
         )
 
     async def _first_announce(self) -> wire.AnnounceReply | None:
@@ -410,6 +415,7 @@ class Swarm:
         try:
             async for chunk in chunks:
                 await self.agent.download_rate.take(len(chunk))
+                self.streamed += len(chunk)
                 view = memoryview(chunk)
                 while view:
                     if index >= end:

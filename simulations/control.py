@@ -28,6 +28,9 @@ class ControlPlane:
             node=node.name, zone=node.zone, rack=node.rack, have=node.have_n[b], complete=complete,
             load=node.uploads, event=event, want_leases=sw.want_leases(), digests=digests,
             digest_pos=sw.digest_pos, wants_peers=not complete and self._wants_peers(node),
+            # swarm._announce_msg: bytes arrived on an origin stream since the last announce. A
+            # simulated stream moves bytes whenever it is open (the gaps are one origin RTT).
+            streaming=not complete and not sw.direct and sw.origin_active > 0,
         )
         self._to_tracker(self._tracker_handles, (sw, msg, len(digests), with_size))
 

@@ -36,6 +36,7 @@ class Announce:
     digests: list[int] = field(default_factory=list)
     digest_pos: int = 0
     wants_peers: bool = True
+    streaming: bool = False
 
 
 @dataclass(slots=True)
@@ -97,6 +98,8 @@ class SimTracker:
             # Every holder left: the digests stay facts, but the bytes must leave the origin again.
             track.book.reopen()
         self._take_digests(track, msg, now)
+        if msg.streaming:
+            track.book.progress(msg.node, now)
         if msg.event == "stopped":
             self._remove_peer(track, msg.node)
             return Reply(interval=cfg.announce_interval, digest_pos=msg.digest_pos)

@@ -1,7 +1,8 @@
 """The simulated tracker answers exactly like tracker/service.py for the same announces.
 
-Random announce sequences (leases wanted, digests reported by holders and by others, completions,
-stops, long silences that expire peers and leases) go through both; every reply must match.
+Random announce sequences (leases wanted, digests reported by holders and by others, origin bytes
+streamed, completions, stops, long silences that expire peers and leases) go through both; every
+reply must match.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ step = st.tuples(
     st.integers(0, 4),  # leases wanted
     st.lists(st.integers(0, PIECES - 1), max_size=6),  # digests reported
     st.booleans(),  # report digests of its own leases
+    st.booleans(),  # its origin streams moved bytes since its last announce
 )
 
 
@@ -54,7 +56,7 @@ def test_sim_tracker_replies_like_the_real_one(steps, handout, seed):
     held: dict[str, list[tuple[int, int]]] = {n: [] for n in NODES}
     pos: dict[str, int] = dict.fromkeys(NODES, 0)
     now = 1.0
-    for who, dt, event, want, extra, own in steps:
+    for who, dt, event, want, extra, own, streaming in steps:
         now += dt
         node = NODES[who]
         complete = event == "completed"
@@ -65,10 +67,10 @@ def test_sim_tracker_replies_like_the_real_one(steps, handout, seed):
         real = handle_announce(state, WireAnnounce(
             node=node, addr=node, blob=BLOB, size=PIECES * PIECE, have=len(indices), complete=complete,
             event=event, want_leases=want, digests=[(i, digest(i)) for i in indices],
-            digest_pos=pos[node]), now, real_rng, config)
+            digest_pos=pos[node], streaming=streaming), now, real_rng, config)
         mine = sim.announce(track, Announce(
             node=node, have=len(indices), complete=complete, event=event, want_leases=want,
-            digests=indices, digest_pos=pos[node] & ((1 << 21) - 1)), now)
+            digests=indices, digest_pos=pos[node] & ((1 << 21) - 1), streaming=streaming), now)
         assert mine.interval == real.interval
         assert [(s, e) for s, e, _ in mine.leases] == [(s, e) for s, e, _ in real.leases]
         assert [t for _, _, t in mine.leases] == [t for _, _, t in real.leases]

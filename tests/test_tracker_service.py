@@ -245,6 +245,32 @@ def test_progress_renews_a_lease() -> None:
     assert t.announce("b", 16, want_leases=1).leases[0][:2] == (4, 8)
 
 
+def test_origin_bytes_renew_a_lease_before_its_first_digest() -> None:
+    # A piece slower than lease_ttl: without the renewal the lease went to b while a kept streaming,
+    # and those pieces left the origin twice.
+    t = Harness()
+    t.announce("a", 0, size=64 * MiB, want_leases=1)
+    t.announce("a", 6, streaming=True)
+    kept = t.announce("a", 12, streaming=True)  # no digest yet, 12 s after the grant
+    assert ranges(kept) == [(0, 4)] and kept.leases[0][2] == 10.0
+    assert t.of("leases_renewed") == [{"blob": BLOB, "node": "a"}] * 2
+    assert ranges(t.announce("b", 21, want_leases=1)) == [(4, 8)]  # 9 s after a's last bytes
+    assert t.of("lease_expired") == []
+    # Announces that say no bytes arrived renew nothing: the lease expires 10 s after the last bytes.
+    t.announce("a", 20)
+    assert ranges(t.announce("b", 23, want_leases=1)) == [(4, 8), (0, 4)]
+    assert t.of("lease_expired") == [{"blob": BLOB, "node": "a", "start": 0, "end": 4}]
+    assert len(t.of("leases_renewed")) == 2
+
+
+def test_streaming_from_a_node_without_leases_renews_nothing() -> None:
+    t = Harness()
+    t.announce("a", 0, size=64 * MiB, want_leases=1)
+    t.announce("b", 5, streaming=True)
+    assert t.of("leases_renewed") == []
+    assert ranges(t.announce("b", 11, want_leases=1)) == [(0, 4)]  # a's lease expired all the same
+
+
 # --- digests -------------------------------------------------------------------------------------
 
 

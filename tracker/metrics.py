@@ -21,6 +21,9 @@ class TrackerMetrics:
                                          "Leases granted over pieces an earlier lease had covered", registry=r)
         self.leases_expired = Counter("p2pdist_tracker_leases_expired",
                                       "Origin leases that expired without finishing", registry=r)
+        self.lease_renewals = Counter(
+            "p2pdist_tracker_lease_renewals",
+            "Announces whose origin stream moved bytes, renewing the sender's leases before a digest", registry=r)
         self.digests_accepted = Counter("p2pdist_tracker_digests_accepted", "Piece digests accepted",
                                         registry=r)
         self.digests_rejected = Counter("p2pdist_tracker_digests_rejected", "Piece digests rejected, by reason",
@@ -42,6 +45,8 @@ class TrackerMetrics:
                 self.leases_reassigned.inc()
         elif event == "lease_expired":
             self.leases_expired.inc()
+        elif event == "leases_renewed":
+            self.lease_renewals.inc()
         elif event == "digests_accepted":
             self.digests_accepted.inc(fields["count"])
         elif event == "digests_rejected":

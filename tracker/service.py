@@ -108,6 +108,8 @@ def handle_announce(
             emit("digests_rejected", blob=msg.blob, node=msg.node, count=len(msg.digests), reason="corrupt")
     else:
         _take_digests(blob, msg, now, emit)
+        if msg.streaming and blob.book is not None and blob.book.progress(msg.node, now):
+            emit("leases_renewed", blob=msg.blob, node=msg.node)
 
     if msg.event == "stopped":
         blob.remove_peer(msg.node)

@@ -327,6 +327,20 @@ def test_progress_on_one_lease_renews_all_of_the_holders_leases():
     assert book.expire(12.0) == other
 
 
+def test_byte_progress_renews_the_holders_leases_without_a_digest():
+    # A piece slower than the TTL: the holder's announces say bytes arrived, and the lease stays its own.
+    book = LeaseBook(16, lease_pieces=4, ttl=10.0, per_node=2)
+    mine = book.grant("a", 0.0, want=2)
+    (theirs,) = book.grant("b", 0.0, want=1)
+    assert book.progress("a", 9.0) == 2
+    assert [lease.expires for lease in mine] == [19.0, 19.0]
+    assert book.expire(15.0) == [theirs]  # b showed nothing
+    assert book.holder(0) == "a" and not book.digested[0]  # progress is not a digest
+    assert book.progress("a", 3.0) == 2 and mine[0].expires == 19.0  # a late report never shortens it
+    assert book.progress("c", 9.0) == 0  # a node without leases renews nothing
+    assert book.expire(19.0) == mine  # and without more progress they expire as before
+
+
 def test_slow_start_grants_one_lease_more_than_pieces_digested():
     book = LeaseBook(32, lease_pieces=2, per_node=5, max_leases=8, slow_start=True)
     first = book.grant("a", 0.0, want=5)

@@ -55,6 +55,7 @@ announces = st.builds(
     size=st.none() | st.integers(0, 1 << 62), have=st.integers(0, 1 << 62), complete=st.booleans(),
     load=st.integers(0, 1 << 20), event=st.sampled_from(EVENTS), want_leases=st.integers(0, 16),
     digests=st.lists(piece_digests, max_size=20), digest_pos=st.integers(0, 1 << 62),
+    streaming=st.booleans(),
 )
 replies = st.builds(
     AnnounceReply, interval=st.floats(0, 86400, allow_nan=False),
@@ -282,6 +283,8 @@ REPLY = {"interval": 1.0}
         ("announce", ANN, "complete", 1),
         ("announce", ANN, "complete", 0),
         ("announce", ANN, "complete", "true"),
+        ("announce", ANN, "streaming", 1),
+        ("announce", ANN, "streaming", "yes"),
         ("announce-reply", REPLY, "reset", 1),
         # numbers
         ("announce-reply", {}, "interval", True),

@@ -90,6 +90,21 @@ class Tracker(Proc):
         wait_http(self.url + "/healthz", self.popen)
         return self
 
+    def metrics(self, token: str) -> dict[str, float]:
+        request = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return parse_metrics(resp.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format: sample name (with labels) to value."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
 
 class AgentProc(Proc):
     def __init__(self, workdir: Path, name: str, tracker: str, token: str = "",
@@ -140,13 +155,7 @@ class AgentProc(Proc):
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(self.api + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+            return parse_metrics(resp.read().decode())
 
     def status(self) -> dict:
         with urllib.request.urlopen(self.api + "/v1/status", timeout=5) as resp:
