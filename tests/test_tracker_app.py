@@ -200,14 +200,14 @@ async def test_leases_and_digests_over_http(tracker: Proc, http: aiohttp.ClientS
         return encode(Announce(node=node, addr="127.0.0.1:1", blob=blob, **fields))
 
     _, holder = await post(http, tracker.url, body("h", size=4 * MiB, want_leases=1))
-    assert [tuple(lease[:2]) for lease in holder.leases] == [(0, 4)]
+    assert [tuple(lease[:2]) for lease in holder.leases] == [(0, 1)]  # one piece per lease by default
     digest = bytes(range(32))
-    _, other = await post(http, tracker.url, body("o", digests=[(1, digest)]))
+    _, other = await post(http, tracker.url, body("o", digests=[(0, digest)]))
     assert other.digests == []  # not the lease holder
-    _, holder = await post(http, tracker.url, body("h", digests=[(1, digest)], digest_pos=holder.digest_pos))
-    assert holder.digests == [(1, digest)]
+    _, holder = await post(http, tracker.url, body("h", digests=[(0, digest)], digest_pos=holder.digest_pos))
+    assert holder.digests == [(0, digest)]
     _, other = await post(http, tracker.url, body("o", digest_pos=other.digest_pos))
-    assert other.digests == [(1, digest)]
+    assert other.digests == [(0, digest)]
 
 
 async def test_metrics_count_announces_and_errors(tracker: Proc, http: aiohttp.ClientSession) -> None:

@@ -61,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-ttl", type=float, metavar="SECONDS",
                    help="forget a peer that has not announced for this long (default 30)")
     p.add_argument("--lease-ttl", type=float, metavar="SECONDS",
-                   help="give an origin lease to another node after this long without progress (default 10)")
-    p.add_argument("--lease-pieces", type=int, metavar="N", help="pieces per origin lease (default 4)")
+                   help="give an origin lease to another node after this long without progress: no digest and "
+                        "no bytes on its origin stream (default 10)")
+    p.add_argument("--lease-pieces", type=int, metavar="N",
+                   help="pieces per origin lease; one puts each fresh piece on a different node, more save "
+                        "Range requests (default 1)")
     p.add_argument("--origin-streams", type=int, metavar="N",
                    help="origin leases out at once per blob, split among the downloading nodes; bounds the "
                         "origin's load and spreads new pieces over many uplinks (default 8; 0 = no cap)")
