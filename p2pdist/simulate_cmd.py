@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from simulations import native
     from simulations.report import print_table, write_json, write_plots
     from simulations.run import PROFILES, run_scenario, run_seeds, run_sweep
     from simulations.scenario import load_scenario
@@ -74,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     say = None if args.quiet else (lambda msg: console.print(f"[dim]simulating {msg}[/dim]"))
+    if native.CORE != "compiled" and not args.quiet:
+        # Same numbers, several times the wall time: worth saying before a long run starts.
+        console.print(f"[yellow]simulator core: {native.CORE}[/yellow]")
     report = run_scenario(scenario, runs, progress=say)
     if sizes:
         report.sweep = run_sweep(scenario, sizes, runs, progress=say)

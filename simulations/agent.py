@@ -21,8 +21,10 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING
 
+import cython
+
 from p2pdist.core.leases import missing_runs
-from p2pdist.core.selection import PeerSlot, assign, reader_cursor
+from p2pdist.core.selection import assign, reader_cursor
 
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
 
@@ -32,17 +34,24 @@ if TYPE_CHECKING:
 MAX_LIST = 8192  # p2pdist.core.wire.MAX_LIST: digests per announce
 BUSY_BACKOFF = 0.5  # swarm._peer_piece: a peer that answered 503 is skipped this long
 LOOP_TIMEOUT = 1.0  # swarm._download: the loop runs at least this often
+# The bitfield masks are Python ints of any width: ``ONE << i`` is a Python shift even where i is a C long
+# in the compiled core (agent.pxd), where ``1 << i`` would be a 64-bit C shift.
+ONE = 1
 
 
-class Edge(PeerSlot):
-    """This node's view of one neighbour: the PeerSlot choose_peer reads, plus where its bitfields are."""
+class Edge:
+    """This node's view of one neighbour: the fields of ``p2pdist.core.selection.PeerSlot`` that
+    choose_peer reads (the same names, so the core's functions take it), plus the neighbour."""
 
-    __slots__ = ("bits", "busy_until", "node")
+    __slots__ = ("busy_until", "inflight", "limit", "node", "peer", "room", "score")
 
     def __init__(self, node: Node, limit: int) -> None:
-        super().__init__(node.name, 0, limit, 0.0)
+        self.peer = node.name
+        self.inflight = 0
+        self.limit = limit
+        self.score = 0.0
+        self.room = 1 << 30  # PeerSlot's default: unlimited until the peer says
         self.node = node
-        self.bits = node.bits
         self.busy_until = 0.0
 
 
@@ -119,7 +128,23 @@ class Node:
         count = len(self.bits[blob])
         self.bits[blob][:] = b"\x01" * count
         self.have_n[blob] = count
-        self.masks[blob] = (1 << count) - 1
+        self.masks[blob] = (ONE << count) - 1
+
+
+class Holders:
+    """``holders(i)`` for assign(): the neighbours with a free slot whose bitfield has piece i."""
+
+    __slots__ = ("b", "free")
+
+    def __init__(self, free: list[Edge], b: int) -> None:
+        self.free = free
+        self.b = b
+
+    @cython.locals(e=Edge, b=cython.long)
+    def __call__(self, index: int) -> list[Edge]:
+        bit = ONE << index
+        b = self.b
+        return [e for e in self.free if e.node.masks[b] & bit]
 
 
 class Swarm:
@@ -314,20 +339,19 @@ class Swarm:
             self._loop_timer()
             return
 
-        def holders(index: int) -> list[Edge]:
-            bit = 1 << index
-            return [e for e in free if e.node.masks[b] & bit]
-
         # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
         inflight = self.inflight
         cursor = reader_cursor(profile.selector, self.cursor, len(inflight), inflight.__getitem__)
+        holders = Holders(free, b)
         assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, cursor, reachable)
         for index, slot in assigned:
             slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
             self.cluster.fetch_from_peer(self, index, slot)
         if len(assigned) < count and len(assigned) < len(candidates):
             taken = {i for i, _ in assigned}
-            blocked.update(i for i in candidates if i not in taken)  # any of them may unblock us
+            for i in candidates:
+                if i not in taken:
+                    blocked.add(i)  # any of them may unblock us
         if blocked:
             self._loop_timer()
 
@@ -351,7 +375,7 @@ class Swarm:
         node = self.node
         self.have[i] = 1
         node.have_n[self.b] += 1
-        node.masks[self.b] |= 1 << i
+        node.masks[self.b] |= ONE << i
         self.known[i] = 1
         self.candidates.discard(i)
         self.waiting.discard(i)

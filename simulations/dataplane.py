@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import cython
+
 from .agent import BUSY_BACKOFF, Edge, Node, Swarm
 from .engine import Link, Transfer
 
@@ -67,6 +69,7 @@ class DataPlane:
 
     # --- transfers --------------------------------------------------------------------------
 
+    @cython.locals(src=Node, dst=Node, links=list)
     def path(self, src: Node, dst: Node) -> list[Link]:
         if src.is_origin:
             return self.origin_path(dst)
@@ -88,6 +91,7 @@ class DataPlane:
             return [link for link in links if link is not None]
         return [self.origin_link, dst.down]
 
+    @cython.locals(t=Transfer, receiver=Node, sender=Node)
     def track(self, t: Transfer, receiver: Node, sender: Node | None) -> None:
         self._tid += 1
         tid = self._tid
@@ -96,6 +100,7 @@ class DataPlane:
         if sender is not None:
             sender.transfers[tid] = t
 
+    @cython.locals(t=Transfer, receiver=Node, sender=Node)
     def _untrack(self, t: Transfer) -> object:
         data, tid, receiver, sender = t.data
         receiver.transfers.pop(tid, None)
@@ -116,6 +121,7 @@ class DataPlane:
         if edge.node.alive:
             self._next_upload(edge.node)
 
+    @cython.locals(peer=Node, sw=Swarm, edge=Edge)
     def _next_upload(self, peer: Node) -> None:
         while peer.queue and peer.uploads < self.profile.upload_slots:
             sw, index, edge, length = peer.queue.popleft()
@@ -129,6 +135,7 @@ class DataPlane:
         stream = OriginStream(self, sw, runs)
         self.sim.after(self.origin_rtt, stream.request)
 
+    @cython.locals(t=Transfer, sw=Swarm)
     def origin_piece_done(self, t: Transfer) -> None:
         stream: OriginStream = self._untrack(t)  # type: ignore[assignment]
         sw = stream.sw
@@ -137,6 +144,7 @@ class DataPlane:
         sw.store(stream.i, from_origin=True)
         stream.advance()
 
+    @cython.locals(sw=Swarm, edge=Edge, peer=Node)
     def fetch_from_peer(self, sw: Swarm, index: int, edge: Edge) -> None:
         peer = edge.node
         length = sw.blob.length(index)
@@ -152,6 +160,7 @@ class DataPlane:
             return
         self._upload(sw, index, edge, length)
 
+    @cython.locals(sw=Swarm, edge=Edge, peer=Node, t=Transfer)
     def _upload(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
         peer = edge.node
         peer.uploads += 1
@@ -162,6 +171,7 @@ class DataPlane:
             self._timeout_armed = True
             self.sim.at(self._timeouts[0][0], self._check_timeouts)
 
+    @cython.locals(peer=Node, watchers=list, watcher=Node, sw=Swarm, k=cython.long)
     def _room(self, peer: Node) -> None:
         """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
         piece look again. They hear it in no fixed order; the first to ask gets the slot."""
@@ -175,6 +185,7 @@ class DataPlane:
                 if sw is not None and sw.blocked and not sw.dirty:
                     sw.wake()
 
+    @cython.locals(sw=Swarm, edge=Edge)
     def _busy(self, args: tuple[Swarm, int, Edge, int]) -> None:
         sw, index, edge, length = args
         self.busy_replies += 1
@@ -184,6 +195,7 @@ class DataPlane:
         sw._release(index)
         sw.wake()
 
+    @cython.locals(t=Transfer, sw=Swarm, edge=Edge, peer=Node)
     def _peer_done(self, t: Transfer) -> None:
         sw, index, edge, length = self._untrack(t)  # type: ignore[misc]
         peer = edge.node
@@ -199,6 +211,7 @@ class DataPlane:
         sw.store(index, from_origin=False)
         sw.inflight[index] = 0
 
+    @cython.locals(sw=Swarm, edge=Edge)
     def _peer_failed(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
         edge.inflight -= 1
         sw.inflight_bytes -= length

@@ -13,9 +13,10 @@ event, which at 10,000 nodes and millions of piece transfers is out of reach in 
 
 from __future__ import annotations
 
-import heapq
+import gc
 import math
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import Any
 
 # Bytes of slack when deciding that a transfer has finished on a link: virtual clocks are sums of
@@ -39,7 +40,7 @@ class Simulator:
         if when < self.now:
             when = self.now
         self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, callback, arg))
+        heappush(self._heap, (when, self._seq, callback, arg))
 
     def after(self, delay: float, callback: Callable[[Any], None], arg: Any = None) -> None:
         self.at(self.now + delay, callback, arg)
@@ -48,24 +49,36 @@ class Simulator:
         return self._heap[0][0] if self._heap else math.inf
 
     def step(self) -> None:
-        when, _, callback, arg = heapq.heappop(self._heap)
+        when, _, callback, arg = heappop(self._heap)
         self.now = when
         self.events += 1
         callback(arg)
 
     def run(self, until: float = math.inf, idle: Callable[[], bool] | None = None) -> None:
         """Run events up to ``until``; ``idle`` is called whenever the clock is about to move on
-        (all events of this instant are done) and may schedule more work for the same instant."""
+        (all events of this instant are done) and may schedule more work for the same instant.
+
+        The cyclic garbage collector is paused meanwhile. A run allocates millions of short-lived
+        tuples and transfers that reference counting frees (none is part of a cycle), and every
+        collection walks all the live state of the cluster: at 1,000 nodes the collector took 40 % of
+        the run, a share that grows with the node count. Peak memory was the same without it.
+        """
         heap = self._heap
-        while not self.stopped:
-            if idle is not None and (not heap or heap[0][0] > self.now) and idle():
-                continue
-            if not heap or heap[0][0] > until:
-                break
-            when, _, callback, arg = heapq.heappop(heap)
-            self.now = when
-            self.events += 1
-            callback(arg)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            while not self.stopped:
+                if idle is not None and (not heap or heap[0][0] > self.now) and idle():
+                    continue
+                if not heap or heap[0][0] > until:
+                    break
+                when, _, callback, arg = heappop(heap)
+                self.now = when
+                self.events += 1
+                callback(arg)
+        finally:
+            if collecting:
+                gc.enable()
 
 
 class Meter:
@@ -112,7 +125,7 @@ class Transfer:
 class Link:
     """A processor-sharing link: each of its ``active`` transfers is served at capacity/active."""
 
-    __slots__ = ("active", "busy", "capacity", "jobs", "meter", "name", "sim", "stamp", "version", "vtime")
+    __slots__ = ("active", "busy", "capacity", "fire", "jobs", "meter", "name", "sim", "stamp", "version", "vtime")
 
     def __init__(self, sim: Simulator, name: str, capacity: float, meter: Meter | None = None) -> None:
         if not capacity > 0:
@@ -127,6 +140,7 @@ class Link:
         self.version = 0  # bumps whenever the scheduled completion event is superseded
         self.meter = meter
         self.busy = 0.0  # seconds with at least one transfer (utilisation)
+        self.fire = self._fire  # the completion callback, bound once: it is scheduled on every change
 
     def _advance(self, now: float) -> None:
         if self.active and now > self.stamp:
@@ -138,7 +152,7 @@ class Link:
 
     def add(self, transfer: Transfer, seq: int) -> None:
         self._advance(self.sim.now)
-        heapq.heappush(self.jobs, (self.vtime + transfer.size, seq, transfer))
+        heappush(self.jobs, (self.vtime + transfer.size, seq, transfer))
         self.active += 1
         self._reschedule()
 
@@ -154,12 +168,14 @@ class Link:
     def _reschedule(self) -> None:
         self.version += 1
         jobs = self.jobs
-        while jobs and jobs[0][2].cancelled:
-            heapq.heappop(jobs)
-        if not jobs:
-            return
-        delay = (jobs[0][0] - self.vtime) * self.active / self.capacity
-        self.sim.at(self.stamp + max(0.0, delay), self._fire, self.version)
+        while jobs:
+            first = jobs[0]
+            head: Transfer = first[2]
+            if not head.cancelled:
+                delay = (first[0] - self.vtime) * self.active / self.capacity
+                self.sim.at(self.stamp + max(0.0, delay), self.fire, self.version)
+                return
+            heappop(jobs)
 
     def _fire(self, version: int) -> None:
         if version != self.version:
@@ -169,7 +185,7 @@ class Link:
         finished: list[Transfer] = []
         limit = self.vtime + _SLACK
         while jobs and jobs[0][0] <= limit:
-            transfer = heapq.heappop(jobs)[2]
+            transfer = heappop(jobs)[2]
             if transfer.cancelled:
                 continue
             self.active -= 1

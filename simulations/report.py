@@ -40,7 +40,8 @@ def print_table(report: Report, console: Console | None = None) -> None:
             f"{human_bytes(r.origin_bytes)} ({r.origin_copies:.2f}x)", f"{r.completed}/{r.departed}",
             f"{r.counters['wall_seconds']:.1f} s",
         )
-    table.caption = f"bounds: fluid {b['fluid']:.2f} s, chunked {b['chunked']:.2f} s"
+    table.caption = (f"bounds: fluid {b['fluid']:.2f} s, chunked {b['chunked']:.2f} s; "
+                     f"simulator core: {report.core}")
     console.print(table)
     if report.sweep:
         sweep = Table(title="time to all vs N")

@@ -11,6 +11,7 @@ import p2pdist.core.selection as selection_mod
 from p2pdist.core.handout import RandomByCompleteness
 from p2pdist.core.selection import Sequential
 from simulations import agent as sim_agent
+from simulations import cluster as sim_cluster
 from simulations import tracker as sim_tracker
 from simulations.cluster import Cluster
 from simulations.profiles import p2pdist_profile
@@ -132,13 +133,14 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
     # All streams from the start share the origin's uplink: nothing is complete for several piece
     # times. One stream first delivers its first piece at full speed.
     stored: list[float] = []
-    real_store = sim_agent.Swarm.store
 
-    def store(sw, i, from_origin):
-        stored.append(sw.cluster.sim.now)
-        return real_store(sw, i, from_origin)
+    class RecordingSwarm(sim_agent.Swarm):
+        # A subclass, not a patched method: in the compiled core Swarm is an extension type.
+        def store(self, i, from_origin):
+            stored.append(self.cluster.sim.now)
+            super().store(i, from_origin)
 
-    monkeypatch.setattr(sim_agent.Swarm, "store", store)
+    monkeypatch.setattr(sim_cluster, "Swarm", RecordingSwarm)
 
     def first_piece_at(slow_start: bool) -> float:
         stored.clear()

@@ -1,0 +1,58 @@
+# Cython declarations for engine.py (see simulations/native.py): the same code, compiled with C
+# types for the attributes and locals named here. Without the build, engine.py runs as it is.
+cimport cython
+
+cdef class Simulator:
+    cdef public list _heap
+    cdef public long long _seq
+    cdef public double now
+    cdef public long long events
+    cdef public bint stopped
+    cpdef void at(self, double when, object callback, object arg=*)
+    cpdef void after(self, double delay, object callback, object arg=*)
+    @cython.locals(heap=list, when=double)
+    cpdef void run(self, double until=*, object idle=*)
+
+cdef class Meter:
+    cdef public double bin
+    cdef public list bins
+    cdef public double total
+    @cython.locals(first=long, last=long, b=long)
+    cpdef void add(self, double start, double end, double rate)
+
+cdef class Transfer:
+    cdef public bint cancelled
+    cdef public object data
+    cdef public object done
+    cdef public list links
+    cdef public long pending
+    cdef public double size
+    cdef public double started
+
+cdef class Link:
+    cdef public long active
+    cdef public double busy
+    cdef public double capacity
+    cdef public object fire
+    cdef public list jobs
+    cdef public Meter meter
+    cdef public str name
+    cdef public Simulator sim
+    cdef public double stamp
+    cdef public long long version
+    cdef public double vtime
+    cdef void _advance(self, double now)
+    cpdef void add(self, Transfer transfer, long long seq)
+    cpdef void remove(self, Transfer transfer)
+    @cython.locals(jobs=list, delay=double, first=tuple, head=Transfer)
+    cdef void _reschedule(self)
+    @cython.locals(jobs=list, finished=list, limit=double, transfer=Transfer)
+    cpdef void _fire(self, long long version)
+
+cdef class Network:
+    cdef public long long _seq
+    cdef public double bytes_started
+    cdef public Simulator sim
+    cdef public long long started
+    @cython.locals(t=Transfer, link=Link)
+    cpdef Transfer transfer(self, double size, list links, object done, object data=*)
