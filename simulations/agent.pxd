@@ -2,7 +2,7 @@
 # locals. Piece indices stay Python ints where they are shifted into the 256-bit bitfield masks.
 cimport cython
 
-from .engine cimport Link
+from .engine cimport Link, Simulator
 
 
 cdef class Edge:
@@ -56,6 +56,11 @@ cdef class Holders:
 cdef class Swarm:
     cdef public object cluster
     cdef public object profile
+    cdef public Simulator sim
+    cdef public long long piece_size
+    cdef public long long max_inflight
+    cdef public long upload_slots
+    cdef public bint load_aware
     cdef public Node node
     cdef public object blob
     cdef public long b

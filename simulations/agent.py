@@ -153,6 +153,12 @@ class Swarm:
     def __init__(self, cluster: Cluster, node: Node, blob: Blob) -> None:
         self.cluster = cluster
         self.profile = cluster.profile
+        self.sim = cluster.sim
+        # The numbers every pass reads, held here (compiled, as C fields: agent.pxd).
+        self.piece_size = blob.piece_size
+        self.max_inflight = self.profile.inflight_bytes
+        self.upload_slots = self.profile.upload_slots
+        self.load_aware = self.profile.load_aware
         self.node = node
         self.blob = blob
         self.b = blob.idx
@@ -294,9 +300,8 @@ class Swarm:
         self.wake()
 
     def schedule_peers(self) -> None:
-        profile = self.profile
-        piece_size = self.blob.piece_size
-        budget = profile.inflight_bytes - self.inflight_bytes
+        piece_size = self.piece_size
+        budget = self.max_inflight - self.inflight_bytes
         if budget < piece_size and self.inflight_bytes:
             return
         if self.waiting:
@@ -304,11 +309,11 @@ class Swarm:
         candidates = self.candidates
         if not candidates:
             return
-        now = self.cluster.sim.now
+        now = self.sim.now
         # choose_peer only ever returns a peer with a free request slot that is not backing off, so
         # holders are looked for among those; with none, no selection can lead anywhere.
-        if profile.load_aware:
-            slots = profile.upload_slots
+        if self.load_aware:
+            slots = self.upload_slots
             free = []
             for e in self.node.edge_list:
                 if e.inflight < e.limit and e.busy_until <= now:
@@ -341,6 +346,7 @@ class Swarm:
 
         # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
         inflight = self.inflight
+        profile = self.profile
         cursor = reader_cursor(profile.selector, self.cursor, len(inflight), inflight.__getitem__)
         holders = Holders(free, b)
         assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, cursor, reachable)
@@ -359,7 +365,7 @@ class Swarm:
         # The agent's loop wakes at least every second: a peer's busy back-off ends, a slot frees.
         if not self.loop_timer:
             self.loop_timer = True
-            self.cluster.sim.after(LOOP_TIMEOUT, self._loop_tick, self.generation)
+            self.sim.after(LOOP_TIMEOUT, self._loop_tick, self.generation)
 
     def _loop_tick(self, generation: int) -> None:
         self.loop_timer = False
@@ -379,7 +385,7 @@ class Swarm:
         self.known[i] = 1
         self.candidates.discard(i)
         self.waiting.discard(i)
-        self.last_progress = self.cluster.sim.now
+        self.last_progress = self.sim.now
         length = self.blob.length(i)
         if from_origin:
             node.from_origin += length
