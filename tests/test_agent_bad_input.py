@@ -83,10 +83,19 @@ async def test_control_channel_drops_bad_frames_after_hello_and_oversize_frames(
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert "invalid digest" in (msg.extra or "")
         async with session.ws_connect(url, headers=AUTH) as ws:
-            await ws.send_bytes(b"\x00" * (wire.MAX_FRAME + 1))
+            try:
+                await ws.send_bytes(b"\x00" * (wire.MAX_FRAME + 1))
+                cut = False
+            except ConnectionError:
+                # The agent refused the frame from its header and closed the connection while we
+                # were still writing the rest (seen in CI): refused as well, with no code to read.
+                cut = True
             msg = await ws.receive(timeout=10)
-            assert msg.type == aiohttp.WSMsgType.CLOSE
-            assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+            if cut:
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            else:
+                assert msg.type == aiohttp.WSMsgType.CLOSE
+                assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
         async with session.get(url) as r:  # no token, no control channel
             assert r.status == 401
         await _still_serving(session, agent)
