@@ -56,8 +56,7 @@ def source_digests() -> dict[str, str]:
 
 def _stale_reason() -> str | None:
     """Why the compiled modules must not be used, or None if they are built from today's sources."""
-    missing = [name for name in MODULES if not (HERE / f"{name}{_suffix()}").exists()]
-    if missing:
+    if not all((HERE / f"{name}{_suffix()}").exists() for name in MODULES):
         return "not built: run `python -m simulations build` (scripts/setup.sh does)"
     try:
         manifest = json.loads(MANIFEST.read_text())
