@@ -5,12 +5,19 @@ cimport cython
 from .engine cimport Link, Simulator
 
 
+cdef class Board:
+    cdef public int[::1] uploads
+    cdef public list words
+    cdef public list have
+
+
 cdef class Edge:
     cdef public double busy_until
     cdef public long inflight
     cdef public long limit
     cdef public Node node
     cdef public str peer
+    cdef public long pidx
     cdef public long room
     cdef public double score
 
@@ -19,11 +26,13 @@ cdef class Node:
     cdef public bint alive
     cdef public double arrived
     cdef public list bits
+    cdef public Board board
     cdef public set dialing
     cdef public double done_at
     cdef public Link down
     cdef public list edge_list
     cdef public dict edges
+    cdef public int[::1] e_peer
     cdef public object from_origin
     cdef public object from_peers
     cdef public long generation
@@ -32,7 +41,6 @@ cdef class Node:
     cdef public bint is_origin
     cdef public long layers_done
     cdef public double left_at
-    cdef public list masks
     cdef public str name
     cdef public long next_layer
     cdef public object queue
@@ -42,15 +50,15 @@ cdef class Node:
     cdef public list swarms
     cdef public dict transfers
     cdef public Link up
-    cdef public long uploads
     cdef public dict watchers
     cdef public str zone
     cdef public long zone_idx
 
 
 cdef class Holders:
-    cdef public long b
     cdef public list free
+    cdef public unsigned long long[::1] have
+    cdef public long words
 
 
 cdef class Swarm:
@@ -61,6 +69,10 @@ cdef class Swarm:
     cdef public long long max_inflight
     cdef public long upload_slots
     cdef public bint load_aware
+    cdef public int[::1] uploads
+    cdef public unsigned long long[::1] board_have
+    cdef public long words
+    cdef public unsigned long long[::1] reach
     cdef public Node node
     cdef public object blob
     cdef public long b
@@ -102,12 +114,14 @@ cdef class Swarm:
     @cython.locals(limit=long)
     cpdef void schedule_origin(self)
     @cython.locals(e=Edge, slot=Edge, free=list, blocked=set, candidates=set, now=double, slots=long, room=long,
-                   budget=cython.longlong, piece_size=cython.longlong, count=long, b=long, inflight=bytearray)
+                   budget=cython.longlong, piece_size=cython.longlong, count=long, inflight=bytearray, node=Node,
+                   edges=list, peers=cython.int[::1], uploads=cython.int[::1], have=cython.ulonglong[::1],
+                   reach=cython.ulonglong[::1], words=long, k=Py_ssize_t, w=long, base=long, i=long, reachable=list)
     cpdef void schedule_peers(self)
     cpdef void _loop_timer(self)
-    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, avail=list, b=long, idx=long, length=cython.longlong)
+    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, avail=list, b=long, idx=long, length=cython.longlong,
+                   one=cython.ulonglong)
     cpdef void store(self, long i, bint from_origin)
     cpdef void kick(self)
     cpdef void announce(self)
 
-cdef object ONE

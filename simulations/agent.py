@@ -18,6 +18,7 @@ such a pass picks the same pieces (the HAVE only made a piece commoner) up to ra
 from __future__ import annotations
 
 import random
+from array import array
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -34,19 +35,37 @@ if TYPE_CHECKING:
 MAX_LIST = 8192  # p2pdist.core.wire.MAX_LIST: digests per announce
 BUSY_BACKOFF = 0.5  # swarm._peer_piece: a peer that answered 503 is skipped this long
 LOOP_TIMEOUT = 1.0  # swarm._download: the loop runs at least this often
-# The bitfield masks are Python ints of any width: ``ONE << i`` is a Python shift even where i is a C long
-# in the compiled core (agent.pxd), where ``1 << i`` would be a 64-bit C shift.
-ONE = 1
+
+
+class Board:
+    """What a pass reads about every neighbour, in flat arrays indexed by node: the upload slots in use
+    and which pieces it holds (``words[b]`` 64-bit words per node and blob, bit i of the node's run is
+    piece i). A pass scans its ~40 neighbours here instead of visiting their objects: at 10,000 nodes
+    those are spread over 1.5 GB and every visit was a cache miss (perf: most of a pass's time)."""
+
+    def __init__(self, nodes: int, counts: list[int]) -> None:
+        self.uploads = array("i", bytes(4 * nodes))
+        self.words = [(count + 63) >> 6 for count in counts]
+        self.have = [array("Q", bytes(8 * nodes * w)) for w in self.words]
+
+    def fill(self, node: int, b: int, count: int) -> None:
+        """Every piece of blob ``b`` at ``node``."""
+        w = self.words[b]
+        have = self.have[b]
+        for k in range(w):
+            bits = min(64, count - 64 * k)
+            have[node * w + k] = (1 << bits) - 1
 
 
 class Edge:
     """This node's view of one neighbour: the fields of ``p2pdist.core.selection.PeerSlot`` that
     choose_peer reads (the same names, so the core's functions take it), plus the neighbour."""
 
-    __slots__ = ("busy_until", "inflight", "limit", "node", "peer", "room", "score")
+    __slots__ = ("busy_until", "inflight", "limit", "node", "peer", "pidx", "room", "score")
 
     def __init__(self, node: Node, limit: int) -> None:
         self.peer = node.name
+        self.pidx = node.idx
         self.inflight = 0
         self.limit = limit
         self.score = 0.0
@@ -60,9 +79,11 @@ class Node:
         "alive",
         "arrived",
         "bits",
+        "board",
         "dialing",
         "done_at",
         "down",
+        "e_peer",
         "edge_list",
         "edges",
         "from_origin",
@@ -73,7 +94,6 @@ class Node:
         "is_origin",
         "layers_done",
         "left_at",
-        "masks",
         "name",
         "next_layer",
         "queue",
@@ -83,28 +103,25 @@ class Node:
         "swarms",
         "transfers",
         "up",
-        "uploads",
         "watchers",
         "zone",
         "zone_idx",
     )
 
-    def __init__(self, idx: int, name: str, blobs: list[Blob]) -> None:
+    def __init__(self, idx: int, name: str, blobs: list[Blob], board: Board) -> None:
         self.idx = idx
         self.name = name
+        self.board = board
         self.zone = self.rack = ""
         self.rack_idx = self.zone_idx = 0
         self.up = self.down = None
         self.edges: dict[int, Edge] = {}  # neighbours we may fetch from, by node index
         self.edge_list: list[Edge] = []
+        self.e_peer = array("i")  # edge_list's neighbours by index, for the pass's scan over the Board
         self.watchers: dict[int, Node] = {}  # neighbours our HAVEs go to
         self.dialing: set[int] = set()
-        self.uploads = 0
         self.bits = [bytearray(b.count) for b in blobs]  # verified pieces per blob, what bitfields carry
         self.have_n = [0] * len(blobs)
-        # The same bits as one integer per blob: a pass finds which of its chosen pieces a peer holds
-        # with one AND per peer instead of one lookup per peer and piece.
-        self.masks = [0] * len(blobs)
         self.swarms: list[Swarm | None] = [None] * len(blobs)
         self.alive = False
         self.arrived = -1.0
@@ -128,23 +145,36 @@ class Node:
         count = len(self.bits[blob])
         self.bits[blob][:] = b"\x01" * count
         self.have_n[blob] = count
-        self.masks[blob] = (ONE << count) - 1
+        self.board.fill(self.idx, blob, count)
+
+    def set_edges(self) -> None:
+        """``edges`` changed: the list a pass scans, in the dict's order, and its neighbours' indices."""
+        self.edge_list = list(self.edges.values())
+        self.e_peer = array("i", [e.pidx for e in self.edge_list])
 
 
 class Holders:
     """``holders(i)`` for assign(): the neighbours with a free slot whose bitfield has piece i."""
 
-    __slots__ = ("b", "free")
+    __slots__ = ("free", "have", "words")
 
-    def __init__(self, free: list[Edge], b: int) -> None:
+    def __init__(self, free: list[Edge], have: array, words: int) -> None:
         self.free = free
-        self.b = b
+        self.have = have
+        self.words = words
 
-    @cython.locals(e=Edge, b=cython.long)
+    @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list)
     def __call__(self, index: int) -> list[Edge]:
-        bit = ONE << index
-        b = self.b
-        return [e for e in self.free if e.node.masks[b] & bit]
+        i = index
+        w = i >> 6
+        shift = i & 63
+        have = self.have
+        words = self.words
+        out = []
+        for e in self.free:
+            if have[e.pidx * words + w] >> shift & 1:
+                out.append(e)
+        return out
 
 
 class Swarm:
@@ -159,6 +189,11 @@ class Swarm:
         self.max_inflight = self.profile.inflight_bytes
         self.upload_slots = self.profile.upload_slots
         self.load_aware = self.profile.load_aware
+        board = node.board
+        self.uploads = board.uploads
+        self.board_have = board.have[blob.idx]
+        self.words = board.words[blob.idx]
+        self.reach = array("Q", bytes(8 * self.words))
         self.node = node
         self.blob = blob
         self.b = blob.idx
@@ -310,19 +345,30 @@ class Swarm:
         if not candidates:
             return
         now = self.sim.now
+        node = self.node
+        edges = node.edge_list
+        peers = node.e_peer
+        uploads = self.uploads
+        have = self.board_have
+        words = self.words
         # choose_peer only ever returns a peer with a free request slot that is not backing off, so
-        # holders are looked for among those; with none, no selection can lead anywhere.
+        # holders are looked for among those; with none, no selection can lead anywhere. The scan reads
+        # the Board first and visits an edge only when its peer has a free upload slot.
+        free = []
         if self.load_aware:
             slots = self.upload_slots
-            free = []
-            for e in self.node.edge_list:
-                if e.inflight < e.limit and e.busy_until <= now:
-                    room = slots - e.node.uploads  # ROOM messages take rtt/2: read directly
-                    if room > 0:
+            for k in range(len(peers)):
+                room = slots - uploads[peers[k]]  # ROOM messages take rtt/2: read directly
+                if room > 0:
+                    e = edges[k]
+                    if e.inflight < e.limit and e.busy_until <= now:
                         e.room = room
                         free.append(e)
         else:
-            free = [e for e in self.node.edge_list if e.inflight < e.limit and e.busy_until <= now]
+            for k in range(len(peers)):
+                e = edges[k]
+                if e.inflight < e.limit and e.busy_until <= now:
+                    free.append(e)
         if not free:
             # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
             # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
@@ -331,14 +377,20 @@ class Swarm:
             self._loop_timer()
             return
         count = max(1, budget // piece_size)
-        b = self.b
         blocked = self.blocked
         blocked.clear()
-        reach = 0
+        reach = self.reach
+        for w in range(words):
+            reach[w] = 0
         for e in free:
-            reach |= e.node.masks[b]
-        # What assign() would work out with holders() per candidate, from the neighbours' masks.
-        reachable = [i for i in candidates if reach >> i & 1]
+            base = e.pidx * words
+            for w in range(words):
+                reach[w] |= have[base + w]
+        # What assign() would work out with holders() per candidate, from the neighbours' bits.
+        reachable = []
+        for i in candidates:
+            if reach[i >> 6] >> (i & 63) & 1:
+                reachable.append(i)
         if not reachable:
             blocked.update(candidates)
             self._loop_timer()
@@ -348,7 +400,7 @@ class Swarm:
         inflight = self.inflight
         profile = self.profile
         cursor = reader_cursor(profile.selector, self.cursor, len(inflight), inflight.__getitem__)
-        holders = Holders(free, b)
+        holders = Holders(free, have, words)
         assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, cursor, reachable)
         for index, slot in assigned:
             slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
@@ -381,7 +433,8 @@ class Swarm:
         node = self.node
         self.have[i] = 1
         node.have_n[self.b] += 1
-        node.masks[self.b] |= ONE << i
+        one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
+        self.board_have[node.idx * self.words + (i >> 6)] |= one << (i & 63)
         self.known[i] = 1
         self.candidates.discard(i)
         self.waiting.discard(i)

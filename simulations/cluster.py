@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from p2pdist.core.layout import PieceLayout, piece_size_for
 
-from .agent import Node, Swarm
+from .agent import Board, Node, Swarm
 from .control import ControlPlane
 from .dataplane import DataPlane
 from .engine import Link, Meter, Network, Simulator, Transfer
@@ -90,6 +90,9 @@ class Cluster(DataPlane, ControlPlane):
         self.meter = Meter(max(1e-3, ideal / 100))
         self.origin_link = Link(self.sim, "origin", net.origin_upload, self.meter)
         self._build_topology()
+        # Every node, and the origin peer after them (index N).
+        self.board = Board(scenario.nodes + 1, [blob.count for blob in self.blobs])
+        self.uploads = self.board.uploads
         self._build_nodes()
         self.by_name = {n.name: n for n in self.nodes}
         self.tracker = SimTracker(cfg, profile.handout, random.Random(f"{self.seed}/tracker/{profile.name}"))
@@ -139,7 +142,7 @@ class Cluster(DataPlane, ControlPlane):
         topo = sc.network.topology
         self.nodes: list[Node] = []
         for i in range(n):
-            node = Node(i, f"n{i:05d}", self.blobs)
+            node = Node(i, f"n{i:05d}", self.blobs, self.board)
             up = sc.network.upload.sample(rng)
             down = sc.network.download.sample(rng)
             if i in stragglers:
@@ -174,7 +177,7 @@ class Cluster(DataPlane, ControlPlane):
         return times
 
     def _origin_peer(self) -> Node:
-        origin = Node(len(self.nodes), "origin", self.blobs)
+        origin = Node(len(self.nodes), "origin", self.blobs, self.board)
         origin.is_origin = origin.alive = True
         origin.up = self.origin_link
         for b in range(len(self.blobs)):
@@ -274,7 +277,7 @@ class Cluster(DataPlane, ControlPlane):
         for j in list(node.edges) + [j for j in node.watchers if j not in node.edges]:
             self._disconnect(node, self.by_index(j))
         node.dialing.clear()
-        node.uploads = 0
+        self.uploads[node.idx] = 0
         while node.queue:
             sw, index, edge, length = node.queue.popleft()
             self._peer_failed(sw, index, edge, length)
@@ -294,7 +297,7 @@ class Cluster(DataPlane, ControlPlane):
         """The connection between a and b is gone: both forget the other's pieces."""
         for x, y in ((a, b), (b, a)):
             if x.edges.pop(y.idx, None) is not None:
-                x.edge_list = list(x.edges.values())
+                x.set_edges()
                 for sw in x.swarms:
                     if sw is not None and not sw.done:
                         self._drop_bitfield(sw, y)

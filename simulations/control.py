@@ -26,7 +26,7 @@ class ControlPlane:
         digests = list(range(sw.blob.count)) if complete else sw.report[:MAX_LIST]
         msg = Announce(
             node=node.name, zone=node.zone, rack=node.rack, have=node.have_n[b], complete=complete,
-            load=node.uploads, event=event, want_leases=sw.want_leases(), digests=digests,
+            load=self.uploads[node.idx], event=event, want_leases=sw.want_leases(), digests=digests,
             digest_pos=sw.digest_pos, wants_peers=not complete and self._wants_peers(node),
             # swarm._announce_msg: bytes arrived on an origin stream since the last announce. A
             # simulated stream moves bytes whenever it is open (the gaps are one origin RTT).
@@ -103,7 +103,7 @@ class ControlPlane:
             return
         msg = Announce(
             node=node.name, zone=node.zone, rack=node.rack, have=node.have_n[b], complete=True,
-            load=node.uploads, event="completed", digests=list(range(self.blobs[b].count)) if first else [],
+            load=self.uploads[node.idx], event="completed", digests=list(range(self.blobs[b].count)) if first else [],
             wants_peers=False,
         )
         self._to_tracker(self._seed_handled, (node, b, generation, msg))
@@ -144,7 +144,7 @@ class ControlPlane:
     def _link(self, a: Node, b: Node) -> None:
         """a may fetch from b from now on: an edge, a watcher for b's HAVEs, and b's bitfields."""
         a.edges[b.idx] = Edge(b, self.profile.peer_concurrency)
-        a.edge_list = list(a.edges.values())
+        a.set_edges()
         b.watchers[a.idx] = a
         for blob in range(len(self.blobs)):
             sw = a.swarms[blob]
@@ -183,5 +183,5 @@ class ControlPlane:
         for parent in chosen:
             if parent.idx in wanted and parent.idx not in node.edges:
                 self._attach(node, parent, both=False)
-        node.edge_list = list(node.edges.values())
+        node.set_edges()
 

@@ -116,14 +116,14 @@ class DataPlane:
         if isinstance(data, OriginStream):
             return  # the stream dies with the node that ran it
         sw, index, edge, length = data
-        edge.node.uploads = max(0, edge.node.uploads - 1)
+        self.uploads[edge.pidx] = max(0, self.uploads[edge.pidx] - 1)
         self._peer_failed(sw, index, edge, length)
         if edge.node.alive:
             self._next_upload(edge.node)
 
     @cython.locals(peer=Node, sw=Swarm, edge=Edge)
     def _next_upload(self, peer: Node) -> None:
-        while peer.queue and peer.uploads < self.profile.upload_slots:
+        while peer.queue and self.uploads[peer.idx] < self.profile.upload_slots:
             sw, index, edge, length = peer.queue.popleft()
             if sw.node.alive and sw.generation == sw.node.generation:
                 self._upload(sw, index, edge, length)
@@ -152,10 +152,11 @@ class DataPlane:
         sw.candidates.discard(index)
         sw.inflight_bytes += length
         edge.inflight += 1
-        if not peer.alive or (peer.uploads >= self.profile.upload_slots and not self.profile.upload_queue):
+        busy = self.uploads[peer.idx] >= self.profile.upload_slots
+        if not peer.alive or (busy and not self.profile.upload_queue):
             self.sim.after(self.rtt, self._busy, (sw, index, edge, length))
             return
-        if peer.uploads >= self.profile.upload_slots:
+        if busy:
             peer.queue.append((sw, index, edge, length))
             return
         self._upload(sw, index, edge, length)
@@ -163,7 +164,7 @@ class DataPlane:
     @cython.locals(sw=Swarm, edge=Edge, peer=Node, t=Transfer)
     def _upload(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
         peer = edge.node
-        peer.uploads += 1
+        self.uploads[peer.idx] += 1
         t = self.net.transfer(length, self.path(peer, sw.node), self._peer_done, (sw, index, edge, length))
         self.track(t, sw.node, peer)
         self._timeouts.append((self.sim.now + self.profile.piece_timeout, t))
@@ -199,9 +200,9 @@ class DataPlane:
     def _peer_done(self, t: Transfer) -> None:
         sw, index, edge, length = self._untrack(t)  # type: ignore[misc]
         peer = edge.node
-        peer.uploads -= 1
+        self.uploads[peer.idx] -= 1
         self._next_upload(peer)
-        if self.profile.load_aware and peer.uploads == self.profile.upload_slots - 1:
+        if self.profile.load_aware and self.uploads[peer.idx] == self.profile.upload_slots - 1:
             self._room(peer)
         edge.inflight -= 1
         sw.inflight_bytes -= length
