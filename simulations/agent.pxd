@@ -5,10 +5,23 @@ cimport cython
 from .engine cimport Link, Simulator
 
 
+cdef unsigned int AVAIL, HAVE, KNOWN, INFLIGHT, BLOCKED
+
+
 cdef class Board:
+    cdef public list nodes
     cdef public int[::1] uploads
     cdef public list words
     cdef public list have
+    cdef public list cells
+    cdef public list live
+    cdef public list blocking
+
+
+cdef class Avail:
+    cdef public unsigned int[::1] cells
+    cdef public long base
+    cdef public long count
 
 
 cdef class Edge:
@@ -50,6 +63,7 @@ cdef class Node:
     cdef public list swarms
     cdef public dict transfers
     cdef public Link up
+    cdef public int[::1] w_idx
     cdef public dict watchers
     cdef public str zone
     cdef public long zone_idx
@@ -78,7 +92,13 @@ cdef class Swarm:
     cdef public long b
     cdef public bytearray have
     cdef public bytearray known
-    cdef public list avail
+    cdef public long count
+    cdef public unsigned int[::1] cells
+    cdef public long base
+    cdef public Avail avail
+    cdef public unsigned char[::1] blocking
+    cdef public unsigned char[::1] board_live
+    cdef public list board_nodes
     cdef public bytearray inflight
     cdef public long long inflight_bytes
     cdef public set candidates
@@ -102,11 +122,17 @@ cdef class Swarm:
     cdef public long timer
     cdef public bint loop_timer
 
-    @cython.locals(avail=list)
+    @cython.locals(pos=long)
     cpdef void add_holder(self, long i, Edge edge)
+    @cython.locals(pos=long)
     cpdef void drop_holder(self, long i)
     cpdef bint learn_digest(self, long i)
     cpdef void _release(self, long i)
+    cpdef void set_inflight(self, long i, bint on)
+    @cython.locals(cells=cython.uint[::1], base=long, i=long)
+    cpdef void _unblock(self)
+    @cython.locals(cells=cython.uint[::1], base=long, i=long)
+    cpdef void _block(self, object pieces)
     @cython.locals(c=long, n=long, have=bytearray)
     cpdef void _advance_cursor(self)
     cpdef void wake(self)
@@ -119,8 +145,9 @@ cdef class Swarm:
                    reach=cython.ulonglong[::1], words=long, k=Py_ssize_t, w=long, base=long, i=long, reachable=list)
     cpdef void schedule_peers(self)
     cpdef void _loop_timer(self)
-    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, avail=list, b=long, idx=long, length=cython.longlong,
-                   one=cython.ulonglong)
+    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, b=long, idx=long, length=cython.longlong,
+                   one=cython.ulonglong, cells=cython.uint[::1], count=long, live=cython.uchar[::1], nodes=list,
+                   w_idx=cython.int[::1], k=Py_ssize_t, widx=long, pos=long, c=cython.uint)
     cpdef void store(self, long i, bint from_origin)
     cpdef void kick(self)
     cpdef void announce(self)

@@ -30,6 +30,8 @@ from p2pdist.core.selection import assign, reader_cursor
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .cluster import Blob, Cluster
 
 MAX_LIST = 8192  # p2pdist.core.wire.MAX_LIST: digests per announce
@@ -37,16 +39,34 @@ BUSY_BACKOFF = 0.5  # swarm._peer_piece: a peer that answered 503 is skipped thi
 LOOP_TIMEOUT = 1.0  # swarm._download: the loop runs at least this often
 
 
+# A swarm's per-piece state as the HAVE fan-out reads it, one 32-bit cell per node and piece (Board.cells):
+# how many neighbours hold the piece, and mirrors of have / known / in flight / blocked.
+AVAIL = 0xFFFF
+HAVE = 1 << 16
+KNOWN = 1 << 17
+INFLIGHT = 1 << 18
+BLOCKED = 1 << 19
+
+
 class Board:
-    """What a pass reads about every neighbour, in flat arrays indexed by node: the upload slots in use
-    and which pieces it holds (``words[b]`` 64-bit words per node and blob, bit i of the node's run is
-    piece i). A pass scans its ~40 neighbours here instead of visiting their objects: at 10,000 nodes
-    those are spread over 1.5 GB and every visit was a cache miss (perf: most of a pass's time)."""
+    """What passes and HAVEs read about other nodes, in flat arrays indexed by node.
+
+    At 10,000 nodes the objects are spread over 1.5 GB, and visiting a neighbour's objects was a
+    cache miss per object (perf: most of a pass's and a HAVE's time). Here a pass scans its ~40
+    neighbours, and a stored piece updates its ~40 watchers, in a few contiguous arrays:
+    ``uploads`` (upload slots in use), ``have[b]`` (the pieces each node holds, ``words[b]`` 64-bit
+    words per node), ``cells[b]`` (each swarm's per-piece cell, ``count`` per node), ``live[b]`` (the
+    node runs a swarm for b) and ``blocking[b]`` (that swarm has blocked pieces: ROOM wakes it).
+    """
 
     def __init__(self, nodes: int, counts: list[int]) -> None:
+        self.nodes: list[Node] = []  # filled by the cluster, the origin peer last
         self.uploads = array("i", bytes(4 * nodes))
         self.words = [(count + 63) >> 6 for count in counts]
         self.have = [array("Q", bytes(8 * nodes * w)) for w in self.words]
+        self.cells = [array("I", bytes(4 * nodes * count)) for count in counts]
+        self.live = [bytearray(nodes) for _ in counts]
+        self.blocking = [bytearray(nodes) for _ in counts]
 
     def fill(self, node: int, b: int, count: int) -> None:
         """Every piece of blob ``b`` at ``node``."""
@@ -103,6 +123,7 @@ class Node:
         "swarms",
         "transfers",
         "up",
+        "w_idx",
         "watchers",
         "zone",
         "zone_idx",
@@ -119,6 +140,7 @@ class Node:
         self.edge_list: list[Edge] = []
         self.e_peer = array("i")  # edge_list's neighbours by index, for the pass's scan over the Board
         self.watchers: dict[int, Node] = {}  # neighbours our HAVEs go to
+        self.w_idx = array("i")  # the same, by index in the dict's order, for the fan-out over the Board
         self.dialing: set[int] = set()
         self.bits = [bytearray(b.count) for b in blobs]  # verified pieces per blob, what bitfields carry
         self.have_n = [0] * len(blobs)
@@ -151,6 +173,31 @@ class Node:
         """``edges`` changed: the list a pass scans, in the dict's order, and its neighbours' indices."""
         self.edge_list = list(self.edges.values())
         self.e_peer = array("i", [e.pidx for e in self.edge_list])
+
+    def set_watchers(self) -> None:
+        """``watchers`` changed."""
+        self.w_idx = array("i", self.watchers)
+
+
+class Avail:
+    """A swarm's availability counts (neighbours holding each piece) as the core's selectors read them."""
+
+    __slots__ = ("base", "cells", "count")
+
+    def __init__(self, cells: array, base: int, count: int) -> None:
+        self.cells = cells
+        self.base = base
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    @cython.locals(i=cython.long)
+    def __getitem__(self, index: int) -> int:
+        i = index
+        if i < 0 or i >= self.count:
+            raise IndexError(index)
+        return self.cells[self.base + i] & AVAIL
 
 
 class Holders:
@@ -198,9 +245,15 @@ class Swarm:
         self.blob = blob
         self.b = blob.idx
         count = blob.count
+        self.count = count
         self.have = node.bits[blob.idx]
         self.known = bytearray(b"\x01" * count) if self.profile.digests_known else bytearray(count)
-        self.avail = [0] * count
+        self.cells = board.cells[blob.idx]
+        self.base = node.idx * count
+        self.avail = Avail(self.cells, self.base, count)
+        self.blocking = board.blocking[blob.idx]
+        self.board_live = board.live[blob.idx]
+        self.board_nodes = board.nodes
         self.inflight = bytearray(count)
         self.inflight_bytes = 0
         self.candidates: set[int] = set()
@@ -228,6 +281,9 @@ class Swarm:
         for i in range(count):
             if self.have[i]:
                 self.known[i] = 1  # resumed pieces were verified, so their digests are known
+            self.cells[self.base + i] = (HAVE if self.have[i] else 0) | (KNOWN if self.known[i] else 0)
+        self.blocking[node.idx] = 0
+        board.live[blob.idx][node.idx] = 1
         self._advance_cursor()
 
     # --- piece state ------------------------------------------------------------------------
@@ -236,9 +292,9 @@ class Swarm:
         """A neighbour now has piece i (HAVE or bitfield); ``edge`` is our connection to it."""
         if self.have[i]:
             return
-        avail = self.avail
-        avail[i] += 1
-        if avail[i] == 1:
+        pos = self.base + i
+        self.cells[pos] += 1
+        if self.cells[pos] & AVAIL == 1:
             if self.known[i]:
                 if not self.inflight[i]:
                     self.candidates.add(i)
@@ -252,9 +308,10 @@ class Swarm:
     def drop_holder(self, i: int) -> None:
         if self.have[i]:
             return
-        self.avail[i] -= 1
-        if self.avail[i] <= 0:
-            self.avail[i] = 0
+        pos = self.base + i
+        if self.cells[pos] & AVAIL:
+            self.cells[pos] -= 1
+        if not self.cells[pos] & AVAIL:
             self.candidates.discard(i)
             self.waiting.discard(i)
 
@@ -262,7 +319,8 @@ class Swarm:
         if self.known[i]:
             return False
         self.known[i] = 1
-        if self.avail[i] and not self.have[i]:
+        self.cells[self.base + i] |= KNOWN
+        if self.cells[self.base + i] & AVAIL and not self.have[i]:
             self.waiting.discard(i)
             if not self.inflight[i]:
                 self.candidates.add(i)
@@ -270,9 +328,34 @@ class Swarm:
 
     def _release(self, i: int) -> None:
         """Piece i is no longer in flight (and not had): fetchable again if someone has it."""
-        self.inflight[i] = 0
-        if not self.have[i] and self.avail[i] and self.known[i]:
+        self.set_inflight(i, False)
+        if not self.have[i] and self.cells[self.base + i] & AVAIL and self.known[i]:
             self.candidates.add(i)
+
+    def set_inflight(self, i: int, on: bool) -> None:
+        self.inflight[i] = on
+        if on:
+            self.cells[self.base + i] |= INFLIGHT
+        else:
+            self.cells[self.base + i] &= ~INFLIGHT
+
+    def _unblock(self) -> None:
+        """Empty ``blocked`` (and its cell bits)."""
+        cells = self.cells
+        base = self.base
+        for i in self.blocked:
+            cells[base + i] &= ~BLOCKED
+        self.blocked.clear()
+        self.blocking[self.node.idx] = 0
+
+    def _block(self, pieces: Iterable[int]) -> None:
+        cells = self.cells
+        base = self.base
+        for i in pieces:
+            self.blocked.add(i)
+            cells[base + i] |= BLOCKED
+        if self.blocked:
+            self.blocking[self.node.idx] = 1
 
     def _advance_cursor(self) -> None:
         if self.cursor is None:
@@ -305,7 +388,7 @@ class Swarm:
                 continue
             for s, e in runs:
                 for i in range(s, e):
-                    self.inflight[i] = 1
+                    self.set_inflight(i, True)
                     self.candidates.discard(i)
             self.origin_active += 1
             self.cluster.origin_stream(self, runs)
@@ -372,13 +455,12 @@ class Swarm:
         if not free:
             # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
             # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
-            self.blocked.clear()
-            self.blocked.update(candidates)
+            self._unblock()
+            self._block(candidates)
             self._loop_timer()
             return
         count = max(1, budget // piece_size)
-        blocked = self.blocked
-        blocked.clear()
+        self._unblock()
         reach = self.reach
         for w in range(words):
             reach[w] = 0
@@ -392,7 +474,7 @@ class Swarm:
             if reach[i >> 6] >> (i & 63) & 1:
                 reachable.append(i)
         if not reachable:
-            blocked.update(candidates)
+            self._block(candidates)
             self._loop_timer()
             return
 
@@ -407,10 +489,8 @@ class Swarm:
             self.cluster.fetch_from_peer(self, index, slot)
         if len(assigned) < count and len(assigned) < len(candidates):
             taken = {i for i, _ in assigned}
-            for i in candidates:
-                if i not in taken:
-                    blocked.add(i)  # any of them may unblock us
-        if blocked:
+            self._block([i for i in candidates if i not in taken])  # any of them may unblock us
+        if self.blocked:
             self._loop_timer()
 
     def _loop_timer(self) -> None:
@@ -452,23 +532,36 @@ class Swarm:
             self._advance_cursor()
         b = self.b
         idx = node.idx
-        # add_holder inlined: this loop runs once per neighbour per stored piece, the hottest path.
-        for watcher in node.watchers.values():
-            sw = watcher.swarms[b]
-            if sw is None or sw.have[i]:
+        cells = self.cells
+        count = self.count
+        cells[self.base + i] |= HAVE | KNOWN
+        live = self.board_live
+        nodes = self.board_nodes
+        w_idx = node.w_idx
+        # add_holder inlined over the Board: this loop runs once per neighbour per stored piece, the
+        # hottest path. It reads only the watcher's cell, and visits its objects when the HAVE wakes it.
+        for k in range(len(w_idx)):
+            widx = w_idx[k]
+            if not live[widx]:
                 continue
-            avail = sw.avail
-            avail[i] += 1
-            if avail[i] == 1:
-                if not sw.known[i]:
+            pos = widx * count + i
+            c = cells[pos]
+            if c & HAVE:
+                continue
+            cells[pos] = c + 1
+            if not c & AVAIL:
+                sw = nodes[widx].swarms[b]
+                if not c & KNOWN:
                     sw.waiting.add(i)
-                elif sw.inflight[i]:
+                elif c & INFLIGHT:
                     continue
                 else:
                     sw.candidates.add(i)
                 if not sw.dirty:
                     sw.wake()
-            elif i in sw.blocked:
+            elif c & BLOCKED:
+                watcher = nodes[widx]
+                sw = watcher.swarms[b]
                 edge = watcher.edges.get(idx)
                 if edge is not None and edge.inflight < edge.limit and not sw.dirty:
                     sw.wake()

@@ -94,12 +94,14 @@ class Cluster(DataPlane, ControlPlane):
         self.board = Board(scenario.nodes + 1, [blob.count for blob in self.blobs])
         self.uploads = self.board.uploads
         self._build_nodes()
+        self.board.nodes.extend(self.nodes)
         self.by_name = {n.name: n for n in self.nodes}
         self.tracker = SimTracker(cfg, profile.handout, random.Random(f"{self.seed}/tracker/{profile.name}"))
         self.tracker_free = 0.0
         self.origin_node: Node | None = None
         if profile.origin == ORIGIN_PEER:
             self.origin_node = self._origin_peer()
+            self.board.nodes.append(self.origin_node)
         self.dirty: list[Swarm] = []
         self.remaining = 0
         self.back_to_source = [0] * len(self.blobs)
@@ -282,6 +284,9 @@ class Cluster(DataPlane, ControlPlane):
             sw, index, edge, length = node.queue.popleft()
             self._peer_failed(sw, index, edge, length)
         node.swarms = [None] * len(self.blobs)
+        for b in range(len(self.blobs)):
+            self.board.live[b][node.idx] = 0
+            self.board.blocking[b][node.idx] = 0
         rejoin = self.scenario.churn.rejoin_after
         if rejoin >= 0:
             self.sim.after(rejoin, self._arrive, node)
@@ -301,7 +306,8 @@ class Cluster(DataPlane, ControlPlane):
                 for sw in x.swarms:
                     if sw is not None and not sw.done:
                         self._drop_bitfield(sw, y)
-            x.watchers.pop(y.idx, None)
+            if x.watchers.pop(y.idx, None) is not None:
+                x.set_watchers()
 
     # --- results ----------------------------------------------------------------------------
 

@@ -146,6 +146,7 @@ class ControlPlane:
         a.edges[b.idx] = Edge(b, self.profile.peer_concurrency)
         a.set_edges()
         b.watchers[a.idx] = a
+        b.set_watchers()
         for blob in range(len(self.blobs)):
             sw = a.swarms[blob]
             if sw is not None and not sw.done:
@@ -177,6 +178,7 @@ class ControlPlane:
             parent = self.by_index(j)
             del node.edges[j]
             parent.watchers.pop(node.idx, None)
+            parent.set_watchers()
             sw = node.swarms[b]
             if sw is not None and not sw.done:
                 self._drop_bitfield(sw, parent)

@@ -148,7 +148,7 @@ class DataPlane:
     def fetch_from_peer(self, sw: Swarm, index: int, edge: Edge) -> None:
         peer = edge.node
         length = sw.blob.length(index)
-        sw.inflight[index] = 1
+        sw.set_inflight(index, True)
         sw.candidates.discard(index)
         sw.inflight_bytes += length
         edge.inflight += 1
@@ -172,19 +172,25 @@ class DataPlane:
             self._timeout_armed = True
             self.sim.at(self._timeouts[0][0], self._check_timeouts)
 
-    @cython.locals(peer=Node, watchers=list, watcher=Node, sw=Swarm, k=cython.long)
+    @cython.locals(peer=Node, sw=Swarm, n=cython.long, k=cython.long, j=cython.long, widx=cython.long, b=cython.long,
+                   blocking=list, flags=bytearray)
     def _room(self, peer: Node) -> None:
         """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
         piece look again. They hear it in no fixed order; the first to ask gets the slot."""
-        watchers = list(peer.watchers.values())
-        if len(watchers) > 1:
-            # A random starting point, not a full shuffle: this runs once per finished upload.
-            k = self.room_rng.randrange(len(watchers))
-            watchers = watchers[k:] + watchers[:k]
-        for watcher in watchers:
-            for sw in watcher.swarms:
-                if sw is not None and sw.blocked and not sw.dirty:
-                    sw.wake()
+        w_idx = peer.w_idx
+        n = len(w_idx)
+        # A random starting point, not a full shuffle: this runs once per finished upload.
+        k = self.room_rng.randrange(n) if n > 1 else 0
+        nodes = self.board.nodes
+        blocking = self.board.blocking
+        for j in range(n):
+            widx = w_idx[(k + j) % n]
+            for b in range(len(blocking)):
+                flags = blocking[b]
+                if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
+                    sw = nodes[widx].swarms[b]
+                    if not sw.dirty:
+                        sw.wake()
 
     @cython.locals(sw=Swarm, edge=Edge)
     def _busy(self, args: tuple[Swarm, int, Edge, int]) -> None:
@@ -210,7 +216,7 @@ class DataPlane:
             return
         edge.score = min(edge.score + 0.1, 1.0)
         sw.store(index, from_origin=False)
-        sw.inflight[index] = 0
+        sw.set_inflight(index, False)
 
     @cython.locals(sw=Swarm, edge=Edge)
     def _peer_failed(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
