@@ -31,6 +31,10 @@ cdef class Edge:
     cdef public Node node
     cdef public str peer
     cdef public long pidx
+    cdef public Node owner
+    cdef public long pos
+    cpdef double ready_at(self)
+    cpdef void changed(self)
     cdef public long room
     cdef public double score
 
@@ -46,6 +50,7 @@ cdef class Node:
     cdef public list edge_list
     cdef public dict edges
     cdef public int[::1] e_peer
+    cdef public double[::1] e_ready
     cdef public object from_origin
     cdef public object from_peers
     cdef public long generation
@@ -129,6 +134,7 @@ cdef class Swarm:
     cpdef bint learn_digest(self, long i)
     cpdef void _release(self, long i)
     cpdef void set_inflight(self, long i, bint on)
+    cpdef void _block_all(self)
     @cython.locals(cells=cython.uint[::1], base=long, i=long)
     cpdef void _unblock(self)
     @cython.locals(cells=cython.uint[::1], base=long, i=long)
@@ -142,7 +148,8 @@ cdef class Swarm:
     @cython.locals(e=Edge, slot=Edge, free=list, blocked=set, candidates=set, now=double, slots=long, room=long,
                    budget=cython.longlong, piece_size=cython.longlong, count=long, inflight=bytearray, node=Node,
                    edges=list, peers=cython.int[::1], uploads=cython.int[::1], have=cython.ulonglong[::1],
-                   reach=cython.ulonglong[::1], words=long, k=Py_ssize_t, w=long, base=long, i=long, reachable=list)
+                   reach=cython.ulonglong[::1], words=long, k=Py_ssize_t, w=long, base=long, i=long, reachable=list,
+                   ready=cython.double[::1], nfree=long, load_aware=bint)
     cpdef void schedule_peers(self)
     cpdef void _loop_timer(self)
     @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, b=long, idx=long, length=cython.longlong,

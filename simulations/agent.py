@@ -17,6 +17,7 @@ such a pass picks the same pieces (the HAVE only made a piece commoner) up to ra
 
 from __future__ import annotations
 
+import math
 import random
 from array import array
 from collections import deque
@@ -81,17 +82,28 @@ class Edge:
     """This node's view of one neighbour: the fields of ``p2pdist.core.selection.PeerSlot`` that
     choose_peer reads (the same names, so the core's functions take it), plus the neighbour."""
 
-    __slots__ = ("busy_until", "inflight", "limit", "node", "peer", "pidx", "room", "score")
+    __slots__ = ("busy_until", "inflight", "limit", "node", "owner", "peer", "pidx", "pos", "room", "score")
 
-    def __init__(self, node: Node, limit: int) -> None:
+    def __init__(self, node: Node, limit: int, owner: Node) -> None:
         self.peer = node.name
         self.pidx = node.idx
+        self.owner = owner
+        self.pos = -1  # index in owner.edge_list, -1 once disconnected
         self.inflight = 0
         self.limit = limit
         self.score = 0.0
         self.room = 1 << 30  # PeerSlot's default: unlimited until the peer says
         self.node = node
         self.busy_until = 0.0
+
+    def ready_at(self) -> float:
+        """From when a pass may send this peer a request (a free request slot, no busy back-off)."""
+        return self.busy_until if self.inflight < self.limit else math.inf
+
+    def changed(self) -> None:
+        """``inflight`` or ``busy_until`` changed: the owner's scan array follows."""
+        if self.pos >= 0:
+            self.owner.e_ready[self.pos] = self.ready_at()
 
 
 class Node:
@@ -104,6 +116,7 @@ class Node:
         "done_at",
         "down",
         "e_peer",
+        "e_ready",
         "edge_list",
         "edges",
         "from_origin",
@@ -138,7 +151,10 @@ class Node:
         self.up = self.down = None
         self.edges: dict[int, Edge] = {}  # neighbours we may fetch from, by node index
         self.edge_list: list[Edge] = []
-        self.e_peer = array("i")  # edge_list's neighbours by index, for the pass's scan over the Board
+        # For the pass's scan, without visiting the edges: edge_list's neighbours by index, and from
+        # when each edge is ready (Edge.ready_at).
+        self.e_peer = array("i")
+        self.e_ready = array("d")
         self.watchers: dict[int, Node] = {}  # neighbours our HAVEs go to
         self.w_idx = array("i")  # the same, by index in the dict's order, for the fan-out over the Board
         self.dialing: set[int] = set()
@@ -171,8 +187,13 @@ class Node:
 
     def set_edges(self) -> None:
         """``edges`` changed: the list a pass scans, in the dict's order, and its neighbours' indices."""
+        for e in self.edge_list:
+            e.pos = -1
         self.edge_list = list(self.edges.values())
         self.e_peer = array("i", [e.pidx for e in self.edge_list])
+        self.e_ready = array("d", [e.ready_at() for e in self.edge_list])
+        for k, e in enumerate(self.edge_list):
+            e.pos = k
 
     def set_watchers(self) -> None:
         """``watchers`` changed."""
@@ -339,6 +360,13 @@ class Swarm:
         else:
             self.cells[self.base + i] &= ~INFLIGHT
 
+    def _block_all(self) -> None:
+        """No piece can be placed: every candidate is blocked (often already so), and the loop's timer runs."""
+        if self.blocked != self.candidates:
+            self._unblock()
+            self._block(self.candidates)
+        self._loop_timer()
+
     def _unblock(self) -> None:
         """Empty ``blocked`` (and its cell bits)."""
         cells = self.cells
@@ -434,49 +462,49 @@ class Swarm:
         uploads = self.uploads
         have = self.board_have
         words = self.words
-        # choose_peer only ever returns a peer with a free request slot that is not backing off, so
-        # holders are looked for among those; with none, no selection can lead anywhere. The scan reads
-        # the Board first and visits an edge only when its peer has a free upload slot.
-        free = []
-        if self.load_aware:
-            slots = self.upload_slots
-            for k in range(len(peers)):
-                room = slots - uploads[peers[k]]  # ROOM messages take rtt/2: read directly
-                if room > 0:
-                    e = edges[k]
-                    if e.inflight < e.limit and e.busy_until <= now:
-                        e.room = room
-                        free.append(e)
-        else:
-            for k in range(len(peers)):
-                e = edges[k]
-                if e.inflight < e.limit and e.busy_until <= now:
-                    free.append(e)
-        if not free:
-            # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
-            # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
-            self._unblock()
-            self._block(candidates)
-            self._loop_timer()
-            return
-        count = max(1, budget // piece_size)
-        self._unblock()
+        # choose_peer only ever returns a peer with a free request slot that is not backing off and,
+        # load-aware, with a free upload slot, so holders are looked for among those ("free"); with
+        # none, no selection can lead anywhere. The scan reads only the Board and the node's arrays:
+        # the edges themselves are visited only when some free holder has a piece we can fetch.
+        ready = node.e_ready
+        load_aware = self.load_aware
+        slots = self.upload_slots
         reach = self.reach
         for w in range(words):
             reach[w] = 0
-        for e in free:
-            base = e.pidx * words
-            for w in range(words):
-                reach[w] |= have[base + w]
+        nfree = 0
+        for k in range(len(peers)):
+            if ready[k] <= now and (not load_aware or uploads[peers[k]] < slots):
+                nfree += 1
+                base = peers[k] * words
+                for w in range(words):
+                    reach[w] |= have[base + w]
+        if not nfree:
+            # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
+            # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
+            self._block_all()
+            return
         # What assign() would work out with holders() per candidate, from the neighbours' bits.
         reachable = []
         for i in candidates:
             if reach[i >> 6] >> (i & 63) & 1:
                 reachable.append(i)
         if not reachable:
-            self._block(candidates)
-            self._loop_timer()
+            self._block_all()
             return
+        free = []
+        for k in range(len(peers)):
+            if ready[k] <= now:
+                if load_aware:
+                    room = slots - uploads[peers[k]]  # ROOM messages take rtt/2: read directly
+                    if room > 0:
+                        e = edges[k]
+                        e.room = room
+                        free.append(e)
+                else:
+                    free.append(edges[k])
+        count = max(1, budget // piece_size)
+        self._unblock()
 
         # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
         inflight = self.inflight

@@ -143,7 +143,7 @@ class ControlPlane:
 
     def _link(self, a: Node, b: Node) -> None:
         """a may fetch from b from now on: an edge, a watcher for b's HAVEs, and b's bitfields."""
-        a.edges[b.idx] = Edge(b, self.profile.peer_concurrency)
+        a.edges[b.idx] = Edge(b, self.profile.peer_concurrency, a)
         a.set_edges()
         b.watchers[a.idx] = a
         b.set_watchers()

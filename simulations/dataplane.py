@@ -129,6 +129,7 @@ class DataPlane:
                 self._upload(sw, index, edge, length)
             else:
                 edge.inflight -= 1
+                edge.changed()
                 sw.inflight_bytes -= length
 
     def origin_stream(self, sw: Swarm, runs: list[tuple[int, int]]) -> None:
@@ -152,6 +153,7 @@ class DataPlane:
         sw.candidates.discard(index)
         sw.inflight_bytes += length
         edge.inflight += 1
+        edge.changed()
         busy = self.uploads[peer.idx] >= self.profile.upload_slots
         if not peer.alive or (busy and not self.profile.upload_queue):
             self.sim.after(self.rtt, self._busy, (sw, index, edge, length))
@@ -199,6 +201,7 @@ class DataPlane:
         edge.inflight -= 1
         sw.inflight_bytes -= length
         edge.busy_until = self.sim.now + BUSY_BACKOFF
+        edge.changed()
         sw._release(index)
         sw.wake()
 
@@ -211,6 +214,7 @@ class DataPlane:
         if self.profile.load_aware and self.uploads[peer.idx] == self.profile.upload_slots - 1:
             self._room(peer)
         edge.inflight -= 1
+        edge.changed()
         sw.inflight_bytes -= length
         if sw.generation != sw.node.generation:
             return
@@ -221,6 +225,7 @@ class DataPlane:
     @cython.locals(sw=Swarm, edge=Edge)
     def _peer_failed(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
         edge.inflight -= 1
+        edge.changed()
         sw.inflight_bytes -= length
         if sw.generation != sw.node.generation:
             return
