@@ -407,6 +407,8 @@ class Swarm:
         self.schedule_peers()
 
     def schedule_origin(self) -> None:
+        if not self.leases:
+            return
         limit = self.profile.origin_concurrency
         while self.leases and self.origin_active < limit:
             start, end = self.leases.pop(0)

@@ -9,22 +9,23 @@ cdef class Simulator:
     cdef public long long events
     cdef public bint stopped
     cdef Py_ssize_t _n
-    cdef double[::1] _when
-    cdef long long[::1] _order
+    cdef double[::1] _keys
     cdef list _callbacks
     cdef list _args
+    cdef long long[::1] _free
+    cdef Py_ssize_t _nfree
     cpdef void at(self, double when, object callback, object arg=*)
     cpdef void after(self, double delay, object callback, object arg=*)
+    @cython.locals(slot=Py_ssize_t)
     cpdef void step(self)
     @cython.locals(heap=list, when=double)
     cpdef void run(self, double until=*, object idle=*)
-    @cython.locals(k=Py_ssize_t)
+    @cython.locals(k=Py_ssize_t, size=Py_ssize_t, keys=cython.double[::1], free=cython.longlong[::1])
     cdef void _grow(self)
-    @cython.locals(w=cython.double[::1], o=cython.longlong[::1], callbacks=list, args=list, k=Py_ssize_t,
-                   parent=Py_ssize_t)
+    @cython.locals(keys=cython.double[::1], k=Py_ssize_t, parent=Py_ssize_t, slot=Py_ssize_t)
     cdef void _push(self, double when, long long seq, object callback, object arg)
-    @cython.locals(w=cython.double[::1], o=cython.longlong[::1], callbacks=list, args=list, k=Py_ssize_t,
-                   n=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t, last_when=double, last_seq=cython.longlong)
+    @cython.locals(keys=cython.double[::1], k=Py_ssize_t, n=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t,
+                   last_when=double, last_seq=double, last_slot=double)
     cdef void _pop(self)
 
 cdef class Meter:

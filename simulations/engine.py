@@ -29,13 +29,14 @@ _SLACK = 1e-3
 class Simulator:
     """A clock and a heap of (time, seq, callback, argument); seq keeps equal times in FIFO order.
 
-    Compiled (simulations/native.py), the heap is kept in flat arrays with the times and sequence
-    numbers as C numbers: heapq compared Python tuples, a fifth of a 3,000-node run (perf). Plain,
+    Compiled (simulations/native.py), the heap is a flat array of C numbers (time, sequence number,
+    slot of the callback): heapq compared Python tuples, a fifth of a 3,000-node run (perf). Plain,
     it is heapq over tuples. Both pop in (time, seq) order, so they run the same events in the same
     order (tests/test_sim_native.py compares the two cores).
     """
 
-    __slots__ = ("_args", "_callbacks", "_heap", "_n", "_order", "_seq", "_when", "events", "now", "stopped")
+    __slots__ = ("_args", "_callbacks", "_free", "_heap", "_keys", "_n", "_nfree", "_seq", "events", "now",
+                 "stopped")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
@@ -43,12 +44,14 @@ class Simulator:
         self.now = 0.0
         self.events = 0
         self.stopped = False
-        # The compiled heap: entry k is (_when[k], _order[k], _callbacks[k], _args[k]); _n are in use.
+        # The compiled heap: entry k is _keys[3k:3k+3] = (time, seq, slot), _n in use; the callback and
+        # argument wait in their slot, which does not move, so sifting moves three numbers only.
         self._n = 0
-        self._when = array("d", bytes(8 * 1024))
-        self._order = array("q", bytes(8 * 1024))
+        self._keys = array("d", bytes(8 * 3 * 1024))
         self._callbacks: list[Any] = [None] * 1024
         self._args: list[Any] = [None] * 1024
+        self._free = array("q", range(1023, -1, -1))  # free slots, a stack
+        self._nfree = 1024
 
     def at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> None:
         if when < self.now:
@@ -64,13 +67,17 @@ class Simulator:
 
     def peek(self) -> float:
         if cython.compiled:
-            return self._when[0] if self._n else math.inf
+            return self._keys[0] if self._n else math.inf
         return self._heap[0][0] if self._heap else math.inf
 
     def step(self) -> None:
         if cython.compiled:
-            callback, arg = self._callbacks[0], self._args[0]
-            self.now = self._when[0]
+            slot = cython.cast(cython.Py_ssize_t, self._keys[2])
+            callback, arg = self._callbacks[slot], self._args[slot]
+            self._callbacks[slot] = self._args[slot] = None
+            self._free[self._nfree] = slot
+            self._nfree += 1
+            self.now = self._keys[0]
             self._pop()
         else:
             when, _, callback, arg = heappop(self._heap)
@@ -83,9 +90,9 @@ class Simulator:
         (all events of this instant are done) and may schedule more work for the same instant."""
         if cython.compiled:
             while not self.stopped:
-                if idle is not None and (self._n == 0 or self._when[0] > self.now) and idle():
+                if idle is not None and (self._n == 0 or self._keys[0] > self.now) and idle():
                     continue
-                if self._n == 0 or self._when[0] > until:
+                if self._n == 0 or self._keys[0] > until:
                     break
                 self.step()
             return
@@ -100,80 +107,75 @@ class Simulator:
             self.events += 1
             callback(arg)
 
-    # --- the compiled heap (a binary min-heap on (when, seq); seq is unique) ---------------------
+    # --- the compiled heap (a binary min-heap on (time, seq); seq is unique) ---------------------
 
     def _grow(self) -> None:
-        size = 2 * len(self._callbacks)
-        when = array("d", bytes(8 * size))
-        order = array("q", bytes(8 * size))
-        for k in range(self._n):
-            when[k] = self._when[k]
-            order[k] = self._order[k]
-        self._when = when
-        self._order = order
-        self._callbacks.extend([None] * (size - len(self._callbacks)))
-        self._args.extend([None] * (size - len(self._args)))
+        size = len(self._callbacks)
+        keys = array("d", bytes(8 * 3 * 2 * size))
+        for k in range(3 * self._n):
+            keys[k] = self._keys[k]
+        self._keys = keys
+        self._callbacks.extend([None] * size)
+        self._args.extend([None] * size)
+        free = array("q", bytes(8 * 2 * size))
+        for k in range(size):
+            free[k] = 2 * size - 1 - k  # the new slots; every old one is in use
+        self._free = free
+        self._nfree = size
 
     def _push(self, when: float, seq: int, callback: Any, arg: Any) -> None:
-        if self._n == len(self._callbacks):
+        if self._nfree == 0:
             self._grow()
-        w = self._when
-        o = self._order
-        callbacks = self._callbacks
-        args = self._args
+        self._nfree -= 1
+        slot = self._free[self._nfree]
+        self._callbacks[slot] = callback
+        self._args[slot] = arg
+        keys = self._keys
         # Sift the hole up from the end. seq is the largest yet, so an equal time stays below.
         k = self._n
         while k > 0:
             parent = (k - 1) >> 1
-            if w[parent] <= when:
+            if keys[3 * parent] <= when:
                 break
-            w[k] = w[parent]
-            o[k] = o[parent]
-            callbacks[k] = callbacks[parent]
-            args[k] = args[parent]
+            keys[3 * k] = keys[3 * parent]
+            keys[3 * k + 1] = keys[3 * parent + 1]
+            keys[3 * k + 2] = keys[3 * parent + 2]
             k = parent
-        w[k] = when
-        o[k] = seq
-        callbacks[k] = callback
-        args[k] = arg
+        keys[3 * k] = when
+        keys[3 * k + 1] = seq
+        keys[3 * k + 2] = slot
         self._n += 1
 
     def _pop(self) -> None:
-        """Drop the first entry."""
-        w = self._when
-        o = self._order
-        callbacks = self._callbacks
-        args = self._args
+        """Drop the first entry (its slot is already free)."""
+        keys = self._keys
         n = self._n - 1
         self._n = n
-        # The last entry fills the hole at the top, sifting down.
-        last_when = w[n]
-        last_seq = o[n]
-        last_callback = callbacks[n]
-        last_arg = args[n]
-        callbacks[n] = args[n] = None
         if n == 0:
             return
+        # The last entry fills the hole at the top, sifting down.
+        last_when = keys[3 * n]
+        last_seq = keys[3 * n + 1]
+        last_slot = keys[3 * n + 2]
         k = 0
         while True:
             child = 2 * k + 1
             if child >= n:
                 break
             right = child + 1
-            if right < n and (w[right] < w[child] or (w[right] == w[child] and o[right] < o[child])):
+            if right < n and (keys[3 * right] < keys[3 * child]
+                              or (keys[3 * right] == keys[3 * child] and keys[3 * right + 1] < keys[3 * child + 1])):
                 child = right
-            if w[child] < last_when or (w[child] == last_when and o[child] < last_seq):
-                w[k] = w[child]
-                o[k] = o[child]
-                callbacks[k] = callbacks[child]
-                args[k] = args[child]
+            if keys[3 * child] < last_when or (keys[3 * child] == last_when and keys[3 * child + 1] < last_seq):
+                keys[3 * k] = keys[3 * child]
+                keys[3 * k + 1] = keys[3 * child + 1]
+                keys[3 * k + 2] = keys[3 * child + 2]
                 k = child
             else:
                 break
-        w[k] = last_when
-        o[k] = last_seq
-        callbacks[k] = last_callback
-        args[k] = last_arg
+        keys[3 * k] = last_when
+        keys[3 * k + 1] = last_seq
+        keys[3 * k + 2] = last_slot
 
 
 class Meter:

@@ -124,8 +124,9 @@ def reader_cursor(
     window = getattr(selector, "window", 0)
     if cursor is None or window <= 0:
         return cursor
-    if any(in_flight(i) for i in range(cursor, min(cursor + window, count))):
-        return None
+    for i in range(cursor, min(cursor + window, count)):
+        if in_flight(i):
+            return None
     return cursor
 
 
