@@ -147,14 +147,12 @@ cdef class Swarm:
     cpdef void schedule_origin(self)
     @cython.locals(e=Edge, slot=Edge, free=list, blocked=set, candidates=set, now=double, slots=long, room=long,
                    budget=cython.longlong, piece_size=cython.longlong, count=long, inflight=bytearray, node=Node,
-                   edges=list, peers=cython.int[::1], uploads=cython.int[::1], have=cython.ulonglong[::1],
-                   reach=cython.ulonglong[::1], words=long, k=Py_ssize_t, w=long, base=long, i=long, reachable=list,
-                   ready=cython.double[::1], nfree=long, load_aware=bint)
+                   edges=list, words=long, k=Py_ssize_t, n=Py_ssize_t, w=long, base=long, i=long, reachable=list, nfree=long,
+                   load_aware=bint)
     cpdef void schedule_peers(self)
     cpdef void _loop_timer(self)
     @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, b=long, idx=long, length=cython.longlong,
-                   one=cython.ulonglong, cells=cython.uint[::1], count=long, live=cython.uchar[::1], nodes=list,
-                   w_idx=cython.int[::1], k=Py_ssize_t, widx=long, pos=long, c=cython.uint)
+                   one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint)
     cpdef void store(self, long i, bint from_origin)
     cpdef void kick(self)
     cpdef void announce(self)

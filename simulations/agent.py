@@ -460,27 +460,25 @@ class Swarm:
         now = self.sim.now
         node = self.node
         edges = node.edge_list
-        peers = node.e_peer
-        uploads = self.uploads
-        have = self.board_have
         words = self.words
+        # The arrays are read through their owners (self.uploads[...], node.e_ready[...]): compiled, a
+        # typed local copy of an array view costs two atomic operations per pass.
         # choose_peer only ever returns a peer with a free request slot that is not backing off and,
         # load-aware, with a free upload slot, so holders are looked for among those ("free"); with
         # none, no selection can lead anywhere. The scan reads only the Board and the node's arrays:
         # the edges themselves are visited only when some free holder has a piece we can fetch.
-        ready = node.e_ready
         load_aware = self.load_aware
         slots = self.upload_slots
-        reach = self.reach
         for w in range(words):
-            reach[w] = 0
+            self.reach[w] = 0
         nfree = 0
-        for k in range(len(peers)):
-            if ready[k] <= now and (not load_aware or uploads[peers[k]] < slots):
+        n = len(edges)
+        for k in range(n):
+            if node.e_ready[k] <= now and (not load_aware or self.uploads[node.e_peer[k]] < slots):
                 nfree += 1
-                base = peers[k] * words
+                base = node.e_peer[k] * words
                 for w in range(words):
-                    reach[w] |= have[base + w]
+                    self.reach[w] |= self.board_have[base + w]
         if not nfree:
             # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
             # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
@@ -489,16 +487,16 @@ class Swarm:
         # What assign() would work out with holders() per candidate, from the neighbours' bits.
         reachable = []
         for i in candidates:
-            if reach[i >> 6] >> (i & 63) & 1:
+            if self.reach[i >> 6] >> (i & 63) & 1:
                 reachable.append(i)
         if not reachable:
             self._block_all()
             return
         free = []
-        for k in range(len(peers)):
-            if ready[k] <= now:
+        for k in range(n):
+            if node.e_ready[k] <= now:
                 if load_aware:
-                    room = slots - uploads[peers[k]]  # ROOM messages take rtt/2: read directly
+                    room = slots - self.uploads[node.e_peer[k]]  # ROOM messages take rtt/2: read directly
                     if room > 0:
                         e = edges[k]
                         e.room = room
@@ -512,7 +510,7 @@ class Swarm:
         inflight = self.inflight
         profile = self.profile
         cursor = reader_cursor(profile.selector, self.cursor, len(inflight), inflight.__getitem__)
-        holders = Holders(free, have, words)
+        holders = Holders(free, self.board_have, words)
         assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, cursor, reachable)
         for index, slot in assigned:
             slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
@@ -562,25 +560,23 @@ class Swarm:
             self._advance_cursor()
         b = self.b
         idx = node.idx
-        cells = self.cells
         count = self.count
-        cells[self.base + i] |= HAVE | KNOWN
-        live = self.board_live
+        self.cells[self.base + i] |= HAVE | KNOWN
         nodes = self.board_nodes
-        w_idx = node.w_idx
         # add_holder inlined over the Board: this loop runs once per neighbour per stored piece, the
         # hottest path. It reads only the watcher's cell, and visits its objects when the HAVE wakes it.
-        for k in range(len(w_idx)):
-            widx = w_idx[k]
-            if not live[widx]:
+        for k in range(len(node.w_idx)):
+            widx = node.w_idx[k]
+            if not self.board_live[widx]:
                 continue
             pos = widx * count + i
-            c = cells[pos]
+            c = self.cells[pos]
             if c & HAVE:
                 continue
-            cells[pos] = c + 1
+            self.cells[pos] = c + 1
             if not c & AVAIL:
-                sw = nodes[widx].swarms[b]
+                watcher = nodes[widx]
+                sw = watcher.swarms[b]
                 if not c & KNOWN:
                     sw.waiting.add(i)
                 elif c & INFLIGHT:

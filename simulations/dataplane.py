@@ -174,23 +174,23 @@ class DataPlane:
             self._timeout_armed = True
             self.sim.at(self._timeouts[0][0], self._check_timeouts)
 
-    @cython.locals(peer=Node, sw=Swarm, n=cython.long, k=cython.long, j=cython.long, widx=cython.long, b=cython.long,
-                   blocking=list, flags=bytearray)
+    @cython.locals(peer=Node, watcher=Node, sw=Swarm, n=cython.long, k=cython.long, j=cython.long, widx=cython.long,
+                   b=cython.long, blocking=list, flags=bytearray)
     def _room(self, peer: Node) -> None:
         """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
         piece look again. They hear it in no fixed order; the first to ask gets the slot."""
-        w_idx = peer.w_idx
-        n = len(w_idx)
+        n = len(peer.w_idx)
         # A random starting point, not a full shuffle: this runs once per finished upload.
         k = self.room_rng.randrange(n) if n > 1 else 0
         nodes = self.board.nodes
         blocking = self.board.blocking
         for j in range(n):
-            widx = w_idx[(k + j) % n]
+            widx = peer.w_idx[(k + j) % n]
             for b in range(len(blocking)):
                 flags = blocking[b]
                 if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
-                    sw = nodes[widx].swarms[b]
+                    watcher = nodes[widx]
+                    sw = watcher.swarms[b]
                     if not sw.dirty:
                         sw.wake()
 
