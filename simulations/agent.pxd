@@ -108,6 +108,7 @@ cdef class Swarm:
     cdef public long long inflight_bytes
     cdef public set candidates
     cdef public set blocked
+    cdef public bint blocked_is_candidates
     cdef public set waiting
     cdef public list leases
     cdef public long origin_active

@@ -279,6 +279,7 @@ class Swarm:
         self.inflight_bytes = 0
         self.candidates: set[int] = set()
         self.blocked: set[int] = set()  # chosen by the last pass but no holder had a free slot
+        self.blocked_is_candidates = False  # blocked == candidates for sure (both unchanged since)
         self.waiting: set[int] = set()
         self.leases: list[tuple[int, int]] = []
         self.origin_active = 0
@@ -319,6 +320,7 @@ class Swarm:
             if self.known[i]:
                 if not self.inflight[i]:
                     self.candidates.add(i)
+                    self.blocked_is_candidates = False
                     self.wake()
             else:
                 self.waiting.add(i)
@@ -334,6 +336,7 @@ class Swarm:
             self.cells[pos] -= 1
         if not self.cells[pos] & AVAIL:
             self.candidates.discard(i)
+            self.blocked_is_candidates = False
             self.waiting.discard(i)
 
     def learn_digest(self, i: int) -> bool:
@@ -345,6 +348,7 @@ class Swarm:
             self.waiting.discard(i)
             if not self.inflight[i]:
                 self.candidates.add(i)
+                self.blocked_is_candidates = False
         return True
 
     def _release(self, i: int) -> None:
@@ -352,6 +356,7 @@ class Swarm:
         self.set_inflight(i, False)
         if not self.have[i] and self.cells[self.base + i] & AVAIL and self.known[i]:
             self.candidates.add(i)
+            self.blocked_is_candidates = False
 
     def set_inflight(self, i: int, on: bool) -> None:
         self.inflight[i] = on
@@ -362,9 +367,10 @@ class Swarm:
 
     def _block_all(self) -> None:
         """No piece can be placed: every candidate is blocked (often already so), and the loop's timer runs."""
-        if self.blocked != self.candidates:
+        if not self.blocked_is_candidates:
             self._unblock()
             self._block(self.candidates)
+            self.blocked_is_candidates = True
         self._loop_timer()
 
     def _unblock(self) -> None:
@@ -374,6 +380,7 @@ class Swarm:
         for i in self.blocked:
             cells[base + i] &= ~BLOCKED
         self.blocked.clear()
+        self.blocked_is_candidates = False
         self.blocking[self.node.idx] = 0
 
     def _block(self, pieces: Iterable[int]) -> None:
@@ -420,6 +427,7 @@ class Swarm:
                 for i in range(s, e):
                     self.set_inflight(i, True)
                     self.candidates.discard(i)
+                    self.blocked_is_candidates = False
             self.origin_active += 1
             self.cluster.origin_stream(self, runs)
 
@@ -545,6 +553,7 @@ class Swarm:
         self.board_have[node.idx * self.words + (i >> 6)] |= one << (i & 63)
         self.known[i] = 1
         self.candidates.discard(i)
+        self.blocked_is_candidates = False
         self.waiting.discard(i)
         self.last_progress = self.sim.now
         length = self.blob.length(i)
@@ -583,6 +592,7 @@ class Swarm:
                     continue
                 else:
                     sw.candidates.add(i)
+                    sw.blocked_is_candidates = False
                 if not sw.dirty:
                     sw.wake()
             elif c & BLOCKED:

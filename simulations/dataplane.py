@@ -151,6 +151,7 @@ class DataPlane:
         length = sw.blob.length(index)
         sw.set_inflight(index, True)
         sw.candidates.discard(index)
+        sw.blocked_is_candidates = False
         sw.inflight_bytes += length
         edge.inflight += 1
         edge.changed()
