@@ -14,19 +14,31 @@ cdef class Simulator:
     cdef list _args
     cdef long long[::1] _free
     cdef Py_ssize_t _nfree
+    cdef long long[::1] _pos
     cpdef void at(self, double when, object callback, object arg=*)
+    cpdef object schedule(self, double when, object callback, object arg=*)
+    cpdef object move(self, object handle, double when)
+    cpdef void cancel(self, object handle)
     cpdef void after(self, double delay, object callback, object arg=*)
     @cython.locals(slot=Py_ssize_t)
     cpdef void step(self)
     @cython.locals(heap=list, when=double)
     cpdef void run(self, double until=*, object idle=*)
-    @cython.locals(k=Py_ssize_t, size=Py_ssize_t, keys=cython.double[::1], free=cython.longlong[::1])
+    @cython.locals(k=Py_ssize_t, size=Py_ssize_t, keys=cython.double[::1], free=cython.longlong[::1],
+                   pos=cython.longlong[::1])
     cdef void _grow(self)
-    @cython.locals(keys=cython.double[::1], k=Py_ssize_t, parent=Py_ssize_t, slot=Py_ssize_t)
-    cdef void _push(self, double when, long long seq, object callback, object arg)
-    @cython.locals(keys=cython.double[::1], k=Py_ssize_t, n=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t,
-                   last_when=double, last_seq=double, last_slot=double)
-    cdef void _pop(self)
+    @cython.locals(k=Py_ssize_t, slot=Py_ssize_t)
+    cdef Py_ssize_t _push(self, double when, long long seq, object callback, object arg)
+    cdef void _place(self, Py_ssize_t k, double when, double seq, double slot)
+    @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, parent=Py_ssize_t)
+    cdef void _sift_up(self, Py_ssize_t k)
+    @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, n=Py_ssize_t, child=Py_ssize_t,
+                   right=Py_ssize_t)
+    cdef void _sift_down(self, Py_ssize_t k)
+    @cython.locals(keys=cython.double[::1], earlier=bint)
+    cdef void _rekey(self, Py_ssize_t k, double when, long long seq)
+    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, keys=cython.double[::1])
+    cdef void _remove(self, Py_ssize_t slot)
 
 cdef class Meter:
     cdef public double bin
@@ -54,15 +66,15 @@ cdef class Link:
     cdef public str name
     cdef public Simulator sim
     cdef public double stamp
-    cdef public long long version
+    cdef public object event
     cdef public double vtime
     cdef void _advance(self, double now)
     cpdef void add(self, Transfer transfer, long long seq)
     cpdef void remove(self, Transfer transfer)
-    @cython.locals(jobs=list, delay=double, first=tuple, head=Transfer)
+    @cython.locals(jobs=list, delay=double, first=tuple, head=Transfer, when=double)
     cdef void _reschedule(self)
     @cython.locals(jobs=list, finished=list, limit=double, transfer=Transfer)
-    cpdef void _fire(self, long long version)
+    cpdef void _fire(self, object _=*)
 
 cdef class Network:
     cdef public long long _seq

@@ -35,11 +35,13 @@ class Simulator:
     order (tests/test_sim_native.py compares the two cores).
     """
 
-    __slots__ = ("_args", "_callbacks", "_free", "_heap", "_keys", "_n", "_nfree", "_seq", "events", "now",
+    __slots__ = ("_args", "_callbacks", "_free", "_heap", "_keys", "_n", "_nfree", "_pos", "_seq", "events", "now",
                  "stopped")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        # Plain: heapq over [time, seq, callback, argument] lists; a moved or cancelled entry stays
+        # with callback None and is dropped when it surfaces (not counted as an event).
+        self._heap: list[list[Any]] = []
         self._seq = 0
         self.now = 0.0
         self.events = 0
@@ -52,15 +54,43 @@ class Simulator:
         self._args: list[Any] = [None] * 1024
         self._free = array("q", range(1023, -1, -1))  # free slots, a stack
         self._nfree = 1024
+        self._pos = array("q", bytes(8 * 1024))  # heap index of each slot in use (to move or cancel it)
 
     def at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> None:
+        self.schedule(when, callback, arg)
+
+    def schedule(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> Any:
+        """``at``, returning a handle that ``move`` and ``cancel`` take (valid until the event runs)."""
         if when < self.now:
             when = self.now
         self._seq += 1
         if cython.compiled:
-            self._push(when, self._seq, callback, arg)
+            return self._push(when, self._seq, callback, arg)
+        entry = [when, self._seq, callback, arg]
+        heappush(self._heap, entry)
+        return entry
+
+    def move(self, handle: Any, when: float) -> Any:
+        """The event of ``handle`` happens at ``when`` instead, ordered as if scheduled now; returns
+        its handle from now on. (A link's completion moves on every arrival and departure: moving
+        it, rather than leaving a stale event behind, halves the events of a run.)"""
+        if when < self.now:
+            when = self.now
+        self._seq += 1
+        if cython.compiled:
+            self._rekey(self._pos[handle], when, self._seq)
+            return handle
+        callback, arg = handle[2], handle[3]
+        handle[2] = handle[3] = None
+        entry = [when, self._seq, callback, arg]
+        heappush(self._heap, entry)
+        return entry
+
+    def cancel(self, handle: Any) -> None:
+        if cython.compiled:
+            self._remove(handle)
         else:
-            heappush(self._heap, (when, self._seq, callback, arg))
+            handle[2] = handle[3] = None
 
     def after(self, delay: float, callback: Callable[[Any], None], arg: Any = None) -> None:
         self.at(self.now + delay, callback, arg)
@@ -74,13 +104,12 @@ class Simulator:
         if cython.compiled:
             slot = cython.cast(cython.Py_ssize_t, self._keys[2])
             callback, arg = self._callbacks[slot], self._args[slot]
-            self._callbacks[slot] = self._args[slot] = None
-            self._free[self._nfree] = slot
-            self._nfree += 1
             self.now = self._keys[0]
-            self._pop()
+            self._remove(slot)
         else:
             when, _, callback, arg = heappop(self._heap)
+            if callback is None:
+                return  # moved or cancelled
             self.now = when
         self.events += 1
         callback(arg)
@@ -103,6 +132,8 @@ class Simulator:
             if not heap or heap[0][0] > until:
                 break
             when, _, callback, arg = heappop(heap)
+            if callback is None:
+                continue  # moved or cancelled
             self.now = when
             self.events += 1
             callback(arg)
@@ -122,42 +153,50 @@ class Simulator:
             free[k] = 2 * size - 1 - k  # the new slots; every old one is in use
         self._free = free
         self._nfree = size
+        pos = array("q", bytes(8 * 2 * size))
+        for k in range(size):
+            pos[k] = self._pos[k]
+        self._pos = pos
 
-    def _push(self, when: float, seq: int, callback: Any, arg: Any) -> None:
+    def _push(self, when: float, seq: int, callback: Any, arg: Any) -> int:
         if self._nfree == 0:
             self._grow()
         self._nfree -= 1
         slot = self._free[self._nfree]
         self._callbacks[slot] = callback
         self._args[slot] = arg
-        keys = self._keys
-        # Sift the hole up from the end. seq is the largest yet, so an equal time stays below.
         k = self._n
-        while k > 0:
-            parent = (k - 1) >> 1
-            if keys[3 * parent] <= when:
-                break
-            keys[3 * k] = keys[3 * parent]
-            keys[3 * k + 1] = keys[3 * parent + 1]
-            keys[3 * k + 2] = keys[3 * parent + 2]
-            k = parent
+        self._n += 1
+        self._place(k, when, seq, slot)
+        self._sift_up(k)
+        return slot
+
+    def _place(self, k: int, when: float, seq: float, slot: float) -> None:
+        keys = self._keys
         keys[3 * k] = when
         keys[3 * k + 1] = seq
         keys[3 * k + 2] = slot
-        self._n += 1
+        self._pos[cython.cast(cython.Py_ssize_t, slot)] = k
 
-    def _pop(self) -> None:
-        """Drop the first entry (its slot is already free)."""
+    def _sift_up(self, k: int) -> None:
         keys = self._keys
-        n = self._n - 1
-        self._n = n
-        if n == 0:
-            return
-        # The last entry fills the hole at the top, sifting down.
-        last_when = keys[3 * n]
-        last_seq = keys[3 * n + 1]
-        last_slot = keys[3 * n + 2]
-        k = 0
+        when = keys[3 * k]
+        seq = keys[3 * k + 1]
+        slot = keys[3 * k + 2]
+        while k > 0:
+            parent = (k - 1) >> 1
+            if keys[3 * parent] < when or (keys[3 * parent] == when and keys[3 * parent + 1] < seq):
+                break
+            self._place(k, keys[3 * parent], keys[3 * parent + 1], keys[3 * parent + 2])
+            k = parent
+        self._place(k, when, seq, slot)
+
+    def _sift_down(self, k: int) -> None:
+        keys = self._keys
+        n = self._n
+        when = keys[3 * k]
+        seq = keys[3 * k + 1]
+        slot = keys[3 * k + 2]
         while True:
             child = 2 * k + 1
             if child >= n:
@@ -166,16 +205,41 @@ class Simulator:
             if right < n and (keys[3 * right] < keys[3 * child]
                               or (keys[3 * right] == keys[3 * child] and keys[3 * right + 1] < keys[3 * child + 1])):
                 child = right
-            if keys[3 * child] < last_when or (keys[3 * child] == last_when and keys[3 * child + 1] < last_seq):
-                keys[3 * k] = keys[3 * child]
-                keys[3 * k + 1] = keys[3 * child + 1]
-                keys[3 * k + 2] = keys[3 * child + 2]
+            if keys[3 * child] < when or (keys[3 * child] == when and keys[3 * child + 1] < seq):
+                self._place(k, keys[3 * child], keys[3 * child + 1], keys[3 * child + 2])
                 k = child
             else:
                 break
-        keys[3 * k] = last_when
-        keys[3 * k + 1] = last_seq
-        keys[3 * k + 2] = last_slot
+        self._place(k, when, seq, slot)
+
+    def _rekey(self, k: int, when: float, seq: int) -> None:
+        keys = self._keys
+        earlier = when < keys[3 * k]  # seq only grows: a later or equal time sifts down
+        keys[3 * k] = when
+        keys[3 * k + 1] = seq
+        if earlier:
+            self._sift_up(k)
+        else:
+            self._sift_down(k)
+
+    def _remove(self, slot: int) -> None:
+        """Drop the entry of ``slot`` and free the slot."""
+        k = self._pos[slot]
+        self._callbacks[slot] = self._args[slot] = None
+        self._free[self._nfree] = slot
+        self._nfree += 1
+        n = self._n - 1
+        self._n = n
+        if k == n:
+            return
+        # The last entry fills the hole, then goes up or down.
+        keys = self._keys
+        self._place(k, keys[3 * n], keys[3 * n + 1], keys[3 * n + 2])
+        if k > 0 and (keys[3 * k] < keys[3 * ((k - 1) >> 1)]
+                      or (keys[3 * k] == keys[3 * ((k - 1) >> 1)] and keys[3 * k + 1] < keys[3 * ((k - 1) >> 1) + 1])):
+            self._sift_up(k)
+        else:
+            self._sift_down(k)
 
 
 class Meter:
@@ -222,7 +286,7 @@ class Transfer:
 class Link:
     """A processor-sharing link: each of its ``active`` transfers is served at capacity/active."""
 
-    __slots__ = ("active", "busy", "capacity", "fire", "jobs", "meter", "name", "sim", "stamp", "version", "vtime")
+    __slots__ = ("active", "busy", "capacity", "event", "fire", "jobs", "meter", "name", "sim", "stamp", "vtime")
 
     def __init__(self, sim: Simulator, name: str, capacity: float, meter: Meter | None = None) -> None:
         if not capacity > 0:
@@ -234,7 +298,7 @@ class Link:
         self.vtime = 0.0  # bytes served to each transfer present since the link was last idle
         self.stamp = 0.0  # wall time vtime refers to
         self.jobs: list[tuple[float, int, Transfer]] = []  # (vtime at which it is done, seq, transfer)
-        self.version = 0  # bumps whenever the scheduled completion event is superseded
+        self.event: Any = None  # the handle of the next completion event, moved on every change
         self.meter = meter
         self.busy = 0.0  # seconds with at least one transfer (utilisation)
         self.fire = self._fire  # the completion callback, bound once: it is scheduled on every change
@@ -263,20 +327,25 @@ class Link:
         self._reschedule()
 
     def _reschedule(self) -> None:
-        self.version += 1
         jobs = self.jobs
         while jobs:
             first = jobs[0]
             head: Transfer = first[2]
             if not head.cancelled:
                 delay = (first[0] - self.vtime) * self.active / self.capacity
-                self.sim.at(self.stamp + max(0.0, delay), self.fire, self.version)
+                when = self.stamp + max(0.0, delay)
+                if self.event is None:
+                    self.event = self.sim.schedule(when, self.fire)
+                else:
+                    self.event = self.sim.move(self.event, when)
                 return
             heappop(jobs)
+        if self.event is not None:
+            self.sim.cancel(self.event)
+            self.event = None
 
-    def _fire(self, version: int) -> None:
-        if version != self.version:
-            return  # superseded by a later arrival or departure
+    def _fire(self, _: object = None) -> None:
+        self.event = None  # this event is running: a new one is scheduled below if need be
         self._advance(self.sim.now)
         jobs = self.jobs
         finished: list[Transfer] = []

@@ -19,6 +19,34 @@ def _close(a: float, b: float, rel: float = 1e-9) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
 
 
+def test_events_run_in_time_order_fifo_at_equal_times_and_move_or_cancel_by_handle():
+    sim = Simulator()
+    ran: list[tuple[float, str]] = []
+
+    def note(name: str) -> None:
+        ran.append((sim.now, name))
+
+    # More events than the heap's first allocation (1024), so it grows while handles are held.
+    for i in range(1500):
+        sim.at(10.0 + (i * 7919 % 1500) / 1000, note, f"bulk{i}")
+    a = sim.schedule(2.0, note, "a")
+    b = sim.schedule(2.0, note, "b")
+    c = sim.schedule(3.0, note, "c")
+    d = sim.schedule(4.0, note, "d")
+    sim.at(2.0, note, "e")
+    b = sim.move(b, 5.0)  # later
+    d = sim.move(d, 1.0)  # earlier
+    c = sim.move(c, 2.0)  # the same time as a and e, ordered as if scheduled now: after them
+    sim.cancel(a)
+    sim.run(until=9.0)
+    assert ran == [(1.0, "d"), (2.0, "e"), (2.0, "c"), (5.0, "b")]
+    assert sim.events == 4  # moved and cancelled entries are not events
+    sim.run()
+    bulk = [t for t, name in ran[4:]]
+    assert len(bulk) == 1500 and bulk == sorted(bulk)
+    assert sim.events == 1504
+
+
 def test_one_transfer_takes_size_over_capacity():
     sim = Simulator()
     net = Network(sim)
