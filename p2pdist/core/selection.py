@@ -68,8 +68,7 @@ class RarestFirst:
                 chosen = [i for i in window if availability[i] >= need][:share]
         rest = count - len(chosen)
         if rest > 0:
-            taken = set(chosen)
-            pool = [i for i in candidates if i not in taken]
+            pool = [i for i in candidates if i not in chosen] if chosen else list(candidates)
             # Random secondary key: equally rare pieces are spread across requesters.
             chosen += heapq.nsmallest(rest, pool, key=lambda i: (availability[i], rng.random()))
         return chosen
@@ -152,7 +151,8 @@ def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: floa
     to it. Load before score: ranking by score first piles every requester onto the peers that
     answered first (seen in the simulator); the score's job is to keep bad peers out (``min_score``).
     """
-    candidates = [p for p in holders if usable(p, min_score)]
+    # usable(), inlined: this runs for every request the agent (and the simulator) places.
+    candidates = [p for p in holders if p.inflight < p.limit and p.room > 0 and p.score > min_score]
     if not candidates:
         return None
     return min(candidates, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
