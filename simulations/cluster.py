@@ -9,8 +9,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import cython
-
 from p2pdist.core.layout import PieceLayout, piece_size_for
 
 from .agent import Board, Node, Swarm
@@ -205,7 +203,6 @@ class Cluster(DataPlane, ControlPlane):
         sim.run(until=self.scenario.time_limit, idle=self._flush)
         return self._outcome(time.perf_counter() - wall)
 
-    @cython.locals(sw=Swarm, batch=list)
     def _flush(self) -> bool:
         if not self.dirty:
             return False

@@ -1,3 +1,0 @@
-# Cython declarations for the compiled core (simulations/native.py): the extension types this
-# module's @cython.locals name.
-from .agent cimport Swarm
