@@ -37,6 +37,56 @@ class Blob:
         return self.last if i == self.count - 1 else self.piece_size
 
 
+def make_blobs(scenario: Scenario, profile: Profile) -> list[Blob]:
+    """The image's layers as the tracker lays them out (piece sizes from its config)."""
+    cfg = profile.tracker
+    blobs = []
+    for i, size in enumerate(scenario.image.layers):
+        piece = scenario.image.piece_size or piece_size_for(
+            size, target_pieces=cfg.piece_target, min_size=cfg.piece_min, max_size=cfg.piece_max)
+        blobs.append(Blob(i, size, piece))
+    return blobs
+
+
+@dataclass
+class Population:
+    """Who the nodes are: drawn once per scenario and seed, the same for every profile of a run."""
+
+    seeds: set[int]
+    churners: list[int]
+    up: list[float]  # link capacities, bytes/s (stragglers' already scaled)
+    down: list[float]
+
+
+def draw_population(scenario: Scenario, rng: random.Random) -> Population:
+    """Seeds, stragglers, churners and link capacities, drawn from ``rng`` in a fixed order (the
+    cluster goes on drawing arrivals from the same ``rng``)."""
+    sc = scenario
+    n = sc.nodes
+    order = list(range(n))
+    rng.shuffle(order)
+    seeds = set(order[: sc.seeds])
+    rest = order[sc.seeds:]
+    stragglers = set(rest[: round(sc.stragglers.fraction * len(rest))])
+    rng.shuffle(rest)
+    churners = rest[: round(sc.churn.fraction * len(rest))]
+    ups: list[float] = []
+    downs: list[float] = []
+    for i in range(n):
+        up = sc.network.upload.sample(rng)
+        down = sc.network.download.sample(rng)
+        if i in stragglers:
+            up *= sc.stragglers.factor
+            down *= sc.stragglers.factor
+        ups.append(up)
+        downs.append(down)
+    return Population(seeds, churners, ups, downs)
+
+
+def population_rng(scenario: Scenario) -> random.Random:
+    return random.Random(f"{scenario.seed}/population")
+
+
 @dataclass
 class Outcome:
     """What one run produced (raw; results.py turns it into the report)."""
@@ -80,11 +130,7 @@ class Cluster(DataPlane, ControlPlane):
         self.rtt = net.rtt
         self.origin_rtt = net.origin_rtt
         cfg = profile.tracker
-        self.blobs = []
-        for i, size in enumerate(scenario.image.layers):
-            piece = scenario.image.piece_size or piece_size_for(
-                size, target_pieces=cfg.piece_target, min_size=cfg.piece_min, max_size=cfg.piece_max)
-            self.blobs.append(Blob(i, size, piece))
+        self.blobs = make_blobs(scenario, profile)
         # A bin per ~1/200 of the ideal time keeps the egress plot smooth at any scale.
         ideal = scenario.image.size / net.origin_upload
         self.meter = Meter(max(1e-3, ideal / 100))
@@ -132,26 +178,17 @@ class Cluster(DataPlane, ControlPlane):
 
     def _build_nodes(self) -> None:
         sc = self.scenario
-        rng = random.Random(f"{self.seed}/population")  # the same cluster for every profile of a run
+        rng = population_rng(sc)  # the same cluster for every profile of a run
         n = sc.nodes
-        order = list(range(n))
-        rng.shuffle(order)
-        seeds = set(order[: sc.seeds])
-        rest = order[sc.seeds:]
-        stragglers = set(rest[: round(sc.stragglers.fraction * len(rest))])
-        rng.shuffle(rest)
-        churners = rest[: round(sc.churn.fraction * len(rest))]
+        pop = draw_population(sc, rng)
+        seeds = pop.seeds
+        churners = pop.churners
         topo = sc.network.topology
         self.nodes: list[Node] = []
         for i in range(n):
             node = Node(i, f"n{i:05d}", self.blobs, self.board)
-            up = sc.network.upload.sample(rng)
-            down = sc.network.download.sample(rng)
-            if i in stragglers:
-                up *= sc.stragglers.factor
-                down *= sc.stragglers.factor
-            node.up = Link(self.sim, f"{node.name}.up", up)
-            node.down = Link(self.sim, f"{node.name}.down", down)
+            node.up = Link(self.sim, f"{node.name}.up", pop.up[i])
+            node.down = Link(self.sim, f"{node.name}.down", pop.down[i])
             if topo is not None:
                 node.rack_idx = i % topo.racks
                 node.zone_idx = node.rack_idx // topo.racks_per_zone

@@ -13,7 +13,7 @@ from typing import Any
 from . import native
 from .bounds import chunked_bound, fluid_bound
 from .cache import run_cache
-from .cluster import Cluster, Outcome
+from .cluster import Cluster, Outcome, draw_population, make_blobs, population_rng
 from .profiles import Profile, dragonfly_profile, kraken_profile, origin_only_profile, p2pdist_profile
 from .scenario import Scenario
 
@@ -107,14 +107,16 @@ def run_one(scenario: Scenario, run: str) -> Outcome:
 def scenario_bounds(scenario: Scenario) -> dict[str, float]:
     """Fluid and chunked bounds for the nodes that download (seeds help upload)."""
     net = scenario.network
-    cluster = Cluster(scenario, p2pdist_profile(scenario))  # the same population the runs see
-    down = [n for n in cluster.nodes if not n.seed]
+    # The same population the runs see, drawn without building a cluster (a dead cluster left for the
+    # collector slowed the run after it by 10-20 %).
+    pop = draw_population(scenario, population_rng(scenario))
+    down = [pop.down[i] for i in range(scenario.nodes) if i not in pop.seeds]
     size = scenario.image.size
-    pieces = sum(b.count for b in cluster.blobs)
-    uploads = [n.up.capacity for n in cluster.nodes]
+    pieces = sum(b.count for b in make_blobs(scenario, p2pdist_profile(scenario)))
+    uploads = pop.up
     u = min(net.origin_upload, statistics.fmean(uploads))
     return {
-        "fluid": fluid_bound(size, len(down), net.origin_upload, uploads, min(n.down.capacity for n in down)),
+        "fluid": fluid_bound(size, len(down), net.origin_upload, uploads, min(down)),
         "chunked": chunked_bound(size, len(down), u, pieces),
         "pieces": pieces,
         "image_bytes": size,
