@@ -71,9 +71,9 @@ cdef class Link:
     cdef void _advance(self, double now)
     cpdef void add(self, Transfer transfer, long long seq)
     cpdef void remove(self, Transfer transfer)
-    @cython.locals(jobs=list, delay=double, first=tuple, head=Transfer, when=double)
+    @cython.locals(jobs=list, delay=double, job=tuple, transfer=Transfer, when=double, best=double, i=Py_ssize_t)
     cdef void _reschedule(self)
-    @cython.locals(jobs=list, finished=list, limit=double, transfer=Transfer)
+    @cython.locals(jobs=list, finished=list, done=list, job=tuple, limit=double, transfer=Transfer, i=Py_ssize_t)
     cpdef void _fire(self, object _=*)
 
 cdef class Network:

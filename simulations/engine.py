@@ -313,12 +313,12 @@ class Link:
 
     def add(self, transfer: Transfer, seq: int) -> None:
         self._advance(self.sim.now)
-        heappush(self.jobs, (self.vtime + transfer.size, seq, transfer))
+        self.jobs.append((self.vtime + transfer.size, seq, transfer))
         self.active += 1
         self._reschedule()
 
     def remove(self, transfer: Transfer) -> None:
-        """A cancelled transfer leaves; its heap entry is skipped when it surfaces."""
+        """A cancelled transfer leaves; its job is dropped at the next scan."""
         self._advance(self.sim.now)
         self.active -= 1
         if self.active == 0:
@@ -327,19 +327,29 @@ class Link:
         self._reschedule()
 
     def _reschedule(self) -> None:
+        # The jobs are few (a node's uploads and downloads): a scan for the earliest tag costs less
+        # than keeping a heap of tuples (perf, N=10,000), and drops cancelled jobs on the way.
         jobs = self.jobs
-        while jobs:
-            first = jobs[0]
-            head: Transfer = first[2]
-            if not head.cancelled:
-                delay = (first[0] - self.vtime) * self.active / self.capacity
-                when = self.stamp + max(0.0, delay)
-                if self.event is None:
-                    self.event = self.sim.schedule(when, self.fire)
-                else:
-                    self.event = self.sim.move(self.event, when)
-                return
-            heappop(jobs)
+        best = math.inf
+        i = 0
+        while i < len(jobs):
+            job = jobs[i]
+            transfer: Transfer = job[2]
+            if transfer.cancelled:
+                jobs[i] = jobs[len(jobs) - 1]
+                jobs.pop()
+                continue
+            if job[0] < best:
+                best = job[0]
+            i += 1
+        if jobs:
+            delay = (best - self.vtime) * self.active / self.capacity
+            when = self.stamp + max(0.0, delay)
+            if self.event is None:
+                self.event = self.sim.schedule(when, self.fire)
+            else:
+                self.event = self.sim.move(self.event, when)
+            return
         if self.event is not None:
             self.sim.cancel(self.event)
             self.event = None
@@ -348,14 +358,25 @@ class Link:
         self.event = None  # this event is running: a new one is scheduled below if need be
         self._advance(self.sim.now)
         jobs = self.jobs
-        finished: list[Transfer] = []
+        done: list[tuple[float, int, Transfer]] = []
         limit = self.vtime + _SLACK
-        while jobs and jobs[0][0] <= limit:
-            transfer = heappop(jobs)[2]
-            if transfer.cancelled:
+        i = 0
+        while i < len(jobs):
+            job = jobs[i]
+            transfer = job[2]
+            if job[0] <= limit or transfer.cancelled:
+                jobs[i] = jobs[len(jobs) - 1]
+                jobs.pop()
+                if not transfer.cancelled:
+                    done.append(job)
                 continue
+            i += 1
+        if len(done) > 1:
+            done.sort()  # in (tag, seq) order, as a heap would give them (seq is unique)
+        finished: list[Transfer] = []
+        for job in done:
             self.active -= 1
-            finished.append(transfer)
+            finished.append(job[2])
         if self.active == 0:
             self.vtime = 0.0
             jobs.clear()
