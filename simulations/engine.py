@@ -5,10 +5,11 @@ transfers crossing it each get capacity/k ("per connection" fairness, like k TCP
 bottleneck). A transfer crosses one to four links (sender uplink, receiver downlink, and the rack
 or zone uplinks between them) and completes when the last of them has carried its bytes. Links
 are not coupled: a transfer held back by one link does not hand its share of another link to the
-other transfers there. That is what keeps every event O(log n): a link tracks one virtual clock
-(bytes served per transfer so far) and a heap of finishing tags, so a transfer starting or ending
-never touches the other transfers' state. Exact max-min sharing needs every rate recomputed per
-event, which at 10,000 nodes and millions of piece transfers is out of reach in Python.
+other transfers there. That is what keeps every event cheap: a link tracks one virtual clock
+(bytes served per transfer so far) and its jobs' finishing tags, so a transfer starting or ending
+never touches the other transfers' state (it moves the link's one completion event in the heap).
+Exact max-min sharing needs every rate recomputed per event, which at 10,000 nodes and millions of
+piece transfers is out of reach in Python.
 """
 
 from __future__ import annotations
