@@ -128,6 +128,8 @@ cdef class Swarm:
     cdef public long timer
     cdef public bint loop_timer
 
+    @cython.locals(i=Py_ssize_t, pos=Py_ssize_t)
+    cpdef void _init_cells(self)
     @cython.locals(pos=long)
     cpdef void add_holder(self, long i, Edge edge)
     @cython.locals(pos=long)

@@ -231,7 +231,7 @@ class Holders:
         self.have = have
         self.words = words
 
-    @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list)
+    @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list, k=cython.Py_ssize_t)
     def __call__(self, index: int) -> list[Edge]:
         i = index
         w = i >> 6
@@ -240,7 +240,8 @@ class Holders:
         words = self.words
         out = []
         for e in self.free:
-            if have[e.pidx * words + w] >> shift & 1:
+            k = e.pidx * words + w
+            if have[k] >> shift & 1:
                 out.append(e)
         return out
 
@@ -300,15 +301,20 @@ class Swarm:
         self.waiting_for_kick = False
         self.timer = 0  # version of the pending announce timeout
         self.loop_timer = False  # a LOOP_TIMEOUT wake is pending
-        for i in range(count):
-            if self.have[i]:
-                self.known[i] = 1  # resumed pieces were verified, so their digests are known
-            self.cells[self.base + i] = (HAVE if self.have[i] else 0) | (KNOWN if self.known[i] else 0)
-        self.blocking[node.idx] = 0
+        self._init_cells()
         board.live[blob.idx][node.idx] = 1
         self._advance_cursor()
 
     # --- piece state ------------------------------------------------------------------------
+
+    def _init_cells(self) -> None:
+        """This swarm's cells on the Board, fresh: only have and known (its count starts from zero)."""
+        for i in range(self.count):
+            if self.have[i]:
+                self.known[i] = 1  # resumed pieces were verified, so their digests are known
+            pos = self.base + i
+            self.cells[pos] = (HAVE if self.have[i] else 0) | (KNOWN if self.known[i] else 0)
+        self.blocking[self.node.idx] = 0
 
     def add_holder(self, i: int, edge: Edge | None) -> None:
         """A neighbour now has piece i (HAVE or bitfield); ``edge`` is our connection to it."""
