@@ -141,6 +141,7 @@ class Cluster(DataPlane, ControlPlane):
         self.uploads = self.board.uploads
         self._build_nodes()
         self.board.nodes.extend(self.nodes)
+        self.tracking = bool(self.departures)  # DataPlane.track
         self.by_name = {n.name: n for n in self.nodes}
         self.tracker = SimTracker(cfg, profile.handout, random.Random(f"{self.seed}/tracker/{profile.name}"))
         self.tracker_free = 0.0

@@ -93,6 +93,10 @@ class DataPlane:
 
     @cython.locals(t=Transfer, receiver=Node, sender=Node)
     def track(self, t: Transfer, receiver: Node, sender: Node | None) -> None:
+        """Index the transfer under both nodes, so a node that leaves cancels its transfers. Only
+        when some node leaves (churn): otherwise the index is two dict updates per piece for nothing."""
+        if not self.tracking:
+            return
         self._tid += 1
         tid = self._tid
         t.data = (t.data, tid, receiver, sender)
@@ -102,6 +106,8 @@ class DataPlane:
 
     @cython.locals(t=Transfer, receiver=Node, sender=Node)
     def _untrack(self, t: Transfer) -> object:
+        if not self.tracking:
+            return t.data
         data, tid, receiver, sender = t.data
         receiver.transfers.pop(tid, None)
         if sender is not None:
