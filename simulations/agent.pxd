@@ -35,6 +35,7 @@ cdef class Edge:
     cdef public long pos
     cpdef double ready_at(self)
     cpdef void changed(self)
+    cpdef void add_request(self, long delta)
     cdef public long room
     cdef public double score
 
@@ -136,7 +137,11 @@ cdef class Swarm:
     cpdef void drop_holder(self, long i)
     cpdef bint learn_digest(self, long i)
     cpdef void _release(self, long i)
+    cpdef void _add_candidate(self, long i)
+    cpdef void _drop_candidate(self, long i)
     cpdef void set_inflight(self, long i, bint on)
+    @cython.locals(node=Node)
+    cdef inline long _room_at(self, Py_ssize_t k, double now)
     cpdef void _block_all(self)
     @cython.locals(cells=cython.uint[::1], base=long, i=long)
     cpdef void _unblock(self)
@@ -150,8 +155,7 @@ cdef class Swarm:
     cpdef void schedule_origin(self)
     @cython.locals(e=Edge, slot=Edge, free=list, blocked=set, candidates=set, now=double, slots=long, room=long,
                    budget=cython.longlong, piece_size=cython.longlong, count=long, inflight=bytearray, node=Node,
-                   edges=list, words=long, k=Py_ssize_t, n=Py_ssize_t, w=long, base=long, i=long, reachable=list, nfree=long,
-                   load_aware=bint)
+                   edges=list, words=long, k=Py_ssize_t, n=Py_ssize_t, w=long, base=long, i=long, reachable=list, nfree=long)
     cpdef void schedule_peers(self)
     cpdef void _loop_timer(self)
     @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, b=long, idx=long, length=cython.longlong,

@@ -69,6 +69,12 @@ class Board:
         self.live = [bytearray(nodes) for _ in counts]
         self.blocking = [bytearray(nodes) for _ in counts]
 
+    def drop(self, node: int) -> None:
+        """``node`` left: it runs no swarm any more."""
+        for b in range(len(self.live)):
+            self.live[b][node] = 0
+            self.blocking[b][node] = 0
+
     def fill(self, node: int, b: int, count: int) -> None:
         """Every piece of blob ``b`` at ``node``."""
         w = self.words[b]
@@ -104,6 +110,11 @@ class Edge:
         """``inflight`` or ``busy_until`` changed: the owner's scan array follows."""
         if self.pos >= 0:
             self.owner.e_ready[self.pos] = self.ready_at()
+
+    def add_request(self, delta: int) -> None:
+        """A request to this peer was sent (+1) or is over (-1)."""
+        self.inflight += delta
+        self.changed()
 
 
 class Node:
@@ -195,9 +206,14 @@ class Node:
         for k, e in enumerate(self.edge_list):
             e.pos = k
 
-    def set_watchers(self) -> None:
-        """``watchers`` changed."""
+    def add_watcher(self, node: Node) -> None:
+        """``node`` hears our HAVEs from now on."""
+        self.watchers[node.idx] = node
         self.w_idx = array("i", self.watchers)
+
+    def drop_watcher(self, idx: int) -> None:
+        if self.watchers.pop(idx, None) is not None:
+            self.w_idx = array("i", self.watchers)
 
 
 class Avail:
@@ -302,7 +318,6 @@ class Swarm:
         self.timer = 0  # version of the pending announce timeout
         self.loop_timer = False  # a LOOP_TIMEOUT wake is pending
         self._init_cells()
-        board.live[blob.idx][node.idx] = 1
         self._advance_cursor()
 
     # --- piece state ------------------------------------------------------------------------
@@ -315,6 +330,7 @@ class Swarm:
             pos = self.base + i
             self.cells[pos] = (HAVE if self.have[i] else 0) | (KNOWN if self.known[i] else 0)
         self.blocking[self.node.idx] = 0
+        self.board_live[self.node.idx] = 1
 
     def add_holder(self, i: int, edge: Edge | None) -> None:
         """A neighbour now has piece i (HAVE or bitfield); ``edge`` is our connection to it."""
@@ -325,8 +341,7 @@ class Swarm:
         if self.cells[pos] & AVAIL == 1:
             if self.known[i]:
                 if not self.inflight[i]:
-                    self.candidates.add(i)
-                    self.blocked_is_candidates = False
+                    self._add_candidate(i)
                     self.wake()
             else:
                 self.waiting.add(i)
@@ -341,8 +356,7 @@ class Swarm:
         if self.cells[pos] & AVAIL:
             self.cells[pos] -= 1
         if not self.cells[pos] & AVAIL:
-            self.candidates.discard(i)
-            self.blocked_is_candidates = False
+            self._drop_candidate(i)
             self.waiting.discard(i)
 
     def learn_digest(self, i: int) -> bool:
@@ -353,16 +367,22 @@ class Swarm:
         if self.cells[self.base + i] & AVAIL and not self.have[i]:
             self.waiting.discard(i)
             if not self.inflight[i]:
-                self.candidates.add(i)
-                self.blocked_is_candidates = False
+                self._add_candidate(i)
         return True
 
     def _release(self, i: int) -> None:
         """Piece i is no longer in flight (and not had): fetchable again if someone has it."""
         self.set_inflight(i, False)
         if not self.have[i] and self.cells[self.base + i] & AVAIL and self.known[i]:
-            self.candidates.add(i)
-            self.blocked_is_candidates = False
+            self._add_candidate(i)
+
+    def _add_candidate(self, i: int) -> None:
+        self.candidates.add(i)
+        self.blocked_is_candidates = False
+
+    def _drop_candidate(self, i: int) -> None:
+        self.candidates.discard(i)
+        self.blocked_is_candidates = False
 
     def set_inflight(self, i: int, on: bool) -> None:
         self.inflight[i] = on
@@ -432,8 +452,7 @@ class Swarm:
             for s, e in runs:
                 for i in range(s, e):
                     self.set_inflight(i, True)
-                    self.candidates.discard(i)
-                    self.blocked_is_candidates = False
+                    self._drop_candidate(i)
             self.origin_active += 1
             self.cluster.origin_stream(self, runs)
 
@@ -481,14 +500,12 @@ class Swarm:
         # load-aware, with a free upload slot, so holders are looked for among those ("free"); with
         # none, no selection can lead anywhere. The scan reads only the Board and the node's arrays:
         # the edges themselves are visited only when some free holder has a piece we can fetch.
-        load_aware = self.load_aware
-        slots = self.upload_slots
         for w in range(words):
             self.reach[w] = 0
         nfree = 0
         n = len(edges)
         for k in range(n):
-            if node.e_ready[k] <= now and (not load_aware or self.uploads[node.e_peer[k]] < slots):
+            if self._room_at(k, now) > 0:
                 nfree += 1
                 base = node.e_peer[k] * words
                 for w in range(words):
@@ -508,15 +525,12 @@ class Swarm:
             return
         free = []
         for k in range(n):
-            if node.e_ready[k] <= now:
-                if load_aware:
-                    room = slots - self.uploads[node.e_peer[k]]  # ROOM messages take rtt/2: read directly
-                    if room > 0:
-                        e = edges[k]
-                        e.room = room
-                        free.append(e)
-                else:
-                    free.append(edges[k])
+            room = self._room_at(k, now)
+            if room > 0:
+                e = edges[k]
+                if self.load_aware:
+                    e.room = room
+                free.append(e)
         count = max(1, budget // piece_size)
         self._unblock()
 
@@ -534,6 +548,16 @@ class Swarm:
             self._block([i for i in candidates if i not in taken])  # any of them may unblock us
         if self.blocked:
             self._loop_timer()
+
+    def _room_at(self, k: int, now: float) -> int:
+        """Whether the pass may send a request on edge k now: 0 if not, else the peer's free upload
+        slots (load-aware; ROOM messages take rtt/2, read directly), or 1 if slots are not counted."""
+        node = self.node
+        if node.e_ready[k] > now:
+            return 0
+        if not self.load_aware:
+            return 1
+        return max(0, self.upload_slots - self.uploads[node.e_peer[k]])
 
     def _loop_timer(self) -> None:
         # The agent's loop wakes at least every second: a peer's busy back-off ends, a slot frees.
@@ -558,8 +582,7 @@ class Swarm:
         one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
         self.board_have[node.idx * self.words + (i >> 6)] |= one << (i & 63)
         self.known[i] = 1
-        self.candidates.discard(i)
-        self.blocked_is_candidates = False
+        self._drop_candidate(i)
         self.waiting.discard(i)
         self.last_progress = self.sim.now
         length = self.blob.length(i)
@@ -597,8 +620,7 @@ class Swarm:
                 elif c & INFLIGHT:
                     continue
                 else:
-                    sw.candidates.add(i)
-                    sw.blocked_is_candidates = False
+                    sw._add_candidate(i)
                 if not sw.dirty:
                     sw.wake()
             elif c & BLOCKED:

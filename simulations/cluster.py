@@ -322,9 +322,7 @@ class Cluster(DataPlane, ControlPlane):
             sw, index, edge, length = node.queue.popleft()
             self._peer_failed(sw, index, edge, length)
         node.swarms = [None] * len(self.blobs)
-        for b in range(len(self.blobs)):
-            self.board.live[b][node.idx] = 0
-            self.board.blocking[b][node.idx] = 0
+        self.board.drop(node.idx)
         rejoin = self.scenario.churn.rejoin_after
         if rejoin >= 0:
             self.sim.after(rejoin, self._arrive, node)
@@ -344,8 +342,7 @@ class Cluster(DataPlane, ControlPlane):
                 for sw in x.swarms:
                     if sw is not None and not sw.done:
                         self._drop_bitfield(sw, y)
-            if x.watchers.pop(y.idx, None) is not None:
-                x.set_watchers()
+            x.drop_watcher(y.idx)
 
     # --- results ----------------------------------------------------------------------------
 

@@ -145,8 +145,7 @@ class ControlPlane:
         """a may fetch from b from now on: an edge, a watcher for b's HAVEs, and b's bitfields."""
         a.edges[b.idx] = Edge(b, self.profile.peer_concurrency, a)
         a.set_edges()
-        b.watchers[a.idx] = a
-        b.set_watchers()
+        b.add_watcher(a)
         for blob in range(len(self.blobs)):
             sw = a.swarms[blob]
             if sw is not None and not sw.done:
@@ -177,8 +176,7 @@ class ControlPlane:
         for j in [j for j in node.edges if j not in wanted]:
             parent = self.by_index(j)
             del node.edges[j]
-            parent.watchers.pop(node.idx, None)
-            parent.set_watchers()
+            parent.drop_watcher(node.idx)
             sw = node.swarms[b]
             if sw is not None and not sw.done:
                 self._drop_bitfield(sw, parent)

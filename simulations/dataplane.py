@@ -134,8 +134,7 @@ class DataPlane:
             if sw.node.alive and sw.generation == sw.node.generation:
                 self._upload(sw, index, edge, length)
             else:
-                edge.inflight -= 1
-                edge.changed()
+                edge.add_request(-1)
                 sw.inflight_bytes -= length
 
     def origin_stream(self, sw: Swarm, runs: list[tuple[int, int]]) -> None:
@@ -156,11 +155,9 @@ class DataPlane:
         peer = edge.node
         length = sw.blob.length(index)
         sw.set_inflight(index, True)
-        sw.candidates.discard(index)
-        sw.blocked_is_candidates = False
+        sw._drop_candidate(index)
         sw.inflight_bytes += length
-        edge.inflight += 1
-        edge.changed()
+        edge.add_request(1)
         busy = self.uploads[peer.idx] >= self.profile.upload_slots
         if not peer.alive or (busy and not self.profile.upload_queue):
             self.sim.after(self.rtt, self._busy, (sw, index, edge, length))
@@ -205,10 +202,9 @@ class DataPlane:
     def _busy(self, args: tuple[Swarm, int, Edge, int]) -> None:
         sw, index, edge, length = args
         self.busy_replies += 1
-        edge.inflight -= 1
-        sw.inflight_bytes -= length
         edge.busy_until = self.sim.now + BUSY_BACKOFF
-        edge.changed()
+        edge.add_request(-1)
+        sw.inflight_bytes -= length
         sw._release(index)
         sw.wake()
 
@@ -220,8 +216,7 @@ class DataPlane:
         self._next_upload(peer)
         if self.profile.load_aware and self.uploads[peer.idx] == self.profile.upload_slots - 1:
             self._room(peer)
-        edge.inflight -= 1
-        edge.changed()
+        edge.add_request(-1)
         sw.inflight_bytes -= length
         if sw.generation != sw.node.generation:
             return
@@ -231,8 +226,7 @@ class DataPlane:
 
     @cython.locals(sw=Swarm, edge=Edge)
     def _peer_failed(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
-        edge.inflight -= 1
-        edge.changed()
+        edge.add_request(-1)
         sw.inflight_bytes -= length
         if sw.generation != sw.node.generation:
             return

@@ -17,6 +17,7 @@ cdef class Simulator:
     cdef long long[::1] _pos
     cpdef void at(self, double when, object callback, object arg=*)
     cpdef object schedule(self, double when, object callback, object arg=*)
+    @cython.locals(slot=Py_ssize_t)
     cpdef object move(self, object handle, double when)
     cpdef void cancel(self, object handle)
     cpdef void after(self, double delay, object callback, object arg=*)

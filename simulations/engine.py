@@ -50,12 +50,13 @@ class Simulator:
         # The compiled heap: entry k is _keys[3k:3k+3] = (time, seq, slot), _n in use; the callback and
         # argument wait in their slot, which does not move, so sifting moves three numbers only.
         self._n = 0
-        self._keys = array("d", bytes(8 * 3 * 1024))
-        self._callbacks: list[Any] = [None] * 1024
-        self._args: list[Any] = [None] * 1024
-        self._free = array("q", range(1023, -1, -1))  # free slots, a stack
-        self._nfree = 1024
-        self._pos = array("q", bytes(8 * 1024))  # heap index of each slot in use (to move or cancel it)
+        if cython.compiled:
+            self._keys = array("d", bytes(8 * 3 * 1024))
+            self._callbacks: list[Any] = [None] * 1024
+            self._args: list[Any] = [None] * 1024
+            self._free = array("q", range(1023, -1, -1))  # free slots, a stack
+            self._nfree = 1024
+            self._pos = array("q", bytes(8 * 1024))  # heap index of each slot in use (to move or cancel it)
 
     def at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> None:
         self.schedule(when, callback, arg)
@@ -79,7 +80,8 @@ class Simulator:
             when = self.now
         self._seq += 1
         if cython.compiled:
-            self._rekey(self._pos[handle], when, self._seq)
+            slot = cython.cast(cython.Py_ssize_t, handle)
+            self._rekey(self._pos[slot], when, self._seq)
             return handle
         callback, arg = handle[2], handle[3]
         handle[2] = handle[3] = None
