@@ -64,19 +64,25 @@ class Limits:
     # Piece requests in flight to one peer. Two: a holder of a new piece then serves several askers
     # at once instead of one asker taking all its slots, so the piece reaches more nodes per hop.
     peer_concurrency: int = 2
-    # Piece bytes being fetched at once, across peers. Few: transfers share a link, so every piece in
-    # flight slows the others, and a new piece's first copies must arrive fast for the swarm to
-    # spread it. Simulator, 100 nodes x 1 GiB in 4 MiB pieces: 96 MiB in flight and 64 upload slots
-    # took 2.2x the chunked bound; 16 MiB and 4 slots 1.11x; 12 MiB, 3 slots and 2 per peer 1.09x.
-    inflight_bytes: int = 12 << 20
+    # Piece bytes being fetched at once, across peers: at least this, and at least one piece per
+    # upload slot (core.selection.inflight_budget says why). Few: transfers share a link, so every
+    # piece in flight slows the others, and a new piece's first copies must arrive fast for the
+    # swarm to spread it. Simulator, 100 nodes x 1 GiB in 4 MiB pieces: 96 MiB in flight and 64
+    # upload slots took 2.2x the chunked bound; 8 MiB and 2 slots 1.05x (1.09x at 10,000 nodes).
+    inflight_bytes: int = 8 << 20
     # Peers we dial per blob (inbound ones come on top). More neighbours see a rare piece sooner and
     # offer more holders with a free slot: simulator, 1,000 nodes, 16 -> 32 took 0.05-0.1 s off.
     neighbours: int = 32
     origin_concurrency: int = 4  # parallel Range requests to the origin
-    # Concurrent piece uploads served before answering 503 (busy). Few, for the same reason: a piece
-    # shared by k uploads reaches its next holders k piece-times late; 3 still keeps the uplink full
-    # (askers hear our free slots through ROOM and come back as soon as one frees).
-    upload_slots: int = 3
+    # Concurrent piece uploads served before answering 503 (busy), and the fewest pieces fetched at
+    # once (inflight_bytes). Few:
+    # transfers share a link, so a piece shared by k uploads reaches its next holders k piece-times
+    # late, and a new piece's holders grow (k+1)-fold every k piece-times: 4x per 3 with 3 slots, 3x
+    # per 2 with 2. Two still keep the uplink full (askers hear our free slots through ROOM and come
+    # back as soon as one frees). Simulator, 1 GiB in 4 MiB pieces: 96 MiB in flight and 64 slots
+    # took 2.2x the chunked bound at 100 nodes; 3 slots and 3 pieces 1.08x at 1,000 and 1.11x at
+    # 10,000 nodes; 2 slots and 8 MiB 1.06x and 1.09x.
+    upload_slots: int = 2
     piece_timeout: float = 30.0  # seconds for one piece from a peer before trying elsewhere
     stall_timeout: float = 10.0  # seconds of a silent swarm before fetching the rest from the origin directly
     download_rate: int = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited

@@ -23,7 +23,7 @@ from .core.digest import Digest, DigestMismatch
 from .core.layout import PieceLayout, piece_size_for
 from .core.leases import missing_runs
 from .core.manifest import ManifestError, piece_digest
-from .core.selection import PeerSlot, RarestFirst, assign, reader_cursor, usable
+from .core.selection import PeerSlot, RarestFirst, assign, inflight_budget, reader_cursor, usable
 from .origin import OriginError, RangeNotSupported
 from .peer_client import PeerBusy, PeerError, fetch_piece
 from .tracker_client import TrackerUnavailable
@@ -449,7 +449,8 @@ class Swarm:
 
     def _schedule_peers(self) -> None:
         layout = self.layout
-        budget = self.agent.config.limits.inflight_bytes - self.inflight_bytes
+        limits = self.agent.config.limits
+        budget = inflight_budget(limits.inflight_bytes, limits.upload_slots, layout.piece_size) - self.inflight_bytes
         if budget < layout.piece_size and self.inflight_bytes:
             return
         if self.undigested:

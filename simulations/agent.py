@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import cython
 
 from p2pdist.core.leases import missing_runs
-from p2pdist.core.selection import assign, reader_cursor
+from p2pdist.core.selection import assign, inflight_budget, reader_cursor
 
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
 
@@ -271,7 +271,7 @@ class Swarm:
         self.sim = cluster.sim
         # The numbers every pass reads, held here (compiled, as C fields: agent.pxd).
         self.piece_size = blob.piece_size
-        self.max_inflight = self.profile.inflight_bytes
+        self.max_inflight = inflight_budget(self.profile.inflight_bytes, self.profile.upload_slots, blob.piece_size)
         self.upload_slots = self.profile.upload_slots
         self.load_aware = self.profile.load_aware
         board = node.board

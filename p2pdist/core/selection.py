@@ -132,6 +132,22 @@ def reader_cursor(
 SELECTORS: dict[str, type] = {"rarest-first": RarestFirst, "random": RandomOrder, "sequential": Sequential}
 
 
+def inflight_budget(min_bytes: int, upload_slots: int, piece_size: int) -> int:
+    """Piece bytes one swarm may have in flight: ``min_bytes``, and never fewer pieces than the node
+    has upload slots.
+
+    In pieces, as many as the upload slots give both ends of a transfer the same share (with k slots
+    an upload gets 1/k of the sender's uplink, with k pieces in flight a download 1/k of the
+    receiver's downlink); fewer idle the uplinks. A budget in bytes alone held one 8 MiB piece:
+    simulator, 1,000 nodes x 1 GiB in 8 MiB pieces, 15.8 s with 12 MiB and 3 slots against 10.5 s
+    with two pieces and 2 slots. The bytes keep small pieces from leaving the link idle between
+    them: every piece pays a request round trip, verification and a write, which the simulator's
+    fluid links do not see. Real shaped benchmark, 16 nodes x 256 MiB in 2 MiB pieces, 2 slots:
+    two pieces in flight took 71-77 s, four 66.7 s (the simulator: 47.5 s and 62.0 s).
+    """
+    return max(min_bytes, max(1, upload_slots) * piece_size)
+
+
 @dataclass(slots=True)
 class PeerSlot:
     """What the peer chooser needs to know about one peer."""

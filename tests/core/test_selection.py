@@ -12,6 +12,7 @@ from p2pdist.core.selection import (
     Sequential,
     assign,
     choose_peer,
+    inflight_budget,
     reader_cursor,
 )
 
@@ -263,3 +264,14 @@ def test_assign_ranks_only_pieces_a_usable_peer_holds():
     again = assign(RarestFirst(window=0), set(range(100)), availability, 2, holders, random.Random(0),
                    reachable=range(50, 100))
     assert [i for i, _ in again] == [i for i, _ in out]
+
+
+@pytest.mark.parametrize(("min_bytes", "slots", "piece", "expected"), [
+    (8 << 20, 2, 4 << 20, 8 << 20),  # the bytes and the slots agree
+    (8 << 20, 2, 2 << 20, 8 << 20),  # small pieces: the bytes give four, more than the slots
+    (8 << 20, 2, 8 << 20, 16 << 20),  # large pieces: one per upload slot, more than the bytes
+    (8 << 20, 3, 16 << 20, 48 << 20),
+    (0, 0, 4 << 20, 4 << 20),  # no bytes, no upload slots configured: still one piece at a time
+])
+def test_inflight_budget_is_the_bytes_but_never_fewer_pieces_than_upload_slots(min_bytes, slots, piece, expected):
+    assert inflight_budget(min_bytes, slots, piece) == expected
