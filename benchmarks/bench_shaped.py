@@ -34,6 +34,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,9 @@ from benchmarks.netns import sweep_stale
 from benchmarks.shaped_cluster import (
     ClusterError,
     NodeResult,
+    RttProbe,
     ShapedCluster,
+    agent_counters,
     cpu_times,
     crowd,
     hash_results,
@@ -123,6 +126,13 @@ class RunResult:
     nodes: list[NodeResult]
     cpu_busy: float = 0.0  # share of the machine's CPU in use during the crowd, by anyone
     cpu_seconds: float = 0.0  # CPU the agents (and tracker) used during the crowd
+    counters: dict[str, float] = field(default_factory=dict)  # shaped_cluster.COUNTERS, summed over agents
+    rtts: list[float] = field(default_factory=list)  # node0 -> node1 round trips during the crowd (RttProbe)
+
+    @property
+    def loaded_rtt(self) -> float | None:
+        """Median round trip between two nodes while the links were loaded."""
+        return statistics.median(self.rtts) if self.rtts else None
 
     @property
     def ok(self) -> bool:
@@ -153,6 +163,7 @@ class RunResult:
                 "p50_s": self.percentile(0.5), "p99_s": self.percentile(0.99), "origin_egress_bytes": self.egress,
                 "origin_egress_ratio": self.egress_ratio, "chunked_bound_s": self.bound, "ratio_to_bound": self.ratio,
                 "machine_cpu_busy": self.cpu_busy, "agents_cpu_s": self.cpu_seconds,
+                "agent_counters": self.counters, "loaded_rtt_s": self.loaded_rtt, "rtt_samples_s": self.rtts,
                 "nodes": [dataclasses.asdict(n) | {"seconds": n.seconds} for n in self.nodes]}
 
 
@@ -179,12 +190,18 @@ class BenchResult:
                 "simulation": self.simulation, "namespaces": self.namespaces, "wall_seconds": self.seconds,
                 "code": self.code}
 
+    def loaded_rtt(self, mode: str) -> float | None:
+        """Median round trip between two nodes over every run of ``mode`` (None if none was sampled)."""
+        samples = [x for r in self.runs if r.mode == mode for x in r.rtts]
+        return statistics.median(samples) if samples else None
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchResult:
         """A saved result, to compare it with the simulator again without measuring again."""
         cfg = BenchConfig(**(data["config"] | {"only": tuple(data["config"]["only"])}))
         runs = [RunResult(r["mode"], r["repeat"], cfg.size, r["origin_egress_bytes"], r["chunked_bound_s"],
-                          [_node_from_json(n) for n in r["nodes"]], r["machine_cpu_busy"], r["agents_cpu_s"])
+                          [_node_from_json(n) for n in r["nodes"]], r["machine_cpu_busy"], r["agents_cpu_s"],
+                          r.get("agent_counters", {}), r.get("rtt_samples_s", []))
                 for r in data["runs"]]
         return cls(cfg, data["digest"], data["pieces"], data["goodput_Bps"], data["u_Bps"], data["u_source"],
                    data["chunked_bound_s"], runs, data.get("simulation"), data["namespaces"], data["wall_seconds"],
@@ -279,10 +296,12 @@ def _one_run(cluster: ShapedCluster, cfg: BenchConfig, mode: str, repeat: int, r
         # Generous: origin-only should take N*F/u; a run slower than three times that is broken.
         deadline = 3 * cfg.nodes * cfg.size / result.u + 120
         cpu_before, procs_before = cpu_times(), process_cpu_seconds(procs)
-        with reporter.run(f"{mode} {repeat + 1}/{cfg.runs}", cfg.nodes, cfg.size):
+        with reporter.run(f"{mode} {repeat + 1}/{cfg.runs}", cfg.nodes, cfg.size), \
+                RttProbe(cluster.node_hosts[0], cluster.node_hosts[-1]) as probe:
             nodes = crowd(cluster.node_hosts, ref, via=cfg.fetch, deadline=deadline, progress=reporter.node)
         cpu_after, procs_after = cpu_times(), process_cpu_seconds(procs)
         egress = cluster.egress(result.digest) - before
+        counters = agent_counters(cluster.node_hosts)
         hash_results(nodes)
     finally:
         stop_all(procs)
@@ -290,21 +309,28 @@ def _one_run(cluster: ShapedCluster, cfg: BenchConfig, mode: str, repeat: int, r
         for host in cluster.node_hosts:
             remove_tree(rundir / host.label)
     busy = (cpu_after[0] - cpu_before[0]) / max(cpu_after[1] - cpu_before[1], 1.0)
-    return RunResult(mode, repeat, cfg.size, egress, result.bound, nodes, busy, procs_after - procs_before)
+    return RunResult(mode, repeat, cfg.size, egress, result.bound, nodes, busy, procs_after - procs_before, counters,
+                     probe.samples)
 
 
 # --- simulation ------------------------------------------------------------------------------
 
 
-def simulate(cfg: BenchConfig, goodput: float | None) -> dict[str, Any]:
-    """The scenario file's prediction for this benchmark, at the nominal rate and at the measured goodput."""
+def simulate(cfg: BenchConfig, goodput: float | None, loaded_rtt: float | None = None) -> dict[str, Any]:
+    """The scenario file's prediction for this benchmark: at the nominal rate, at the measured
+    goodput, and at the goodput with the round trip measured under load (the tbf queues add up to
+    TBF_LATENCY per shaped hop, which the scenario's idle-LAN rtt leaves out)."""
     from simulations.scenario import load_scenario
 
     base = load_scenario(SCENARIO)
     out: dict[str, Any] = {"scenario": str(SCENARIO.relative_to(ROOT)), "overridden": _overrides(base, cfg), "at": {}}
-    rates = {"nominal": cfg.rate_bytes} | ({"goodput": goodput} if goodput else {})
-    for label, u in rates.items():
-        out["at"][label] = {"u_Bps": u, "runs": _simulate_at(base, cfg, u)}
+    conditions: dict[str, tuple[float, float | None]] = {"nominal": (cfg.rate_bytes, None)}
+    if goodput:
+        conditions["goodput"] = (goodput, None)
+        if loaded_rtt:
+            conditions[f"goodput, rtt {loaded_rtt * 1000:.0f} ms"] = (goodput, loaded_rtt)
+    for label, (u, rtt) in conditions.items():
+        out["at"][label] = {"u_Bps": u, "rtt_s": rtt, "runs": _simulate_at(base, cfg, u, rtt)}
     return out
 
 
@@ -321,12 +347,14 @@ def _overrides(base: Any, cfg: BenchConfig) -> list[str]:
     return changed
 
 
-def _simulate_at(base: Any, cfg: BenchConfig, u: float) -> dict[str, Any]:
+def _simulate_at(base: Any, cfg: BenchConfig, u: float, rtt: float | None) -> dict[str, Any]:
     from simulations.run import run_scenario
     from simulations.scenario import Distribution
 
     net = dataclasses.replace(base.network, upload=Distribution(value=u), download=Distribution(value=u),
                               origin_upload=u)
+    if rtt is not None:  # origin requests cross the same loaded queues as piece requests
+        net = dataclasses.replace(net, rtt=rtt, origin_rtt=rtt)
     image = dataclasses.replace(base.image, layers=(cfg.size,))
     scenario = dataclasses.replace(base.with_nodes(cfg.nodes), image=image, network=net)
     report = run_scenario(scenario, runs=list(cfg.only))
@@ -397,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.simulate or args.from_json:
         reporter.step(f"simulating {SCENARIO.relative_to(ROOT)}")
         try:
-            result.simulation = simulate(result.config, result.goodput)
+            result.simulation = simulate(result.config, result.goodput, result.loaded_rtt("p2pdist"))
         except Exception as e:  # the simulator is another package, often mid-change: keep what we measured
             reporter.console.print(f"[red]bench_shaped: the simulation failed: {type(e).__name__}: {e}")
             return 1

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -347,6 +348,64 @@ def process_cpu_seconds(procs: list[Process]) -> float:
         fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return total
+
+
+class RttProbe:
+    """Round-trip times between two nodes while a run loads the links: TCP connects from ``src`` to
+    ``dst``'s peer port every ``interval`` s. The SYN and its answer wait in the same tbf queues as
+    the pieces, so this is the delay a piece request meets, which the simulator needs as its rtt."""
+
+    def __init__(self, src: Host, dst: Host, interval: float = 0.25) -> None:
+        self.src, self.dst, self.interval = src, dst, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rtt-probe", daemon=True)
+
+    def __enter__(self) -> RttProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with entered(self.src.namespace):
+            while not self._stop.wait(self.interval):
+                start = time.monotonic()
+                try:
+                    with socket.create_connection((self.dst.addr, PEER_PORT), timeout=5):
+                        self.samples.append(time.monotonic() - start)
+                except OSError:
+                    continue  # a lost SYN says nothing about queueing; the next sample will
+
+
+# Agent counters summed over the nodes after a run: how often peers were busy and requests failed,
+# the numbers to read when a run is slower than the simulator says.
+COUNTERS = {
+    "p2pdist_uploads_refused_total": "uploads_refused",
+    'p2pdist_peer_errors_total{kind="busy"}': "busy_replies",
+    'p2pdist_peer_errors_total{kind="transfer"}': "failed_requests",
+    "p2pdist_origin_fallbacks_total": "origin_fallbacks",
+}
+
+
+def agent_counters(hosts: list[Host]) -> dict[str, float]:
+    """COUNTERS summed over every node's /metrics (scraped inside its namespace); missing ones count 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = dict.fromkeys(COUNTERS.values(), 0.0)
+    opener = direct_opener()
+    for host in hosts:
+        with entered(host.namespace), opener.open(f"http://{API}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                name = COUNTERS.get(f"{sample.name}{{{labels}}}" if labels else sample.name)
+                if name is not None:
+                    totals[name] += sample.value
+    return totals
 
 
 def remove_tree(path: Path) -> None:

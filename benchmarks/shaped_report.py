@@ -81,7 +81,7 @@ def runs_table(result: BenchResult) -> Table:
                         f"every link shaped at {cfg.rate}",
                   caption=f"chunked bound (F/u)(1 + floor(log2 N)/M) = {result.bound:.1f} s with {link}")
     for name in ("run", "nodes ok", "time to all", "p50", "p99", "origin egress", "bound", "x bound",
-                 "from peers", "agents CPU", "machine busy"):
+                 "from peers", "busy replies", "loaded rtt", "agents CPU", "machine busy"):
         table.add_column(name, justify="left" if name == "run" else "right")
     for run in result.runs:
         table.add_row(*_run_row(run))
@@ -96,7 +96,14 @@ def _run_row(run: RunResult) -> list[str]:
     status = f"{ok}/{len(run.nodes)}" + (f" [red]({'; '.join(sorted(errors))[:80]})" if errors else "")
     return [f"{run.mode} #{run.repeat + 1}", status, seconds(run.time_to_all), seconds(run.percentile(0.5)),
             seconds(run.percentile(0.99)), f"{run.egress_ratio:.2f} x blob", seconds(run.bound), ratio(run.ratio),
-            f"{peers / got:.0%}" if got else "—", f"{run.cpu_seconds:.0f} s", f"{run.cpu_busy:.0%}"]
+            f"{peers / got:.0%}" if got else "—", _count(run.counters.get("busy_replies")),
+            "—" if run.loaded_rtt is None else f"{run.loaded_rtt * 1000:.0f} ms",
+            f"{run.cpu_seconds:.0f} s", f"{run.cpu_busy:.0%}"]
+
+
+def _count(value: float | None) -> str:
+    """A summed agent counter; — for results saved before the benchmark scraped them."""
+    return "—" if value is None else f"{value:.0f}"
 
 
 def measured_time_to_all(result: BenchResult, mode: str) -> float | None:
