@@ -75,13 +75,12 @@ class Limits:
     neighbours: int = 32
     origin_concurrency: int = 4  # parallel Range requests to the origin
     # Concurrent piece uploads served before answering 503 (busy), and the fewest pieces fetched at
-    # once (inflight_bytes). Few:
-    # transfers share a link, so a piece shared by k uploads reaches its next holders k piece-times
-    # late, and a new piece's holders grow (k+1)-fold every k piece-times: 4x per 3 with 3 slots, 3x
-    # per 2 with 2. Two still keep the uplink full (askers hear our free slots through ROOM and come
-    # back as soon as one frees). Simulator, 1 GiB in 4 MiB pieces: 96 MiB in flight and 64 slots
-    # took 2.2x the chunked bound at 100 nodes; 3 slots and 3 pieces 1.08x at 1,000 and 1.11x at
-    # 10,000 nodes; 2 slots and 8 MiB 1.06x and 1.09x.
+    # once (inflight_bytes). Few: transfers share a link, so a piece shared by k uploads reaches its
+    # next holders k piece-times late, and a new piece's holders grow (k+1)-fold every k
+    # piece-times: 4x per 3 with 3 slots, 3x per 2 with 2. Two still keep the uplink full (askers
+    # hear our free slots through ROOM and come back as soon as one frees). Simulator, 1 GiB in
+    # 4 MiB pieces: 96 MiB in flight and 64 slots took 2.2x the chunked bound at 100 nodes; 3 slots
+    # and 12 MiB 1.08x at 1,000 and 1.11x at 10,000 nodes; 2 slots and 8 MiB 1.06x and 1.09x.
     upload_slots: int = 2
     piece_timeout: float = 30.0  # seconds for one piece from a peer before trying elsewhere
     stall_timeout: float = 10.0  # seconds of a silent swarm before fetching the rest from the origin directly

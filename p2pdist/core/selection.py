@@ -143,7 +143,7 @@ def inflight_budget(min_bytes: int, upload_slots: int, piece_size: int) -> int:
     with two pieces and 2 slots. The bytes keep small pieces from leaving the link idle between
     them: every piece pays a request round trip, verification and a write, which the simulator's
     fluid links do not see. Real shaped benchmark, 16 nodes x 256 MiB in 2 MiB pieces, 2 slots:
-    two pieces in flight took 71-77 s, four 66.7 s (the simulator: 47.5 s and 62.0 s).
+    two pieces in flight took 71-77 s, four 65.4-66.7 s (the simulator: 47.5 s and 62.0 s).
     """
     return max(min_bytes, max(1, upload_slots) * piece_size)
 
