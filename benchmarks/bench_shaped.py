@@ -127,7 +127,7 @@ class RunResult:
     cpu_busy: float = 0.0  # share of the machine's CPU in use during the crowd, by anyone
     cpu_seconds: float = 0.0  # CPU the agents (and tracker) used during the crowd
     counters: dict[str, float] = field(default_factory=dict)  # shaped_cluster.COUNTERS, summed over agents
-    rtts: list[float] = field(default_factory=list)  # node0 -> node1 round trips during the crowd (RttProbe)
+    rtts: list[float] = field(default_factory=list)  # first -> last node round trips during the crowd (RttProbe)
 
     @property
     def loaded_rtt(self) -> float | None:

@@ -381,9 +381,9 @@ class RttProbe:
 
 
 # Agent counters summed over the nodes after a run: how often peers were busy and requests failed,
-# the numbers to read when a run is slower than the simulator says.
+# the numbers to read when a run is slower than the simulator says. (The uploaders' own count of
+# refusals, p2pdist_uploads_refused_total, is the same 503s seen from the other end.)
 COUNTERS = {
-    "p2pdist_uploads_refused_total": "uploads_refused",
     'p2pdist_peer_errors_total{kind="busy"}': "busy_replies",
     'p2pdist_peer_errors_total{kind="transfer"}': "failed_requests",
     "p2pdist_origin_fallbacks_total": "origin_fallbacks",

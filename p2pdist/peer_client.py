@@ -56,17 +56,20 @@ async def _read_body(resp: aiohttp.ClientResponse, length: int) -> bytearray:
     sock = transport.get_extra_info("socket") if transport is not None else None
     content = resp.content
     data = bytearray()
+    mark = 1  # the socket's low-water mark: the default, as the pool hands connections out
     try:
         while len(data) < length:
-            if sock is not None:
-                unread = length - content.total_bytes  # still in the kernel or on the wire
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, min(WAKE_BYTES, unread)))
+            unread = length - content.total_bytes  # still in the kernel or on the wire
+            want = max(1, min(WAKE_BYTES, unread))
+            if sock is not None and want != mark:  # a syscall only when it changes: twice per piece, mostly
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                mark = want
             chunk = await content.readany()
             if not chunk:
                 break
             data += chunk
     finally:
-        if sock is not None:
+        if sock is not None and mark != 1:
             # The connection goes back to the pool: its next reader must see every byte at once.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)

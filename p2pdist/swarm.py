@@ -75,6 +75,7 @@ class Swarm:
         self.availability: list[int] = []
         self.inflight: set[int] = set()
         self.inflight_bytes = 0
+        self.max_inflight = 0  # piece bytes we may fetch at once: core.selection.inflight_budget, set with the layout
         # Kept up to date piece by piece, so scheduling never scans the whole blob on every event:
         self.fetchable: set[int] = set()  # held by a neighbour, digest known, missing, not in flight
         self.undigested: set[int] = set()  # held by a neighbour, missing, but whose digest we lack
@@ -154,6 +155,8 @@ class Swarm:
         piece_size = (self.agent.config.limits.piece_size or (reply.piece_size if reply else None)
                       or piece_size_for(size))
         self.layout = PieceLayout(size, piece_size)
+        limits = self.agent.config.limits
+        self.max_inflight = inflight_budget(limits.inflight_bytes, limits.upload_slots, piece_size)
         self.stats.size = size
         self.partial = await asyncio.to_thread(self.agent.store.open_partial, self.digest, self.layout)
         self.ready.set()
@@ -449,8 +452,7 @@ class Swarm:
 
     def _schedule_peers(self) -> None:
         layout = self.layout
-        limits = self.agent.config.limits
-        budget = inflight_budget(limits.inflight_bytes, limits.upload_slots, layout.piece_size) - self.inflight_bytes
+        budget = self.max_inflight - self.inflight_bytes
         if budget < layout.piece_size and self.inflight_bytes:
             return
         if self.undigested:

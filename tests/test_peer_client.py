@@ -1,9 +1,13 @@
 """fetch_piece over a real TCP connection: bodies read in WAKE_BYTES steps (SO_RCVLOWAT) arrive whole,
-including a tail shorter than one step, and the pooled connection serves the next request."""
+including a tail shorter than one step, and the pooled connection serves the next request.
+
+The server trickles its answer, as a shaped link would: the agent's own peer server (run by
+tests/test_cluster.py) sends at loopback speed, so the steps would not show."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
@@ -35,10 +39,11 @@ async def _trickle(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-@pytest.fixture
-async def peer() -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def serve(handler) -> AsyncIterator[str]:
+    """A real aiohttp server on loopback answering blob GETs with ``handler``; yields its address."""
     app = web.Application()
-    app.router.add_get("/v1/blobs/{digest}", _trickle)
+    app.router.add_get("/v1/blobs/{digest}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -47,6 +52,12 @@ async def peer() -> AsyncIterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[str]:
+    async with serve(_trickle) as addr:
+        yield addr
 
 
 async def test_pieces_longer_and_shorter_than_a_wake_step_arrive_whole_on_one_connection(peer: str) -> None:
@@ -60,7 +71,7 @@ async def test_pieces_longer_and_shorter_than_a_wake_step_arrive_whole_on_one_co
         assert bytes(data) == BLOB[100:110]
 
 
-async def test_a_body_cut_short_is_an_error_not_a_hang(peer: str) -> None:
+async def test_a_body_cut_short_is_an_error_not_a_hang() -> None:
     async def short(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(status=206, headers={"Content-Length": str(WAKE_BYTES * 2)})
         await resp.prepare(request)
@@ -68,15 +79,6 @@ async def test_a_body_cut_short_is_an_error_not_a_hang(peer: str) -> None:
         request.transport.close()  # the peer dies mid-piece
         return resp
 
-    app = web.Application()
-    app.router.add_get("/v1/blobs/{digest}", short)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(PeerError):
-                await fetch_piece(session, f"127.0.0.1:{port}", DIGEST, 0, WAKE_BYTES * 2, timeout=10)
-    finally:
-        await runner.cleanup()
+    async with serve(short) as addr, aiohttp.ClientSession() as session:
+        with pytest.raises(PeerError):
+            await fetch_piece(session, addr, DIGEST, 0, WAKE_BYTES * 2, timeout=10)
