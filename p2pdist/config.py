@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.names import path_prefix
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message says which and why."""
@@ -50,7 +52,9 @@ class MirrorConfig:
     """The local registry mirror that Docker, containerd and podman pull through."""
 
     listen: str = "127.0.0.1:65001"  # empty = no mirror. Loopback by default: not an open proxy.
-    default_upstream: str = "docker.io"  # for requests without ?ns= (Docker's registry-mirrors)
+    # Where the Docker engine's registry-mirrors requests go (docker.io names only, no ?ns=, no path
+    # prefix). Empty = refuse them. Other clients must name the registry (see mirror/routes.py).
+    default_upstream: str = "docker.io"
     tag_ttl: float = 600.0  # seconds a resolved tag may be served while the upstream is unreachable
     auth_ttl: float = 300.0  # seconds an upstream's yes for (credential, repository) is trusted
     public_ttl: float = 3600.0  # seconds an anonymous yes (a public repository) is trusted
@@ -134,6 +138,14 @@ class AgentConfig:
                 "peer_listen is not a loopback address but no cluster_token is set: set "
                 "P2PDIST_CLUSTER_TOKEN (the same secret on every node and the tracker)"
             )
+        prefixes: dict[str, str] = {}
+        for up in self.upstreams:
+            # The mirror routes containers/image clients by this first path component (mirror/routes.py).
+            prefix = path_prefix(up.registry)
+            if prefix in prefixes:
+                raise ConfigError(f"upstreams {prefixes[prefix]} and {up.registry} share the mirror path prefix "
+                                  f"{prefix!r}: the mirror could not tell their images apart")
+            prefixes[prefix] = up.registry
         if self.limits.piece_size and self.limits.piece_size & (self.limits.piece_size - 1):
             raise ConfigError(f"limits.piece_size must be a power of two, got {self.limits.piece_size}")
         return self

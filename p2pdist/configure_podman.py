@@ -1,7 +1,9 @@
 """podman, CRI-O, buildah, skopeo (containers/image): [[registry]] entries with the mirror first.
 
 containers/image tries mirrors in order and falls back to the registry itself only before the
-manifest was fetched. The mirror is plain http, hence `insecure = true` on its entry.
+manifest was fetched. The mirror is plain http, hence `insecure = true` on its entry. Its location
+names the registry as a path prefix (`127.0.0.1:65001/quay.io`): containers/image sends no `ns`, so
+this is how one mirror tells the registries apart (p2pdist/mirror/routes.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 
 from .configure_common import DOCKER_HUB, ConfigureError, FileChange, Mirror, Registry, checked_toml, read_text
+from .core.names import path_prefix
 
 DEFAULT_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
 _HEADER = ("Mirror entries written by `p2pdist configure podman`: pulls try the local p2pdist mirror",
@@ -91,10 +94,11 @@ def _merge_registry(path: Path, entries: AoT, registry: Registry, mirror: Mirror
         raise ConfigureError(f"{path}: the mirror list of [[registry]] {registry.host} must be [[registry.mirror]] "
                              f"tables. {_NOTHING_CHANGED}")
     ours = [i for i, m in enumerate(mirrors) if _is_mirror(m, mirror)]
-    if ours == [0] and mirrors[0].get("insecure") is True:
+    location = mirror_location(mirror, registry)
+    if ours == [0] and mirrors[0].get("insecure") is True and mirrors[0].get("location") == location:
         return changed
     first = _as_table(mirrors[ours[0]]) if ours else tomlkit.table()
-    first["location"] = mirror.hostport
+    first["location"] = location
     first["insecure"] = True
     reordered = tomlkit.aot()
     reordered.append(first)
@@ -125,7 +129,7 @@ def _new_entry(registry: Registry, mirror: Mirror, digest_only: bool) -> Table:
     if digest_only:
         entry["mirror-by-digest-only"] = True
     ours = tomlkit.table()
-    ours["location"] = mirror.hostport
+    ours["location"] = mirror_location(mirror, registry)
     ours["insecure"] = True  # plain http: the agent has no TLS on loopback
     mirrors = tomlkit.aot()
     mirrors.append(ours)
@@ -133,8 +137,15 @@ def _new_entry(registry: Registry, mirror: Mirror, digest_only: bool) -> Table:
     return entry
 
 
+def mirror_location(mirror: Mirror, registry: Registry) -> str:
+    """The mirror with the registry as a path prefix: the mirror routes by it (no `ns` from containers/image)."""
+    return f"{mirror.hostport}/{path_prefix(registry.host)}"
+
+
 def _is_mirror(entry: MutableMapping[str, Any], mirror: Mirror) -> bool:
-    return str(entry.get("location", "")).removeprefix("http://").rstrip("/") == mirror.hostport
+    """Our mirror, with or without a path (entries written before paths named the registry had none)."""
+    location = str(entry.get("location", "")).removeprefix("http://").rstrip("/")
+    return location == mirror.hostport or location.startswith(mirror.hostport + "/")
 
 
 def notes(new_text: str, registries: list[Registry], mirror: Mirror, digest_only: bool) -> list[str]:
@@ -162,5 +173,6 @@ def _shadowing_notes(text: str, registries: list[Registry], mirror: Mirror) -> l
             if prefix.startswith(registry.host + "/") and not mirrored:
                 out.append(f"warning: [[registry]] prefix = \"{prefix}\" is more specific than {registry.host} and "
                            "has no p2pdist mirror: images under it bypass the mirror. Add to it [[registry.mirror]] "
-                           f"location = \"{mirror.hostport}\" insecure = true, or remove that entry.")
+                           f"location = \"{mirror.hostport}/{path_prefix(registry.host)}\" insecure = true, "
+                           "or remove that entry.")
     return out

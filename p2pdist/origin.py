@@ -208,6 +208,43 @@ class OriginClient:
         finally:
             response.release()
 
+    async def auth_challenge(self) -> str | None:
+        """The registry's answer to an unauthenticated ``GET /v2/``: its challenge, or None if it needs none."""
+        response = await self._send("GET", self._base.with_path("/v2/"), {}, None)
+        try:
+            if response.status == 401:
+                return response.headers.get("WWW-Authenticate", "")
+            if response.status == 200:
+                return None
+            raise OriginError(f"origin {self.registry} answered GET /v2/ with {response.status}",
+                              status=response.status)
+        finally:
+            response.release()
+
+    async def check_basic(self, authorization: str) -> int:
+        """The status of ``GET /v2/`` with a client's basic credentials: 200 when the registry takes them."""
+        response = await self._send("GET", self._base.with_path("/v2/"), {}, authorization)
+        response.release()
+        return response.status
+
+    async def request_token(self, realm: str, params: list[tuple[str, str]],
+                            authorization: str | None) -> tuple[int, bytes]:
+        """GET a token from the registry's token service for a mirror client: (status, body).
+
+        ``authorization`` is the client's own basic credential (or None: the configured
+        credentials, else anonymous); the answer goes back to the client as it came.
+        """
+        url = URL(realm)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise OriginError(f"origin {self.registry} names an unusable token realm {realm[:200]!r}")
+        if authorization is None and self._credentials is not None:
+            authorization = _basic(self._credentials)
+        response = await self._send("GET", url.with_query(params), {}, authorization)
+        try:
+            return response.status, await _read_bounded(response, MAX_TOKEN_BODY)
+        finally:
+            response.release()
+
     # -- request plumbing -------------------------------------------------------------------------
 
     async def _stream(

@@ -320,11 +320,14 @@ def test_podman_fresh_write(capsys, tmp_path):
     doc = tomllib.loads(path.read_text())
     assert registry_entry(doc, "docker.io") == {
         "prefix": "docker.io", "location": "docker.io",
-        "mirror": [{"location": "127.0.0.1:65001", "insecure": True}]}
+        "mirror": [{"location": "127.0.0.1:65001/docker.io", "insecure": True}]}
     assert registry_entry(doc, "127.0.0.1:5000")["insecure"] is True  # the registry itself is plain http
+    # The registry is the mirror location's path prefix: the mirror routes by it (':' is not allowed there).
+    assert registry_entry(doc, "127.0.0.1:5000")["mirror"][0]["location"] == "127.0.0.1:65001/127.0.0.1-5000"
     assert "--upstream http://127.0.0.1:5000" in out
     real = podman_registries(path)
-    assert [(m["Location"], m["Insecure"]) for m in real["docker.io"]["Mirrors"]] == [("127.0.0.1:65001", True)]
+    assert [(m["Location"], m["Insecure"]) for m in real["docker.io"]["Mirrors"]] == [
+        ("127.0.0.1:65001/docker.io", True)]
     assert real["127.0.0.1:5000"]["Insecure"] is True
 
 
@@ -359,14 +362,16 @@ def test_podman_merge_updates_existing_entry_and_keeps_others(capsys, tmp_path):
     assert registry_entry(doc, "quay.io") == tomllib.loads(EXISTING_REGISTRIES)["registry"][0]
     hub = registry_entry(doc, "docker.io")
     assert "prefix" not in hub and hub["blocked"] is False  # updated in place, not duplicated
-    assert hub["mirror"] == [{"location": "127.0.0.1:65001", "insecure": True},
+    # The bare location an older p2pdist wrote is ours too: given its prefix, not kept twice.
+    assert hub["mirror"] == [{"location": "127.0.0.1:65001/docker.io", "insecure": True},
                              {"location": "hub-mirror.corp.example"}]
     assert hub["mirror-by-digest-only"] is True
-    assert registry_entry(doc, "ghcr.io")["mirror"][0]["location"] == "127.0.0.1:65001"
+    assert registry_entry(doc, "ghcr.io")["mirror"][0]["location"] == "127.0.0.1:65001/ghcr.io"
     assert text.startswith("# site policy: keep this comment\n")
     assert [b.read_text() for b in backups(path)] == [EXISTING_REGISTRIES]
     real = podman_registries(path)
-    assert [m["Location"] for m in real["docker.io"]["Mirrors"]] == ["127.0.0.1:65001", "hub-mirror.corp.example"]
+    assert [m["Location"] for m in real["docker.io"]["Mirrors"]] == ["127.0.0.1:65001/docker.io",
+                                                                     "hub-mirror.corp.example"]
     assert real["docker.io"]["MirrorByDigestOnly"] is True and "quay.io" in real
 
 
@@ -395,7 +400,7 @@ def test_podman_merge_inline_mirror_list(capsys, tmp_path):
                     '{location = "127.0.0.1:65001"}]\n[[registry]]\nlocation = "quay.io"\n')
     assert podman(capsys, tmp_path)[0] == 0
     doc = tomllib.loads(path.read_text())
-    assert registry_entry(doc, "docker.io")["mirror"] == [{"location": "127.0.0.1:65001", "insecure": True},
+    assert registry_entry(doc, "docker.io")["mirror"] == [{"location": "127.0.0.1:65001/docker.io", "insecure": True},
                                                            {"location": "hub", "insecure": False}]
     assert registry_entry(doc, "quay.io") == {"location": "quay.io"}
     first = snapshot(tmp_path)

@@ -46,10 +46,55 @@ def ns(registry: Registry) -> dict[str, str]:
     return {"ns": registry.host}
 
 
-async def test_base_endpoint_answers_like_a_registry(mirror: AgentProc):
-    async with aiohttp.ClientSession() as s, s.get(f"http://{mirror.mirror}/v2/") as r:
-        assert r.status == 200
-        assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+async def test_base_endpoint_answers_like_a_registry(mirror: AgentProc, registry: Registry):
+    async with aiohttp.ClientSession() as s:
+        # No registry named: the challenge names the mirror's token relay, so containers/image and
+        # Docker authenticate (without one they would send no credentials and skip the mirror).
+        async with s.get(f"http://{mirror.mirror}/v2/") as r:
+            assert r.status == 401
+            assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+            assert r.headers["WWW-Authenticate"] == (
+                f'Bearer realm="http://{mirror.mirror}/p2pdist/token",service="p2pdist-mirror"')
+            assert (await r.json())["errors"][0]["code"] == "UNAUTHORIZED"
+        # The registry named (containerd's ?ns=): its own answer, here an anonymous registry's 200.
+        async with s.get(f"http://{mirror.mirror}/v2/", params=ns(registry)) as r:
+            assert r.status == 200
+        async with s.get(f"http://{mirror.mirror}/v2/", headers={"Authorization": "Bearer x"}) as r:
+            assert r.status == 200
+
+
+@pytest.mark.parametrize(("length", "status"), [(3000, 414), (20000, 400)])
+async def test_oversized_paths_get_oci_errors(mirror: AgentProc, length: int, status: int):
+    """Past MAX_PATH the mirror refuses; past aiohttp's line limit its parser does: both in OCI form."""
+    path = "/v2/" + "a" * length + "/manifests/v1"
+    async with aiohttp.ClientSession() as s, s.get(f"http://{mirror.mirror}{path}") as r:
+        assert r.status == status
+        assert r.headers["Content-Type"].startswith("application/json")
+        assert (await r.json())["errors"][0]["code"] in ("NAME_INVALID", "UNSUPPORTED")
+
+
+async def test_requests_are_routed_by_ns_path_prefix_or_docker_only(mirror: AgentProc, registry: Registry, image):
+    """Never guessed: a name without ?ns= or a registry prefix goes to the default upstream only for the
+    Docker engine (whose registry-mirrors are docker.io only); here the default is the local registry."""
+    manifest_digest = image[0]
+    prefix = registry.host.replace(":", "-")
+    accept = {"Accept": OCI_MANIFEST}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://{mirror.mirror}/v2/{prefix}/team/app/manifests/v1", headers=accept) as r:
+            assert r.status == 200
+            assert r.headers["Docker-Content-Digest"] == manifest_digest
+        async with s.get(f"http://{mirror.mirror}/v2/team/app/manifests/v1", headers=accept) as r:
+            assert r.status == 404
+            body = await r.json()
+            assert body["errors"][0]["code"] == "NAME_UNKNOWN"
+            assert prefix in body["errors"][0]["message"]
+        docker = {**accept, "User-Agent": "docker/20.10.24 go/go1.19 os/linux"}
+        async with s.get(f"http://{mirror.mirror}/v2/team/app/manifests/v1", headers=docker) as r:
+            assert r.status == 200
+            assert r.headers["Docker-Content-Digest"] == manifest_digest
+        # A prefix that names no upstream is not a registry: refused like any unrouted name.
+        async with s.get(f"http://{mirror.mirror}/v2/quay.io/team/app/manifests/v1", headers=accept) as r:
+            assert r.status == 404
 
 
 async def test_manifests_by_tag_and_digest_with_every_accept_forwarded(mirror, registry, image):
@@ -128,7 +173,7 @@ async def test_bad_and_unsupported_requests_get_oci_errors(mirror, registry, ima
             assert r.status == status
             if code is not None:
                 assert (await r.json())["errors"][0]["code"] == code
-        async with s.get(f"http://{mirror.mirror}/v2/") as r:
+        async with s.get(f"http://{mirror.mirror}/v2/", params=ns(registry)) as r:
             assert r.status == 200  # still serving
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,9 @@ def wait_mirror(agent: AgentProc, timeout: float = 20.0) -> None:
             with urllib.request.urlopen(f"http://{agent.mirror}/v2/", timeout=2) as resp:
                 assert resp.status == 200
                 return
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, f"mirror of {agent.name} answers GET /v2/ with {e.code}"  # its challenge: up
+            return
         except OSError as e:
             if time.monotonic() > end:
                 raise AssertionError(f"mirror of {agent.name} not answering GET /v2/: {e}; "

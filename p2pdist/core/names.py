@@ -32,3 +32,10 @@ def check_registry(host: str) -> str:
     if not isinstance(host, str) or len(host) > 255 or not _REGISTRY.fullmatch(host):
         raise InvalidName(f"invalid registry host {str(host)[:80]!r}: expected host[:port]")
     return host
+
+
+def path_prefix(registry: str) -> str:
+    """The repository-path component that names ``registry`` at a mirror (``127.0.0.1:5000`` ->
+    ``127.0.0.1-5000``): containers/image puts a mirror location's path in front of every name, and a
+    port's ':' is not allowed there."""
+    return registry.lower().replace(":", "-")

@@ -1,8 +1,9 @@
-"""Routes of the registry mirror: ``/v2/``, manifests and blobs (GET and HEAD), nothing else.
+"""Routes of the registry mirror: ``/v2/``, manifests and blobs (GET and HEAD), the token relay.
 
-Manifests and tags always go to the upstream first (the cache only answers when it is down);
-blobs come from the store or the swarm, and only to clients the upstream accepted for the
-repository (see grants.py).
+Every request is routed to exactly one upstream (routes.py). Manifests and tags always go to the
+upstream first with the client's own credentials (the cache answers only when it is down); blobs
+come from the store or the swarm, and a cached blob or manifest is served under a repository only
+when the upstream confirmed that this client may read that digest there (membership.py).
 """
 
 from __future__ import annotations
@@ -18,50 +19,42 @@ from multidict import CIMultiDict
 
 from ..agent import UpstreamNotAllowed
 from ..core.digest import Digest, DigestError
-from ..core.names import InvalidName, check_repository, check_tag
-from ..origin import OriginError
+from ..core.names import InvalidName, check_tag
+from ..origin import OriginError, OriginNotFound, parse_challenges
 from ..swarm import FetchFailed
 from .blobs import blob_headers, serve_stored, stream_from_swarm
 from .errors import API_VERSION, MirrorError, oci_error
-from .grants import Grants
 from .manifests import MAX_MANIFEST, ManifestCache
+from .membership import Membership, references
+from .relay import TOKEN_PATH, TokenRelay, relay_challenge
+from .routes import Route, resolve
 
 if TYPE_CHECKING:
     from ..agent import Agent
-    from ..config import Upstream
 
 log = logging.getLogger("p2pdist.mirror")
 
 # Headers of the upstream's answer that mean something to the client.
 PASSED_HEADERS = ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "Retry-After", "Content-Length")
-STATUS_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "MANIFEST_UNKNOWN", 429: "TOOMANYREQUESTS"}
+STATUS_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "BLOB_UNKNOWN", 429: "TOOMANYREQUESTS"}
+# The longest valid request path is ~450 bytes (a 255-byte name, "blobs", a sha512 digest).
+MAX_PATH = 2048
 
 
 class Mirror:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         cfg = agent.config.mirror
-        self.grants = Grants(cfg.auth_ttl, cfg.public_ttl, time.monotonic)
+        self.membership = Membership(cfg.auth_ttl, cfg.public_ttl, time.monotonic)
         self.manifests = ManifestCache(agent.config.data_dir / "manifests", cfg.tag_ttl, time.monotonic)
+        self.relay = TokenRelay(agent)
         self.active = 0
 
     # --- request parsing ---------------------------------------------------------------------
 
-    def upstream(self, request: web.Request) -> Upstream:
-        """containerd names the registry in ?ns=; Docker's registry-mirrors do not (the default)."""
-        name = request.query.get("ns") or self.agent.config.mirror.default_upstream
-        up = self.agent.config.upstream(name)
-        if up is None:
-            raise MirrorError(403, "DENIED", f"registry {name[:100]!r} is not an upstream of this mirror "
-                                             "(add it with --upstream or [[upstream]] in the agent config)")
-        return up
-
-    @staticmethod
-    def repository(request: web.Request) -> str:
-        try:
-            return check_repository(request.match_info["name"])
-        except InvalidName as e:
-            raise MirrorError(400, "NAME_INVALID", str(e)) from None
+    def route(self, request: web.Request) -> Route:
+        return resolve(self.agent.config, request.match_info["name"], request.query.get("ns"),
+                       request.headers.get("User-Agent", ""))
 
     @staticmethod
     def digest(text: str) -> Digest:
@@ -78,10 +71,45 @@ class Mirror:
             headers.add("Accept", value)
         return headers
 
+    def challenge(self, request: web.Request, route: Route, upstream: str | None) -> str:
+        """The challenge a client must answer: containerd (?ns=) gets the upstream's own; the others
+        the relay's, scoped to the name they used (containers/image retries on insufficient_scope)."""
+        if route.by_ns and upstream:
+            return upstream
+        error = None
+        for c in parse_challenges(upstream or ""):
+            error = error or c.params.get("error")
+        return relay_challenge(request, f"repository:{route.name}:pull", error)
+
+    def unauthorized(self, request: web.Request, route: Route, message: str,
+                     upstream: str | None = None) -> MirrorError:
+        return MirrorError(401, "UNAUTHORIZED", message,
+                           headers={"WWW-Authenticate": self.challenge(request, route, upstream)})
+
+    # --- /v2/ --------------------------------------------------------------------------------
+
+    async def base(self, request: web.Request) -> web.Response:
+        """Clients decide here whether to authenticate: without credentials they get a challenge,
+        or containers/image and Docker would send none and fall back to the registry on the first 401."""
+        if request.headers.get("Authorization"):
+            return web.json_response({}, headers=API_VERSION)
+        ns = request.query.get("ns")
+        if ns:
+            up = self.agent.config.upstream(ns)
+            if up is None:
+                raise MirrorError(403, "DENIED", f"registry {ns[:100]!r} is not an upstream of this mirror")
+            auth = await self.relay.upstream_auth(up)
+            if auth.scheme == "none":
+                return web.json_response({}, headers=API_VERSION)
+            raise MirrorError(401, "UNAUTHORIZED", f"{ns} requires authentication",
+                              headers={"WWW-Authenticate": auth.challenge})
+        raise MirrorError(401, "UNAUTHORIZED", "authenticate through the mirror's token endpoint",
+                          headers={"WWW-Authenticate": relay_challenge(request)})
+
     # --- manifests ---------------------------------------------------------------------------
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
-        up, repo = self.upstream(request), self.repository(request)
+        route = self.route(request)
         reference = request.match_info["reference"]
         by_digest = ":" in reference
         if by_digest:
@@ -91,27 +119,29 @@ class Mirror:
                 check_tag(reference)
             except InvalidName as e:
                 raise MirrorError(400, "TAG_INVALID", str(e)) from None
-        auth = request.headers.get("Authorization")
-        origin = self.agent.origin_client(up.registry, auth)
+        auth = self.relay.upstream_authorization(request, route)
+        origin = self.agent.origin_client(route.registry, auth)
         try:
-            async with origin.passthrough(request.method, repo, "manifests", reference,
+            async with origin.passthrough(request.method, route.repo, "manifests", reference,
                                           self.forwarded_headers(request)) as resp:
                 if resp.status != 200:
-                    return await self._pass_error(resp, request.method)
-                self.grants.allow(up.registry, repo, auth)
-                return await self._manifest_ok(request, resp, up.registry, repo, reference, by_digest)
+                    return await self._refusal(request, route, resp)
+                return await self._manifest_ok(request, resp, route, reference, by_digest, auth)
         except OriginError as e:
             log.warning("upstream unreachable for manifest; trying the cache",
-                        extra={"registry": up.registry, "repo": repo, "reference": reference, "error": str(e)})
-            return self._cached_manifest(request, up.registry, repo, reference, by_digest, auth)
+                        extra={"registry": route.registry, "repo": route.repo, "reference": reference,
+                               "error": str(e)})
+            return self._cached_manifest(request, route, reference, by_digest, auth)
 
-    async def _manifest_ok(self, request: web.Request, resp: aiohttp.ClientResponse, registry: str, repo: str,
-                           reference: str, by_digest: bool) -> web.Response:
+    async def _manifest_ok(self, request: web.Request, resp: aiohttp.ClientResponse, route: Route,
+                           reference: str, by_digest: bool, auth: str | None) -> web.Response:
         media_type = resp.headers.get("Content-Type", "application/octet-stream")
         said = resp.headers.get("Docker-Content-Digest")
         if request.method == "HEAD":
-            if said and not by_digest:
-                self.manifests.resolve(registry, repo, reference, said, media_type)
+            if said:
+                self._confirm_manifest(route, auth, said)
+                if not by_digest:
+                    self.manifests.resolve(route.registry, route.repo, reference, said, media_type)
             headers = {**API_VERSION, "Content-Type": media_type}
             for name in ("Docker-Content-Digest", "Content-Length"):
                 if name in resp.headers:
@@ -125,33 +155,50 @@ class Mirror:
         if expected is not None and actual != expected:
             raise MirrorError(502, "MANIFEST_INVALID", f"upstream sent a manifest hashing to {actual}, not {expected}")
         self.manifests.put(actual, media_type, body)
+        self.membership.confirm(route.registry, route.repo, auth, {str(actual), *references(body)})
         if not by_digest:
-            self.manifests.resolve(registry, repo, reference, str(actual), media_type)
+            self.manifests.resolve(route.registry, route.repo, reference, str(actual), media_type)
         return web.Response(body=body, headers={**API_VERSION, "Content-Type": media_type,
                                                 "Docker-Content-Digest": str(actual)})
 
-    def _cached_manifest(self, request: web.Request, registry: str, repo: str, reference: str, by_digest: bool,
+    def _confirm_manifest(self, route: Route, auth: str | None, digest: str) -> None:
+        """A manifest the upstream has in this repository links what it references there too."""
+        digests = {digest}
+        try:
+            cached = self.manifests.get(Digest.parse(digest))
+        except DigestError:
+            return
+        if cached is not None:
+            digests |= references(cached.body)
+        self.membership.confirm(route.registry, route.repo, auth, digests)
+
+    def _cached_manifest(self, request: web.Request, route: Route, reference: str, by_digest: bool,
                          auth: str | None) -> web.Response:
-        digest = reference if by_digest else self.manifests.resolved(registry, repo, reference)
+        digest = reference if by_digest else self.manifests.resolved(route.registry, route.repo, reference)
         cached = self.manifests.get(Digest.parse(digest)) if digest else None
         if cached is None:
-            raise MirrorError(503, "UNAVAILABLE", f"upstream {registry} is unreachable and {repo}:{reference} "
-                                                  "is not in the mirror's cache")
-        if not self.grants.allowed(registry, repo, auth):
-            raise MirrorError(401, "UNAUTHORIZED", f"upstream {registry} is unreachable and these credentials "
-                                                   f"were not recently accepted for {repo}")
+            raise MirrorError(503, "UNAVAILABLE", f"upstream {route.registry} is unreachable and "
+                                                  f"{route.repo}:{reference} is not in the mirror's cache")
+        if not self.membership.allowed(route.registry, route.repo, auth, cached.digest):
+            raise self.unauthorized(request, route, f"upstream {route.registry} is unreachable and did not "
+                                                    f"recently confirm this manifest in {route.repo} for "
+                                                    "these credentials")
         headers = {**API_VERSION, "Content-Type": cached.media_type, "Docker-Content-Digest": cached.digest}
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(cached.body))
             return web.Response(headers=headers)
         return web.Response(body=cached.body, headers=headers)
 
-    @staticmethod
-    async def _pass_error(resp: aiohttp.ClientResponse, method: str) -> web.Response:
-        """The upstream's refusal goes back as it came: status, challenge and OCI error body."""
+    async def _refusal(self, request: web.Request, route: Route, resp: aiohttp.ClientResponse) -> web.Response:
+        """The upstream's refusal goes back with its status and OCI error body; a 401 with the
+        challenge this client can answer."""
         headers = {name: resp.headers[name] for name in PASSED_HEADERS if name in resp.headers}
         headers.pop("Content-Length", None)
-        if method == "HEAD":
+        if resp.status == 401:
+            upstream = resp.headers.get("WWW-Authenticate")
+            self.relay.learn(route.registry, upstream)
+            headers["WWW-Authenticate"] = self.challenge(request, route, upstream)
+        if request.method == "HEAD":
             return web.Response(status=resp.status, headers={**API_VERSION, **headers})
         body = await resp.content.read(64 << 10)
         return web.Response(status=resp.status, body=body, headers={**API_VERSION, **headers})
@@ -159,50 +206,59 @@ class Mirror:
     # --- blobs -------------------------------------------------------------------------------
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        up, repo = self.upstream(request), self.repository(request)
+        route = self.route(request)
         digest = self.digest(request.match_info["digest"])
-        auth = request.headers.get("Authorization")
+        auth = self.relay.upstream_authorization(request, route)
         size = None
-        if not self.grants.allowed(up.registry, repo, auth):
-            size = await self._check_upstream(request, up.registry, repo, digest, auth)
+        if not self.membership.allowed(route.registry, route.repo, auth, str(digest)):
+            size = await self._confirm_blob(request, route, digest, auth)
         stored = await serve_stored(request, self.agent, digest)
         if stored is not None:
             return stored
         if request.method == "HEAD":
             if size is None:
-                size = await self._upstream_size(up.registry, repo, digest, auth)
+                size = await self._upstream_size(route, digest, auth)
             return web.Response(headers={**blob_headers(digest), "Content-Length": str(size)})
-        swarm, done = self.agent.fetch(up.registry, repo, digest, auth)
+        swarm, done = self.agent.fetch(route.registry, route.repo, digest, auth)
         if swarm is None:  # completed between our check and now
             stored = await serve_stored(request, self.agent, digest)
             if stored is not None:
                 return stored
         return await stream_from_swarm(request, self.agent, swarm, done, digest)
 
-    async def _check_upstream(self, request: web.Request, registry: str, repo: str, digest: Digest,
-                              auth: str | None) -> int:
-        """Ask the upstream whether this client may read this blob (HEAD with its credentials)."""
-        origin = self.agent.origin_client(registry, auth)
+    async def _confirm_blob(self, request: web.Request, route: Route, digest: Digest, auth: str | None) -> int:
+        """Ask the upstream whether this client may read this blob in this repository (a HEAD with its
+        credentials), as a registry answers: 404 for a blob not linked there."""
+        origin = self.agent.origin_client(route.registry, auth)
         try:
-            async with origin.passthrough("HEAD", repo, "blobs", str(digest), CIMultiDict()) as resp:
+            async with origin.passthrough("HEAD", route.repo, "blobs", str(digest), CIMultiDict()) as resp:
                 if resp.status == 200:
-                    self.grants.allow(registry, repo, auth)
+                    self.membership.confirm(route.registry, route.repo, auth, {str(digest)})
                     return int(resp.headers.get("Content-Length", "0"))
                 if resp.status == 404:
-                    raise MirrorError(404, "BLOB_UNKNOWN", f"blob {digest} is unknown to {registry}/{repo}")
-                headers = {k: resp.headers[k] for k in ("WWW-Authenticate", "Retry-After") if k in resp.headers}
+                    raise MirrorError(404, "BLOB_UNKNOWN", f"blob {digest} is unknown to {route.registry}/{route.repo}")
+                if resp.status == 401:
+                    upstream = resp.headers.get("WWW-Authenticate")
+                    self.relay.learn(route.registry, upstream)
+                    raise self.unauthorized(request, route, f"{route.registry} wants credentials for {route.repo}",
+                                            upstream)
+                headers = {k: resp.headers[k] for k in ("Retry-After",) if k in resp.headers}
                 code = STATUS_CODES.get(resp.status, "UNKNOWN")
-                raise MirrorError(resp.status, code, f"upstream {registry} answered {resp.status} for {repo}",
+                raise MirrorError(resp.status if resp.status < 500 else 502, code,
+                                  f"upstream {route.registry} answered {resp.status} for {route.repo}",
                                   headers=headers)
         except OriginError as e:
-            raise MirrorError(503, "UNAVAILABLE", f"upstream {registry} is unreachable and these credentials were "
-                                                  f"not recently accepted for {repo}: {e}") from None
+            raise MirrorError(503, "UNAVAILABLE", f"upstream {route.registry} is unreachable and did not recently "
+                                                  f"confirm {digest} in {route.repo} for these credentials: {e}"
+                              ) from None
 
-    async def _upstream_size(self, registry: str, repo: str, digest: Digest, auth: str | None) -> int:
+    async def _upstream_size(self, route: Route, digest: Digest, auth: str | None) -> int:
         try:
-            return await self.agent.origin_client(registry, auth).blob_size(repo, str(digest))
+            return await self.agent.origin_client(route.registry, auth).blob_size(route.repo, str(digest))
+        except OriginNotFound as e:
+            raise MirrorError(404, "BLOB_UNKNOWN", str(e)) from None
         except OriginError as e:
-            raise MirrorError(e.status or 502, "BLOB_UNKNOWN" if e.status == 404 else "UNKNOWN", str(e)) from None
+            raise MirrorError(502, "UNAVAILABLE", str(e)) from None
 
 
 def build_app(agent: Agent) -> web.Application:
@@ -214,6 +270,9 @@ def build_app(agent: Agent) -> web.Application:
             return oci_error(405, "UNSUPPORTED", f"{request.method} is not supported: this is a pull-only mirror "
                                                  "(push to the upstream registry itself)",
                              headers={"Allow": "GET, HEAD"})
+        if len(request.raw_path) > MAX_PATH:
+            return oci_error(414, "NAME_INVALID", f"request path of {len(request.raw_path)} bytes: no valid "
+                                                  f"name, tag or digest is longer than {MAX_PATH}")
         if mirror.active >= agent.config.mirror.max_requests:
             return oci_error(429, "TOOMANYREQUESTS", "the mirror is at its request limit; retry shortly",
                              headers={"Retry-After": "1"})
@@ -228,7 +287,9 @@ def build_app(agent: Agent) -> web.Application:
             log.warning("blob download failed", extra={"path": request.path, "error": str(e)})
             if request.transport is not None and request.transport.is_closing():
                 raise
-            return oci_error(502, "UNKNOWN", f"download failed: {e}")
+            if isinstance(e.__cause__, OriginNotFound) or isinstance(e, OriginNotFound):
+                return oci_error(404, "BLOB_UNKNOWN", f"the upstream no longer has this blob: {e}")
+            return oci_error(502, "UNAVAILABLE", f"download failed: {e}")
         except web.HTTPException as e:
             if e.status == 404:
                 return oci_error(404, "NAME_UNKNOWN", f"no such endpoint {request.path[:100]!r}")
@@ -238,11 +299,9 @@ def build_app(agent: Agent) -> web.Application:
         finally:
             mirror.active -= 1
 
-    async def base(request: web.Request) -> web.Response:
-        return web.json_response({}, headers=API_VERSION)
-
     app = web.Application(middlewares=[oci_errors])
-    app.router.add_get("/v2/", base)
+    app.router.add_get("/v2/", mirror.base)
+    app.router.add_get(TOKEN_PATH, mirror.relay.token)
     app.router.add_get(r"/v2/{name:.+}/manifests/{reference}", mirror.manifest)
     app.router.add_get(r"/v2/{name:.+}/blobs/{digest}", mirror.blob)
     app["mirror"] = mirror

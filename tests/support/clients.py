@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pdist.core.names import path_prefix
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -200,12 +202,13 @@ def write_daemon_json(path: Path, mirror: str) -> None:
 
 
 def registries_conf(registries: Sequence[str], mirror: str) -> str:
-    """containers/image registries.conf: ``mirror`` (host:port, plain http) in front of each registry."""
+    """containers/image registries.conf: ``mirror`` (host:port, plain http) in front of each registry,
+    with the registry as the location's path prefix (the mirror routes by it)."""
     blocks = []
     for registry in registries:
         blocks.append(
             f'[[registry]]\nprefix = "{registry}"\nlocation = "{registry}"\ninsecure = true\n'
-            f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n'
+            f'[[registry.mirror]]\nlocation = "{mirror}/{path_prefix(registry)}"\ninsecure = true\n'
         )
     return "\n".join(blocks)
 

@@ -1,0 +1,192 @@
+"""Token auth through the mirror, for clients that cannot be sent to the upstream's token service.
+
+containerd names the registry in every request (``?ns=``), so it gets the upstream's own challenge
+and talks to the upstream's token service itself. containers/image and Docker cannot: they take the
+realm from the mirror's ``GET /v2/`` answer, which names no registry, and ask for the scope of the name
+they used (``repository:quay.io/team/app:pull`` with a path prefix). So the mirror's ``/v2/`` challenge
+names the mirror's own token endpoint, and this relay asks the routed upstream's token service for
+``repository:team/app:pull`` with the client's own credentials (the configured ones when it sends none)
+and hands back the upstream's answer unchanged. The client then presents the upstream's token to the
+mirror, which forwards it.
+
+An upstream with basic auth or none has no token service: the relay checks the client's basic
+credentials against it and answers with a mirror token (``p2pdist.…``) that stands for them on this
+node only, for ``mirror.auth_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..origin import OriginError, parse_challenges
+from .errors import MirrorError
+from .routes import Route, resolve
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+    from ..config import Upstream
+
+TOKEN_PATH = "/p2pdist/token"
+SERVICE = "p2pdist-mirror"
+MIRROR_TOKEN_PREFIX = "p2pdist."
+MAX_MIRROR_TOKENS = 65536
+MAX_SCOPES = 16
+PROBE_TTL = 300.0  # seconds an upstream's auth scheme (from GET /v2/) is trusted
+
+
+@dataclass(frozen=True)
+class UpstreamAuth:
+    scheme: str  # "none", "basic" or "bearer"
+    realm: str = ""
+    service: str = ""
+    challenge: str = ""  # the WWW-Authenticate header as the upstream sent it
+
+
+def parse_auth(header: str | None) -> UpstreamAuth:
+    if header is None:
+        return UpstreamAuth("none")
+    challenges = {c.scheme: c for c in parse_challenges(header)}
+    if "bearer" in challenges:
+        params = challenges["bearer"].params
+        return UpstreamAuth("bearer", params.get("realm", ""), params.get("service", ""), header)
+    if "basic" in challenges:
+        return UpstreamAuth("basic", challenge=header)
+    raise OriginError(f"unsupported auth challenge {header[:200]!r}")
+
+
+@dataclass(frozen=True)
+class MirrorToken:
+    registry: str
+    authorization: str | None  # what goes upstream: the client's basic credentials, or None
+    until: float
+
+
+class MirrorTokens:
+    """Tokens this mirror issued for upstreams without a token service; bounded, expiring."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._tokens: OrderedDict[str, MirrorToken] = OrderedDict()
+
+    def issue(self, registry: str, authorization: str | None) -> str:
+        token = MIRROR_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._tokens[token] = MirrorToken(registry, authorization, self._clock() + self.ttl)
+        while len(self._tokens) > MAX_MIRROR_TOKENS:
+            self._tokens.popitem(last=False)
+        return token
+
+    def lookup(self, token: str) -> MirrorToken | None:
+        entry = self._tokens.get(token)
+        if entry is None or entry.until <= self._clock():
+            self._tokens.pop(token, None)
+            return None
+        return entry
+
+
+def relay_challenge(request: web.Request, scope: str | None = None, error: str | None = None) -> str:
+    """The mirror's own Bearer challenge, naming the relay on the address the client used."""
+    params = [f'realm="http://{request.host}{TOKEN_PATH}"', f'service="{SERVICE}"']
+    if scope:
+        params.append(f'scope="{scope}"')
+    if error:
+        params.append(f'error="{error}"')
+    return "Bearer " + ",".join(params)
+
+
+class TokenRelay:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.tokens = MirrorTokens(agent.config.mirror.auth_ttl)
+        self._auth: dict[str, tuple[UpstreamAuth, float]] = {}
+
+    # --- what each upstream wants -----------------------------------------------------------
+
+    def learn(self, registry: str, header: str | None) -> None:
+        """Remember an upstream's challenge seen on the way (saves a probe)."""
+        if not header:
+            return
+        with contextlib.suppress(OriginError):
+            self._auth[registry] = (parse_auth(header), time.monotonic() + PROBE_TTL)
+
+    async def upstream_auth(self, up: Upstream) -> UpstreamAuth:
+        known = self._auth.get(up.registry)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        try:
+            header = await self.agent.origin_client(up.registry).auth_challenge()
+            auth = parse_auth(header)
+        except OriginError as e:
+            raise MirrorError(503, "UNAVAILABLE", f"cannot learn how {up.registry} authenticates: {e}") from None
+        self._auth[up.registry] = (auth, time.monotonic() + PROBE_TTL)
+        return auth
+
+    # --- GET /p2pdist/token ------------------------------------------------------------------
+
+    def _routes(self, request: web.Request) -> list[Route]:
+        scopes = [s for value in request.query.getall("scope", []) for s in value.split()]
+        if not scopes or len(scopes) > MAX_SCOPES:
+            raise MirrorError(400, "UNSUPPORTED", f"ask for 1 to {MAX_SCOPES} repository:NAME:pull scopes")
+        routes = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, _actions = rest.rpartition(":")
+            if kind != "repository" or not name:
+                raise MirrorError(400, "UNSUPPORTED", f"scope {scope[:200]!r}: only repository:NAME:pull")
+            routes.append(resolve(self.agent.config, name, None, request.headers.get("User-Agent", "")))
+        if len({r.registry for r in routes}) != 1:
+            raise MirrorError(400, "DENIED", "one token cannot span registries: ask for each registry apart")
+        return routes
+
+    async def token(self, request: web.Request) -> web.Response:
+        routes = self._routes(request)
+        up = routes[0].upstream
+        client = request.headers.get("Authorization")
+        if client is not None and not client.lower().startswith("basic "):
+            raise MirrorError(400, "UNSUPPORTED", "the token endpoint takes basic credentials or none")
+        auth = await self.upstream_auth(up)
+        origin = self.agent.origin_client(up.registry)
+        try:
+            if auth.scheme == "bearer":
+                params = [("service", auth.service)] if auth.service else []
+                # Pull only: a mirror never pushes.
+                params += [("scope", f"repository:{r.repo}:pull") for r in routes]
+                status, body = await origin.request_token(auth.realm, params, client)
+                if status == 200:
+                    return web.Response(body=body, content_type="application/json")
+            else:
+                status = 200
+                if auth.scheme == "basic" and client is not None:
+                    status = await origin.check_basic(client)
+                if status == 200:
+                    # No credentials for an anonymous upstream: everyone is the same reader there.
+                    mirror_token = self.tokens.issue(up.registry, client if auth.scheme == "basic" else None)
+                    return web.json_response({"token": mirror_token, "access_token": mirror_token,
+                                              "expires_in": int(self.tokens.ttl)})
+        except OriginError as e:
+            raise MirrorError(503, "UNAVAILABLE", f"token service of {up.registry} unreachable: {e}") from None
+        if status in (401, 403):
+            raise MirrorError(401, "UNAUTHORIZED", f"{up.registry} refused these credentials",
+                              headers={"WWW-Authenticate": f'Basic realm="p2pdist mirror for {up.registry}"'})
+        raise MirrorError(502, "UNAVAILABLE", f"token service of {up.registry} answered {status}")
+
+    def upstream_authorization(self, request: web.Request, route: Route) -> str | None:
+        """What goes upstream for this request: the client's own Authorization, a mirror token's stand-in."""
+        given = request.headers.get("Authorization")
+        if given is None or not given.startswith("Bearer " + MIRROR_TOKEN_PREFIX):
+            return given
+        entry = self.tokens.lookup(given.removeprefix("Bearer "))
+        if entry is None or entry.registry != route.registry:
+            raise MirrorError(401, "UNAUTHORIZED", "mirror token expired or issued for another registry",
+                              headers={"WWW-Authenticate": relay_challenge(request, f"repository:{route.name}:pull",
+                                                                           "invalid_token")})
+        return entry.authorization
+
