@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.bench_fetch import prefault_page_cache
 from p2pdist.config import parse_size
+from tests.support.clients import registries_conf
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
 
@@ -69,9 +70,8 @@ def skopeo_copy(work: Path, ref: str, conf: Path | None) -> float:
     return elapsed
 
 
-def registries_conf(path: Path, registry: str, mirror: str) -> Path:
-    path.write_text(f'[[registry]]\nprefix = "{registry}"\nlocation = "{registry}"\ninsecure = true\n'
-                    f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n')
+def write_registries_conf(path: Path, registry: str, mirror: str) -> Path:
+    path.write_text(registries_conf([registry], mirror))
     return path
 
 
@@ -88,7 +88,7 @@ def cold(work: Path, layers: list[int], runs: int) -> dict:
             agent = AgentProc(work, f"cold{run}", NO_TRACKER, TOKEN, upstreams=[f"http://{registry.host}"],
                               mirror=True).start()
             try:
-                conf = registries_conf(work / "registries.conf", registry.host, agent.mirror)
+                conf = write_registries_conf(work / "registries.conf", registry.host, agent.mirror)
                 prefault_page_cache(work, touch)
                 m_t.append(skopeo_copy(work, ref, conf))
             finally:

@@ -21,6 +21,7 @@ too, and a docker.io pull that slipped past the mirror could reach nothing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import json
@@ -227,6 +228,15 @@ def daemon_json(mirror: str, **extra: object) -> dict[str, object]:
     return {"registry-mirrors": [f"http://{mirror}"], **extra}
 
 
+def write_authfile(path: Path, credentials: dict[str, tuple[str, str]]) -> Path:
+    """A containers-auth.json: host (or host/namespace) -> (user, password)."""
+    auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+             for host, (user, password) in credentials.items()}
+    path.write_text(json.dumps({"auths": auths}))
+    path.chmod(0o600)
+    return path
+
+
 # --- skopeo -------------------------------------------------------------------------------------
 
 
@@ -244,15 +254,17 @@ class Skopeo:
         write_registries_conf(self.conf, registries, mirror)
         self.log = workdir / "skopeo.log"
 
-    def copy_cmd(self, ref: str, out: Path, *, debug: bool = False) -> list[str]:
+    def copy_cmd(self, ref: str, out: Path, *, debug: bool = False, args: Sequence[str] = ()) -> list[str]:
         # No --src-tls-verify=false: plain http must come from registries.conf's insecure = true.
         return [self.binary, *(["--debug"] if debug else []), "--registries-conf", str(self.conf), "copy",
-                f"docker://{ref}", f"dir:{out}"]
+                *args, f"docker://{ref}", f"dir:{out}"]
 
-    def copy(self, ref: str, out: Path, *, debug: bool = True, timeout: float = 180.0, check: bool = True) -> Result:
+    def copy(self, ref: str, out: Path, *, debug: bool = True, timeout: float = 180.0, check: bool = True,
+             args: Sequence[str] = ()) -> Result:
+        """``args``: more copy flags, e.g. ``--src-authfile FILE`` (credentials for the mirror's host)."""
         if out.exists():
             shutil.rmtree(out)
-        return run(self.copy_cmd(ref, out, debug=debug), log=self.log, timeout=timeout, check=check)
+        return run(self.copy_cmd(ref, out, debug=debug, args=args), log=self.log, timeout=timeout, check=check)
 
     def popen_copy(self, ref: str, out: Path) -> subprocess.Popen[bytes]:
         """The same copy, in the background (for killing the agent mid-pull)."""
@@ -317,9 +329,10 @@ class Containerd:
     def ctl(self, *args: str) -> list[str]:
         return [self.ctr, "--address", str(self.socket), "--namespace", self.namespace, *args]
 
-    def pull(self, ref: str, *, timeout: float = 180.0, check: bool = True) -> Result:
-        """Fetch and unpack (ctr's default) through the hosts.toml mirror."""
-        cmd = self.ctl("images", "pull", "--hosts-dir", str(self.certs_d), "--print-chainid", ref)
+    def pull(self, ref: str, *, timeout: float = 180.0, check: bool = True, user: str | None = None) -> Result:
+        """Fetch and unpack (ctr's default) through the hosts.toml mirror; ``user``: "name:password"."""
+        cmd = self.ctl("images", "pull", "--hosts-dir", str(self.certs_d), "--print-chainid",
+                       *(["--user", user] if user else []), ref)
         result = run(cmd, log=self.cmd_log, timeout=timeout, check=False)
         result.stdout = last_progress_frame(result.stdout)  # the full log is in cmd_log
         return result.check() if check else result
@@ -385,9 +398,10 @@ class Podman:
                 "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
                 "--runtime", self.runtime, *args]
 
-    def pull(self, ref: str, *, timeout: float = 180.0, check: bool = True) -> Result:
-        return run(self.cmd("--log-level", "debug", "pull", ref), log=self.log, env=self.env, timeout=timeout,
-                   check=check)
+    def pull(self, ref: str, *, timeout: float = 180.0, check: bool = True, args: Sequence[str] = ()) -> Result:
+        """``args``: more pull flags, e.g. ``--authfile FILE`` (credentials for the mirror's host)."""
+        return run(self.cmd("--log-level", "debug", "pull", *args, ref), log=self.log, env=self.env,
+                   timeout=timeout, check=check)
 
     def run_container(self, ref: str, *command: str, timeout: float = 120.0) -> Result:
         """Run a command in the pulled image: no network, the ulimits this machine allows."""
@@ -522,8 +536,17 @@ class Dockerd:
     def cli_cmd(self, *args: str) -> list[str]:
         return [self.cli, "--host", f"unix://{self.socket}", *args]
 
-    def pull(self, ref: str, *, timeout: float = 180.0, check: bool = True) -> Result:
-        return run(self.cli_cmd("pull", ref), log=self.cmd_log, timeout=timeout, check=check)
+    def pull(self, ref: str, *, timeout: float = 180.0, check: bool = True,
+             credentials: tuple[str, str] | None = None) -> Result:
+        """``credentials``: Docker Hub credentials, as `docker login` would store them (a login itself
+        would go to the Hub, which nothing here can reach); the CLI hands them to the daemon."""
+        cmd = self.cli_cmd("pull", ref)
+        if credentials is not None:
+            config = self.workdir / "cli-config"
+            config.mkdir(exist_ok=True)
+            write_authfile(config / "config.json", {"https://index.docker.io/v1/": credentials})
+            cmd = [self.cli, "--config", str(config), *cmd[1:]]
+        return run(cmd, log=self.cmd_log, timeout=timeout, check=check)
 
     def run_container(self, ref: str, *command: str, timeout: float = 120.0) -> Result:
         return run(self.cli_cmd("run", "--rm", "--network", "none", "--pull", "never", ref, *command),

@@ -78,8 +78,11 @@ class OciImage:
         algorithm, _, encoded = digest.partition(":")
         return self.layout / "blobs" / algorithm / encoded
 
-    def push(self, registry_host: str, repo: str, tag: str | None = None, *, timeout: float = 120.0) -> str:
+    def push(self, registry_host: str, repo: str, tag: str | None = None, *, creds: str | None = None,
+             timeout: float = 120.0) -> str:
         """``skopeo copy oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG`` over plain http; returns the manifest digest.
+
+        ``creds`` ("user:password") for a registry with auth.
 
         skopeo keeps the OCI manifest byte for byte when no conversion is asked for; the digest the
         registry reports is checked against ours so the tests' digest expectations hold.
@@ -88,6 +91,7 @@ class OciImage:
         skopeo = require_binary("skopeo", "skopeo")
         digest_file = self.layout.parent / f"pushed-{os.getpid()}-{repo.replace('/', '_')}-{tag}.digest"
         cmd = [skopeo, "copy", "--quiet", "--dest-tls-verify=false", "--digestfile", str(digest_file),
+               *(["--dest-creds", creds] if creds else []),
                f"oci:{self.layout}:{self.tag}", f"docker://{registry_host}/{repo}:{tag}"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if out.returncode != 0:

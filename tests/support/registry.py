@@ -2,7 +2,8 @@
 
 The registry runs as a subprocess on 127.0.0.1 with its own config, storage and log in a temp dir.
 Optional auth: htpasswd basic auth, or token auth backed by :class:`TokenIssuer`, a small in-process
-token server that signs RS256 JWTs the way distribution 2.8 verifies them.
+token server with per-user rights that signs ES256 JWTs (``x5c`` header, checked by distribution 2.8
+against its ``rootcertbundle``) and speaks both the GET token protocol and the OAuth2 POST form.
 
 Byte accounting comes from the registry's own log (JSON formatter): every successful response logs
 ``"msg": "response completed"`` with ``http.response.written``, the body bytes it actually wrote.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import fnmatch
 import hashlib
 import json
 import os
@@ -29,15 +31,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 BINARY = "docker-registry"
@@ -85,10 +88,11 @@ def htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{hashed}"
 
 
-def libtrust_key_id(public_key: rsa.RSAPublicKey) -> str:
-    """The key ID libtrust derives from a public key: distribution 2.8 looks up a JWT's ``kid`` by it.
+def libtrust_key_id(public_key: Any) -> str:
+    """The key ID libtrust derives from a public key (distribution 2.8 matches a JWT ``kid`` to it).
 
     sha256 of the DER SubjectPublicKeyInfo, first 240 bits, base32, in 12 colon-separated groups of 4.
+    Our tokens carry ``x5c`` instead; this stays for tests that want to build ``kid`` tokens themselves.
     """
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     b32 = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
@@ -103,14 +107,36 @@ def _basic_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+# A rule grants actions on the repositories (or, as "TYPE:PATTERN", other resources such as
+# "registry:catalog") whose name matches an fnmatch pattern: "private/*" grants pull,
+# ("private/*", ["pull", "push"]) the listed actions, ("*", ["*"]) any action asked for.
+Rule = str | tuple[str, Iterable[str]]
+Rights = Mapping[str | None, Iterable[Rule]]
+ALL_ACTIONS = ("*",)
+
+
 @dataclass(frozen=True)
 class TokenRequest:
-    """One request the token issuer answered."""
+    """One request the token issuer answered (refused ones included)."""
 
-    user: str | None  # None: anonymous
+    user: str | None  # None: anonymous (or credentials that were refused)
     service: str | None
-    scopes: tuple[str, ...]
+    scopes: tuple[str, ...]  # as requested: GET's scope params, POST's space-separated scope field(s)
     status: int
+    method: str = "GET"  # "GET" (Docker token protocol) or "POST" (OAuth2 form)
+    # What the token grants, as scope strings with the granted actions ("repository:public/x:pull");
+    # requested scopes granted nothing are absent, as they are from the token's ``access`` claim.
+    granted: tuple[str, ...] = ()
+    grant_type: str | None = None  # POST: "password" or "refresh_token"
+    client_id: str | None = None
+    refresh_token_issued: bool = False  # a new refresh token was handed out (offline_token / access_type)
+    username: str | None = None  # the username presented, also when refused (``user`` is None then)
+
+    @property
+    def denied(self) -> tuple[str, ...]:
+        """Requested scopes the token grants nothing for (all of them when status is not 200)."""
+        names = {s.rsplit(":", 1)[0] for s in self.granted}
+        return tuple(s for s in self.scopes if s.rsplit(":", 1)[0] not in names)
 
 
 @dataclass(frozen=True)
@@ -126,32 +152,63 @@ class RequestRecord:
     user_agent: str
 
 
-class TokenIssuer:
-    """A Docker token server (``GET /token?service=&scope=``) on 127.0.0.1, in a thread.
+_Answer = tuple[TokenRequest, Any, dict[str, str]]  # the record, the JSON body, extra headers
 
-    It checks basic credentials against ``users`` and issues RS256 JWTs whose header ``kid`` is the
-    libtrust ID of its key, which distribution 2.8 matches against the certificate in its
-    ``rootcertbundle``. (An ``x5c`` header with the DER certificate is accepted too; ``kid`` keeps
-    tokens short.) Thread-based so it works from sync fixtures and async tests alike.
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.description = status, error, description
+
+
+class TokenIssuer:
+    """A Docker token server on 127.0.0.1 (``/token``), in a thread, with per-user rights.
+
+    Speaks both halves of the protocol: ``GET /token?service=&scope=...`` with basic credentials or
+    none (skopeo, podman, dockerd, containerd without credentials) and the OAuth2 form ``POST /token``
+    (``grant_type=password`` or ``refresh_token``; containerd with credentials, docker login).
+    Tokens are ES256 JWTs whose header ``x5c`` holds the issuer's self-signed certificate, the one
+    :meth:`certificate_pem` returns for the registry's ``rootcertbundle``.
+
+    ``rights`` maps a user (None: anonymous) to rules (see :data:`Rule`); anonymous rules apply to
+    every user too (public repositories are public). Each requested scope is granted the requested
+    actions its rules allow, independently; a scope allowed nothing is left out of the token's
+    ``access`` (the registry then answers 401 ``insufficient_scope``), as Docker Hub does. Anonymous
+    requests get a 401 only when ``None`` is not in ``rights`` at all; bad credentials always do.
+
+    Without ``rights`` (the old behaviour): every user may do anything, anonymous may pull
+    everything with ``anonymous_pull`` and is refused (401) otherwise. Every request is recorded:
+    :meth:`token_requests`.
     """
 
     def __init__(
         self,
-        users: dict[str, str],
+        users: Mapping[str, str],
         *,
+        rights: Rights | None = None,
         service: str = "p2pdist-test-registry",
         issuer: str = "p2pdist-test-issuer",
         expires_in: int = 300,
         anonymous_pull: bool = False,
+        oauth_post: bool = True,
     ) -> None:
         self.users = dict(users)
         self.service = service
         self.issuer = issuer
         self.expires_in = expires_in
-        self.anonymous_pull = anonymous_pull
+        # False: POST answers 405, like registries without the OAuth2 endpoint (clients fall back to GET).
+        self.oauth_post = oauth_post
+        if rights is None:
+            rights = {user: [("*", ALL_ACTIONS), ("registry:*", ALL_ACTIONS)] for user in self.users}
+        self.rights: dict[str | None, list[tuple[str, tuple[str, ...]]]] = {
+            who: [_parse_rule(rule) for rule in rules] for who, rules in rights.items()
+        }
+        if anonymous_pull:
+            self.anonymous_pull = True
         self.requests: list[TokenRequest] = []
+        self._refresh_tokens: dict[str, str] = {}  # opaque refresh token -> user
         self._lock = threading.Lock()
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key = ec.generate_private_key(ec.SECP256R1())
         self.key_id = libtrust_key_id(self.key.public_key())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
         now = datetime.datetime.now(datetime.UTC)
@@ -163,10 +220,61 @@ class TokenIssuer:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
+        self._x5c = [base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode()]
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    # -- rights -----------------------------------------------------------------------------------
+
+    @property
+    def anonymous_pull(self) -> bool:
+        """Whether anonymous requests may pull every repository."""
+        return any(pattern in ("*", "repository:*") and bool({"pull", "*"} & set(actions))
+                   for pattern, actions in self.rights.get(None, []))
+
+    @anonymous_pull.setter
+    def anonymous_pull(self, value: bool) -> None:
+        # True: anonymous pulls everything; False: anonymous token requests are refused (401).
+        if value:
+            self.rights[None] = [("*", ("pull",))]
+        else:
+            self.rights.pop(None, None)
+
+    def allowed(self, user: str | None, scope_type: str, name: str) -> set[str]:
+        """The actions ``user``'s rules (and the anonymous ones) allow on one resource."""
+        allowed: set[str] = set()
+        for who in {user, None}:
+            for pattern, actions in self.rights.get(who, []):
+                kind, _, name_pattern = pattern.rpartition(":")
+                if (kind or "repository") == scope_type and fnmatch.fnmatchcase(name, name_pattern):
+                    allowed.update(actions)
+        return allowed
+
+    def grant(self, user: str | None, scopes: Iterable[str]) -> list[dict[str, Any]]:
+        """The ``access`` claim for ``scopes``: each scope independently, those allowed nothing left out."""
+        access: list[dict[str, Any]] = []
+        for scope in scopes:
+            parts = scope.split(":")
+            if len(parts) < 3:
+                continue  # not TYPE:NAME:ACTIONS; grants nothing
+            # The name may hold a colon (a registry host:port); a type may carry a class: "repository(plugin)".
+            kind, name, wanted = parts[0].partition("(")[0], ":".join(parts[1:-1]), parts[-1].split(",")
+            allowed = self.allowed(user, kind, name)
+            actions = [a for a in dict.fromkeys(wanted) if a and ("*" in allowed or a in allowed)]
+            if not actions:
+                continue
+            for entry in access:  # the same resource asked twice: one entry
+                if (entry["type"], entry["name"]) == (kind, name):
+                    entry["actions"] += [a for a in actions if a not in entry["actions"]]
+                    break
+            else:
+                access.append({"type": kind, "name": name, "actions": actions})
+        return access
+
+    # -- tokens -----------------------------------------------------------------------------------
 
     @property
     def realm(self) -> str:
@@ -181,9 +289,9 @@ class TokenIssuer:
             return list(self.requests)
 
     def mint(self, subject: str, access: list[dict[str, Any]], *, expires_in: int | None = None) -> str:
-        """A signed registry token granting ``access`` (list of {type, name, actions})."""
+        """A signed registry token granting ``access`` (list of {type, name, actions}), no rules asked."""
         now = int(time.time())
-        header = {"typ": "JWT", "alg": "RS256", "kid": self.key_id}
+        header = {"typ": "JWT", "alg": "ES256", "x5c": self._x5c}
         claims = {
             "iss": self.issuer,
             "sub": subject,
@@ -196,62 +304,140 @@ class TokenIssuer:
             "access": access,
         }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{_b64url(signature)}"
+        der = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        # JWS ES256: the raw 32-byte big-endian r and s, not the DER structure cryptography returns.
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
-    def _grant(self, user: str | None, scopes: list[str]) -> list[dict[str, Any]]:
-        access = []
-        for scope in scopes:
-            parts = scope.split(":")
-            if len(parts) < 3:
-                continue
-            kind, name, actions = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
-            if user is None:
-                actions = [a for a in actions if a == "pull"] if self.anonymous_pull else []
-            if actions:
-                access.append({"type": kind, "name": name, "actions": actions})
-        return access
-
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        url = urllib.parse.urlsplit(handler.path)
-        query = urllib.parse.parse_qs(url.query)
-        scopes = query.get("scope", [])
-        service = query.get("service", [None])[0]
-        user: str | None = None
-        status = 200
-        auth = handler.headers.get("Authorization")
-        if url.path != "/token":
-            status = 404
-        elif auth is not None:
-            try:
-                scheme, _, value = auth.partition(" ")
-                name, _, password = base64.b64decode(value).decode().partition(":")
-            except ValueError:
-                scheme, name, password = "", "", ""
-            if scheme.lower() != "basic" or self.users.get(name) != password:
-                status = 401
-            else:
-                user = name
-        elif not self.anonymous_pull:
-            status = 401
+    def new_refresh_token(self, user: str) -> str:
+        """An opaque refresh token for ``user`` (what ``access_type=offline`` hands out)."""
+        token = secrets.token_urlsafe(32)
         with self._lock:
-            self.requests.append(TokenRequest(user, service, tuple(scopes), status))
-        if status != 200:
-            body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}).encode()
-            handler.send_response(status)
-            if status == 401:
-                handler.send_header("WWW-Authenticate", 'Basic realm="p2pdist-test-issuer"')
+            self._refresh_tokens[token] = user
+        return token
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _check_service(self, service: str | None) -> None:
+        if service is not None and service != self.service:
+            raise _Refused(400, "invalid_request", f"unknown service {service!r}")
+
+    def _password_user(self, name: str, password: str) -> str:
+        if name not in self.users or not secrets.compare_digest(self.users[name], password):
+            raise _Refused(401, "invalid_grant", "incorrect username or password")
+        return name
+
+    def _handle_get(self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> _Answer:
+        scopes = tuple(query.get("scope", []))
+        service = query.get("service", [None])[0]
+        client_id = query.get("client_id", [None])[0]
+        record = TokenRequest(None, service, scopes, 401, "GET", client_id=client_id)
+        auth = handler.headers.get("Authorization")
+        try:
+            self._check_service(service)
+            user: str | None = None
+            if auth is not None:
+                scheme, _, value = auth.partition(" ")
+                try:
+                    name, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+                except ValueError:
+                    scheme = ""
+                if scheme.lower() != "basic":
+                    raise _Refused(401, "invalid_client", "basic credentials expected")
+                record = replace(record, username=name)
+                user = self._password_user(name, password)
+            elif None not in self.rights:
+                raise _Refused(401, "invalid_client", "authentication required")
+        except _Refused as refused:
+            body = {"errors": [{"code": "UNAUTHORIZED" if refused.status == 401 else "DENIED",
+                                "message": refused.description}]}
+            headers = {"WWW-Authenticate": f'Basic realm="{self.issuer}"'} if refused.status == 401 else {}
+            return replace(record, status=refused.status), body, headers
+        access = self.grant(user, scopes)
+        token = self.mint(user or "", access)
+        document: dict[str, Any] = {"token": token, "access_token": token, **self._times()}
+        offline = user is not None and query.get("offline_token", [""])[0].lower() == "true"
+        if offline:
+            assert user is not None
+            document["refresh_token"] = self.new_refresh_token(user)
+        record = replace(record, user=user, status=200, granted=_granted(access), refresh_token_issued=offline)
+        return record, document, {}
+
+    def _handle_post(self, form: dict[str, list[str]]) -> _Answer:
+        def one(key: str) -> str | None:
+            values = form.get(key)
+            return values[0] if values else None
+
+        scopes = tuple(s for value in form.get("scope", []) for s in value.split())
+        service, grant_type, client_id = one("service"), one("grant_type"), one("client_id")
+        record = TokenRequest(None, service, scopes, 400, "POST", grant_type=grant_type, client_id=client_id)
+        try:
+            if not self.oauth_post:
+                raise _Refused(405, "unsupported", "POST is not supported; use GET")
+            if not client_id:
+                raise _Refused(400, "invalid_request", "client_id is required")
+            if not service:
+                raise _Refused(400, "invalid_request", "service is required")
+            self._check_service(service)
+            user: str | None
+            if grant_type == "password":
+                name, password = one("username") or "", one("password") or ""
+                record = replace(record, username=name or None)
+                # No username and no password: anonymous, for what anonymous may have.
+                user = self._password_user(name, password) if name or password else None
+            elif grant_type == "refresh_token":
+                refresh = one("refresh_token") or ""
+                with self._lock:
+                    user = self._refresh_tokens.get(refresh)
+                if user is None:
+                    raise _Refused(401, "invalid_grant", "unknown refresh token")
+                record = replace(record, username=user)
+            elif not grant_type:
+                raise _Refused(400, "invalid_request", "grant_type is required")
+            else:
+                raise _Refused(400, "unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+            if user is None and None not in self.rights:
+                raise _Refused(401, "invalid_grant", "authentication required")
+        except _Refused as refused:
+            headers = {"Allow": "GET"} if refused.status == 405 else {}
+            body = {"error": refused.error, "error_description": refused.description}
+            return replace(record, status=refused.status), body, headers
+        access = self.grant(user, scopes)
+        document: dict[str, Any] = {"access_token": self.mint(user or "", access), **self._times()}
+        document["scope"] = " ".join(_granted(access))
+        issued = False
+        # As the spec says: a refresh token only with access_type=offline (the one used, when refreshing).
+        if user is not None and one("access_type") == "offline":
+            if grant_type == "refresh_token":
+                document["refresh_token"] = one("refresh_token")  # not rotated
+            else:
+                document["refresh_token"], issued = self.new_refresh_token(user), True
+        record = replace(record, user=user, status=200, granted=_granted(access), refresh_token_issued=issued)
+        return record, document, {}
+
+    def _times(self) -> dict[str, Any]:
+        issued = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return {"expires_in": self.expires_in, "issued_at": issued}
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        body = b""
+        if method == "POST":
+            length = int(handler.headers.get("Content-Length") or 0)
+            body = handler.rfile.read(length) if length > 0 else b""
+        url = urllib.parse.urlsplit(handler.path)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        if url.path != "/token":
+            record = TokenRequest(None, query.get("service", [None])[0], tuple(query.get("scope", [])), 404, method)
+            answer: _Answer = record, {"errors": [{"code": "NOT_FOUND", "message": f"no such endpoint {url.path}"}]}, {}
+        elif method == "POST":
+            answer = self._handle_post(urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True))
         else:
-            token = self.mint(user or "anonymous", self._grant(user, scopes))
-            issued = datetime.datetime.now(datetime.UTC).isoformat()
-            body = json.dumps(
-                {"token": token, "access_token": token, "expires_in": self.expires_in, "issued_at": issued}
-            ).encode()
-            handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+            answer = self._handle_get(handler, query)
+        record, document, headers = answer
+        # Recorded before the answer goes out: a client that has its token finds the record.
+        with self._lock:
+            self.requests.append(record)
+        _reply(handler, record.status, document, headers)
 
     def start(self) -> TokenIssuer:
         issuer = self
@@ -260,7 +446,10 @@ class TokenIssuer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                issuer._handle(self)
+                issuer._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                issuer._handle(self, "POST")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # requests are recorded in issuer.requests instead
@@ -284,12 +473,42 @@ class TokenIssuer:
         self._thread = None
 
 
+def _parse_rule(rule: Rule) -> tuple[str, tuple[str, ...]]:
+    if isinstance(rule, str):
+        return rule, ("pull",)
+    pattern, actions = rule
+    if isinstance(actions, str):
+        actions = actions.split(",")
+    return pattern, tuple(actions)
+
+
+def _granted(access: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access)
+
+
+def _reply(
+    handler: BaseHTTPRequestHandler, status: int, document: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    body = json.dumps(document).encode()
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @dataclass
 class Registry:
     """A running ``docker-registry serve`` on 127.0.0.1. Use as a context manager or start()/stop().
 
     auth: None (anonymous), "basic" (htpasswd with ``users``) or "token" (a :class:`TokenIssuer`
-    with ``users``, available as ``.issuer`` once started). ``redirect_baseurl`` turns on
+    with ``users`` and ``rights``, available as ``.issuer`` once started). Token ``rights`` default
+    to Docker Hub style: anonymous may pull ``public/*`` only (with a token: anonymous requests
+    need one too), the first user may do anything; other users get what anonymous gets unless
+    ``rights`` says more. ``anonymous_pull=True`` lets anonymous pull everything. ``push_blob`` and
+    ``push_image`` mint their tokens directly, whatever the rights. ``redirect_baseurl`` turns on
     distribution's ``redirect`` storage middleware: blob GETs answer 307 to baseurl + storage path,
     as a registry backed by S3 or a CDN would.
     """
@@ -298,6 +517,8 @@ class Registry:
     users: dict[str, str] = field(default_factory=lambda: {"alice": "secret-pw"})
     token_expires_in: int = 300
     anonymous_pull: bool = False
+    rights: Rights | None = None  # token auth only; see TokenIssuer
+    oauth_post: bool = True  # token auth: False makes the issuer answer POST with 405 (GET only)
     redirect_baseurl: str | None = None
     workdir: Path | None = None
     startup_timeout: float = 15.0
@@ -351,7 +572,11 @@ class Registry:
         try:
             if self.auth == "token":
                 self.issuer = TokenIssuer(
-                    self.users, expires_in=self.token_expires_in, anonymous_pull=self.anonymous_pull
+                    self.users,
+                    rights=self.token_rights(),
+                    expires_in=self.token_expires_in,
+                    anonymous_pull=self.anonymous_pull,
+                    oauth_post=self.oauth_post,
                 ).start()
             # free_port() can race with another process; a bind failure shows in the log, so retry.
             for attempt in range(3):
@@ -364,6 +589,15 @@ class Registry:
             self.stop()
             raise
         raise AssertionError("unreachable")
+
+    def token_rights(self) -> Rights:
+        """The issuer's rights: ``rights``, else anonymous pulls public/* and the first user does anything."""
+        if self.rights is not None:
+            return self.rights
+        rights: dict[str | None, list[Rule]] = {None: ["public/*"]}
+        if self.users:
+            rights[next(iter(self.users))] = [("*", ALL_ACTIONS), ("registry:*", ALL_ACTIONS)]
+        return rights
 
     def _config(self) -> dict[str, Any]:
         assert self.workdir is not None

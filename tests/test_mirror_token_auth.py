@@ -1,0 +1,270 @@
+"""Token auth through the mirror, the way Docker Hub, ghcr.io and quay.io do it (issue 14).
+
+The origin is a real docker-registry with ``auth: token`` and the test token server
+(tests/support/registry.py): alice may pull and push everything, bob may pull ``other/*`` only, and
+anonymous may pull ``public/*`` only, with a token, as on Docker Hub. Two images share the busybox
+layer: one in ``public/app`` and ``other/app``, the other in ``private/app``.
+
+Real clients pull public images anonymously and private ones with credentials through the agents'
+mirror; the registry's access log proves the clients fetched nothing from it themselves (every
+request came from an agent), and a second node takes no blob bytes from the origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import Containerd, Dockerd, NetNS, Podman, Skopeo, write_authfile
+from tests.support.images import OciImage, build_image
+from tests.support.pulls import (
+    AGENT_UA,
+    Cluster,
+    assert_second_pull_from_peers,
+    blob_gets,
+    describe,
+    egress,
+    mark,
+    since,
+)
+from tests.support.registry import Registry, RequestRecord
+
+pytestmark = pytest.mark.integration
+
+ALICE = ("alice", "alice-pw")
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+RIGHTS = {"alice": [("*", ("pull", "push"))], "bob": ["other/*"], None: ["public/*"]}
+PUBLIC, PRIVATE, OTHER = "public/app", "private/app", "other/app"
+TAG = "1"
+PULL_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[OciImage, OciImage]:
+    root = tmp_path_factory.mktemp("token-images")
+    sizes = (1 << 20, 8 << 20)
+    return (build_image(root / "public", tag=TAG, random_sizes=sizes),
+            build_image(root / "private", tag=TAG, random_sizes=sizes))
+
+
+def start_hub(workdir: Path, images: tuple[OciImage, OciImage]) -> Registry:
+    registry = Registry(auth="token", users=USERS, rights=RIGHTS, workdir=workdir).start()
+    public, private = images
+    creds = ":".join(ALICE)
+    public.push(registry.host, PUBLIC, creds=creds)
+    public.push(registry.host, OTHER, creds=creds)
+    private.push(registry.host, PRIVATE, creds=creds)
+    return registry
+
+
+@pytest.fixture
+def hub(tmp_path: Path, images: tuple[OciImage, OciImage]) -> Iterator[Registry]:
+    registry = start_hub(tmp_path / "hub", images)
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, hub: Registry) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, hub)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def private_only(images: tuple[OciImage, OciImage]) -> list[str]:
+    public, private = images
+    return sorted(set(private.blob_digests) - set(public.blob_digests))
+
+
+def assert_all_by_agents(records: list[RequestRecord], new_layers: list[str]) -> None:
+    """The client never reached the registry; the agents fetched every layer not already cached."""
+    direct = [r for r in records if AGENT_UA not in r.user_agent]
+    assert not direct, f"the client went to the registry directly:\n{describe(direct)}"
+    for digest in new_layers:
+        assert blob_gets(records, digest), f"no agent GET of {digest}:\n{describe(records)}"
+
+
+def assert_relay_asked_for_upstream_scopes(hub: Registry, since_index: int, user: str | None, repo: str) -> None:
+    """The token service saw the upstream's own scope (no mirror prefix) for this user."""
+    assert hub.issuer is not None
+    requests = hub.issuer.token_requests()[since_index:]
+    prefixed = [r for r in requests if any("127.0.0.1-" in s for s in r.scopes)]
+    assert not prefixed, f"a mirror-prefixed scope reached the token service: {prefixed}"
+    assert any(r.user == user and f"repository:{repo}:pull" in r.scopes and r.status == 200 for r in requests), \
+        f"no token for {user} and {repo}: {requests}"
+
+
+def token_mark(hub: Registry) -> int:
+    assert hub.issuer is not None
+    return len(hub.issuer.token_requests())
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+def test_skopeo_public_anonymously_and_private_with_credentials(tmp_path: Path, cluster: Cluster, hub: Registry,
+                                                                images: tuple[OciImage, OciImage]) -> None:
+    public, private = images
+    secret_layers = private_only(images)
+    for node in ("a", "b"):
+        agent = cluster.agent(f"node-{node}")
+        skopeo = Skopeo(tmp_path / f"skopeo-{node}", agent.mirror, [hub.host])
+        out = tmp_path / f"out-{node}"
+        # Without credentials a private image is refused, through the mirror and at the registry.
+        before = egress(hub, private)
+        refused = skopeo.copy(f"{hub.host}/{PRIVATE}:{TAG}", out, check=False, timeout=PULL_TIMEOUT)
+        assert not refused.ok
+        assert egress(hub, private) == before
+
+        start, tokens = mark(hub), token_mark(hub)
+        with cluster.diagnosed():
+            skopeo.copy(f"{hub.host}/{PUBLIC}:{TAG}", out, timeout=PULL_TIMEOUT)
+        public.verify_dir(out)
+        assert_relay_asked_for_upstream_scopes(hub, tokens, None, PUBLIC)
+        if node == "a":
+            assert_all_by_agents(since(hub, start), public.blob_digests)
+
+        # Credentials for the mirror's host (containers/image sends --creds to the registry only).
+        authfile = write_authfile(tmp_path / f"auth-{node}.json", {agent.mirror: ALICE})
+        before, start, tokens = egress(hub, private), mark(hub), token_mark(hub)
+        with cluster.diagnosed():
+            skopeo.copy(f"{hub.host}/{PRIVATE}:{TAG}", out, args=("--src-authfile", str(authfile)),
+                        timeout=PULL_TIMEOUT)
+        private.verify_dir(out)
+        assert_relay_asked_for_upstream_scopes(hub, tokens, "alice", PRIVATE)
+        records = since(hub, start)
+        if node == "a":
+            assert_all_by_agents(records, secret_layers)
+        else:
+            assert_second_pull_from_peers(hub, records, private, before)
+
+
+def test_podman_pulls_and_runs_public_and_private(tmp_path: Path, cluster: Cluster, hub: Registry,
+                                                  images: tuple[OciImage, OciImage]) -> None:
+    public, private = images
+    pods: list[Podman] = []
+    try:
+        for node in ("a", "b"):
+            agent = cluster.agent(f"node-{node}")
+            podman = Podman(tmp_path / f"podman-{node}", agent.mirror, [hub.host])
+            pods.append(podman)
+            authfile = write_authfile(tmp_path / f"auth-{node}.json", {agent.mirror: ALICE})
+            for image, repo, args in ((public, PUBLIC, ()), (private, PRIVATE, ("--authfile", str(authfile)))):
+                ref = f"{hub.host}/{repo}:{TAG}"
+                before, start = egress(hub, image), mark(hub)
+                with cluster.diagnosed():
+                    podman.pull(ref, args=args, timeout=PULL_TIMEOUT)
+                assert podman.image_digest(ref) == image.manifest_digest
+                records = since(hub, start)
+                if node == "a":
+                    new = image.blob_digests if image is public else private_only(images)
+                    assert_all_by_agents(records, new)
+                else:
+                    assert_second_pull_from_peers(hub, records, image, before)
+                out = podman.run_container(ref, "sh", "-c", "echo hi")
+                assert out.stdout.strip() == "hi", out
+    finally:
+        for podman in pods:
+            podman.stop()
+
+
+def test_containerd_pulls_public_and_private_with_its_own_token_requests(
+        tmp_path: Path, cluster: Cluster, hub: Registry, images: tuple[OciImage, OciImage]) -> None:
+    """containerd names the registry (?ns=), gets the upstream's own challenge and asks the token
+    service itself (a POST first, as containerd does); the mirror forwards its token."""
+    public, private = images
+    daemons: list[Containerd] = []
+    try:
+        for node in ("a", "b"):
+            agent = cluster.agent(f"node-{node}")
+            ctr = Containerd(tmp_path / f"containerd-{node}", agent.mirror, hub.host)
+            daemons.append(ctr)
+            ctr.start()
+            for image, repo, user in ((public, PUBLIC, None), (private, PRIVATE, ":".join(ALICE))):
+                before, start, tokens = egress(hub, image), mark(hub), token_mark(hub)
+                with cluster.diagnosed():
+                    out = ctr.pull(f"{hub.host}/{repo}:{TAG}", user=user, timeout=PULL_TIMEOUT)
+                assert "unpacking linux/amd64" in out.stdout, out.stdout[-2000:]
+                assert_relay_asked_for_upstream_scopes(hub, tokens, user and "alice", repo)
+                assert hub.issuer is not None
+                if user:  # containerd POSTs (OAuth2 password grant) when it has credentials
+                    assert any(r.method == "POST" for r in hub.issuer.token_requests()[tokens:])
+                records = since(hub, start)
+                if node == "a":
+                    new = image.blob_digests if image is public else private_only(images)
+                    assert_all_by_agents(records, new)
+                else:
+                    assert_second_pull_from_peers(hub, records, image, before)
+    finally:
+        for ctr in daemons:
+            ctr.stop()
+
+
+def test_dockerd_registry_mirrors_with_a_hub_that_wants_tokens_even_anonymously(
+        tmp_path: Path, images: tuple[OciImage, OciImage]) -> None:
+    """dockerd's registry-mirrors apply to docker.io only: the token registry stands in for docker.io,
+    in a namespace with nothing but lo, so a pull that slipped past the mirror could reach nothing."""
+    public, private = images
+    netns = NetNS().create()
+    try:
+        with netns.entered(), contextlib.ExitStack() as stack:
+            assert netns.links() == ["lo"]
+            hub = start_hub(tmp_path / "hub", images)
+            stack.callback(hub.stop)
+            cluster = Cluster(tmp_path, hub, upstreams=[], env={"P2PDIST_UPSTREAMS": f"http://docker.io={hub.host}"})
+            stack.callback(cluster.close)
+            for node in ("a", "b"):
+                agent = cluster.agent(f"node-{node}")
+                dockerd = Dockerd(tmp_path / f"dockerd-{node}", agent.mirror, netns)
+                stack.callback(dockerd.stop)
+                dockerd.start()
+                for image, repo, credentials in ((public, PUBLIC, None), (private, PRIVATE, ALICE)):
+                    before, start = egress(hub, image), mark(hub)
+                    with cluster.diagnosed():
+                        out = dockerd.pull(f"{repo}:{TAG}", credentials=credentials, timeout=PULL_TIMEOUT)
+                    assert f"Digest: {image.manifest_digest}" in out.stdout, out.stdout
+                    records = since(hub, start)
+                    if node == "a":
+                        new = image.blob_digests if image is public else private_only(images)
+                        assert_all_by_agents(records, new)
+                    else:
+                        assert_second_pull_from_peers(hub, records, image, before)
+                run = dockerd.run_container(f"{PRIVATE}:{TAG}", "sh", "-c", "echo hi")
+                assert run.stdout.strip() == "hi", run
+    finally:
+        netns.delete()
+
+
+def test_two_registries_same_repository_each_pull_gets_its_own_image(
+        tmp_path: Path, hub: Registry, images: tuple[OciImage, OciImage]) -> None:
+    """One mirror in front of two registries holding different images under the same name: podman,
+    which sends no ?ns=, gets each registry's own image (the mirror location names the registry)."""
+    public, private = images
+    with Registry(workdir=tmp_path / "second") as second:
+        private.push(second.host, PUBLIC)  # same name, other content
+        cluster = Cluster(tmp_path, hub, upstreams=[f"http://{hub.host}", f"http://{second.host}"])
+        podman = None
+        try:
+            agent = cluster.agent("node-a")
+            podman = Podman(tmp_path / "podman", agent.mirror, [hub.host, second.host])
+            for registry, image in ((hub, public), (second, private), (hub, public)):
+                ref = f"{registry.host}/{PUBLIC}:{TAG}"
+                start = mark(registry)
+                with cluster.diagnosed():
+                    podman.pull(ref, timeout=PULL_TIMEOUT)
+                assert podman.image_digest(ref) == image.manifest_digest
+                direct = [r for r in since(registry, start) if AGENT_UA not in r.user_agent]
+                assert not direct, describe(direct)
+            assert second.egress(private.manifest_digest) == 0  # manifests are not blobs: sanity of the count
+            assert any(blob_gets(second.requests(), d) for d in private_only(images))
+        finally:
+            if podman is not None:
+                podman.stop()
+            cluster.close()
