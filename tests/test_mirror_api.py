@@ -169,6 +169,11 @@ async def test_bad_and_unsupported_requests_get_oci_errors(mirror, registry, ima
     # encoded=True: send the path exactly as written (no client-side '..' folding).
     url = yarl.URL(f"http://{mirror.mirror}{path}?ns={registry.host}", encoded=True)
     async with aiohttp.ClientSession() as s:
+        # A pull of team/app first: what the mirror learned about the repository must not turn an
+        # unknown blob there into anything but the registry's 404 (containerd falls back only on a 404).
+        async with s.get(f"http://{mirror.mirror}/v2/team/app/manifests/v1", params=ns(registry),
+                         headers={"Accept": OCI_MANIFEST}) as r:
+            assert r.status == 200
         async with s.request(method, url) as r:
             assert r.status == status
             if code is not None:
