@@ -231,14 +231,12 @@ class OriginClient:
                             authorization: str | None) -> tuple[int, bytes]:
         """GET a token from the registry's token service for a mirror client: (status, body).
 
-        ``authorization`` is the client's own basic credential (or None: the configured
-        credentials, else anonymous); the answer goes back to the client as it came.
+        ``authorization`` is the client's own basic credential (None: anonymous); the answer goes
+        back to the client as it came.
         """
         url = URL(realm)
         if url.scheme not in ("http", "https") or not url.host:
             raise OriginError(f"origin {self.registry} names an unusable token realm {realm[:200]!r}")
-        if authorization is None and self._credentials is not None:
-            authorization = _basic(self._credentials)
         response = await self._send("GET", url.with_query(params), {}, authorization)
         try:
             return response.status, await _read_bounded(response, MAX_TOKEN_BODY)

@@ -5,13 +5,15 @@ and talks to the upstream's token service itself. containers/image and Docker ca
 realm from the mirror's ``GET /v2/`` answer, which names no registry, and ask for the scope of the name
 they used (``repository:quay.io/team/app:pull`` with a path prefix). So the mirror's ``/v2/`` challenge
 names the mirror's own token endpoint, and this relay asks the routed upstream's token service for
-``repository:team/app:pull`` with the client's own credentials (the configured ones when it sends none)
-and hands back the upstream's answer unchanged. The client then presents the upstream's token to the
-mirror, which forwards it.
+``repository:team/app:pull`` with the client's own credentials (or none) and hands back the
+upstream's answer unchanged. The client then presents the upstream's token to the mirror, which
+forwards it.
 
-An upstream with basic auth or none has no token service: the relay checks the client's basic
-credentials against it and answers with a mirror token (``p2pdist.…``) that stands for them on this
-node only, for ``mirror.auth_ttl`` seconds.
+Otherwise the relay answers with a mirror token (``p2pdist.…``) that stands for the client's
+credentials on this node only, for ``mirror.auth_ttl`` seconds: for an upstream with basic auth or
+none (no token service; basic credentials are checked against the upstream first), and for a client
+without credentials at an upstream with a configured robot account, whose credentials and tokens
+never leave the agent.
 """
 
 from __future__ import annotations
@@ -155,7 +157,9 @@ class TokenRelay:
         auth = await self.upstream_auth(up)
         origin = self.agent.origin_client(up.registry)
         try:
-            if auth.scheme == "bearer":
+            # A client without credentials at an upstream with a robot account gets a mirror token:
+            # the robot's credentials and tokens never leave the agent (it answers the challenges).
+            if auth.scheme == "bearer" and (client is not None or not up.username):
                 params = [("service", auth.service)] if auth.service else []
                 # Pull only: a mirror never pushes.
                 params += [("scope", f"repository:{r.repo}:pull") for r in routes]
@@ -168,7 +172,7 @@ class TokenRelay:
                     status = await origin.check_basic(client)
                 if status == 200:
                     # No credentials for an anonymous upstream: everyone is the same reader there.
-                    mirror_token = self.tokens.issue(up.registry, client if auth.scheme == "basic" else None)
+                    mirror_token = self.tokens.issue(up.registry, client if auth.scheme != "none" else None)
                     return web.json_response({"token": mirror_token, "access_token": mirror_token,
                                               "expires_in": int(self.tokens.ttl)})
         except OriginError as e:
