@@ -33,8 +33,13 @@ class UpstreamNotAllowed(Exception):
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, node: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: AgentConfig, node: str, session: aiohttp.ClientSession,
+                 node_secret: str = "") -> None:
         self.config = config
+        # What the peer port asks of callers: the cluster token, else this node's own secret. We send
+        # only the cluster token: the node secret never leaves this node, since without a token the
+        # tracker is open and anyone could announce themselves as a peer to collect it.
+        self.peer_secret = config.cluster_token or node_secret
         self.node = node
         self.addr = config.advertise
         self.session = session

@@ -1,23 +1,147 @@
-"""The one authentication hook for peer and tracker endpoints (cluster token; mTLS later)."""
+"""The one authentication hook for the peer port (cluster token or node secret; mTLS later).
+
+The peer port never answers data or control requests without a credential, loopback included:
+the cluster token when one is configured (the same on every node, so peers trade pieces), else a
+secret this node generates once and keeps in ``data_dir/node-secret`` (known to no other node, so
+only a local process that can read the data dir gets in).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hmac
+import logging
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
 
 from aiohttp import web
 
+log = logging.getLogger("p2pdist.auth")
 
-def cluster_auth(token: str, open_paths: tuple[str, ...] = ("/healthz",)):
-    """aiohttp middleware: requests must carry ``Authorization: Bearer <cluster token>``."""
-    expected = f"Bearer {token}".encode()
+NODE_SECRET_FILE = "node-secret"
+NODE_SECRET_BYTES = 32  # of entropy; token_urlsafe spells them as 43 characters
+_SECRET_TEXT = re.compile(r"[A-Za-z0-9_-]{43,512}")  # what we write, or an operator's longer one
+_MAX_SECRET_FILE = 1024
+
+
+class NodeSecretError(Exception):
+    """The node secret file cannot be used; the message names the file and the fix."""
+
+
+def node_secret(path: Path) -> str:
+    """The node secret kept in ``path``: created once (0600, atomically), then read back.
+
+    A secret that is unreadable, malformed or open to group/other is refused, never replaced:
+    replacing it would hide a tampered or copied file.
+    """
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    value = secrets.token_urlsafe(NODE_SECRET_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, (value + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            # link, not rename: two agents starting on one data dir must not replace each other's secret.
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_secret(path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise NodeSecretError(f"cannot create the node secret {path}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return value
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NodeSecretError(f"node secret {path} is a symbolic link: it must be a regular file") from None
+        raise NodeSecretError(f"cannot read the node secret {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NodeSecretError(f"node secret {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise NodeSecretError(
+                f"node secret {path} is open to group/other (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"any local user could read pieces from this node's peer port with it. "
+                f"Remove it to have a new one made at the next start, or run: chmod 600 {path}"
+            )
+        raw = os.read(fd, _MAX_SECRET_FILE + 1)
+    except OSError as e:
+        raise NodeSecretError(f"cannot read the node secret {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    text = raw.decode("ascii", "replace").removesuffix("\n")
+    if len(raw) > _MAX_SECRET_FILE or not _SECRET_TEXT.fullmatch(text):
+        # Never echo the content: it may be a real secret with a stray character.
+        raise NodeSecretError(
+            f"node secret {path} is malformed (expected one line of 43 to 512 URL-safe base64 "
+            f"characters); remove it to have a new one made at the next start"
+        )
+    return text
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cluster_auth(secret: str, credential: str = "cluster token", open_paths: tuple[str, ...] = ("/healthz",)):
+    """aiohttp middleware: every path but ``open_paths`` needs ``Authorization: Bearer <secret>``.
+
+    ``credential`` names the secret in refusals ("cluster token" or "node secret"), never its value.
+    """
+    if not secret:
+        # Fail closed: an empty secret must never mean "no authentication".
+        raise ValueError("the peer port needs a credential: a cluster token or the node secret")
+    expected = secret.encode("utf-8")
+    hint = "" if credential == "cluster token" else (
+        " (this node has no cluster token: give every node and the tracker the same "
+        "P2PDIST_CLUSTER_TOKEN to let peers in)"
+    )
+
+    def refusal(header: str | None) -> str | None:
+        if header is None:
+            return f"missing 'Authorization: Bearer <{credential}>' header"
+        scheme, _, presented = header.strip().partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            return f"the Authorization header must be 'Bearer <{credential}>'"
+        # Bytes, so that compare_digest takes any header (it refuses non-ASCII str).
+        if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected):
+            return f"invalid {credential}"
+        return None
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if token and request.path not in open_paths:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+        if request.path not in open_paths:
+            why = refusal(request.headers.get("Authorization"))
+            if why is not None:
+                log.info("peer request refused", extra={"remote": request.remote, "path": request.path, "why": why})
                 raise web.HTTPUnauthorized(
-                    text="cluster authentication required: send the cluster token as 'Authorization: Bearer'",
+                    text=f"cluster authentication required: {why}{hint}",
                     headers={"WWW-Authenticate": 'Bearer realm="p2pdist-cluster"'},
                 )
         return await handler(request)

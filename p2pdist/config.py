@@ -104,7 +104,9 @@ class AgentConfig:
     data_dir: Path = field(default_factory=_default_data_dir)
     node_id: str = ""  # empty = hostname plus a random suffix, kept in data_dir/node-id
     tracker: str = "http://127.0.0.1:7070"  # empty = no tracker: every piece from the origin
-    cluster_token: str = ""  # shared secret for peers and tracker; empty = loopback-only cluster
+    # Shared secret for peers and tracker. Empty = a node on its own: peers and tracker on loopback
+    # only, and the peer port takes only this node's own secret (data_dir/node-secret), so no peers.
+    cluster_token: str = ""
     peer_listen: str = "127.0.0.1:65003"  # peer data and control endpoint
     peer_advertise: str = ""  # address other peers dial; empty = peer_listen
     api_listen: str = "127.0.0.1:65002"  # local control API and /metrics (p2pdist fetch talks to it)

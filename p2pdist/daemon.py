@@ -5,31 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from . import api, mirror, peer_server
+from . import api, auth, mirror, peer_server
 from .agent import Agent
 from .config import AgentConfig, node_id, split_hostport
 from .core import wire
+from .mirror.server import MirrorRunner
 
 log = logging.getLogger("p2pdist.daemon")
 
 
 async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    # Owner only: the store holds layers of private images, and the node secret lives here.
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _warn_if_open(config.data_dir)
     node = node_id(config)
+    secret = "" if config.cluster_token else _node_secret(config)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=64)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        agent = Agent(config, node, session)
+        agent = Agent(config, node, session, node_secret=secret)
         runners = []
-        apps = [(peer_server.build_app(agent), config.peer_listen), (api.build_app(agent), config.api_listen)]
+        apps = [(peer_server.build_app(agent), config.peer_listen, web.AppRunner),
+                (api.build_app(agent), config.api_listen, web.AppRunner)]
         if config.mirror.listen:
-            apps.append((mirror.build_app(agent), config.mirror.listen))
-        for app, listen in apps:
+            apps.append((mirror.build_app(agent), config.mirror.listen, MirrorRunner))
+        for app, listen, runner_class in apps:
             app._client_max_size = wire.MAX_FRAME
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = runner_class(app, access_log=None, handle_signals=False)
             await runner.setup()
             host, port = split_hostport(listen)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -37,7 +43,8 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
         await agent.start()
         log.info("agent ready", extra={"node": node, "peer": config.peer_listen, "api": config.api_listen,
                                         "mirror": config.mirror.listen or "off",
-                                        "tracker": config.tracker or "none", "data_dir": str(config.data_dir)})
+                                        "tracker": config.tracker or "none", "data_dir": str(config.data_dir),
+                                        "peer_auth": "cluster token" if config.cluster_token else "node secret"})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,3 +58,19 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
             await agent.close()
             for runner in runners:
                 await runner.cleanup()
+
+
+def _node_secret(config: AgentConfig) -> str:
+    """Without a cluster token the peer port wants this node's own secret (see ``auth``)."""
+    try:
+        return auth.node_secret(config.data_dir / auth.NODE_SECRET_FILE)
+    except auth.NodeSecretError as e:
+        # Before any port is open: a clear line and exit status 1, not a traceback.
+        raise SystemExit(f"p2pdist: cannot start: {e}") from None
+
+
+def _warn_if_open(data_dir: Path) -> None:
+    mode = data_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("data_dir is open to other local users: they can read every cached blob from disk; "
+                    f"run chmod 700 {data_dir}", extra={"data_dir": str(data_dir), "mode": f"{mode:04o}"})

@@ -24,6 +24,15 @@ class AgentMetrics:
         self.origin_fallbacks = Counter(
             "p2pdist_origin_fallbacks_total", "Downloads that fell back to the origin", ["reason"], registry=r
         )
+        self.mirror_responses = Counter(
+            "p2pdist_mirror_responses_total", "Mirror answers by endpoint (base, token, manifest, blob) and status",
+            ["endpoint", "status"], registry=r,
+        )
+        self.mirror_upstream_checks = Counter(
+            "p2pdist_mirror_upstream_checks_total",
+            "Blob reads the upstream was asked to confirm for a client and repository (HEAD with its credentials)",
+            ["result"], registry=r,
+        )
         self.swarms = Gauge("p2pdist_active_swarms", "Blobs downloading now", registry=r)
         self.neighbours = Gauge("p2pdist_neighbours", "Connected peers", registry=r)
         self.uploads = Gauge("p2pdist_uploads_active", "Piece uploads being served now (limits.upload_slots caps them)",

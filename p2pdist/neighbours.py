@@ -77,7 +77,9 @@ class Neighbourhood:
         self.limit = limit
         self.peers: dict[str, Neighbour] = {}
         self.banned: set[str] = set()
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Peers accept only the cluster token. Without one we dial nobody: they would refuse us, and
+        # our node secret is not for sending (see Agent.peer_secret).
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
         self._dialing: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.on_change: Callable[[], None] = lambda: None
@@ -89,6 +91,8 @@ class Neighbourhood:
         """Dial new peers from a tracker handout and offer our bitfield of ``blob`` to everyone."""
         for nb in list(self.peers.values()):
             self._offer(nb, blob)
+        if self._headers is None:
+            return
         wanted = [e for e in entries if e.node != self.host.node and e.node not in self.banned]
         for entry in wanted:
             if entry.node in self.peers or entry.node in self._dialing:

@@ -25,6 +25,11 @@ async def fetch_piece(
     session: aiohttp.ClientSession, addr: str, blob: str, offset: int, length: int,
     *, token: str = "", timeout: float = 30.0,
 ) -> bytes:
+    """One piece from ``addr`` (the caller verifies it); ``token`` is the cluster token.
+
+    Without a cluster token the request goes out bare and the peer refuses it (401, a PeerError):
+    our node secret opens only our own peer port and is never sent to anyone.
+    """
     headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
     if token:
         headers["Authorization"] = f"Bearer {token}"

@@ -3,7 +3,8 @@
 ``GET /v1/blobs/<digest>`` with a single ``Range`` is answered only when every piece covering the
 range is verified here (complete blob, or verified pieces of a partial). Busy peers say 503 so the
 asker goes elsewhere instead of queueing behind us; neighbours also hear our free slots (ROOM) and
-rarely ask a full peer at all.
+rarely ask a full peer at all. Everything but ``/healthz`` needs the cluster token (or, on a node
+without one, its node secret): see ``auth``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def _error(status: type[web.HTTPException], text: str) -> web.HTTPException:
 
 
 def build_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[cluster_auth(agent.config.cluster_token)])
+    # Data and control need the cluster token, or this node's own secret without one: loopback too,
+    # so a local process cannot read pieces of images it was never allowed to pull.
+    credential = "cluster token" if agent.config.cluster_token else "node secret"
+    app = web.Application(middlewares=[cluster_auth(agent.peer_secret, credential)])
+
     async def blob_range(request: web.Request) -> web.StreamResponse:
         try:
             digest = Digest.parse(request.match_info["digest"])

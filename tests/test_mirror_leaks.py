@@ -186,9 +186,14 @@ async def test_private_blobs_and_manifests_reach_no_one_else(tmp_path: Path, hub
             hub.stop()
             await control()  # alice's own pull still works from the cache, within the window
             down = await assert_nothing_served(s, agent.mirror, asks, private, secrets)
+        metrics = agent.metrics()
     finally:
         agent.stop()
     assert up == down == len(asks) * (len(secrets) + 1) * 3
+    # Operators see the refusals: the registry's 404s (unlinked blobs) and the checks while it was down.
+    assert metrics['p2pdist_mirror_upstream_checks_total{result="404"}'] > 0
+    assert metrics['p2pdist_mirror_upstream_checks_total{result="unreachable"}'] > 0
+    assert metrics['p2pdist_mirror_responses_total{endpoint="blob",status="200"}'] >= 2 * len(secrets)
     print(json.dumps({"requests_refused_upstream_up": up, "requests_refused_upstream_down": down}))
 
 

@@ -68,7 +68,7 @@ class Cluster:
             assert self.tracker is not None
             peer, api = member.ports = (free_port(), free_port())
             data = self.workdir / "nodes" / member.name
-            data.mkdir(parents=True, exist_ok=True)
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)  # the agent warns about an open data_dir
             args = [sys.executable, "-m", "p2pdist", "daemon", "--node-id", member.name,
                     "--tracker", self.tracker.url, "--peer-listen", f"127.0.0.1:{peer}",
                     "--api-listen", f"127.0.0.1:{api}", "--data-dir", str(data),

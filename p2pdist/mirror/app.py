@@ -8,7 +8,6 @@ when the upstream confirmed that this client may read that digest there (members
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -234,7 +233,9 @@ class Mirror:
             async with origin.passthrough("HEAD", route.repo, "blobs", str(digest), CIMultiDict()) as resp:
                 if resp.status == 200:
                     self.membership.confirm(route.registry, route.repo, auth, {str(digest)})
+                    self.agent.metrics.mirror_upstream_checks.labels("confirmed").inc()
                     return int(resp.headers.get("Content-Length", "0"))
+                self.agent.metrics.mirror_upstream_checks.labels(str(resp.status)).inc()
                 if resp.status == 404:
                     raise MirrorError(404, "BLOB_UNKNOWN", f"blob {digest} is unknown to {route.registry}/{route.repo}")
                 if resp.status == 401:
@@ -248,6 +249,7 @@ class Mirror:
                                   f"upstream {route.registry} answered {resp.status} for {route.repo}",
                                   headers=headers)
         except OriginError as e:
+            self.agent.metrics.mirror_upstream_checks.labels("unreachable").inc()
             raise MirrorError(503, "UNAVAILABLE", f"upstream {route.registry} is unreachable and did not recently "
                                                   f"confirm {digest} in {route.repo} for these credentials: {e}"
                               ) from None
@@ -264,8 +266,7 @@ class Mirror:
 def build_app(agent: Agent) -> web.Application:
     mirror = Mirror(agent)
 
-    @web.middleware
-    async def oci_errors(request: web.Request, handler) -> web.StreamResponse:
+    def refused_early(request: web.Request) -> web.Response | None:
         if request.method not in ("GET", "HEAD"):
             return oci_error(405, "UNSUPPORTED", f"{request.method} is not supported: this is a pull-only mirror "
                                                  "(push to the upstream registry itself)",
@@ -276,7 +277,9 @@ def build_app(agent: Agent) -> web.Application:
         if mirror.active >= agent.config.mirror.max_requests:
             return oci_error(429, "TOOMANYREQUESTS", "the mirror is at its request limit; retry shortly",
                              headers={"Retry-After": "1"})
-        mirror.active += 1
+        return None
+
+    async def answer(request: web.Request, handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except MirrorError as e:
@@ -287,22 +290,35 @@ def build_app(agent: Agent) -> web.Application:
             log.warning("blob download failed", extra={"path": request.path, "error": str(e)})
             if request.transport is not None and request.transport.is_closing():
                 raise
-            if isinstance(e.__cause__, OriginNotFound) or isinstance(e, OriginNotFound):
+            if isinstance(e, OriginNotFound) or isinstance(e.__cause__, OriginNotFound):
                 return oci_error(404, "BLOB_UNKNOWN", f"the upstream no longer has this blob: {e}")
             return oci_error(502, "UNAVAILABLE", f"download failed: {e}")
         except web.HTTPException as e:
             if e.status == 404:
                 return oci_error(404, "NAME_UNKNOWN", f"no such endpoint {request.path[:100]!r}")
             raise
-        except (asyncio.CancelledError, ConnectionError):
-            raise
+
+    @web.middleware
+    async def oci_errors(request: web.Request, handler) -> web.StreamResponse:
+        status = "aborted"  # the connection was cut (a failed download, a client gone)
+        response = refused_early(request)
+        try:
+            if response is None:
+                mirror.active += 1
+                try:
+                    response = await answer(request, handler)
+                finally:
+                    mirror.active -= 1
+            status = str(response.status)
+            return response
         finally:
-            mirror.active -= 1
+            endpoint = request.match_info.route.name or "other"
+            agent.metrics.mirror_responses.labels(endpoint, status).inc()
 
     app = web.Application(middlewares=[oci_errors])
-    app.router.add_get("/v2/", mirror.base)
-    app.router.add_get(TOKEN_PATH, mirror.relay.token)
-    app.router.add_get(r"/v2/{name:.+}/manifests/{reference}", mirror.manifest)
-    app.router.add_get(r"/v2/{name:.+}/blobs/{digest}", mirror.blob)
+    app.router.add_get("/v2/", mirror.base, name="base")
+    app.router.add_get(TOKEN_PATH, mirror.relay.token, name="token")
+    app.router.add_get(r"/v2/{name:.+}/manifests/{reference}", mirror.manifest, name="manifest")
+    app.router.add_get(r"/v2/{name:.+}/blobs/{digest}", mirror.blob, name="blob")
     app["mirror"] = mirror
     return app

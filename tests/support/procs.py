@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +17,10 @@ from pathlib import Path
 from tests.support.registry import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# The cluster token of every tracker and agent a test starts without naming one. Agents trade pieces
+# only over a shared token: without one, an agent's peer port takes nothing but its own node secret.
+SESSION_TOKEN = secrets.token_hex(16)
 
 
 def wait_http(url: str, proc: subprocess.Popen | None = None, deadline: float = 20.0) -> None:
@@ -59,27 +64,31 @@ class Proc:
         self.popen.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
+        if self.popen is None:
             return
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-        self._logf.close()
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._logf.close()  # also for a process that exited by itself (e.g. refused to start)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
 
 class Tracker(Proc):
-    def __init__(self, workdir: Path, token: str = "", extra: list[str] | None = None) -> None:
+    """``token`` None: the session's shared cluster token; "": authentication off."""
+
+    def __init__(self, workdir: Path, token: str | None = None, extra: list[str] | None = None) -> None:
         self.port = free_port()
+        self.token = SESSION_TOKEN if token is None else token
         args = [sys.executable, "-m", "tracker", "--listen", f"127.0.0.1:{self.port}", *(extra or [])]
-        if token:
-            args += ["--cluster-token", token]
-        super().__init__(args, workdir / f"tracker-{self.port}.log")
+        # In the environment, not a flag (which every local user could read in ps); set even when
+        # empty, so a token in the environment of the test run does not leak in.
+        super().__init__(args, workdir / f"tracker-{self.port}.log", {"P2PDIST_TRACKER_CLUSTER_TOKEN": self.token})
 
     @property
     def url(self) -> str:
@@ -90,7 +99,8 @@ class Tracker(Proc):
         wait_http(self.url + "/healthz", self.popen)
         return self
 
-    def metrics(self, token: str) -> dict[str, float]:
+    def metrics(self, token: str | None = None) -> dict[str, float]:
+        token = self.token if token is None else token
         request = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=5) as resp:
             return parse_metrics(resp.read().decode())
@@ -107,7 +117,9 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 class AgentProc(Proc):
-    def __init__(self, workdir: Path, name: str, tracker: str, token: str = "",
+    """``token`` None: the session's shared cluster token; "": none (the peer port wants the node secret)."""
+
+    def __init__(self, workdir: Path, name: str, tracker: str, token: str | None = None,
                  extra_env: dict[str, str] | None = None, data_dir: Path | None = None,
                  upstreams: list[str] | None = None, mirror: bool = False) -> None:
         self.name = name
@@ -126,8 +138,8 @@ class AgentProc(Proc):
             # must be the local registry, never a real one out on the internet.
             first = upstreams[0].removeprefix("http://").removeprefix("https://").split("=")[0]
             env.setdefault("P2PDIST_MIRROR_DEFAULT_UPSTREAM", first)
-        if token:
-            env["P2PDIST_CLUSTER_TOKEN"] = token
+        self.token = SESSION_TOKEN if token is None else token
+        env["P2PDIST_CLUSTER_TOKEN"] = self.token  # even when empty: nothing leaks in from the test run
         super().__init__(args, workdir / f"{name}.log", env)
 
     @property
