@@ -384,6 +384,9 @@ class Swarm:
             for s, e in runs:
                 self._settle(range(s, e))
             self.kick.set()
+            # The driver may have seen the last piece stored while it was still in flight: without
+            # this it would notice the settled download only at its next timeout, up to a second on.
+            self.wake.set()
 
     async def _origin_run(self, start: int, end: int) -> None:
         layout = self.layout

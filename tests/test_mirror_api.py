@@ -266,3 +266,31 @@ async def test_many_clients_share_one_download(tmp_path, registry: Registry):
         agent.stop()
     assert all(b == data for b in bodies)
     assert registry.egress(digest) == len(data)
+
+
+async def test_a_blob_that_fails_its_digest_is_cut_never_finished(mirror, registry: Registry):
+    """The origin's copy is corrupt (same length, one byte flipped on the registry's disk): the mirror
+    streams pieces as they arrive but holds the last ones until the whole-blob digest check, which
+    fails, so the client sees a broken transfer, never a complete wrong blob."""
+    data = os.urandom(6 * MiB + 5)
+    digest = registry.push_blob("team/bad", data)
+    hexdigest = digest.split(":")[1]
+    stored = registry.root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    stored.write_bytes(bytes(raw))
+    url = f"http://{mirror.mirror}/v2/team/bad/blobs/{digest}"
+    async with aiohttp.ClientSession() as s:
+        received = bytearray()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with s.get(url, params=ns(registry)) as r:
+                assert r.status == 200
+                assert r.content_length == len(data)
+                async for chunk in r.content.iter_chunked(1 << 16):
+                    received += chunk
+        assert len(received) < len(data)
+        assert bytes(received) == bytes(raw[:len(received)])  # the origin's bytes, never all of them
+        # Nothing was committed under the digest: a second request is refused or cut again.
+        async with s.get(url, params=ns(registry)) as r:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
