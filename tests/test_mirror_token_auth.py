@@ -268,3 +268,26 @@ def test_two_registries_same_repository_each_pull_gets_its_own_image(
             if podman is not None:
                 podman.stop()
             cluster.close()
+
+
+def test_public_images_stay_pullable_while_the_token_registry_is_down(tmp_path: Path, cluster: Cluster,
+                                                                      hub: Registry,
+                                                                      images: tuple[OciImage, OciImage]) -> None:
+    """Registry and token service down: the mirror answers its token relay itself, and a public
+    image the upstream confirmed for anonymous readers still comes from the cache, by digest and by
+    tag (within tag_ttl). A private one needs the upstream to vouch for the client: refused."""
+    public, private = images
+    agent = cluster.agent("node-a")
+    skopeo = Skopeo(tmp_path / "skopeo", agent.mirror, [hub.host])
+    authfile = write_authfile(tmp_path / "auth.json", {agent.mirror: ALICE})
+    out = tmp_path / "out"
+    with cluster.diagnosed():
+        skopeo.copy(f"{hub.host}/{PUBLIC}:{TAG}", out, timeout=PULL_TIMEOUT)
+        skopeo.copy(f"{hub.host}/{PRIVATE}:{TAG}", out, args=("--src-authfile", str(authfile)), timeout=PULL_TIMEOUT)
+    hub.stop()
+    for ref in (f"{hub.host}/{PUBLIC}@{public.manifest_digest}", f"{hub.host}/{PUBLIC}:{TAG}"):
+        skopeo.copy(ref, out, timeout=PULL_TIMEOUT)
+        public.verify_dir(out)
+    refused = skopeo.copy(f"{hub.host}/{PRIVATE}@{private.manifest_digest}", out, check=False,
+                          args=("--src-authfile", str(authfile)), timeout=PULL_TIMEOUT)
+    assert not refused.ok

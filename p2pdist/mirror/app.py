@@ -154,7 +154,7 @@ class Mirror:
         if expected is not None and actual != expected:
             raise MirrorError(502, "MANIFEST_INVALID", f"upstream sent a manifest hashing to {actual}, not {expected}")
         self.manifests.put(actual, media_type, body)
-        self.membership.confirm(route.registry, route.repo, auth, {str(actual), *references(body)})
+        self.membership.confirm(route.registry, route.repo, self.relay.who(auth), {str(actual), *references(body)})
         if not by_digest:
             self.manifests.resolve(route.registry, route.repo, reference, str(actual), media_type)
         return web.Response(body=body, headers={**API_VERSION, "Content-Type": media_type,
@@ -169,7 +169,7 @@ class Mirror:
             return
         if cached is not None:
             digests |= references(cached.body)
-        self.membership.confirm(route.registry, route.repo, auth, digests)
+        self.membership.confirm(route.registry, route.repo, self.relay.who(auth), digests)
 
     def _cached_manifest(self, request: web.Request, route: Route, reference: str, by_digest: bool,
                          auth: str | None) -> web.Response:
@@ -178,7 +178,7 @@ class Mirror:
         if cached is None:
             raise MirrorError(503, "UNAVAILABLE", f"upstream {route.registry} is unreachable and "
                                                   f"{route.repo}:{reference} is not in the mirror's cache")
-        if not self.membership.allowed(route.registry, route.repo, auth, cached.digest):
+        if not self.membership.allowed(route.registry, route.repo, self.relay.who(auth), cached.digest):
             raise self.unauthorized(request, route, f"upstream {route.registry} is unreachable and did not "
                                                     f"recently confirm this manifest in {route.repo} for "
                                                     "these credentials")
@@ -209,7 +209,7 @@ class Mirror:
         digest = self.digest(request.match_info["digest"])
         auth = self.relay.upstream_authorization(request, route)
         size = None
-        if not self.membership.allowed(route.registry, route.repo, auth, str(digest)):
+        if not self.membership.allowed(route.registry, route.repo, self.relay.who(auth), str(digest)):
             size = await self._confirm_blob(request, route, digest, auth)
         stored = await serve_stored(request, self.agent, digest)
         if stored is not None:
@@ -232,7 +232,7 @@ class Mirror:
         try:
             async with origin.passthrough("HEAD", route.repo, "blobs", str(digest), CIMultiDict()) as resp:
                 if resp.status == 200:
-                    self.membership.confirm(route.registry, route.repo, auth, {str(digest)})
+                    self.membership.confirm(route.registry, route.repo, self.relay.who(auth), {str(digest)})
                     self.agent.metrics.mirror_upstream_checks.labels("confirmed").inc()
                     return int(resp.headers.get("Content-Length", "0"))
                 self.agent.metrics.mirror_upstream_checks.labels(str(resp.status)).inc()

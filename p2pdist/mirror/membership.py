@@ -58,8 +58,8 @@ class Membership:
         self._clock = clock
         self._until: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
 
-    def confirm(self, registry: str, repo: str, authorization: str | None, digests: Iterable[str]) -> None:
-        who = fingerprint(authorization)
+    def confirm(self, registry: str, repo: str, who: str, digests: Iterable[str]) -> None:
+        """``who``: the credential's fingerprint (ANONYMOUS for none)."""
         until = self._clock() + (self.public_ttl if who == ANONYMOUS else self.ttl)
         for digest in digests:
             key = (registry, repo, who, digest)
@@ -68,10 +68,10 @@ class Membership:
         while len(self._until) > MAX_ENTRIES:
             self._until.popitem(last=False)
 
-    def allowed(self, registry: str, repo: str, authorization: str | None, digest: str) -> bool:
+    def allowed(self, registry: str, repo: str, who: str, digest: str) -> bool:
         now = self._clock()
-        for who in {ANONYMOUS, fingerprint(authorization)}:  # in a public repository, for everyone
-            until = self._until.get((registry, repo, who, digest))
+        for key in {ANONYMOUS, who}:  # in a public repository, for everyone
+            until = self._until.get((registry, repo, key, digest))
             if until is not None and until > now:
                 return True
         return False

@@ -19,6 +19,8 @@ never leave the agent.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -30,11 +32,14 @@ from aiohttp import web
 
 from ..origin import OriginError, parse_challenges
 from .errors import MirrorError
+from .membership import ANONYMOUS, fingerprint
 from .routes import Route, resolve
 
 if TYPE_CHECKING:
     from ..agent import Agent
     from ..config import Upstream
+
+log = logging.getLogger("p2pdist.mirror")
 
 TOKEN_PATH = "/p2pdist/token"
 SERVICE = "p2pdist-mirror"
@@ -109,6 +114,7 @@ class TokenRelay:
         self.agent = agent
         self.tokens = MirrorTokens(agent.config.mirror.auth_ttl)
         self._auth: dict[str, tuple[UpstreamAuth, float]] = {}
+        self._anonymous: OrderedDict[str, float] = OrderedDict()  # fingerprints of anonymous upstream tokens
 
     # --- what each upstream wants -----------------------------------------------------------
 
@@ -119,7 +125,8 @@ class TokenRelay:
         with contextlib.suppress(OriginError):
             self._auth[registry] = (parse_auth(header), time.monotonic() + PROBE_TTL)
 
-    async def upstream_auth(self, up: Upstream) -> UpstreamAuth:
+    async def upstream_auth(self, up: Upstream) -> UpstreamAuth | None:
+        """How the upstream authenticates; None when it cannot be reached and was never seen."""
         known = self._auth.get(up.registry)
         if known is not None and known[1] > time.monotonic():
             return known[0]
@@ -127,9 +134,37 @@ class TokenRelay:
             header = await self.agent.origin_client(up.registry).auth_challenge()
             auth = parse_auth(header)
         except OriginError as e:
-            raise MirrorError(503, "UNAVAILABLE", f"cannot learn how {up.registry} authenticates: {e}") from None
+            log.warning("cannot learn how the upstream authenticates", extra={"registry": up.registry,
+                                                                              "error": str(e)})
+            return known[0] if known is not None else None  # stale beats nothing while it is down
         self._auth[up.registry] = (auth, time.monotonic() + PROBE_TTL)
         return auth
+
+    # --- who a credential is ----------------------------------------------------------------
+
+    def who(self, authorization: str | None) -> str:
+        """The identity the upstream's confirmations are kept under: a token this relay fetched
+        without credentials is anonymous, like no credentials at all (public repositories, which
+        then stay readable from the cache while the upstream is down)."""
+        fp = fingerprint(authorization)
+        until = self._anonymous.get(fp)
+        if until is not None:
+            if until > time.monotonic():
+                return ANONYMOUS
+            del self._anonymous[fp]
+        return fp
+
+    def _anonymous_token(self, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+            lifetime = float(doc.get("expires_in") or 60)
+        except (ValueError, TypeError, AttributeError):
+            return
+        if isinstance(token, str):
+            self._anonymous[fingerprint(f"Bearer {token}")] = time.monotonic() + lifetime
+            while len(self._anonymous) > MAX_MIRROR_TOKENS:
+                self._anonymous.popitem(last=False)
 
     # --- GET /p2pdist/token ------------------------------------------------------------------
 
@@ -159,24 +194,31 @@ class TokenRelay:
         try:
             # A client without credentials at an upstream with a robot account gets a mirror token:
             # the robot's credentials and tokens never leave the agent (it answers the challenges).
-            if auth.scheme == "bearer" and (client is not None or not up.username):
+            if auth is not None and auth.scheme == "bearer" and (client is not None or not up.username):
                 params = [("service", auth.service)] if auth.service else []
                 # Pull only: a mirror never pushes.
                 params += [("scope", f"repository:{r.repo}:pull") for r in routes]
                 status, body = await origin.request_token(auth.realm, params, client)
                 if status == 200:
+                    if client is None:
+                        self._anonymous_token(body)
                     return web.Response(body=body, content_type="application/json")
             else:
                 status = 200
-                if auth.scheme == "basic" and client is not None:
+                if auth is not None and auth.scheme == "basic" and client is not None:
                     status = await origin.check_basic(client)
-                if status == 200:
-                    # No credentials for an anonymous upstream: everyone is the same reader there.
-                    mirror_token = self.tokens.issue(up.registry, client if auth.scheme != "none" else None)
-                    return web.json_response({"token": mirror_token, "access_token": mirror_token,
-                                              "expires_in": int(self.tokens.ttl)})
         except OriginError as e:
-            raise MirrorError(503, "UNAVAILABLE", f"token service of {up.registry} unreachable: {e}") from None
+            # Unreachable: a mirror token for what the client sent, so what the upstream confirmed
+            # for it (public images for anonymous) can still be served from the cache.
+            log.warning("token service unreachable; answering with a mirror token",
+                        extra={"registry": up.registry, "error": str(e)})
+            status = 200
+        if status == 200:
+            # No credentials for an anonymous upstream: everyone is the same reader there.
+            standing = client if auth is None or auth.scheme != "none" else None
+            mirror_token = self.tokens.issue(up.registry, standing)
+            return web.json_response({"token": mirror_token, "access_token": mirror_token,
+                                      "expires_in": int(self.tokens.ttl)})
         if status in (401, 403):
             raise MirrorError(401, "UNAUTHORIZED", f"{up.registry} refused these credentials",
                               headers={"WWW-Authenticate": f'Basic realm="p2pdist mirror for {up.registry}"'})
