@@ -20,6 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .durable import fsync_dir as _fsync_dir
+
 log = logging.getLogger("p2pdist.auth")
 
 NODE_SECRET_FILE = "node-secret"
@@ -98,14 +100,6 @@ def _read_secret(path: Path) -> str:
             f"characters); remove it to have a new one made at the next start"
         )
     return text
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cluster_auth(secret: str, credential: str = "cluster token", open_paths: tuple[str, ...] = ("/healthz",)):

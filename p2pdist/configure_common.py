@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.names import InvalidName, check_registry
+from .durable import fsync_dir as _fsync_dir
 
 DOCKER_HUB = "docker.io"
 # Image references name Docker Hub "docker.io"; "index.docker.io" is the legacy spelling that
@@ -226,12 +227,3 @@ def atomic_write(path: Path, text: str) -> None:
 def _keep_owner(fd: int, st: os.stat_result) -> None:
     with contextlib.suppress(PermissionError):  # not root: the file is ours anyway
         os.fchown(fd, st.st_uid, st.st_gid)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

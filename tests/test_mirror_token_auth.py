@@ -91,6 +91,17 @@ def assert_all_by_agents(records: list[RequestRecord], new_layers: list[str]) ->
         assert blob_gets(records, digest), f"no agent GET of {digest}:\n{describe(records)}"
 
 
+def assert_pull_by_node(hub: Registry, node: str, image: OciImage, images: tuple[OciImage, OciImage], start: int,
+                        egress_before: dict[str, int]) -> None:
+    """Node a: the agents fetched every layer not already cached (the public image's are, for the
+    private one: they share the busybox layer). Node b: no blob bytes from the origin at all."""
+    records = since(hub, start)
+    if node == "a":
+        assert_all_by_agents(records, image.blob_digests if image is images[0] else private_only(images))
+    else:
+        assert_second_pull_from_peers(hub, records, image, egress_before)
+
+
 def assert_relay_asked_for_upstream_scopes(hub: Registry, since_index: int, user: str | None, repo: str) -> None:
     """The token service saw the upstream's own scope (no mirror prefix) for this user."""
     assert hub.issuer is not None
@@ -162,12 +173,7 @@ def test_podman_pulls_and_runs_public_and_private(tmp_path: Path, cluster: Clust
                 with cluster.diagnosed():
                     podman.pull(ref, args=args, timeout=PULL_TIMEOUT)
                 assert podman.image_digest(ref) == image.manifest_digest
-                records = since(hub, start)
-                if node == "a":
-                    new = image.blob_digests if image is public else private_only(images)
-                    assert_all_by_agents(records, new)
-                else:
-                    assert_second_pull_from_peers(hub, records, image, before)
+                assert_pull_by_node(hub, node, image, images, start, before)
                 out = podman.run_container(ref, "sh", "-c", "echo hi")
                 assert out.stdout.strip() == "hi", out
     finally:
@@ -196,12 +202,7 @@ def test_containerd_pulls_public_and_private_with_its_own_token_requests(
                 assert hub.issuer is not None
                 if user:  # containerd POSTs (OAuth2 password grant) when it has credentials
                     assert any(r.method == "POST" for r in hub.issuer.token_requests()[tokens:])
-                records = since(hub, start)
-                if node == "a":
-                    new = image.blob_digests if image is public else private_only(images)
-                    assert_all_by_agents(records, new)
-                else:
-                    assert_second_pull_from_peers(hub, records, image, before)
+                assert_pull_by_node(hub, node, image, images, start, before)
     finally:
         for ctr in daemons:
             ctr.stop()
@@ -230,12 +231,7 @@ def test_dockerd_registry_mirrors_with_a_hub_that_wants_tokens_even_anonymously(
                     with cluster.diagnosed():
                         out = dockerd.pull(f"{repo}:{TAG}", credentials=credentials, timeout=PULL_TIMEOUT)
                     assert f"Digest: {image.manifest_digest}" in out.stdout, out.stdout
-                    records = since(hub, start)
-                    if node == "a":
-                        new = image.blob_digests if image is public else private_only(images)
-                        assert_all_by_agents(records, new)
-                    else:
-                        assert_second_pull_from_peers(hub, records, image, before)
+                    assert_pull_by_node(hub, node, image, images, start, before)
                 run = dockerd.run_container(f"{PRIVATE}:{TAG}", "sh", "-c", "echo hi")
                 assert run.stdout.strip() == "hi", run
     finally:

@@ -13,6 +13,8 @@ import msgpack
 
 from p2pdist.core.digest import Digest
 
+from ..durable import fsync_dir as _fsync_dir
+
 CHUNK = 1 << 20  # disk reads for hashing: bounded memory whatever the blob size
 _RECORD = struct.Struct(">I32s")  # journal record: piece index, piece sha256
 _SIDECAR = ".pieces"
@@ -56,14 +58,6 @@ def _checked(digest: Digest) -> Digest:
     if not isinstance(digest, Digest):
         raise TypeError(f"expected a Digest, got {type(digest).__name__}")
     return Digest.parse(str(digest))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
