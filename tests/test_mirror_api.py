@@ -61,6 +61,10 @@ async def test_base_endpoint_answers_like_a_registry(mirror: AgentProc, registry
             assert r.status == 200
         async with s.get(f"http://{mirror.mirror}/v2/", headers={"Authorization": "Bearer x"}) as r:
             assert r.status == 200
+        # A Host header that would break out of the quoted realm: the realm names the address reached.
+        async with s.get(f"http://{mirror.mirror}/v2/", headers={"Host": 'evil",realm="http://x'}) as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith(f'Bearer realm="http://{mirror.mirror}/p2pdist/token"')
 
 
 @pytest.mark.parametrize(("length", "status"), [(3000, 414), (20000, 400)])

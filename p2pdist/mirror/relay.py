@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -47,6 +48,7 @@ MIRROR_TOKEN_PREFIX = "p2pdist."
 MAX_MIRROR_TOKENS = 65536
 MAX_SCOPES = 16
 PROBE_TTL = 300.0  # seconds an upstream's auth scheme (from GET /v2/) is trusted
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # what a realm may name
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,11 @@ class MirrorTokens:
 
 def relay_challenge(request: web.Request, scope: str | None = None, error: str | None = None) -> str:
     """The mirror's own Bearer challenge, naming the relay on the address the client used."""
-    params = [f'realm="http://{request.host}{TOKEN_PATH}"', f'service="{SERVICE}"']
+    host = request.host
+    if not _HOST.fullmatch(host):  # a Host header no realm can carry: the address it reached instead
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        host = f"{sockname[0]}:{sockname[1]}" if sockname else "127.0.0.1"
+    params = [f'realm="http://{host}{TOKEN_PATH}"', f'service="{SERVICE}"']
     if scope:
         params.append(f'scope="{scope}"')
     if error:
