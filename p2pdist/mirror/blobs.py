@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..sendfile import SentFile
+from ..sendfile import SentFile, copy_range
 from ..store import BlobExists, BlobNotFound
 from .errors import API_VERSION, MirrorError
 
@@ -56,23 +55,11 @@ async def serve_stored(request: web.Request, agent: Agent, digest: Digest) -> we
     except BlobNotFound:
         return None
     try:
-        resp = SentFile(reader.path, chunk_size=1 << 20, headers=blob_headers(digest))
+        resp = SentFile(reader.path, headers=blob_headers(digest), copy=True)  # a client on this host
         await resp.prepare(request)
         return resp
     finally:
         reader.close()
-
-
-async def _send_range(request: web.Request, resp: web.StreamResponse, data, offset: int, count: int) -> None:
-    """Verified bytes from the data file to the client: sendfile, no copy through Python (a cold
-    pull's CPU is shared with the client's own, on the same node)."""
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("client gone")
-    try:
-        await asyncio.get_running_loop().sendfile(transport, data, offset, count, fallback=False)
-    except NotImplementedError:  # a transport without sendfile (e.g. TLS)
-        await resp.write(await asyncio.to_thread(os.pread, data.fileno(), count, offset))
 
 
 async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, done: asyncio.Future,
@@ -110,8 +97,6 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
         resp.content_length = end - start
         await resp.prepare(request)
         reader = next(_readers)
-        # Our own descriptor of the data file: it stays valid when the commit renames the file.
-        data = open(partial.data_path, "rb")  # noqa: SIM115 - closed below, around the loop
         try:
             pos = start
             while pos < end:
@@ -124,11 +109,10 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
                 stop = min(offset + length, end)
                 if stop == end == layout.blob_size and span is None:
                     await swarm.wait_verified(done)  # the whole-blob digest check; raises on a mismatch
-                await _send_range(request, resp, data, pos, stop - pos)
+                await copy_range(partial.fileno(), pos, stop - pos, resp.write)
                 pos = stop
         finally:
             swarm.unfollow(reader)
-            data.close()
         await resp.write_eof()
         return resp
     except MirrorError:
