@@ -26,7 +26,7 @@ from .errors import API_VERSION, MirrorError, oci_error
 from .manifests import MAX_MANIFEST, ManifestCache
 from .membership import Membership, references
 from .relay import TOKEN_PATH, TokenRelay, relay_challenge
-from .routes import Route, resolve
+from .routes import Route, allowed_upstream, resolve
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -94,11 +94,8 @@ class Mirror:
             return web.json_response({}, headers=API_VERSION)
         ns = request.query.get("ns")
         if ns:
-            up = self.agent.config.upstream(ns)
-            if up is None:
-                raise MirrorError(403, "DENIED", f"registry {ns[:100]!r} is not an upstream of this mirror")
-            auth = await self.relay.upstream_auth(up)
-            if auth.scheme == "none":
+            auth = await self.relay.upstream_auth(allowed_upstream(self.agent.config, ns))
+            if auth is None or auth.scheme == "none":
                 return web.json_response({}, headers=API_VERSION)
             raise MirrorError(401, "UNAUTHORIZED", f"{ns} requires authentication",
                               headers={"WWW-Authenticate": auth.challenge})

@@ -40,7 +40,7 @@ class Route:
         return self.upstream.registry
 
 
-def _allowed(config: AgentConfig, registry: str) -> Upstream:
+def allowed_upstream(config: AgentConfig, registry: str) -> Upstream:
     up = config.upstream(registry)
     if up is None:
         raise MirrorError(403, "DENIED", f"registry {registry[:100]!r} is not an upstream of this mirror "
@@ -55,7 +55,7 @@ def resolve(config: AgentConfig, name: str, ns: str | None, user_agent: str) -> 
     except InvalidName as e:
         raise MirrorError(400, "NAME_INVALID", str(e)) from None
     if ns:
-        return Route(_allowed(config, ns), name, name, by_ns=True)
+        return Route(allowed_upstream(config, ns), name, name, by_ns=True)
     first, _, rest = name.partition("/")
     if rest:
         for up in config.upstreams:
@@ -63,7 +63,7 @@ def resolve(config: AgentConfig, name: str, ns: str | None, user_agent: str) -> 
                 return Route(up, rest, name, by_ns=False)
     default = config.mirror.default_upstream
     if user_agent.startswith(DOCKER_ENGINE_AGENT) and default:
-        return Route(_allowed(config, default), name, name, by_ns=False)
+        return Route(allowed_upstream(config, default), name, name, by_ns=False)
     prefixes = ", ".join(path_prefix(u.registry) for u in config.upstreams) or "none configured"
     raise MirrorError(404, "NAME_UNKNOWN",
                       f"cannot tell which registry {name[:100]!r} belongs to: name it with ?ns=REGISTRY "
