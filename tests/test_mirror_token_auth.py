@@ -287,3 +287,37 @@ def test_public_images_stay_pullable_while_the_token_registry_is_down(tmp_path: 
     refused = skopeo.copy(f"{hub.host}/{PRIVATE}@{private.manifest_digest}", out, check=False,
                           args=("--src-authfile", str(authfile)), timeout=PULL_TIMEOUT)
     assert not refused.ok
+
+
+def test_podman_and_skopeo_through_a_basic_auth_registry(tmp_path: Path, images: tuple[OciImage, OciImage]) -> None:
+    """A registry with htpasswd (no token service): the relay checks the client's basic credentials
+    against it and answers with a mirror token that stands for them on this node; a wrong password
+    gets no token, and so no image."""
+    _, private = images
+    with Registry(auth="basic", users={"alice": "alice-pw"}, workdir=tmp_path / "basic") as registry:
+        private.push(registry.host, PRIVATE, creds=":".join(ALICE))
+        cluster = Cluster(tmp_path, registry)
+        podman = None
+        try:
+            agent = cluster.agent("node-a")
+            ref = f"{registry.host}/{PRIVATE}:{TAG}"
+            skopeo = Skopeo(tmp_path / "skopeo", agent.mirror, [registry.host])
+            wrong = write_authfile(tmp_path / "wrong.json", {agent.mirror: ("alice", "nope")})
+            before = egress(registry, private)
+            refused = skopeo.copy(ref, tmp_path / "out", check=False, args=("--src-authfile", str(wrong)),
+                                  timeout=PULL_TIMEOUT)
+            assert not refused.ok
+            assert egress(registry, private) == before
+            authfile = write_authfile(tmp_path / "auth.json", {agent.mirror: ALICE})
+            podman = Podman(tmp_path / "podman", agent.mirror, [registry.host])
+            start = mark(registry)
+            with cluster.diagnosed():
+                podman.pull(ref, args=("--authfile", str(authfile)), timeout=PULL_TIMEOUT)
+            assert podman.image_digest(ref) == private.manifest_digest
+            assert_all_by_agents(since(registry, start), private.blob_digests)
+            out = podman.run_container(ref, "sh", "-c", "echo hi")
+            assert out.stdout.strip() == "hi", out
+        finally:
+            if podman is not None:
+                podman.stop()
+            cluster.close()
