@@ -97,7 +97,7 @@ def cold(work: Path, layers: list[int], runs: int) -> dict:
             finally:
                 agent.stop()
                 shutil.rmtree(agent.data_dir, ignore_errors=True)
-            if not any(r.user_agent.startswith("Python") for r in registry.requests() if "/blobs/" in r.path):
+            if not any(r.user_agent.startswith("p2pdist/") for r in registry.requests() if "/blobs/" in r.path):
                 raise RuntimeError("skopeo bypassed the mirror: the cold figure would be meaningless")
     d, m, w = statistics.median(d_t), statistics.median(m_t), statistics.median(w_t)
     return {"layers": layers, "direct_s": d_t, "mirror_s": m_t, "time_ratio": m / d,

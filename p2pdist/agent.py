@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +56,10 @@ class Agent:
         self._seeder: asyncio.Task | None = None
         self.uploads = 0
         self.download_rate = TokenBucket(config.limits.download_rate)
+        # Origin Range bodies are read by these threads, not the loop's (origin_reader.py): a few
+        # streams per blob, for the few blobs a node pulls at once.
+        self.origin_threads = ThreadPoolExecutor(max_workers=4 * config.limits.origin_concurrency,
+                                                 thread_name_prefix="origin")
 
     # --- fetching ---------------------------------------------------------------------------
 
@@ -216,3 +221,4 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
         await self.neighbours.close()
+        self.origin_threads.shutdown(wait=False, cancel_futures=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import api, auth, mirror, peer_server
+from . import USER_AGENT, api, auth, mirror, peer_server
 from .agent import Agent
 from .config import AgentConfig, node_id, split_hostport
 from .core import wire
@@ -26,7 +26,8 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
     node = node_id(config)
     secret = "" if config.cluster_token else _node_secret(config)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=64)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     headers={"User-Agent": USER_AGENT}) as session:
         agent = Agent(config, node, session, node_secret=secret)
         runners = []
         apps = [(peer_server.build_app(agent), config.peer_listen, web.AppRunner),

@@ -22,6 +22,8 @@ from yarl import URL
 from p2pdist.core.digest import Digest
 from p2pdist.core.names import check_registry, check_repository
 
+from .origin_target import RangeTarget
+
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
 # Error bodies and token responses are small; never buffer more than this from either.
@@ -207,6 +209,15 @@ class OriginClient:
             yield response
         finally:
             response.release()
+
+    def range_target(self, repo: str, digest: str, timeout: float) -> RangeTarget:
+        """What a worker thread needs to GET a range of this blob with the authorization known now."""
+        check_repository(repo)
+        Digest.parse(digest)
+        url = self._base.with_path(f"/v2/{repo}/blobs/{digest}")
+        authorization = self._authorization or self._cached_authorization(f"repository:{repo}:pull")
+        assert url.host is not None and url.port is not None
+        return RangeTarget(url.scheme, url.host, url.port, url.raw_path, authorization, bool(self._ssl), timeout)
 
     async def auth_challenge(self) -> str | None:
         """The registry's answer to an unauthenticated ``GET /v2/``: its challenge, or None if it needs none."""

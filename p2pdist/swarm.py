@@ -25,6 +25,7 @@ from .core.leases import missing_runs
 from .core.manifest import ManifestError, piece_digest
 from .core.selection import PeerSlot, RarestFirst, assign, inflight_budget, reader_cursor, usable
 from .origin import OriginError, RangeNotSupported
+from .origin_reader import NeedsAsyncClient, RunControl, read_range
 from .peer_client import PeerBusy, PeerError, fetch_piece
 from .tracker_client import TrackerUnavailable
 
@@ -396,6 +397,12 @@ class Swarm:
                 return
             first, last = todo[0], todo[-1]
             try:
+                if self.agent.download_rate.rate <= 0:  # the thread cannot wait for the rate limiter
+                    try:
+                        await self._read_run(first, last + 1)
+                        return
+                    except NeedsAsyncClient:
+                        pass  # a challenge, a redirect or no Range support: the async client handles them
                 await self._stream_pieces(first, last + 1, self.origin.fetch_range(
                     self.repo, self.blob, layout.offset(first), layout.offset(last) + layout.length(last)))
                 return
@@ -540,9 +547,16 @@ class Swarm:
         digest = await asyncio.to_thread(work)
         if digest is None:
             return False
+        self._stored(partial, index, len(data), digest, source)
+        async with self.piece_done:
+            self.piece_done.notify_all()
+        return True
+
+    def _stored(self, partial: Partial, index: int, length: int, digest: bytes, source: str) -> None:
+        """A piece is verified and written: count it, report it, tell the neighbours and readers."""
         self._refresh(index)
         if source == "origin":
-            self.stats.from_origin += len(data)
+            self.stats.from_origin += length
             with contextlib.suppress(ManifestError):
                 partial.manifest.set(index, digest)
             if not self.direct:
@@ -550,14 +564,52 @@ class Swarm:
                 self.reported.add(index)
                 self.kick.set()
         else:
-            self.stats.from_peers += len(data)
-        self.agent.metrics.bytes_in.labels(source).inc(len(data))
+            self.stats.from_peers += length
+        self.agent.metrics.bytes_in.labels(source).inc(length)
         self.last_progress = time.monotonic()
         self.agent.neighbours.broadcast_have(self.blob, index)
         self.wake.set()
+
+    def _stored_in_thread(self, partial: Partial, index: int, length: int, digest: bytes) -> None:
+        """An origin piece a worker thread stored (``_read_run``), heard on the loop."""
+        if self.partial is not partial:
+            return  # the download started over meanwhile
+        self._stored(partial, index, length, digest, "origin")
+        self._spawn(self._notify_readers())
+
+    async def _notify_readers(self) -> None:
         async with self.piece_done:
             self.piece_done.notify_all()
-        return True
+
+    async def _read_run(self, first: int, end: int) -> None:
+        """Origin pieces [first, end) read, hashed and written by a worker thread (origin_reader.py):
+        the loop's thread neither receives nor copies them."""
+        loop = asyncio.get_running_loop()
+        layout, partial = self.layout, self.partial
+        target = self.origin.range_target(self.repo, self.blob, self.agent.config.limits.piece_timeout)
+        control = RunControl()
+        spare: list[bytearray] = []
+
+        def buffer_for(length: int) -> bytearray:
+            return spare.pop() if spare and len(spare[-1]) >= length else bytearray(length)
+
+        def on_piece(k: int, piece: memoryview) -> None:
+            digest = piece_digest(piece)
+            partial.write_piece(first + k, piece, digest)
+            loop.call_soon_threadsafe(self._stored_in_thread, partial, first + k, len(piece), digest)
+            spare.append(piece.obj)  # written: the buffer is free for the next piece
+
+        def on_bytes(n: int) -> None:
+            # Only "some bytes since the last announce" matters (lease renewal); a count lost to the
+            # loop's reset racing this += is harmless.
+            self.streamed += n
+
+        lengths = [layout.length(i) for i in range(first, end)]
+        try:
+            await loop.run_in_executor(self.agent.origin_threads, read_range, target, layout.offset(first),
+                                       lengths, on_piece, buffer_for, control, on_bytes)
+        finally:
+            control.stop()  # cancelled: the thread's read ends now, not at the origin's next byte
 
     def _check_stall(self) -> None:
         """A pull never fails because of P2P: if the swarm shows no progress (no piece verified here,

@@ -15,7 +15,7 @@ from tests.support.images import OciImage
 from tests.support.procs import AgentProc, Tracker
 from tests.support.registry import Registry, RequestRecord
 
-AGENT_UA = "aiohttp"  # the agents' origin requests; skopeo, containerd, podman and Docker all say otherwise
+AGENT_UA = "p2pdist/"  # the agents' origin requests (p2pdist.USER_AGENT); no client says that
 
 
 class Cluster:
