@@ -156,6 +156,9 @@ def notes(new_text: str, registries: list[Registry], mirror: Mirror, digest_only
     out.append("apply: podman, skopeo and buildah read registries.conf at each command; restart CRI-O "
                "(systemctl restart crio), it does not reload it. Rootless podman reads "
                "~/.config/containers/registries.conf instead when that file exists.")
+    out.append(f"private images: podman, skopeo and CRI-O send --creds and pull secrets to the registry only, "
+               f"never to a mirror. Log in to the mirror instead (podman login {mirror.hostport}), or give the "
+               "agent a robot account ([[upstream]] username/password) for clients that send none.")
     ref = "docker.io/library/busybox" if registries[0].host == DOCKER_HUB else f"{registries[0].host}/REPO:TAG"
     out.append(f"verify: podman pull {ref} shows in the agent's log and in p2pdist_bytes_received_total on its "
                "/metrics.")

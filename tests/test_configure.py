@@ -325,6 +325,7 @@ def test_podman_fresh_write(capsys, tmp_path):
     # The registry is the mirror location's path prefix: the mirror routes by it (':' is not allowed there).
     assert registry_entry(doc, "127.0.0.1:5000")["mirror"][0]["location"] == "127.0.0.1:65001/127.0.0.1-5000"
     assert "--upstream http://127.0.0.1:5000" in out
+    assert "podman login 127.0.0.1:65001" in out  # how private images reach the mirror with credentials
     real = podman_registries(path)
     assert [(m["Location"], m["Insecure"]) for m in real["docker.io"]["Mirrors"]] == [
         ("127.0.0.1:65001/docker.io", True)]

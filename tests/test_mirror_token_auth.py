@@ -166,7 +166,12 @@ def test_podman_pulls_and_runs_public_and_private(tmp_path: Path, cluster: Clust
             agent = cluster.agent(f"node-{node}")
             podman = Podman(tmp_path / f"podman-{node}", agent.mirror, [hub.host])
             pods.append(podman)
-            authfile = write_authfile(tmp_path / f"auth-{node}.json", {agent.mirror: ALICE})
+            authfile = tmp_path / f"auth-{node}.json"
+            if node == "a":
+                write_authfile(authfile, {agent.mirror: ALICE})
+            else:  # as the README says: log in to the mirror; the relay checks the password upstream
+                assert not podman.login(agent.mirror, "alice", "wrong", authfile, check=False).ok
+                podman.login(agent.mirror, *ALICE, authfile)
             for image, repo, args in ((public, PUBLIC, ()), (private, PRIVATE, ("--authfile", str(authfile)))):
                 ref = f"{hub.host}/{repo}:{TAG}"
                 before, start = egress(hub, image), mark(hub)

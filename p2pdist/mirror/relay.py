@@ -18,6 +18,7 @@ never leave the agent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -48,6 +49,7 @@ MIRROR_TOKEN_PREFIX = "p2pdist."
 MAX_MIRROR_TOKENS = 65536
 MAX_SCOPES = 16
 PROBE_TTL = 300.0  # seconds an upstream's auth scheme (from GET /v2/) is trusted
+LOGIN_TIMEOUT = 10.0  # seconds a login check waits for the upstreams' answers
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # what a realm may name
 
 
@@ -176,8 +178,8 @@ class TokenRelay:
 
     def _routes(self, request: web.Request) -> list[Route]:
         scopes = [s for value in request.query.getall("scope", []) for s in value.split()]
-        if not scopes or len(scopes) > MAX_SCOPES:
-            raise MirrorError(400, "UNSUPPORTED", f"ask for 1 to {MAX_SCOPES} repository:NAME:pull scopes")
+        if len(scopes) > MAX_SCOPES:
+            raise MirrorError(400, "UNSUPPORTED", f"ask for at most {MAX_SCOPES} repository:NAME:pull scopes")
         routes = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
@@ -185,16 +187,18 @@ class TokenRelay:
             if kind != "repository" or not name:
                 raise MirrorError(400, "UNSUPPORTED", f"scope {scope[:200]!r}: only repository:NAME:pull")
             routes.append(resolve(self.agent.config, name, None, request.headers.get("User-Agent", "")))
-        if len({r.registry for r in routes}) != 1:
+        if len({r.registry for r in routes}) > 1:
             raise MirrorError(400, "DENIED", "one token cannot span registries: ask for each registry apart")
         return routes
 
     async def token(self, request: web.Request) -> web.Response:
         routes = self._routes(request)
-        up = routes[0].upstream
         client = request.headers.get("Authorization")
         if client is not None and not client.lower().startswith("basic "):
             raise MirrorError(400, "UNSUPPORTED", "the token endpoint takes basic credentials or none")
+        if not routes:
+            return await self._login(client)
+        up = routes[0].upstream
         auth = await self.upstream_auth(up)
         origin = self.agent.origin_client(up.registry)
         try:
@@ -229,6 +233,49 @@ class TokenRelay:
             raise MirrorError(401, "UNAUTHORIZED", f"{up.registry} refused these credentials",
                               headers={"WWW-Authenticate": f'Basic realm="p2pdist mirror for {up.registry}"'})
         raise MirrorError(502, "UNAVAILABLE", f"token service of {up.registry} answered {status}")
+
+    async def _login(self, client: str | None) -> web.Response:
+        """A token request without a scope: a client checking credentials (`podman login MIRROR`).
+
+        The mirror fronts several registries and cannot know which one the credentials are for, so
+        they pass if an upstream that authenticates takes them (asked in parallel, LOGIN_TIMEOUT at
+        most), or if no upstream authenticates at all. The token is for nothing: a login keeps the
+        credentials, and each pull asks for a token of its own.
+        """
+        if client is not None:
+            checks = [asyncio.ensure_future(self._accepts(up, client)) for up in self.agent.config.upstreams]
+            answers: set[bool | None] = set()
+            try:
+                for check in asyncio.as_completed(checks, timeout=LOGIN_TIMEOUT):
+                    answers.add(await check)
+                    if True in answers:
+                        break
+            except TimeoutError:
+                pass
+            finally:
+                for check in checks:
+                    check.cancel()
+            if True not in answers and False in answers:
+                raise MirrorError(401, "UNAUTHORIZED", "no upstream of this mirror accepts these credentials",
+                                  headers={"WWW-Authenticate": 'Basic realm="p2pdist mirror"'})
+        token = self.tokens.issue("", None)  # bound to no registry: useless for pulls
+        return web.json_response({"token": token, "access_token": token, "expires_in": int(self.tokens.ttl)})
+
+    async def _accepts(self, up: Upstream, client: str) -> bool | None:
+        """Whether ``up`` takes these basic credentials; None when it does not authenticate or is down."""
+        try:
+            auth = await self.upstream_auth(up)
+            if auth is None or auth.scheme == "none":
+                return None
+            origin = self.agent.origin_client(up.registry)
+            if auth.scheme == "basic":
+                status = await origin.check_basic(client)
+            else:
+                params = [("service", auth.service)] if auth.service else []
+                status, _ = await origin.request_token(auth.realm, params, client)
+        except OriginError:
+            return None
+        return status == 200 if status in (200, 401, 403) else None
 
     def upstream_authorization(self, request: web.Request, route: Route) -> str | None:
         """What goes upstream for this request: the client's own Authorization, a mirror token's stand-in."""

@@ -88,13 +88,13 @@ class Result:
 
 
 def run(cmd: list[str], *, log: Path | None = None, env: dict[str, str] | None = None, timeout: float = 240.0,
-        check: bool = True) -> Result:
+        check: bool = True, stdin: str | None = None) -> Result:
     """Run a client command to the end; its output is appended to ``log`` for post-mortems."""
     start = time.monotonic()
     full_env = {**os.environ, **(env or {})}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
         result = Result(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -402,6 +402,12 @@ class Podman:
         """``args``: more pull flags, e.g. ``--authfile FILE`` (credentials for the mirror's host)."""
         return run(self.cmd("--log-level", "debug", "pull", *args, ref), log=self.log, env=self.env,
                    timeout=timeout, check=check)
+
+    def login(self, host: str, user: str, password: str, authfile: Path, *, check: bool = True) -> Result:
+        """``podman login`` (plain http): the credentials land in ``authfile`` under ``host``."""
+        return run(self.cmd("login", "--tls-verify=false", "--authfile", str(authfile), "--username", user,
+                            "--password-stdin", host), log=self.log, env=self.env, timeout=60, check=check,
+                   stdin=password)
 
     def run_container(self, ref: str, *command: str, timeout: float = 120.0) -> Result:
         """Run a command in the pulled image: no network, the ulimits this machine allows."""
