@@ -203,6 +203,8 @@ def test_containerd_pulls_public_and_private_with_its_own_token_requests(
                 with cluster.diagnosed():
                     out = ctr.pull(f"{hub.host}/{repo}:{TAG}", user=user, timeout=PULL_TIMEOUT)
                 assert "unpacking linux/amd64" in out.stdout, out.stdout[-2000:]
+                run = ctr.run_container(f"{hub.host}/{repo}:{TAG}", "sh", "-c", "echo hi")
+                assert run.stdout.strip() == "hi", run
                 assert_relay_asked_for_upstream_scopes(hub, tokens, user and "alice", repo)
                 assert hub.issuer is not None
                 if user:  # containerd POSTs (OAuth2 password grant) when it has credentials

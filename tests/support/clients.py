@@ -337,6 +337,11 @@ class Containerd:
         result.stdout = last_progress_frame(result.stdout)  # the full log is in cmd_log
         return result.check() if check else result
 
+    def run_container(self, ref: str, *command: str, timeout: float = 120.0) -> Result:
+        """``ctr run --rm`` of the pulled image (runc; a network namespace of its own, with only lo)."""
+        name = f"p2ptest-{secrets.token_hex(3)}"
+        return run(self.ctl("run", "--rm", ref, name, *command), log=self.cmd_log, timeout=timeout)
+
     @contextlib.contextmanager
     def mounted(self, ref: str) -> Iterator[Path]:
         """The unpacked rootfs of ``ref`` mounted read-only: proof the layers were applied."""
