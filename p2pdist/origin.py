@@ -219,24 +219,15 @@ class OriginClient:
         assert url.host is not None and url.port is not None
         return RangeTarget(url.scheme, url.host, url.port, url.raw_path, authorization, bool(self._ssl), timeout)
 
-    async def auth_challenge(self) -> str | None:
-        """The registry's answer to an unauthenticated ``GET /v2/``: its challenge, or None if it needs none."""
-        response = await self._send("GET", self._base.with_path("/v2/"), {}, None)
-        try:
-            if response.status == 401:
-                return response.headers.get("WWW-Authenticate", "")
-            if response.status == 200:
-                return None
-            raise OriginError(f"origin {self.registry} answered GET /v2/ with {response.status}",
-                              status=response.status)
-        finally:
-            response.release()
+    async def ping(self, authorization: str | None = None) -> tuple[int, str | None]:
+        """``GET /v2/`` with these credentials (or none): the status and the challenge, if any.
 
-    async def check_basic(self, authorization: str) -> int:
-        """The status of ``GET /v2/`` with a client's basic credentials: 200 when the registry takes them."""
+        Without credentials it tells how the registry authenticates (200: not at all); with a
+        client's basic credentials, whether the registry takes them.
+        """
         response = await self._send("GET", self._base.with_path("/v2/"), {}, authorization)
         response.release()
-        return response.status
+        return response.status, response.headers.get("WWW-Authenticate")
 
     async def request_token(self, realm: str, params: list[tuple[str, str]],
                             authorization: str | None) -> tuple[int, bytes]:

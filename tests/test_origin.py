@@ -26,6 +26,7 @@ from p2pdist.origin import (
     RangeNotSupported,
 )
 from tests.support.registry import Registry, free_port
+from tests.support.servers import blob_store, serving
 
 pytestmark = pytest.mark.integration
 
@@ -302,12 +303,7 @@ async def test_range_not_supported(http: aiohttp.ClientSession) -> None:
 
     app = web.Application()
     app.router.add_get("/v2/library/app/blobs/{digest}", blob)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
+    async with serving(app) as port:
         origin = OriginClient(http, f"127.0.0.1:{port}", plain_http=True)
         received: list[bytes] = []
         with pytest.raises(RangeNotSupported):
@@ -317,8 +313,6 @@ async def test_range_not_supported(http: aiohttp.ClientSession) -> None:
         assert served == ["bytes=100-199"]
         assert await origin.blob_size("library/app", digest) == len(data)
         assert await collect(origin.fetch_all("library/app", digest)) == data
-    finally:
-        await runner.cleanup()
 
 
 # -- redirects --------------------------------------------------------------------------------------
@@ -330,21 +324,8 @@ async def test_redirect_does_not_carry_authorization(http: aiohttp.ClientSession
     # over the registry's storage, standing in for the blob store.
     seen: list[tuple[str, str | None, str | None]] = []
     root: list[Path] = []
-
-    async def blob_store(request: web.Request) -> web.StreamResponse:
-        seen.append((request.method, request.headers.get("Authorization"), request.headers.get("Range")))
-        path = root[0] / request.match_info["path"]
-        if not path.is_file():
-            raise web.HTTPNotFound()
-        return web.FileResponse(path)  # honours Range and HEAD
-
-    app = web.Application()
-    app.router.add_get("/{path:docker/registry/v2/blobs/.+}", blob_store)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        store_url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    async with serving(blob_store(root, seen)) as port:
+        store_url = f"http://127.0.0.1:{port}/"
         with Registry(auth="basic", redirect_baseurl=store_url, workdir=tmp_path / "registry") as registry:
             root.append(registry.root)
             data = os.urandom(100_000)
@@ -358,8 +339,6 @@ async def test_redirect_does_not_carry_authorization(http: aiohttp.ClientSession
             assert registry.egress(digest) == 0  # every byte came from the blob store
         assert [(method, auth) for method, auth, _ in seen] == [("HEAD", None), ("GET", None), ("GET", None)]
         assert seen[1][2] == "bytes=10-4999", "Range survives the redirect"
-    finally:
-        await runner.cleanup()
 
 
 async def test_concurrent_requests_share_one_token(http: aiohttp.ClientSession, registry_token: Registry) -> None:

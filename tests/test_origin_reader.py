@@ -22,6 +22,7 @@ from p2pdist.origin_reader import NeedsAsyncClient, RunControl, Stopped, read_ra
 from p2pdist.origin_target import RangeTarget
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
+from tests.support.servers import blob_store, serving
 
 pytestmark = pytest.mark.integration
 
@@ -160,17 +161,8 @@ def test_a_body_cut_short_is_an_origin_error(cutting_origin: tuple[int, bytes]) 
 async def test_an_agent_behind_a_redirecting_registry_still_gets_every_byte(tmp_path: Path) -> None:
     """307 to a blob store (S3, a CDN): the thread hands the run to the async client, which follows it."""
     root: list[Path] = []
-
-    async def blob_store(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(root[0] / request.match_info["path"])
-
-    app = web.Application()
-    app.router.add_get("/{path:docker/registry/v2/blobs/.+}", blob_store)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    store_url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    try:
+    async with serving(blob_store(root)) as port:
+        store_url = f"http://127.0.0.1:{port}/"
         with Registry(redirect_baseurl=store_url, workdir=tmp_path / "registry") as registry:
             root.append(registry.root)
             data = os.urandom(9 << 20)
@@ -186,5 +178,3 @@ async def test_an_agent_behind_a_redirecting_registry_still_gets_every_byte(tmp_
                 agent.stop()
             ranges = [r for r in registry.requests() if r.path.endswith(digest) and r.method == "GET"]
             assert ranges and all(r.status == 307 for r in ranges)
-    finally:
-        await runner.cleanup()

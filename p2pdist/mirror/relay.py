@@ -139,8 +139,10 @@ class TokenRelay:
         if known is not None and known[1] > time.monotonic():
             return known[0]
         try:
-            header = await self.agent.origin_client(up.registry).auth_challenge()
-            auth = parse_auth(header)
+            status, header = await self.agent.origin_client(up.registry).ping()
+            if status not in (200, 401):
+                raise OriginError(f"origin {up.registry} answered GET /v2/ with {status}", status=status)
+            auth = parse_auth((header or "") if status == 401 else None)
         except OriginError as e:
             log.warning("cannot learn how the upstream authenticates", extra={"registry": up.registry,
                                                                               "error": str(e)})
@@ -216,7 +218,7 @@ class TokenRelay:
             else:
                 status = 200
                 if auth is not None and auth.scheme == "basic" and client is not None:
-                    status = await origin.check_basic(client)
+                    status, _ = await origin.ping(client)
         except OriginError as e:
             # Unreachable: a mirror token for what the client sent, so what the upstream confirmed
             # for it (public images for anonymous) can still be served from the cache.
@@ -269,7 +271,7 @@ class TokenRelay:
                 return None
             origin = self.agent.origin_client(up.registry)
             if auth.scheme == "basic":
-                status = await origin.check_basic(client)
+                status, _ = await origin.ping(client)
             else:
                 params = [("service", auth.service)] if auth.service else []
                 status, _ = await origin.request_token(auth.realm, params, client)
