@@ -15,7 +15,7 @@ from .config import AgentConfig
 from .core import wire
 from .core.bitfield import Bitfield
 from .core.digest import Digest
-from .core.layout import PieceLayout
+from .core.layout import PieceLayout, decide_layout
 from .metrics import AgentMetrics
 from .neighbours import Neighbourhood
 from .origin import Credentials, OriginClient
@@ -53,6 +53,9 @@ class Agent:
         self._downloads: dict[str, asyncio.Task[Path]] = {}
         self._seeds: dict[str, float] = {}  # blob -> next announce (monotonic)
         self._seed_digests_sent: set[str] = set()
+        # Complete blobs whose stored layout the tracker confirmed (its piece size): only their piece
+        # digests may go to it. A seeder's digests are taken as facts for the tracker's layout.
+        self._layout_agreed: set[str] = set()
         self._seeder: asyncio.Task | None = None
         self.uploads = 0
         self.download_rate = TokenBucket(config.limits.download_rate)
@@ -156,8 +159,11 @@ class Agent:
 
     # --- seeding ----------------------------------------------------------------------------
 
-    def seeding(self, digest: Digest, interval: float | None = None) -> None:
+    def seeding(self, digest: Digest, interval: float | None = None, layout_agreed: bool = False) -> None:
+        """Keep announcing ``digest`` as complete; ``layout_agreed``: it was cut as the tracker said."""
         self._seeds[str(digest)] = time.monotonic() + (interval or SEED_INTERVAL)
+        if layout_agreed:
+            self._layout_agreed.add(str(digest))
 
     async def start(self) -> None:
         for digest, _size in self.store.blobs():
@@ -178,22 +184,42 @@ class Agent:
     async def _announce_complete(self, blob: str) -> float:
         digest = Digest.parse(blob)
         manifest = self.store.piece_manifest(digest)
+        size = self.store.size(digest)
+        if manifest is None and size is not None:
+            # Written by an older version (sha256 piece digests) or unreadable: recut by the default
+            # rule; the tracker's answer below corrects the piece size if it decides otherwise.
+            manifest = await asyncio.to_thread(self.store.rebuild_piece_manifest, digest,
+                                               decide_layout(size).piece_size)
         if manifest is None:
             self._seeds.pop(blob, None)
             return SEED_INTERVAL
+        agreed = blob in self._layout_agreed
         msg = wire.Announce(
             node=self.node, addr=self.addr, blob=blob, zone=self.config.zone, rack=self.config.rack,
             size=manifest.layout.blob_size, have=manifest.layout.count, complete=True, load=self.uploads,
             event="completed",
-            # The piece digests go once per process: enough to rebuild a tracker's memory.
-            digests=[] if blob in self._seed_digests_sent else list(manifest.items())[: wire.MAX_LIST],
+            # The piece digests go once per process (enough to rebuild a tracker's memory), and only
+            # for the tracker's layout: it takes a seeder's digests as facts.
+            digests=list(manifest.items())[: wire.MAX_LIST] if agreed and blob not in self._seed_digests_sent else [],
         )
         try:
             reply = await self.tracker.announce(msg)
         except TrackerUnavailable:
             self.metrics.tracker_errors.inc()
             return SEED_INTERVAL
-        self._seed_digests_sent.add(blob)
+        if msg.digests:
+            self._seed_digests_sent.add(blob)
+        if reply.piece_size and reply.piece_size != manifest.layout.piece_size:
+            log.info("recutting a stored blob to the tracker's piece size",
+                     extra={"blob": blob, "piece_size": reply.piece_size, "was": manifest.layout.piece_size})
+            if await asyncio.to_thread(self.store.rebuild_piece_manifest, digest, reply.piece_size) is None:
+                self._seeds.pop(blob, None)
+                return SEED_INTERVAL
+            self._layout_agreed.add(blob)
+            return 0.0  # its digests go at the next announce, right away
+        if not agreed:
+            self._layout_agreed.add(blob)
+            return 0.0
         return reply.interval
 
     async def _announce_stopped(self) -> None:

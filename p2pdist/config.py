@@ -89,7 +89,9 @@ class Limits:
     piece_timeout: float = 30.0  # seconds for one piece from a peer before trying elsewhere
     stall_timeout: float = 10.0  # seconds of a silent swarm before fetching the rest from the origin directly
     download_rate: int = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited
-    piece_size: int = 0  # 0 = the layout rule (see README "Piece size"); otherwise a power of two
+    # Pinned piece size, used only without a tracker: a tracker's piece size always wins, so every node of
+    # a swarm cuts a blob the same way (core.layout.decide_layout). 0 = the layout rule (README "Piece size").
+    piece_size: int = 0
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
 
 
+# The simulator and its plotting are an extra: a node's daemon needs neither (tests/test_packaging.py).
+SIM_EXTRA = ("p2pdist simulate needs the simulator extra, which this install lacks (missing module {name!r}): "
+             "pip install 'p2pdist[sim]' (scripts/setup.sh installs it)")
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from simulations import native
-    from simulations.report import print_table, write_json, write_plots
-    from simulations.run import PROFILES, run_scenario, run_seeds, run_sweep
-    from simulations.scenario import load_scenario
-    from simulations.units import ScenarioError
+    try:
+        from simulations import native
+        from simulations.report import print_table, write_json, write_plots
+        from simulations.run import PROFILES, run_scenario, run_seeds, run_sweep
+        from simulations.scenario import load_scenario
+        from simulations.units import ScenarioError
+    except ModuleNotFoundError as e:
+        print(SIM_EXTRA.format(name=e.name), file=sys.stderr)
+        return 2
 
     try:
         scenario = load_scenario(args.scenario)

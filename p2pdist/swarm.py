@@ -20,7 +20,7 @@ import aiohttp
 
 from .core import wire
 from .core.digest import Digest, DigestMismatch
-from .core.layout import PieceLayout, piece_size_for
+from .core.layout import PieceLayout, decide_layout
 from .core.leases import missing_runs
 from .core.manifest import ManifestError, piece_digest
 from .core.selection import PeerSlot, RarestFirst, assign, inflight_budget, reader_cursor, usable
@@ -99,6 +99,7 @@ class Swarm:
         self._tasks: set[asyncio.Task] = set()
         self.origin = agent.origin_client(registry, authorization)
         self.ready = asyncio.Event()  # the layout is known and the partial is open
+        self.layout_agreed = False  # the layout is the tracker's (its reply gave the piece size)
         self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
         self.finished = False
         self._readers: dict[int, int] = {}  # streaming reader id -> the piece it waits for
@@ -153,11 +154,11 @@ class Swarm:
         size = reply.size if reply and reply.size is not None else await self._origin_size()
         if reply is not None and reply.size is None:
             reply = await self._announce_safely("started", size=size)
-        piece_size = (self.agent.config.limits.piece_size or (reply.piece_size if reply else None)
-                      or piece_size_for(size))
-        self.layout = PieceLayout(size, piece_size)
         limits = self.agent.config.limits
-        self.max_inflight = inflight_budget(limits.inflight_bytes, limits.upload_slots, piece_size)
+        self.layout = decide_layout(size, tracker_piece_size=reply.piece_size if reply else None,
+                                    pinned_piece_size=limits.piece_size)
+        self.layout_agreed = bool(reply and reply.piece_size)
+        self.max_inflight = inflight_budget(limits.inflight_bytes, limits.upload_slots, self.layout.piece_size)
         self.stats.size = size
         self.partial = await asyncio.to_thread(self.agent.store.open_partial, self.digest, self.layout)
         self.ready.set()
@@ -224,7 +225,9 @@ class Swarm:
         have = len(self.partial.have) if self.partial else 0
         digests = self.report[: wire.MAX_LIST]
         if complete and self.partial is not None:
-            digests = list(self.partial.manifest.items())[: wire.MAX_LIST]
+            # A seeder's digests are facts to the tracker, for its layout: only if ours is the tracker's
+            # (a download that went direct from the start may have cut the blob otherwise).
+            digests = list(self.partial.manifest.items())[: wire.MAX_LIST] if self.layout_agreed else []
         want = 0
         if not complete and not self.direct:
             # One spare lease per node keeps its origin streams busy across the announce round trip.
@@ -262,7 +265,9 @@ class Swarm:
             self.agent.metrics.tracker_errors.inc()
             reply = None
         if complete:  # seed even if this announce failed: the seeding loop retries
-            self.agent.seeding(self.digest, reply.interval if reply else None)
+            # Cut as the tracker said unless the download went without one (direct from the start).
+            self.agent.seeding(self.digest, reply.interval if reply else None,
+                               layout_agreed=self.layout_agreed)
         return reply
 
     async def _announcer(self) -> None:

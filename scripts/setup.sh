@@ -25,6 +25,6 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,sim]'
 # Compile the simulator's core (simulations/native.py) unless it is already built from these sources.
 .venv/bin/python -m simulations status >/dev/null || .venv/bin/python -m simulations build --quiet >/dev/null

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from p2pdist.core.layout import PieceLayout, piece_size_for
+from p2pdist.core.layout import PieceLayout, decide_layout
 
 from .agent import Board, Node, Swarm
 from .control import ControlPlane
@@ -39,13 +39,9 @@ class Blob:
 
 def make_blobs(scenario: Scenario, profile: Profile) -> list[Blob]:
     """The image's layers as the tracker lays them out (piece sizes from its config)."""
-    cfg = profile.tracker
-    blobs = []
-    for i, size in enumerate(scenario.image.layers):
-        piece = scenario.image.piece_size or piece_size_for(
-            size, target_pieces=cfg.piece_target, min_size=cfg.piece_min, max_size=cfg.piece_max)
-        blobs.append(Blob(i, size, piece))
-    return blobs
+    rule = profile.tracker.piece_rule
+    return [Blob(i, size, decide_layout(size, pinned_piece_size=scenario.image.piece_size, rule=rule).piece_size)
+            for i, size in enumerate(scenario.image.layers)]
 
 
 @dataclass

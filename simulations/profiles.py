@@ -124,7 +124,7 @@ def kraken_profile(scenario: Scenario) -> Profile:
     tracker = dataclasses.replace(base.tracker, announce_interval=3.0, busy_interval=3.0, handout_size=10)
     return dataclasses.replace(
         base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
-        tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario),
+        tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario, tracker),
         digests_known=True, streaming=False, stall_fallback=False, load_aware=False,
         upload_slots=BASELINE_UPLOAD_SLOTS,
     )
@@ -140,16 +140,18 @@ def dragonfly_profile(scenario: Scenario) -> Profile:
     tracker = dataclasses.replace(base.tracker, announce_interval=1.0, busy_interval=1.0, handout_size=4)
     return dataclasses.replace(
         base, name="dragonfly", selector=Sequential(), handout=ScoredParents(), origin=BACK_TO_SOURCE,
-        tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario),
+        tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario, tracker),
         digests_known=True, parents_only=True, streaming=False, stall_fallback=False, load_aware=False,
         upload_slots=BASELINE_UPLOAD_SLOTS,
     )
 
 
-def _piece_hint(scenario: Scenario) -> int:
-    from p2pdist.core.layout import piece_size_for
+def _piece_hint(scenario: Scenario, tracker: TrackerConfig) -> int:
+    """The piece size of the largest layer, as make_blobs will decide it: budgets are in pieces."""
+    from p2pdist.core.layout import decide_layout
 
-    return scenario.image.piece_size or piece_size_for(max(scenario.image.layers))
+    return decide_layout(max(scenario.image.layers), pinned_piece_size=scenario.image.piece_size,
+                         rule=tracker.piece_rule).piece_size
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class BlobTrack:
         self.piece_count = piece_count
         self.book = LeaseBook(
             piece_count, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams,
-            config.origin_slow_start)
+            config.origin_slow_start, config.solo_lease_pieces)
         self.downloaders = 0  # peers not complete (tracker/state.py BlobRecord.downloaders)
         self.logged = bytearray(piece_count)
         self.log: list[int] = []

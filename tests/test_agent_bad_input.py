@@ -57,9 +57,9 @@ async def test_peer_data_endpoint_rejects_bad_requests(agent: AgentProc, path, h
 
 @pytest.mark.parametrize(("frame", "says"), [
     (b"\xc1\x00garbage", "malformed msgpack"),
-    (msgpack.packb({"v": 2, "t": "hello", "node": "x", "addr": "y"}), "unsupported protocol version 2"),
-    (msgpack.packb({"v": 1, "t": "teleport"}), "unknown message type"),
-    (msgpack.packb({"v": 1, "t": "hello", "node": 7, "addr": "y"}), "field 'node' must be a string"),
+    (msgpack.packb({"v": 1, "t": "hello", "node": "x", "addr": "y"}), "unsupported protocol version 1"),
+    (msgpack.packb({"v": wire.VERSION, "t": "teleport"}), "unknown message type"),
+    (msgpack.packb({"v": wire.VERSION, "t": "hello", "node": 7, "addr": "y"}), "field 'node' must be a string"),
     (msgpack.packb([1, 2, 3]), "frame must be a msgpack map"),
 ])
 async def test_control_channel_closes_on_bad_hello(agent: AgentProc, frame, says):
@@ -78,7 +78,7 @@ async def test_control_channel_drops_bad_frames_after_hello_and_oversize_frames(
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(url, headers=AUTH) as ws:
             await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
-            await ws.send_bytes(msgpack.packb({"v": 1, "t": "have", "blob": "sha256:../../x", "index": 0}))
+            await ws.send_bytes(msgpack.packb({"v": wire.VERSION, "t": "have", "blob": "sha256:../../x", "index": 0}))
             msg = await ws.receive(timeout=10)
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert "invalid digest" in (msg.extra or "")

@@ -170,3 +170,56 @@ def test_fetch_works_with_tracker_down(registry: Registry, cluster: Cluster):
     assert result["from_origin"] == size
     assert sha256_file(result["path"]) == digest
     assert agent.metrics()['p2pdist_origin_fallbacks_total{reason="tracker"}'] == 1
+
+
+def test_the_trackers_piece_size_wins_over_agents_configured_otherwise(registry: Registry, cluster: Cluster):
+    # Two nodes pinned to different piece sizes: before one layout decision, each cut the blob its own
+    # way, their bitfields and digests disagreed, and the second took the whole blob from the origin.
+    size = 32 * MiB
+    digest = registry.push_blob("team/layout", os.urandom(size))
+    cluster.start_tracker()  # its rule: 1 MiB pieces for 32 MiB
+    first = cluster.agent("pinned-4m", {"P2PDIST_LIMITS_PIECE_SIZE": str(4 * MiB)})
+    second = cluster.agent("pinned-2m", {"P2PDIST_LIMITS_PIECE_SIZE": str(2 * MiB)})
+    ref = f"{registry.host}/team/layout@{digest}"
+    assert first.fetch(ref).get("done")
+    result = second.fetch(ref)
+    assert result.get("done"), result
+    assert sha256_file(result["path"]) == digest
+    assert result["from_peers"] == size and result["from_origin"] == 0
+    assert registry.egress(digest) == size
+
+
+def test_a_blob_stored_by_an_older_version_is_recut_and_served_to_peers(registry: Registry, cluster: Cluster):
+    import msgpack
+
+    size = 24 * MiB
+    data = os.urandom(size)
+    digest = registry.push_blob("team/old", data)
+    ref = f"{registry.host}/team/old@{digest}"
+    first_tracker = cluster.start_tracker()
+    old = cluster.agent("old")
+    assert old.fetch(ref).get("done")
+    old.stop()
+    first_tracker.stop()
+    # What version 1 left beside the blob: sha256 piece digests, over 4 MiB pieces, no piece hash named.
+    (sidecar,) = old.data_dir.rglob(f"{digest.split(':')[1]}.pieces")
+    old_pieces = [hashlib.sha256(data[o:o + 4 * MiB]).digest() for o in range(0, size, 4 * MiB)]
+    sidecar.write_bytes(msgpack.packb({"piece_size": 4 * MiB, "digests": old_pieces}, use_bin_type=True))
+
+    tracker = cluster.start_tracker()  # a fresh tracker: every digest it learns comes from the seeder
+    again = AgentProc(cluster.workdir, "old-again", tracker.url, TOKEN, data_dir=old.data_dir,
+                      upstreams=cluster.upstreams)
+    cluster.procs.append(again)
+    again.start()
+    deadline = time.monotonic() + 30
+    while tracker.metrics().get("p2pdist_tracker_digests_accepted_total", 0) < size // MiB:
+        assert time.monotonic() < deadline, f"the seeder never sent its digests:\n{again.output()[-2000:]}"
+        time.sleep(0.1)
+    stored = msgpack.unpackb(sidecar.read_bytes())
+    assert (stored["piece_hash"], stored["piece_size"]) == ("blake3", MiB)  # the tracker's piece size
+
+    result = cluster.agent("new").fetch(ref)
+    assert result.get("done"), result
+    assert sha256_file(result["path"]) == digest
+    assert result["from_peers"] == size and result["from_origin"] == 0
+    assert registry.egress(digest) == size  # only the first download, long ago

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from p2pdist.core.digest import Digest, DigestError, DigestMismatch
 from p2pdist.core.layout import PieceLayout
+from p2pdist.core.manifest import piece_digest
 from p2pdist.store import (
     BlobExists,
     BlobNotFound,
@@ -28,6 +28,7 @@ from p2pdist.store import (
     PartialState,
     PieceError,
     Store,
+    prefix_hash,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def piece(data: bytes, layout: PieceLayout, i: int) -> bytes:
 
 
 def sha(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    return piece_digest(data)
 
 
 def write(partial, data: bytes, indices=None) -> None:
@@ -140,26 +141,42 @@ def test_out_of_order_writes_extend_the_hashed_prefix(tmp_path: Path) -> None:
     store = Store(tmp_path)
     partial = store.open_partial(Digest.of(data), PieceLayout(1000, 100))
     write(partial, data, [3, 1, 2, 5])
-    assert partial.hashed_prefix == 0 and sorted(partial.have) == [1, 2, 3, 5]
+    assert partial.settle_hash() == 0 and sorted(partial.have) == [1, 2, 3, 5]
     write(partial, data, [0])  # reads 1..3 forward from disk, stops at the hole at 4
-    assert partial.hashed_prefix == 4
+    assert partial.settle_hash() == 4
     write(partial, data, [9, 8, 7, 6, 4])
-    assert partial.hashed_prefix == 10
+    assert partial.settle_hash() == 10
     partial.commit()
     assert store.blob_path(Digest.of(data)).read_bytes() == data
 
 
-def test_sequential_download_commits_without_rereading(tmp_path: Path, monkeypatch) -> None:
-    data = blob(10_000, 2)
+@pytest.mark.parametrize("piece_size", [1024, 1 << 20])  # read back with pread, and through mmap
+def test_whole_blob_hash_follows_the_writes_so_commit_reads_nothing(tmp_path: Path, monkeypatch,
+                                                                   piece_size: int) -> None:
+    data = blob(3 * piece_size + 17, 2)
     store = Store(tmp_path)
-    partial = store.open_partial(Digest.of(data), PieceLayout(10_000, 1024))
-    write(partial, data)
-    assert partial.hashed_prefix == partial.layout.count
-    reads = []
-    real = os.pread
-    monkeypatch.setattr(os, "pread", lambda *a: reads.append(a) or real(*a))
+    partial = store.open_partial(Digest.of(data), PieceLayout(len(data), piece_size))
+    write(partial, data, [2, 0, 3, 1])
+    assert partial.settle_hash() == partial.layout.count
+    spans = []
+    real = prefix_hash.hash_span
+    monkeypatch.setattr(prefix_hash, "hash_span", lambda *a: spans.append(a) or real(*a))
     partial.commit()
-    assert reads == []
+    assert spans == []
+    assert store.blob_path(Digest.of(data)).read_bytes() == data
+
+
+def test_a_truncated_data_file_fails_the_commit_and_is_discarded(tmp_path: Path) -> None:
+    data = blob(4 << 20, 3)
+    store = Store(tmp_path)
+    partial = store.open_partial(Digest.of(data), PieceLayout(len(data), 1 << 20))
+    write(partial, data, [1, 2, 3])
+    os.truncate(partial.data_path, 2 << 20)  # behind the store's back: pieces 2 and 3 are gone
+    write(partial, data, [0])
+    with pytest.raises(DigestMismatch, match="unreadable data"):
+        partial.commit()
+    assert not store.has(Digest.of(data))
+    partial.close()
 
 
 # -- verification --------------------------------------------------------------------------------
@@ -307,6 +324,7 @@ import hashlib, os, signal, sys
 from pathlib import Path
 from p2pdist.core.digest import Digest
 from p2pdist.core.layout import PieceLayout
+from p2pdist.core.manifest import piece_digest
 from p2pdist.store import Store
 
 root, digest, blob_file, piece_size, mode = sys.argv[1:]
@@ -317,7 +335,7 @@ partial = Store(Path(root)).open_partial(Digest.parse(digest), layout)
 def write(i):
     offset, length = layout.span(i)
     piece = data[offset:offset + length]
-    partial.write_piece(i, piece, hashlib.sha256(piece).digest())
+    partial.write_piece(i, piece, piece_digest(piece))
 
 for i in range(0, layout.count, 2):  # the even half, no close(), no fsync
     write(i)

@@ -22,7 +22,7 @@ import aiohttp
 import msgpack
 import pytest
 
-from p2pdist.core.wire import MAX_FRAME, Announce, AnnounceReply, decode, encode
+from p2pdist.core.wire import MAX_FRAME, VERSION, Announce, AnnounceReply, decode, encode
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +119,7 @@ async def assert_still_serving(http: aiohttp.ClientSession, url: str) -> None:
 
 
 def frame(**fields: Any) -> bytes:
-    base = {"v": 1, "t": "announce", "node": "n1", "addr": "127.0.0.1:7001", "blob": BLOB}
+    base = {"v": VERSION, "t": "announce", "node": "n1", "addr": "127.0.0.1:7001", "blob": BLOB}
     return msgpack.packb({**base, **fields}, use_bin_type=True)
 
 
@@ -142,11 +142,11 @@ async def test_announce_round_trip(tracker: Proc, http: aiohttp.ClientSession) -
     [
         (b"\xc1not msgpack", 400, "malformed msgpack frame"),
         (b"", 400, "malformed msgpack frame"),
-        (frame(v=2), 400, "unsupported protocol version 2: this node speaks version 1"),
+        (frame(v=1), 400, "unsupported protocol version 1: this node speaks version 2"),
         (frame(blob="sha256:../../etc/passwd"), 400,
          "field 'blob': invalid digest 'sha256:../../etc/passwd': sha256 needs 64 lowercase hex characters"),
         (frame(t="hello"), 400, "unexpected message type 'hello' here"),
-        (frame(digests=[[0, b"short"]]), 400, "field 'digests[0]' must carry a 32-byte sha256"),
+        (frame(digests=[[0, b"short"]]), 400, "field 'digests[0]' must carry a 32-byte piece digest"),
         (frame(want_leases=99), 400, "field 'want_leases' must be an integer in [0, 16]"),
         (b"\x00" * (MAX_FRAME + 1), 413, f"frame of {MAX_FRAME + 1} bytes exceeds the {MAX_FRAME}-byte limit"),
         (frame(size=17 * MiB), 409, f"blob {BLOB} is known as {16 * MiB} bytes but this announce says {17 * MiB}"),

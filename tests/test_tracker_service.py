@@ -20,9 +20,11 @@ from tracker.state import MemoryState
 BLOB = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
 MiB = 1 << 20
-# Slow start off: these tests are about lease mechanics; test_origin_slow_start_* turn it on.
+# Slow start off: these tests are about lease mechanics; test_origin_slow_start_* turn it on. Solo
+# leases as long as the others, for the same reason; test_a_lone_downloader_* are about them.
 CONFIG = TrackerConfig(
-    lease_pieces=4, leases_per_node=2, lease_ttl=10.0, peer_ttl=30.0, handout_size=16, origin_slow_start=False
+    lease_pieces=4, solo_lease_pieces=4, leases_per_node=2, lease_ttl=10.0, peer_ttl=30.0, handout_size=16,
+    origin_slow_start=False,
 )
 
 
@@ -159,6 +161,23 @@ def test_stopped_removes_the_peer_and_releases_its_leases() -> None:
 
 
 # --- leases --------------------------------------------------------------------------------------
+
+
+def test_a_lone_downloader_gets_long_leases_until_another_arrives() -> None:
+    t = Harness(replace(CONFIG, lease_pieces=1, solo_lease_pieces=8, leases_per_node=5, origin_streams=0))
+    # The first lease is short even alone: in a flash crowd the first node to announce is alone too.
+    assert ranges(t.announce("a", 0, size=64 * MiB, want_leases=1)) == [(0, 1)]
+    # Alone for a piece's time (its digest came back): nobody to spread pieces to, so long leases
+    # and fewer round trips between Range requests.
+    reply = t.announce("a", 1, digests=[(0, pd(0))], want_leases=2)
+    assert ranges(reply) == [(1, 9), (9, 17)]
+    assert ranges(t.announce("b", 1, want_leases=2)) == [(17, 18), (18, 19)]  # two downloaders: short again
+    assert ranges(t.announce("a", 2, want_leases=1)) == [(1, 9), (9, 17), (19, 20)]
+    # A seeder is no downloader: once "b" completes, "a" is alone again. b's leases went back to the
+    # pool, so a's next lease starts there and runs up to its own lease at 19.
+    t.announce("b", 3, complete=True, have=64)
+    assert ranges(t.announce("a", 4, want_leases=1))[-1] == (17, 19)
+    assert ranges(t.announce("a", 4, want_leases=1))[-1] == (20, 28)
 
 
 def test_leases_do_not_overlap_across_nodes() -> None:

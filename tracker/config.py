@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pdist.core.handout import HANDOUTS
-from p2pdist.core.layout import MAX_PIECE_SIZE, MIN_PIECE_SIZE, TARGET_PIECES
+from p2pdist.core.layout import MAX_PIECE_SIZE, MIN_PIECE_SIZE, TARGET_PIECES, PieceRule
 from p2pdist.core.wire import MAX_LIST
 
 ENV_PREFIX = "P2PDIST_TRACKER_"
@@ -46,6 +46,9 @@ class TrackerConfig:
     # pieces at once (simulator: 1,000 nodes 0.08 s, 3,000 nodes 0.09 s sooner than 4-piece leases),
     # and the first node to ask does not take a long run. It costs a Range request per piece.
     lease_pieces: int = 1
+    # Pieces per lease for a node that is the blob's only downloader: nobody to spread pieces to, and
+    # fewer announce round trips between Range requests (p2pdist.core.leases.LeaseBook).
+    solo_lease_pieces: int = 8
     leases_per_node: int = 5  # leases one node may hold per blob at once: its origin streams (4) + 1 spare
     # Leases out at once per blob, shared among the nodes still downloading (at least one each): the
     # origin's pieces then land on many nodes whose uplinks spread them in parallel, and the origin
@@ -71,6 +74,10 @@ class TrackerConfig:
     piece_target: int = TARGET_PIECES
     log_level: str = "info"
 
+    @property
+    def piece_rule(self) -> PieceRule:
+        return PieceRule(self.piece_target, self.piece_min, self.piece_max)
+
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -82,6 +89,7 @@ class TrackerConfig:
             need(getattr(self, name) > 0, f"{name} must be > 0 seconds, got {getattr(self, name)}")
         need(self.blob_ttl >= self.peer_ttl, "blob_ttl must be >= peer_ttl (a blob outlives its peers)")
         need(self.lease_pieces >= 1, f"lease_pieces must be >= 1, got {self.lease_pieces}")
+        need(1 <= self.solo_lease_pieces <= 1024, f"solo_lease_pieces must be in 1..1024, got {self.solo_lease_pieces}")
         # The wire reply carries at most 64 leases and 1024 peers.
         need(1 <= self.leases_per_node <= 64, f"leases_per_node must be in 1..64, got {self.leases_per_node}")
         need(0 <= self.origin_streams <= 4096, f"origin_streams must be in 0..4096, got {self.origin_streams}")

@@ -11,7 +11,8 @@ import random
 from typing import Any, Protocol
 
 from p2pdist.core.handout import HANDOUTS, PeerInfo
-from p2pdist.core.layout import LayoutError, PieceLayout, piece_size_for
+from p2pdist.core.layout import LayoutError, PieceLayout, decide_layout
+from p2pdist.core.leases import LeaseBook
 from p2pdist.core.wire import Announce, AnnounceReply, PeerEntry
 
 from .config import TrackerConfig
@@ -48,6 +49,12 @@ def memory_state(config: TrackerConfig) -> MemoryState:
     )
 
 
+def lease_book(piece_count: int, config: TrackerConfig) -> LeaseBook:
+    """The origin lease book for a blob of ``piece_count`` pieces, as this tracker is configured."""
+    return LeaseBook(piece_count, config.lease_pieces, config.lease_ttl, config.leases_per_node,
+                     config.origin_streams, config.origin_slow_start, config.solo_lease_pieces)
+
+
 def layout_for(size: int | None, config: TrackerConfig) -> PieceLayout | None:
     """The layout the tracker fixes for a blob of ``size`` bytes (None if the size is not given)."""
     if size is None:
@@ -55,10 +62,8 @@ def layout_for(size: int | None, config: TrackerConfig) -> PieceLayout | None:
     if size > config.max_blob_size:
         raise AnnounceError("size-invalid", f"blob size {size} exceeds this tracker's max_blob_size "
                                             f"of {config.max_blob_size} bytes")
-    piece_size = piece_size_for(size, target_pieces=config.piece_target,
-                                min_size=config.piece_min, max_size=config.piece_max)
     try:
-        return PieceLayout(size, piece_size)
+        return decide_layout(size, rule=config.piece_rule)
     except LayoutError as e:
         raise AnnounceError("size-invalid", f"blob size {size}: {e}") from None
 
@@ -86,9 +91,7 @@ def handle_announce(
     _expire(blob, now, config, emit)
     if layout is not None:
         if blob.size is None:
-            blob.set_layout(
-                layout, config.lease_pieces, config.lease_ttl, config.leases_per_node, config.origin_streams,
-                config.origin_slow_start)
+            blob.set_layout(layout, lease_book(layout.count, config))
         elif blob.size != layout.blob_size:
             raise AnnounceError(
                 "size-conflict",

@@ -50,12 +50,10 @@ class BlobRecord:
     granted_upto: int = 0  # highest lease end ever granted: a lease below it is a reassignment
     downloaders: int = 0  # peers not complete yet: the origin lease cap is shared among them
 
-    def set_layout(
-        self, layout: PieceLayout, lease_pieces: int, lease_ttl: float, per_node: int, max_leases: int = 0,
-        slow_start: bool = False,
-    ) -> None:
+    def set_layout(self, layout: PieceLayout, book: LeaseBook) -> None:
+        assert book.piece_count == layout.count, "the lease book must cover the layout's pieces"
         self.size, self.piece_size = layout.blob_size, layout.piece_size
-        self.book = LeaseBook(layout.count, lease_pieces, lease_ttl, per_node, max_leases, slow_start)
+        self.book = book
         self.manifest = PieceManifest(layout)
         self.log = []
         self.granted_upto = 0
@@ -63,8 +61,7 @@ class BlobRecord:
     def reset_digests(self, epoch: int) -> None:
         """Forget every digest and lease (the assembled blob failed its digest): start over."""
         if self.book is not None and self.manifest is not None:
-            book = self.book
-            self.set_layout(self.manifest.layout, book.lease_pieces, book.ttl, book.per_node, book.max_leases)
+            self.set_layout(self.manifest.layout, self.book.emptied())
         self.epoch = epoch
 
     @property

@@ -39,6 +39,41 @@ def piece_size_for(
 
 
 @dataclass(frozen=True, slots=True)
+class PieceRule:
+    """How pieces are sized when nobody pins a size: :func:`piece_size_for` with these bounds.
+    A tracker's rule comes from its config (piece_target, piece_min, piece_max)."""
+
+    target_pieces: int = TARGET_PIECES
+    min_size: int = MIN_PIECE_SIZE
+    max_size: int = MAX_PIECE_SIZE
+
+    def piece_size(self, blob_size: int) -> int:
+        return piece_size_for(blob_size, target_pieces=self.target_pieces, min_size=self.min_size,
+                              max_size=self.max_size)
+
+
+DEFAULT_RULE = PieceRule()
+
+
+def decide_layout(blob_size: int, *, tracker_piece_size: int | None = None, pinned_piece_size: int = 0,
+                  rule: PieceRule = DEFAULT_RULE) -> PieceLayout:
+    """The one place a blob's layout is decided.
+
+    Every node of a swarm must cut a blob the same way, or their pieces, bitfields and digests
+    disagree. So the tracker's piece size wins whenever a tracker gave one, over any local setting.
+    Without one, a pinned size (an agent's ``limits.piece_size`` when it runs without a tracker, a
+    tracker's or a scenario's fixed size), else ``rule``.
+    """
+    if tracker_piece_size:
+        piece_size = tracker_piece_size
+    elif pinned_piece_size:
+        piece_size = pinned_piece_size
+    else:
+        piece_size = rule.piece_size(blob_size)
+    return PieceLayout(blob_size, piece_size)
+
+
+@dataclass(frozen=True, slots=True)
 class PieceLayout:
     blob_size: int
     piece_size: int

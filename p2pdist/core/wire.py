@@ -17,7 +17,7 @@ import msgpack
 from .digest import Digest, DigestError
 from .manifest import PIECE_DIGEST_SIZE
 
-VERSION = 1
+VERSION = 2  # 2: piece digests are BLAKE3 (core.manifest); a version-1 node hashes pieces with sha256
 MAX_FRAME = 1 << 20  # 1 MiB: an announce with thousands of digests fits, a memory bomb does not
 MAX_LIST = 8192
 MAX_TEXT = 512
@@ -101,10 +101,10 @@ def _list(item, limit: int = MAX_LIST):
 
 def _piece_digest(name: str, v: Any) -> tuple[int, bytes]:
     if not isinstance(v, list) or len(v) != 2:
-        raise WireError(f"field {name!r} must be [index, sha256]")
+        raise WireError(f"field {name!r} must be [index, piece digest]")
     index = _int(0, 1 << 20)(name, v[0])
     if not isinstance(v[1], bytes) or len(v[1]) != PIECE_DIGEST_SIZE:
-        raise WireError(f"field {name!r} must carry a {PIECE_DIGEST_SIZE}-byte sha256")
+        raise WireError(f"field {name!r} must carry a {PIECE_DIGEST_SIZE}-byte piece digest")
     return index, v[1]
 
 

@@ -3,10 +3,10 @@
 Layout under ``root``::
 
     blobs/<alg>/<hex>            complete, verified blob (immutable once renamed in)
-    blobs/<alg>/<hex>.pieces     msgpack {"piece_size", "digests"}: per-piece sha256 of the blob
-    partial/<alg>/<hex>/meta     msgpack {"digest", "size", "piece_size"}, written atomically at creation
+    blobs/<alg>/<hex>.pieces     msgpack {"piece_size", "piece_hash", "digests"}: per-piece BLAKE3 of the blob
+    partial/<alg>/<hex>/meta     msgpack {"digest", "size", "piece_size", "piece_hash"}, written atomically at creation
     partial/<alg>/<hex>/data     the blob being filled with positional writes
-    partial/<alg>/<hex>/journal  36-byte records (piece index, piece sha256), written after the data
+    partial/<alg>/<hex>/journal  36-byte records (piece index, piece digest), written after the data
 
 The journal is not fsynced per piece. On resume every journalled piece is re-hashed from ``data``
 and dropped if it no longer matches: that survives kill -9 and power loss alike without paying a

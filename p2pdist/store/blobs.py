@@ -15,17 +15,19 @@ import msgpack
 
 from p2pdist.core.digest import Digest, DigestError
 from p2pdist.core.layout import MAX_PIECES, LayoutError, PieceLayout
-from p2pdist.core.manifest import PIECE_DIGEST_SIZE, ManifestError, PieceManifest
+from p2pdist.core.manifest import PIECE_DIGEST_SIZE, PIECE_HASH, ManifestError, PieceManifest, piece_hasher
 
 from .common import (
     _SIDECAR,
     BlobExists,
     BlobNotFound,
+    CorruptData,
     LayoutMismatch,
     PartialState,
     StoreError,
     _checked,
     _fsync_dir,
+    _hash_range,
     _read_exact,
     _unpack,
     _write_atomic,
@@ -180,6 +182,8 @@ class Store:
         if not isinstance(data, dict):
             return None
         piece_size, digests = data.get("piece_size"), data.get("digests")
+        if data.get("piece_hash") != PIECE_HASH:
+            return None  # an older version's sha256 piece digests: not what peers verify against
         if not isinstance(piece_size, int) or isinstance(piece_size, bool) or not isinstance(digests, list):
             return None
         try:
@@ -189,6 +193,38 @@ class Store:
             return PieceManifest(layout, enumerate(digests))
         except (LayoutError, ManifestError):
             return None
+
+    def rebuild_piece_manifest(self, digest: Digest, piece_size: int) -> PieceManifest | None:
+        """Recompute a complete blob's piece digests for ``piece_size`` from its bytes, and keep them.
+
+        For a sidecar an older version wrote (sha256 piece digests), or a layout other than the one
+        the tracker decides. The blob's own digest is checked in the same read: piece digests of
+        bytes that no longer match it would be lies, so such a blob is deleted instead (None). None
+        too if the blob is not here.
+        """
+        d = _checked(digest)
+        try:
+            reader = self.open_blob(d)
+        except BlobNotFound:
+            return None
+        with reader:
+            layout = PieceLayout(reader.size, piece_size)
+            whole = d.hasher()
+            digests: list[bytes] = []
+            try:
+                for i in range(layout.count):
+                    offset, length = layout.span(i)
+                    piece = piece_hasher()
+                    _hash_range(reader.fileno(), offset, length, [whole, piece])
+                    digests.append(piece.digest())
+            except CorruptData:
+                whole = None
+        if whole is None or whole.hexdigest() != d.encoded:
+            self.delete(d)
+            return None
+        sidecar = {"piece_size": layout.piece_size, "piece_hash": PIECE_HASH, "digests": digests}
+        _write_atomic(self._sidecar_path(d), msgpack.packb(sidecar, use_bin_type=True))
+        return PieceManifest(layout, enumerate(digests))
 
     def open_blob(self, digest: Digest) -> BlobReader:
         """Open a complete blob for reading; pinned against gc and delete until the reader closes."""
@@ -332,7 +368,7 @@ class Store:
         # Every piece in have was journalled with its digest, so the manifest is complete here.
         assert all(digests), "complete partial without a complete manifest"
         # Sidecar before the blob: a visible blob always has its piece digests.
-        sidecar = {"piece_size": layout.piece_size, "digests": digests}
+        sidecar = {"piece_size": layout.piece_size, "piece_hash": PIECE_HASH, "digests": digests}
         _write_atomic(self._sidecar_path(d), msgpack.packb(sidecar, use_bin_type=True))
         with partial._lock, self._lock:
             os.rename(partial._dir / "data", path)

@@ -16,7 +16,7 @@ from p2pdist.core.digest import Digest
 from ..durable import fsync_dir as _fsync_dir
 
 CHUNK = 1 << 20  # disk reads for hashing: bounded memory whatever the blob size
-_RECORD = struct.Struct(">I32s")  # journal record: piece index, piece sha256
+_RECORD = struct.Struct(">I32s")  # journal record: piece index, piece digest (BLAKE3)
 _SIDECAR = ".pieces"
 _MAX_CANDIDATES = 2  # distinct journalled digests kept per piece; more means a corrupt journal
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -16,7 +15,8 @@ import msgpack
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.layout import LayoutError, PieceLayout
-from p2pdist.core.manifest import PIECE_DIGEST_SIZE, ManifestError, PieceManifest
+from p2pdist.core.manifest import PIECE_DIGEST_SIZE, PIECE_HASH, ManifestError, PieceManifest, piece_hasher
+from p2pdist.durable import start_writeback
 
 from .common import (
     _MAX_CANDIDATES,
@@ -34,6 +34,7 @@ from .common import (
     _write_all,
     _write_atomic,
 )
+from .prefix_hash import PrefixHasher
 
 if TYPE_CHECKING:
     from .blobs import Store
@@ -62,10 +63,11 @@ class Partial:
         self._state = PartialState.OPEN
         self._closed = False
         self._refs = 1  # guarded by the store's lock
-        # Whole-blob hash over pieces [0, _prefix): lets commit skip re-reading a sequential download.
-        self._hash_lock = threading.Lock()
+        # Whole-blob hash over pieces [0, _prefix), as far as resume re-read them; then the
+        # PrefixHasher carries it on as pieces land. Lock order: never take its lock inside ours.
         self._blob_hash = digest.hasher()
         self._prefix = 0
+        self._prefix_hasher: PrefixHasher | None = None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -75,13 +77,18 @@ class Partial:
         try:
             if not partial._resume():
                 partial._create()
+            partial._prefix_hasher = PrefixHasher(partial._data_fd, layout, partial._blob_hash, partial._prefix,
+                                                  partial._present)
         except BaseException:
             partial._close_fds()
             raise
         return partial
 
     def _meta(self) -> dict[str, Any]:
-        return {"digest": str(self.digest), "size": self.layout.blob_size, "piece_size": self.layout.piece_size}
+        # The piece hash is part of it: journalled digests of another kind (an older version's sha256)
+        # would fail every re-hash; starting over says so plainly.
+        return {"digest": str(self.digest), "size": self.layout.blob_size, "piece_size": self.layout.piece_size,
+                "piece_hash": PIECE_HASH}
 
     def _create(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -136,7 +143,7 @@ class Partial:
         kept: list[tuple[int, bytes]] = []
         for index in sorted(candidates):
             offset, length = self.layout.span(index)
-            piece_hash = hashlib.sha256()
+            piece_hash = piece_hasher()
             # Feed the whole-blob hash speculatively while re-reading the contiguous prefix anyway.
             trial = self._blob_hash.copy() if index == self._prefix else None
             try:
@@ -160,8 +167,13 @@ class Partial:
 
     @property
     def hashed_prefix(self) -> int:
-        """Pieces [0, n) already folded into the whole-blob hash."""
-        return self._prefix
+        """Pieces [0, n) already folded into the whole-blob hash (a thread moves it on)."""
+        return self._prefix_hasher.prefix if self._prefix_hasher is not None else self._prefix
+
+    def settle_hash(self) -> int:
+        """Wait until every piece stored so far that the whole-blob hash can take is in it; the prefix."""
+        assert self._prefix_hasher is not None
+        return self._prefix_hasher.settle()
 
     def _check_open(self) -> None:
         if self._closed or self._state is not PartialState.OPEN:
@@ -180,7 +192,7 @@ class Partial:
         return self._data_fd
 
     def write_piece(self, index: int, data: bytes | memoryview, digest: bytes) -> None:
-        """Store a piece the caller has already verified against ``digest`` (raw sha256)."""
+        """Store a piece the caller has already verified against ``digest`` (raw piece digest)."""
         try:
             offset, length = self.layout.span(index)
         except LayoutError as e:
@@ -204,6 +216,7 @@ class Partial:
             self._writing.add(index)
         try:
             _write_all(self._data_fd, view, offset)  # outside the lock: pieces are written in parallel
+            start_writeback(self._data_fd, offset, length)  # so the commit's fsync finds little left
             with self._lock:
                 self._check_open()
                 try:
@@ -216,7 +229,7 @@ class Partial:
             with self._cond:
                 self._writing.discard(index)
                 self._cond.notify_all()
-        self._advance_prefix(index, view)
+        self._prefix_hasher.landed()
 
     def _append_journal(self, index: int, digest: bytes) -> None:
         record = _RECORD.pack(index, digest)
@@ -232,31 +245,6 @@ class Partial:
     def _present(self, index: int) -> bool:
         with self._lock:
             return index in self.have
-
-    def _advance_prefix(self, index: int, data: memoryview) -> None:
-        """Extend the whole-blob hash: this piece from memory if it is next, then present ones from disk.
-
-        Never waits for the hash lock (a writer must not stall behind another's read-forward). The
-        holder re-checks after releasing, so a piece that lands meanwhile is not left behind.
-        """
-        count = self.layout.count
-        pending: memoryview | None = data
-        while self._hash_lock.acquire(blocking=False):
-            try:
-                if pending is not None and self._prefix == index:
-                    self._blob_hash.update(pending)
-                    self._prefix += 1
-                pending = None
-                while self._prefix < count and self._present(self._prefix):
-                    offset, length = self.layout.span(self._prefix)
-                    _hash_range(self._data_fd, offset, length, [self._blob_hash])
-                    self._prefix += 1
-            except (OSError, CorruptData):
-                return  # commit re-reads from the prefix and reports the problem properly
-            finally:
-                self._hash_lock.release()
-            if not (self._prefix < count and self._present(self._prefix)):
-                return
 
     def read_piece(self, index: int) -> bytes:
         """A verified piece's bytes; only pieces in ``have``."""
@@ -283,15 +271,11 @@ class Partial:
             self._state = PartialState.COMMITTING  # no writes, no discard from here on
         committed = False
         try:
-            with self._hash_lock:
-                try:
-                    while self._prefix < self.layout.count:
-                        offset, length = self.layout.span(self._prefix)
-                        _hash_range(self._data_fd, offset, length, [self._blob_hash])
-                        self._prefix += 1
-                    actual = str(Digest(self.digest.algorithm, self._blob_hash.hexdigest()))
-                except CorruptData as e:
-                    actual = f"unreadable data ({e})"
+            try:
+                blob_hash = self._prefix_hasher.result()
+                actual = str(Digest(self.digest.algorithm, blob_hash.hexdigest()))
+            except CorruptData as e:
+                actual = f"unreadable data ({e})"
             if actual != str(self.digest):
                 self._discard(PartialState.COMMITTING)
                 raise DigestMismatch(str(self.digest), actual)
@@ -327,6 +311,8 @@ class Partial:
                 self.have.discard(i)  # nothing of a discarded partial may be served
             self._store._forget_partial(self)
             trash = self._store._trash(self._dir)
+        if self._prefix_hasher is not None:
+            self._prefix_hasher.stop()
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -346,6 +332,8 @@ class Partial:
         self._close_fds()
 
     def _close_fds(self) -> None:
+        if self._prefix_hasher is not None:
+            self._prefix_hasher.stop()  # before the fd goes: the thread may be mapping it
         for fd in (self._data_fd, self._journal_fd):
             if fd >= 0:
                 os.close(fd)

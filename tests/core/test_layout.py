@@ -172,3 +172,16 @@ def test_for_blob_rejects_explicit_zero_piece_size():
 
 def test_layout_error_is_value_error():
     assert issubclass(LayoutError, ValueError)
+
+
+def test_one_layout_decision_the_tracker_wins() -> None:
+    from p2pdist.core.layout import PieceRule, decide_layout
+
+    size = 100 * MiB
+    assert decide_layout(size).piece_size == piece_size_for(size)
+    assert decide_layout(size, pinned_piece_size=4 * MiB).piece_size == 4 * MiB
+    # A tracker's answer beats a node's own setting: every node of a swarm cuts the blob alike.
+    assert decide_layout(size, tracker_piece_size=2 * MiB, pinned_piece_size=4 * MiB).piece_size == 2 * MiB
+    rule = PieceRule(target_pieces=10, min_size=MiB, max_size=64 * MiB)
+    assert decide_layout(size, rule=rule).piece_size == 16 * MiB
+    assert decide_layout(size, tracker_piece_size=None, pinned_piece_size=0, rule=rule) == PieceLayout(size, 16 * MiB)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pdist.core.layout import PieceLayout
-from p2pdist.core.manifest import PIECE_DIGEST_SIZE, ManifestError, PieceManifest, piece_digest
+from p2pdist.core.manifest import PIECE_DIGEST_SIZE, ManifestError, PieceManifest, piece_digest, piece_hasher
 
 
 def _pieces(blob: bytes, piece_size: int) -> list[bytes]:
@@ -13,9 +13,16 @@ def _pieces(blob: bytes, piece_size: int) -> list[bytes]:
     return [blob[o : o + n] for o, n in (layout.span(i) for i in range(layout.count))]
 
 
-def test_piece_digest_is_raw_sha256():
-    assert piece_digest(b"abc") == hashlib.sha256(b"abc").digest()
-    assert len(piece_digest(memoryview(b"abc"))) == PIECE_DIGEST_SIZE
+def test_piece_digest_is_raw_blake3_256():
+    # The BLAKE3 reference vector for "abc" (BLAKE3 paper / test_vectors), as raw bytes.
+    abc = bytes.fromhex("6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85")
+    assert piece_digest(b"abc") == abc
+    assert piece_digest(memoryview(bytearray(b"abc"))) == abc
+    assert len(abc) == PIECE_DIGEST_SIZE
+    h = piece_hasher()
+    h.update(b"a")
+    h.update(b"bc")
+    assert h.digest() == abc
 
 
 def test_set_get_known_and_count():
