@@ -183,21 +183,17 @@ class Agent:
 
     async def _announce_complete(self, blob: str) -> float:
         digest = Digest.parse(blob)
-        manifest = self.store.piece_manifest(digest)
         size = self.store.size(digest)
-        if manifest is None and size is not None:
-            # Written by an older version (sha256 piece digests) or unreadable: recut by the default
-            # rule; the tracker's answer below corrects the piece size if it decides otherwise.
-            manifest = await asyncio.to_thread(self.store.rebuild_piece_manifest, digest,
-                                               decide_layout(size).piece_size)
-        if manifest is None:
+        if size is None:
             self._seeds.pop(blob, None)
             return SEED_INTERVAL
-        agreed = blob in self._layout_agreed
+        # None for a sidecar an older version wrote (sha256 piece digests) or an unreadable one.
+        manifest = self.store.piece_manifest(digest)
+        layout = manifest.layout if manifest is not None else decide_layout(size)
+        agreed = manifest is not None and blob in self._layout_agreed
         msg = wire.Announce(
             node=self.node, addr=self.addr, blob=blob, zone=self.config.zone, rack=self.config.rack,
-            size=manifest.layout.blob_size, have=manifest.layout.count, complete=True, load=self.uploads,
-            event="completed",
+            size=size, have=layout.count, complete=True, load=self.uploads, event="completed",
             # The piece digests go once per process (enough to rebuild a tracker's memory), and only
             # for the tracker's layout: it takes a seeder's digests as facts.
             digests=list(manifest.items())[: wire.MAX_LIST] if agreed and blob not in self._seed_digests_sent else [],
@@ -209,18 +205,19 @@ class Agent:
             return SEED_INTERVAL
         if msg.digests:
             self._seed_digests_sent.add(blob)
-        if reply.piece_size and reply.piece_size != manifest.layout.piece_size:
+        if agreed or not reply.piece_size:
+            return reply.interval
+        piece_size = reply.piece_size
+        if manifest is None or manifest.layout.piece_size != piece_size:
+            # Cut again from the blob's bytes (checked against its digest in the same pass), once,
+            # to the piece size the tracker just told us.
             log.info("recutting a stored blob to the tracker's piece size",
-                     extra={"blob": blob, "piece_size": reply.piece_size, "was": manifest.layout.piece_size})
-            if await asyncio.to_thread(self.store.rebuild_piece_manifest, digest, reply.piece_size) is None:
+                     extra={"blob": blob, "piece_size": piece_size, "was": layout.piece_size})
+            if await asyncio.to_thread(self.store.rebuild_piece_manifest, digest, piece_size) is None:
                 self._seeds.pop(blob, None)
                 return SEED_INTERVAL
-            self._layout_agreed.add(blob)
-            return 0.0  # its digests go at the next announce, right away
-        if not agreed:
-            self._layout_agreed.add(blob)
-            return 0.0
-        return reply.interval
+        self._layout_agreed.add(blob)
+        return 0.0  # the digests go at the next announce, right away
 
     async def _announce_stopped(self) -> None:
         """Tell the tracker we are leaving, so nobody is handed a dead peer until its TTL runs out."""

@@ -12,7 +12,6 @@ test can tell a refusal from a broken mirror.
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.parse
 import urllib.request
@@ -24,21 +23,15 @@ import aiohttp
 import pytest
 
 from p2pdist.core.names import path_prefix
+from tests.support.hub import OTHER, PRIVATE, PUBLIC, USERS, private_only, start_hub
 from tests.support.images import OciImage, build_image
 from tests.support.procs import AgentProc
-from tests.support.registry import Registry
+from tests.support.registry import Registry, basic_header
 
 pytestmark = pytest.mark.integration
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-RIGHTS = {"alice": [("*", ("pull", "push"))], "bob": ["other/*"], None: ["public/*"]}
-PUBLIC, PRIVATE, OTHER = "public/app", "private/app", "other/app"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 NO_TRACKER = "http://127.0.0.1:9"
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +43,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[OciImage, OciImage
 
 @pytest.fixture
 def hub(tmp_path: Path, images: tuple[OciImage, OciImage]) -> Iterator[Registry]:
-    public, private = images
-    with Registry(auth="token", users=USERS, rights=RIGHTS, workdir=tmp_path / "hub") as registry:
-        for image, repo in ((public, PUBLIC), (public, OTHER), (private, PRIVATE)):
-            image.push(registry.host, repo, creds="alice:alice-pw")
+    registry = start_hub(tmp_path / "hub", images)
+    try:
         yield registry
+    finally:
+        registry.stop()
 
 
 @pytest.fixture
@@ -85,13 +78,21 @@ async def relay_token(s: aiohttp.ClientSession, mirror: str, name: str, authoriz
         return body.get("token") or body.get("access_token")
 
 
+async def issued(s: aiohttp.ClientSession, mirror: str, name: str, authorization: str | None) -> str:
+    """A relay token that must be issued (with whatever rights its holder has): a refusal here would turn
+    the ask that uses it into an anonymous one, and a leak test of that identity into a no-op."""
+    token = await relay_token(s, mirror, name, authorization)
+    assert token is not None, f"the relay refused a token for {name}"
+    return token
+
+
 def upstream_token(registry: Registry, repo: str, user: str | None) -> str:
     """A token straight from the token service, as containerd gets one (it sees the upstream's challenge)."""
     assert registry.issuer is not None
     query = urllib.parse.urlencode({"service": registry.issuer.service, "scope": f"repository:{repo}:pull"})
     request = urllib.request.Request(f"{registry.issuer.realm}?{query}")
     if user is not None:
-        request.add_header("Authorization", basic(user, USERS[user]))
+        request.add_header("Authorization", basic_header(user, USERS[user]))
     with urllib.request.urlopen(request, timeout=10) as r:
         return json.loads(r.read())["token"]
 
@@ -108,16 +109,16 @@ async def outsiders(s: aiohttp.ClientSession, mirror: str, hub: Registry, second
     for name in (f"{hp}/{PUBLIC}", f"{hp}/{OTHER}", f"{hp}/{PRIVATE}", f"{sp}/{PUBLIC}", f"{sp}/{PRIVATE}"):
         path = f"/v2/{name}"
         asks.append(Ask("anonymous, no token", path, "", None))
-        asks.append(Ask("anonymous token", path, "", bearer(await relay_token(s, mirror, name, None))))
-        asks.append(Ask("bob", path, "", bearer(await relay_token(s, mirror, name, basic("bob", "bob-pw")))))
-        wrong = basic("alice", "wrong")
+        asks.append(Ask("anonymous token", path, "", bearer(await issued(s, mirror, name, None))))
+        asks.append(Ask("bob", path, "", bearer(await issued(s, mirror, name, basic_header("bob", "bob-pw")))))
+        wrong = basic_header("alice", "wrong")
         assert await relay_token(s, mirror, name, wrong) is None or name.startswith(sp)  # the hub says no
         asks.append(Ask("alice, wrong password", path, "", wrong))
-        alice_public = await relay_token(s, mirror, f"{hp}/{PUBLIC}", basic("alice", "alice-pw"))
+        alice_public = await issued(s, mirror, f"{hp}/{PUBLIC}", basic_header("alice", "alice-pw"))
         asks.append(Ask("alice's token for public/app", path, "", bearer(alice_public)))
         if name.startswith(sp):
             asks.append(Ask("alice under another registry", path, "",
-                            bearer(await relay_token(s, mirror, name, basic("alice", "alice-pw")))))
+                            bearer(await issued(s, mirror, name, basic_header("alice", "alice-pw")))))
     # containerd style: ?ns=, tokens from the hub's token service.
     for repo in (PUBLIC, OTHER, PRIVATE):
         path, query = f"/v2/{repo}", f"ns={hub.host}"
@@ -133,8 +134,7 @@ async def outsiders(s: aiohttp.ClientSession, mirror: str, hub: Registry, second
 
 
 async def assert_nothing_served(s: aiohttp.ClientSession, mirror: str, asks: list[Ask], private: OciImage,
-                                secrets: list[str]) -> int:
-    checked = 0
+                                secrets: list[str]) -> None:
     for ask in asks:
         headers = {"Authorization": ask.authorization} if ask.authorization else {}
         targets = [f"blobs/{d}" for d in secrets] + [f"manifests/{private.manifest_digest}"]
@@ -148,14 +148,12 @@ async def assert_nothing_served(s: aiohttp.ClientSession, mirror: str, asks: lis
                     assert r.status != 500, what
                     if body:
                         assert json.loads(body)["errors"], what  # an OCI error, not content
-                    checked += 1
-    return checked
 
 
 async def test_private_blobs_and_manifests_reach_no_one_else(tmp_path: Path, hub: Registry, second: Registry,
                                                              images: tuple[OciImage, OciImage]) -> None:
-    public, private = images
-    secrets = sorted(set(private.blob_digests) - set(public.blob_digests))
+    _, private = images
+    secrets = private_only(images)
     assert secrets, "the private image must have layers of its own"
     agent = AgentProc(tmp_path, "leaky", NO_TRACKER, upstreams=[f"http://{hub.host}", f"http://{second.host}"],
                       mirror=True).start()
@@ -163,7 +161,7 @@ async def test_private_blobs_and_manifests_reach_no_one_else(tmp_path: Path, hub
     try:
         async with aiohttp.ClientSession() as s:
             # alice pulls the private image through the mirror: every private blob is now cached.
-            alice = bearer(await relay_token(s, agent.mirror, name, basic("alice", "alice-pw")))
+            alice = bearer(await relay_token(s, agent.mirror, name, basic_header("alice", "alice-pw")))
             assert alice is not None
             own = {"Authorization": alice}
 
@@ -181,20 +179,19 @@ async def test_private_blobs_and_manifests_reach_no_one_else(tmp_path: Path, hub
                 assert r.status == 200
             await control()
             asks = await outsiders(s, agent.mirror, hub, second)
-            up = await assert_nothing_served(s, agent.mirror, asks, private, secrets)
+            await assert_nothing_served(s, agent.mirror, asks, private, secrets)
 
             hub.stop()
             await control()  # alice's own pull still works from the cache, within the window
-            down = await assert_nothing_served(s, agent.mirror, asks, private, secrets)
+            await assert_nothing_served(s, agent.mirror, asks, private, secrets)
         metrics = agent.metrics()
     finally:
         agent.stop()
-    assert up == down == len(asks) * (len(secrets) + 1) * 3
+    assert asks and secrets  # the checks above ran over something
     # Operators see the refusals: the registry's 404s (unlinked blobs) and the checks while it was down.
     assert metrics['p2pdist_mirror_upstream_checks_total{result="404"}'] > 0
     assert metrics['p2pdist_mirror_upstream_checks_total{result="unreachable"}'] > 0
     assert metrics['p2pdist_mirror_responses_total{endpoint="blob",status="200"}'] >= 2 * len(secrets)
-    print(json.dumps({"requests_refused_upstream_up": up, "requests_refused_upstream_down": down}))
 
 
 async def test_robot_credentials_serve_clients_that_send_none(tmp_path: Path, hub: Registry,
@@ -222,7 +219,7 @@ async def test_robot_credentials_serve_clients_that_send_none(tmp_path: Path, hu
                 assert await r.read() == private.blob_path(layer.digest).read_bytes()
             assert any(r.user == "alice" for r in hub.issuer.token_requests()[tokens:])  # the robot asked
             # The same anonymous client at a mirror without the robot: refused.
-            token = await relay_token(s, plain.mirror, name, None)
+            token = await issued(s, plain.mirror, name, None)
             async with s.get(f"http://{plain.mirror}/v2/{name}/blobs/{layer.digest}",
                              headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 401

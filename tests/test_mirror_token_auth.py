@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import Containerd, Dockerd, NetNS, Podman, Skopeo, write_authfile
+from tests.support.hub import ALICE, PRIVATE, PUBLIC, private_only, start_hub
 from tests.support.images import OciImage, build_image
 from tests.support.pulls import (
     AGENT_UA,
@@ -34,10 +35,6 @@ from tests.support.registry import Registry, RequestRecord
 
 pytestmark = pytest.mark.integration
 
-ALICE = ("alice", "alice-pw")
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-RIGHTS = {"alice": [("*", ("pull", "push"))], "bob": ["other/*"], None: ["public/*"]}
-PUBLIC, PRIVATE, OTHER = "public/app", "private/app", "other/app"
 TAG = "1"
 PULL_TIMEOUT = 90.0
 
@@ -48,16 +45,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[OciImage, OciImage
     sizes = (1 << 20, 8 << 20)
     return (build_image(root / "public", tag=TAG, random_sizes=sizes),
             build_image(root / "private", tag=TAG, random_sizes=sizes))
-
-
-def start_hub(workdir: Path, images: tuple[OciImage, OciImage]) -> Registry:
-    registry = Registry(auth="token", users=USERS, rights=RIGHTS, workdir=workdir).start()
-    public, private = images
-    creds = ":".join(ALICE)
-    public.push(registry.host, PUBLIC, creds=creds)
-    public.push(registry.host, OTHER, creds=creds)
-    private.push(registry.host, PRIVATE, creds=creds)
-    return registry
 
 
 @pytest.fixture
@@ -76,11 +63,6 @@ def cluster(tmp_path: Path, hub: Registry) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
-
-
-def private_only(images: tuple[OciImage, OciImage]) -> list[str]:
-    public, private = images
-    return sorted(set(private.blob_digests) - set(public.blob_digests))
 
 
 def assert_all_by_agents(records: list[RequestRecord], new_layers: list[str]) -> None:
@@ -131,7 +113,7 @@ def test_skopeo_public_anonymously_and_private_with_credentials(tmp_path: Path, 
         # Without credentials a private image is refused, through the mirror and at the registry.
         before = egress(hub, private)
         refused = skopeo.copy(f"{hub.host}/{PRIVATE}:{TAG}", out, check=False, timeout=PULL_TIMEOUT)
-        assert not refused.ok
+        assert refused.refused_auth, refused.stderr[-2000:]
         assert egress(hub, private) == before
 
         start, tokens = mark(hub), token_mark(hub)
@@ -170,7 +152,8 @@ def test_podman_pulls_and_runs_public_and_private(tmp_path: Path, cluster: Clust
             if node == "a":
                 write_authfile(authfile, {agent.mirror: ALICE})
             else:  # as the README says: log in to the mirror; the relay checks the password upstream
-                assert not podman.login(agent.mirror, "alice", "wrong", authfile, check=False).ok
+                wrong = podman.login(agent.mirror, "alice", "wrong", authfile, check=False)
+                assert wrong.refused_auth, wrong.stderr[-2000:]
                 podman.login(agent.mirror, *ALICE, authfile)
             for image, repo, args in ((public, PUBLIC, ()), (private, PRIVATE, ("--authfile", str(authfile)))):
                 ref = f"{hub.host}/{repo}:{TAG}"
@@ -265,7 +248,6 @@ def test_two_registries_same_repository_each_pull_gets_its_own_image(
                 assert podman.image_digest(ref) == image.manifest_digest
                 direct = [r for r in since(registry, start) if AGENT_UA not in r.user_agent]
                 assert not direct, describe(direct)
-            assert second.egress(private.manifest_digest) == 0  # manifests are not blobs: sanity of the count
             assert any(blob_gets(second.requests(), d) for d in private_only(images))
         finally:
             if podman is not None:
@@ -293,7 +275,7 @@ def test_public_images_stay_pullable_while_the_token_registry_is_down(tmp_path: 
         public.verify_dir(out)
     refused = skopeo.copy(f"{hub.host}/{PRIVATE}@{private.manifest_digest}", out, check=False,
                           args=("--src-authfile", str(authfile)), timeout=PULL_TIMEOUT)
-    assert not refused.ok
+    assert refused.refused_auth, refused.stderr[-2000:]
 
 
 def test_podman_and_skopeo_through_a_basic_auth_registry(tmp_path: Path, images: tuple[OciImage, OciImage]) -> None:
@@ -313,7 +295,7 @@ def test_podman_and_skopeo_through_a_basic_auth_registry(tmp_path: Path, images:
             before = egress(registry, private)
             refused = skopeo.copy(ref, tmp_path / "out", check=False, args=("--src-authfile", str(wrong)),
                                   timeout=PULL_TIMEOUT)
-            assert not refused.ok
+            assert refused.refused_auth, refused.stderr[-2000:]
             assert egress(registry, private) == before
             authfile = write_authfile(tmp_path / "auth.json", {agent.mirror: ALICE})
             podman = Podman(tmp_path / "podman", agent.mirror, [registry.host])

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def test_challenge_and_unknown_blob_go_to_the_async_client(registry_token: Regis
     token = registry_token.issuer.mint("alice", [{"type": "repository", "name": "private/app", "actions": ["pull"]}])
     assert read(target(registry_token, "private/app", digest, f"Bearer {token}"), 0, [len(data)]) == [data]
     missing = "sha256:" + hashlib.sha256(b"not there").hexdigest()
-    with pytest.raises(NeedsAsyncClient, match="40"):
+    with pytest.raises(NeedsAsyncClient, match="answered 404"):
         read(target(registry_token, "private/app", missing, f"Bearer {token}"), 0, [10])
 
 
@@ -126,6 +128,16 @@ def stalling_origin() -> Iterator[tuple[int, bytes]]:
     yield from serve_origin(os.urandom(200_000), then_hang=True)
 
 
+def _blocked_in_recv(thread: threading.Thread) -> bool:
+    """The thread is inside socket.SocketIO.readinto (recv_into) for piece 2, the first never sent."""
+    frame = sys._current_frames().get(thread.ident)
+    names = []
+    while frame is not None:
+        names.append((frame.f_code.co_name, frame.f_code.co_filename))
+        frame = frame.f_back
+    return any(name == "readinto" and file.endswith("socket.py") for name, file in names)
+
+
 def test_a_stop_ends_a_read_blocked_on_a_silent_origin(stalling_origin: tuple[int, bytes]) -> None:
     port, data = stalling_origin
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -134,13 +146,20 @@ def test_a_stop_ends_a_read_blocked_on_a_silent_origin(stalling_origin: tuple[in
 
     def run() -> None:
         try:
-            read_range(t, 0, [50_000] * 4, lambda k, piece: got_one.set(), bytearray, control, lambda n: None)
+            read_range(t, 0, [50_000] * 4, lambda k, piece: k == 1 and got_one.set(), bytearray, control,
+                       lambda n: None)
         except BaseException as e:  # handed to the test thread
             outcome.append(e)
 
     thread = threading.Thread(target=run)
     thread.start()
     assert got_one.wait(10), "the first piece never arrived"
+    # Stop only once the thread waits in recv for bytes the origin never sends (the half it sent is
+    # two pieces): a stop seen between pieces would pass without the socket shutdown being tested.
+    deadline = time.monotonic() + 10
+    while not _blocked_in_recv(thread):
+        assert thread.is_alive() and time.monotonic() < deadline, "the reader never waited on the origin"
+        time.sleep(0.01)
     control.stop()  # the origin sends nothing more; without the socket shutdown this waits 60 s
     thread.join(5)
     assert not thread.is_alive()

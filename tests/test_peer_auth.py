@@ -362,7 +362,7 @@ def test_agents_without_cluster_token_trade_nothing_and_pull_from_the_origin(tmp
         result = leecher.fetch(ref)
         assert result.get("done"), result
         assert result["from_peers"] == 0 and result["from_origin"] == size
-        assert seeder.metrics().get("p2pdist_bytes_uploaded_total", 0) == 0
+        assert seeder.metrics()["p2pdist_bytes_uploaded_total"] == 0
     finally:
         for proc in [*agents, tracker]:
             proc.stop()

@@ -158,11 +158,12 @@ def test_whole_blob_hash_follows_the_writes_so_commit_reads_nothing(tmp_path: Pa
     partial = store.open_partial(Digest.of(data), PieceLayout(len(data), piece_size))
     write(partial, data, [2, 0, 3, 1])
     assert partial.settle_hash() == partial.layout.count
-    spans = []
-    real = prefix_hash.hash_span
-    monkeypatch.setattr(prefix_hash, "hash_span", lambda *a: spans.append(a) or real(*a))
+    spans, reads = [], []
+    real_span, real_pread = prefix_hash.hash_span, os.pread
+    monkeypatch.setattr(prefix_hash, "hash_span", lambda *a: spans.append(a) or real_span(*a))
+    monkeypatch.setattr(os, "pread", lambda *a: reads.append(a) or real_pread(*a))
     partial.commit()
-    assert spans == []
+    assert spans == [] and reads == []  # neither mapped nor read back: the hash was done
     assert store.blob_path(Digest.of(data)).read_bytes() == data
 
 

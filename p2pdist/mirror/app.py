@@ -35,7 +35,8 @@ log = logging.getLogger("p2pdist.mirror")
 
 # Headers of the upstream's answer that mean something to the client.
 PASSED_HEADERS = ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "Retry-After", "Content-Length")
-STATUS_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "BLOB_UNKNOWN", 429: "TOOMANYREQUESTS"}
+# 401 and 404 are answered above in _confirm_blob; these are the other statuses passed on.
+STATUS_CODES = {403: "DENIED", 429: "TOOMANYREQUESTS"}
 # The longest valid request path is ~450 bytes (a 255-byte name, "blobs", a sha512 digest).
 MAX_PATH = 2048
 

@@ -32,18 +32,25 @@ def fingerprint(authorization: str | None) -> str:
 
 
 def references(body: bytes) -> set[str]:
-    """Every digest a manifest or index references (what the registry links into its repository)."""
+    """The digests a manifest or index proves are in its repository: those the registry checks are
+    linked there before it accepts the manifest (config, layers, child manifests, schema 1 fsLayers).
+
+    Not ``subject``: the OCI spec requires a registry to accept a manifest whose subject it does not
+    have, so anyone could push one naming a private digest into their own repository and have it
+    "confirmed". Not ``blobs`` (artifact manifests, not checked either), and not a layer with
+    ``urls`` (a foreign layer: the registry does not have it).
+    """
     try:
         doc = json.loads(body)
     except ValueError:
         return set()
     if not isinstance(doc, dict):
         return set()
-    descriptors: list[object] = [doc.get("config"), doc.get("subject")]
-    for key in ("layers", "manifests", "blobs"):
+    descriptors: list[object] = [doc.get("config")]
+    for key in ("layers", "manifests"):
         items = doc.get(key)
         if isinstance(items, list):
-            descriptors.extend(items)
+            descriptors.extend(d for d in items if not (isinstance(d, dict) and d.get("urls")))
     found = {d["digest"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("digest"), str)}
     layers = doc.get("fsLayers")  # Docker schema 1
     if isinstance(layers, list):

@@ -260,7 +260,9 @@ class TokenRelay:
             if True not in answers and False in answers:
                 raise MirrorError(401, "UNAUTHORIZED", "no upstream of this mirror accepts these credentials",
                                   headers={"WWW-Authenticate": 'Basic realm="p2pdist mirror"'})
-        token = self.tokens.issue("", None)  # bound to no registry: useless for pulls
+        # Not kept: it opens nothing (a pull asks for a scoped token of its own), and keeping one per
+        # anonymous request would let anyone push everyone's live tokens out of the bounded table.
+        token = MIRROR_TOKEN_PREFIX + secrets.token_urlsafe(32)
         return web.json_response({"token": token, "access_token": token, "expires_in": int(self.tokens.ttl)})
 
     async def _accepts(self, up: Upstream, client: str) -> bool | None:

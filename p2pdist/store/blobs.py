@@ -222,9 +222,13 @@ class Store:
         if whole is None or whole.hexdigest() != d.encoded:
             self.delete(d)
             return None
-        sidecar = {"piece_size": layout.piece_size, "piece_hash": PIECE_HASH, "digests": digests}
-        _write_atomic(self._sidecar_path(d), msgpack.packb(sidecar, use_bin_type=True))
+        self._write_sidecar(d, layout, digests)
         return PieceManifest(layout, enumerate(digests))
+
+    def _write_sidecar(self, digest: Digest, layout: PieceLayout, digests: list[bytes]) -> None:
+        """A complete blob's piece digests, beside it (read back by piece_manifest)."""
+        sidecar = {"piece_size": layout.piece_size, "piece_hash": PIECE_HASH, "digests": digests}
+        _write_atomic(self._sidecar_path(digest), msgpack.packb(sidecar, use_bin_type=True))
 
     def open_blob(self, digest: Digest) -> BlobReader:
         """Open a complete blob for reading; pinned against gc and delete until the reader closes."""
@@ -368,8 +372,7 @@ class Store:
         # Every piece in have was journalled with its digest, so the manifest is complete here.
         assert all(digests), "complete partial without a complete manifest"
         # Sidecar before the blob: a visible blob always has its piece digests.
-        sidecar = {"piece_size": layout.piece_size, "piece_hash": PIECE_HASH, "digests": digests}
-        _write_atomic(self._sidecar_path(d), msgpack.packb(sidecar, use_bin_type=True))
+        self._write_sidecar(d, layout, digests)
         with partial._lock, self._lock:
             os.rename(partial._dir / "data", path)
             self._drop_index(d)

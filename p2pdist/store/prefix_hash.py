@@ -66,7 +66,7 @@ class PrefixHasher:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._idle = True  # no thread, or it waits for the piece at the prefix
-        self._error: CorruptData | OSError | None = None
+        self._error: CorruptData | None = None
 
     @property
     def prefix(self) -> int:
@@ -106,7 +106,8 @@ class PrefixHasher:
                 hash_span(self._fd, offset, length, self._hasher)
             except (CorruptData, OSError, ValueError) as e:
                 with self._cond:
-                    self._error = e if isinstance(e, CorruptData | OSError) else CorruptData(str(e))
+                    why = e if isinstance(e, CorruptData) else CorruptData(f"cannot read back piece {index}: {e}")
+                    self._error = why
                     self._idle = True
                     self._thread = None
                     self._cond.notify_all()
@@ -132,7 +133,7 @@ class PrefixHasher:
             while self._thread is not None and self._error is None:
                 self._cond.wait()
             if self._error is not None:
-                raise self._error if isinstance(self._error, CorruptData) else CorruptData(str(self._error))
+                raise self._error
             self._stopped = True  # no thread from here on: the rest is hashed in this one
         while self._prefix < self._layout.count:
             offset, length = self._layout.span(self._prefix)

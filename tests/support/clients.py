@@ -78,6 +78,14 @@ class Result:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def refused_auth(self) -> bool:
+        """Failed because the registry (or the mirror for it) refused the credentials, not for any
+        other reason (a crash, a timeout, a config error)."""
+        text = (self.stdout + self.stderr).lower()
+        return not self.ok and any(w in text for w in ("unauthorized", "authentication required", "denied",
+                                                      "401", "invalid username/password"))
+
     def check(self) -> Result:
         if not self.ok:
             raise AssertionError(

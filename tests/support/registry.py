@@ -103,7 +103,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _basic_header(user: str, password: str) -> str:
+def basic_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
@@ -702,7 +702,7 @@ class Registry:
             raise RegistryError("pushing to an auth registry needs at least one user in users")
         user, password = next(iter(self.users.items()))
         if self.auth == "basic":
-            return _basic_header(user, password)
+            return basic_header(user, password)
         if self.auth == "token":
             assert self.issuer is not None
             # Minted directly: pushes are test setup and must not show up in the issuer's counts.
