@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from p2pdist.core.handout import HandoutPolicy, PeerInfo
+from p2pdist.core.leases import LeaseBook
 from tracker.config import TrackerConfig
 from tracker.service import lease_book
 
@@ -59,7 +60,7 @@ class BlobTrack:
 
     def __init__(self, piece_count: int, config: TrackerConfig) -> None:
         self.piece_count = piece_count
-        self.book = lease_book(piece_count, config)  # the tracker's own, as it is configured
+        self.book: LeaseBook = lease_book(piece_count, config)  # the tracker's own, as it is configured
         self.downloaders = 0  # peers not complete (tracker/state.py BlobRecord.downloaders)
         self.logged = bytearray(piece_count)
         self.log: list[int] = []
