@@ -47,7 +47,8 @@ class Agent:
         self.metrics = AgentMetrics()
         self.store = Store(config.data_dir / "store", capacity=config.capacity or None)
         self.tracker = TrackerClient(session, config.tracker, config.cluster_token) if config.tracker else None
-        self.neighbours = Neighbourhood(self, session, config.cluster_token, config.limits.neighbours)
+        self.neighbours = Neighbourhood(self, session, config.cluster_token, config.limits.neighbours,
+                                        config.limits.peer_concurrency)
         self.neighbours.on_change = lambda: self.metrics.neighbours.set(len(self.neighbours.peers))
         self.swarms: dict[str, Swarm] = {}
         self._downloads: dict[str, asyncio.Task[Path]] = {}
@@ -133,7 +134,7 @@ class Agent:
 
     def on_room(self) -> None:
         for swarm in self.swarms.values():
-            swarm.wake.set()
+            swarm.on_room()
 
     def upload_slots_changed(self, delta: int) -> None:
         """An upload started (+1) or ended (-1): the neighbours hear how much room is left."""
@@ -197,6 +198,7 @@ class Agent:
             # The piece digests go once per process (enough to rebuild a tracker's memory), and only
             # for the tracker's layout: it takes a seeder's digests as facts.
             digests=list(manifest.items())[: wire.MAX_LIST] if agreed and blob not in self._seed_digests_sent else [],
+            wants_peers=False,  # downloaders dial seeders, not the other way round
         )
         try:
             reply = await self.tracker.announce(msg)
@@ -226,7 +228,7 @@ class Agent:
         blobs = set(self._seeds) | set(self.swarms)
 
         async def stop(blob: str) -> None:
-            msg = wire.Announce(node=self.node, addr=self.addr, blob=blob, event="stopped")
+            msg = wire.Announce(node=self.node, addr=self.addr, blob=blob, event="stopped", wants_peers=False)
             with contextlib.suppress(TrackerUnavailable):
                 await self.tracker.announce(msg)
 

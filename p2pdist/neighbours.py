@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,7 +23,6 @@ from .core.bitfield import Bitfield, BitfieldError
 
 log = logging.getLogger("p2pdist.neighbours")
 
-BAN_AFTER_BAD_PIECES = 2  # one bad piece can be bad luck on a flaky disk; two is a pattern
 UNKNOWN_ROOM = 1 << 16  # a neighbour that has not said how many upload slots it has free
 
 
@@ -51,11 +49,17 @@ class Neighbour:
     sockets: list[WebSocket] = field(default_factory=list)
     bitfields: dict[str, Bitfield] = field(default_factory=dict)
     sent: set[str] = field(default_factory=set)  # blobs whose bitfield this neighbour has from us
-    inflight: int = 0
+    limit: int = 2  # our requests to it at once (Limits.peer_concurrency)
+    inflight: int = 0  # our requests to it now, over all our downloads
     score: float = 0.0
     bad_pieces: int = 0
     busy_until: float = 0.0
     room: int = UNKNOWN_ROOM  # its free upload slots, as it last said
+
+    @property
+    def peer(self) -> str:
+        """Its node id, under the name the core's peer choice reads (core.download.Peer)."""
+        return self.node
 
     def has(self, blob: str, index: int) -> bool:
         bf = self.bitfields.get(blob)
@@ -71,10 +75,12 @@ class Neighbour:
 
 
 class Neighbourhood:
-    def __init__(self, host: Host, session: aiohttp.ClientSession, token: str, limit: int) -> None:
+    def __init__(self, host: Host, session: aiohttp.ClientSession, token: str, limit: int,
+                 request_limit: int = 2) -> None:
         self.host = host
         self.session = session
         self.limit = limit
+        self.request_limit = request_limit
         self.peers: dict[str, Neighbour] = {}
         self.banned: set[str] = set()
         # Peers accept only the cluster token. Without one we dial nobody: they would refuse us, and
@@ -86,6 +92,10 @@ class Neighbourhood:
         self._room = UNKNOWN_ROOM  # the free upload slots we last told everyone
 
     # --- membership -------------------------------------------------------------------------
+
+    def wants_more(self) -> bool:
+        """Whether a tracker handout could add a neighbour (we dial up to ``limit``)."""
+        return self._headers is not None and len(self.peers) + len(self._dialing) < self.limit
 
     def connect(self, entries: Iterable[wire.PeerEntry], blob: str) -> None:
         """Dial new peers from a tracker handout and offer our bitfield of ``blob`` to everyone."""
@@ -151,7 +161,7 @@ class Neighbourhood:
     def _attach(self, node: str, addr: str, ws: WebSocket) -> Neighbour:
         nb = self.peers.get(node)
         if nb is None:
-            nb = self.peers[node] = Neighbour(node, addr)
+            nb = self.peers[node] = Neighbour(node, addr, limit=self.request_limit)
         nb.sockets.append(ws)
         if self._room != UNKNOWN_ROOM:
             self._spawn(nb.send(wire.Room(self._room)))
@@ -244,21 +254,15 @@ class Neighbourhood:
 
     # --- peer quality -----------------------------------------------------------------------
 
-    def holders(self, blob: str, index: int) -> list[Neighbour]:
-        now = time.monotonic()
-        return [nb for nb in self.peers.values() if nb.busy_until <= now and nb.has(blob, index)]
-
-    def penalise_bad_piece(self, nb: Neighbour) -> bool:
-        """Count a piece that failed verification; True if the peer is now banned."""
-        nb.bad_pieces += 1
-        nb.score -= 2.0
-        if nb.bad_pieces >= BAN_AFTER_BAD_PIECES and nb.node not in self.banned:
-            self.banned.add(nb.node)
-            log.warning("peer banned for bad pieces", extra={"peer": nb.node, "bad_pieces": nb.bad_pieces})
-            for ws in list(nb.sockets):
-                self._spawn(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"bad pieces"))
-            return True
-        return False
+    def ban(self, nb: Neighbour, reason: str) -> bool:
+        """Stop trading with ``nb`` (core.download decided it); True if it was not banned before."""
+        if nb.node in self.banned:
+            return False
+        self.banned.add(nb.node)
+        log.warning("peer banned", extra={"peer": nb.node, "reason": reason, "bad_pieces": nb.bad_pieces})
+        for ws in list(nb.sockets):
+            self._spawn(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120]))
+        return True
 
     async def close(self) -> None:
         for nb in list(self.peers.values()):

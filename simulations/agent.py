@@ -1,18 +1,16 @@
-"""A simulated node and its swarms: p2pdist/swarm.py's decisions, carried out on simulated links.
+"""A simulated node and its swarms: the agent's download machine, driven on simulated links.
 
-Each ``Swarm`` mirrors one ``p2pdist.swarm.Swarm``: the same announce loop (kick, 50 ms spacing,
-the tracker's interval), the same origin scheduling (leases popped into Range runs, at most
-``origin_concurrency`` at once), the same peer scheduling (an inflight byte budget, the core
-selector over fetchable pieces, ``choose_peer`` over the holders with per-peer concurrency), the
-same stall fallback. Decisions are the core's; this file only keeps the state they read.
+Each ``Swarm`` is to ``p2pdist.core.download.Download`` what ``p2pdist.swarm.Swarm`` is in the
+agent: a driver. ``simulations.machine`` is that very module (p2pdist/core/download.py), compiled
+with C types when the simulator's core is built (simulations/native.py). The machine decides (the
+announcer, leases, origin runs, peer requests, the stall fallback); the swarm carries its commands
+out as simulated announces, transfers and timers, and feeds it what happened. This file holds no
+scheduling of its own (tests/test_one_machine.py checks).
 
-For speed the state is kept incrementally instead of recomputed per pass: the fetchable
-``candidates`` (available, digest known, not had, not in flight) and ``waiting`` (available but no
-digest yet) sets change only when a HAVE, a digest, a start or an end touches a piece. A pass runs
-only when its outcome can differ from the last one: a new fetchable piece, a free-slot holder for a
-piece the last pass chose but could not place (``blocked``), freed budget or slots, and the agent's
-1 s loop timer while blocked. The agent's loop also runs on every other HAVE; with rarest-first
-such a pass picks the same pieces (the HAVE only made a piece commoner) up to random tie-breaks.
+The machine's per-piece cells live on the ``Board``, one array per blob for all nodes: a stored
+piece updates its ~40 watchers' availability counts there without visiting their objects, and only
+calls into a watcher's machine when the count says something may change for it (a first holder, or
+a piece its last pass could not place).
 """
 
 from __future__ import annotations
@@ -25,28 +23,14 @@ from typing import TYPE_CHECKING
 
 import cython
 
-from p2pdist.core.leases import missing_runs
-from p2pdist.core.selection import assign, inflight_budget, reader_cursor
-
-from .profiles import BACK_TO_SOURCE, DIRECT, LEASES, SPARE_LEASES
+from . import machine
+from .machine import AVAIL, BLOCKED, HAVE, Download, Reply, Request, Settings
+from .profiles import BACK_TO_SOURCE, DIRECT, LEASES
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from .cluster import Blob, Cluster
-
-MAX_LIST = 8192  # p2pdist.core.wire.MAX_LIST: digests per announce
-BUSY_BACKOFF = 0.5  # swarm._peer_piece: a peer that answered 503 is skipped this long
-LOOP_TIMEOUT = 1.0  # swarm._download: the loop runs at least this often
-
-
-# A swarm's per-piece state as the HAVE fan-out reads it, one 32-bit cell per node and piece (Board.cells):
-# how many neighbours hold the piece, and mirrors of have / known / in flight / blocked.
-AVAIL = 0xFFFF
-HAVE = 1 << 16
-KNOWN = 1 << 17
-INFLIGHT = 1 << 18
-BLOCKED = 1 << 19
 
 
 class Board:
@@ -85,10 +69,11 @@ class Board:
 
 
 class Edge:
-    """This node's view of one neighbour: the fields of ``p2pdist.core.selection.PeerSlot`` that
-    choose_peer reads (the same names, so the core's functions take it), plus the neighbour."""
+    """This node's view of one neighbour: the fields the core reads and writes on a peer
+    (``p2pdist.core.download.Peer``), plus the neighbour."""
 
-    __slots__ = ("busy_until", "inflight", "limit", "node", "owner", "peer", "pidx", "pos", "room", "score")
+    __slots__ = ("bad_pieces", "busy_until", "inflight", "limit", "node", "owner", "peer", "pidx", "pos", "room",
+                 "score")
 
     def __init__(self, node: Node, limit: int, owner: Node) -> None:
         self.peer = node.name
@@ -101,13 +86,14 @@ class Edge:
         self.room = 1 << 30  # PeerSlot's default: unlimited until the peer says
         self.node = node
         self.busy_until = 0.0
+        self.bad_pieces = 0
 
     def ready_at(self) -> float:
         """From when a pass may send this peer a request (a free request slot, no busy back-off)."""
         return self.busy_until if self.inflight < self.limit else math.inf
 
     def changed(self) -> None:
-        """``inflight`` or ``busy_until`` changed: the owner's scan array follows."""
+        """``inflight`` or ``busy_until`` changed (the machine changes them): the owner's scan array follows."""
         if self.pos >= 0:
             self.owner.e_ready[self.pos] = self.ready_at()
 
@@ -216,36 +202,25 @@ class Node:
             self.w_idx = array("i", self.watchers)
 
 
-class Avail:
-    """A swarm's availability counts (neighbours holding each piece) as the core's selectors read them."""
-
-    __slots__ = ("base", "cells", "count")
-
-    def __init__(self, cells: array, base: int, count: int) -> None:
-        self.cells = cells
-        self.base = base
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    @cython.locals(i=cython.long)
-    def __getitem__(self, index: int) -> int:
-        i = index
-        if i < 0 or i >= self.count:
-            raise IndexError(index)
-        return self.cells[self.base + i] & AVAIL
-
-
 class Holders:
-    """``holders(i)`` for assign(): the neighbours with a free slot whose bitfield has piece i."""
+    """The neighbours a pass may ask (``p2pdist.core.download.Holders``), read from the Board:
+    ``holders(i)`` are those with a free slot whose bitfield has piece i."""
 
-    __slots__ = ("free", "have", "words")
+    __slots__ = ("free", "have", "reach", "words")
 
-    def __init__(self, free: list[Edge], have: array, words: int) -> None:
+    def __init__(self, free: list[Edge], have: array, words: int, reach: array) -> None:
         self.free = free
         self.have = have
         self.words = words
+        self.reach = reach  # the union of their bitfields
+
+    @cython.locals(i=cython.long, out=list)
+    def reachable(self, pieces: Iterable[int]) -> list[int]:
+        out = []
+        for i in pieces:
+            if self.reach[i >> 6] >> (i & 63) & 1:
+                out.append(i)
+        return out
 
     @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list, k=cython.Py_ssize_t)
     def __call__(self, index: int) -> list[Edge]:
@@ -262,268 +237,127 @@ class Holders:
         return out
 
 
+
+
 class Swarm:
-    """One blob's download on one node."""
+    """One blob's download on one node: the machine's driver (``p2pdist.core.download.Shell``)."""
 
     def __init__(self, cluster: Cluster, node: Node, blob: Blob) -> None:
         self.cluster = cluster
-        self.profile = cluster.profile
+        self.profile = profile = cluster.profile
         self.sim = cluster.sim
-        # The numbers every pass reads, held here (compiled, as C fields: agent.pxd).
-        self.piece_size = blob.piece_size
-        self.max_inflight = inflight_budget(self.profile.inflight_bytes, self.profile.upload_slots, blob.piece_size)
-        self.upload_slots = self.profile.upload_slots
-        self.load_aware = self.profile.load_aware
         board = node.board
         self.uploads = board.uploads
         self.board_have = board.have[blob.idx]
         self.words = board.words[blob.idx]
         self.reach = array("Q", bytes(8 * self.words))
+        self.upload_slots = profile.upload_slots
+        self.load_aware = profile.load_aware
         self.node = node
         self.blob = blob
         self.b = blob.idx
-        count = blob.count
-        self.count = count
+        self.count = count = blob.count
         self.have = node.bits[blob.idx]
-        self.known = bytearray(b"\x01" * count) if self.profile.digests_known else bytearray(count)
         self.cells = board.cells[blob.idx]
         self.base = node.idx * count
-        self.avail = Avail(self.cells, self.base, count)
-        self.blocking = board.blocking[blob.idx]
+        self.blocking_flags = board.blocking[blob.idx]
         self.board_live = board.live[blob.idx]
         self.board_nodes = board.nodes
-        self.inflight = bytearray(count)
-        self.inflight_bytes = 0
-        self.candidates: set[int] = set()
-        self.blocked: set[int] = set()  # chosen by the last pass but no holder had a free slot
-        self.blocked_is_candidates = False  # blocked == candidates for sure (both unchanged since)
-        self.waiting: set[int] = set()
-        self.leases: list[tuple[int, int]] = []
-        self.origin_active = 0
-        self.direct = self.profile.origin == DIRECT
-        # Dragonfly's back-to-source peer keeps reporting to its scheduler; p2pdist's direct mode does not.
-        self.reports_direct = self.profile.origin == BACK_TO_SOURCE
-        self.report: list[int] = []
-        self.reported: set[int] = set()  # swarm.reported: digests queued for the tracker once
-        self.digest_pos = 0
-        self.cursor: int | None = 0 if self.profile.streaming else None
-        self.rng = random.Random(f"{cluster.seed}/{node.name}/{blob.idx}/{node.generation}")
         self.dirty = False
         self.done = False
-        self.last_progress = cluster.sim.now
         self.generation = node.generation
-        # announcer (swarm._announcer)
-        self.kicked = False
-        self.waiting_for_kick = False
-        self.timer = 0  # version of the pending announce timeout
-        self.loop_timer = False  # a LOOP_TIMEOUT wake is pending
-        self._init_cells()
-        self._advance_cursor()
-
-    # --- piece state ------------------------------------------------------------------------
-
-    def _init_cells(self) -> None:
-        """This swarm's cells on the Board, fresh: only have and known (its count starts from zero)."""
-        for i in range(self.count):
+        self.streaming = profile.streaming
+        for i in range(count):
+            self.cells[self.base + i] = 0
+        settings = Settings(
+            inflight_bytes=profile.inflight_bytes, upload_slots=profile.upload_slots,
+            origin_concurrency=profile.origin_concurrency, stall_timeout=profile.stall_timeout,
+            stall_fallback=profile.stall_fallback, leases=profile.origin == LEASES,
+            report_digests=profile.upstream_digests,
+            # Dragonfly's back-to-source peer keeps reporting to its scheduler; p2pdist's direct mode does not.
+            announce_direct=profile.origin == BACK_TO_SOURCE,
+            direct_run_pieces=profile.direct_run_pieces, announce_spacing=profile.announce_spacing,
+            selector=profile.selector,
+        )
+        rng = random.Random(f"{cluster.seed}/{node.name}/{blob.idx}/{node.generation}")
+        self.dl = dl = Download(self, settings, blob.piece_size, blob.size, cluster.sim.now, rng,
+                                cells=self.cells, base=self.base, direct=profile.origin == DIRECT)
+        for i in range(count):
             if self.have[i]:
-                self.known[i] = 1  # resumed pieces were verified, so their digests are known
-            pos = self.base + i
-            self.cells[pos] = (HAVE if self.have[i] else 0) | (KNOWN if self.known[i] else 0)
-        self.blocking[self.node.idx] = 0
-        self.board_live[self.node.idx] = 1
+                dl.mark_had(i)
+            elif profile.digests_known:
+                dl.mark_known(i)
+        self.blocking_flags[node.idx] = 0
+        self.board_live[node.idx] = 1
+        if self.streaming:
+            self._follow_reader()
+
+    def alive(self) -> bool:
+        return not self.done and self.node.alive and self.generation == self.node.generation
+
+    def _follow_reader(self) -> None:
+        """A client streams the blob in order, reading each piece as it lands (the mirror's reader)."""
+        c = self.dl.cursor if self.dl.cursor is not None else 0
+        have = self.have
+        n = self.count
+        while c < n and have[c]:
+            c += 1
+        if c < n:
+            self.dl.follow(0, c)
+        else:
+            self.dl.unfollow(0)
+
+    # --- events from the cluster ------------------------------------------------------------
 
     def add_holder(self, i: int, edge: Edge | None) -> None:
         """A neighbour now has piece i (HAVE or bitfield); ``edge`` is our connection to it."""
-        if self.have[i]:
-            return
-        pos = self.base + i
-        self.cells[pos] += 1
-        if self.cells[pos] & AVAIL == 1:
-            if self.known[i]:
-                if not self.inflight[i]:
-                    self._add_candidate(i)
-                    self.wake()
-            else:
-                self.waiting.add(i)
-                self.wake()
-        elif i in self.blocked and edge is not None and edge.inflight < edge.limit:
-            self.wake()  # a holder with a free request slot for a piece the last pass could not place
+        self.dl.add_holder(i, edge is not None and edge.inflight < edge.limit)
 
     def drop_holder(self, i: int) -> None:
-        if self.have[i]:
-            return
-        pos = self.base + i
-        if self.cells[pos] & AVAIL:
-            self.cells[pos] -= 1
-        if not self.cells[pos] & AVAIL:
-            self._drop_candidate(i)
-            self.waiting.discard(i)
+        self.dl.drop_holder(i)
 
-    def learn_digest(self, i: int) -> bool:
-        if self.known[i]:
-            return False
-        self.known[i] = 1
-        self.cells[self.base + i] |= KNOWN
-        if self.cells[self.base + i] & AVAIL and not self.have[i]:
-            self.waiting.discard(i)
-            if not self.inflight[i]:
-                self._add_candidate(i)
-        return True
+    def run_pass(self) -> None:
+        if self.alive():
+            self.dl.schedule(self.sim.now)
 
-    def _release(self, i: int) -> None:
-        """Piece i is no longer in flight (and not had): fetchable again if someone has it."""
-        self.set_inflight(i, False)
-        if not self.have[i] and self.cells[self.base + i] & AVAIL and self.known[i]:
-            self._add_candidate(i)
+    def tick(self, generation: int) -> None:
+        if generation == self.node.generation and not self.done:
+            self.dl.tick(self.sim.now)
 
-    def _add_candidate(self, i: int) -> None:
-        self.candidates.add(i)
-        self.blocked_is_candidates = False
-
-    def _drop_candidate(self, i: int) -> None:
-        self.candidates.discard(i)
-        self.blocked_is_candidates = False
-
-    def set_inflight(self, i: int, on: bool) -> None:
-        self.inflight[i] = on
-        if on:
-            self.cells[self.base + i] |= INFLIGHT
+    def reply(self, reply: Reply, started: bool) -> None:
+        if started:
+            self.dl.start(self.sim.now, reply)
         else:
-            self.cells[self.base + i] &= ~INFLIGHT
+            self.dl.on_reply(self.sim.now, reply)
 
-    def _block_all(self) -> None:
-        """No piece can be placed: every candidate is blocked (often already so), and the loop's timer runs."""
-        if not self.blocked_is_candidates:
-            self._unblock()
-            self._block(self.candidates)
-            self.blocked_is_candidates = True
-        self._loop_timer()
+    def announce_fields(self) -> tuple[list[int], int, int, bool]:
+        # A simulated stream moves bytes whenever it is open (the gaps are one origin RTT).
+        self.dl.streamed = self.dl.origin_active
+        return self.dl.announce_fields()
 
-    def _unblock(self) -> None:
-        """Empty ``blocked`` (and its cell bits)."""
-        cells = self.cells
-        base = self.base
-        for i in self.blocked:
-            cells[base + i] &= ~BLOCKED
-        self.blocked.clear()
-        self.blocked_is_candidates = False
-        self.blocking[self.node.idx] = 0
-
-    def _block(self, pieces: Iterable[int]) -> None:
-        cells = self.cells
-        base = self.base
-        for i in pieces:
-            self.blocked.add(i)
-            cells[base + i] |= BLOCKED
-        if self.blocked:
-            self.blocking[self.node.idx] = 1
-
-    def _advance_cursor(self) -> None:
-        if self.cursor is None:
-            return
-        c, have, n = self.cursor, self.have, len(self.have)
-        while c < n and have[c]:
-            c += 1
-        self.cursor = c if c < n else None
+    # --- the machine's commands (p2pdist.core.download.Shell) -------------------------------
 
     def wake(self) -> None:
         if not self.dirty and not self.done:
             self.dirty = True
             self.cluster.dirty.append(self)
 
-    # --- the loop body (swarm._download's while loop) ---------------------------------------
+    def timer(self, at: float) -> None:
+        self.sim.at(at, self.tick, self.generation)
 
-    def run_pass(self) -> None:
-        if self.done or not self.node.alive or self.generation != self.node.generation:
-            return
-        self.schedule_origin()
-        self.schedule_peers()
-
-    def schedule_origin(self) -> None:
-        if not self.leases:
-            return
-        limit = self.profile.origin_concurrency
-        while self.leases and self.origin_active < limit:
-            start, end = self.leases.pop(0)
-            self._report_had(start, end)
-            runs = self._missing_runs(start, end)
-            if not runs:
-                continue
-            for s, e in runs:
-                for i in range(s, e):
-                    self.set_inflight(i, True)
-                    self._drop_candidate(i)
-            self.origin_active += 1
-            self.cluster.origin_stream(self, runs)
-
-    def _report_had(self, start: int, end: int) -> None:
-        """swarm._report_had: pieces of a lease we already hold are reported, closing them."""
-        if self.direct:
-            return
-        reported = self.reported
-        for i in range(start, min(end, len(self.have))):
-            if self.have[i] and self.known[i] and i not in reported:
-                self.report.append(i)
-                reported.add(i)
-                self.kick()
-
-    def _missing_runs(self, start: int, end: int) -> list[tuple[int, int]]:
-        have, inflight = self.have, self.inflight
-        return missing_runs(start, min(end, len(have)), lambda i: bool(have[i] or inflight[i]))
-
-    def origin_stream_done(self, runs: list[tuple[int, int]]) -> None:
-        self.origin_active -= 1
-        for s, e in runs:
-            for i in range(s, e):
-                if self.inflight[i]:
-                    self._release(i)
-        self.kick()
-        self.wake()
-
-    def schedule_peers(self) -> None:
-        piece_size = self.piece_size
-        budget = self.max_inflight - self.inflight_bytes
-        if budget < piece_size and self.inflight_bytes:
-            return
-        if self.waiting:
-            self.kick()  # peers have pieces whose digests we lack: ask the tracker
-        candidates = self.candidates
-        if not candidates:
-            return
-        now = self.sim.now
+    def holders(self, now: float) -> Holders | None:
         node = self.node
         edges = node.edge_list
         words = self.words
         # The arrays are read through their owners (self.uploads[...], node.e_ready[...]): compiled, a
-        # typed local copy of an array view costs two atomic operations per pass.
-        # choose_peer only ever returns a peer with a free request slot that is not backing off and,
-        # load-aware, with a free upload slot, so holders are looked for among those ("free"); with
-        # none, no selection can lead anywhere. The scan reads only the Board and the node's arrays:
-        # the edges themselves are visited only when some free holder has a piece we can fetch.
+        # typed local copy of an array view costs two atomic operations per pass. The machine only
+        # ever asks a peer with a free request slot, not backing off and, load-aware, with a free
+        # upload slot, so holders are looked for among those ("free"); with none, no selection can
+        # lead anywhere.
         for w in range(words):
             self.reach[w] = 0
-        nfree = 0
-        n = len(edges)
-        for k in range(n):
-            if self._room_at(k, now) > 0:
-                nfree += 1
-                base = node.e_peer[k] * words
-                for w in range(words):
-                    self.reach[w] |= self.board_have[base + w]
-        if not nfree:
-            # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us, as the
-            # agent's on_room wakes every swarm; our own freed request slots wake us anyway.
-            self._block_all()
-            return
-        # What assign() would work out with holders() per candidate, from the neighbours' bits.
-        reachable = []
-        for i in candidates:
-            if self.reach[i >> 6] >> (i & 63) & 1:
-                reachable.append(i)
-        if not reachable:
-            self._block_all()
-            return
         free = []
+        n = len(edges)
         for k in range(n):
             room = self._room_at(k, now)
             if room > 0:
@@ -531,27 +365,16 @@ class Swarm:
                 if self.load_aware:
                     e.room = room
                 free.append(e)
-        count = max(1, budget // piece_size)
-        self._unblock()
-
-        # The agent's own assign(): pieces and peers chosen together (p2pdist.core.selection).
-        inflight = self.inflight
-        profile = self.profile
-        cursor = reader_cursor(profile.selector, self.cursor, len(inflight), inflight.__getitem__)
-        holders = Holders(free, self.board_have, words)
-        assigned = assign(profile.selector, candidates, self.avail, count, holders, self.rng, cursor, reachable)
-        for index, slot in assigned:
-            slot.inflight -= 1  # assign() counted it; fetch_from_peer counts the real request
-            self.cluster.fetch_from_peer(self, index, slot)
-        if len(assigned) < count and len(assigned) < len(candidates):
-            taken = {i for i, _ in assigned}
-            self._block([i for i in candidates if i not in taken])  # any of them may unblock us
-        if self.blocked:
-            self._loop_timer()
+                base = node.e_peer[k] * words
+                for w in range(words):
+                    self.reach[w] |= self.board_have[base + w]
+        if not free:
+            return None
+        return Holders(free, self.board_have, words, self.reach)
 
     def _room_at(self, k: int, now: float) -> int:
-        """Whether the pass may send a request on edge k now: 0 if not, else the peer's free upload
-        slots (load-aware; ROOM messages take rtt/2, read directly), or 1 if slots are not counted."""
+        """Whether a request may go on edge k now: 0 if not, else the peer's free upload slots
+        (load-aware; ROOM messages take rtt/2, read directly), or 1 if slots are not counted."""
         node = self.node
         if node.e_ready[k] > now:
             return 0
@@ -559,50 +382,37 @@ class Swarm:
             return 1
         return max(0, self.upload_slots - self.uploads[node.e_peer[k]])
 
-    def _loop_timer(self) -> None:
-        # The agent's loop wakes at least every second: a peer's busy back-off ends, a slot frees.
-        if not self.loop_timer:
-            self.loop_timer = True
-            self.sim.after(LOOP_TIMEOUT, self._loop_tick, self.generation)
+    def fetch_piece(self, req: Request) -> None:
+        self.cluster.fetch_from_peer(self, req)
 
-    def _loop_tick(self, generation: int) -> None:
-        self.loop_timer = False
-        if generation == self.node.generation and not self.done and self.candidates:
-            self.wake()
+    def start_origin(self, runs: list[tuple[int, int]]) -> None:
+        self.cluster.origin_stream(self, runs)
 
-    # --- storing ----------------------------------------------------------------------------
+    def announce(self) -> None:
+        self.cluster.send_announce(self, "progress")
 
-    def store(self, i: int, from_origin: bool) -> None:
-        """A verified piece: have it, tell the neighbours, report an origin piece's digest."""
-        if self.have[i]:
-            return
+    def stored(self, i: int, from_origin: bool) -> None:
+        """A verified piece: have it, tell the neighbours (over the Board), count it."""
         node = self.node
         self.have[i] = 1
         node.have_n[self.b] += 1
         one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
         self.board_have[node.idx * self.words + (i >> 6)] |= one << (i & 63)
-        self.known[i] = 1
-        self._drop_candidate(i)
-        self.waiting.discard(i)
-        self.last_progress = self.sim.now
         length = self.blob.length(i)
         if from_origin:
             node.from_origin += length
-            if not self.direct and self.profile.upstream_digests:
-                self.report.append(i)
-                self.reported.add(i)
-                self.kick()
         else:
             node.from_peers += length
-        if self.cursor == i:
-            self._advance_cursor()
+        if self.streaming and self.dl.cursor == i:
+            self._follow_reader()
         b = self.b
         idx = node.idx
         count = self.count
-        self.cells[self.base + i] |= HAVE | KNOWN
         nodes = self.board_nodes
-        # add_holder inlined over the Board: this loop runs once per neighbour per stored piece, the
-        # hottest path. It reads only the watcher's cell, and visits its objects when the HAVE wakes it.
+        # The HAVE to every watcher, over the Board: this loop runs once per neighbour per stored
+        # piece, the hottest path. A count that decides nothing (the piece already had holders and
+        # the watcher's last pass did not wait for it) is added in the cell; otherwise the
+        # watcher's machine hears it.
         for k in range(len(node.w_idx)):
             widx = node.w_idx[k]
             if not self.board_live[widx]:
@@ -611,110 +421,26 @@ class Swarm:
             c = self.cells[pos]
             if c & HAVE:
                 continue
-            self.cells[pos] = c + 1
-            if not c & AVAIL:
-                watcher = nodes[widx]
-                sw = watcher.swarms[b]
-                if not c & KNOWN:
-                    sw.waiting.add(i)
-                elif c & INFLIGHT:
-                    continue
-                else:
-                    sw._add_candidate(i)
-                if not sw.dirty:
-                    sw.wake()
-            elif c & BLOCKED:
-                watcher = nodes[widx]
-                sw = watcher.swarms[b]
-                edge = watcher.edges.get(idx)
-                if edge is not None and edge.inflight < edge.limit and not sw.dirty:
-                    sw.wake()
-        self.wake()
-        if node.have_n[b] == self.blob.count:
-            self.cluster.swarm_complete(self)
+            if c & AVAIL and not c & BLOCKED:
+                self.cells[pos] = c + 1
+                continue
+            watcher = nodes[widx]
+            sw = watcher.swarms[b]
+            edge = watcher.edges.get(idx)
+            sw.dl.add_holder(i, edge is not None and edge.inflight < edge.limit)
 
-    # --- the announcer (swarm._announcer) ---------------------------------------------------
+    def complete(self) -> None:
+        self.cluster.swarm_complete(self)
 
-    def kick(self) -> None:
-        if self.done or (self.direct and not self.reports_direct):
-            return
-        self.kicked = True
-        if self.waiting_for_kick:
-            self.announce()
+    def went_direct(self, reason: str) -> None:
+        if reason == machine.STALL:
+            self.cluster.stalls += 1
 
-    def announce(self) -> None:
-        self.waiting_for_kick = False
-        self.kicked = False
-        self.timer += 1
-        self.cluster.send_announce(self, "progress")
+    def ban(self, peer: Edge) -> None:
+        pass  # simulated peers send no bad pieces
 
-    def announce_timeout(self, version: int) -> None:
-        if version == self.timer and self.waiting_for_kick and not self.done:
-            self.announce()
+    def abort(self, reason: str) -> None:
+        raise AssertionError(f"a simulated download cannot fail: {reason}")
 
-    def wait_for_kick(self, interval: float) -> None:
-        """After a reply and ANNOUNCE_SPACING: announce on the next kick, or after ``interval``."""
-        if self.done or (self.direct and not self.reports_direct) or self.generation != self.node.generation:
-            return
-        if self.kicked:
-            self.announce()
-            return
-        self.waiting_for_kick = True
-        self.timer += 1
-        self.cluster.sim.after(interval, self.announce_timeout, self.timer)
-
-    def stop_announcing(self) -> None:
-        self.waiting_for_kick = False
-        self.timer += 1
-
-    def want_leases(self) -> int:
-        if self.done or self.direct or self.profile.origin != LEASES:
-            return 0
-        slots = self.profile.origin_concurrency + SPARE_LEASES
-        return min(max(0, slots - self.origin_active - len(self.leases)), 16)
-
-    def apply_leases(self, leases: list[tuple[int, int, float]]) -> None:
-        """swarm._take_leases: queued leases the tracker no longer lists are dropped, new ones queued.
-        In direct mode the queue is our own runs of every missing piece, and replies leave it alone."""
-        if self.direct:
-            return
-        held = {(start, end) for start, end, _ttl in leases}
-        self.leases = [lease for lease in self.leases if lease in held]
-        queued = set(self.leases)
-        for start, end, _ttl in leases:
-            if (start, end) not in queued and end <= self.blob.count:
-                self.leases.append((start, end))
-
-    def lease_everything(self) -> None:
-        """swarm._lease_everything: without a tracker every missing piece is ours, in Range runs."""
-        count = self.blob.count
-        streams = self.profile.origin_concurrency
-        per = max(1, min(self.profile.direct_run_pieces, -(-count // streams)))
-        queued = {i for s, e in self.leases for i in range(s, e)}
-        have = self.have
-        for start in range(0, count, per):
-            end = min(start + per, count)
-            if any(not have[i] and i not in queued for i in range(start, end)):
-                self.leases.append((start, end))
-
-    def check_stall(self, generation: int) -> None:
-        """swarm._check_stall: no progress for stall_timeout and no origin stream: take the rest direct."""
-        if self.done or generation != self.node.generation or self.direct:
-            return
-        now = self.cluster.sim.now
-        due = self.last_progress + self.profile.stall_timeout
-        if now < due:
-            self.cluster.sim.at(due, self.check_stall, generation)
-            return
-        if self.origin_active:
-            self.cluster.sim.after(LOOP_TIMEOUT, self.check_stall, generation)
-            return
-        self.cluster.stalls += 1
-        self.go_direct()
-
-    def go_direct(self) -> None:
-        self.direct = True
-        if not self.reports_direct:
-            self.stop_announcing()
-        self.lease_everything()
-        self.wake()
+    def blocking(self, on: bool) -> None:
+        self.blocking_flags[self.node.idx] = on

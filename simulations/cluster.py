@@ -10,14 +10,15 @@ from collections import deque
 from dataclasses import dataclass
 
 from p2pdist.core.layout import PieceLayout, decide_layout
+from p2pdist.core.manifest import PIECE_DIGEST_SIZE
+from tracker.service import memory_state
 
 from .agent import Board, Node, Swarm
-from .control import ControlPlane
+from .control import ControlPlane, TrackerTally
 from .dataplane import DataPlane
 from .engine import Link, Meter, Network, Simulator, Transfer
 from .profiles import DIRECT, ORIGIN_PEER, Profile
 from .scenario import Scenario
-from .tracker import SimTracker
 
 
 class Blob:
@@ -40,8 +41,7 @@ class Blob:
 def make_blobs(scenario: Scenario, profile: Profile) -> list[Blob]:
     """The image's layers as the tracker lays them out (piece sizes from its config)."""
     rule = profile.tracker.piece_rule
-    return [Blob(i, size, decide_layout(size, pinned_piece_size=scenario.image.piece_size, rule=rule).piece_size)
-            for i, size in enumerate(scenario.image.layers)]
+    return [Blob(i, size, decide_layout(size, rule=rule).piece_size) for i, size in enumerate(scenario.image.layers)]
 
 
 @dataclass
@@ -139,7 +139,11 @@ class Cluster(DataPlane, ControlPlane):
         self.board.nodes.extend(self.nodes)
         self.tracking = bool(self.departures)  # DataPlane.track
         self.by_name = {n.name: n for n in self.nodes}
-        self.tracker = SimTracker(cfg, profile.handout, random.Random(f"{self.seed}/tracker/{profile.name}"))
+        # The tracker's own state and announce logic (control.py); the epoch is seeded: runs repeat.
+        self.tracker_state = memory_state(cfg, epoch_seed=1)
+        self.tracker_rng = random.Random(f"{self.seed}/tracker/{profile.name}")
+        self.tally = TrackerTally()
+        self.piece_digests = [i.to_bytes(PIECE_DIGEST_SIZE, "big") for i in range(max(b.count for b in self.blobs))]
         self.tracker_free = 0.0
         self.origin_node: Node | None = None
         if profile.origin == ORIGIN_PEER:
@@ -275,9 +279,8 @@ class Cluster(DataPlane, ControlPlane):
         node.swarms[b] = sw
         for e in node.edge_list:
             self._add_bitfield(sw, e.node)
-        if sw.direct:
-            sw.lease_everything()
-            sw.wake()
+        if sw.dl.direct:
+            sw.dl.start(self.sim.now)
             return
         self.send_announce(sw, "started", with_size=self.profile.digests_known)
 
@@ -291,7 +294,6 @@ class Cluster(DataPlane, ControlPlane):
     def swarm_complete(self, sw: Swarm) -> None:
         node = sw.node
         sw.done = True
-        sw.stop_announcing()
         node.layers_done += 1
         if self.profile.origin != DIRECT:
             self.send_announce(sw, "completed")
@@ -315,8 +317,8 @@ class Cluster(DataPlane, ControlPlane):
         node.dialing.clear()
         self.uploads[node.idx] = 0
         while node.queue:
-            sw, index, edge, length = node.queue.popleft()
-            self._peer_failed(sw, index, edge, length)
+            sw, req = node.queue.popleft()
+            self._peer_failed(sw, req)
         node.swarms = [None] * len(self.blobs)
         self.board.drop(node.idx)
         rejoin = self.scenario.churn.rejoin_after
@@ -350,9 +352,9 @@ class Cluster(DataPlane, ControlPlane):
             left=[n.left_at >= 0 and n.done_at < 0 for n in nodes],
             origin_bytes=self.meter.total, origin_bins=list(self.meter.bins), bin_seconds=self.meter.bin,
             from_peers=sum(n.from_peers for n in nodes), from_origin=sum(n.from_origin for n in nodes),
-            announces=self.tracker.announces, handouts=self.tracker.handouts,
-            leases_granted=self.tracker.leases_granted, leases_reassigned=self.tracker.leases_reassigned,
-            leases_expired=self.tracker.leases_expired, digests_rejected=self.tracker.digests_rejected,
+            announces=self.tally.announces, handouts=self.tally.handouts,
+            leases_granted=self.tally.leases_granted, leases_reassigned=self.tally.leases_reassigned,
+            leases_expired=self.tally.leases_expired, digests_rejected=self.tally.digests_rejected,
             stalls=self.stalls, busy_replies=self.busy_replies, timeouts=self.timeouts,
             events=self.sim.events, wall_seconds=wall, sim_seconds=self.sim.now,
             cut_off=self.remaining > 0,

@@ -1,12 +1,44 @@
-"""The control plane: announces to the simulated tracker, seeding, and neighbour connections."""
+"""The control plane: announces to the tracker, seeding, and neighbour connections.
+
+The tracker is the real one's announce logic (``tracker.service.handle_announce`` over a
+``MemoryState``), called in simulated time: a FIFO server with a fixed cost per announce, one
+network half round trip each way. Piece digests are 32-byte stand-ins derived from the index.
+"""
 
 from __future__ import annotations
 
-from p2pdist.core.handout import PeerInfo
+from p2pdist.core.wire import Announce, AnnounceReply, PeerEntry
+from tracker.service import AnnounceError, handle_announce
 
-from .agent import MAX_LIST, Edge, Node, Swarm
-from .profiles import BACK_TO_SOURCE
-from .tracker import Announce, Reply
+from . import machine
+from .agent import Edge, Node, Swarm
+from .profiles import BACK_TO_SOURCE, LEASES
+
+
+def blob_digest(b: int) -> str:
+    """The name blob ``b`` goes by at the tracker."""
+    return f"sha256:{b:064x}"
+
+
+class TrackerTally:
+    """What the simulated tracker did, counted from the events the announce logic emits."""
+
+    def __init__(self) -> None:
+        self.announces = 0
+        self.handouts = 0
+        self.leases_granted = 0
+        self.leases_reassigned = 0
+        self.leases_expired = 0
+        self.digests_rejected = 0
+
+    def __call__(self, event: str, **fields: object) -> None:
+        if event == "lease_granted":
+            self.leases_granted += 1
+            self.leases_reassigned += bool(fields.get("reassigned"))
+        elif event == "lease_expired":
+            self.leases_expired += 1
+        elif event == "digests_rejected":
+            self.digests_rejected += fields["count"]  # type: ignore[operator]
 
 
 class ControlPlane:
@@ -19,20 +51,28 @@ class ControlPlane:
             return True
         return len(node.edges) + len(node.dialing) < self.profile.neighbours
 
+    def _digests(self, pieces) -> list[tuple[int, bytes]]:
+        stand_in = self.piece_digests
+        return [(i, stand_in[i]) for i in pieces]
+
     def send_announce(self, sw: Swarm, event: str, with_size: bool = True) -> None:
         node = sw.node
         b = sw.b
         complete = event == "completed"
-        digests = list(range(sw.blob.count)) if complete else sw.report[:MAX_LIST]
+        if complete:
+            pieces, digest_pos, want, streaming = range(sw.blob.count), 0, 0, False
+        elif event == "started":
+            want = machine.first_want(self.profile.origin_concurrency) if self.profile.origin == LEASES else 0
+            pieces, digest_pos, streaming = [], 0, False
+        else:
+            pieces, digest_pos, want, streaming = sw.announce_fields()
         msg = Announce(
-            node=node.name, zone=node.zone, rack=node.rack, have=node.have_n[b], complete=complete,
-            load=self.uploads[node.idx], event=event, want_leases=sw.want_leases(), digests=digests,
-            digest_pos=sw.digest_pos, wants_peers=not complete and self._wants_peers(node),
-            # swarm._announce_msg: bytes arrived on an origin stream since the last announce. A
-            # simulated stream moves bytes whenever it is open (the gaps are one origin RTT).
-            streaming=not complete and not sw.direct and sw.origin_active > 0,
+            node=node.name, addr=node.name, blob=blob_digest(b), zone=node.zone, rack=node.rack,
+            size=sw.blob.size if with_size else None, have=node.have_n[b], complete=complete,
+            load=self.uploads[node.idx], event=event, want_leases=want, digests=self._digests(pieces),
+            digest_pos=digest_pos, wants_peers=not complete and self._wants_peers(node), streaming=streaming,
         )
-        self._to_tracker(self._tracker_handles, (sw, msg, len(digests), with_size))
+        self._to_tracker(self._tracker_handles, (sw, msg))
 
     def _to_tracker(self, handler, args) -> None:
         # The tracker serves announces one at a time: a FIFO server with a fixed cost per announce.
@@ -41,81 +81,74 @@ class ControlPlane:
         self.tracker_free = start + self.scenario.tracker_service_time
         self.sim.at(self.tracker_free, handler, args)
 
-    def _tracker_handles(self, args: tuple[Swarm, Announce, int, bool]) -> None:
-        sw, msg, sent, with_size = args
-        if not with_size and sw.b not in self.tracker.blobs:
-            # The tracker has never seen this blob: the agent asks the origin for the size first.
+    def _announce(self, msg: Announce) -> AnnounceReply:
+        self.tally.announces += 1
+        self.tally.handouts += msg.wants_peers and msg.event != "stopped"
+        try:
+            return handle_announce(self.tracker_state, msg, self.sim.now, self.tracker_rng, self.profile.tracker,
+                                   self.tally, self.profile.handout)
+        except AnnounceError as e:  # a scenario the tracker's limits refuse: say so, do not simulate around it
+            raise RuntimeError(f"the tracker refused an announce: {e}") from None
+
+    def _tracker_handles(self, args: tuple[Swarm, Announce]) -> None:
+        sw, msg = args
+        reply = self._announce(msg)
+        if reply.size is None:
+            # The tracker has never seen this blob's size: the agent asks the origin, then again.
             self.sim.after(self.rtt / 2 + self.origin_rtt, self._resend_with_size, sw)
             return
-        track = self.tracker.blob(sw.b, sw.blob.count)
-        reply = self.tracker.announce(track, msg, self.sim.now)
+        peers = reply.peers
         if self.origin_node is not None and not msg.complete:
             # Kraken's tracker adds the origin cluster to every handout, complete peers first.
-            origin = PeerInfo("origin", "origin", have=sw.blob.count, complete=True)
-            reply.peers = [origin, *reply.peers[: max(0, self.profile.tracker.handout_size - 1)]]
-        self.sim.after(self.rtt / 2, self._reply, (sw, msg, sent, reply))
+            origin = PeerEntry("origin", "origin", have=sw.blob.count, complete=True)
+            peers = [origin, *peers[: max(0, self.profile.tracker.handout_size - 1)]]
+        self.sim.after(self.rtt / 2, self._reply, (sw, msg, reply, peers))
 
     def _resend_with_size(self, sw: Swarm) -> None:
         if sw.generation == sw.node.generation and sw.node.alive:
             self.send_announce(sw, "started")
 
-    def _reply(self, args: tuple[Swarm, Announce, int, Reply]) -> None:
-        sw, msg, sent, reply = args
+    def _reply(self, args: tuple[Swarm, Announce, AnnounceReply, list[PeerEntry]]) -> None:
+        sw, msg, reply, peers = args
         node = sw.node
         if sw.generation != node.generation or not node.alive:
             return
         if msg.complete:
             self.sim.after(reply.interval, self._seed_announce, (node, sw.b, node.generation, False))
             return
-        del sw.report[:sent]
-        learned = False
-        for i in reply.digests:
-            learned |= sw.learn_digest(i)
-        if learned or reply.leases:
-            sw.last_progress = self.sim.now  # the swarm is moving, even if not through us yet
-        sw.digest_pos = reply.digest_pos
-        sw.apply_leases(reply.leases)
         if self.profile.parents_only:
-            self._set_parents(node, reply.peers, sw.b)
+            self._set_parents(node, peers, sw.b)
         else:
-            self._connect(node, reply.peers)
-        if msg.event == "started":
-            if (self.profile.origin == BACK_TO_SOURCE and not reply.peers and not sw.done
-                    and self.back_to_source[sw.b] < self.profile.back_to_source):
-                self.back_to_source[sw.b] += 1
-                sw.go_direct()
-                return
-            if self.profile.stall_fallback:
-                self.sim.at(sw.last_progress + self.profile.stall_timeout, sw.check_stall, sw.generation)
-            sw.wake()
-            sw.wait_for_kick(1.0)  # the announcer's first wait (swarm._announcer starts at 1 s)
-            return
-        sw.wake()
-        self.sim.after(self.profile.announce_spacing, self._spaced, (sw, reply.interval))
-
-    def _spaced(self, args: tuple[Swarm, float]) -> None:
-        sw, interval = args
-        sw.wait_for_kick(interval)
+            self._connect(node, peers)
+        started = msg.event == "started"
+        if (started and self.profile.origin == BACK_TO_SOURCE and not peers and not sw.done
+                and self.back_to_source[sw.b] < self.profile.back_to_source):
+            # Dragonfly's scheduler: a node with no parent fetches the whole blob itself.
+            self.back_to_source[sw.b] += 1
+            sw.dl.go_direct("back-to-source")
+        sw.reply(machine.Reply(interval=reply.interval, learned=[i for i, _ in reply.digests],
+                               digest_pos=reply.digest_pos, leases=reply.leases, reset=reply.reset), started)
 
     def _seed_announce(self, args: tuple[Node, int, int, bool]) -> None:
         node, b, generation, first = args
         if generation != node.generation or not node.alive:
             return
+        blob = self.blobs[b]
         msg = Announce(
-            node=node.name, zone=node.zone, rack=node.rack, have=node.have_n[b], complete=True,
-            load=self.uploads[node.idx], event="completed", digests=list(range(self.blobs[b].count)) if first else [],
-            wants_peers=False,
+            node=node.name, addr=node.name, blob=blob_digest(b), zone=node.zone, rack=node.rack, size=blob.size,
+            have=node.have_n[b], complete=True, load=self.uploads[node.idx], event="completed",
+            digests=self._digests(range(blob.count)) if first else [], wants_peers=False,
         )
         self._to_tracker(self._seed_handled, (node, b, generation, msg))
 
     def _seed_handled(self, args: tuple[Node, int, int, Announce]) -> None:
         node, b, generation, msg = args
-        reply = self.tracker.announce(self.tracker.blob(b, self.blobs[b].count), msg, self.sim.now)
+        reply = self._announce(msg)
         self.sim.after(self.rtt / 2 + reply.interval, self._seed_announce, (node, b, generation, False))
 
     # --- neighbours -------------------------------------------------------------------------
 
-    def _connect(self, node: Node, peers: list[PeerInfo]) -> None:
+    def _connect(self, node: Node, peers: list[PeerEntry]) -> None:
         """Neighbourhood.connect: dial handed-out peers until the neighbour limit (inbound not counted)."""
         limit = self.profile.neighbours
         for info in peers:
@@ -169,7 +202,7 @@ class ControlPlane:
             if bits[i]:
                 sw.drop_holder(i)
 
-    def _set_parents(self, node: Node, peers: list[PeerInfo], b: int) -> None:
+    def _set_parents(self, node: Node, peers: list[PeerEntry], b: int) -> None:
         """Dragonfly: the scheduler's parents replace the old ones (transfers in flight finish)."""
         chosen = [self.by_name[p.node] for p in peers if p.node in self.by_name]
         wanted = {p.idx for p in chosen if p.alive and p is not node}

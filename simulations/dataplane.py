@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 import cython
 
-from .agent import BUSY_BACKOFF, Edge, Node, Swarm
+from . import machine
+from .agent import Edge, Node, Swarm
 from .engine import Link, Transfer
+from .machine import Request
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -42,7 +44,7 @@ class OriginStream:
                 self.piece()
                 return
             self.r += 1
-        sw.origin_stream_done(self.runs)
+        sw.dl.origin_done(self.runs, self.cluster.sim.now)
 
     def piece(self) -> None:
         c = self.cluster
@@ -60,7 +62,7 @@ class OriginStream:
         if self.r < len(self.runs):
             self.cluster.sim.after(self.cluster.origin_rtt, self.request)
         else:
-            self.sw.origin_stream_done(self.runs)
+            self.sw.dl.origin_done(self.runs, self.cluster.sim.now)
 
 
 
@@ -121,21 +123,21 @@ class DataPlane:
         data = self._untrack(t)
         if isinstance(data, OriginStream):
             return  # the stream dies with the node that ran it
-        sw, index, edge, length = data
+        sw, req = data
+        edge = req.peer
         self.uploads[edge.pidx] = max(0, self.uploads[edge.pidx] - 1)
-        self._peer_failed(sw, index, edge, length)
+        self._peer_failed(sw, req)
         if edge.node.alive:
             self._next_upload(edge.node)
 
-    @cython.locals(peer=Node, sw=Swarm, edge=Edge)
+    @cython.locals(peer=Node, sw=Swarm)
     def _next_upload(self, peer: Node) -> None:
         while peer.queue and self.uploads[peer.idx] < self.profile.upload_slots:
-            sw, index, edge, length = peer.queue.popleft()
+            sw, req = peer.queue.popleft()
             if sw.node.alive and sw.generation == sw.node.generation:
-                self._upload(sw, index, edge, length)
+                self._upload(sw, req)
             else:
-                edge.add_request(-1)
-                sw.inflight_bytes -= length
+                self._peer_failed(sw, req)
 
     def origin_stream(self, sw: Swarm, runs: list[tuple[int, int]]) -> None:
         stream = OriginStream(self, sw, runs)
@@ -147,31 +149,29 @@ class DataPlane:
         sw = stream.sw
         if stream.generation != sw.node.generation:
             return
-        sw.store(stream.i, from_origin=True)
+        sw.dl.piece_stored(stream.i, True, self.sim.now)
         stream.advance()
 
     @cython.locals(sw=Swarm, edge=Edge, peer=Node)
-    def fetch_from_peer(self, sw: Swarm, index: int, edge: Edge) -> None:
+    def fetch_from_peer(self, sw: Swarm, req: Request) -> None:
+        edge = req.peer
         peer = edge.node
-        length = sw.blob.length(index)
-        sw.set_inflight(index, True)
-        sw._drop_candidate(index)
-        sw.inflight_bytes += length
-        edge.add_request(1)
+        edge.changed()  # the machine counted the request on the edge
         busy = self.uploads[peer.idx] >= self.profile.upload_slots
         if not peer.alive or (busy and not self.profile.upload_queue):
-            self.sim.after(self.rtt, self._busy, (sw, index, edge, length))
+            self.sim.after(self.rtt, self._busy, (sw, req))
             return
         if busy:
-            peer.queue.append((sw, index, edge, length))
+            peer.queue.append((sw, req))
             return
-        self._upload(sw, index, edge, length)
+        self._upload(sw, req)
 
     @cython.locals(sw=Swarm, edge=Edge, peer=Node, t=Transfer)
-    def _upload(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
+    def _upload(self, sw: Swarm, req: Request) -> None:
+        edge = req.peer
         peer = edge.node
         self.uploads[peer.idx] += 1
-        t = self.net.transfer(length, self.path(peer, sw.node), self._peer_done, (sw, index, edge, length))
+        t = self.net.transfer(req.length, self.path(peer, sw.node), self._peer_done, (sw, req))
         self.track(t, sw.node, peer)
         self._timeouts.append((self.sim.now + self.profile.piece_timeout, t))
         if not self._timeout_armed:
@@ -199,40 +199,36 @@ class DataPlane:
                         sw.wake()
 
     @cython.locals(sw=Swarm, edge=Edge)
-    def _busy(self, args: tuple[Swarm, int, Edge, int]) -> None:
-        sw, index, edge, length = args
+    def _busy(self, args: tuple[Swarm, Request]) -> None:
+        sw, req = args
         self.busy_replies += 1
-        edge.busy_until = self.sim.now + BUSY_BACKOFF
-        edge.add_request(-1)
-        sw.inflight_bytes -= length
-        sw._release(index)
-        sw.wake()
+        edge = req.peer
+        sw.dl.request_done(req, machine.BUSY, self.sim.now)
+        edge.changed()
 
     @cython.locals(t=Transfer, sw=Swarm, edge=Edge, peer=Node)
     def _peer_done(self, t: Transfer) -> None:
-        sw, index, edge, length = self._untrack(t)  # type: ignore[misc]
+        sw, req = self._untrack(t)  # type: ignore[misc]
+        edge = req.peer
         peer = edge.node
         self.uploads[peer.idx] -= 1
         self._next_upload(peer)
         if self.profile.load_aware and self.uploads[peer.idx] == self.profile.upload_slots - 1:
             self._room(peer)
-        edge.add_request(-1)
-        sw.inflight_bytes -= length
         if sw.generation != sw.node.generation:
+            edge.add_request(-1)
             return
-        edge.score = min(edge.score + 0.1, 1.0)
-        sw.store(index, from_origin=False)
-        sw.set_inflight(index, False)
+        sw.dl.request_done(req, machine.DONE, self.sim.now)
+        edge.changed()
 
     @cython.locals(sw=Swarm, edge=Edge)
-    def _peer_failed(self, sw: Swarm, index: int, edge: Edge, length: int) -> None:
-        edge.add_request(-1)
-        sw.inflight_bytes -= length
+    def _peer_failed(self, sw: Swarm, req: Request) -> None:
+        edge = req.peer
         if sw.generation != sw.node.generation:
+            edge.add_request(-1)
             return
-        edge.score -= 1.0
-        sw._release(index)
-        sw.wake()
+        sw.dl.request_done(req, machine.FAILED, self.sim.now)
+        edge.changed()
 
     def _check_timeouts(self, _: object = None) -> None:
         now = self.sim.now

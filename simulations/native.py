@@ -21,6 +21,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import sysconfig
 from pathlib import Path
@@ -28,7 +29,10 @@ from pathlib import Path
 PACKAGE = "simulations"
 HERE = Path(__file__).resolve().parent
 # Order does not matter to Cython; it is the order of the digests in the manifest.
-MODULES = ("engine", "agent", "dataplane", "control", "cluster", "tracker")
+MODULES = ("engine", "agent", "dataplane", "control", "cluster", "machine")
+# Modules whose source lives in the agent's package: the simulator runs the agent's own code,
+# compiled here under a name of its own (with the .pxd beside this file), never a copy of it.
+BORROWED = {"machine": HERE.parent / "p2pdist" / "core" / "download.py"}
 MANIFEST = HERE / "_native.json"
 ENV = "P2PDIST_SIM_CORE"  # "python": ignore the compiled modules even if they are fresh
 
@@ -40,13 +44,18 @@ def _suffix() -> str:
     return sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 
+def source_path(name: str) -> Path:
+    """The .py a module of MODULES is compiled from."""
+    return BORROWED.get(name, HERE / f"{name}.py")
+
+
 def source_digests() -> dict[str, str]:
     """A digest of each module's .py and .pxd as they are on disk now."""
     out = {}
     for name in MODULES:
         h = hashlib.sha256()
         for ext in (".py", ".pxd"):
-            path = HERE / f"{name}{ext}"
+            path = source_path(name) if ext == ".py" else HERE / f"{name}{ext}"
             h.update(ext.encode() + b"\0")
             if path.exists():
                 h.update(path.read_bytes())
@@ -77,7 +86,7 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         package, _, name = fullname.rpartition(".")
         if package != PACKAGE or name not in MODULES:
             return None
-        return importlib.util.spec_from_file_location(fullname, HERE / f"{name}.py")
+        return importlib.util.spec_from_file_location(fullname, source_path(name))
 
 
 def choose_core() -> str:
@@ -102,8 +111,20 @@ def build(quiet: bool = False) -> None:
     from setuptools import Distribution
     from setuptools.command.build_ext import build_ext
 
-    sources = [str(HERE / f"{name}.py") for name in MODULES]
     digests = source_digests()  # before compiling: a source edited meanwhile shows up as stale
+    # A borrowed module is compiled from a copy placed as simulations/<name>.py in a build tree of
+    # its own, with its .pxd: Cython takes the module's name and its declarations from there.
+    borrowed = HERE.parent / "build" / "borrowed" / PACKAGE
+    borrowed.mkdir(parents=True, exist_ok=True)
+    (borrowed / "__init__.py").touch()
+    sources = []
+    for name in MODULES:
+        if name in BORROWED:
+            shutil.copyfile(BORROWED[name], borrowed / f"{name}.py")
+            shutil.copyfile(HERE / f"{name}.pxd", borrowed / f"{name}.pxd")
+            sources.append(str(borrowed / f"{name}.py"))
+        else:
+            sources.append(str(HERE / f"{name}.py"))
     ext_modules = cythonize(
         sources, quiet=quiet, build_dir=str(HERE.parent / "build" / "cython"),
         # Types come from the .pxd files only: the .py annotations are for readers and mypy, and

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pdist.config import Limits
+from p2pdist.core.download import ANNOUNCE_SPACING, DIRECT_RUN_PIECES
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo, RandomByCompleteness, locality
 from p2pdist.core.selection import SELECTORS, PieceSelector, RandomOrder, Sequential
 from tracker.config import ConfigError, TrackerConfig
@@ -27,12 +28,6 @@ DIRECT = "direct"  # no tracker: every piece from the origin (the agent's _lease
 ORIGIN_PEER = "origin-peer"  # Kraken: the origin is a seeding peer that every handout includes
 BACK_TO_SOURCE = "back-to-source"  # Dragonfly: a node with no parent fetches the whole blob itself
 
-# The agent's own timing constants (p2pdist/swarm.py). Copied, not imported, because the simulator
-# may import only the core and config, never the asyncio shells; tests/test_sim_tracker.py fails
-# if they drift apart.
-ANNOUNCE_SPACING = 0.05
-DIRECT_RUN_PIECES = 8
-SPARE_LEASES = 1
 
 # Uploads a Kraken- or Dragonfly-like peer serves at once: theirs are tens (Dragonfly's default
 # concurrent upload limit is 50), not p2pdist's few slots with ROOM advertisements.
@@ -95,6 +90,10 @@ def p2pdist_profile(scenario: Scenario) -> Profile:
     try:
         limits = dataclasses.replace(limits, **overrides)
         tracker = dataclasses.replace(TrackerConfig(), **dict(scenario.tracker))
+        if scenario.image.piece_size:
+            # A pinned piece size is the tracker's rule: it decides every layout (core.layout.decide_layout).
+            tracker = dataclasses.replace(tracker, piece_min=scenario.image.piece_size,
+                                          piece_max=scenario.image.piece_size)
     except (TypeError, ConfigError) as e:
         raise ScenarioError(f"p2pdist.limits / p2pdist.tracker: {e}") from None
     handout_name = scenario.handout or tracker.handout_policy
@@ -150,8 +149,7 @@ def _piece_hint(scenario: Scenario, tracker: TrackerConfig) -> int:
     """The piece size of the largest layer, as make_blobs will decide it: budgets are in pieces."""
     from p2pdist.core.layout import decide_layout
 
-    return decide_layout(max(scenario.image.layers), pinned_piece_size=scenario.image.piece_size,
-                         rule=tracker.piece_rule).piece_size
+    return decide_layout(max(scenario.image.layers), rule=tracker.piece_rule).piece_size
 
 
 @dataclass(frozen=True)

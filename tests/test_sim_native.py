@@ -89,18 +89,19 @@ def test_a_source_edited_after_the_build_runs_as_python(tmp_path):
     status = [sys.executable, "-m", "simulations", "status"]
     fresh = subprocess.run(status, cwd=root, env=env, capture_output=True, text=True, check=False)
     assert fresh.returncode == 0 and "fresh" in fresh.stdout, fresh.stdout + fresh.stderr
-    agent = root / "simulations" / "agent.py"
-    agent.write_text(agent.read_text().replace("BUSY_BACKOFF = 0.5", "BUSY_BACKOFF = 0.25"))
+    # The agent's download machine is compiled into the simulator: editing it there is a change too.
+    source = root / "p2pdist" / "core" / "download.py"
+    source.write_text(source.read_text().replace("BUSY_BACKOFF = 0.5", "BUSY_BACKOFF = 0.25"))
     stale = subprocess.run(status, cwd=root, env=env, capture_output=True, text=True, check=False)
-    assert stale.returncode == 1 and "agent changed since the build" in stale.stdout
+    assert stale.returncode == 1 and "machine changed since the build" in stale.stdout
     # Every compiled module is bypassed, not only the edited one: their classes must match.
-    probe = ("import sys; from simulations import native, engine, agent, cluster; "
-             "print(native.CORE); print(agent.BUSY_BACKOFF); "
+    probe = ("import sys; from simulations import native, engine, agent, cluster, machine; "
+             "print(native.CORE); print(machine.BUSY_BACKOFF); print(machine.__file__); "
              "print(all(m.__file__.endswith('.py') for m in (engine, agent, cluster)))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
                          check=True).stdout.split("\n")
-    assert out[0].startswith("python (agent changed since the build")
-    assert out[1:3] == ["0.25", "True"]
+    assert out[0].startswith("python (machine changed since the build")
+    assert out[1:4] == ["0.25", str(source), "True"]
 
 
 def test_an_unknown_core_setting_is_an_error(tmp_path):

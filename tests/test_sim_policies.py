@@ -12,7 +12,7 @@ from p2pdist.core.handout import RandomByCompleteness
 from p2pdist.core.selection import Sequential
 from simulations import agent as sim_agent
 from simulations import cluster as sim_cluster
-from simulations import tracker as sim_tracker
+from simulations import machine as sim_machine
 from simulations.cluster import Cluster
 from simulations.profiles import p2pdist_profile
 from simulations.scenario import scenario_from_dict
@@ -52,9 +52,8 @@ def test_the_simulator_calls_the_core_policies(monkeypatch):
     assert all(d > 0 for d in out.done)
     assert calls["select"] > 100 and calls["handout"] >= 40 and calls["grant"] > 0
     # And the peer choice and lease book are the core's own objects, not copies.
-    assert sim_agent.assign is selection_mod.assign
-    assert sim_agent.reader_cursor is selection_mod.reader_cursor
-    assert sim_tracker.LeaseBook is leases_mod.LeaseBook
+    assert sim_machine.assign is selection_mod.assign
+    assert sim_machine.reader_cursor is selection_mod.reader_cursor
 
 
 def test_swapping_the_piece_selector_changes_the_result():
@@ -106,21 +105,6 @@ def test_room_advertisements_spare_the_busy_replies_and_help():
     assert max(aware.done) < max(blind.done)
 
 
-def test_a_reply_drops_queued_leases_the_tracker_took_back_but_not_direct_runs():
-    sc = scenario_from_dict(dict(SCENARIO, nodes=2))
-    cluster = Cluster(sc, p2pdist_profile(sc))
-    node = cluster.nodes[0]
-    sw = sim_agent.Swarm(cluster, node, cluster.blobs[0])
-    sw.leases = [(0, 4), (4, 8)]
-    sw.apply_leases([(4, 8, 5.0), (8, 12, 10.0)])  # (0, 4) expired and went elsewhere; (8, 12) is new
-    assert sw.leases == [(4, 8), (8, 12)]
-    sw.go_direct()  # no tracker any more: the queue is our own runs of missing pieces
-    runs = list(sw.leases)
-    assert runs and sw.direct
-    sw.apply_leases([])  # e.g. a late reply: it must not empty the direct queue
-    assert sw.leases == runs
-
-
 def test_the_reader_window_rules_change_the_result():
     # A reader at every node (streaming): with no minimum of holders and no limit on window requests
     # in flight, every pass sends its one request to the window; the shipped rules do not.
@@ -136,9 +120,9 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
 
     class RecordingSwarm(sim_agent.Swarm):
         # A subclass, not a patched method: in the compiled core Swarm is an extension type.
-        def store(self, i, from_origin):
+        def stored(self, i, from_origin):
             stored.append(self.cluster.sim.now)
-            super().store(i, from_origin)
+            super().stored(i, from_origin)
 
     monkeypatch.setattr(sim_cluster, "Swarm", RecordingSwarm)
 
@@ -152,21 +136,3 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
         return min(stored)
 
     assert first_piece_at(True) < first_piece_at(False)
-
-
-def test_a_lease_listed_again_does_not_report_its_digests_again():
-    # Every reply lists the leases a node holds, the one it is streaming too, so the lease is queued
-    # and popped again; the pieces of it already held must be reported once, not after every reply.
-    sc = scenario_from_dict(dict(SCENARIO, nodes=2))
-    cluster = Cluster(sc, p2pdist_profile(sc))
-    sw = sim_agent.Swarm(cluster, cluster.nodes[0], cluster.blobs[0])
-    for i in (0, 1):
-        sw.have[i] = sw.known[i] = 1
-    sw._report_had(0, 4)
-    assert sw.report == [0, 1]
-    del sw.report[:2]  # the tracker's reply took them
-    sw._report_had(0, 4)
-    assert sw.report == []
-    sw.have[2] = sw.known[2] = 1  # a piece that arrived since is still reported
-    sw._report_had(0, 4)
-    assert sw.report == [2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from p2pdist.core.handout import HANDOUTS, PeerInfo
+from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo
 from p2pdist.core.layout import LayoutError, PieceLayout, decide_layout
 from p2pdist.core.leases import LeaseBook
 from p2pdist.core.wire import Announce, AnnounceReply, PeerEntry
@@ -42,10 +42,11 @@ class AnnounceError(Exception):
         self.kind = kind
 
 
-def memory_state(config: TrackerConfig) -> MemoryState:
+def memory_state(config: TrackerConfig, epoch_seed: int | None = None) -> MemoryState:
     return MemoryState(
         max_blobs=config.max_blobs, max_peers_per_blob=config.max_peers_per_blob,
         peer_ttl=config.peer_ttl, blob_ttl=config.blob_ttl, sweep_every=min(5.0, config.peer_ttl),
+        epoch_seed=epoch_seed,
     )
 
 
@@ -75,8 +76,14 @@ def handle_announce(
     rng: random.Random,
     config: TrackerConfig = DEFAULT_CONFIG,
     emit: Emit = _ignore,
+    policy: HandoutPolicy | None = None,
 ) -> AnnounceReply:
-    """Apply one announce to ``state`` and build the reply. Raises AnnounceError if refused."""
+    """Apply one announce to ``state`` and build the reply. Raises AnnounceError if refused.
+
+    ``policy`` overrides the configured handout policy (the simulator's baselines bring their own).
+    The tracker's aiohttp shell (tracker/app.py) and the simulator (simulations/control.py) both
+    answer announces with this function.
+    """
     for digest in state.sweep(now):
         emit("blob_dropped", blob=digest)
     layout = layout_for(msg.size, config)  # before creating anything, so a bad size leaves no trace
@@ -99,7 +106,7 @@ def handle_announce(
                 "the agent has a wrong size for this digest",
             )
     blob.last_seen = now
-    if blob.book is not None and not blob.live_peers():
+    if blob.book is not None and not blob.peers:
         # Every holder left (stopped or expired): the digests stay facts, but the bytes must come
         # from the origin again, under lease.
         blob.book.reopen()
@@ -134,8 +141,10 @@ def handle_announce(
     page = [] if msg.complete else blob.log[offset : offset + config.digests_per_reply]
 
     leases = _leases(blob, msg, now, emit)  # before the interval: a fresh grant makes the blob busy
-    policy = HANDOUTS[config.handout_policy]()
-    handed = policy.handout(asker, blob.live_peers(), config.handout_size, rng)
+    handed: list[PeerInfo] = []
+    if msg.wants_peers:  # an agent with a full neighbourhood would ignore them: no scan of the peers
+        policy = policy or HANDOUTS[config.handout_policy]()
+        handed = policy.handout(asker, blob.live_peers(), config.handout_size, rng)
     return AnnounceReply(
         interval=_interval(blob, config),
         size=blob.size,

@@ -7,6 +7,7 @@ bounded: blobs by ``max_blobs``, peers by ``max_peers_per_blob``, pieces by the 
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,6 +50,10 @@ class BlobRecord:
     peers: dict[str, PeerRecord] = field(default_factory=dict)
     granted_upto: int = 0  # highest lease end ever granted: a lease below it is a reassignment
     downloaders: int = 0  # peers not complete yet: the origin lease cap is shared among them
+    # (last_seen, seq, node) per refresh, oldest first, checked lazily against ``peers``: expiry
+    # costs what expires, not a scan of every peer on every announce (10,000 peers on one blob).
+    seen: list[tuple[float, int, str]] = field(default_factory=list)
+    _seq: int = 0
 
     def set_layout(self, layout: PieceLayout, book: LeaseBook) -> None:
         assert book.piece_count == layout.count, "the lease book must cover the layout's pieces"
@@ -88,6 +93,12 @@ class BlobRecord:
         if not info.complete:
             self.downloaders += 1
         self.peers[info.node] = PeerRecord(info, now)
+        self._seq += 1
+        heapq.heappush(self.seen, (now, self._seq, info.node))
+        if len(self.seen) > 64 + 4 * len(self.peers):
+            # Refreshes outnumber peers (clocks that went back, or long TTLs): keep one entry per peer.
+            self.seen = [(p.last_seen, 0, node) for node, p in self.peers.items()]
+            heapq.heapify(self.seen)
         return True
 
     def remove_peer(self, node: str) -> None:
@@ -98,9 +109,14 @@ class BlobRecord:
             self.book.release(node)
 
     def expire_peers(self, now: float, ttl: float) -> list[str]:
-        gone = [node for node, p in self.peers.items() if now - p.last_seen >= ttl]
-        for node in gone:
-            self.remove_peer(node)
+        gone = []
+        seen = self.seen
+        while seen and now - seen[0][0] >= ttl:
+            _, _, node = heapq.heappop(seen)
+            record = self.peers.get(node)
+            if record is not None and now - record.last_seen >= ttl:
+                self.remove_peer(node)
+                gone.append(node)
         return gone
 
     def live_peers(self) -> list[PeerInfo]:

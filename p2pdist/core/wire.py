@@ -178,7 +178,7 @@ class Announce(Message):
         "node": _text(128), "addr": _text(300), "zone": _text(64), "rack": _text(64),
         "blob": _digest, "size": _opt_int(), "have": _int(), "complete": _bool, "load": _int(0, 1 << 20),
         "event": _choice(*EVENTS), "want_leases": _int(0, 16),
-        "digests": _list(_piece_digest), "digest_pos": _int(), "streaming": _bool,
+        "digests": _list(_piece_digest), "digest_pos": _int(), "streaming": _bool, "wants_peers": _bool,
     }
     node: str
     addr: str
@@ -196,6 +196,9 @@ class Announce(Message):
     # Bytes arrived on one of our origin streams since the last announce: the tracker renews our
     # leases, as it does for a digest (a piece may take longer than the lease TTL to arrive).
     streaming: bool = False
+    # False: the agent's neighbourhood is full, so the tracker skips the handout (its cost per
+    # announce grows with the blob's peers). Absent (older agents): True.
+    wants_peers: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,815 @@
+"""One blob's download on one node, as a state machine without I/O.
+
+In the way h11 is an HTTP connection without sockets, ``Download`` is the download without
+sockets, threads or clocks: the driver feeds it events (a tracker reply, a neighbour's bitfield or
+HAVE, a freed upload slot, a piece verified or failed, an origin run over, ``tick(now)``) and
+carries out the commands it gives through the driver's ``Shell`` methods (fetch this piece from
+that peer, start an origin run, announce, go direct, commit, abort). The agent's swarm
+(p2pdist/swarm.py) drives it over asyncio, the simulator (simulations/agent.py) over simulated
+links; the scheduling, the leases, the digest reports, the stall clock and the request book live
+here only, and so do their constants.
+
+Per-piece state is one 32-bit cell (``AVAIL``: neighbours holding it, and the ``HAVE``, ``KNOWN``
+digest, ``INFLIGHT`` and ``BLOCKED`` bits) in an array the driver hands in: the agent gives each
+download its own, the simulator a slice of one array for all its nodes, which its HAVE fan-out
+reads without visiting other nodes' objects. The fetchable pieces (held by a neighbour, digest
+known, missing, not in flight) and the undigested ones are kept up to date piece by piece, so a
+pass never scans the whole blob.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Absolute imports: the simulator compiles this very file as ``simulations.machine`` (simulations/native.py).
+from p2pdist.core.leases import missing_runs
+from p2pdist.core.selection import PieceSelector, RarestFirst, assign, inflight_budget, reader_cursor, usable
+
+# --- constants (the agent and the simulator read them from here) ------------------------------
+
+ANNOUNCE_SPACING = 0.05  # seconds between announces triggered by events (digests to send or learn)
+FIRST_INTERVAL = 1.0  # the announcer's first wait after the "started" reply
+RETRY_INTERVAL = 0.5  # wait after a failed announce
+TRACKER_FAILURES = 2  # failed announces in a row before the rest comes from the origin
+LOOP_TIMEOUT = 1.0  # a blocked download looks again at least this often (a back-off ends, a slot frees)
+SPARE_LEASES = 1  # leases wanted beyond the origin streams: they stay busy across the announce round trip
+MAX_WANT_LEASES = 16
+MAX_REPORT = 8192  # digests per announce (core.wire.MAX_LIST)
+DIRECT_RUN_PIECES = 8  # pieces per origin Range request when fetching without a tracker
+ORIGIN_RETRIES = 3  # attempts per origin run before the download fails
+BUSY_BACKOFF = 0.5  # a peer that answered 503 is not asked again for this long
+SCORE_GAIN = 0.1  # a piece delivered
+SCORE_MAX = 1.0
+FAILURE_PENALTY = 1.0  # a request that failed or timed out
+BAD_PIECE_PENALTY = 2.0  # a piece that failed verification
+BAN_AFTER_BAD_PIECES = 2  # one bad piece can be bad luck on a flaky disk; two is a pattern
+
+# --- per-piece cells -------------------------------------------------------------------------
+
+AVAIL = 0xFFFF
+HAVE = 1 << 16
+KNOWN = 1 << 17
+INFLIGHT = 1 << 18
+BLOCKED = 1 << 19
+CELL = 0xFFFFFFFF  # every bit of a cell: bits are cleared with CELL ^ BIT (a cell is unsigned)
+
+# Request outcomes (Request.status).
+SENT = "sent"
+DONE = "done"
+BAD = "bad"  # the bytes did not match the piece digest
+BUSY = "busy"  # the peer had no free upload slot (503)
+FAILED = "failed"  # transfer error, 404, timeout, or the peer left
+
+# Why a download stopped using the tracker (Shell.went_direct).
+STALL = "stall"
+TRACKER_LOST = "tracker"
+
+_IDLE, _SENT, _SPACING, _WAITING = 0, 1, 2, 3  # the announcer's states
+
+
+class Peer(Protocol):
+    """What the machine reads and writes on a neighbour (core.selection.PeerSlot's fields and more).
+
+    ``inflight`` counts this node's requests to the peer over all its downloads: the machine adds
+    one per request it places and takes it back when the request ends.
+    """
+
+    peer: str
+    inflight: int
+    limit: int
+    score: float
+    room: int
+    busy_until: float
+    bad_pieces: int
+
+
+class Holders(Protocol):
+    """The neighbours a pass may send requests to now, as the driver sees them."""
+
+    def __call__(self, index: int) -> Sequence[Peer]:
+        """The usable neighbours holding piece ``index``, the same objects on every call of a pass."""
+        ...
+
+    def reachable(self, pieces: Iterable[int]) -> list[int]:
+        """Those of ``pieces`` some usable neighbour holds."""
+        ...
+
+
+class Shell(Protocol):
+    """The commands, carried out by the driver. None of them may call back into the machine."""
+
+    def wake(self) -> None:
+        """A pass may place requests now: call ``schedule(now)`` soon (once is enough)."""
+
+    def timer(self, at: float) -> None:
+        """Call ``tick(now)`` at ``at`` (an earlier or extra tick is harmless)."""
+
+    def holders(self, now: float) -> Holders | None:
+        """The usable neighbours for this pass, or None if there is none."""
+
+    def fetch_piece(self, request: Request) -> None:
+        """Fetch ``request.index`` from ``request.peer``; answer with ``request_done``."""
+
+    def start_origin(self, runs: list[tuple[int, int]]) -> None:
+        """Fetch the piece runs from the origin, in order; answer with ``piece_stored`` per piece and
+        ``origin_done`` (or ``origin_failed``) once."""
+
+    def announce(self) -> None:
+        """Send a progress announce built with ``announce_fields()``; answer with ``on_reply`` or
+        ``announce_failed``."""
+
+    def stored(self, index: int, from_origin: bool) -> None:
+        """Piece ``index`` is verified here: count it, tell the neighbours and readers."""
+
+    def complete(self) -> None:
+        """Every piece is verified here: check the whole blob and commit it."""
+
+    def went_direct(self, reason: str) -> None:
+        """The rest comes from the origin without the tracker (``STALL`` or ``TRACKER_LOST``)."""
+
+    def ban(self, peer: Peer) -> None:
+        """``peer`` sent ``BAN_AFTER_BAD_PIECES`` bad pieces: stop trading with it."""
+
+    def abort(self, reason: str) -> None:
+        """The download cannot finish (the origin failed for good)."""
+
+    def blocking(self, on: bool) -> None:
+        """Whether pieces wait for a busy neighbour's free slot (a ROOM message should wake us)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The numbers and policies one download runs with (the agent's Limits, or a simulated profile)."""
+
+    inflight_bytes: int = 96 << 20  # piece bytes in flight from peers at once, at least (inflight_budget)
+    upload_slots: int = 3  # this node's upload slots: never fewer pieces in flight than these
+    origin_concurrency: int = 4
+    stall_timeout: float = 20.0
+    stall_fallback: bool = True  # no progress for stall_timeout: the rest from the origin
+    leases: bool = True  # ask the tracker for origin leases (off: peers only, or direct)
+    report_digests: bool = True  # report origin pieces' digests to the tracker
+    announce_direct: bool = False  # keep announcing in direct mode (Dragonfly's back-to-source peer)
+    direct_run_pieces: int = DIRECT_RUN_PIECES
+    announce_spacing: float = ANNOUNCE_SPACING
+    selector: PieceSelector = field(default_factory=RarestFirst)
+
+
+def askable(peer: Peer, now: float) -> bool:
+    """Whether a pass may send ``peer`` a request now: not backing off after a 503, a free request
+    slot, room it advertised, not scored out (what ``Shell.holders`` offers)."""
+    return peer.busy_until <= now and usable(peer)  # type: ignore[arg-type]
+
+
+class Request:
+    """One piece asked of one peer, and what became of it."""
+
+    __slots__ = ("index", "length", "peer", "sent", "status")
+
+    def __init__(self, index: int, peer: Peer, length: int, sent: float) -> None:
+        self.index = index
+        self.peer = peer
+        self.length = length
+        self.sent = sent
+        self.status = SENT
+
+
+class RequestBook:
+    """The open requests of one download, per peer."""
+
+    __slots__ = ("by_peer", "open")
+
+    def __init__(self) -> None:
+        self.by_peer: dict[str, dict[int, Request]] = {}
+        self.open = 0
+
+    def add(self, req: Request) -> None:
+        self.by_peer.setdefault(req.peer.peer, {})[req.index] = req
+        self.open += 1
+
+    def close(self, req: Request, status: str) -> bool:
+        """Close ``req`` with ``status``; False if it was not open (closed twice)."""
+        reqs = self.by_peer.get(req.peer.peer)
+        if reqs is None or reqs.get(req.index) is not req:
+            return False
+        del reqs[req.index]
+        if not reqs:
+            del self.by_peer[req.peer.peer]
+        req.status = status
+        self.open -= 1
+        return True
+
+    def to(self, peer: str) -> list[Request]:
+        return list(self.by_peer.get(peer, {}).values())
+
+
+class Avail:
+    """The availability counts of a download's pieces, as the core's selectors read them."""
+
+    __slots__ = ("base", "cells", "count")
+
+    def __init__(self, cells: array, base: int, count: int) -> None:
+        self.cells = cells
+        self.base = base
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> int:
+        if index < 0 or index >= self.count:
+            raise IndexError(index)
+        return self.cells[self.base + index] & AVAIL
+
+
+class Download:
+    """One blob's download: piece state, leases, digest reports, the announcer, the stall clock."""
+
+    def __init__(
+        self,
+        shell: Shell,
+        settings: Settings,
+        piece_size: int,
+        blob_size: int,
+        now: float,
+        rng: random.Random,
+        cells: array | None = None,
+        base: int = 0,
+        direct: bool = False,
+    ) -> None:
+        self.shell = shell
+        self.settings = settings
+        self.piece_size = piece_size
+        self.count = max(1, -(-blob_size // piece_size)) if blob_size else 1
+        self.last_length = blob_size - (self.count - 1) * piece_size if blob_size else 0
+        self.max_inflight = inflight_budget(settings.inflight_bytes, settings.upload_slots, piece_size)
+        self.cells = cells if cells is not None else array("I", bytes(4 * self.count))
+        self.base = base
+        self.avail = Avail(self.cells, base, self.count)
+        self.rng = rng
+        self.have_n = 0
+        self.fetchable: set[int] = set()
+        self.undigested: set[int] = set()
+        self.blocked: set[int] = set()  # chosen by the last pass, but no holder had a free slot
+        self.blocked_is_fetchable = False  # blocked == fetchable for sure (both unchanged since)
+        self.inflight_bytes = 0
+        self.inflight_pieces = 0
+        self.requests = RequestBook()
+        self.leases: list[tuple[int, int]] = []  # granted to us (or our own runs when direct), not started
+        self.origin_active = 0
+        self.streamed = 0  # origin bytes since the last announce (they renew our leases); the driver adds
+        self.direct = direct
+        self.report: list[int] = []  # pieces whose digests the tracker has not had from us
+        # Pieces whose digests went into ``report`` once. Every reply lists the leases we hold,
+        # including one being streamed, so it is queued and popped again: without this, its held
+        # pieces were reported after every reply until the lease closed.
+        self.reported: set[int] = set()
+        self.digest_pos = 0
+        self.cursor: int | None = None  # a streaming reader's next piece
+        self.readers: dict[int, int] = {}
+        self.last_progress = now
+        self.dirty = False
+        self.done = False
+        self.complete_sent = False
+        # The announcer.
+        self._state = _IDLE
+        self._kicked = False
+        self._sent = 0  # report entries the announce in flight carries
+        self._failures = 0
+        self._announce_at = math.inf
+        self._spacing_until = math.inf
+        self._stall_at = math.inf
+        self._loop_at = math.inf
+        self._armed = math.inf
+        self._interval = FIRST_INTERVAL
+        for i in range(self.count):
+            c = self.cells[base + i]
+            self.cells[base + i] = c & (HAVE | KNOWN)
+            if c & HAVE:
+                self.have_n += 1
+
+    # --- piece state ---------------------------------------------------------------------
+
+    def length(self, i: int) -> int:
+        return self.last_length if i == self.count - 1 else self.piece_size
+
+    def has(self, i: int) -> bool:
+        return bool(self.cells[self.base + i] & HAVE)
+
+    def known(self, i: int) -> bool:
+        return bool(self.cells[self.base + i] & KNOWN)
+
+    def _inflight(self, i: int) -> bool:
+        return bool(self.cells[self.base + i] & INFLIGHT)
+
+    def _had_or_inflight(self, i: int) -> bool:
+        return bool(self.cells[self.base + i] & (HAVE | INFLIGHT))
+
+    def mark_had(self, i: int) -> None:
+        """Before ``start``: piece i was verified earlier (resumed from disk); its digest is known."""
+        pos = self.base + i
+        if not self.cells[pos] & HAVE:
+            self.have_n += 1
+        self.cells[pos] |= HAVE | KNOWN
+
+    def mark_known(self, i: int) -> None:
+        """Before ``start``: piece i's digest is known (it came with the metainfo)."""
+        self.cells[self.base + i] |= KNOWN
+
+    @property
+    def is_complete(self) -> bool:
+        return self.have_n == self.count
+
+    def add_holder(self, i: int, free: bool = True, now: float = -1.0) -> None:
+        """A neighbour now holds piece i (HAVE or bitfield); ``free``: it has a request slot for us.
+        ``now`` (a HAVE heard as it happens) counts as progress for the stall clock."""
+        pos = self.base + i
+        c = self.cells[pos]
+        if now >= 0:
+            self.last_progress = now
+        if c & HAVE:
+            return
+        self.cells[pos] = c + 1
+        if not c & AVAIL:
+            if not c & KNOWN:
+                self.undigested.add(i)
+                self.wake()
+            elif not c & INFLIGHT:
+                self._add_fetchable(i)
+                self.wake()
+        elif c & BLOCKED and free:
+            self.wake()  # a holder with a free slot for a piece the last pass could not place
+
+    def drop_holder(self, i: int) -> None:
+        pos = self.base + i
+        c = self.cells[pos]
+        if c & HAVE or not c & AVAIL:
+            return
+        self.cells[pos] = c - 1
+        if (c & AVAIL) == 1:
+            self._drop_fetchable(i)
+            self.undigested.discard(i)
+
+    def learn_digest(self, i: int) -> bool:
+        """Piece i's digest is known now (from the tracker); False if it already was."""
+        pos = self.base + i
+        c = self.cells[pos]
+        if c & KNOWN:
+            return False
+        self.cells[pos] = c | KNOWN
+        if c & AVAIL and not c & HAVE:
+            self.undigested.discard(i)
+            if not c & INFLIGHT:
+                self._add_fetchable(i)
+        return True
+
+    def forget_digest(self, i: int) -> None:
+        """Piece i's digest was wrong (its bytes failed it): not fetchable until it is learnt again."""
+        pos = self.base + i
+        c = self.cells[pos]
+        if c & HAVE or not c & KNOWN:
+            return
+        self.cells[pos] = c & (CELL ^ KNOWN)
+        self._drop_fetchable(i)
+        if c & AVAIL:
+            self.undigested.add(i)
+
+    def _add_fetchable(self, i: int) -> None:
+        self.fetchable.add(i)
+        self.blocked_is_fetchable = False
+
+    def _drop_fetchable(self, i: int) -> None:
+        self.fetchable.discard(i)
+        self.blocked_is_fetchable = False
+
+    def _start(self, i: int) -> None:
+        self.cells[self.base + i] |= INFLIGHT
+        self.inflight_pieces += 1
+        self._drop_fetchable(i)
+
+    def _settle(self, i: int) -> None:
+        """Piece i is no longer in flight: fetchable again if it is still missing and someone has it."""
+        pos = self.base + i
+        c = self.cells[pos]
+        if not c & INFLIGHT:
+            return
+        self.cells[pos] = c & (CELL ^ INFLIGHT)
+        self.inflight_pieces -= 1
+        if not c & HAVE and c & AVAIL and c & KNOWN:
+            self._add_fetchable(i)
+
+    def wake(self) -> None:
+        if not self.dirty and not self.done:
+            self.dirty = True
+            self.shell.wake()
+
+    # --- start ---------------------------------------------------------------------------
+
+    def start(self, now: float, reply: Reply | None = None) -> None:
+        """The layout is known and the pieces held are marked: go. ``reply`` is the tracker's answer
+        to the "started" announce (None: no tracker, or it is unreachable)."""
+        if self.is_complete:
+            self._complete()
+            return
+        if reply is None:
+            self.direct = True
+        if self.direct:
+            self._lease_everything()
+            if self.settings.announce_direct and reply is not None:
+                self._apply(reply, now)
+                self._wait(now, FIRST_INTERVAL)
+        else:
+            self._apply(reply, now)
+            self._wait(now, FIRST_INTERVAL)  # the announcer's first wait
+        if self.settings.stall_fallback:
+            self._stall_at = self.last_progress + self.settings.stall_timeout
+        self.wake()
+        self._arm(now)
+
+    # --- the tracker ---------------------------------------------------------------------
+
+    def want_leases(self) -> int:
+        if self.done or self.direct or not self.settings.leases:
+            return 0
+        slots = self.settings.origin_concurrency + SPARE_LEASES
+        return min(max(0, slots - self.origin_active - len(self.leases)), MAX_WANT_LEASES)
+
+    def announce_fields(self) -> tuple[list[int], int, int, bool]:
+        """(pieces whose digests to report, digest cursor, leases wanted, streaming) for the
+        announce being sent now. Bytes on an origin stream since the last announce keep our leases
+        alive at the tracker while a piece is still on its way."""
+        digests = self.report[:MAX_REPORT]
+        self._sent = len(digests)
+        streaming = self.streamed > 0 and not self.direct
+        self.streamed = 0
+        return digests, self.digest_pos, self.want_leases(), streaming
+
+    def kick(self) -> None:
+        """Something to tell or ask the tracker: announce as soon as the spacing allows."""
+        if self.done or (self.direct and not self.settings.announce_direct):
+            return
+        self._kicked = True
+        if self._state == _WAITING:
+            self._announce()
+
+    def _announce(self) -> None:
+        self._state = _SENT
+        self._kicked = False
+        self._announce_at = math.inf
+        self.shell.announce()
+
+    def _wait(self, now: float, interval: float) -> None:
+        """Announce on the next kick, or after ``interval``."""
+        if self.done or (self.direct and not self.settings.announce_direct):
+            self._state = _IDLE
+            return
+        if self._kicked:
+            self._announce()
+            return
+        self._state = _WAITING
+        self._announce_at = now + interval
+
+    def on_reply(self, now: float, reply: Reply) -> None:
+        """The tracker answered our progress announce."""
+        if self._state != _SENT:
+            return
+        self._failures = 0
+        del self.report[: self._sent]
+        self._sent = 0
+        self._apply(reply, now)
+        self._state = _SPACING
+        self._spacing_until = now + self.settings.announce_spacing
+        self._interval = reply.interval
+        self._arm(now)
+
+    def announce_failed(self, now: float) -> None:
+        """The progress announce got no answer (tracker down or unreachable)."""
+        if self._state != _SENT:
+            return
+        self._sent = 0
+        self._failures += 1
+        if self._failures >= TRACKER_FAILURES:
+            self.go_direct(TRACKER_LOST)
+            return
+        self._wait(now, RETRY_INTERVAL)
+        self._arm(now)
+
+    def _apply(self, reply: Reply, now: float) -> None:
+        if reply.reset:
+            # The tracker forgot its digests (a restart, or a corrupt one discarded): what we sent
+            # before must be sent again, or leases over pieces we hold would never close.
+            self.digest_pos = 0
+            self.reported.clear()
+        learned = False
+        for i in reply.learned:
+            if 0 <= i < self.count and self.learn_digest(i):
+                learned = True
+        if learned or reply.leases:
+            self.last_progress = now  # the swarm is moving, even if not through us yet
+        self.digest_pos = reply.digest_pos
+        if not self.direct:  # direct: the queue is our own runs of every missing piece already
+            self._take_leases(reply.leases)
+        self.wake()
+
+    def _take_leases(self, leases: Iterable[tuple[int, int, float]]) -> None:
+        """The reply lists every lease the tracker still gives us: a queued one missing from it
+        expired and went to another node (fetching it too would take it from the origin twice)."""
+        held = {(start, end) for start, end, _ttl in leases}
+        self.leases = [lease for lease in self.leases if lease in held]
+        queued = set(self.leases)
+        for start, end, _ttl in leases:
+            # A lease being streamed comes back too; its pieces are in flight, so it adds no request.
+            if (start, end) not in queued and 0 <= start < end <= self.count:
+                self.leases.append((start, end))
+                queued.add((start, end))
+
+    def go_direct(self, reason: str) -> None:
+        """Take every missing piece from the origin ourselves (no tracker, or no progress)."""
+        if self.direct or self.done:
+            return
+        self.direct = True
+        if not self.settings.announce_direct:
+            self._state = _IDLE
+            self._announce_at = self._spacing_until = math.inf
+        self.leases.clear()
+        self._lease_everything()
+        self.shell.went_direct(reason)
+        self.wake()
+
+    # --- the origin ----------------------------------------------------------------------
+
+    def _lease_everything(self) -> None:
+        """Without a tracker every missing piece is ours to fetch, in runs for parallel streams."""
+        count = self.count
+        per = max(1, min(self.settings.direct_run_pieces, -(-count // max(1, self.settings.origin_concurrency))))
+        queued = {i for s, e in self.leases for i in range(s, e)}
+        cells, base = self.cells, self.base
+        for start in range(0, count, per):
+            end = min(start + per, count)
+            if any(not cells[base + i] & HAVE and i not in queued for i in range(start, end)):
+                self.leases.append((start, end))
+
+    def _schedule_origin(self) -> None:
+        limit = self.settings.origin_concurrency
+        while self.leases and self.origin_active < limit:
+            start, end = self.leases.pop(0)
+            self._report_had(start, end)
+            runs = missing_runs(start, end, self._had_or_inflight)
+            if not runs:
+                continue
+            for s, e in runs:
+                for i in range(s, e):
+                    self._start(i)
+            self.origin_active += 1
+            self.shell.start_origin(runs)
+
+    def _report_had(self, start: int, end: int) -> None:
+        """Pieces of a lease we already hold (resumed, or from peers) are reported, closing them."""
+        if self.direct:
+            return
+        cells, base = self.cells, self.base
+        for i in range(start, end):
+            if cells[base + i] & HAVE and cells[base + i] & KNOWN and i not in self.reported:
+                self.report.append(i)
+                self.reported.add(i)
+                self.kick()
+
+    def origin_done(self, runs: list[tuple[int, int]], now: float) -> None:
+        """An origin stream started with ``start_origin(runs)`` is over (every piece stored, or it
+        stopped early: its missing pieces are released)."""
+        self.origin_active -= 1
+        for s, e in runs:
+            for i in range(s, e):
+                self._settle(i)
+        self.kick()
+        self.wake()
+
+    def origin_failed(self, runs: list[tuple[int, int]], reason: str, now: float) -> None:
+        """The origin failed for good on these runs (after ``ORIGIN_RETRIES``): the download fails."""
+        self.origin_done(runs, now)
+        if not self.done:
+            self.done = True
+            self.shell.abort(reason)
+
+    # --- storing ---------------------------------------------------------------------------
+
+    def piece_stored(self, i: int, from_origin: bool, now: float) -> bool:
+        """Piece i is verified and written (an origin piece, or a peer's before ``request_done``).
+        False if it was had already."""
+        pos = self.base + i
+        c = self.cells[pos]
+        if c & HAVE:
+            return False
+        self.cells[pos] = c | HAVE | KNOWN
+        self.have_n += 1
+        self._drop_fetchable(i)
+        self.undigested.discard(i)
+        self.last_progress = now
+        if from_origin and not self.direct and self.settings.report_digests and i not in self.reported:
+            self.report.append(i)
+            self.reported.add(i)
+            self.kick()
+        self.shell.stored(i, from_origin)
+        self.wake()
+        if self.have_n == self.count:
+            self._complete()
+        return True
+
+    def _complete(self) -> None:
+        if self.complete_sent:
+            return
+        self.complete_sent = True
+        self.done = True
+        self._state = _IDLE
+        self.shell.complete()
+
+    # --- peers -----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> None:
+        """The pass: origin runs for queued leases, then peer requests within the byte budget."""
+        self.dirty = False
+        if self.done:
+            return
+        if self.leases:
+            self._schedule_origin()
+        self._schedule_peers(now)
+
+    def _schedule_peers(self, now: float) -> None:
+        piece_size = self.piece_size
+        budget = self.max_inflight - self.inflight_bytes
+        if budget < piece_size and self.inflight_bytes:
+            return
+        if self.undigested:
+            self.kick()  # peers have pieces whose digests we lack: ask the tracker
+        fetchable = self.fetchable
+        if not fetchable:
+            return
+        holders = self.shell.holders(now)
+        if holders is None:
+            # Every holder is full or busy: a freed slot there (ROOM, HAVE) must wake us; our own
+            # freed request slots wake us anyway.
+            self._block_all(now)
+            return
+        reachable = holders.reachable(fetchable)
+        if not reachable:
+            self._block_all(now)
+            return
+        count = max(1, budget // piece_size)
+        self._unblock()
+        cursor = reader_cursor(self.settings.selector, self.cursor, self.count, self._inflight)
+        # assign() counts each request on its peer (inflight, room): that count is the request's.
+        assigned = assign(self.settings.selector, fetchable, self.avail, count, holders, self.rng, cursor, reachable)
+        for index, peer in assigned:
+            length = self.length(index)
+            self._start(index)
+            self.inflight_bytes += length
+            req = Request(index, peer, length, now)
+            self.requests.add(req)
+            self.shell.fetch_piece(req)
+        if len(assigned) < count and len(assigned) < len(fetchable):
+            self._block(fetchable)  # any of the unplaced pieces may unblock us
+        if self.blocked:
+            self._loop_timer(now)
+
+    def request_done(self, req: Request, status: str, now: float) -> None:
+        """A piece request is over: ``DONE`` (verified and written: the piece is stored here),
+        ``BAD`` (failed its digest), ``BUSY`` (503) or ``FAILED``."""
+        if not self.requests.close(req, status):
+            return
+        peer = req.peer
+        peer.inflight -= 1
+        self.inflight_bytes -= req.length
+        if status == DONE:
+            peer.score = min(peer.score + SCORE_GAIN, SCORE_MAX)
+            self.piece_stored(req.index, False, now)
+        elif status == BUSY:
+            peer.busy_until = now + BUSY_BACKOFF
+        elif status == BAD:
+            peer.bad_pieces += 1
+            peer.score -= BAD_PIECE_PENALTY
+            if peer.bad_pieces >= BAN_AFTER_BAD_PIECES:
+                self.shell.ban(peer)
+        else:
+            peer.score -= FAILURE_PENALTY
+        self._settle(req.index)
+        self.wake()
+
+    def _block_all(self, now: float) -> None:
+        """No piece can be placed: every fetchable piece is blocked, and the loop's timer runs."""
+        if not self.blocked_is_fetchable:
+            self._unblock()
+            self._block(self.fetchable)
+            self.blocked_is_fetchable = True
+        self._loop_timer(now)
+
+    def _unblock(self) -> None:
+        if not self.blocked:
+            return
+        cells, base = self.cells, self.base
+        for i in self.blocked:
+            cells[base + i] &= CELL ^ BLOCKED
+        self.blocked.clear()
+        self.blocked_is_fetchable = False
+        self.shell.blocking(False)
+
+    def _block(self, pieces: Iterable[int]) -> None:
+        cells, base = self.cells, self.base
+        was = bool(self.blocked)
+        for i in pieces:
+            if i not in self.blocked:
+                self.blocked.add(i)
+                cells[base + i] |= BLOCKED
+        if self.blocked and not was:
+            self.shell.blocking(True)
+
+    def _loop_timer(self, now: float) -> None:
+        if self._loop_at == math.inf:
+            self._loop_at = now + LOOP_TIMEOUT
+            self._arm(now)
+
+    # --- streaming readers ---------------------------------------------------------------
+
+    def follow(self, reader: int, index: int) -> None:
+        """A reader streams the blob and next needs ``index``: the selection window sits there."""
+        self.readers[reader] = index
+        self.cursor = min(self.readers.values())
+        self.wake()
+
+    def unfollow(self, reader: int) -> None:
+        self.readers.pop(reader, None)
+        self.cursor = min(self.readers.values(), default=None)
+
+    # --- time ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Time passed: announce when due, fall back to the origin on a stall, look again when blocked."""
+        if self._armed <= now:
+            self._armed = math.inf
+        if self.done:
+            return
+        if self._state == _SPACING and now >= self._spacing_until:
+            self._spacing_until = math.inf
+            self._state = _IDLE
+            self._wait(now, self._interval)
+        if self._state == _WAITING and now >= self._announce_at:
+            self._announce()
+        if now >= self._stall_at:
+            self._check_stall(now)
+        if now >= self._loop_at:
+            self._loop_at = math.inf
+            if self.fetchable:
+                self.wake()
+        self._arm(now)
+
+    def _check_stall(self, now: float) -> None:
+        """A pull never fails because of P2P: no progress (no piece verified here, no new digest, no
+        HAVE) for stall_timeout and nothing on its way: the rest from the origin."""
+        if self.direct or not self.settings.stall_fallback:
+            self._stall_at = math.inf
+            return
+        due = self.last_progress + self.settings.stall_timeout
+        if now < due:
+            self._stall_at = due
+            return
+        if self.origin_active or self.inflight_pieces:
+            self._stall_at = now + LOOP_TIMEOUT
+            return
+        self._stall_at = math.inf
+        self.go_direct(STALL)
+
+    def next_deadline(self) -> float:
+        """When ``tick`` next has something to do (inf: nothing pending)."""
+        due = self._loop_at if self._loop_at < self._stall_at else self._stall_at
+        if self._state == _WAITING and self._announce_at < due:
+            due = self._announce_at
+        elif self._state == _SPACING and self._spacing_until < due:
+            due = self._spacing_until
+        return due
+
+    def _arm(self, now: float) -> None:
+        due = self.next_deadline()
+        if due < self._armed:
+            self._armed = due
+            self.shell.timer(due)
+
+
+def first_want(origin_concurrency: int) -> int:
+    """Leases the "started" announce asks for (the machine starts with its reply): one per origin
+    stream and a spare."""
+    return min(origin_concurrency + SPARE_LEASES, MAX_WANT_LEASES)
+
+
+@dataclass
+class Reply:
+    """What a download takes from a tracker reply: the driver turns the wire's digests into piece
+    indices it has stored (``learned``: new digests only, or all of them: learning twice is a no-op)."""
+
+    interval: float = 1.0
+    learned: Sequence[int] = ()
+    digest_pos: int = 0
+    leases: Sequence[tuple[int, int, float]] = ()
+    reset: bool = False

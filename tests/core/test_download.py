@@ -1,0 +1,352 @@
+"""The download machine driven event by event: an injected clock, no network, commands recorded."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from p2pdist.core import download as m
+from p2pdist.core.download import Download, Reply, Request, Settings
+
+PIECE = 1 << 20
+
+
+@dataclass(eq=False)
+class FakePeer:
+    peer: str
+    pieces: set[int] = field(default_factory=set)
+    limit: int = 2
+    inflight: int = 0
+    score: float = 0.0
+    room: int = 1 << 16
+    busy_until: float = 0.0
+    bad_pieces: int = 0
+
+
+class View:
+    def __init__(self, free: list[FakePeer]) -> None:
+        self.free = free
+
+    def __call__(self, index: int) -> list[FakePeer]:
+        return [p for p in self.free if index in p.pieces]
+
+    def reachable(self, pieces) -> list[int]:
+        return [i for i in pieces if any(i in p.pieces for p in self.free)]
+
+
+class Shell:
+    """Records every command; ``peers`` are the neighbours a pass may use."""
+
+    def __init__(self) -> None:
+        self.peers: list[FakePeer] = []
+        self.commands: list[tuple] = []
+        self.timers: list[float] = []
+        self.woken = 0
+        self.blocked = False
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def timer(self, at: float) -> None:
+        self.timers.append(at)
+
+    def holders(self, now: float):
+        free = [p for p in self.peers if p.busy_until <= now and p.inflight < p.limit and p.score > -3]
+        return View(free) if free else None
+
+    def fetch_piece(self, req: Request) -> None:
+        self.commands.append(("fetch", req.index, req.peer.peer, req))
+
+    def start_origin(self, runs) -> None:
+        self.commands.append(("origin", list(runs)))
+
+    def announce(self) -> None:
+        self.commands.append(("announce",))
+
+    def stored(self, index: int, from_origin: bool) -> None:
+        self.commands.append(("stored", index, from_origin))
+
+    def complete(self) -> None:
+        self.commands.append(("complete",))
+
+    def went_direct(self, reason: str) -> None:
+        self.commands.append(("direct", reason))
+
+    def ban(self, peer) -> None:
+        self.commands.append(("ban", peer.peer))
+
+    def abort(self, reason: str) -> None:
+        self.commands.append(("abort", reason))
+
+    def blocking(self, on: bool) -> None:
+        self.blocked = on
+
+    def take(self, kind: str | None = None) -> list[tuple]:
+        """The commands since the last take (of one kind, if given), removed."""
+        got = [c for c in self.commands if kind is None or c[0] == kind]
+        self.commands = [c for c in self.commands if c not in got]
+        return got
+
+
+def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, **settings) -> tuple[Download, Shell]:
+    shell = Shell()
+    s = Settings(inflight_bytes=budget_pieces * PIECE, upload_slots=1, **settings)
+    return Download(shell, s, PIECE, pieces * PIECE, now, random.Random(1)), shell
+
+
+def test_leases_become_origin_runs_and_their_digests_go_to_the_tracker_once():
+    dl, shell = machine(8)
+    dl.start(0.0, Reply(interval=1.0, leases=[(0, 2, 10.0), (4, 5, 10.0)]))
+    assert dl.want_leases() == 3  # 4 streams + 1 spare, 2 queued
+    dl.schedule(0.0)
+    assert shell.take("origin") == [("origin", [(0, 2)]), ("origin", [(4, 5)])]
+    assert dl.origin_active == 2 and dl.want_leases() == 3
+    dl.piece_stored(0, True, 0.1)
+    assert shell.take("stored") == [("stored", 0, True)]
+    assert dl.report == [0]
+    # The announcer waits up to its first interval for something to say: a digest is.
+    assert shell.take("announce") == [("announce",)]
+    digests, _pos, want, streaming = dl.announce_fields()
+    assert digests == [0] and want == 3 and not streaming
+    dl.on_reply(1.05, Reply(interval=1.0, digest_pos=7, leases=[(0, 2, 9.0), (4, 5, 9.0)]))
+    assert dl.report == [] and dl.digest_pos == 7
+    # Every reply lists the leases being streamed: they are not started twice.
+    dl.schedule(1.05)
+    assert shell.take("origin") == []
+
+
+def test_a_lease_the_tracker_no_longer_lists_is_dropped_before_it_starts():
+    dl, shell = machine(16, origin_concurrency=1)
+    dl.start(0.0, Reply(leases=[(0, 2, 10.0), (2, 4, 10.0)]))
+    dl.schedule(0.0)
+    assert shell.take("origin") == [("origin", [(0, 2)])]
+    dl.tick(1.0)
+    dl.announce_fields()
+    dl.on_reply(1.0, Reply(leases=[(0, 2, 5.0)]))  # (2, 4) expired and went to another node
+    dl.origin_done([(0, 2)], 1.1)  # it stopped early; the lease is still ours, (2, 4) is not
+    dl.schedule(1.1)
+    assert shell.take("origin") == [("origin", [(0, 2)])]
+
+
+def test_held_pieces_of_a_lease_are_reported_once_and_again_after_a_tracker_reset():
+    dl, shell = machine(4, origin_concurrency=1)
+    for i in (0, 1):
+        dl.mark_had(i)  # resumed from disk
+    dl.start(0.0, Reply(leases=[(0, 4, 10.0)]))
+    dl.schedule(0.0)
+    assert shell.take("origin") == [("origin", [(2, 4)])]  # only the missing run leaves the origin
+    assert dl.report == [0, 1]
+    dl.tick(1.0)
+    dl.announce_fields()
+    dl.on_reply(1.0, Reply(leases=[(0, 4, 10.0)]))
+    dl.origin_done([(2, 4)], 1.01)  # it stopped early: the lease is queued again
+    dl.schedule(1.01)
+    assert dl.report == []  # listed again, not reported again
+    dl.origin_done([], 1.02)  # (the run the pass just started, over)
+    dl.tick(1.1)
+    dl.tick(2.2)
+    dl.announce_fields()
+    dl.on_reply(2.2, Reply(leases=[(0, 4, 10.0)], reset=True))  # the tracker forgot every digest
+    dl.schedule(2.2)
+    assert dl.report == [0, 1]
+
+
+def test_rarest_first_within_the_byte_budget_and_the_peers_request_limits():
+    dl, shell = machine(8, budget_pieces=3)
+    a = FakePeer("a", {0, 1, 2, 3}, limit=2)
+    b = FakePeer("b", {0, 1, 2}, limit=2)
+    c = FakePeer("c", {0, 1}, limit=2)
+    shell.peers = [a, b, c]
+    for p in shell.peers:
+        for i in p.pieces:
+            dl.add_holder(i)
+    for i in range(8):
+        dl.learn_digest(i)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    fetched = shell.take("fetch")
+    assert len(fetched) == 3  # the budget: 3 pieces
+    chosen = sorted(i for _, i, _, _ in fetched)
+    assert chosen[1:] == [2, 3] and chosen[0] in (0, 1)  # the rarest (one holder, then two) first
+    assert all(p.inflight <= p.limit for p in shell.peers)
+    assert sum(p.inflight for p in shell.peers) == 3 and dl.inflight_bytes == 3 * PIECE
+    # The budget is spent: another pass places nothing.
+    dl.schedule(0.0)
+    assert shell.take("fetch") == []
+
+
+def test_request_outcomes_score_back_off_and_ban_the_peer():
+    dl, shell = machine(8, budget_pieces=8)
+    bad = FakePeer("bad", set(range(8)), limit=8)
+    shell.peers = [bad]
+    for i in range(8):
+        dl.add_holder(i)
+        dl.learn_digest(i)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    reqs = [c[3] for c in shell.take("fetch")]
+    assert len(reqs) == 8 and bad.inflight == 8
+    dl.request_done(reqs[0], m.DONE, 1.0)
+    assert shell.take("stored") == [("stored", reqs[0].index, False)] and bad.score == pytest.approx(0.1)
+    dl.request_done(reqs[1], m.BUSY, 1.0)
+    assert bad.busy_until == 1.0 + m.BUSY_BACKOFF
+    dl.request_done(reqs[2], m.FAILED, 1.0)
+    assert bad.score == pytest.approx(0.1 - m.FAILURE_PENALTY)
+    dl.request_done(reqs[3], m.BAD, 1.0)
+    assert shell.take("ban") == []
+    dl.request_done(reqs[4], m.BAD, 1.0)
+    assert shell.take("ban") == [("ban", "bad")]
+    assert bad.inflight == 3 and dl.inflight_bytes == 3 * PIECE
+    # A request closed twice (a late answer) changes nothing.
+    dl.request_done(reqs[4], m.DONE, 1.1)
+    assert bad.inflight == 3 and not dl.has(reqs[4].index)
+    # The failed pieces are fetchable again; the busy peer is skipped until its back-off ends.
+    assert {reqs[i].index for i in (1, 2, 3, 4)} <= dl.fetchable
+    dl.schedule(1.2)
+    assert shell.take("fetch") == []
+    assert [r.index for r in dl.requests.to("bad")] == [r.index for r in reqs[5:]]
+
+
+def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer_fires():
+    dl, shell = machine(4)
+    p = FakePeer("p", {0, 1, 2, 3}, limit=1)
+    shell.peers = [p]
+    for i in range(4):
+        dl.add_holder(i)
+        dl.learn_digest(i)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    (req,) = [c[3] for c in shell.take("fetch")]
+    assert shell.blocked and dl.blocked == dl.fetchable == {0, 1, 2, 3} - {req.index}
+    assert 0.0 + m.LOOP_TIMEOUT in shell.timers
+    woken = shell.woken
+    dl.schedule(0.0)
+    dl.add_holder(next(iter(dl.blocked)), free=True)  # a second holder with a free slot
+    assert shell.woken == woken + 1
+    dl.request_done(req, m.DONE, 0.5)
+    dl.schedule(0.5)
+    assert len(shell.take("fetch")) == 1
+
+
+def test_undigested_pieces_ask_the_tracker_and_become_fetchable_when_learnt():
+    dl, shell = machine(4)
+    shell.peers = [FakePeer("p", {0, 1})]
+    dl.add_holder(0)
+    dl.add_holder(1)
+    dl.start(0.0, Reply())
+    assert dl.undigested == {0, 1} and not dl.fetchable
+    dl.tick(1.0)  # first interval
+    assert shell.take("announce")
+    dl.announce_fields()
+    dl.on_reply(1.0, Reply(learned=[0, 1], digest_pos=2))
+    assert dl.fetchable == {0, 1} and not dl.undigested
+    dl.schedule(1.0)
+    assert sorted(c[1] for c in shell.take("fetch")) == [0, 1]
+
+
+def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
+    dl, shell = machine(4)
+    dl.start(0.0, Reply(interval=1.0))
+    dl.tick(0.5)
+    assert shell.take("announce") == []
+    dl.tick(1.0)
+    assert shell.take("announce") == [("announce",)]
+    dl.announce_fields()
+    dl.on_reply(1.0, Reply(interval=3.0))
+    dl.kick()
+    assert shell.take("announce") == []  # within the spacing
+    dl.tick(1.0 + m.ANNOUNCE_SPACING)
+    assert shell.take("announce") == [("announce",)]  # the kick, right after the spacing
+    dl.announce_fields()
+    dl.on_reply(1.1, Reply(interval=3.0))
+    dl.tick(1.2)
+    dl.tick(4.0)
+    assert shell.take("announce") == []
+    dl.tick(4.2)
+    assert shell.take("announce") == [("announce",)]  # the interval
+
+
+def test_two_failed_announces_take_the_rest_from_the_origin():
+    dl, shell = machine(20, origin_concurrency=2)
+    dl.mark_had(0)
+    dl.start(0.0, Reply())
+    dl.tick(1.0)
+    assert shell.take("announce")
+    dl.announce_failed(1.0)
+    assert shell.take("direct") == []
+    dl.tick(1.0 + m.RETRY_INTERVAL)
+    assert shell.take("announce")
+    dl.announce_failed(1.6)
+    assert shell.take("direct") == [("direct", m.TRACKER_LOST)]
+    dl.schedule(1.6)
+    # Runs of direct_run_pieces over the missing pieces, two streams at once.
+    assert shell.take("origin") == [("origin", [(1, 8)]), ("origin", [(8, 16)])]
+    dl.tick(10.0)
+    assert shell.take("announce") == []  # direct: the announcer is off
+    runs = list(dl.leases)
+    dl.on_reply(10.0, Reply(leases=[]))  # a late reply must not empty the direct queue
+    assert dl.leases == runs and runs
+
+
+def test_no_progress_for_the_stall_timeout_goes_direct_but_not_while_the_origin_streams():
+    dl, shell = machine(4, stall_timeout=20.0)
+    dl.start(0.0, Reply(leases=[(0, 1, 10.0)]))
+    dl.schedule(0.0)
+    assert shell.take("origin") == [("origin", [(0, 1)])]
+    dl.tick(20.0)
+    assert shell.take("direct") == []  # an origin stream is running
+    dl.origin_done([(0, 1)], 20.5)  # it stopped without a byte
+    dl.tick(21.0)
+    assert shell.take("direct") == [("direct", m.STALL)]
+    dl.schedule(21.0)
+    assert shell.take("origin") == [("origin", [(0, 1)]), ("origin", [(1, 2)]), ("origin", [(2, 3)]),
+                                    ("origin", [(3, 4)])]
+
+
+def test_a_heard_have_is_progress_for_the_stall_clock():
+    dl, shell = machine(4, stall_timeout=20.0)
+    dl.start(0.0, Reply())
+    dl.add_holder(1, now=15.0)
+    dl.tick(20.0)
+    assert shell.take("direct") == []
+    dl.tick(35.0)
+    assert shell.take("direct") == [("direct", m.STALL)]
+
+
+def test_the_last_piece_completes_the_download_once_and_an_origin_failure_aborts():
+    dl, shell = machine(2)
+    dl.start(0.0, Reply(leases=[(0, 2, 10.0)]))
+    dl.schedule(0.0)
+    dl.piece_stored(0, True, 0.1)
+    assert shell.take("complete") == []
+    dl.piece_stored(1, True, 0.2)
+    dl.piece_stored(1, True, 0.2)
+    assert shell.take("complete") == [("complete",)]
+    shell.take()
+    dl.tick(5.0)
+    assert shell.take("announce") == []  # done: nothing more to say
+
+    dl, shell = machine(2)
+    dl.start(0.0, Reply(leases=[(0, 2, 10.0)]))
+    dl.schedule(0.0)
+    dl.origin_failed([(0, 2)], "origin 500", 0.3)
+    assert shell.take("abort") == [("abort", "origin 500")]
+
+
+def test_a_streaming_reader_gets_its_next_piece_in_the_window():
+    dl, shell = machine(64, budget_pieces=1)
+    p = FakePeer("p", set(range(64)), limit=4)
+    shell.peers = [p]
+    for i in range(64):
+        dl.add_holder(i)
+        dl.learn_digest(i)
+    for i in range(20):
+        dl.add_holder(i)  # the first pieces are the commonest: rarest-first would leave them last
+    dl.follow(1, 10)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    assert [c[1] for c in shell.take("fetch")] == [10]
+    dl.unfollow(1)
+    assert dl.cursor is None
