@@ -520,7 +520,7 @@ class Swarm:
     async def _peer_piece(self, dl: Download, req: Request) -> None:
         cfg = self.agent.config
         nb: Neighbour = req.peer  # type: ignore[assignment]
-        status = machine.FAILED
+        status = machine.CANCELLED  # unless it ends otherwise: cancelled with the download
         try:
             data = await fetch_piece(
                 self.agent.session, nb.addr, self.blob, self.layout.offset(req.index), req.length,
@@ -551,6 +551,7 @@ class Swarm:
         except PeerError as e:
             self.agent.metrics.peer_errors.labels("transfer").inc()
             log.info("piece request failed", extra={"peer": nb.node, "piece": req.index, "error": str(e)})
+            status = machine.FAILED
         finally:
             if dl is self.machine:
                 dl.request_done(req, status, time.monotonic())

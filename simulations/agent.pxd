@@ -3,6 +3,11 @@
 cimport cython
 
 from .engine cimport Link, Simulator
+from .machine cimport Download
+
+cdef unsigned int AVAIL, BLOCKED, HAVE
+
+cdef class Swarm
 
 
 cdef class Board:
@@ -68,10 +73,9 @@ cdef class Node:
 
 
 cdef class Holders:
-    cdef public list free
-    cdef public unsigned long long[::1] have
-    cdef public long words
-    cdef public unsigned long long[::1] reach
+    cdef public object free
+    cdef public Swarm owner
+    cdef public double now
 
 
 cdef class Swarm:
@@ -98,7 +102,7 @@ cdef class Swarm:
     cdef public bint done
     cdef public long generation
     cdef public bint streaming
-    cdef public object dl
+    cdef public Download dl
 
     cpdef bint alive(self)
     @cython.locals(c=long, n=long, have=bytearray)
@@ -107,9 +111,10 @@ cdef class Swarm:
     cpdef void drop_holder(self, long i)
     cpdef void run_pass(self)
     cpdef void wake(self)
-    @cython.locals(node=Node, e=Edge, free=list, edges=list, words=long, k=Py_ssize_t, n=Py_ssize_t, w=long,
-                   base=long, room=long)
+    @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long)
     cpdef object holders(self, double now)
+    @cython.locals(node=Node, e=Edge, free=list, edges=list, k=Py_ssize_t, room=long)
+    cpdef list free_edges(self, double now)
     @cython.locals(node=Node)
     cdef inline long _room_at(self, Py_ssize_t k, double now)
     @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, b=long, idx=long, length=cython.longlong,

@@ -23,9 +23,16 @@ from typing import TYPE_CHECKING
 
 import cython
 
+from p2pdist.core import download as core_download
+
 from . import machine
-from .machine import AVAIL, BLOCKED, HAVE, Download, Reply, Request, Settings
+from .machine import Download, Reply, Request, Settings
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES
+
+# The cell bits, C constants in the compiled core (agent.pxd); the machine's own values.
+AVAIL = core_download.AVAIL
+BLOCKED = core_download.BLOCKED
+HAVE = core_download.HAVE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -202,43 +209,6 @@ class Node:
             self.w_idx = array("i", self.watchers)
 
 
-class Holders:
-    """The neighbours a pass may ask (``p2pdist.core.download.Holders``), read from the Board:
-    ``holders(i)`` are those with a free slot whose bitfield has piece i."""
-
-    __slots__ = ("free", "have", "reach", "words")
-
-    def __init__(self, free: list[Edge], have: array, words: int, reach: array) -> None:
-        self.free = free
-        self.have = have
-        self.words = words
-        self.reach = reach  # the union of their bitfields
-
-    @cython.locals(i=cython.long, out=list)
-    def reachable(self, pieces: Iterable[int]) -> list[int]:
-        out = []
-        for i in pieces:
-            if self.reach[i >> 6] >> (i & 63) & 1:
-                out.append(i)
-        return out
-
-    @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list, k=cython.Py_ssize_t)
-    def __call__(self, index: int) -> list[Edge]:
-        i = index
-        w = i >> 6
-        shift = i & 63
-        have = self.have
-        words = self.words
-        out = []
-        for e in self.free:
-            k = e.pidx * words + w
-            if have[k] >> shift & 1:
-                out.append(e)
-        return out
-
-
-
-
 class Swarm:
     """One blob's download on one node: the machine's driver (``p2pdist.core.download.Shell``)."""
 
@@ -347,30 +317,38 @@ class Swarm:
 
     def holders(self, now: float) -> Holders | None:
         node = self.node
-        edges = node.edge_list
         words = self.words
         # The arrays are read through their owners (self.uploads[...], node.e_ready[...]): compiled, a
         # typed local copy of an array view costs two atomic operations per pass. The machine only
         # ever asks a peer with a free request slot, not backing off and, load-aware, with a free
-        # upload slot, so holders are looked for among those ("free"); with none, no selection can
-        # lead anywhere.
+        # upload slot (core.download.askable), so holders are looked for among those ("free"); with
+        # none, no selection can lead anywhere.
         for w in range(words):
             self.reach[w] = 0
+        nfree = 0
+        for k in range(len(node.edge_list)):
+            if self._room_at(k, now) > 0:
+                nfree += 1
+                base = node.e_peer[k] * words
+                for w in range(words):
+                    self.reach[w] |= self.board_have[base + w]
+        if not nfree:
+            return None
+        return Holders(self, now)
+
+    def free_edges(self, now: float) -> list[Edge]:
+        """The edges a request may go on now (load-aware: with the peer's free upload slots as room)."""
+        node = self.node
+        edges = node.edge_list
         free = []
-        n = len(edges)
-        for k in range(n):
+        for k in range(len(edges)):
             room = self._room_at(k, now)
             if room > 0:
                 e = edges[k]
                 if self.load_aware:
                     e.room = room
                 free.append(e)
-                base = node.e_peer[k] * words
-                for w in range(words):
-                    self.reach[w] |= self.board_have[base + w]
-        if not free:
-            return None
-        return Holders(free, self.board_have, words, self.reach)
+        return free
 
     def _room_at(self, k: int, now: float) -> int:
         """Whether a request may go on edge k now: 0 if not, else the peer's free upload slots
@@ -444,3 +422,42 @@ class Swarm:
 
     def blocking(self, on: bool) -> None:
         self.blocking_flags[self.node.idx] = on
+
+
+class Holders:
+    """The neighbours a pass may ask (``p2pdist.core.download.Holders``), read from the Board:
+    ``holders(i)`` are those with a free slot whose bitfield has piece i. The list of them is made
+    only if the pass gets that far (most passes find nothing reachable)."""
+
+    __slots__ = ("free", "now", "owner")
+
+    def __init__(self, owner: Swarm, now: float) -> None:
+        self.owner = owner  # its Board rows and the union of the free neighbours' bitfields
+        self.now = now
+        self.free = None
+
+    @cython.locals(i=cython.long, out=list, owner=Swarm)
+    def reachable(self, pieces: Iterable[int]) -> list[int]:
+        owner = self.owner
+        out = []
+        for i in pieces:
+            if owner.reach[i >> 6] >> (i & 63) & 1:
+                out.append(i)
+        return out
+
+    @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list, k=cython.Py_ssize_t,
+                   owner=Swarm, words=cython.long)
+    def __call__(self, index: int) -> list[Edge]:
+        i = index
+        w = i >> 6
+        shift = i & 63
+        owner = self.owner
+        words = owner.words
+        if self.free is None:
+            self.free = owner.free_edges(self.now)
+        out = []
+        for e in self.free:
+            k = e.pidx * words + w
+            if owner.board_have[k] >> shift & 1:
+                out.append(e)
+        return out

@@ -2,6 +2,9 @@
 # (see simulations/native.py, BORROWED): the agent's download machine, with C types for its fields.
 cimport cython
 
+# The cell bits as C constants (from Python, read them from p2pdist.core.download).
+cdef unsigned int AVAIL, HAVE, KNOWN, INFLIGHT, BLOCKED, CELL
+
 
 cdef class Request:
     cdef public long index
@@ -32,6 +35,10 @@ cdef class Download:
     cdef public long count
     cdef public long long last_length
     cdef public long long max_inflight
+    cdef public object selector
+    cdef public long origin_concurrency
+    cdef public bint report_digests
+    cdef public bint announce_direct
     cdef public unsigned int[::1] cells
     cdef public long base
     cdef public Avail avail
@@ -97,3 +104,13 @@ cdef class Download:
     cpdef double next_deadline(self)
     @cython.locals(due=double)
     cpdef void _arm(self, double now)
+    @cython.locals(cells=cython.uint[::1], base=long, i=long)
+    cpdef void _unblock(self)
+    @cython.locals(cells=cython.uint[::1], base=long, i=long, was=bint)
+    cpdef void _block(self, object pieces)
+    cpdef void _block_all(self, double now)
+    cpdef void _loop_timer(self, double now)
+    @cython.locals(cells=cython.uint[::1], base=long, i=long)
+    cpdef void _report_had(self, long start, long end)
+    @cython.locals(s=long, e=long, i=long)
+    cpdef void origin_done(self, list runs, double now)

@@ -29,10 +29,13 @@ from pathlib import Path
 PACKAGE = "simulations"
 HERE = Path(__file__).resolve().parent
 # Order does not matter to Cython; it is the order of the digests in the manifest.
-MODULES = ("engine", "agent", "dataplane", "control", "cluster", "machine")
-# Modules whose source lives in the agent's package: the simulator runs the agent's own code,
-# compiled here under a name of its own (with the .pxd beside this file), never a copy of it.
-BORROWED = {"machine": HERE.parent / "p2pdist" / "core" / "download.py"}
+MODULES = ("engine", "agent", "dataplane", "control", "cluster", "machine", "selection", "leases")
+# Modules whose source lives in the agent's package: the simulator runs the agent's own code (the
+# download machine and the policies it calls), compiled here under names of its own (with a .pxd
+# beside this file where there is one), never a copy of it.
+AGENT_CORE = HERE.parent / "p2pdist" / "core"
+BORROWED = {"machine": AGENT_CORE / "download.py", "selection": AGENT_CORE / "selection.py",
+            "leases": AGENT_CORE / "leases.py"}
 MANIFEST = HERE / "_native.json"
 ENV = "P2PDIST_SIM_CORE"  # "python": ignore the compiled modules even if they are fresh
 
@@ -121,7 +124,8 @@ def build(quiet: bool = False) -> None:
     for name in MODULES:
         if name in BORROWED:
             shutil.copyfile(BORROWED[name], borrowed / f"{name}.py")
-            shutil.copyfile(HERE / f"{name}.pxd", borrowed / f"{name}.pxd")
+            if (HERE / f"{name}.pxd").exists():
+                shutil.copyfile(HERE / f"{name}.pxd", borrowed / f"{name}.pxd")
             sources.append(str(borrowed / f"{name}.py"))
         else:
             sources.append(str(HERE / f"{name}.py"))

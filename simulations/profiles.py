@@ -16,10 +16,10 @@ from typing import Any
 from p2pdist.config import Limits
 from p2pdist.core.download import ANNOUNCE_SPACING, DIRECT_RUN_PIECES
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo, RandomByCompleteness, locality
-from p2pdist.core.selection import SELECTORS, PieceSelector, RandomOrder, Sequential
 from tracker.config import ConfigError, TrackerConfig
 
 from .scenario import Scenario
+from .selection import SELECTORS, PieceSelector, RandomOrder, Sequential
 from .units import ScenarioError
 
 # How a node gets pieces nobody in the cluster has yet.

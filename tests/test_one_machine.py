@@ -75,7 +75,10 @@ def test_the_check_catches_a_driver_with_a_scheduler_of_its_own(tmp_path):
 
 def test_the_simulator_runs_the_agents_machine_source():
     assert native.source_path("machine") == Path(core_download.__file__).resolve()
-    assert sim_agent.Download is sim_machine.Download
+    sc = scenario_from_dict({"nodes": 2, "image": {"layers": ["16MiB"]}})
+    cluster = Cluster(sc, profiles.p2pdist_profile(sc))
+    swarm = sim_agent.Swarm(cluster, cluster.nodes[0], cluster.blobs[0])
+    assert type(swarm.dl) is sim_machine.Download
     assert p2pdist.swarm.Download is core_download.Download
     # The same constants, because the same module.
     for name in ("ANNOUNCE_SPACING", "BUSY_BACKOFF", "LOOP_TIMEOUT", "SPARE_LEASES", "DIRECT_RUN_PIECES",

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+
+from simulations.selection import Sequential
 
 import p2pdist.core.handout as handout_mod
 import p2pdist.core.leases as leases_mod
-import p2pdist.core.selection as selection_mod
+import p2pdist.core.selection as core_selection
 from p2pdist.core.handout import RandomByCompleteness
-from p2pdist.core.selection import Sequential
 from simulations import agent as sim_agent
 from simulations import cluster as sim_cluster
 from simulations import machine as sim_machine
+from simulations import native
+from simulations import selection as selection_mod
 from simulations.cluster import Cluster
 from simulations.profiles import p2pdist_profile
 from simulations.scenario import scenario_from_dict
@@ -51,9 +55,10 @@ def test_the_simulator_calls_the_core_policies(monkeypatch):
     out = _run()
     assert all(d > 0 for d in out.done)
     assert calls["select"] > 100 and calls["handout"] >= 40 and calls["grant"] > 0
-    # And the peer choice and lease book are the core's own objects, not copies.
+    # And the machine calls those very policies: the core's source, compiled for the simulator.
     assert sim_machine.assign is selection_mod.assign
     assert sim_machine.reader_cursor is selection_mod.reader_cursor
+    assert native.source_path("selection") == Path(core_selection.__file__).resolve()
 
 
 def test_swapping_the_piece_selector_changes_the_result():

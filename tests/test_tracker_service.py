@@ -132,6 +132,26 @@ def test_peers_expire_after_peer_ttl() -> None:
     assert [f["node"] for f in t.of("peer_expired")] == ["old"]
 
 
+def test_a_peer_refreshed_often_expires_only_after_its_last_announce() -> None:
+    # Expiry follows each peer's newest announce, however many older ones it made.
+    t = Harness()
+    for now in range(0, 60, 2):
+        t.announce("busy", now)
+    t.announce("quiet", 1)
+    reply = t.announce("me", 60)
+    assert peers_of(reply) == {"busy"}
+    assert [f["node"] for f in t.of("peer_expired")] == ["quiet"]
+    assert len(t.state.get(BLOB).seen) <= 64 + 4 * len(t.state.get(BLOB).peers)  # refreshes do not pile up
+
+
+def test_a_full_neighbourhood_gets_no_handout_but_its_leases_and_digests() -> None:
+    t = Harness()
+    t.announce("seed", 0, size=8 * MiB, complete=True, digests=[(0, pd(0))])
+    reply = t.announce("me", 1, size=8 * MiB, want_leases=1, wants_peers=False)
+    assert reply.peers == [] and reply.leases and reply.digests == [(0, pd(0))]
+    assert peers_of(t.announce("me", 2, wants_peers=True)) == {"seed"}
+
+
 def test_handout_policy_is_chosen_by_name() -> None:
     t = Harness(replace(CONFIG, handout_policy="kraken", handout_size=2))
     for i in range(5):

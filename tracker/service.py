@@ -86,8 +86,10 @@ def handle_announce(
     """
     for digest in state.sweep(now):
         emit("blob_dropped", blob=digest)
-    layout = layout_for(msg.size, config)  # before creating anything, so a bad size leaves no trace
     blob = state.get(msg.blob)
+    # Before creating anything, so a bad size leaves no trace; once per blob, not per announce.
+    known = blob is not None and blob.size is not None and msg.size == blob.size
+    layout = None if known else layout_for(msg.size, config)
     if blob is None:
         if msg.event == "stopped":
             return AnnounceReply(interval=config.announce_interval, digest_pos=msg.digest_pos)

@@ -26,9 +26,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-# Absolute imports: the simulator compiles this very file as ``simulations.machine`` (simulations/native.py).
-from p2pdist.core.leases import missing_runs
-from p2pdist.core.selection import PieceSelector, RarestFirst, assign, inflight_budget, reader_cursor, usable
+# Relative imports: the simulator compiles this file, with these two, into its own package
+# (simulations.machine, .leases, .selection: simulations/native.py), where they resolve to the
+# compiled ones.
+from .leases import missing_runs
+from .selection import PieceSelector, RarestFirst, assign, inflight_budget, reader_cursor, usable
 
 # --- constants (the agent and the simulator read them from here) ------------------------------
 
@@ -64,6 +66,7 @@ DONE = "done"
 BAD = "bad"  # the bytes did not match the piece digest
 BUSY = "busy"  # the peer had no free upload slot (503)
 FAILED = "failed"  # transfer error, 404, timeout, or the peer left
+CANCELLED = "cancelled"  # we stopped it (the download ended, or our digest went away): nobody's fault
 
 # Why a download stopped using the tracker (Shell.went_direct).
 STALL = "stall"
@@ -247,6 +250,11 @@ class Download:
         self.count = max(1, -(-blob_size // piece_size)) if blob_size else 1
         self.last_length = blob_size - (self.count - 1) * piece_size if blob_size else 0
         self.max_inflight = inflight_budget(settings.inflight_bytes, settings.upload_slots, piece_size)
+        # The settings read on every pass or piece, as fields (C fields in the simulator's build).
+        self.selector = settings.selector
+        self.origin_concurrency = settings.origin_concurrency
+        self.report_digests = settings.report_digests
+        self.announce_direct = settings.announce_direct
         self.cells = cells if cells is not None else array("I", bytes(4 * self.count))
         self.base = base
         self.avail = Avail(self.cells, base, self.count)
@@ -419,7 +427,7 @@ class Download:
             self.direct = True
         if self.direct:
             self._lease_everything()
-            if self.settings.announce_direct and reply is not None:
+            if self.announce_direct and reply is not None:
                 self._apply(reply, now)
                 self._wait(now, FIRST_INTERVAL)
         else:
@@ -435,7 +443,7 @@ class Download:
     def want_leases(self) -> int:
         if self.done or self.direct or not self.settings.leases:
             return 0
-        slots = self.settings.origin_concurrency + SPARE_LEASES
+        slots = self.origin_concurrency + SPARE_LEASES
         return min(max(0, slots - self.origin_active - len(self.leases)), MAX_WANT_LEASES)
 
     def announce_fields(self) -> tuple[list[int], int, int, bool]:
@@ -450,7 +458,7 @@ class Download:
 
     def kick(self) -> None:
         """Something to tell or ask the tracker: announce as soon as the spacing allows."""
-        if self.done or (self.direct and not self.settings.announce_direct):
+        if self.done or (self.direct and not self.announce_direct):
             return
         self._kicked = True
         if self._state == _WAITING:
@@ -464,7 +472,7 @@ class Download:
 
     def _wait(self, now: float, interval: float) -> None:
         """Announce on the next kick, or after ``interval``."""
-        if self.done or (self.direct and not self.settings.announce_direct):
+        if self.done or (self.direct and not self.announce_direct):
             self._state = _IDLE
             return
         if self._kicked:
@@ -532,7 +540,7 @@ class Download:
         if self.direct or self.done:
             return
         self.direct = True
-        if not self.settings.announce_direct:
+        if not self.announce_direct:
             self._state = _IDLE
             self._announce_at = self._spacing_until = math.inf
         self.leases.clear()
@@ -545,7 +553,7 @@ class Download:
     def _lease_everything(self) -> None:
         """Without a tracker every missing piece is ours to fetch, in runs for parallel streams."""
         count = self.count
-        per = max(1, min(self.settings.direct_run_pieces, -(-count // max(1, self.settings.origin_concurrency))))
+        per = max(1, min(self.settings.direct_run_pieces, -(-count // max(1, self.origin_concurrency))))
         queued = {i for s, e in self.leases for i in range(s, e)}
         cells, base = self.cells, self.base
         for start in range(0, count, per):
@@ -554,7 +562,7 @@ class Download:
                 self.leases.append((start, end))
 
     def _schedule_origin(self) -> None:
-        limit = self.settings.origin_concurrency
+        limit = self.origin_concurrency
         while self.leases and self.origin_active < limit:
             start, end = self.leases.pop(0)
             self._report_had(start, end)
@@ -609,7 +617,7 @@ class Download:
         self._drop_fetchable(i)
         self.undigested.discard(i)
         self.last_progress = now
-        if from_origin and not self.direct and self.settings.report_digests and i not in self.reported:
+        if from_origin and not self.direct and self.report_digests and i not in self.reported:
             self.report.append(i)
             self.reported.add(i)
             self.kick()
@@ -660,9 +668,9 @@ class Download:
             return
         count = max(1, budget // piece_size)
         self._unblock()
-        cursor = reader_cursor(self.settings.selector, self.cursor, self.count, self._inflight)
+        cursor = reader_cursor(self.selector, self.cursor, self.count, self._inflight)
         # assign() counts each request on its peer (inflight, room): that count is the request's.
-        assigned = assign(self.settings.selector, fetchable, self.avail, count, holders, self.rng, cursor, reachable)
+        assigned = assign(self.selector, fetchable, self.avail, count, holders, self.rng, cursor, reachable)
         for index, peer in assigned:
             length = self.length(index)
             self._start(index)
@@ -677,7 +685,7 @@ class Download:
 
     def request_done(self, req: Request, status: str, now: float) -> None:
         """A piece request is over: ``DONE`` (verified and written: the piece is stored here),
-        ``BAD`` (failed its digest), ``BUSY`` (503) or ``FAILED``."""
+        ``BAD`` (failed its digest), ``BUSY`` (503), ``FAILED`` or ``CANCELLED``."""
         if not self.requests.close(req, status):
             return
         peer = req.peer
@@ -693,7 +701,7 @@ class Download:
             peer.score -= BAD_PIECE_PENALTY
             if peer.bad_pieces >= BAN_AFTER_BAD_PIECES:
                 self.shell.ban(peer)
-        else:
+        elif status == FAILED:
             peer.score -= FAILURE_PENALTY
         self._settle(req.index)
         self.wake()

@@ -11,7 +11,7 @@ bound stays within 1.08 x F/u for a thousand nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIN_PIECE_SIZE = 1 << 20  # 1 MiB
 MAX_PIECE_SIZE = 16 << 20  # 16 MiB
@@ -77,23 +77,22 @@ def decide_layout(blob_size: int, *, tracker_piece_size: int | None = None, pinn
 class PieceLayout:
     blob_size: int
     piece_size: int
+    # An empty blob still has one (empty) piece so every blob has a well-defined manifest. Worked
+    # out once: the tracker reads it for every digest of every announce.
+    count: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.blob_size < 0:
             raise LayoutError(f"blob size must be >= 0, got {self.blob_size}")
         if self.piece_size <= 0:
             raise LayoutError(f"piece size must be > 0, got {self.piece_size}")
+        object.__setattr__(self, "count", max(1, -(-self.blob_size // self.piece_size)))
         if self.count > MAX_PIECES:
             raise LayoutError(f"{self.count} pieces exceeds the limit of {MAX_PIECES}")
 
     @classmethod
     def for_blob(cls, blob_size: int, piece_size: int | None = None) -> PieceLayout:
         return cls(blob_size, piece_size_for(blob_size) if piece_size is None else piece_size)
-
-    @property
-    def count(self) -> int:
-        # An empty blob still has one (empty) piece so every blob has a well-defined manifest.
-        return max(1, -(-self.blob_size // self.piece_size))
 
     def offset(self, index: int) -> int:
         self._check(index)

@@ -199,14 +199,18 @@ def test_request_outcomes_score_back_off_and_ban_the_peer():
     dl.request_done(reqs[4], m.BAD, 1.0)
     assert shell.take("ban") == [("ban", "bad")]
     assert bad.inflight == 3 and dl.inflight_bytes == 3 * PIECE
+    # A request we cancelled (the download ended) costs the peer nothing.
+    score = bad.score
+    dl.request_done(reqs[5], m.CANCELLED, 1.0)
+    assert bad.score == score and bad.inflight == 2
     # A request closed twice (a late answer) changes nothing.
     dl.request_done(reqs[4], m.DONE, 1.1)
-    assert bad.inflight == 3 and not dl.has(reqs[4].index)
+    assert bad.inflight == 2 and not dl.has(reqs[4].index)
     # The failed pieces are fetchable again; the busy peer is skipped until its back-off ends.
-    assert {reqs[i].index for i in (1, 2, 3, 4)} <= dl.fetchable
+    assert {reqs[i].index for i in (1, 2, 3, 4, 5)} <= dl.fetchable
     dl.schedule(1.2)
     assert shell.take("fetch") == []
-    assert [r.index for r in dl.requests.to("bad")] == [r.index for r in reqs[5:]]
+    assert [r.index for r in dl.requests.to("bad")] == [r.index for r in reqs[6:]]
 
 
 def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer_fires():
