@@ -1,6 +1,6 @@
 """A simulated node and its swarms: the agent's download machine, driven on simulated links.
 
-Each ``Swarm`` is to ``p2pdist.core.download.Download`` what ``p2pdist.swarm.Swarm`` is in the
+Each ``Swarm`` is to ``p2pdist.core.download.Download`` what ``p2pdist.agent.swarm.Swarm`` is in the
 agent: a driver. ``simulations.machine`` is that very module (p2pdist/core/download.py), compiled
 with C types when the simulator's core is built (simulations/native.py). The machine decides (the
 announcer, leases, origin runs, peer requests, the stall fallback); the swarm carries its commands

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pdist import configure
-from p2pdist.configure_common import (
+from p2pdist.cli import configure
+from p2pdist.cli.configure_common import (
     Mirror,
     UsageError,
     parse_mirror,

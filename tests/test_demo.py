@@ -12,10 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from p2pdist.demo import build_parser, run
-from p2pdist.demo.cluster import Cluster, ClusterError
-from p2pdist.demo.embedded_origin import EmbeddedOrigin
-from p2pdist.demo.image import OCI_LAYER, OCI_MANIFEST, build_image
+from p2pdist.cli.demo import build_parser, run
+from p2pdist.cli.demo.cluster import Cluster, ClusterError
+from p2pdist.cli.demo.embedded_origin import EmbeddedOrigin
+from p2pdist.cli.demo.image import OCI_LAYER, OCI_MANIFEST, build_image
 
 MiB = 1 << 20
 REPO = "p2pdist/demo"
@@ -146,7 +146,7 @@ async def test_cluster_that_fails_to_start_stops_what_it_started(tmp_path: Path,
 
 
 def test_demo_help_teaches() -> None:
-    out = subprocess.run([sys.executable, "-m", "p2pdist.demo", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "p2pdist.cli.demo", "--help"], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     for text in ("flash crowd", "docker-registry", "examples:", "--origin", "--layers", "exit status"):
         assert text in out

@@ -12,8 +12,8 @@ import ast
 import re
 from pathlib import Path
 
+import p2pdist.agent.swarm
 import p2pdist.core.download as core_download
-import p2pdist.swarm
 import tracker.service
 import tracker.state
 from p2pdist.config import Limits
@@ -27,7 +27,7 @@ from simulations.scenario import Scenario, scenario_from_dict
 from tracker.config import TrackerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVERS = {"agent": ROOT / "p2pdist" / "swarm.py", "simulator": ROOT / "simulations" / "agent.py"}
+DRIVERS = {"agent": ROOT / "p2pdist" / "agent" / "swarm.py", "simulator": ROOT / "simulations" / "agent.py"}
 
 # What only the machine may do: pick pieces and peers, book leases and origin runs, time announces,
 # notice stalls. A driver that names any of these carries scheduling of its own.
@@ -79,7 +79,7 @@ def test_the_simulator_runs_the_agents_machine_source():
     cluster = Cluster(sc, profiles.p2pdist_profile(sc))
     swarm = sim_agent.Swarm(cluster, cluster.nodes[0], cluster.blobs[0])
     assert type(swarm.dl) is sim_machine.Download
-    assert p2pdist.swarm.Download is core_download.Download
+    assert p2pdist.agent.swarm.Download is core_download.Download
     # The same constants, because the same module.
     for name in ("ANNOUNCE_SPACING", "BUSY_BACKOFF", "LOOP_TIMEOUT", "SPARE_LEASES", "DIRECT_RUN_PIECES",
                  "BAN_AFTER_BAD_PIECES", "MAX_REPORT"):

@@ -14,9 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pdist.core.digest import DigestError
-from p2pdist.core.names import InvalidName
-from p2pdist.origin import (
+from p2pdist.agent.origin import (
     CHUNK_SIZE,
     Credentials,
     OriginAuthError,
@@ -25,6 +23,8 @@ from p2pdist.origin import (
     OriginNotFound,
     RangeNotSupported,
 )
+from p2pdist.core.digest import DigestError
+from p2pdist.core.names import InvalidName
 from tests.support.registry import Registry, free_port
 from tests.support.servers import blob_store, serving
 

@@ -1,4 +1,4 @@
-"""Origin Range bodies read in a worker thread (p2pdist/origin_reader.py), against a real docker-registry.
+"""Origin Range bodies read in a worker thread (p2pdist/agent/origin_reader.py), against a real docker-registry.
 
 The thread takes only the plain case (authorised already, 206); a challenge, a redirect or an origin
 without Range raise NeedsAsyncClient, and the swarm then uses the async client for that run.
@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pdist.origin import OriginError
-from p2pdist.origin_reader import NeedsAsyncClient, RunControl, Stopped, read_range
-from p2pdist.origin_target import RangeTarget
+from p2pdist.agent.origin import OriginError
+from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, Stopped, read_range
+from p2pdist.agent.origin_target import RangeTarget
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
 from tests.support.servers import blob_store, serving

@@ -41,7 +41,7 @@ for package in (p2pdist, tracker):
 leaked = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
 assert not leaked, leaked
 
-from p2pdist import cli
+from p2pdist.cli import main as cli
 
 code = cli.main(["simulate", "scenario.toml"])
 print(f"IMPORTED {len(names)} simulate-exit {code}")

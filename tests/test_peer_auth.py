@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from p2pdist import peer_server
-from p2pdist.agent import Agent
-from p2pdist.auth import NODE_SECRET_FILE, NodeSecretError, cluster_auth, node_secret
+from p2pdist.agent import peer_server
+from p2pdist.agent.auth import NODE_SECRET_FILE, NodeSecretError, cluster_auth, node_secret
+from p2pdist.agent.node import Agent
 from p2pdist.config import AgentConfig
 from p2pdist.core import wire
 from tests.support.procs import AgentProc, Proc, Tracker

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pdist.peer_client import WAKE_BYTES, PeerError, fetch_piece
+from p2pdist.agent.peer_client import WAKE_BYTES, PeerError, fetch_piece
 from tests.support.registry import free_port
 
 BLOB = os.urandom(3 * WAKE_BYTES + 12345)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from p2pdist.origin import Credentials, OriginClient
+from p2pdist.agent.origin import Credentials, OriginClient
 from tests.support.clients import Containerd
 from tests.support.registry import OCI_MANIFEST, Registry, RegistryError, Rule, TokenIssuer, TokenRequest
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pdist.sendfile import COPY_CHUNK, copy_range
+from p2pdist.agent.sendfile import COPY_CHUNK, copy_range
 
 
 def _cold_file(path: Path, data: bytes) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pdist import simulate_cmd
+from p2pdist.cli import simulate as simulate_cmd
 from simulations.cluster import Cluster
 from simulations.profiles import p2pdist_profile
 from simulations.run import run_scenario, seed_spread

@@ -5,7 +5,7 @@ sockets, threads or clocks: the driver feeds it events (a tracker reply, a neigh
 HAVE, a freed upload slot, a piece verified or failed, an origin run over, ``tick(now)``) and
 carries out the commands it gives through the driver's ``Shell`` methods (fetch this piece from
 that peer, start an origin run, announce, go direct, commit, abort). The agent's swarm
-(p2pdist/swarm.py) drives it over asyncio, the simulator (simulations/agent.py) over simulated
+(p2pdist/agent/swarm.py) drives it over asyncio, the simulator (simulations/agent.py) over simulated
 links; the scheduling, the leases, the digest reports, the stall clock and the request book live
 here only, and so do their constants.
 

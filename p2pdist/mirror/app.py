@@ -16,11 +16,12 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..agent import UpstreamNotAllowed
+from p2pdist.agent.node import UpstreamNotAllowed
+from p2pdist.agent.origin import OriginError, OriginNotFound, parse_challenges
+from p2pdist.agent.swarm import FetchFailed
+
 from ..core.digest import Digest, DigestError
 from ..core.names import InvalidName, check_tag
-from ..origin import OriginError, OriginNotFound, parse_challenges
-from ..swarm import FetchFailed
 from .blobs import blob_headers, serve_stored, stream_from_swarm
 from .errors import API_VERSION, MirrorError, oci_error
 from .manifests import MAX_MANIFEST, ManifestCache
@@ -29,7 +30,7 @@ from .relay import TOKEN_PATH, TokenRelay, relay_challenge
 from .routes import Route, allowed_upstream, resolve
 
 if TYPE_CHECKING:
-    from ..agent import Agent
+    from p2pdist.agent.node import Agent
 
 log = logging.getLogger("p2pdist.mirror")
 

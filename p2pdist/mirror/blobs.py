@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..sendfile import SentFile, copy_range
+from p2pdist.agent.sendfile import SentFile, copy_range
+
 from ..store import BlobExists, BlobNotFound
 from .errors import API_VERSION, MirrorError
 
 if TYPE_CHECKING:
-    from ..agent import Agent
+    from p2pdist.agent.node import Agent
+    from p2pdist.agent.swarm import Swarm
+
     from ..core.digest import Digest
-    from ..swarm import Swarm
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _readers = itertools.count()

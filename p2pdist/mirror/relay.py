@@ -32,13 +32,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..origin import OriginError, parse_challenges
+from p2pdist.agent.origin import OriginError, parse_challenges
+
 from .errors import MirrorError
 from .membership import ANONYMOUS, fingerprint
 from .routes import Route, resolve
 
 if TYPE_CHECKING:
-    from ..agent import Agent
+    from p2pdist.agent.node import Agent
+
     from ..config import Upstream
 
 log = logging.getLogger("p2pdist.mirror")

@@ -12,8 +12,7 @@ from typing import Any
 import msgpack
 
 from p2pdist.core.digest import Digest
-
-from ..durable import fsync_dir as _fsync_dir
+from p2pdist.store.durable import fsync_dir as _fsync_dir
 
 CHUNK = 1 << 20  # disk reads for hashing: bounded memory whatever the blob size
 _RECORD = struct.Struct(">I32s")  # journal record: piece index, piece digest (BLAKE3)

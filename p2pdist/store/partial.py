@@ -16,7 +16,7 @@ from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.layout import LayoutError, PieceLayout
 from p2pdist.core.manifest import PIECE_DIGEST_SIZE, PIECE_HASH, ManifestError, PieceManifest, piece_hasher
-from p2pdist.durable import start_writeback
+from p2pdist.store.durable import start_writeback
 
 from .common import (
     _MAX_CANDIDATES,

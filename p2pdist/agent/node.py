@@ -11,18 +11,18 @@ from pathlib import Path
 
 import aiohttp
 
-from .config import AgentConfig
-from .core import wire
-from .core.bitfield import Bitfield
-from .core.digest import Digest
-from .core.layout import PieceLayout, decide_layout
-from .metrics import AgentMetrics
-from .neighbours import Neighbourhood
-from .origin import Credentials, OriginClient
-from .ratelimit import TokenBucket
-from .store import Store
-from .swarm import Swarm
-from .tracker_client import TrackerClient, TrackerUnavailable
+from p2pdist.agent.metrics import AgentMetrics
+from p2pdist.agent.neighbours import Neighbourhood
+from p2pdist.agent.origin import Credentials, OriginClient
+from p2pdist.agent.ratelimit import TokenBucket
+from p2pdist.agent.swarm import Swarm
+from p2pdist.agent.tracker_client import TrackerClient, TrackerUnavailable
+from p2pdist.config import AgentConfig
+from p2pdist.core import wire
+from p2pdist.core.bitfield import Bitfield
+from p2pdist.core.digest import Digest
+from p2pdist.core.layout import PieceLayout, decide_layout
+from p2pdist.store import Store
 
 log = logging.getLogger("p2pdist.agent")
 

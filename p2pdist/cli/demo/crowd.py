@@ -1,7 +1,7 @@
 """The flash crowd: every node asks its agent for every blob of the image at the same moment.
 
 Each (node, blob) is one POST /v1/fetch to that node's local API; the NDJSON progress lines update
-the shared :class:`~p2pdist.demo.results.BlobFetch` records a display can poll while this runs.
+the shared :class:`~p2pdist.cli.demo.results.BlobFetch` records a display can poll while this runs.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 
 import aiohttp
 
-from .image import Image
-from .results import BlobFetch, NodeRun
+from p2pdist.cli.demo.image import Image
+from p2pdist.cli.demo.results import BlobFetch, NodeRun
 
 MAX_LINE = 64 * 1024  # one progress line; anything longer is not from our API
 STALL_TIMEOUT = 30.0  # seconds without a byte of progress on any node before the demo gives up

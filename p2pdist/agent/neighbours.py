@@ -18,8 +18,8 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from .core import wire
-from .core.bitfield import Bitfield, BitfieldError
+from p2pdist.core import wire
+from p2pdist.core.bitfield import Bitfield, BitfieldError
 
 log = logging.getLogger("p2pdist.neighbours")
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .auth import cluster_auth
-from .core.digest import Digest, DigestError
-from .sendfile import SentFile
-from .store import BlobNotFound
+from p2pdist.agent.auth import cluster_auth
+from p2pdist.agent.sendfile import SentFile
+from p2pdist.core.digest import Digest, DigestError
+from p2pdist.store import BlobNotFound
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from p2pdist.agent.node import Agent
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 

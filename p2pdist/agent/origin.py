@@ -19,10 +19,9 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from p2pdist.agent.origin_target import RangeTarget
 from p2pdist.core.digest import Digest
 from p2pdist.core.names import check_registry, check_repository
-
-from .origin_target import RangeTarget
 
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5

@@ -10,11 +10,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import USER_AGENT, api, auth, mirror, peer_server
-from .agent import Agent
-from .config import AgentConfig, node_id, split_hostport
-from .core import wire
-from .mirror.server import MirrorRunner
+from p2pdist import USER_AGENT, mirror
+from p2pdist.agent import api, auth, peer_server
+from p2pdist.agent.node import Agent
+from p2pdist.config import AgentConfig, node_id, split_hostport
+from p2pdist.core import wire
+from p2pdist.mirror.server import MirrorRunner
 
 log = logging.getLogger("p2pdist.daemon")
 

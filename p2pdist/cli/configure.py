@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import configure_containerd, configure_docker, configure_podman
-from .configure_common import (
+from p2pdist.cli import configure_containerd, configure_docker, configure_podman
+from p2pdist.cli.configure_common import (
     DOCKER_HUB,
     ConfigureError,
     FileChange,

@@ -20,21 +20,21 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from .core import download as machine
-from .core import wire
-from .core.digest import Digest, DigestMismatch
-from .core.download import Download, Request
-from .core.layout import PieceLayout, decide_layout
-from .core.manifest import ManifestError, piece_digest
-from .origin import OriginError, RangeNotSupported
-from .origin_reader import NeedsAsyncClient, RunControl, read_range
-from .peer_client import PeerBusy, PeerError, fetch_piece
-from .tracker_client import TrackerUnavailable
+from p2pdist.agent.origin import OriginError, RangeNotSupported
+from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
+from p2pdist.agent.peer_client import PeerBusy, PeerError, fetch_piece
+from p2pdist.agent.tracker_client import TrackerUnavailable
+from p2pdist.core import download as machine
+from p2pdist.core import wire
+from p2pdist.core.digest import Digest, DigestMismatch
+from p2pdist.core.download import Download, Request
+from p2pdist.core.layout import PieceLayout, decide_layout
+from p2pdist.core.manifest import ManifestError, piece_digest
 
 if TYPE_CHECKING:
-    from .agent import Agent
-    from .neighbours import Neighbour
-    from .store import Partial
+    from p2pdist.agent.neighbours import Neighbour
+    from p2pdist.agent.node import Agent
+    from p2pdist.store import Partial
 
 log = logging.getLogger("p2pdist.swarm")
 

@@ -58,13 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def build_parser(prog: str = "p2pdist demo") -> argparse.ArgumentParser:
-    """A stand-alone parser (``python -m p2pdist.demo``)."""
+    """A stand-alone parser (``python -m p2pdist.cli.demo``)."""
     return _configure(argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit status."""
-    from .runner import main  # heavy imports only when the demo actually runs
+    from p2pdist.cli.demo.runner import main  # heavy imports only when the demo actually runs
 
     return main(args)

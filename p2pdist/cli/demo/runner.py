@@ -14,15 +14,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from p2pdist.cli.demo.cluster import Cluster, ClusterError
+from p2pdist.cli.demo.crowd import fetch_everywhere, plan
+from p2pdist.cli.demo.display import live_progress, mib, show
+from p2pdist.cli.demo.image import build_image
+from p2pdist.cli.demo.origin import Origin, OriginUnavailable, choose_origin
+from p2pdist.cli.demo.results import DemoResult
+from p2pdist.cli.demo.verify import verify_all
 from p2pdist.config import ConfigError, parse_size
-
-from .cluster import Cluster, ClusterError
-from .crowd import fetch_everywhere, plan
-from .display import live_progress, mib, show
-from .image import build_image
-from .origin import Origin, OriginUnavailable, choose_origin
-from .results import DemoResult
-from .verify import verify_all
 
 REPOSITORY = "p2pdist/demo"
 MIN_AGENTS = 2

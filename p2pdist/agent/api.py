@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .agent import UpstreamNotAllowed
-from .core.digest import DigestError
-from .core.names import InvalidName
-from .core.reference import parse_reference
-from .swarm import FetchFailed
+from p2pdist.agent.node import UpstreamNotAllowed
+from p2pdist.agent.swarm import FetchFailed
+from p2pdist.core.digest import DigestError
+from p2pdist.core.names import InvalidName
+from p2pdist.core.reference import parse_reference
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from p2pdist.agent.node import Agent
 
 PROGRESS_EVERY = 0.2  # seconds between progress lines streamed to `p2pdist fetch`
 

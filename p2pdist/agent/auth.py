@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .durable import fsync_dir as _fsync_dir
+from p2pdist.store.durable import fsync_dir as _fsync_dir
 
 log = logging.getLogger("p2pdist.auth")
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .results import DemoResult, NodeRun
+from p2pdist.cli.demo.results import DemoResult, NodeRun
 
 MiB = 1 << 20
 REFRESH = 0.1  # seconds between progress updates

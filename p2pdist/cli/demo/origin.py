@@ -20,9 +20,9 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
-from .embedded_origin import EmbeddedOrigin
-from .image import Image
-from .procs import free_port, start_process, stop_process, tail
+from p2pdist.cli.demo.embedded_origin import EmbeddedOrigin
+from p2pdist.cli.demo.image import Image
+from p2pdist.cli.demo.procs import free_port, start_process, stop_process, tail
 
 REGISTRY_BINARY = "docker-registry"
 STARTUP_TIMEOUT = 10.0

@@ -19,10 +19,9 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from p2pdist.cli.demo.image import OCI_MANIFEST, REF_NAME
 from p2pdist.core.digest import Digest, DigestError
 from p2pdist.core.names import InvalidName, check_repository, check_tag
-
-from .image import OCI_MANIFEST, REF_NAME
 
 MAX_MANIFEST = 4 << 20  # manifests are small; refuse to buffer anything bigger
 _PATH = re.compile(r"(?P<name>.+)/(?P<kind>blobs|manifests)/(?P<reference>[^/]+)")

@@ -15,8 +15,7 @@ from pathlib import Path
 import aiohttp
 
 import p2pdist
-
-from .procs import free_port, start_process, stop_all, tail
+from p2pdist.cli.demo.procs import free_port, start_process, stop_all, tail
 
 STARTUP_TIMEOUT = 30.0  # a cold Python start of each process on a busy 2-core machine
 PORT_ATTEMPTS = 3

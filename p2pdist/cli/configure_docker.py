@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .configure_common import DOCKER_HUB, ConfigureError, FileChange, Mirror, Registry, read_text
+from p2pdist.cli.configure_common import DOCKER_HUB, ConfigureError, FileChange, Mirror, Registry, read_text
 
 DEFAULT_DAEMON_JSON = Path("/etc/docker/daemon.json")
 KEY = "registry-mirrors"

@@ -16,7 +16,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from .configure_common import ConfigureError, FileChange, Mirror, Registry, checked_toml, read_text
+from p2pdist.cli.configure_common import ConfigureError, FileChange, Mirror, Registry, checked_toml, read_text
 
 DEFAULT_ROOT = Path("/etc/containerd/certs.d")
 DEFAULT_CONFIG = Path("/etc/containerd/config.toml")

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import os
 
-from .results import BlobFetch, NodeRun
+from p2pdist.cli.demo.results import BlobFetch, NodeRun
 
 CHUNK = 1 << 20
 PARALLEL = max(1, min(4, os.cpu_count() or 1))  # sha256 releases the GIL: one thread per core

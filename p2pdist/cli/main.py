@@ -7,7 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from . import __version__, config, configure, demo, logs, simulate_cmd
+from p2pdist import __version__, config, logs
+from p2pdist.cli import configure, demo
+from p2pdist.cli import simulate as simulate_cmd
 
 DAEMON_EXAMPLES = """\
 examples:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "daemon":
         return _daemon(args)
     if args.command == "fetch":
-        from .fetch_cmd import run_fetch
+        from p2pdist.cli.fetch import run_fetch
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
     runners = {"configure": configure.run, "demo": demo.run, "simulate": simulate_cmd.run}
     return runners[args.command](args)
@@ -104,7 +106,7 @@ def _daemon(args: argparse.Namespace) -> int:
         print(f"p2pdist: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level)
-    from .daemon import serve
+    from p2pdist.cli.daemon import serve
     try:
         asyncio.run(serve(cfg))
     except OSError as e:

@@ -17,8 +17,16 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 
-from .configure_common import DOCKER_HUB, ConfigureError, FileChange, Mirror, Registry, checked_toml, read_text
-from .core.names import path_prefix
+from p2pdist.cli.configure_common import (
+    DOCKER_HUB,
+    ConfigureError,
+    FileChange,
+    Mirror,
+    Registry,
+    checked_toml,
+    read_text,
+)
+from p2pdist.core.names import path_prefix
 
 DEFAULT_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
 _HEADER = ("Mirror entries written by `p2pdist configure podman`: pulls try the local p2pdist mirror",

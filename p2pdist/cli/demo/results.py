@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .image import Image
+from p2pdist.cli.demo.image import Image
 
 
 @dataclass

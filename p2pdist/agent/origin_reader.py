@@ -22,9 +22,9 @@ import ssl
 import threading
 from collections.abc import Callable
 
-from . import USER_AGENT
-from .origin import OriginError
-from .origin_target import RangeTarget
+from p2pdist import USER_AGENT
+from p2pdist.agent.origin import OriginError
+from p2pdist.agent.origin_target import RangeTarget
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 

@@ -16,8 +16,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.names import InvalidName, check_registry
-from .durable import fsync_dir as _fsync_dir
+from p2pdist.core.names import InvalidName, check_registry
+from p2pdist.store.durable import fsync_dir as _fsync_dir
 
 DOCKER_HUB = "docker.io"
 # Image references name Docker Hub "docker.io"; "index.docker.io" is the legacy spelling that

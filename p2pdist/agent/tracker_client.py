@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from .core import wire
+from p2pdist.core import wire
 
 
 class TrackerUnavailable(Exception):

@@ -1,0 +1,1 @@
+"""The ``p2pdist`` command: the daemon, fetch, configure, demo and simulate."""
