@@ -7,6 +7,7 @@ the reference documentation for each setting (``p2pdist daemon --help`` points a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .core.names import path_prefix
+from .errors import P2pdistError
 
 
-class ConfigError(ValueError):
+class ConfigError(P2pdistError, ValueError):
     """A configuration value that cannot be used; the message says which and why."""
 
 
@@ -137,7 +139,7 @@ class AgentConfig:
             split_hostport(getattr(self, name), name)
         if self.mirror.listen:
             split_hostport(self.mirror.listen, "mirror.listen")
-        if self.cluster_token == "" and not _is_loopback(split_hostport(self.peer_listen, "peer_listen")[0]):
+        if self.cluster_token == "" and not is_loopback(split_hostport(self.peer_listen, "peer_listen")[0]):
             raise ConfigError(
                 "peer_listen is not a loopback address but no cluster_token is set: set "
                 "P2PDIST_CLUSTER_TOKEN (the same secret on every node and the tracker)"
@@ -155,8 +157,15 @@ class AgentConfig:
         return self
 
 
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (for the agent and the tracker alike). A host name other
+    than localhost is not: where it resolves cannot be known here, so it counts as exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:

@@ -73,7 +73,6 @@ cdef class Download:
     cdef public double _stall_at
     cdef public double _loop_at
     cdef public double _armed
-    cdef public double _interval
 
     cpdef long long length(self, long i)
     cpdef bint has(self, long i)
@@ -101,6 +100,7 @@ cdef class Download:
     cpdef void _schedule_peers(self, double now)
     cpdef void request_done(self, Request req, str status, double now)
     cpdef void tick(self, double now)
+    @cython.locals(due=double, at=double)
     cpdef double next_deadline(self)
     @cython.locals(due=double)
     cpdef void _arm(self, double now)

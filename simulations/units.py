@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+from p2pdist.errors import P2pdistError
 
-class ScenarioError(ValueError):
+
+class ScenarioError(P2pdistError, ValueError):
     """A scenario that cannot be simulated; the message names the setting and what to write instead."""
 
 

@@ -249,14 +249,14 @@ async def test_leases_out_gauge_follows_grants(tracker: Proc, http: aiohttp.Clie
 async def test_events_are_logged_as_json_lines(tracker: Proc, http: aiohttp.ClientSession) -> None:
     await post(http, tracker.url, frame(v=9))
     lines = [json.loads(line) for line in tracker.stderr.read_text().splitlines() if line.startswith("{")]
-    assert any(line["event"] == "listening" for line in lines)
-    assert any(line["event"] == "bad_announce" and "version 9" in line["why"] for line in lines)
+    assert any(line["msg"] == "listening" for line in lines)
+    assert any(line["msg"] == "bad_announce" and "version 9" in line["why"] for line in lines)
 
 
 def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     running = start_tracker(tmp_path)  # no token: allowed on loopback
     assert stop_tracker(running) == 0
-    assert '"event":"stopping"' in running.stderr.read_text()
+    assert any(json.loads(line).get("msg") == "stopping" for line in running.stderr.read_text().splitlines())
 
 
 def test_refuses_to_expose_without_token(tmp_path: Path) -> None:

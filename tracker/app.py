@@ -21,9 +21,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
+from p2pdist.logs import log_event
 
 from .config import TrackerConfig
-from .logs import log_event
 from .metrics import TrackerMetrics
 from .service import AnnounceError, handle_announce, memory_state
 from .state import TrackerState

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from p2pdist.logs import log_event
+from p2pdist.logs import setup as setup_logging
+
 from .app import create_app
 from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
-from .logs import log_event, setup_logging
 
 log = logging.getLogger("tracker")
 

@@ -8,7 +8,6 @@ variable ``P2PDIST_TRACKER_<FIELD>`` (upper case), or by a command-line flag whe
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,16 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pdist.config import ConfigError, is_loopback
 from p2pdist.core.handout import HANDOUTS
 from p2pdist.core.layout import MAX_PIECE_SIZE, MIN_PIECE_SIZE, TARGET_PIECES, PieceRule
 from p2pdist.core.wire import MAX_LIST
 
 ENV_PREFIX = "P2PDIST_TRACKER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the setting and the fix."""
 
 
 @dataclass(frozen=True)
@@ -122,15 +118,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"listen address {text!r} must be HOST:PORT, e.g. 127.0.0.1:7070 or [::1]:7070")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: we cannot know where it resolves, so assume it is exposed
 
 
 def check_exposure(config: TrackerConfig) -> None:

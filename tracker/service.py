@@ -16,6 +16,7 @@ from p2pdist.core.leases import LeaseBook
 from p2pdist.core.wire import Announce, AnnounceReply, PeerEntry
 
 from .config import TrackerConfig
+from .errors import TrackerError
 from .state import BlobRecord, MemoryState, StateFull, TrackerState
 
 DEFAULT_CONFIG = TrackerConfig()
@@ -31,7 +32,7 @@ def _ignore(event: str, **fields: Any) -> None:
     pass
 
 
-class AnnounceError(Exception):
+class AnnounceError(TrackerError):
     """An announce the tracker refuses; ``kind`` is one of KINDS and picks the HTTP status."""
 
     KINDS = ("size-conflict", "size-invalid", "capacity")

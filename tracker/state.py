@@ -17,6 +17,8 @@ from p2pdist.core.layout import PieceLayout
 from p2pdist.core.leases import LeaseBook
 from p2pdist.core.manifest import PieceManifest
 
+from .errors import TrackerError
+
 # A digest cursor is (epoch << EPOCH_SHIFT) | offset into the log. The epoch changes whenever the
 # log is forgotten (corrupt reset, blob dropped, tracker restarted), so a cursor from an older log is
 # recognised and answered with reset=True even when it happens to fall inside the new log.
@@ -24,7 +26,7 @@ EPOCH_SHIFT = 21  # > log2(MAX_PIECES): an offset never spills into the epoch bi
 EPOCH_LIMIT = 1 << 40  # keeps cursors well inside the wire's integer range
 
 
-class StateFull(Exception):
+class StateFull(TrackerError):
     """No room for another blob: every tracked blob still has live peers."""
 
 
@@ -54,6 +56,10 @@ class BlobRecord:
     # costs what expires, not a scan of every peer on every announce (10,000 peers on one blob).
     seen: list[tuple[float, int, str]] = field(default_factory=list)
     _seq: int = 0
+    # The peers' infos in a list (and each one's place in it), so a handout samples from it without
+    # building a list of every peer on every announce.
+    infos: list[PeerInfo] = field(default_factory=list)
+    _slot: dict[str, int] = field(default_factory=dict)
 
     def set_layout(self, layout: PieceLayout, book: LeaseBook) -> None:
         assert book.piece_count == layout.count, "the lease book must cover the layout's pieces"
@@ -93,6 +99,12 @@ class BlobRecord:
         if not info.complete:
             self.downloaders += 1
         self.peers[info.node] = PeerRecord(info, now)
+        slot = self._slot.get(info.node)
+        if slot is None:
+            self._slot[info.node] = len(self.infos)
+            self.infos.append(info)
+        else:
+            self.infos[slot] = info
         self._seq += 1
         heapq.heappush(self.seen, (now, self._seq, info.node))
         if len(self.seen) > 64 + 4 * len(self.peers):
@@ -105,6 +117,12 @@ class BlobRecord:
         record = self.peers.pop(node, None)
         if record is not None and not record.info.complete:
             self.downloaders -= 1
+        slot = self._slot.pop(node, None)
+        if slot is not None:
+            last = self.infos.pop()
+            if slot < len(self.infos):
+                self.infos[slot] = last
+                self._slot[last.node] = slot
         if self.book is not None:
             self.book.release(node)
 
@@ -120,7 +138,8 @@ class BlobRecord:
         return gone
 
     def live_peers(self) -> list[PeerInfo]:
-        return [p.info for p in self.peers.values()]
+        """Every live peer's info, in no particular order: the record's own list, not a copy."""
+        return self.infos
 
 
 class TrackerState(Protocol):

@@ -22,6 +22,8 @@ from aiohttp import web
 
 from p2pdist.store.durable import fsync_dir as _fsync_dir
 
+from ..errors import P2pdistError
+
 log = logging.getLogger("p2pdist.auth")
 
 NODE_SECRET_FILE = "node-secret"
@@ -30,7 +32,7 @@ _SECRET_TEXT = re.compile(r"[A-Za-z0-9_-]{43,512}")  # what we write, or an oper
 _MAX_SECRET_FILE = 1024
 
 
-class NodeSecretError(Exception):
+class NodeSecretError(P2pdistError):
     """The node secret file cannot be used; the message names the file and the fix."""
 
 

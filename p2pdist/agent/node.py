@@ -24,12 +24,14 @@ from p2pdist.core.digest import Digest
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.store import Store
 
+from ..errors import P2pdistError
+
 log = logging.getLogger("p2pdist.agent")
 
 SEED_INTERVAL = 10.0  # fallback re-announce interval for complete blobs (the tracker's reply wins)
 
 
-class UpstreamNotAllowed(Exception):
+class UpstreamNotAllowed(P2pdistError):
     """A registry that is not on the agent's upstream allow-list."""
 
 

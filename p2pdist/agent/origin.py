@@ -23,6 +23,8 @@ from p2pdist.agent.origin_target import RangeTarget
 from p2pdist.core.digest import Digest
 from p2pdist.core.names import check_registry, check_repository
 
+from ..errors import P2pdistError
+
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
 # Error bodies and token responses are small; never buffer more than this from either.
@@ -38,7 +40,7 @@ _CHALLENGE_SCHEME = re.compile(r"[\s,]*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)")
 _CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*(?:,|$)')
 
 
-class OriginError(Exception):
+class OriginError(P2pdistError):
     """The origin registry could not deliver what was asked."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:

@@ -26,14 +26,16 @@ from p2pdist import USER_AGENT
 from p2pdist.agent.origin import OriginError
 from p2pdist.agent.origin_target import RangeTarget
 
+from ..errors import P2pdistError
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-class NeedsAsyncClient(Exception):
+class NeedsAsyncClient(P2pdistError):
     """This request needs what only the async origin client does (auth challenge, redirect, no Range)."""
 
 
-class Stopped(Exception):
+class Stopped(P2pdistError):
     """The download was cancelled while the thread was reading."""
 
 

@@ -7,13 +7,15 @@ import socket
 
 import aiohttp
 
+from ..errors import P2pdistError
+
 # Bytes the kernel gathers before it wakes us for a piece's body (SO_RCVLOWAT). On a slow link the
 # event loop would otherwise wake for every packet or two: on the 16-node shaped benchmark (2 cores)
 # the agents spent 178 CPU-seconds receiving 4 GiB at 25 Mbit/s, and 120 with this.
 WAKE_BYTES = 256 << 10
 
 
-class PeerError(Exception):
+class PeerError(P2pdistError):
     """A peer failed to deliver a piece (gone, timed out, or answered wrongly)."""
 
 

@@ -31,6 +31,8 @@ from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
 
+from ..errors import P2pdistError
+
 if TYPE_CHECKING:
     from p2pdist.agent.neighbours import Neighbour
     from p2pdist.agent.node import Agent
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pdist.swarm")
 
 
-class FetchFailed(Exception):
+class FetchFailed(P2pdistError):
     """The blob could not be fetched even from the origin; the message says why."""
 
 

@@ -6,8 +6,10 @@ import aiohttp
 
 from p2pdist.core import wire
 
+from ..errors import P2pdistError
 
-class TrackerUnavailable(Exception):
+
+class TrackerUnavailable(P2pdistError):
     """The tracker could not be reached or refused the announce; callers fall back to the origin."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from p2pdist.core.names import InvalidName, check_registry
 from p2pdist.store.durable import fsync_dir as _fsync_dir
 
+from ..errors import P2pdistError
+
 DOCKER_HUB = "docker.io"
 # Image references name Docker Hub "docker.io"; "index.docker.io" is the legacy spelling that
 # Docker and containerd normalise to it, so a mirror entry must use the normalised name.
@@ -26,7 +28,7 @@ _HUB_ALIASES = {"index.docker.io": DOCKER_HUB}
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}
 
 
-class ConfigureError(Exception):
+class ConfigureError(P2pdistError):
     """A problem the user must fix; the message says what and how. Nothing has been written."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from ..errors import P2pdistError
 
-class BitfieldError(ValueError):
+
+class BitfieldError(P2pdistError, ValueError):
     """Bytes that do not encode a bitfield of the expected length."""
 
 

@@ -6,17 +6,19 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ..errors import P2pdistError
+
 # Only registered algorithms with their exact encoded lengths: anything else could be a path
 # traversal attempt or a typo, and we never want it near the filesystem.
 _ALGORITHMS = {"sha256": 64, "sha512": 128}
 _ENCODED = re.compile(r"[a-f0-9]+")
 
 
-class DigestError(ValueError):
+class DigestError(P2pdistError, ValueError):
     """A digest string that is not a valid OCI sha256/sha512 digest."""
 
 
-class DigestMismatch(Exception):
+class DigestMismatch(P2pdistError):
     """Content did not hash to the digest it claimed."""
 
     def __init__(self, expected: str, actual: str) -> None:

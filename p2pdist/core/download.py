@@ -293,7 +293,6 @@ class Download:
         self._stall_at = math.inf
         self._loop_at = math.inf
         self._armed = math.inf
-        self._interval = FIRST_INTERVAL
         for i in range(self.count):
             c = self.cells[base + i]
             self.cells[base + i] = c & (HAVE | KNOWN)
@@ -463,6 +462,8 @@ class Download:
         self._kicked = True
         if self._state == _WAITING:
             self._announce()
+        elif self._state == _SPACING:
+            self._arm(self._spacing_until)  # the announce goes when the spacing ends
 
     def _announce(self) -> None:
         self._state = _SENT
@@ -489,9 +490,11 @@ class Download:
         del self.report[: self._sent]
         self._sent = 0
         self._apply(reply, now)
+        # The next announce: on a kick once the spacing is over, else the interval after it. Only one
+        # of the two needs a timer: the spacing's end once there is a kick (kick arms it).
         self._state = _SPACING
         self._spacing_until = now + self.settings.announce_spacing
-        self._interval = reply.interval
+        self._announce_at = self._spacing_until + reply.interval
         self._arm(now)
 
     def announce_failed(self, now: float) -> None:
@@ -761,8 +764,10 @@ class Download:
             return
         if self._state == _SPACING and now >= self._spacing_until:
             self._spacing_until = math.inf
-            self._state = _IDLE
-            self._wait(now, self._interval)
+            if self._kicked or now >= self._announce_at:
+                self._announce()
+            else:
+                self._state = _WAITING  # for a kick, or until _announce_at
         if self._state == _WAITING and now >= self._announce_at:
             self._announce()
         if now >= self._stall_at:
@@ -794,8 +799,10 @@ class Download:
         due = self._loop_at if self._loop_at < self._stall_at else self._stall_at
         if self._state == _WAITING and self._announce_at < due:
             due = self._announce_at
-        elif self._state == _SPACING and self._spacing_until < due:
-            due = self._spacing_until
+        elif self._state == _SPACING:
+            at = self._spacing_until if self._kicked else self._announce_at
+            if at < due:
+                due = at
         return due
 
     def _arm(self, now: float) -> None:

@@ -54,11 +54,15 @@ class LocalityFirst:
             useful = p.complete or p.have > asker.have
             return (0 if useful else 1, locality(asker, p), p.load, rng.random())
 
-        others = [p for p in candidates if p.node != asker.node]
-        if limit > 0 and len(others) > limit * SAMPLE:
-            # Rank a random sample, not everyone: the sort is the tracker's cost per announce, and in
-            # a swarm of thousands a sample still finds useful, near, idle peers.
-            others = rng.sample(others, limit * SAMPLE)
+        others: list[PeerInfo] = []
+        if limit > 0 and len(candidates) > limit * SAMPLE + 1:
+            # Rank a random sample, not everyone: in a swarm of thousands a sample still finds useful,
+            # near, idle peers, and the cost per announce stays that of the sample (one more drawn in
+            # case the asker is among them), not a pass over every peer of the blob.
+            drawn = rng.sample(candidates, limit * SAMPLE + 1)
+            others = [p for p in drawn if p.node != asker.node][: limit * SAMPLE]
+        if len(others) < limit:  # a small field (or the asker drawn more than once): rank them all
+            others = [p for p in candidates if p.node != asker.node]
         return sorted(others, key=key)[:max(0, limit)]
 
 
@@ -71,8 +75,12 @@ class RandomByCompleteness:
     def handout(
         self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
     ) -> list[PeerInfo]:
-        others = [p for p in candidates if p.node != asker.node]
-        sample = rng.sample(others, max(0, min(limit, len(others))))
+        # One more than needed, in case the asker is drawn: no pass over every peer of the blob.
+        drawn = rng.sample(candidates, max(0, min(limit + 1, len(candidates))))
+        sample = [p for p in drawn if p.node != asker.node][: max(0, limit)]
+        if len(sample) < limit and len(drawn) < len(candidates):  # the asker drawn more than once
+            others = [p for p in candidates if p.node != asker.node]
+            sample = rng.sample(others, min(limit, len(others)))
         return sorted(sample, key=lambda p: (not p.complete, -p.have))
 
 

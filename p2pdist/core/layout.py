@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import P2pdistError
+
 MIN_PIECE_SIZE = 1 << 20  # 1 MiB
 MAX_PIECE_SIZE = 16 << 20  # 16 MiB
 TARGET_PIECES = 128
 MAX_PIECES = 1 << 20  # guards decode paths against absurd layouts
 
 
-class LayoutError(ValueError):
+class LayoutError(P2pdistError, ValueError):
     """A blob size or piece size that cannot describe a layout."""
 
 

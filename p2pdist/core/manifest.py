@@ -13,13 +13,14 @@ from collections.abc import Iterable, Iterator
 
 import blake3
 
+from ..errors import P2pdistError
 from .layout import PieceLayout
 
 PIECE_DIGEST_SIZE = 32  # raw BLAKE3-256
 PIECE_HASH = "blake3"  # recorded beside stored piece digests: digests of another kind are not reused
 
 
-class ManifestError(ValueError):
+class ManifestError(P2pdistError, ValueError):
     """A piece digest that is malformed or contradicts one already known."""
 
 

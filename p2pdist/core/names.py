@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import P2pdistError
+
 # From the distribution spec. Anchored full matches only: no '..', no leading '/', no upper case.
 _NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
@@ -12,7 +14,7 @@ _REGISTRY = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?|\[[0-9a-fA-F
 MAX_NAME = 255
 
 
-class InvalidName(ValueError):
+class InvalidName(P2pdistError, ValueError):
     """An invalid repository name, tag or registry host."""
 
 

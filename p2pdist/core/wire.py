@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from ..errors import P2pdistError
 from .digest import Digest, DigestError
 from .manifest import PIECE_DIGEST_SIZE
 
@@ -23,7 +24,7 @@ MAX_LIST = 8192
 MAX_TEXT = 512
 
 
-class WireError(ValueError):
+class WireError(P2pdistError, ValueError):
     """A frame that is not a valid message of this protocol version."""
 
 

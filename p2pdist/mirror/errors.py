@@ -6,6 +6,8 @@ import json
 
 from aiohttp import web
 
+from ..errors import P2pdistError
+
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
@@ -17,7 +19,7 @@ def oci_error(status: int, code: str, message: str, detail: object = None,
                         headers={**API_VERSION, **(headers or {})})
 
 
-class MirrorError(Exception):
+class MirrorError(P2pdistError):
     """Raised inside handlers; the app turns it into an OCI error response."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:

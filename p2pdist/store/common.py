@@ -14,13 +14,15 @@ import msgpack
 from p2pdist.core.digest import Digest
 from p2pdist.store.durable import fsync_dir as _fsync_dir
 
+from ..errors import P2pdistError
+
 CHUNK = 1 << 20  # disk reads for hashing: bounded memory whatever the blob size
 _RECORD = struct.Struct(">I32s")  # journal record: piece index, piece digest (BLAKE3)
 _SIDECAR = ".pieces"
 _MAX_CANDIDATES = 2  # distinct journalled digests kept per piece; more means a corrupt journal
 
 
-class StoreError(Exception):
+class StoreError(P2pdistError):
     """Base class for store failures."""
 
 

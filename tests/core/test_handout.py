@@ -99,8 +99,9 @@ def test_locality_first_order_property(peers, limit, seed):
 
     ranks = [rank(p) for p in got]
     assert ranks == sorted(ranks)
-    # Nothing left out ranks strictly better than something handed out.
-    if got:
+    # Nothing left out ranks strictly better than something handed out (when all are ranked: a
+    # large field is sampled first, see test_large_swarms_rank_a_bounded_sample).
+    if got and len(others) <= limit * SAMPLE:
         worst = ranks[-1]
         left_out = list(others)
         for p in got:
@@ -147,6 +148,6 @@ def test_large_swarms_rank_a_bounded_sample():
 
     got = LocalityFirst().handout(asker, [asker, *crowd], 16, Counting(3))
     assert len(got) == 16 and len({p.node for p in got}) == 16 and asker not in got
-    assert len(ranked) == 16 * SAMPLE and set(got) <= set(ranked)
+    assert len(ranked) == 16 * SAMPLE + 1 and set(got) <= set(ranked)  # one more, in case the asker is drawn
     # Within the sample the ranking still holds: useful peers (more pieces than the asker) first.
     assert all(p.have > 0 for p in got)

@@ -17,13 +17,15 @@ import aiohttp
 import p2pdist
 from p2pdist.cli.demo.procs import free_port, start_process, stop_all, tail
 
+from ...errors import P2pdistError
+
 STARTUP_TIMEOUT = 30.0  # a cold Python start of each process on a busy 2-core machine
 PORT_ATTEMPTS = 3
 # Where the p2pdist and tracker packages live, so children import this very source tree.
 SOURCE_ROOT = Path(p2pdist.__file__).resolve().parents[1]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(P2pdistError, RuntimeError):
     """A tracker or agent did not start; the message points at its log."""
 
 

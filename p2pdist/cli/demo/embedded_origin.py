@@ -23,13 +23,15 @@ from p2pdist.cli.demo.image import OCI_MANIFEST, REF_NAME
 from p2pdist.core.digest import Digest, DigestError
 from p2pdist.core.names import InvalidName, check_repository, check_tag
 
+from ...errors import P2pdistError
+
 MAX_MANIFEST = 4 << 20  # manifests are small; refuse to buffer anything bigger
 _PATH = re.compile(r"(?P<name>.+)/(?P<kind>blobs|manifests)/(?P<reference>[^/]+)")
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 EGRESS_KEY: web.AppKey[Counter[str]] = web.AppKey("egress", Counter)
 
 
-class OriginHTTPError(Exception):
+class OriginHTTPError(P2pdistError):
     """An OCI error response: status, code and message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -24,13 +24,15 @@ from p2pdist.cli.demo.embedded_origin import EmbeddedOrigin
 from p2pdist.cli.demo.image import Image
 from p2pdist.cli.demo.procs import free_port, start_process, stop_process, tail
 
+from ...errors import P2pdistError
+
 REGISTRY_BINARY = "docker-registry"
 STARTUP_TIMEOUT = 10.0
 LOG_SYNC_TIMEOUT = 10.0
 _TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=5)
 
 
-class OriginUnavailable(RuntimeError):
+class OriginUnavailable(P2pdistError, RuntimeError):
     """The requested origin cannot be started; the message says what to do."""
 
 

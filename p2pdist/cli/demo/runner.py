@@ -23,11 +23,13 @@ from p2pdist.cli.demo.results import DemoResult
 from p2pdist.cli.demo.verify import verify_all
 from p2pdist.config import ConfigError, parse_size
 
+from ...errors import P2pdistError
+
 REPOSITORY = "p2pdist/demo"
 MIN_AGENTS = 2
 
 
-class UsageError(ValueError):
+class UsageError(P2pdistError, ValueError):
     """An option the demo cannot work with; exit status 2."""
 
 
