@@ -20,7 +20,7 @@ cdef class Board:
     cdef public list blocking
 
 
-cdef class Edge:
+cdef class Neighbour:
     cdef public long bad_pieces
     cdef public double busy_until
     cdef public long inflight
@@ -107,16 +107,16 @@ cdef class Swarm:
     cpdef bint alive(self)
     @cython.locals(c=long, n=long, have=bytearray)
     cpdef void _follow_reader(self)
-    cpdef void add_holder(self, long i, Edge edge)
+    cpdef void add_holder(self, long i, Neighbour edge)
     cpdef void drop_holder(self, long i)
     cpdef void run_pass(self)
     cpdef void wake(self)
     @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long)
     cpdef object holders(self, double now)
-    @cython.locals(node=Node, e=Edge, free=list, edges=list, k=Py_ssize_t, room=long)
+    @cython.locals(node=Node, e=Neighbour, free=list, edges=list, k=Py_ssize_t, room=long)
     cpdef list free_edges(self, double now)
     @cython.locals(node=Node)
     cdef inline long _room_at(self, Py_ssize_t k, double now)
-    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Edge, b=long, idx=long, length=cython.longlong,
+    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Neighbour, b=long, idx=long, length=cython.longlong,
                    one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint)
     cpdef void stored(self, long i, bint from_origin)

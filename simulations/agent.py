@@ -75,9 +75,9 @@ class Board:
             have[node * w + k] = (1 << bits) - 1
 
 
-class Edge:
-    """This node's view of one neighbour: the fields the core reads and writes on a peer
-    (``p2pdist.core.download.Peer``), plus the neighbour."""
+class Neighbour:
+    """This node's view of one neighbour: what the core reads and writes on one
+    (``p2pdist.core.download.Neighbour``, as the agent's ``Neighbour`` has it), plus the peer node."""
 
     __slots__ = ("bad_pieces", "busy_until", "inflight", "limit", "node", "owner", "peer", "pidx", "pos", "room",
                  "score")
@@ -90,7 +90,7 @@ class Edge:
         self.inflight = 0
         self.limit = limit
         self.score = 0.0
-        self.room = 1 << 30  # PeerSlot's default: unlimited until the peer says
+        self.room = 1 << 30  # unlimited until the peer says
         self.node = node
         self.busy_until = 0.0
         self.bad_pieces = 0
@@ -153,10 +153,10 @@ class Node:
         self.zone = self.rack = ""
         self.rack_idx = self.zone_idx = 0
         self.up = self.down = None
-        self.edges: dict[int, Edge] = {}  # neighbours we may fetch from, by node index
-        self.edge_list: list[Edge] = []
+        self.edges: dict[int, Neighbour] = {}  # neighbours we may fetch from, by node index
+        self.edge_list: list[Neighbour] = []
         # For the pass's scan, without visiting the edges: edge_list's neighbours by index, and from
-        # when each edge is ready (Edge.ready_at).
+        # when each edge is ready (Neighbour.ready_at).
         self.e_peer = array("i")
         self.e_ready = array("d")
         self.watchers: dict[int, Node] = {}  # neighbours our HAVEs go to
@@ -177,7 +177,7 @@ class Node:
         self.seed = False
         self.left_at = -1.0
         self.generation = 0  # bumps when the agent restarts, so stale timers of the old process do nothing
-        self.queue: deque[tuple[Swarm, int, Edge, int]] = deque()  # uploads waiting for a slot (upload_queue)
+        self.queue: deque[tuple[Swarm, Request]] = deque()  # uploads waiting for a slot (upload_queue)
 
     def complete(self, blob: int) -> bool:
         return self.have_n[blob] == len(self.bits[blob])
@@ -279,7 +279,7 @@ class Swarm:
 
     # --- events from the cluster ------------------------------------------------------------
 
-    def add_holder(self, i: int, edge: Edge | None) -> None:
+    def add_holder(self, i: int, edge: Neighbour | None) -> None:
         """A neighbour now has piece i (HAVE or bitfield); ``edge`` is our connection to it."""
         self.dl.add_holder(i, edge is not None and edge.inflight < edge.limit)
 
@@ -336,7 +336,7 @@ class Swarm:
             return None
         return Holders(self, now)
 
-    def free_edges(self, now: float) -> list[Edge]:
+    def free_edges(self, now: float) -> list[Neighbour]:
         """The edges a request may go on now (load-aware: with the peer's free upload slots as room)."""
         node = self.node
         edges = node.edge_list
@@ -414,7 +414,7 @@ class Swarm:
         if reason == machine.STALL:
             self.cluster.stalls += 1
 
-    def ban(self, peer: Edge) -> None:
+    def ban(self, peer: Neighbour) -> None:
         pass  # simulated peers send no bad pieces
 
     def abort(self, reason: str) -> None:
@@ -445,9 +445,9 @@ class Holders:
                 out.append(i)
         return out
 
-    @cython.locals(e=Edge, i=cython.long, w=cython.long, shift=cython.long, out=list, k=cython.Py_ssize_t,
+    @cython.locals(e=Neighbour, i=cython.long, w=cython.long, shift=cython.long, out=list, k=cython.Py_ssize_t,
                    owner=Swarm, words=cython.long)
-    def __call__(self, index: int) -> list[Edge]:
+    def __call__(self, index: int) -> list[Neighbour]:
         i = index
         w = i >> 6
         shift = i & 63

@@ -7,11 +7,11 @@ network half round trip each way. Piece digests are 32-byte stand-ins derived fr
 
 from __future__ import annotations
 
-from p2pdist.core.wire import Announce, AnnounceReply, PeerEntry
+from p2pdist.core.wire import Announce, AnnounceReply, PeerInfo
 from tracker.service import AnnounceError, handle_announce
 
 from . import machine
-from .agent import Edge, Node, Swarm
+from .agent import Neighbour, Node, Swarm
 from .profiles import BACK_TO_SOURCE, LEASES
 
 
@@ -100,7 +100,7 @@ class ControlPlane:
         peers = reply.peers
         if self.origin_node is not None and not msg.complete:
             # Kraken's tracker adds the origin cluster to every handout, complete peers first.
-            origin = PeerEntry("origin", "origin", have=sw.blob.count, complete=True)
+            origin = PeerInfo("origin", "origin", have=sw.blob.count, complete=True)
             peers = [origin, *peers[: max(0, self.profile.tracker.handout_size - 1)]]
         self.sim.after(self.rtt / 2, self._reply, (sw, msg, reply, peers))
 
@@ -108,7 +108,7 @@ class ControlPlane:
         if sw.generation == sw.node.generation and sw.node.alive:
             self.send_announce(sw, "started")
 
-    def _reply(self, args: tuple[Swarm, Announce, AnnounceReply, list[PeerEntry]]) -> None:
+    def _reply(self, args: tuple[Swarm, Announce, AnnounceReply, list[PeerInfo]]) -> None:
         sw, msg, reply, peers = args
         node = sw.node
         if sw.generation != node.generation or not node.alive:
@@ -148,7 +148,7 @@ class ControlPlane:
 
     # --- neighbours -------------------------------------------------------------------------
 
-    def _connect(self, node: Node, peers: list[PeerEntry]) -> None:
+    def _connect(self, node: Node, peers: list[PeerInfo]) -> None:
         """Neighbourhood.connect: dial handed-out peers until the neighbour limit (inbound not counted)."""
         limit = self.profile.neighbours
         for info in peers:
@@ -176,7 +176,7 @@ class ControlPlane:
 
     def _link(self, a: Node, b: Node) -> None:
         """a may fetch from b from now on: an edge, a watcher for b's HAVEs, and b's bitfields."""
-        a.edges[b.idx] = Edge(b, self.profile.peer_concurrency, a)
+        a.edges[b.idx] = Neighbour(b, self.profile.peer_concurrency, a)
         a.set_edges()
         b.add_watcher(a)
         for blob in range(len(self.blobs)):
@@ -202,7 +202,7 @@ class ControlPlane:
             if bits[i]:
                 sw.drop_holder(i)
 
-    def _set_parents(self, node: Node, peers: list[PeerEntry], b: int) -> None:
+    def _set_parents(self, node: Node, peers: list[PeerInfo], b: int) -> None:
         """Dragonfly: the scheduler's parents replace the old ones (transfers in flight finish)."""
         chosen = [self.by_name[p.node] for p in peers if p.node in self.by_name]
         wanted = {p.idx for p in chosen if p.alive and p is not node}

@@ -1,4 +1,4 @@
 # Cython declarations for the compiled core (simulations/native.py): the extension types this
 # module's @cython.locals name.
-from .agent cimport Edge, Node, Swarm
+from .agent cimport Neighbour, Node, Swarm
 from .engine cimport Link, Transfer

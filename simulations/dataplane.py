@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import cython
 
 from . import machine
-from .agent import Edge, Node, Swarm
+from .agent import Neighbour, Node, Swarm
 from .engine import Link, Transfer
 from .machine import Request
 
@@ -152,7 +152,7 @@ class DataPlane:
         sw.dl.piece_stored(stream.i, True, self.sim.now)
         stream.advance()
 
-    @cython.locals(sw=Swarm, edge=Edge, peer=Node)
+    @cython.locals(sw=Swarm, edge=Neighbour, peer=Node)
     def fetch_from_peer(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         peer = edge.node
@@ -166,7 +166,7 @@ class DataPlane:
             return
         self._upload(sw, req)
 
-    @cython.locals(sw=Swarm, edge=Edge, peer=Node, t=Transfer)
+    @cython.locals(sw=Swarm, edge=Neighbour, peer=Node, t=Transfer)
     def _upload(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         peer = edge.node
@@ -198,7 +198,7 @@ class DataPlane:
                     if not sw.dirty:
                         sw.wake()
 
-    @cython.locals(sw=Swarm, edge=Edge)
+    @cython.locals(sw=Swarm, edge=Neighbour)
     def _busy(self, args: tuple[Swarm, Request]) -> None:
         sw, req = args
         self.busy_replies += 1
@@ -206,7 +206,7 @@ class DataPlane:
         sw.dl.request_done(req, machine.BUSY, self.sim.now)
         edge.changed()
 
-    @cython.locals(t=Transfer, sw=Swarm, edge=Edge, peer=Node)
+    @cython.locals(t=Transfer, sw=Swarm, edge=Neighbour, peer=Node)
     def _peer_done(self, t: Transfer) -> None:
         sw, req = self._untrack(t)  # type: ignore[misc]
         edge = req.peer
@@ -221,7 +221,7 @@ class DataPlane:
         sw.dl.request_done(req, machine.DONE, self.sim.now)
         edge.changed()
 
-    @cython.locals(sw=Swarm, edge=Edge)
+    @cython.locals(sw=Swarm, edge=Neighbour)
     def _peer_failed(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         if sw.generation != sw.node.generation:

@@ -17,6 +17,7 @@ cdef class Request:
 cdef class RequestBook:
     cdef public dict by_peer
     cdef public long open
+    @cython.locals(reqs=dict)
     cpdef void add(self, Request req)
     @cython.locals(reqs=dict)
     cpdef bint close(self, Request req, str status)

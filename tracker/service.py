@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo
 from p2pdist.core.layout import LayoutError, PieceLayout, decide_layout
 from p2pdist.core.leases import LeaseBook
-from p2pdist.core.wire import Announce, AnnounceReply, PeerEntry
+from p2pdist.core.wire import Announce, AnnounceReply
 
 from .config import TrackerConfig
 from .errors import TrackerError
@@ -152,7 +152,7 @@ def handle_announce(
         interval=_interval(blob, config),
         size=blob.size,
         piece_size=blob.piece_size,
-        peers=[PeerEntry(p.node, p.addr, p.zone, p.rack, p.have, p.complete) for p in handed],
+        peers=handed,
         digests=page,
         digest_pos=blob.cursor(offset + len(page)),
         leases=leases,

@@ -54,7 +54,10 @@ class Neighbour:
     score: float = 0.0
     bad_pieces: int = 0
     busy_until: float = 0.0
-    room: int = UNKNOWN_ROOM  # its free upload slots, as it last said
+    advertised: int = UNKNOWN_ROOM  # its free upload slots, as it last said (ROOM)
+    # What a pass may still use of them: reset to ``advertised`` at the start of each pass, then
+    # counted down by the peer chooser as it places requests there (core.selection.assign).
+    room: int = UNKNOWN_ROOM
 
     @property
     def peer(self) -> str:
@@ -97,7 +100,7 @@ class Neighbourhood:
         """Whether a tracker handout could add a neighbour (we dial up to ``limit``)."""
         return self._headers is not None and len(self.peers) + len(self._dialing) < self.limit
 
-    def connect(self, entries: Iterable[wire.PeerEntry], blob: str) -> None:
+    def connect(self, entries: Iterable[wire.PeerInfo], blob: str) -> None:
         """Dial new peers from a tracker handout and offer our bitfield of ``blob`` to everyone."""
         for nb in list(self.peers.values()):
             self._offer(nb, blob)
@@ -117,7 +120,7 @@ class Neighbourhood:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _dial(self, entry: wire.PeerEntry, blob: str) -> None:
+    async def _dial(self, entry: wire.PeerInfo, blob: str) -> None:
         try:
             ws = await self.session.ws_connect(
                 f"http://{entry.addr}/v1/control", headers=self._headers, heartbeat=15.0,
@@ -208,8 +211,8 @@ class Neighbourhood:
             if bf is not None and msg.index < bf.size and bf.add(msg.index):
                 self.host.on_have(msg.blob, msg.index)
         elif isinstance(msg, wire.Room):
-            opened = msg.free > 0 and nb.room <= 0
-            nb.room = msg.free
+            opened = msg.free > 0 and nb.advertised <= 0
+            nb.advertised = nb.room = msg.free
             if opened:
                 nb.busy_until = 0.0  # its word beats the back-off from an earlier 503
                 self.host.on_room()  # a swarm waiting for a free holder may go on now

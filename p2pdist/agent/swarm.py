@@ -244,7 +244,11 @@ class Swarm:
             self.wake_event.set()
 
     def holders(self, now: float) -> NeighbourView | None:
-        free = [nb for nb in self.agent.neighbours.peers.values() if machine.askable(nb, now)]
+        free = []
+        for nb in self.agent.neighbours.peers.values():
+            nb.room = nb.advertised  # what it last said: the previous pass's count-down is over
+            if machine.askable(nb, now):
+                free.append(nb)
         return NeighbourView(self.blob, self.layout.count, free) if free else None
 
     def fetch_piece(self, req: Request) -> None:

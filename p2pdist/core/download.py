@@ -29,6 +29,7 @@ from typing import Protocol
 # Relative imports: the simulator compiles this file, with these two, into its own package
 # (simulations.machine, .leases, .selection: simulations/native.py), where they resolve to the
 # compiled ones.
+from . import selection
 from .leases import missing_runs
 from .selection import PieceSelector, RarestFirst, assign, inflight_budget, reader_cursor, usable
 
@@ -75,26 +76,21 @@ TRACKER_LOST = "tracker"
 _IDLE, _SENT, _SPACING, _WAITING = 0, 1, 2, 3  # the announcer's states
 
 
-class Peer(Protocol):
-    """What the machine reads and writes on a neighbour (core.selection.PeerSlot's fields and more).
+class Neighbour(selection.Neighbour, Protocol):
+    """What the machine reads and writes on a neighbour: the peer chooser's fields, and more.
 
     ``inflight`` counts this node's requests to the peer over all its downloads: the machine adds
     one per request it places and takes it back when the request ends.
     """
 
-    peer: str
-    inflight: int
-    limit: int
-    score: float
-    room: int
-    busy_until: float
+    busy_until: float  # no request before this (a 503's back-off)
     bad_pieces: int
 
 
 class Holders(Protocol):
     """The neighbours a pass may send requests to now, as the driver sees them."""
 
-    def __call__(self, index: int) -> Sequence[Peer]:
+    def __call__(self, index: int) -> Sequence[Neighbour]:
         """The usable neighbours holding piece ``index``, the same objects on every call of a pass."""
         ...
 
@@ -135,7 +131,7 @@ class Shell(Protocol):
     def went_direct(self, reason: str) -> None:
         """The rest comes from the origin without the tracker (``STALL`` or ``TRACKER_LOST``)."""
 
-    def ban(self, peer: Peer) -> None:
+    def ban(self, peer: Neighbour) -> None:
         """``peer`` sent ``BAN_AFTER_BAD_PIECES`` bad pieces: stop trading with it."""
 
     def abort(self, reason: str) -> None:
@@ -162,7 +158,7 @@ class Settings:
     selector: PieceSelector = field(default_factory=RarestFirst)
 
 
-def askable(peer: Peer, now: float) -> bool:
+def askable(peer: Neighbour, now: float) -> bool:
     """Whether a pass may send ``peer`` a request now: not backing off after a 503, a free request
     slot, room it advertised, not scored out (what ``Shell.holders`` offers)."""
     return peer.busy_until <= now and usable(peer)  # type: ignore[arg-type]
@@ -173,7 +169,7 @@ class Request:
 
     __slots__ = ("index", "length", "peer", "sent", "status")
 
-    def __init__(self, index: int, peer: Peer, length: int, sent: float) -> None:
+    def __init__(self, index: int, peer: Neighbour, length: int, sent: float) -> None:
         self.index = index
         self.peer = peer
         self.length = length
@@ -182,31 +178,35 @@ class Request:
 
 
 class RequestBook:
-    """The open requests of one download, per peer."""
+    """The open requests of one download, per neighbour (keyed by the neighbour object itself)."""
 
     __slots__ = ("by_peer", "open")
 
     def __init__(self) -> None:
-        self.by_peer: dict[str, dict[int, Request]] = {}
+        self.by_peer: dict[object, dict[int, Request]] = {}
         self.open = 0
 
     def add(self, req: Request) -> None:
-        self.by_peer.setdefault(req.peer.peer, {})[req.index] = req
+        reqs = self.by_peer.get(req.peer)
+        if reqs is None:
+            reqs = self.by_peer[req.peer] = {}
+        reqs[req.index] = req
         self.open += 1
 
     def close(self, req: Request, status: str) -> bool:
         """Close ``req`` with ``status``; False if it was not open (closed twice)."""
-        reqs = self.by_peer.get(req.peer.peer)
+        reqs = self.by_peer.get(req.peer)
         if reqs is None or reqs.get(req.index) is not req:
             return False
         del reqs[req.index]
         if not reqs:
-            del self.by_peer[req.peer.peer]
+            del self.by_peer[req.peer]
         req.status = status
         self.open -= 1
         return True
 
-    def to(self, peer: str) -> list[Request]:
+    def to(self, peer: Neighbour) -> list[Request]:
+        """The open requests to ``peer``."""
         return list(self.by_peer.get(peer, {}).values())
 
 

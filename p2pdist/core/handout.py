@@ -7,16 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .wire import PeerInfo
 
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    node: str
-    addr: str
-    zone: str = ""
-    rack: str = ""
-    have: int = 0  # verified pieces
-    complete: bool = False
-    load: int = 0  # uploads in progress, as the peer last reported
+__all__ = ["HANDOUTS", "SAMPLE", "HandoutPolicy", "LocalityFirst", "PeerInfo", "RandomByCompleteness", "locality"]
 
 
 class HandoutPolicy(Protocol):

@@ -148,18 +148,18 @@ def inflight_budget(min_bytes: int, upload_slots: int, piece_size: int) -> int:
     return max(min_bytes, max(1, upload_slots) * piece_size)
 
 
-@dataclass(slots=True)
-class PeerSlot:
-    """What the peer chooser needs to know about one peer."""
+class Neighbour(Protocol):
+    """A peer we are connected to, as the peer chooser reads it: the agent's ``Neighbour`` and the
+    simulator's are both this (core.download adds what the machine writes)."""
 
-    peer: str
-    inflight: int
-    limit: int
-    score: float = 0.0  # higher is better; penalties for bad pieces and timeouts drive it down
-    room: int = 1 << 30  # upload slots the peer last said it had free (unlimited until it says)
+    peer: str  # its node id
+    inflight: int  # our requests to it now
+    limit: int  # our requests to it at once, at most
+    score: float  # higher is better; penalties for bad pieces and timeouts drive it down
+    room: int  # upload slots it last said it had free (unlimited until it says)
 
 
-def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: float = -3.0) -> PeerSlot | None:
+def choose_peer(holders: Sequence[Neighbour], rng: random.Random, min_score: float = -3.0) -> Neighbour | None:
     """Among peers holding a piece, the least busy one with a free slot; score breaks ties.
 
     Busy means, first, the peer's own free upload slots as it advertised them (``room``: the
@@ -174,7 +174,7 @@ def choose_peer(holders: Sequence[PeerSlot], rng: random.Random, min_score: floa
     return min(candidates, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
 
 
-def usable(p: PeerSlot, min_score: float = -3.0) -> bool:
+def usable(p: Neighbour, min_score: float = -3.0) -> bool:
     """A peer choose_peer may pick: a free request slot, room it advertised, not scored out."""
     return p.inflight < p.limit and p.room > 0 and p.score > min_score
 
@@ -184,18 +184,18 @@ def assign(
     candidates: Collection[int],
     availability: Sequence[int],
     count: int,
-    holders: Callable[[int], Sequence[PeerSlot]],
+    holders: Callable[[int], Sequence[Neighbour]],
     rng: random.Random,
     cursor: int | None = None,
     reachable: Collection[int] | None = None,
-) -> list[tuple[int, PeerSlot]]:
+) -> list[tuple[int, Neighbour]]:
     """Choose up to ``count`` (piece, peer) requests together.
 
     Only pieces some usable peer holds are ranked: ranking all of them and skipping the ones whose
     holders are busy left slots empty whenever the rarest pieces sat at full peers (the simulator
     saw most passes place nothing), idling every uplink but theirs. ``reachable``, if given, is
     that set already worked out by the caller (it must equal what ``holders`` and ``usable``
-    give). ``holders(i)`` must return the same PeerSlot objects across calls: their ``inflight``
+    give). ``holders(i)`` must return the same Neighbour objects across calls: their ``inflight``
     and ``room`` count the requests assigned here.
     """
     if count <= 0 or not candidates:
@@ -204,7 +204,7 @@ def assign(
     reachable = (
         {i for i in candidates if any(usable(p) for p in holders(i))} if reachable is None else set(reachable)
     )
-    out: list[tuple[int, PeerSlot]] = []
+    out: list[tuple[int, Neighbour]] = []
     while reachable and len(out) < count:
         ranked = selector.select(reachable, availability, count - len(out), rng, cursor)
         if not ranked:

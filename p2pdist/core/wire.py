@@ -118,10 +118,10 @@ def _lease(name: str, v: Any) -> tuple[int, int, float]:
     return start, end, _num()(name, v[2])
 
 
-def _peer(name: str, v: Any) -> PeerEntry:
+def _peer(name: str, v: Any) -> PeerInfo:
     if not isinstance(v, dict):
         raise WireError(f"field {name!r} must be a map")
-    return PeerEntry.from_fields(v, name)
+    return PeerInfo.from_fields(v, name)
 
 
 class Message:
@@ -154,19 +154,23 @@ class Message:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class PeerEntry(Message):
+@dataclass(frozen=True, slots=True)
+class PeerInfo(Message):
+    """A peer as the tracker knows it and hands it out: the one record of a peer from announce to
+    handout to the reply on the wire (core.handout ranks these)."""
+
     TYPE: ClassVar[str] = ""
     CHECKS: ClassVar[dict[str, Any]] = {
         "node": _text(128), "addr": _text(300), "zone": _text(64), "rack": _text(64),
-        "have": _int(), "complete": _bool,
+        "have": _int(), "complete": _bool, "load": _int(0, 1 << 20),
     }
     node: str
     addr: str
     zone: str = ""
     rack: str = ""
-    have: int = 0
+    have: int = 0  # verified pieces
     complete: bool = False
+    load: int = 0  # uploads in progress, as the peer last reported
 
 
 EVENTS = ("started", "progress", "completed", "stopped", "corrupt")
@@ -213,7 +217,7 @@ class AnnounceReply(Message):
     interval: float
     size: int | None = None
     piece_size: int | None = None
-    peers: list[PeerEntry] = field(default_factory=list)
+    peers: list[PeerInfo] = field(default_factory=list)
     digests: list[tuple[int, bytes]] = field(default_factory=list)
     digest_pos: int = 0
     leases: list[tuple[int, int, float]] = field(default_factory=list)

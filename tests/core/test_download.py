@@ -210,7 +210,7 @@ def test_request_outcomes_score_back_off_and_ban_the_peer():
     assert {reqs[i].index for i in (1, 2, 3, 4, 5)} <= dl.fetchable
     dl.schedule(1.2)
     assert shell.take("fetch") == []
-    assert [r.index for r in dl.requests.to("bad")] == [r.index for r in reqs[6:]]
+    assert [r.index for r in dl.requests.to(bad)] == [r.index for r in reqs[6:]]
 
 
 def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer_fires():

@@ -1,4 +1,5 @@
 import random
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import example, given, settings
@@ -6,7 +7,6 @@ from hypothesis import strategies as st
 
 from p2pdist.core.selection import (
     SELECTORS,
-    PeerSlot,
     RandomOrder,
     RarestFirst,
     Sequential,
@@ -15,6 +15,17 @@ from p2pdist.core.selection import (
     inflight_budget,
     reader_cursor,
 )
+
+
+@dataclass(slots=True)
+class PeerSlot:
+    """A neighbour as the peer chooser reads it (core.selection.Neighbour)."""
+
+    peer: str
+    inflight: int
+    limit: int
+    score: float = 0.0
+    room: int = 1 << 30
 
 
 @st.composite

@@ -19,7 +19,7 @@ from p2pdist.core.wire import (
     Have,
     Hello,
     Lost,
-    PeerEntry,
+    PeerInfo,
     Room,
     WireError,
     decode,
@@ -47,7 +47,7 @@ leases = st.integers(0, (1 << 20) - 1).flatmap(
     lambda s: st.tuples(st.just(s), st.integers(s + 1, 1 << 20), st.floats(0, 1e9, allow_nan=False))
 )
 peer_entries = st.builds(
-    PeerEntry, node=text(128), addr=text(300), zone=text(64), rack=text(64),
+    PeerInfo, node=text(128), addr=text(300), zone=text(64), rack=text(64),
     have=st.integers(0, 1 << 62), complete=st.booleans(),
 )
 announces = st.builds(
@@ -101,10 +101,10 @@ def test_defaults_round_trip_and_frame_shape():
 
 def test_nested_peers_and_tuples_decode_to_typed_values():
     reply = AnnounceReply(
-        interval=5, peers=[PeerEntry("a", "a:1", complete=True)], digests=[(3, D32)], leases=[(0, 4, 10)]
+        interval=5, peers=[PeerInfo("a", "a:1", complete=True)], digests=[(3, D32)], leases=[(0, 4, 10)]
     )
     back = decode(encode(reply))
-    assert isinstance(back.peers[0], PeerEntry) and back.peers[0].complete is True
+    assert isinstance(back.peers[0], PeerInfo) and back.peers[0].complete is True
     assert back.digests == [(3, D32)] and isinstance(back.digests[0], tuple)
     assert back.leases == [(0, 4, 10.0)] and isinstance(back.leases[0][2], float)
     assert isinstance(back.interval, float)
