@@ -185,7 +185,7 @@ class DataPlane:
         piece look again. They hear it in no fixed order; the first to ask gets the slot."""
         n = len(peer.w_idx)
         # A random starting point, not a full shuffle: this runs once per finished upload.
-        k = self.room_rng.randrange(n) if n > 1 else 0
+        k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
         nodes = self.board.nodes
         blocking = self.board.blocking
         for j in range(n):

@@ -70,7 +70,9 @@ class RarestFirst:
         if rest > 0:
             pool = [i for i in candidates if i not in chosen] if chosen else list(candidates)
             # Random secondary key: equally rare pieces are spread across requesters.
-            chosen += heapq.nsmallest(rest, pool, key=lambda i: (availability[i], rng.random()))
+            # availability + a random fraction: the order of (availability, random) without a tuple
+            # per candidate (this is the hottest line of a pass).
+            chosen += heapq.nsmallest(rest, pool, key=lambda i: availability[i] + rng.random())
         return chosen
 
 
