@@ -143,12 +143,13 @@ class Shell(Protocol):
 
 @dataclass(frozen=True)
 class Settings:
-    """The numbers and policies one download runs with (the agent's Limits, or a simulated profile)."""
+    """The numbers and policies one download runs with: the agent's ``Limits`` (their defaults live
+    there, not here), or a simulated profile's. The policy switches default to the agent's ways."""
 
-    inflight_bytes: int = 96 << 20  # piece bytes in flight from peers at once, at least (inflight_budget)
-    upload_slots: int = 3  # this node's upload slots: never fewer pieces in flight than these
-    origin_concurrency: int = 4
-    stall_timeout: float = 20.0
+    inflight_bytes: int  # piece bytes in flight from peers at once, at least (inflight_budget)
+    upload_slots: int  # this node's upload slots: never fewer pieces in flight than these
+    origin_concurrency: int  # origin Range streams at once
+    stall_timeout: float  # seconds without progress before the rest comes from the origin
     stall_fallback: bool = True  # no progress for stall_timeout: the rest from the origin
     leases: bool = True  # ask the tracker for origin leases (off: peers only, or direct)
     report_digests: bool = True  # report origin pieces' digests to the tracker

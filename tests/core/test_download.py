@@ -92,6 +92,8 @@ class Shell:
 
 def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, **settings) -> tuple[Download, Shell]:
     shell = Shell()
+    settings.setdefault("origin_concurrency", 4)
+    settings.setdefault("stall_timeout", 20.0)
     s = Settings(inflight_bytes=budget_pieces * PIECE, upload_slots=1, **settings)
     return Download(shell, s, PIECE, pieces * PIECE, now, random.Random(1)), shell
 
