@@ -64,7 +64,6 @@ cdef class Download:
     cdef public double last_progress
     cdef public bint dirty
     cdef public bint done
-    cdef public bint complete_sent
     cdef public int _state
     cdef public bint _kicked
     cdef public long _sent
@@ -77,7 +76,6 @@ cdef class Download:
 
     cpdef long long length(self, long i)
     cpdef bint has(self, long i)
-    cpdef bint known(self, long i)
     cpdef bint _inflight(self, long i)
     cpdef bint _had_or_inflight(self, long i)
     @cython.locals(pos=long, c=cython.uint)

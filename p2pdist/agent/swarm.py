@@ -299,7 +299,6 @@ class Swarm:
 
     def _announce_msg(self, event: str, size: int | None = None, complete: bool = False,
                       fields: tuple[list[int], int, int, bool] | None = None) -> wire.Announce:
-        dl = self.machine
         have = len(self.partial.have) if self.partial else 0
         indices, digest_pos, want, streaming = fields if fields is not None else ([], 0, 0, False)
         if event == "started" and not self.direct:
@@ -312,8 +311,6 @@ class Swarm:
         elif self.partial is not None:
             manifest = self.partial.manifest
             digests = [(i, d) for i in indices if (d := manifest.get(i)) is not None]
-        elif dl is None:
-            digest_pos = 0
         return wire.Announce(
             node=self.agent.node, addr=self.agent.config.advertise, blob=self.blob,
             zone=self.agent.config.zone, rack=self.agent.config.rack,

@@ -282,8 +282,7 @@ class Download:
         self.readers: dict[int, int] = {}
         self.last_progress = now
         self.dirty = False
-        self.done = False
-        self.complete_sent = False
+        self.done = False  # completed or aborted: no more commands
         # The announcer.
         self._state = _IDLE
         self._kicked = False
@@ -307,9 +306,6 @@ class Download:
 
     def has(self, i: int) -> bool:
         return bool(self.cells[self.base + i] & HAVE)
-
-    def known(self, i: int) -> bool:
-        return bool(self.cells[self.base + i] & KNOWN)
 
     def _inflight(self, i: int) -> bool:
         return bool(self.cells[self.base + i] & INFLIGHT)
@@ -374,17 +370,6 @@ class Download:
             if not c & INFLIGHT:
                 self._add_fetchable(i)
         return True
-
-    def forget_digest(self, i: int) -> None:
-        """Piece i's digest was wrong (its bytes failed it): not fetchable until it is learnt again."""
-        pos = self.base + i
-        c = self.cells[pos]
-        if c & HAVE or not c & KNOWN:
-            return
-        self.cells[pos] = c & (CELL ^ KNOWN)
-        self._drop_fetchable(i)
-        if c & AVAIL:
-            self.undigested.add(i)
 
     def _add_fetchable(self, i: int) -> None:
         self.fetchable.add(i)
@@ -632,9 +617,8 @@ class Download:
         return True
 
     def _complete(self) -> None:
-        if self.complete_sent:
-            return
-        self.complete_sent = True
+        if self.done:
+            return  # said already, or aborted
         self.done = True
         self._state = _IDLE
         self.shell.complete()

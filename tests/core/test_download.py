@@ -90,6 +90,16 @@ class Shell:
         return got
 
 
+def offer(dl: Download, shell: Shell, *peers: FakePeer) -> None:
+    """``peers`` are our neighbours from now on, their pieces held and every digest known."""
+    shell.peers = list(peers)
+    for p in peers:
+        for i in p.pieces:
+            dl.add_holder(i)
+    for i in range(dl.count):
+        dl.learn_digest(i)
+
+
 def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, **settings) -> tuple[Download, Shell]:
     shell = Shell()
     settings.setdefault("origin_concurrency", 4)
@@ -160,12 +170,7 @@ def test_rarest_first_within_the_byte_budget_and_the_peers_request_limits():
     a = FakePeer("a", {0, 1, 2, 3}, limit=2)
     b = FakePeer("b", {0, 1, 2}, limit=2)
     c = FakePeer("c", {0, 1}, limit=2)
-    shell.peers = [a, b, c]
-    for p in shell.peers:
-        for i in p.pieces:
-            dl.add_holder(i)
-    for i in range(8):
-        dl.learn_digest(i)
+    offer(dl, shell, a, b, c)
     dl.start(0.0, Reply())
     dl.schedule(0.0)
     fetched = shell.take("fetch")
@@ -182,10 +187,7 @@ def test_rarest_first_within_the_byte_budget_and_the_peers_request_limits():
 def test_request_outcomes_score_back_off_and_ban_the_peer():
     dl, shell = machine(8, budget_pieces=8)
     bad = FakePeer("bad", set(range(8)), limit=8)
-    shell.peers = [bad]
-    for i in range(8):
-        dl.add_holder(i)
-        dl.learn_digest(i)
+    offer(dl, shell, bad)
     dl.start(0.0, Reply())
     dl.schedule(0.0)
     reqs = [c[3] for c in shell.take("fetch")]
@@ -218,10 +220,7 @@ def test_request_outcomes_score_back_off_and_ban_the_peer():
 def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer_fires():
     dl, shell = machine(4)
     p = FakePeer("p", {0, 1, 2, 3}, limit=1)
-    shell.peers = [p]
-    for i in range(4):
-        dl.add_holder(i)
-        dl.learn_digest(i)
+    offer(dl, shell, p)
     dl.start(0.0, Reply())
     dl.schedule(0.0)
     (req,) = [c[3] for c in shell.take("fetch")]
@@ -344,10 +343,7 @@ def test_the_last_piece_completes_the_download_once_and_an_origin_failure_aborts
 def test_a_streaming_reader_gets_its_next_piece_in_the_window():
     dl, shell = machine(64, budget_pieces=1)
     p = FakePeer("p", set(range(64)), limit=4)
-    shell.peers = [p]
-    for i in range(64):
-        dl.add_holder(i)
-        dl.learn_digest(i)
+    offer(dl, shell, p)
     for i in range(20):
         dl.add_holder(i)  # the first pieces are the commonest: rarest-first would leave them last
     dl.follow(1, 10)

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pdist.cli.demo.image import RandomReader
+
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_LINKS = ("sh", "echo", "cat", "ls", "sha256sum", "true")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -200,24 +202,9 @@ def _busybox_layer(tar: tarfile.TarFile) -> None:
     tar.addfile(_info("etc/passwd", size=len(passwd)), io.BytesIO(passwd))
 
 
-class _RandomReader(io.RawIOBase):
-    """``size`` random bytes, read in chunks: the big layer never sits in memory whole."""
-
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        self.left -= n
-        return os.urandom(n)
-
-
 def _random_layer(index: int, size: int) -> Callable[[tarfile.TarFile], None]:
     def fill(tar: tarfile.TarFile) -> None:
-        tar.addfile(_info(f"data/random-{index}.bin", size=size), _RandomReader(size))
+        tar.addfile(_info(f"data/random-{index}.bin", size=size), RandomReader(size))
 
     return fill
 

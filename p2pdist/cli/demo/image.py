@@ -58,7 +58,7 @@ class Image:
         return self.layout / "blobs" / algorithm / encoded
 
 
-class _RandomReader(io.RawIOBase):
+class RandomReader(io.RawIOBase):
     """``size`` random bytes, read in whatever chunks tarfile asks for."""
 
     def __init__(self, size: int) -> None:
@@ -112,7 +112,7 @@ def _write_layer(blobs: Path, index: int, size: int) -> Blob:
                           copybufsize=CHUNK) as tar:
             info = tarfile.TarInfo(f"layer{index}/random.bin")
             info.size, info.mode, info.mtime = size, 0o644, 0
-            tar.addfile(info, _RandomReader(size))
+            tar.addfile(info, RandomReader(size))
     finally:
         writer.close()
     return _commit(blobs, tmp, writer, OCI_LAYER)
