@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,25 +47,43 @@ def prefault_page_cache(work: Path, size: int) -> None:
     path.unlink()
 
 
-def time_curl(url: str, out: Path) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_curl(url: str, out: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of curl writing the blob to a file."""
+    cpu = children_cpu_seconds()
     start = time.perf_counter()
     subprocess.run(["curl", "-sf", "-o", str(out), url], check=True)
     elapsed = time.perf_counter() - start
+    cpu = children_cpu_seconds() - cpu
     out.unlink()
-    return elapsed
+    return elapsed, cpu
 
 
-def time_agent(work: Path, tracker: Tracker, ref: str, run: int, upstream: str) -> tuple[float, dict]:
+def time_agent(work: Path, tracker: Tracker, ref: str, run: int, upstream: str) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of the agent process during the fetch, final event)."""
     agent = AgentProc(work, f"single{run}", tracker.url, TOKEN, upstreams=[upstream]).start()
     try:
+        assert agent.popen is not None
+        cpu = process_cpu_seconds(agent.popen.pid)
         start = time.perf_counter()
         result = agent.fetch(ref)
         elapsed = time.perf_counter() - start
+        cpu = process_cpu_seconds(agent.popen.pid) - cpu
     finally:
         agent.stop()
         shutil.rmtree(agent.data_dir, ignore_errors=True)
     assert result.get("done"), result
-    return elapsed, result
+    return elapsed, cpu, result
 
 
 def single(work: Path, size: int, runs: int) -> dict:
@@ -75,17 +94,26 @@ def single(work: Path, size: int, runs: int) -> dict:
             ref = f"{registry.host}/bench/single@{digest}"
             url = f"{registry.url}/v2/bench/single/blobs/{digest}"
             time_curl(url, work / "warm")  # the registry's first read warms the page cache for both
-            curl_t, agent_t = [], []
+            curl_t, agent_t, curl_cpu, agent_cpu = [], [], [], []
             for run in range(runs):
                 prefault_page_cache(work, 2 * size)
-                curl_t.append(time_curl(url, work / "curl.out"))
+                wall, cpu = time_curl(url, work / "curl.out")
+                curl_t.append(wall)
+                curl_cpu.append(cpu)
                 prefault_page_cache(work, 2 * size)
-                agent_t.append(time_agent(work, tracker, ref, run, f"http://{registry.host}")[0])
+                wall, cpu, _ = time_agent(work, tracker, ref, run, f"http://{registry.host}")
+                agent_t.append(wall)
+                agent_cpu.append(cpu)
         finally:
             tracker.stop()
     c, a = statistics.median(curl_t), statistics.median(agent_t)
+    gib = size / (1 << 30)
     return {"size": size, "curl_s": curl_t, "agent_s": agent_t, "curl_median_s": c, "agent_median_s": a,
-            "ratio": a / c, "curl_MBps": size / c / 1e6, "agent_MBps": size / a / 1e6}
+            "ratio": a / c, "ratios": [x / y for x, y in zip(agent_t, curl_t, strict=True)],
+            "curl_MBps": size / c / 1e6, "agent_MBps": size / a / 1e6,
+            # CPU the fetch costs (all threads; the registry's own CPU is in neither).
+            "curl_cpu_s_per_GiB": statistics.median(curl_cpu) / gib,
+            "agent_cpu_s_per_GiB": statistics.median(agent_cpu) / gib}
 
 
 def crowd(work: Path, size: int, nodes: int) -> dict:

@@ -16,7 +16,8 @@ from typing import Any
 from p2pdist.config import Limits
 from p2pdist.core.download import ANNOUNCE_SPACING, DIRECT_RUN_PIECES
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo, RandomByCompleteness, locality
-from tracker.config import ConfigError, TrackerConfig
+from p2pdist.settings import ConfigError, Source, load_settings, replace
+from tracker.config import TrackerConfig
 
 from .scenario import Scenario
 from .selection import SELECTORS, PieceSelector, RandomOrder, Sequential
@@ -82,19 +83,17 @@ def _selector(name: str) -> PieceSelector:
 
 
 def p2pdist_profile(scenario: Scenario) -> Profile:
-    limits = Limits()
     overrides = dict(scenario.limits)
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Limits)})
+    unknown = sorted(set(overrides) - set(Limits.model_fields))
     if unknown:
         raise ScenarioError(f"p2pdist.limits: unknown setting(s) {', '.join(unknown)}")
     try:
-        limits = dataclasses.replace(limits, **overrides)
-        tracker = dataclasses.replace(TrackerConfig(), **dict(scenario.tracker))
+        limits = load_settings(Limits, [Source("the scenario's [p2pdist.limits]", overrides)])
+        tracker = load_settings(TrackerConfig, [Source("the scenario's [p2pdist.tracker]", dict(scenario.tracker))])
         if scenario.image.piece_size:
             # A pinned piece size is the tracker's rule: it decides every layout (core.layout.decide_layout).
-            tracker = dataclasses.replace(tracker, piece_min=scenario.image.piece_size,
-                                          piece_max=scenario.image.piece_size)
-    except (TypeError, ConfigError) as e:
+            tracker = replace(tracker, piece_min=scenario.image.piece_size, piece_max=scenario.image.piece_size)
+    except ConfigError as e:
         raise ScenarioError(f"p2pdist.limits / p2pdist.tracker: {e}") from None
     handout_name = scenario.handout or tracker.handout_policy
     if handout_name not in HANDOUTS:
@@ -120,7 +119,7 @@ def kraken_profile(scenario: Scenario) -> Profile:
     announce every 3 s; the torrent's metainfo carries every piece digest from the start.
     """
     base = p2pdist_profile(scenario)
-    tracker = dataclasses.replace(base.tracker, announce_interval=3.0, busy_interval=3.0, handout_size=10)
+    tracker = replace(base.tracker, announce_interval=3.0, busy_interval=3.0, handout_size=10)
     return dataclasses.replace(
         base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
         tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario, tracker),
@@ -136,7 +135,7 @@ def dragonfly_profile(scenario: Scenario) -> Profile:
     re-scheduled at every announce (1 s); piece digests travel with the piece metadata.
     """
     base = p2pdist_profile(scenario)
-    tracker = dataclasses.replace(base.tracker, announce_interval=1.0, busy_interval=1.0, handout_size=4)
+    tracker = replace(base.tracker, announce_interval=1.0, busy_interval=1.0, handout_size=4)
     return dataclasses.replace(
         base, name="dragonfly", selector=Sequential(), handout=ScoredParents(), origin=BACK_TO_SOURCE,
         tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario, tracker),

@@ -12,6 +12,7 @@ import p2pdist.core.handout as handout_mod
 import p2pdist.core.leases as leases_mod
 import p2pdist.core.selection as core_selection
 from p2pdist.core.handout import RandomByCompleteness
+from p2pdist.settings import replace
 from simulations import agent as sim_agent
 from simulations import cluster as sim_cluster
 from simulations import machine as sim_machine
@@ -135,7 +136,7 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
         stored.clear()
         sc = scenario_from_dict(dict(SCENARIO))
         profile = p2pdist_profile(sc)
-        tracker = dataclasses.replace(profile.tracker, origin_slow_start=slow_start)
+        tracker = replace(profile.tracker, origin_slow_start=slow_start)
         out = Cluster(sc, dataclasses.replace(profile, tracker=tracker)).run()
         assert all(d > 0 for d in out.done) and out.origin_bytes <= 1.05 * (64 << 20)
         return min(stored)

@@ -38,31 +38,55 @@ def test_env_values_are_parsed_by_type() -> None:
     config = load(env={"P2PDIST_TRACKER_INSECURE": "yes", "P2PDIST_TRACKER_CLUSTER_TOKEN": "t0k",
                        "P2PDIST_TRACKER_LISTEN": "[::1]:7171"})
     assert config.insecure and config.cluster_token == "t0k" and (config.host, config.port) == ("::1", 7171)
-    with pytest.raises(ConfigError, match="lease_pieces in the environment must be an integer"):
+    with pytest.raises(ConfigError, match=r"lease_pieces: Input should be a valid integer.*got 'many' "
+                                          r"\(from P2PDIST_TRACKER_LEASE_PIECES\)"):
         load(env={"P2PDIST_TRACKER_LEASE_PIECES": "many"})
 
 
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("peer_tll = 3\n", "unknown setting 'peer_tll'"),
-        ("lease_ttl = 0\n", "lease_ttl must be > 0"),
+        ("peer_tll = 3\n", r"unknown setting 'peer_tll' \(from .*bad.toml\); known: host, port, "),
+        ("lease_ttl = 0\n", "lease_ttl: Input should be greater than 0, got 0 "),
         ('handout_policy = "best"\n', "handout_policy 'best' is unknown; choose one of locality, kraken"),
-        ('lease_ttl = "soon"\n', "lease_ttl in .* must be a number"),
-        ("leases_per_node = 100\n", "leases_per_node must be in 1..64"),
+        ('lease_ttl = "soon"\n', r"lease_ttl: Input should be a valid number.*got 'soon' \(from .*bad.toml\)"),
+        ("leases_per_node = 100\n", "leases_per_node: Input should be less than or equal to 64, got 100"),
+        ("upload_slots = 2.7\n", "unknown setting 'upload_slots'"),
+        ("lease_pieces = 2.5\n", "lease_pieces: Input should be a valid integer, got a number with a fractional"),
+        ("lease_pieces = true\n", "lease_pieces: expected a number, not true/false, got True"),
+        ("peer_ttl = 60\nblob_ttl = 30\n", "blob_ttl must be >= peer_ttl"),
+        ('log_level = "loud"\n', "log_level: Input should be 'debug', 'info', 'warning' or 'error', got 'loud'"),
+        ('max_blob_size = "1TiB"\n', None),
         ("not toml [", "is not valid TOML"),
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_named(tmp_path: Path, toml: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(toml)
+    if message is None:  # the control: a good value in the same position loads
+        assert load(path, env={}).max_blob_size == 1 << 40
+        return
     with pytest.raises(ConfigError, match=message):
         load(path, env={})
+
+
+def test_flags_are_named_in_errors() -> None:
+    with pytest.raises(ConfigError, match=r"peer_ttl: Input should be greater than 0, got -1.0 \(from --peer-ttl\)"):
+        load(env={}, flags={"peer_ttl": -1.0})
+
+
+def test_settings_built_in_code_are_checked_too() -> None:
+    with pytest.raises(ValueError, match="leases_per_node"):
+        TrackerConfig(leases_per_node=0)
+    with pytest.raises(ValueError, match="frozen"):
+        TrackerConfig().port = 1  # type: ignore[misc]
 
 
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match=r"cannot read config file /nonexistent\.toml"):
         load("/nonexistent.toml", env={})
+    with pytest.raises(ConfigError, match=r"config file /tmp is a directory"):
+        load("/tmp", env={})
 
 
 @pytest.mark.parametrize("text", ["7070", "host:", ":7070", "h:99999", "h:port"])

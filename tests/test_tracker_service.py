@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from p2pdist.core.layout import piece_size_for
 from p2pdist.core.wire import Announce, AnnounceReply
+from p2pdist.settings import replace
 from tracker.config import TrackerConfig
 from tracker.service import AnnounceError, handle_announce, memory_state
 from tracker.state import MemoryState
