@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from p2pdist.mirror.membership import references
+from p2pdist.mirror.membership import ANONYMOUS, Membership, references
 
 
 def d(c: str) -> str:
@@ -26,13 +26,32 @@ def test_a_manifest_confirms_only_what_the_registry_checked_is_in_its_repository
         "subject": {"digest": d("5"), "size": 1},
         "blobs": [{"digest": d("b"), "size": 1}],
     }
-    assert references(json.dumps(manifest).encode()) == {d("c"), d("1")}
+    assert references(json.dumps(manifest).encode()) == {d("c"): 1, d("1"): 1}
 
 
 def test_an_index_confirms_its_child_manifests_and_schema1_its_fs_layers() -> None:
-    index = {"schemaVersion": 2, "manifests": [{"digest": d("a"), "size": 1}, {"digest": d("e"), "size": 1}],
+    index = {"schemaVersion": 2, "manifests": [{"digest": d("a"), "size": 10}, {"digest": d("e"), "size": -1}],
              "subject": {"digest": d("5"), "size": 1}}
-    assert references(json.dumps(index).encode()) == {d("a"), d("e")}
+    # Sizes as declared; a size that cannot be one is no size.
+    assert references(json.dumps(index).encode()) == {d("a"): 10, d("e"): None}
     schema1 = {"schemaVersion": 1, "fsLayers": [{"blobSum": d("3")}, {"blobSum": 7}]}
-    assert references(json.dumps(schema1).encode()) == {d("3")}
-    assert references(b"not json") == set() and references(b"[1]") == set()
+    assert references(json.dumps(schema1).encode()) == {d("3"): None}
+    assert references(b"not json") == {} and references(b"[1]") == {}
+
+
+def test_a_confirmed_size_is_kept_per_repository_and_credential() -> None:
+    now = [0.0]
+    book = Membership(ttl=10, public_ttl=100, clock=lambda: now[0])
+    book.confirm("r", "team/app", "alice", {d("1"): 5})
+    book.confirm("r", "team/app", "alice", [d("2")])  # a confirmation without a size
+    book.confirm("r", "evil/app", "mallory", {d("1"): 999})  # another repository's claim
+    assert book.size("r", "team/app", "alice", d("1")) == 5
+    assert book.size("r", "team/app", "alice", d("2")) is None
+    assert book.size("r", "team/app", "bob", d("1")) is None and not book.allowed("r", "team/app", "bob", d("1"))
+    book.confirm("r", "team/app", "alice", [d("1")])  # renewed without a size: the size stays
+    assert book.size("r", "team/app", "alice", d("1")) == 5
+    book.confirm("r", "pub/x", ANONYMOUS, {d("3"): 7})
+    assert book.size("r", "pub/x", "carol", d("3")) == 7  # a public repository's answer holds for all
+    now[0] = 11
+    assert book.size("r", "team/app", "alice", d("1")) is None  # expired with the confirmation
+    assert book.size("r", "pub/x", "carol", d("3")) == 7

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from p2pdist.core.wire import Announce, AnnounceReply, decode, encode
 from tests.support.clients import Containerd, Dockerd, NetNS, Podman, Skopeo
 from tests.support.images import OciImage, build_image, file_sha256
 from tests.support.procs import AgentProc
@@ -175,6 +177,46 @@ def test_dockerd_pulls_through_registry_mirrors_in_netns(tmp_path: Path, netns: 
                 assert_second_pull_from_peers(registry, records, image, before)
             run = dockerd.run_container(ref, "sh", "-c", "echo hi")
             assert run.stdout.strip() == "hi", run
+
+
+# --- sizes come from the manifest the client pulled ------------------------------------------------
+
+
+def test_a_cold_pull_asks_no_blob_size_of_the_registry(tmp_path: Path, cluster: Cluster, image: OciImage) -> None:
+    """The manifest fetched for the client declares every blob's size: the agents start downloading
+    without a HEAD of each blob (one upstream round trip less per blob, a WAN round trip on a node)."""
+    registry = cluster.registry
+    agent = cluster.agent("node-a")
+    start = mark(registry)
+    with cluster.diagnosed():
+        Skopeo(tmp_path / "skopeo", agent.mirror, [registry.host]).copy(
+            f"{registry.host}/{REPO}:{TAG}", tmp_path / "out", timeout=PULL_TIMEOUT)
+    image.verify_dir(tmp_path / "out")
+    records = since(registry, start)
+    assert_pulled_by_agents(records, image)
+    heads = [r for r in records if r.method == "HEAD" and "/blobs/" in r.path]
+    assert not heads, f"blob sizes were asked of the registry:\n{describe(heads)}"
+
+
+def test_a_forged_size_at_the_tracker_does_not_break_a_mirror_pull(tmp_path: Path, cluster: Cluster,
+                                                                   image: OciImage) -> None:
+    """A node with the cluster token announces the big layer with a wrong size first. The mirror's
+    download trusts the size from the manifest (the root of trust) and still delivers the image."""
+    registry = cluster.registry
+    big = image.big_layer
+    forged = Announce(node="rogue", addr="127.0.0.1:9", blob=big.digest, size=big.size + 4096, want_leases=1)
+    request = urllib.request.Request(
+        cluster.tracker.url + "/v1/announce", data=encode(forged), method="POST",
+        headers={"Content-Type": "application/msgpack", "Authorization": f"Bearer {cluster.tracker.token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        reply = decode(resp.read(), expect=(AnnounceReply,))
+    assert reply.size == big.size + 4096  # the tracker took the forged size
+    agent = cluster.agent("node-a")
+    with cluster.diagnosed():
+        Skopeo(tmp_path / "skopeo", agent.mirror, [registry.host]).copy(
+            f"{registry.host}/{REPO}:{TAG}", tmp_path / "out", timeout=PULL_TIMEOUT)
+    image.verify_dir(tmp_path / "out")
+    assert agent.metrics().get('p2pdist_origin_fallbacks_total{reason="size"}') == 1.0
 
 
 # --- must-show 3: upstream down --------------------------------------------------------------------

@@ -81,12 +81,14 @@ class Agent:
         return OriginClient(self.session, up.host, plain_http=up.plain_http, credentials=creds,
                             authorization=authorization, verify_tls=not up.skip_verify)
 
-    def fetch(self, registry: str, repo: str, digest: Digest,
-              authorization: str | None = None) -> tuple[Swarm | None, asyncio.Future[Path]]:
+    def fetch(self, registry: str, repo: str, digest: Digest, authorization: str | None = None,
+              size: int | None = None) -> tuple[Swarm | None, asyncio.Future[Path]]:
         """Start (or join) the one download of this blob on this node.
 
         ``authorization`` is a mirror client's own credential, used for the origin when the
         download starts here; later joiners share the download (they were checked upstream first).
+        ``size`` is the blob's size as the upstream gave it to the mirror (a manifest's descriptor,
+        a HEAD), if known: the download then does not ask the origin for it again.
         """
         blob = str(digest)
         if self.store.has(digest):
@@ -95,7 +97,7 @@ class Agent:
             return None, done
         task = self._downloads.get(blob)
         if task is None:
-            swarm = self.swarms[blob] = Swarm(self, digest, registry, repo, authorization)
+            swarm = self.swarms[blob] = Swarm(self, digest, registry, repo, authorization, size=size)
             task = self._downloads[blob] = asyncio.ensure_future(swarm.run())
             self.metrics.swarms.set(len(self._downloads))
             task.add_done_callback(lambda _t, b=blob: self._finished(b))

@@ -23,7 +23,7 @@ import aiohttp
 from p2pdist.agent.origin import OriginError, RangeNotSupported
 from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
 from p2pdist.agent.peer_client import PeerBusy, PeerError, fetch_piece
-from p2pdist.agent.tracker_client import TrackerUnavailable
+from p2pdist.agent.tracker_client import SizeConflict, TrackerUnavailable
 from p2pdist.core import download as machine
 from p2pdist.core import wire
 from p2pdist.core.digest import Digest, DigestMismatch
@@ -84,8 +84,11 @@ class NeighbourView:
 
 class Swarm:
     def __init__(self, agent: Agent, digest: Digest, registry: str, repo: str,
-                 authorization: str | None = None) -> None:
+                 authorization: str | None = None, size: int | None = None) -> None:
         self.agent = agent
+        # The size the upstream gave the mirror for this client (descriptor or HEAD), if any: the
+        # manifest is the root of trust, so it beats a size another node told the tracker.
+        self.size_hint = size
         self.digest = digest
         self.blob = str(digest)
         self.registry = registry
@@ -127,6 +130,7 @@ class Swarm:
                 self.agent.neighbours.broadcast_lost(self.blob)
                 self._reset()
                 self.direct = True
+                self.size_hint = None  # the origin's own word this time, should the hint have been wrong
                 path = await self._download()
         except BaseException:
             self.agent.metrics.fetches.labels("error").inc()
@@ -154,7 +158,17 @@ class Swarm:
 
     async def _download(self) -> Path:
         reply = None if self.direct else await self._first_announce()
-        size = reply.size if reply and reply.size is not None else await self._origin_size()
+        if self.size_hint is not None:
+            size = self.size_hint
+            if reply is not None and reply.size is not None and reply.size != size:
+                # The swarm's layout is cut for another size: its pieces and leases cannot be ours.
+                log.warning("tracker's size for the blob disagrees with the upstream's; fetching from the origin",
+                            extra={"blob": self.blob, "tracker_size": reply.size, "size": size})
+                self.agent.metrics.origin_fallbacks.labels("size").inc()
+                self.direct = True
+                reply = None
+        else:
+            size = reply.size if reply and reply.size is not None else await self._origin_size()
         if reply is not None and reply.size is None:
             reply = await self._announce_safely("started", size=size)
         limits = self.agent.config.limits
@@ -322,13 +336,19 @@ class Swarm:
 
     async def _first_announce(self) -> wire.AnnounceReply | None:
         try:
-            return await self.agent.tracker.announce(self._announce_msg("started"))
+            return await self.agent.tracker.announce(self._announce_msg("started", size=self.size_hint))
+        except SizeConflict as e:
+            # Another node told the tracker a different size first. Ours is the upstream's (the
+            # manifest is the root of trust), so the swarm's layout cannot be ours: origin only.
+            log.warning("the tracker knows this blob with another size; fetching from the origin",
+                        extra={"blob": self.blob, "size": self.size_hint, "error": str(e)})
+            self.agent.metrics.origin_fallbacks.labels("size").inc()
         except TrackerUnavailable as e:
             log.warning("tracker unreachable; fetching from the origin", extra={"blob": self.blob, "error": str(e)})
             self.agent.metrics.tracker_errors.inc()
             self.agent.metrics.origin_fallbacks.labels("tracker").inc()
-            self.direct = True
-            return None
+        self.direct = True
+        return None
 
     async def _announce_safely(self, event: str, size: int | None = None) -> wire.AnnounceReply | None:
         if self.agent.tracker is None or (self.direct and event not in ("corrupt", "completed")):

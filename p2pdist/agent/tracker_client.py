@@ -13,6 +13,10 @@ class TrackerUnavailable(P2pdistError):
     """The tracker could not be reached or refused the announce; callers fall back to the origin."""
 
 
+class SizeConflict(TrackerUnavailable):
+    """The tracker knows this blob with another size than the announce gave (HTTP 409)."""
+
+
 class TrackerClient:
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str = "", timeout: float = 5.0) -> None:
         self.url = url.rstrip("/") + "/v1/announce"
@@ -29,7 +33,8 @@ class TrackerClient:
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
-                    raise TrackerUnavailable(f"tracker answered {resp.status}: {body[:200].decode(errors='replace')}")
+                    why = f"tracker answered {resp.status}: {body[:200].decode(errors='replace')}"
+                    raise SizeConflict(why) if resp.status == 409 else TrackerUnavailable(why)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise TrackerUnavailable(f"tracker {self.url} unreachable: {e or type(e).__name__}") from None
         try:

@@ -153,7 +153,8 @@ class Mirror:
         if expected is not None and actual != expected:
             raise MirrorError(502, "MANIFEST_INVALID", f"upstream sent a manifest hashing to {actual}, not {expected}")
         self.manifests.put(actual, media_type, body)
-        self.membership.confirm(route.registry, route.repo, self.relay.who(auth), {str(actual), *references(body)})
+        self.membership.confirm(route.registry, route.repo, self.relay.who(auth),
+                                {str(actual): len(body), **references(body)})
         if not by_digest:
             self.manifests.resolve(route.registry, route.repo, reference, str(actual), media_type)
         return web.Response(body=body, headers={**API_VERSION, "Content-Type": media_type,
@@ -161,13 +162,13 @@ class Mirror:
 
     def _confirm_manifest(self, route: Route, auth: str | None, digest: str) -> None:
         """A manifest the upstream has in this repository links what it references there too."""
-        digests = {digest}
+        digests: dict[str, int | None] = {digest: None}
         try:
             cached = self.manifests.get(Digest.parse(digest))
         except DigestError:
             return
         if cached is not None:
-            digests |= references(cached.body)
+            digests.update(references(cached.body))
         self.membership.confirm(route.registry, route.repo, self.relay.who(auth), digests)
 
     def _cached_manifest(self, request: web.Request, route: Route, reference: str, by_digest: bool,
@@ -207,8 +208,12 @@ class Mirror:
         route = self.route(request)
         digest = self.digest(request.match_info["digest"])
         auth = self.relay.upstream_authorization(request, route)
-        size = None
-        if not self.membership.allowed(route.registry, route.repo, self.relay.who(auth), str(digest)):
+        who = self.relay.who(auth)
+        if self.membership.allowed(route.registry, route.repo, who, str(digest)):
+            # The size the upstream gave with its confirmation (a manifest's descriptor): the
+            # download need not ask for it again.
+            size = self.membership.size(route.registry, route.repo, who, str(digest))
+        else:
             size = await self._confirm_blob(request, route, digest, auth)
         stored = await serve_stored(request, self.agent, digest)
         if stored is not None:
@@ -217,23 +222,27 @@ class Mirror:
             if size is None:
                 size = await self._upstream_size(route, digest, auth)
             return web.Response(headers={**blob_headers(digest), "Content-Length": str(size)})
-        swarm, done = self.agent.fetch(route.registry, route.repo, digest, auth)
+        swarm, done = self.agent.fetch(route.registry, route.repo, digest, auth, size=size)
         if swarm is None:  # completed between our check and now
             stored = await serve_stored(request, self.agent, digest)
             if stored is not None:
                 return stored
         return await stream_from_swarm(request, self.agent, swarm, done, digest)
 
-    async def _confirm_blob(self, request: web.Request, route: Route, digest: Digest, auth: str | None) -> int:
+    async def _confirm_blob(self, request: web.Request, route: Route, digest: Digest,
+                            auth: str | None) -> int | None:
         """Ask the upstream whether this client may read this blob in this repository (a HEAD with its
-        credentials), as a registry answers: 404 for a blob not linked there."""
+        credentials), as a registry answers: 404 for a blob not linked there. Returns the size it
+        gave (None if it sent no usable Content-Length)."""
         origin = self.agent.origin_client(route.registry, auth)
         try:
             async with origin.passthrough("HEAD", route.repo, "blobs", str(digest), CIMultiDict()) as resp:
                 if resp.status == 200:
-                    self.membership.confirm(route.registry, route.repo, self.relay.who(auth), {str(digest)})
+                    length = resp.headers.get("Content-Length", "")
+                    size = int(length) if length.isdigit() else None
+                    self.membership.confirm(route.registry, route.repo, self.relay.who(auth), {str(digest): size})
                     self.agent.metrics.mirror_upstream_checks.labels("confirmed").inc()
-                    return int(resp.headers.get("Content-Length", "0"))
+                    return size
                 self.agent.metrics.mirror_upstream_checks.labels(str(resp.status)).inc()
                 if resp.status == 404:
                     raise MirrorError(404, "BLOB_UNKNOWN", f"blob {digest} is unknown to {route.registry}/{route.repo}")
