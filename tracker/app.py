@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import random
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from p2pdist.core.bearer import bearer_refusal
 from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
 from p2pdist.logs import log_event
 
@@ -76,16 +76,7 @@ def authenticate(request: web.Request, token: str) -> str | None:
     """
     if not token:
         return None
-    header = request.headers.get("Authorization")
-    if header is None:
-        return "missing 'Authorization: Bearer <cluster token>' header"
-    scheme, _, presented = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return "the Authorization header must be 'Bearer <cluster token>'"
-    # Constant-time comparison of bytes: compare_digest refuses non-ASCII str.
-    if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8")):
-        return "invalid cluster token"
-    return None
+    return bearer_refusal(request.headers.get("Authorization"), token, "cluster token")
 
 
 @web.middleware

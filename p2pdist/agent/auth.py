@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from p2pdist.core.bearer import bearer_refusal
 from p2pdist.store.durable import fsync_dir as _fsync_dir
 
 from ..errors import P2pdistError
@@ -112,28 +112,15 @@ def cluster_auth(secret: str, credential: str = "cluster token", open_paths: tup
     if not secret:
         # Fail closed: an empty secret must never mean "no authentication".
         raise ValueError("the peer port needs a credential: a cluster token or the node secret")
-    expected = secret.encode("utf-8")
     hint = "" if credential == "cluster token" else (
         " (this node has no cluster token: give every node and the tracker the same "
         "P2PDIST_CLUSTER_TOKEN to let peers in)"
     )
 
-    def refusal(header: str | None) -> str | None:
-        if header is None:
-            return f"missing 'Authorization: Bearer <{credential}>' header"
-        scheme, _, presented = header.strip().partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
-            return f"the Authorization header must be 'Bearer <{credential}>'"
-        # Bytes, so that compare_digest takes any header (it refuses non-ASCII str).
-        if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected):
-            return f"invalid {credential}"
-        return None
-
     @web.middleware
     async def middleware(request: web.Request, handler):
         if request.path not in open_paths:
-            why = refusal(request.headers.get("Authorization"))
+            why = bearer_refusal(request.headers.get("Authorization"), secret, credential)
             if why is not None:
                 log.info("peer request refused", extra={"remote": request.remote, "path": request.path, "why": why})
                 raise web.HTTPUnauthorized(
