@@ -98,8 +98,15 @@ class LeaseBook:
         # flash crowd the first node to announce is briefly alone too, and a long first lease there
         # held back the spreading of the first pieces (simulated N=1,000: 1.075x the bound, not 1.064x).
         alone = downloaders <= 1 and self._digested_n > 0
-        run = self.solo_lease_pieces if alone else self.lease_pieces
-        room = min(want, self.share(downloaders) - len(self.held_by(node)))
+        share = self.share(downloaders)
+        run = self.lease_pieces
+        if alone and self.solo_lease_pieces > run:
+            # Guided: a run takes at most 1/share of the pieces left, so the lone node's streams end
+            # together, not one long run straggling while the others idle; and the whole-blob hash,
+            # which can only follow the contiguous prefix, has little left when the last piece lands.
+            left = self.piece_count - self._digested_n - sum(lease.end - lease.start for lease in self.leases)
+            run = max(run, min(self.solo_lease_pieces, -(-left // share)))
+        room = min(want, share - len(self.held_by(node)))
         if self.max_leases:
             room = min(room, self.max_leases - len(self.leases))
         if self.slow_start:

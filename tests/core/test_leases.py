@@ -363,3 +363,26 @@ def test_slow_start_begins_again_when_the_swarm_reopens():
     book.release("a")
     book.reopen()  # every holder left: the bytes must leave the origin again, one stream first
     assert len(book.grant("b", 1.0, want=5)) == 1
+
+
+def test_a_lone_nodes_runs_shrink_toward_the_end():
+    """Guided: a lone node's run is at most 1/share of the pieces left (and at least lease_pieces),
+    so its streams finish together and the last pieces do not wait behind one long run."""
+    book = LeaseBook(128, lease_pieces=1, per_node=5, solo_lease_pieces=8)
+    runs: list[tuple[int, int]] = []
+    while True:
+        for lease in book.grant("a", 0.0, want=5, downloaders=1):
+            left = 128 - sum(book.digested) - sum(le.end - le.start for le in book.leases) + (lease.end - lease.start)
+            runs.append((lease.end - lease.start, left))
+        if not book.leases:
+            break
+        oldest = book.leases[0]  # the streams complete their runs in turn
+        for i in range(oldest.start, oldest.end):
+            book.record("a", i, 0.0)
+    assert sum(n for n, _ in runs) == 128  # every piece leased once
+    assert runs[0][0] == 1  # the first lease is short: alone only once a digest came back
+    assert max(n for n, _ in runs) == 8
+    assert all(n <= max(1, -(-left // 5)) for n, left in runs[1:]), runs
+    assert [n for n, _ in runs[-4:]] == [1, 1, 1, 1], runs  # the last round: a piece per stream
+    # Against fixed eight-piece runs: a few more leases, not a lease per piece.
+    assert len(runs) <= 128 // 8 + 12, len(runs)
