@@ -540,15 +540,20 @@ class Download:
     # --- the origin ----------------------------------------------------------------------
 
     def _lease_everything(self) -> None:
-        """Without a tracker every missing piece is ours to fetch, in runs for parallel streams."""
+        """Without a tracker every missing piece is ours to fetch, in runs for parallel streams.
+        Guided, like a lone node's leases (core.leases): a run covers at most 1/streams of the
+        pieces left, so the streams end together and the whole-blob hash is not left a long tail."""
         count = self.count
-        per = max(1, min(self.settings.direct_run_pieces, -(-count // max(1, self.origin_concurrency))))
+        streams = max(1, self.origin_concurrency)
         queued = {i for s, e in self.leases for i in range(s, e)}
         cells, base = self.cells, self.base
-        for start in range(0, count, per):
+        start = 0
+        while start < count:
+            per = max(1, min(self.settings.direct_run_pieces, -(-(count - start) // streams)))
             end = min(start + per, count)
             if any(not cells[base + i] & HAVE and i not in queued for i in range(start, end)):
                 self.leases.append((start, end))
+            start = end
 
     def _schedule_origin(self) -> None:
         limit = self.origin_concurrency

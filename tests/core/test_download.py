@@ -286,8 +286,10 @@ def test_two_failed_announces_take_the_rest_from_the_origin():
     dl.announce_failed(1.6)
     assert shell.take("direct") == [("direct", m.TRACKER_LOST)]
     dl.schedule(1.6)
-    # Runs of direct_run_pieces over the missing pieces, two streams at once.
-    assert shell.take("origin") == [("origin", [(1, 8)]), ("origin", [(8, 16)])]
+    # Runs over the missing pieces, two streams at once; guided: at most direct_run_pieces, and at
+    # most half (two streams) of the pieces left, so the last runs are short.
+    assert shell.take("origin") == [("origin", [(1, 8)]), ("origin", [(8, 14)])]
+    assert list(dl.leases) == [(14, 17), (17, 19), (19, 20)]
     dl.tick(10.0)
     assert shell.take("announce") == []  # direct: the announcer is off
     runs = list(dl.leases)
