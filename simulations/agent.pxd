@@ -86,6 +86,8 @@ cdef class Swarm:
     cdef public unsigned long long[::1] board_have
     cdef public long words
     cdef public unsigned long long[::1] reach
+    cdef public int[::1] free_k
+    cdef public long nfree
     cdef public long upload_slots
     cdef public bint load_aware
     cdef public Node node
@@ -99,6 +101,7 @@ cdef class Swarm:
     cdef public unsigned char[::1] board_live
     cdef public list board_nodes
     cdef public bint dirty
+    cdef public list wakeups
     cdef public bint done
     cdef public long generation
     cdef public bint streaming
@@ -113,10 +116,13 @@ cdef class Swarm:
     cpdef void wake(self)
     @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long)
     cpdef object holders(self, double now)
-    @cython.locals(node=Node, e=Neighbour, free=list, edges=list, k=Py_ssize_t, room=long)
+    @cython.locals(node=Node, e=Neighbour, free=list, edges=list, j=Py_ssize_t, k=Py_ssize_t, room=long)
     cpdef list free_edges(self, double now)
+    @cython.locals(words=long, pb=long, wb=long, one=cython.ulonglong, w=long, s=long, bits=cython.ulonglong)
+    cpdef bint holds_blocked(self, long peer)
     @cython.locals(node=Node)
     cdef inline long _room_at(self, Py_ssize_t k, double now)
     @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Neighbour, b=long, idx=long, length=cython.longlong,
-                   one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint)
+                   one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
+                   words=long, w=long, shift=long)
     cpdef void stored(self, long i, bint from_origin)

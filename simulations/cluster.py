@@ -157,6 +157,7 @@ class Cluster(DataPlane, ControlPlane):
         self._timeout_armed = False
         self._tid = 0
         self.room_rng = random.Random(f"{self.seed}/room")
+        self._init_dataplane()
 
     # --- construction -----------------------------------------------------------------------
 
@@ -240,15 +241,6 @@ class Cluster(DataPlane, ControlPlane):
             sim.at(when, self._leave, self.nodes[i])
         sim.run(until=self.scenario.time_limit, idle=self._flush)
         return self._outcome(time.perf_counter() - wall)
-
-    def _flush(self) -> bool:
-        if not self.dirty:
-            return False
-        batch, self.dirty = self.dirty, []
-        for sw in batch:
-            sw.dirty = False
-            sw.run_pass()
-        return True
 
     def _arrive(self, node: Node) -> None:
         node.alive = True

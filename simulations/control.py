@@ -14,10 +14,14 @@ from . import machine
 from .agent import Neighbour, Node, Swarm
 from .profiles import BACK_TO_SOURCE, LEASES
 
+_DIGESTS: list[str] = []  # blob_digest's names, by blob index
+
 
 def blob_digest(b: int) -> str:
-    """The name blob ``b`` goes by at the tracker."""
-    return f"sha256:{b:064x}"
+    """The name blob ``b`` goes by at the tracker (made once per blob: every announce names it)."""
+    while len(_DIGESTS) <= b:
+        _DIGESTS.append(f"sha256:{len(_DIGESTS):064x}")
+    return _DIGESTS[b]
 
 
 class TrackerTally:

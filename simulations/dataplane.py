@@ -67,11 +67,33 @@ class OriginStream:
 
 
 class DataPlane:
-    """Mixin of Cluster: transfers."""
+    """Mixin of Cluster: transfers. Compiled, it is the Cluster's extension base: the fields its
+    hot paths read are C fields (dataplane.pxd), not entries of the Cluster's __dict__."""
+
+    def _init_dataplane(self) -> None:
+        """The profile's numbers read per piece, as fields (self.profile is a Python object), and
+        the completion callback bound once (a bound method per upload otherwise)."""
+        self.upload_slots = self.profile.upload_slots
+        self.upload_queue = self.profile.upload_queue
+        self.load_aware = self.profile.load_aware
+        self.piece_timeout = self.profile.piece_timeout
+        self.peer_done = self._peer_done
+
+    @cython.locals(sw=Swarm, batch=list)
+    def _flush(self) -> bool:
+        """The simulator's idle hook: run the passes the machines asked for, in the order they asked.
+        The list object stays (swarms hold it: Swarm.wakeups); passes run meanwhile queue the next batch."""
+        if not self.dirty:
+            return False
+        batch = self.dirty.copy()
+        self.dirty.clear()
+        for sw in batch:
+            sw.dirty = False
+            sw.run_pass()
+        return True
 
     # --- transfers --------------------------------------------------------------------------
 
-    @cython.locals(src=Node, dst=Node, links=list)
     def path(self, src: Node, dst: Node) -> list[Link]:
         if src.is_origin:
             return self.origin_path(dst)
@@ -93,7 +115,6 @@ class DataPlane:
             return [link for link in links if link is not None]
         return [self.origin_link, dst.down]
 
-    @cython.locals(t=Transfer, receiver=Node, sender=Node)
     def track(self, t: Transfer, receiver: Node, sender: Node | None) -> None:
         """Index the transfer under both nodes, so a node that leaves cancels its transfers. Only
         when some node leaves (churn): otherwise the index is two dict updates per piece for nothing."""
@@ -106,7 +127,6 @@ class DataPlane:
         if sender is not None:
             sender.transfers[tid] = t
 
-    @cython.locals(t=Transfer, receiver=Node, sender=Node)
     def _untrack(self, t: Transfer) -> object:
         if not self.tracking:
             return t.data
@@ -130,9 +150,8 @@ class DataPlane:
         if edge.node.alive:
             self._next_upload(edge.node)
 
-    @cython.locals(peer=Node, sw=Swarm)
     def _next_upload(self, peer: Node) -> None:
-        while peer.queue and self.uploads[peer.idx] < self.profile.upload_slots:
+        while peer.queue and self.uploads[peer.idx] < self.upload_slots:
             sw, req = peer.queue.popleft()
             if sw.node.alive and sw.generation == sw.node.generation:
                 self._upload(sw, req)
@@ -152,13 +171,13 @@ class DataPlane:
         sw.dl.piece_stored(stream.i, True, self.sim.now)
         stream.advance()
 
-    @cython.locals(sw=Swarm, edge=Neighbour, peer=Node)
+    @cython.locals(sw=Swarm, req=Request, edge=Neighbour, peer=Node)
     def fetch_from_peer(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         peer = edge.node
         edge.changed()  # the machine counted the request on the edge
-        busy = self.uploads[peer.idx] >= self.profile.upload_slots
-        if not peer.alive or (busy and not self.profile.upload_queue):
+        busy = self.uploads[peer.idx] >= self.upload_slots
+        if not peer.alive or (busy and not self.upload_queue):
             self.sim.after(self.rtt, self._busy, (sw, req))
             return
         if busy:
@@ -166,39 +185,41 @@ class DataPlane:
             return
         self._upload(sw, req)
 
-    @cython.locals(sw=Swarm, edge=Neighbour, peer=Node, t=Transfer)
     def _upload(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         peer = edge.node
         self.uploads[peer.idx] += 1
-        t = self.net.transfer(req.length, self.path(peer, sw.node), self._peer_done, (sw, req))
+        t = self.net.transfer(req.length, self.path(peer, sw.node), self.peer_done, (sw, req))
         self.track(t, sw.node, peer)
-        self._timeouts.append((self.sim.now + self.profile.piece_timeout, t))
+        self._timeouts.append((self.sim.now + self.piece_timeout, t))
         if not self._timeout_armed:
             self._timeout_armed = True
             self.sim.at(self._timeouts[0][0], self._check_timeouts)
 
-    @cython.locals(peer=Node, watcher=Node, sw=Swarm, n=cython.long, k=cython.long, j=cython.long, widx=cython.long,
-                   b=cython.long, blocking=list, flags=bytearray)
     def _room(self, peer: Node) -> None:
         """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
-        piece look again. They hear it in no fixed order; the first to ask gets the slot."""
+        piece it holds look again. They hear it in no fixed order; the first to ask gets the slot.
+        A neighbour whose blocked pieces the peer does not hold is not woken: its pass could only
+        find what its last one found (N=1,000: two thirds of the passes a ROOM woke placed nothing)."""
         n = len(peer.w_idx)
         # A random starting point, not a full shuffle: this runs once per finished upload.
         k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
         nodes = self.board.nodes
         blocking = self.board.blocking
         for j in range(n):
-            widx = peer.w_idx[(k + j) % n]
+            pos = k + j  # (k + j) % n, without a division per watcher (0 <= k < n)
+            if pos >= n:
+                pos -= n
+            widx = peer.w_idx[pos]
             for b in range(len(blocking)):
                 flags = blocking[b]
                 if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
                     watcher = nodes[widx]
                     sw = watcher.swarms[b]
-                    if not sw.dirty:
+                    if not sw.dirty and sw.holds_blocked(peer.idx):
                         sw.wake()
 
-    @cython.locals(sw=Swarm, edge=Neighbour)
+    @cython.locals(sw=Swarm, req=Request, edge=Neighbour)
     def _busy(self, args: tuple[Swarm, Request]) -> None:
         sw, req = args
         self.busy_replies += 1
@@ -206,14 +227,21 @@ class DataPlane:
         sw.dl.request_done(req, machine.BUSY, self.sim.now)
         edge.changed()
 
-    @cython.locals(t=Transfer, sw=Swarm, edge=Neighbour, peer=Node)
+    @cython.locals(t=Transfer, sw=Swarm, req=Request, edge=Neighbour, peer=Node)
     def _peer_done(self, t: Transfer) -> None:
         sw, req = self._untrack(t)  # type: ignore[misc]
+        # Finished transfers leave the head of the timeout queue now, not at the next check
+        # (piece_timeout, 30 s, is longer than a whole flash run): otherwise every transfer of the
+        # run, with its request, stayed alive to the end (N=10,000: 2.56 million, most of the
+        # 1.5 GB RSS), and every new one took fresh, cold memory. The checks run at the same times.
+        queue = self._timeouts
+        while queue and queue[0][1].pending == 0:
+            queue.popleft()
         edge = req.peer
         peer = edge.node
         self.uploads[peer.idx] -= 1
         self._next_upload(peer)
-        if self.profile.load_aware and self.uploads[peer.idx] == self.profile.upload_slots - 1:
+        if self.load_aware and self.uploads[peer.idx] == self.upload_slots - 1:
             self._room(peer)
         if sw.generation != sw.node.generation:
             edge.add_request(-1)
@@ -221,7 +249,6 @@ class DataPlane:
         sw.dl.request_done(req, machine.DONE, self.sim.now)
         edge.changed()
 
-    @cython.locals(sw=Swarm, edge=Neighbour)
     def _peer_failed(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         if sw.generation != sw.node.generation:

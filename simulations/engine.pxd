@@ -2,6 +2,8 @@
 # types for the attributes and locals named here. Without the build, engine.py runs as it is.
 cimport cython
 
+cdef double _INF
+
 cdef class Simulator:
     cdef public list _heap
     cdef public long long _seq
@@ -74,7 +76,7 @@ cdef class Link:
     cpdef void remove(self, Transfer transfer)
     @cython.locals(jobs=list, delay=double, job=tuple, transfer=Transfer, when=double, best=double, i=Py_ssize_t)
     cdef void _reschedule(self)
-    @cython.locals(jobs=list, finished=list, done=list, job=tuple, limit=double, transfer=Transfer, i=Py_ssize_t)
+    @cython.locals(jobs=list, done=list, job=tuple, limit=double, transfer=Transfer, i=Py_ssize_t)
     cpdef void _fire(self, object _=*)
 
 cdef class Network:

@@ -25,6 +25,9 @@ import cython
 # Bytes of slack when deciding that a transfer has finished on a link: virtual clocks are sums of
 # floats, and a transfer left with a thousandth of a byte must not cost another event.
 _SLACK = 1e-3
+# math.inf as a module constant: compiled, a C double (engine.pxd), where ``math.inf`` is two
+# attribute lookups every time a link reschedules.
+_INF = math.inf
 
 
 class Simulator:
@@ -333,7 +336,7 @@ class Link:
         # The jobs are few (a node's uploads and downloads): a scan for the earliest tag costs less
         # than keeping a heap of tuples (perf, N=10,000), and drops cancelled jobs on the way.
         jobs = self.jobs
-        best = math.inf
+        best = _INF
         i = 0
         while i < len(jobs):
             job = jobs[i]
@@ -376,15 +379,13 @@ class Link:
             i += 1
         if len(done) > 1:
             done.sort()  # in (tag, seq) order, as a heap would give them (seq is unique)
-        finished: list[Transfer] = []
-        for job in done:
-            self.active -= 1
-            finished.append(job[2])
+        self.active -= len(done)
         if self.active == 0:
             self.vtime = 0.0
             jobs.clear()
         self._reschedule()
-        for transfer in finished:
+        for job in done:
+            transfer = job[2]
             transfer.pending -= 1
             if transfer.pending == 0:
                 transfer.links = []

@@ -43,9 +43,14 @@ class LocalityFirst:
     def handout(
         self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
     ) -> list[PeerInfo]:
+        # locality(asker, p), inlined: the key runs for every ranked candidate (129 per handout at
+        # N=10,000), and the call and the asker's attributes were most of its cost.
+        zone, rack, have, draw = asker.zone, asker.rack, asker.have, rng.random
+
         def key(p: PeerInfo) -> tuple[int, int, int, float]:
-            useful = p.complete or p.have > asker.have
-            return (0 if useful else 1, locality(asker, p), p.load, rng.random())
+            useful = p.complete or p.have > have
+            near = (0 if rack and p.rack == rack else 1) if zone and p.zone == zone else 2
+            return (0 if useful else 1, near, p.load, draw())
 
         others: list[PeerInfo] = []
         if limit > 0 and len(candidates) > limit * SAMPLE + 1:
