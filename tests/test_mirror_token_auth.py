@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from p2pdist.core.names import path_prefix
 from tests.support.clients import Containerd, Dockerd, NetNS, Podman, Skopeo, write_authfile
-from tests.support.hub import ALICE, PRIVATE, PUBLIC, private_only, start_hub
+from tests.support.hub import ALICE, PRIVATE, PUBLIC, RIGHTS, private_only, start_hub
 from tests.support.images import OciImage, build_image
 from tests.support.pulls import (
     AGENT_UA,
@@ -253,6 +254,49 @@ def test_two_registries_same_repository_each_pull_gets_its_own_image(
             if podman is not None:
                 podman.stop()
             cluster.close()
+
+
+def test_podman_with_other_credentials_per_registry_behind_one_mirror(
+        tmp_path: Path, hub: Registry, images: tuple[OciImage, OciImage]) -> None:
+    """Two token registries behind one mirror, where alice has another password on each: an
+    auth-file entry per mirror location (``MIRROR/<registry prefix>``, what ``podman login`` writes
+    for a namespace) sends each registry its own credentials, so both private pulls succeed."""
+    private = images[1]
+    second = Registry(auth="token", users={"alice": "second-pw"}, rights=RIGHTS,
+                      workdir=tmp_path / "second").start()
+    cluster = podman = None
+    try:
+        private.push(second.host, PRIVATE, creds="alice:second-pw")
+        cluster = Cluster(tmp_path, hub, upstreams=[f"http://{hub.host}", f"http://{second.host}"])
+        agent = cluster.agent("node-a")
+        podman = Podman(tmp_path / "podman", agent.mirror, [hub.host, second.host])
+        authfile = write_authfile(tmp_path / "auth.json", {
+            f"{agent.mirror}/{path_prefix(hub.host)}": ALICE,
+            f"{agent.mirror}/{path_prefix(second.host)}": ("alice", "second-pw"),
+        })
+        for registry in (hub, second):
+            ref = f"{registry.host}/{PRIVATE}:{TAG}"
+            start = mark(registry)
+            with cluster.diagnosed():
+                podman.pull(ref, args=("--authfile", str(authfile)), timeout=PULL_TIMEOUT)
+            assert podman.image_digest(ref) == private.manifest_digest
+            direct = [r for r in since(registry, start) if AGENT_UA not in r.user_agent]
+            assert not direct, describe(direct)
+            assert registry.issuer is not None
+            assert any(r.user == "alice" and r.status == 200 for r in registry.issuer.token_requests())
+        # The control: one entry for the whole mirror carries hub's password to the second registry too.
+        podman.stop()
+        podman = Podman(tmp_path / "podman-2", agent.mirror, [hub.host, second.host])
+        shared = write_authfile(tmp_path / "shared.json", {agent.mirror: ALICE})
+        refused = podman.pull(f"{second.host}/{PRIVATE}:{TAG}", args=("--authfile", str(shared)),
+                              timeout=PULL_TIMEOUT, check=False)
+        assert refused.returncode != 0 and refused.refused_auth, refused.stderr[-2000:]
+    finally:
+        if podman is not None:
+            podman.stop()
+        if cluster is not None:
+            cluster.close()
+        second.stop()
 
 
 def test_public_images_stay_pullable_while_the_token_registry_is_down(tmp_path: Path, cluster: Cluster,
