@@ -44,6 +44,8 @@ async def _still_serving(session: aiohttp.ClientSession, agent: AgentProc) -> No
     ("/v1/blobs/md5:" + "a" * 32, {**AUTH, "Range": "bytes=0-9"}, 400, "unsupported algorithm"),
     (f"/v1/blobs/{GOOD}", AUTH, 400, "Range"),
     (f"/v1/blobs/{GOOD}", {**AUTH, "Range": "bytes=9-0"}, 416, "empty range"),
+    # More digits than int() takes (4,300): a 400, not a 500.
+    (f"/v1/blobs/{GOOD}", {**AUTH, "Range": "bytes=0-" + "9" * 5000}, 400, "Range"),
     (f"/v1/blobs/{GOOD}", {**AUTH, "Range": "bytes=0-9"}, 404, "not verified on this node"),
     ("/v1/blobs/..%2F..%2Fstore", {**AUTH, "Range": "bytes=0-9"}, 400, "invalid digest"),
 ])
@@ -107,6 +109,8 @@ async def test_control_channel_drops_bad_frames_after_hello_and_oversize_frames(
     (json.dumps({"ref": f"127.0.0.1:5000/a/../../etc@{GOOD}"}).encode(), "invalid repository name"),
     (json.dumps({"ref": "127.0.0.1:5000/app@sha256:../../../etc/passwd"}).encode(), "invalid digest"),
     (json.dumps({"ref": "127.0.0.1:5000/app:latest"}).encode(), "REGISTRY/REPO@DIGEST"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # was a 500 (RecursionError)
+    (json.dumps(["ref"]).encode(), "bad fetch request"),
 ])
 async def test_fetch_api_rejects_bad_requests(agent: AgentProc, body, says):
     async with aiohttp.ClientSession() as session:

@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 import yarl
 
+from p2pdist.mirror.blobs import parse_range
+from p2pdist.mirror.errors import MirrorError
 from tests.support.procs import AgentProc, Tracker
 from tests.support.registry import Registry
 
@@ -149,6 +151,9 @@ async def test_blobs_whole_head_and_ranges(mirror, registry, image):
                 assert r.status == status, header
                 assert await r.read() == expect
         async with s.get(url, params=ns(registry), headers={"Range": f"bytes={len(data)}-"}) as r:
+            assert r.status == 416
+        # A range no blob can have, of more digits than int() takes: refused, not a 500.
+        async with s.get(url, params=ns(registry), headers={"Range": "bytes=0-" + "9" * 5000}) as r:
             assert r.status == 416
     assert registry.egress(big) == len(data)  # every byte from the origin once, despite four requests
 
@@ -298,3 +303,12 @@ async def test_a_blob_that_fails_its_digest_is_cut_never_finished(mirror, regist
         async with s.get(url, params=ns(registry)) as r:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await r.read()
+
+
+@pytest.mark.parametrize("header", ["bytes=0-" + "9" * 5000, "bytes=" + "9" * 5000 + "-", "bytes=-" + "9" * 5000])
+def test_a_range_longer_than_any_blob_is_refused_with_an_oci_error(header: str) -> None:
+    """The streaming path parses Range itself: thousands of digits used to raise from int() (a 500)."""
+    with pytest.raises(MirrorError) as refused:
+        parse_range(header, 1 << 20)
+    assert refused.value.status == 416
+    assert parse_range("bytes=0-" + "9" * 19, 1 << 20) == (0, 1 << 20)  # the largest accepted: clamped

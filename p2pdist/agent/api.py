@@ -32,6 +32,10 @@ def build_app(agent: Agent) -> web.Application:
         except (ValueError, KeyError, TypeError, DigestError, InvalidName) as e:
             raise web.HTTPBadRequest(text=json.dumps({"error": f"bad fetch request: {e}"}),
                                      content_type="application/json") from None
+        except RecursionError:  # json nested thousands deep
+            raise web.HTTPBadRequest(text=json.dumps({"error": "bad fetch request: JSON nested too deeply; "
+                                                               'send {"ref": "REGISTRY/REPO@DIGEST"}'}),
+                                     content_type="application/json") from None
         if ref.digest is None:
             raise web.HTTPBadRequest(text=json.dumps({"error": "fetch needs REGISTRY/REPO@DIGEST"}),
                                      content_type="application/json")

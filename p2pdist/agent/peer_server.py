@@ -23,7 +23,8 @@ from p2pdist.store import BlobNotFound
 if TYPE_CHECKING:
     from p2pdist.agent.node import Agent
 
-_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+# At most 19 digits: no blob is larger, and int() refuses strings past 4,300 digits (a 500, not a 400).
+_RANGE = re.compile(r"bytes=(\d{1,19})-(\d{1,19})")
 
 
 def _error(status: type[web.HTTPException], text: str) -> web.HTTPException:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from ..core.digest import Digest
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# At most 19 digits: no blob is larger, and int() refuses strings past 4,300 digits (a 500, not a 416).
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _readers = itertools.count()
 
 
