@@ -264,7 +264,6 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None,
     # P2PDIST_UPSTREAMS is a comma-separated list of specs (like --upstream), not a field: the
     # upstreams it names are merged into the file's list below instead of replacing it.
     specs = [s for s in environ.pop("P2PDIST_UPSTREAMS", "").split(",") if s.strip()]
-    environ.pop("P2PDIST_CONFIG", None)
     sources.append(Source("the environment", env_layer(AgentConfig, environ, "P2PDIST_"), env_prefix="P2PDIST_"))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     specs += overrides.pop("upstream", None) or []

@@ -366,8 +366,9 @@ class Swarm:
     @cython.wraparound(False)
     def holds_blocked(self, peer: int) -> bool:
         """Whether node ``peer`` holds a piece this swarm's last pass could not place (a BLOCKED
-        cell): what its ROOM can change for us (the README's "a ROOM for a piece the last pass could
-        not place"). Read from the Board (the peer's bits we lack), then our cells."""
+        cell): the machine's ``Download.room_opened`` rule, which the agent calls with the
+        neighbour's bitfield, evaluated here on the Board (the peer's bits we lack, then our cells)
+        instead of once per blocked piece."""
         words = self.words
         pb = peer * words
         wb = (self.base // self.count) * words  # our node's row (base is idx * count)

@@ -140,10 +140,9 @@ def load(
     sources: list[Source] = []
     if config_file:
         sources.append(Source(str(config_file), read_toml(config_file, table="tracker")))
-    environ = {k: v for k, v in env.items() if k.upper() != f"{ENV_PREFIX}CONFIG"}
-    values = env_layer(TrackerConfig, environ, ENV_PREFIX)
-    if f"{ENV_PREFIX}LISTEN" in environ:  # not a field: host and port together
-        values["listen"] = environ[f"{ENV_PREFIX}LISTEN"]
+    values = env_layer(TrackerConfig, env, ENV_PREFIX)
+    if f"{ENV_PREFIX}LISTEN" in env:  # not a field: host and port together
+        values["listen"] = env[f"{ENV_PREFIX}LISTEN"]
     sources.append(Source("the environment", values, env_prefix=ENV_PREFIX))
     sources.append(Source("the command line", {k: v for k, v in (flags or {}).items() if v is not None}, flags=True))
     return load_settings(TrackerConfig, sources, prepare=_split_listen)

@@ -35,7 +35,7 @@ class Host(Protocol):
     def local_bitfield(self, blob: str) -> Bitfield | None: ...
     def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None: ...
     def on_have(self, blob: str, index: int) -> None: ...
-    def on_room(self) -> None: ...
+    def on_room(self, nb: Neighbour) -> None: ...
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -215,7 +215,7 @@ class Neighbourhood:
             nb.advertised = nb.room = msg.free
             if opened:
                 nb.busy_until = 0.0  # its word beats the back-off from an earlier 503
-                self.host.on_room()  # a swarm waiting for a free holder may go on now
+                self.host.on_room(nb)  # a swarm waiting for a free holder may go on now
         elif isinstance(msg, wire.Lost):
             old = nb.bitfields.pop(msg.blob, None)
             nb.sent.discard(msg.blob)

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from p2pdist.agent.metrics import AgentMetrics
-from p2pdist.agent.neighbours import Neighbourhood
+from p2pdist.agent.neighbours import Neighbour, Neighbourhood
 from p2pdist.agent.origin import Credentials, OriginClient
 from p2pdist.agent.ratelimit import TokenBucket
 from p2pdist.agent.swarm import Swarm
@@ -136,9 +136,9 @@ class Agent:
         if swarm is not None:
             swarm.on_have(index)
 
-    def on_room(self) -> None:
+    def on_room(self, nb: Neighbour) -> None:
         for swarm in self.swarms.values():
-            swarm.on_room()
+            swarm.on_room(nb)
 
     def upload_slots_changed(self, delta: int) -> None:
         """An upload started (+1) or ended (-1): the neighbours hear how much room is left."""

@@ -158,15 +158,10 @@ class Swarm:
 
     async def _download(self) -> Path:
         reply = None if self.direct else await self._first_announce()
+        # With a size hint the first announce carried it, and a tracker that knows another refused
+        # it (SizeConflict, see _first_announce): a reply then always agrees with the hint.
         if self.size_hint is not None:
             size = self.size_hint
-            if reply is not None and reply.size is not None and reply.size != size:
-                # The swarm's layout is cut for another size: its pieces and leases cannot be ours.
-                log.warning("tracker's size for the blob disagrees with the upstream's; fetching from the origin",
-                            extra={"blob": self.blob, "tracker_size": reply.size, "size": size})
-                self.agent.metrics.origin_fallbacks.labels("size").inc()
-                self.direct = True
-                reply = None
         else:
             size = reply.size if reply and reply.size is not None else await self._origin_size()
         if reply is not None and reply.size is None:
@@ -644,6 +639,7 @@ class Swarm:
         if dl is not None and index < dl.count:
             dl.add_holder(index, now=time.monotonic())
 
-    def on_room(self) -> None:
-        if self.machine is not None:
-            self.machine.wake()
+    def on_room(self, nb: Neighbour) -> None:
+        bf = nb.bitfields.get(self.blob)
+        if self.machine is not None and bf is not None:
+            self.machine.room_opened(bf.__contains__)

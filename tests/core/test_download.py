@@ -235,6 +235,21 @@ def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer
     assert len(shell.take("fetch")) == 1
 
 
+def test_a_room_wakes_the_pass_only_for_a_neighbour_holding_a_blocked_piece():
+    dl, shell = machine(4)
+    p = FakePeer("p", {0, 1, 2, 3}, limit=1)
+    offer(dl, shell, p)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    (req,) = [c[3] for c in shell.take("fetch")]
+    woken = shell.woken
+    dl.room_opened({req.index}.__contains__)  # holds only what is already in flight
+    dl.room_opened(set().__contains__)  # holds nothing of ours
+    assert shell.woken == woken and not dl.dirty
+    dl.room_opened(set(dl.blocked).__contains__)
+    assert shell.woken == woken + 1 and dl.dirty
+
+
 def test_undigested_pieces_ask_the_tracker_and_become_fetchable_when_learnt():
     dl, shell = machine(4)
     shell.peers = [FakePeer("p", {0, 1})]
