@@ -22,6 +22,7 @@ cdef class Board:
 
 cdef class Neighbour:
     cdef public long bad_pieces
+    cdef public long failures
     cdef public double busy_until
     cdef public long inflight
     cdef public long limit

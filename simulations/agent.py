@@ -79,8 +79,8 @@ class Neighbour:
     """This node's view of one neighbour: what the core reads and writes on one
     (``p2pdist.core.download.Neighbour``, as the agent's ``Neighbour`` has it), plus the peer node."""
 
-    __slots__ = ("bad_pieces", "busy_until", "inflight", "limit", "node", "owner", "peer", "pidx", "pos", "room",
-                 "score")
+    __slots__ = ("bad_pieces", "busy_until", "failures", "inflight", "limit", "node", "owner", "peer", "pidx", "pos",
+                 "room", "score")
 
     def __init__(self, node: Node, limit: int, owner: Node) -> None:
         self.peer = node.name
@@ -94,6 +94,7 @@ class Neighbour:
         self.node = node
         self.busy_until = 0.0
         self.bad_pieces = 0
+        self.failures = 0
 
     def ready_at(self) -> float:
         """From when a pass may send this peer a request (a free request slot, no busy back-off)."""
@@ -245,6 +246,7 @@ class Swarm:
         settings = Settings(
             inflight_bytes=profile.inflight_bytes, upload_slots=profile.upload_slots,
             origin_concurrency=profile.origin_concurrency, stall_timeout=profile.stall_timeout,
+            piece_timeout=profile.piece_timeout,
             stall_fallback=profile.stall_fallback, leases=profile.origin == LEASES,
             report_digests=profile.upstream_digests,
             # Dragonfly's back-to-source peer keeps reporting to its scheduler; p2pdist's direct mode does not.
@@ -458,8 +460,8 @@ class Swarm:
         if reason == machine.STALL:
             self.cluster.stalls += 1
 
-    def ban(self, peer: Neighbour) -> None:
-        pass  # simulated peers send no bad pieces
+    def ban(self, peer: Neighbour, reason: str) -> None:
+        pass  # simulated peers send no bad pieces and never go silent
 
     def abort(self, reason: str) -> None:
         raise AssertionError(f"a simulated download cannot fail: {reason}")

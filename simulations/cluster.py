@@ -104,6 +104,7 @@ class Outcome:
     leases_reassigned: int
     leases_expired: int
     digests_rejected: int
+    audits: int
     stalls: int
     busy_replies: int
     timeouts: int
@@ -347,7 +348,7 @@ class Cluster(DataPlane, ControlPlane):
             announces=self.tally.announces, handouts=self.tally.handouts,
             leases_granted=self.tally.leases_granted, leases_reassigned=self.tally.leases_reassigned,
             leases_expired=self.tally.leases_expired, digests_rejected=self.tally.digests_rejected,
-            stalls=self.stalls, busy_replies=self.busy_replies, timeouts=self.timeouts,
+            audits=self.tally.audits, stalls=self.stalls, busy_replies=self.busy_replies, timeouts=self.timeouts,
             events=self.sim.events, wall_seconds=wall, sim_seconds=self.sim.now,
             cut_off=self.remaining > 0,
         )

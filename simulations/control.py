@@ -34,6 +34,7 @@ class TrackerTally:
         self.leases_reassigned = 0
         self.leases_expired = 0
         self.digests_rejected = 0
+        self.audits = 0  # audit fetches handed out: pieces that leave the origin a second time
 
     def __call__(self, event: str, **fields: object) -> None:
         if event == "lease_granted":
@@ -41,6 +42,8 @@ class TrackerTally:
             self.leases_reassigned += bool(fields.get("reassigned"))
         elif event == "lease_expired":
             self.leases_expired += 1
+        elif event == "audit_assigned":
+            self.audits += 1
         elif event == "digests_rejected":
             self.digests_rejected += fields["count"]  # type: ignore[operator]
 

@@ -52,6 +52,8 @@ cdef class Download:
     cdef public long long inflight_bytes
     cdef public long inflight_pieces
     cdef public RequestBook requests
+    cdef public double piece_timeout
+    cdef public double piece_time
     cdef public list leases
     cdef public long origin_active
     cdef public long long streamed

@@ -135,7 +135,7 @@ def summarize(scenario: Scenario, run: str, outcome: Outcome, bounds: dict[str, 
     size = scenario.image.size
     counters = {k: getattr(outcome, k) for k in (
         "announces", "handouts", "leases_granted", "leases_reassigned", "leases_expired", "digests_rejected",
-        "stalls", "busy_replies", "timeouts", "events", "wall_seconds", "sim_seconds")}
+        "audits", "stalls", "busy_replies", "timeouts", "events", "wall_seconds", "sim_seconds")}
     return RunSummary(
         run=run, policy=outcome.profile.describe(), nodes=len(rows), completed=len(done), departed=departed,
         time_to_all=t_all, latency=_percentiles(latencies), origin_bytes=outcome.origin_bytes,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
+from p2pdist.core.layout import decide_layout
+from p2pdist.settings import replace
 from simulations.cluster import Cluster
 from simulations.engine import Link, Network, Simulator
 from simulations.profiles import origin_only_profile, p2pdist_profile
@@ -176,11 +179,17 @@ def test_n_agents_origin_only_take_n_times_size_over_origin_uplink():
     assert _close(out.origin_bytes, 5 * 64 * MIB, rel=1e-9)
 
 
-def test_p2pdist_takes_each_piece_from_the_origin_once():
+def test_p2pdist_takes_each_piece_from_the_origin_once_plus_its_audits():
     sc = scenario_from_dict(_flash(20))
-    out = Cluster(sc, p2pdist_profile(sc)).run()
+    profile = p2pdist_profile(sc)
+    out = Cluster(sc, profile).run()
     assert all(d > 0 for d in out.done)
-    assert _close(out.origin_bytes, 64 * MIB, rel=1e-9)
+    # A fresh tracker audits a few first reporters (one piece fetched twice each), then no more.
+    piece = decide_layout(64 * MIB, rule=profile.tracker.piece_rule).piece_size
+    assert 1 <= out.audits <= 2 * profile.tracker.probation_nodes
+    assert _close(out.origin_bytes, 64 * MIB + out.audits * piece, rel=1e-9)
+    plain = Cluster(sc, dataclasses.replace(profile, tracker=replace(profile.tracker, audits=False))).run()
+    assert plain.audits == 0 and _close(plain.origin_bytes, 64 * MIB, rel=1e-9)
     # Nobody can beat the origin sending every byte once.
     assert min(out.done) >= (64 * MIB) / GBIT
 

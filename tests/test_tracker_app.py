@@ -149,7 +149,7 @@ async def test_announce_round_trip(tracker: Proc, http: aiohttp.ClientSession) -
         (frame(digests=[[0, b"short"]]), 400, "field 'digests[0]' must carry a 32-byte piece digest"),
         (frame(want_leases=99), 400, "field 'want_leases' must be an integer in [0, 16]"),
         (b"\x00" * (MAX_FRAME + 1), 413, f"frame of {MAX_FRAME + 1} bytes exceeds the {MAX_FRAME}-byte limit"),
-        (frame(size=17 * MiB), 409, f"blob {BLOB} is known as {16 * MiB} bytes but this announce says {17 * MiB}"),
+        (frame(size=1 << 41), 400, f"blob size {1 << 41} exceeds this tracker's max_blob_size of {1 << 40} bytes"),
     ],
     ids=["garbage", "empty", "version", "digest-traversal", "wrong-type", "short-digest", "bounds", "oversize",
          "size-conflict"],
@@ -201,13 +201,16 @@ async def test_leases_and_digests_over_http(tracker: Proc, http: aiohttp.ClientS
 
     _, holder = await post(http, tracker.url, body("h", size=4 * MiB, want_leases=1))
     assert [tuple(lease[:2]) for lease in holder.leases] == [(0, 1)]  # one piece per lease by default
+    # o wants origin work too: it is sent to audit h's piece (fetch it from the origin as well).
+    _, other = await post(http, tracker.url, body("o", size=4 * MiB, want_leases=1))
+    assert (0, 1) in [tuple(lease[:2]) for lease in other.leases]
     digest = bytes(range(32))
-    _, other = await post(http, tracker.url, body("o", digests=[(0, digest)]))
-    assert other.digests == []  # not the lease holder
-    _, holder = await post(http, tracker.url, body("h", digests=[(0, digest)], digest_pos=holder.digest_pos))
-    assert holder.digests == [(0, digest)]
-    _, other = await post(http, tracker.url, body("o", digest_pos=other.digest_pos))
-    assert other.digests == [(0, digest)]
+    _, holder = await post(http, tracker.url, body("h", size=4 * MiB, digests=[(0, digest)],
+                                                   digest_pos=holder.digest_pos))
+    assert holder.digests == []  # withheld: nobody has checked h's word yet
+    _, other = await post(http, tracker.url, body("o", size=4 * MiB, digests=[(0, digest)],
+                                                  digest_pos=other.digest_pos))
+    assert other.digests == [(0, digest)]  # proven: published
 
 
 async def test_metrics_count_announces_and_errors(tracker: Proc, http: aiohttp.ClientSession) -> None:

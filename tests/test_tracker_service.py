@@ -20,11 +20,13 @@ from tracker.state import MemoryState
 BLOB = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
 MiB = 1 << 20
+SIZE = 64 * MiB  # announces without an explicit size carry this one (or the blob's first)
 # Slow start off: these tests are about lease mechanics; test_origin_slow_start_* turn it on. Solo
-# leases as long as the others, for the same reason; test_a_lone_downloader_* are about them.
+# leases as long as the others, for the same reason; test_a_lone_downloader_* are about them. Audits
+# off, so digests are published as they come; the audit tests (AUDITED) turn them on.
 CONFIG = TrackerConfig(
     lease_pieces=4, solo_lease_pieces=4, leases_per_node=2, lease_ttl=10.0, peer_ttl=30.0, handout_size=16,
-    origin_slow_start=False,
+    origin_slow_start=False, audits=False,
 )
 
 
@@ -41,6 +43,7 @@ class Harness:
         self.state = state_args.pop("state", None) or memory_state(config)
         self.rng = random.Random(7)
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.sizes: dict[str, int] = {}  # the size each blob was first announced with
 
     def emit(self, event: str, **fields: Any) -> None:
         self.events.append((event, fields))
@@ -50,6 +53,9 @@ class Harness:
 
     def announce(self, node: str, now: float, **fields: Any) -> AnnounceReply:
         fields.setdefault("blob", BLOB)
+        fields.setdefault("size", self.sizes.get(fields["blob"], SIZE))  # agents always know it
+        if fields["size"] is not None:
+            self.sizes.setdefault(fields["blob"], fields["size"])
         msg = Announce(node=node, addr=f"{node}.example:7001", **fields)
         return handle_announce(self.state, msg, now, self.rng, self.config, self.emit)
 
@@ -69,23 +75,36 @@ def test_first_size_fixes_layout_and_later_announces_learn_it() -> None:
     t = Harness()
     first = t.announce("a", 0, size=100 * MiB)
     assert (first.size, first.piece_size) == (100 * MiB, piece_size_for(100 * MiB))
-    later = t.announce("b", 1)  # size None: the agent only knows the digest
+    later = t.announce("b", 1, size=None)  # size None: the only swarm of this digest answers
     assert (later.size, later.piece_size) == (100 * MiB, piece_size_for(100 * MiB))
 
 
 def test_unknown_size_gives_no_layout_and_no_leases() -> None:
-    reply = Harness().announce("a", 0, want_leases=2)
-    assert (reply.size, reply.piece_size, reply.leases) == (None, None, [])
-
-
-def test_conflicting_size_is_refused_and_keeps_the_first() -> None:
     t = Harness()
-    t.announce("a", 0, size=10 * MiB)
-    with pytest.raises(AnnounceError) as err:
-        t.announce("b", 1, size=10 * MiB + 1)
+    reply = t.announce("a", 0, want_leases=2, size=None)
+    assert (reply.size, reply.piece_size, reply.leases) == (None, None, [])
+    assert t.state.blob_count() == 0  # nothing is kept for a blob nobody gave a size for
+
+
+def test_another_size_is_another_swarm_so_a_wrong_size_turns_nobody_away() -> None:
+    t = Harness()
+    t.announce("liar", 0, size=10 * MiB + 1, want_leases=1)  # first, with a wrong size
+    honest = t.announce("a", 1, size=10 * MiB, want_leases=1)
+    assert honest.size == 10 * MiB and honest.leases  # the real size's swarm, with its own leases
+    assert "liar" not in peers_of(t.announce("b", 2, size=10 * MiB))
+    with pytest.raises(AnnounceError) as err:  # no size and two swarms: which one is not guessed
+        t.announce("c", 3, size=None)
     assert err.value.kind == "size-conflict"
-    assert "known as 10485760 bytes" in str(err.value)
-    assert t.announce("c", 2).size == 10 * MiB
+
+
+def test_sizes_per_digest_are_bounded_and_a_crowded_swarm_is_kept() -> None:
+    t = Harness()
+    for n in range(3):
+        t.announce(f"crowd{n}", 0, size=10 * MiB)
+    for k in range(10):  # a liar cycling through sizes evicts only its own lone swarms
+        t.announce("liar", 1 + k, size=MiB + k)
+    assert t.state.sizes(BLOB) <= t.state.max_sizes_per_blob
+    assert peers_of(t.announce("d", 20, size=10 * MiB)) >= {"crowd0", "crowd1", "crowd2"}
 
 
 def test_too_large_size_is_refused_without_creating_the_blob() -> None:
@@ -350,10 +369,10 @@ def test_seeder_digests_are_accepted_for_pieces_without_one() -> None:
     assert t.announce("a", 3).leases == []  # a's lease closed once all its pieces had digests
 
 
-def test_digests_without_a_known_size_are_rejected() -> None:
+def test_digests_without_a_known_size_are_not_kept() -> None:
     t = Harness()
-    t.announce("s", 0, complete=True, digests=[(0, pd(0))])
-    assert t.of("digests_rejected")[-1]["reason"] == "size-unknown"
+    t.announce("s", 0, complete=True, digests=[(0, pd(0))], size=None)
+    assert t.state.blob_count() == 0 and not t.of("digests_accepted")
 
 
 def test_digest_log_pages_by_digest_pos() -> None:
@@ -494,3 +513,98 @@ def test_pieces_are_leased_again_once_every_holder_has_left() -> None:
     assert again.digests  # the digests are still facts
     renewed = t.announce("c", 13, digests=[(0, pd(0))])  # a known digest resent still renews the lease
     assert (0, 4) in ranges(renewed)
+
+
+# --- audits: a node's word is checked against another node's origin copy --------------------------
+
+AUDITED = replace(CONFIG, audits=True, ban_seconds=600.0)
+
+
+def forged(index: int) -> bytes:
+    return hashlib.sha256(b"forged %d" % index).digest()
+
+
+def audit_of(reply: AnnounceReply, leased: list[tuple[int, int]]) -> int:
+    """The one-piece lease in ``reply`` that is not among the node's own leases: its audit."""
+    extra = [r for r in ranges(reply) if r not in leased and r[1] - r[0] == 1]
+    assert len(extra) == 1, ranges(reply)
+    return extra[0][0]
+
+
+def test_an_unproven_reporters_digests_are_withheld_until_another_origin_copy_agrees() -> None:
+    t = Harness(AUDITED)
+    held = ranges(t.announce("h", 0, want_leases=1))
+    start, end = held[0]
+    reply = t.announce("h", 1, digests=[(i, pd(i)) for i in range(start, end)])
+    assert reply.digests == []  # h's word alone
+    a = t.announce("a", 2, want_leases=1)
+    piece = audit_of(a, [])
+    assert start <= piece < end
+    a = t.announce("a", 3, digests=[(piece, pd(piece))], digest_pos=a.digest_pos)
+    assert sorted(a.digests) == [(i, pd(i)) for i in range(start, end)]  # agreed: all of h's published
+    # Both are proven now: their next digests are published at once, no more audits.
+    lease = ranges(t.announce("a", 4, want_leases=1, digest_pos=a.digest_pos))
+    s2 = next(r for r in lease if r != (piece, piece + 1))[0]
+    after = t.announce("a", 5, digests=[(s2, pd(s2))], digest_pos=a.digest_pos)
+    assert (s2, pd(s2)) in after.digests and not t.of("node_banned")
+
+
+def test_a_lease_holder_forging_digests_is_refuted_banned_and_its_pieces_leased_again() -> None:
+    t = Harness(AUDITED)
+    start, end = ranges(t.announce("liar", 0, want_leases=1))[0]
+    t.announce("liar", 1, digests=[(i, forged(i)) for i in range(start, end)])
+    a = t.announce("a", 2, want_leases=1)
+    piece = audit_of(a, [(s, e) for s, e in ranges(a) if e - s > 1])
+    t.announce("a", 3, digests=[(piece, pd(piece))])  # a's origin copy disagrees: a third node decides
+    assert not t.of("node_banned")
+    b = t.announce("b", 4, want_leases=1)
+    assert piece == audit_of(b, [(s, e) for s, e in ranges(b) if e - s > 1])
+    b = t.announce("b", 5, digests=[(piece, pd(piece))])
+    assert [e["node"] for e in t.of("node_banned")] == ["liar"]
+    with pytest.raises(AnnounceError) as err:
+        t.announce("liar", 6)
+    assert err.value.kind == "banned"
+    # The liar's forged digests were never handed out; the audited piece's true digest is, and the
+    # liar's other pieces are leased again.
+    fresh = t.announce("c", 7, want_leases=2)
+    assert (piece, pd(piece)) in fresh.digests and not any(d == forged(i) for i, d in fresh.digests)
+    others = set(range(start, end)) - {piece}
+    regranted = {i for s, e in ranges(fresh) + ranges(t.announce("a", 8, want_leases=2)) for i in range(s, e)}
+    assert others & regranted
+    assert "liar" not in peers_of(t.announce("d", 9))
+
+
+def test_an_auditor_that_lies_is_banned_and_the_honest_reporter_proven() -> None:
+    t = Harness(AUDITED)
+    start, end = ranges(t.announce("h", 0, want_leases=1))[0]
+    t.announce("h", 1, digests=[(i, pd(i)) for i in range(start, end)])
+    r = t.announce("rogue", 2, want_leases=1)
+    piece = audit_of(r, [(s, e) for s, e in ranges(r) if e - s > 1])
+    t.announce("rogue", 3, digests=[(piece, forged(piece))])
+    b = t.announce("b", 4, want_leases=1)
+    b = t.announce("b", 5, digests=[(audit_of(b, [(s, e) for s, e in ranges(b) if e - s > 1]), pd(piece))])
+    assert [e["node"] for e in t.of("node_banned")] == ["rogue"]
+    assert sorted(b.digests) == [(i, pd(i)) for i in range(start, end)]
+
+
+def test_a_seeder_forging_digests_holds_pieces_back_only_until_its_audit_fails() -> None:
+    t = Harness(AUDITED)
+    t.announce("fake-seed", 0, complete=True, digests=[(i, forged(i)) for i in range(64)])
+    a = t.announce("a", 1, want_leases=1)
+    assert a.digests == [] and len(ranges(a)) == 1  # nothing leasable: all claimed; just the audit
+    piece = ranges(a)[0][0]
+    t.announce("a", 2, digests=[(piece, pd(piece))])
+    b = t.announce("b", 3, want_leases=1)
+    t.announce("b", 4, digests=[(ranges(b)[0][0], pd(piece))])
+    assert [e["node"] for e in t.of("node_banned")] == ["fake-seed"]
+    c = t.announce("c", 5, want_leases=2)
+    assert [d for _, d in c.digests] == [pd(piece)]
+    assert any(e - s >= 1 and s != piece for s, e in ranges(c))  # the rest is leased again
+
+
+def test_corrupt_resets_the_log_once_per_node() -> None:
+    t = Harness(AUDITED)
+    t.announce("a", 0, want_leases=1)
+    t.announce("x", 1, event="corrupt")
+    t.announce("x", 2, event="corrupt")
+    assert len(t.of("corrupt_reset")) == 1 and len(t.of("corrupt_ignored")) == 1

@@ -32,7 +32,7 @@ log = logging.getLogger("tracker")
 
 MSGPACK = "application/msgpack"
 PUBLIC_PATHS = frozenset({"/healthz"})  # probes must work without the cluster secret
-STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503}
+STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503, "banned": 403}
 # Service events worth a line at info or above; the rest are debug.
 EVENT_LEVELS = {
     "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "digests_rejected": logging.WARNING,

@@ -71,6 +71,15 @@ class TrackerConfig(Settings):
     piece_min: Size = Field(MIN_PIECE_SIZE, gt=0)
     piece_max: Size = Field(MAX_PIECE_SIZE, gt=0)
     piece_target: int = Field(TARGET_PIECES, ge=1)
+    # Audits (tracker/service.py): a node's piece digests are published once another node's origin
+    # copy of one of its pieces agreed; until then they are withheld. Off: every lease holder's and
+    # seeder's digests are published at once, and one lying node can poison a blob for everyone.
+    audits: bool = True
+    # Unproven nodes that may hold origin leases of a blob at once (each one's first digest is
+    # audited); the other leases go to proven nodes.
+    probation_nodes: int = Field(2, ge=1, le=1024)
+    ban_seconds: float = Field(3600.0, gt=0)  # how long a node the origin contradicted is refused
+    max_nodes: int = Field(1 << 16, ge=1)  # nodes whose standing (proven, banned) is remembered
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("handout_policy")

@@ -31,6 +31,35 @@ class StateFull(TrackerError):
 
 
 @dataclass(slots=True)
+class Standing:
+    """What the tracker has learned of one node's word (see service.py, "audits").
+
+    ``proven``: another node fetched one of its reported pieces from the origin and got the same
+    digest, so its digests are published at once. ``banned_until``: it lied (two nodes' origin
+    copies contradicted it, or it contradicted a proven digest); its announces are refused until then.
+    """
+
+    proven: bool = False
+    banned_until: float = float("-inf")
+
+    def banned(self, now: float) -> bool:
+        return now < self.banned_until
+
+
+@dataclass(slots=True)
+class Audit:
+    """A reported piece digest under check: other nodes fetch the piece from the origin and say
+    what they got. The claim stands with one agreeing opinion; two agreeing against it refute it."""
+
+    index: int
+    reporter: str
+    claim: bytes | None  # None until the reporter reports (an audit opened with its lease)
+    auditor: str | None = None  # the node fetching the piece for it now
+    expires: float = 0.0  # when that assignment goes to another node
+    opinions: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class PeerRecord:
     info: PeerInfo
     last_seen: float
@@ -49,6 +78,14 @@ class BlobRecord:
     book: LeaseBook | None = None
     manifest: PieceManifest | None = None  # dedupes the log: one digest per piece
     log: list[tuple[int, bytes]] = field(default_factory=list)
+    # Digests from reporters not yet proven, per reporter: published once its audit agrees, dropped
+    # (and their pieces leased again) if it lied. Bounded by the blob's pieces.
+    withheld: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+    held_back: set[int] = field(default_factory=set)  # the pieces of ``withheld``
+    audits: dict[int, Audit] = field(default_factory=dict)  # open audits by piece
+    probation: set[str] = field(default_factory=set)  # unproven nodes holding leases (or claims)
+    takers: set[str] = field(default_factory=set)  # proven nodes that asked for leases
+    corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
     peers: dict[str, PeerRecord] = field(default_factory=dict)
     granted_upto: int = 0  # highest lease end ever granted: a lease below it is a reassignment
     downloaders: int = 0  # peers not complete yet: the origin lease cap is shared among them
@@ -67,6 +104,9 @@ class BlobRecord:
         self.book = book
         self.manifest = PieceManifest(layout)
         self.log = []
+        self.withheld = {}
+        self.held_back = set()
+        self.audits = {}
         self.granted_upto = 0
 
     def reset_digests(self, epoch: int) -> None:
@@ -117,6 +157,8 @@ class BlobRecord:
         record = self.peers.pop(node, None)
         if record is not None and not record.info.complete:
             self.downloaders -= 1
+        self.takers.discard(node)
+        self.probation.discard(node)
         slot = self._slot.pop(node, None)
         if slot is not None:
             last = self.infos.pop()
@@ -145,10 +187,20 @@ class BlobRecord:
 class TrackerState(Protocol):
     """What the announce logic needs from a store. A shared store would load and save BlobRecords."""
 
-    def get(self, blob: str) -> BlobRecord | None: ...
+    def get(self, blob: str, size: int | None = None) -> BlobRecord | None:
+        """The record of ``blob`` at ``size``; with size None, the blob's only record if it has one."""
+        ...
 
-    def create(self, blob: str, now: float) -> BlobRecord:
-        """A new, empty record for ``blob``; raises StateFull when there is no room."""
+    def sizes(self, blob: str) -> int:
+        """How many sizes ``blob`` is tracked with (one swarm each)."""
+        ...
+
+    def create(self, blob: str, size: int, now: float) -> BlobRecord:
+        """A new, empty record for ``blob`` at ``size``; raises StateFull when there is no room."""
+        ...
+
+    def standing(self, node: str) -> Standing:
+        """The node's standing (created on first use; bounded, oldest forgotten first)."""
         ...
 
     def new_epoch(self) -> int: ...
@@ -173,6 +225,8 @@ class MemoryState:
         self,
         max_blobs: int = 4096,
         max_peers_per_blob: int = 2048,
+        max_sizes_per_blob: int = 4,
+        max_nodes: int = 1 << 16,
         peer_ttl: float = 30.0,
         blob_ttl: float = 600.0,
         sweep_every: float = 5.0,
@@ -183,19 +237,57 @@ class MemoryState:
         self.peer_ttl = peer_ttl
         self.blob_ttl = blob_ttl
         self.sweep_every = sweep_every
-        self._blobs: dict[str, BlobRecord] = {}
+        self.max_sizes_per_blob = max_sizes_per_blob
+        self.max_nodes = max_nodes
+        # Keyed by (digest, size): the size is part of a swarm's identity, so a node announcing a
+        # wrong size only makes a swarm of its own, and cannot turn anyone away from the real one.
+        self._blobs: dict[tuple[str, int], BlobRecord] = {}
+        self._sizes: dict[str, list[int]] = {}
+        self._standing: dict[str, Standing] = {}
         self._next_sweep = float("-inf")
         # A random start keeps cursors from before a tracker restart from matching the new logs.
         self._epoch = random.SystemRandom().randrange(1, EPOCH_LIMIT) if epoch_seed is None else epoch_seed
 
-    def get(self, blob: str) -> BlobRecord | None:
-        return self._blobs.get(blob)
+    def get(self, blob: str, size: int | None = None) -> BlobRecord | None:
+        if size is None:
+            sizes = self._sizes.get(blob)
+            if not sizes or len(sizes) > 1:
+                return None
+            size = sizes[0]
+        return self._blobs.get((blob, size))
+
+    def sizes(self, blob: str) -> int:
+        return len(self._sizes.get(blob, ()))
+
+    def standing(self, node: str) -> Standing:
+        found = self._standing.get(node)
+        if found is None:
+            if len(self._standing) >= self.max_nodes:
+                del self._standing[next(iter(self._standing))]  # the longest known: a bounded map
+            found = self._standing[node] = Standing()
+        return found
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        del self._blobs[key]
+        sizes = self._sizes.get(key[0])
+        if sizes is not None:
+            sizes.remove(key[1])
+            if not sizes:
+                del self._sizes[key[0]]
 
     def new_epoch(self) -> int:
         self._epoch = self._epoch % (EPOCH_LIMIT - 1) + 1  # 1..EPOCH_LIMIT-1: cursor 0 never matches
         return self._epoch
 
-    def create(self, blob: str, now: float) -> BlobRecord:
+    def create(self, blob: str, size: int, now: float) -> BlobRecord:
+        sizes = self._sizes.get(blob, [])
+        if len(sizes) >= self.max_sizes_per_blob:
+            # Another size for a digest whose sizes are all taken: make room by the size with the
+            # fewest peers if it has at most one (a lone node's wrong size), else refuse this one.
+            key = min(((blob, s) for s in sizes), key=lambda k: len(self._blobs[k].peers))
+            if len(self._blobs[key].peers) > 1:
+                raise StateFull(f"blob {blob} is tracked with {len(sizes)} sizes already")
+            self._forget(key)
         if len(self._blobs) >= self.max_blobs:
             self._sweep(now)
         if len(self._blobs) >= self.max_blobs:
@@ -203,14 +295,15 @@ class MemoryState:
         if len(self._blobs) >= self.max_blobs:
             raise StateFull(f"tracking the maximum of {self.max_blobs} blobs, all with live peers")
         record = BlobRecord(blob, self.new_epoch(), now, self.max_peers_per_blob)
-        self._blobs[blob] = record
+        self._blobs[(blob, size)] = record
+        self._sizes.setdefault(blob, []).append(size)
         return record
 
     def _evict_idle(self, now: float) -> None:
         # Under pressure, the blob idle longest goes before its TTL is up, if none of its peers is live.
         idle = min(self._blobs.values(), key=lambda b: b.last_seen, default=None)
         if idle is not None and (not idle.peers or now - idle.last_seen >= self.peer_ttl):
-            del self._blobs[idle.digest]
+            self._forget((idle.digest, idle.size))
 
     def sweep(self, now: float) -> list[str]:
         # Amortised: a full pass over all blobs at most every sweep_every seconds, not per announce.
@@ -220,10 +313,10 @@ class MemoryState:
 
     def _sweep(self, now: float) -> list[str]:
         self._next_sweep = now + self.sweep_every
-        gone = [d for d, b in self._blobs.items() if now - b.last_seen >= self.blob_ttl]
-        for digest in gone:
-            del self._blobs[digest]
-        return gone
+        gone = [key for key, b in self._blobs.items() if now - b.last_seen >= self.blob_ttl]
+        for key in gone:
+            self._forget(key)
+        return [digest for digest, _size in gone]
 
     def blob_count(self) -> int:
         return len(self._blobs)

@@ -12,6 +12,9 @@ class AgentMetrics:
         self.bytes_in = Counter("p2pdist_bytes_received_total", "Verified blob bytes received", ["source"], registry=r)
         self.bytes_out = Counter("p2pdist_bytes_uploaded_total", "Piece bytes uploaded to peers", registry=r)
         self.pieces_bad = Counter("p2pdist_bad_pieces_total", "Pieces from peers that failed verification", registry=r)
+        self.pieces_disputed = Counter(
+            "p2pdist_pieces_disputed_total",
+            "Origin pieces whose bytes contradicted the digest the tracker gave (the origin's was kept)", registry=r)
         self.peer_errors = Counter("p2pdist_peer_errors_total", "Failed piece requests to peers", ["kind"], registry=r)
         self.peers_banned = Counter("p2pdist_peers_banned_total", "Peers stopped being used for bad data", registry=r)
         self.uploads_busy = Counter("p2pdist_uploads_refused_total", "Piece requests refused as busy", registry=r)

@@ -53,6 +53,7 @@ class Neighbour:
     inflight: int = 0  # our requests to it now, over all our downloads
     score: float = 0.0
     bad_pieces: int = 0
+    failures: int = 0  # requests in a row that failed or timed out
     busy_until: float = 0.0
     advertised: int = UNKNOWN_ROOM  # its free upload slots, as it last said (ROOM)
     # What a pass may still use of them: reset to ``advertised`` at the start of each pass, then
@@ -262,7 +263,8 @@ class Neighbourhood:
         if nb.node in self.banned:
             return False
         self.banned.add(nb.node)
-        log.warning("peer banned", extra={"peer": nb.node, "reason": reason, "bad_pieces": nb.bad_pieces})
+        log.warning("peer banned", extra={"peer": nb.node, "reason": reason, "bad_pieces": nb.bad_pieces,
+                                          "failures": nb.failures})
         for ws in list(nb.sockets):
             self._spawn(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120]))
         return True

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("p2pdist.swarm")
 
+DEADLINE_RECHECK = 0.25  # seconds between looks at a waiting piece request's (moving) deadline
+
 
 class FetchFailed(P2pdistError):
     """The blob could not be fetched even from the origin; the message says why."""
@@ -157,15 +159,12 @@ class Swarm:
         self.stats.from_origin = self.stats.from_peers = 0
 
     async def _download(self) -> Path:
+        # The size is the upstream's (the client's descriptor, or a HEAD), never the tracker's: the
+        # tracker keys swarms by digest and size, so a node announcing a wrong size first only
+        # makes a swarm of its own.
+        size = self.size_hint if self.size_hint is not None else await self._origin_size()
+        self.size_hint = size
         reply = None if self.direct else await self._first_announce()
-        # With a size hint the first announce carried it, and a tracker that knows another refused
-        # it (SizeConflict, see _first_announce): a reply then always agrees with the hint.
-        if self.size_hint is not None:
-            size = self.size_hint
-        else:
-            size = reply.size if reply and reply.size is not None else await self._origin_size()
-        if reply is not None and reply.size is None:
-            reply = await self._announce_safely("started", size=size)
         limits = self.agent.config.limits
         self.layout = decide_layout(size, tracker_piece_size=reply.piece_size if reply else None,
                                     pinned_piece_size=limits.piece_size)
@@ -228,6 +227,7 @@ class Swarm:
         settings = machine.Settings(
             inflight_bytes=limits.inflight_bytes, upload_slots=limits.upload_slots,
             origin_concurrency=limits.origin_concurrency, stall_timeout=limits.stall_timeout,
+            piece_timeout=limits.piece_timeout,
         )
         dl = Download(self, settings, layout.piece_size, layout.blob_size, time.monotonic(), self.rng,
                       direct=self.direct)
@@ -304,8 +304,8 @@ class Swarm:
             log.warning("tracker lost mid-download; fetching the rest from the origin", extra={"blob": self.blob})
         self.agent.metrics.origin_fallbacks.labels(reason).inc()
 
-    def ban(self, peer: Neighbour) -> None:
-        if self.agent.neighbours.ban(peer, "bad pieces"):
+    def ban(self, peer: Neighbour, reason: str) -> None:
+        if self.agent.neighbours.ban(peer, reason):
             self.agent.metrics.peers_banned.inc()
 
     def abort(self, reason: str) -> None:
@@ -345,8 +345,7 @@ class Swarm:
         try:
             return await self.agent.tracker.announce(self._announce_msg("started", size=self.size_hint))
         except SizeConflict as e:
-            # Another node told the tracker a different size first. Ours is the upstream's (the
-            # manifest is the root of trust), so the swarm's layout cannot be ours: origin only.
+            # An older tracker that keys swarms by digest alone, and knows another size.
             log.warning("the tracker knows this blob with another size; fetching from the origin",
                         extra={"blob": self.blob, "size": self.size_hint, "error": str(e)})
             self.agent.metrics.origin_fallbacks.labels("size").inc()
@@ -497,11 +496,20 @@ class Swarm:
 
         def work() -> bytes:
             digest = piece_digest(data)
-            partial.write_piece(index, data, digest)
+            self._write_origin_piece(partial, index, data, digest)
             return digest
 
         digest = await asyncio.to_thread(work)
         self._origin_piece(dl, partial, index, digest)
+
+    def _write_origin_piece(self, partial: Partial, index: int, data, digest: bytes) -> None:
+        """Write an origin piece (in a worker thread). The origin's bytes beat a digest the cluster
+        gave for the piece: a lying node's digest must not make the download fail. If the origin's
+        bytes were the wrong ones, the whole-blob digest says so before anything is committed."""
+        if partial.write_piece(index, data, digest, from_origin=True):
+            log.warning("the origin's copy of a piece contradicts the digest the tracker gave; keeping "
+                        "the origin's", extra={"blob": self.blob, "piece": index})
+            self.agent.metrics.pieces_disputed.inc()
 
     def _origin_piece(self, dl: Download, partial: Partial, index: int, digest: bytes) -> None:
         """An origin piece is written: its digest is a fact for us (we hashed its bytes)."""
@@ -529,7 +537,7 @@ class Swarm:
 
         def on_piece(k: int, piece: memoryview) -> None:
             digest = piece_digest(piece)
-            partial.write_piece(first + k, piece, digest)
+            self._write_origin_piece(partial, first + k, piece, digest)
             loop.call_soon_threadsafe(self._origin_piece, dl, partial, first + k, digest)
             spare.append(piece.obj)  # written: the buffer is free for the next piece
 
@@ -552,10 +560,16 @@ class Swarm:
         nb: Neighbour = req.peer  # type: ignore[assignment]
         status = machine.CANCELLED  # unless it ends otherwise: cancelled with the download
         try:
-            data = await fetch_piece(
+            data = await self._within_deadline(dl, req, fetch_piece(
                 self.agent.session, nb.addr, self.blob, self.layout.offset(req.index), req.length,
                 token=cfg.cluster_token, timeout=cfg.limits.piece_timeout,
-            )
+            ))
+            if data is None:
+                status = machine.TIMEOUT
+                self.agent.metrics.peer_errors.labels("timeout").inc()
+                log.info("piece request timed out", extra={"peer": nb.node, "piece": req.index,
+                                                           "after": round(time.monotonic() - req.sent, 3)})
+                return
             await self.agent.download_rate.take(req.length)
             expected = self.partial.manifest.get(req.index)
             partial = self.partial
@@ -587,6 +601,25 @@ class Swarm:
                 dl.request_done(req, status, time.monotonic())
             else:
                 nb.inflight -= 1  # the download started over: only the neighbour's count matters
+
+    @staticmethod
+    async def _within_deadline(dl: Download, req: Request, fetch) -> bytes | None:
+        """The piece, or None if it missed the machine's deadline for it. The deadline is asked
+        again while waiting: pieces arriving meanwhile shorten it (a silent peer's first requests
+        are sent before any piece has come in)."""
+        task = asyncio.ensure_future(fetch)
+        try:
+            while True:
+                left = dl.deadline(req) - time.monotonic()
+                if left <= 0:
+                    return None
+                done, _ = await asyncio.wait({task}, timeout=min(left, DEADLINE_RECHECK))
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     # --- streaming readers (the mirror) -----------------------------------------------------
 

@@ -51,6 +51,15 @@ SCORE_MAX = 1.0
 FAILURE_PENALTY = 1.0  # a request that failed or timed out
 BAD_PIECE_PENALTY = 2.0  # a piece that failed verification
 BAN_AFTER_BAD_PIECES = 2  # one bad piece can be bad luck on a flaky disk; two is a pattern
+# Failures of any other kind in a row (timeouts, 404 for a piece it advertised, transfer errors)
+# before a peer is banned: a silent or lying peer costs a bounded number of requests, not the pull.
+BAN_AFTER_FAILURES = 4
+# A request's deadline follows the pieces that arrived (Kraken's piece request timeout is fixed; a
+# fixed 30 s let a silent peer hold pieces for 62 s of a 5 s pull): this many times the moving
+# average of a piece's time, at least MIN_PIECE_TIMEOUT, at most the configured piece_timeout.
+TIMEOUT_FACTOR = 8.0
+MIN_PIECE_TIMEOUT = 1.0
+PIECE_TIME_WEIGHT = 0.2  # of a new sample in the moving average
 
 # --- per-piece cells -------------------------------------------------------------------------
 
@@ -66,7 +75,8 @@ SENT = "sent"
 DONE = "done"
 BAD = "bad"  # the bytes did not match the piece digest
 BUSY = "busy"  # the peer had no free upload slot (503)
-FAILED = "failed"  # transfer error, 404, timeout, or the peer left
+FAILED = "failed"  # transfer error, 404, or the peer left
+TIMEOUT = "timeout"  # no piece by the request's deadline (``Download.deadline``)
 CANCELLED = "cancelled"  # we stopped it (the download ended, or our digest went away): nobody's fault
 
 # Why a download stopped using the tracker (Shell.went_direct).
@@ -85,6 +95,7 @@ class Neighbour(selection.Neighbour, Protocol):
 
     busy_until: float  # no request before this (a 503's back-off)
     bad_pieces: int
+    failures: int  # requests in a row that failed or timed out (a delivered piece resets it)
 
 
 class Holders(Protocol):
@@ -131,8 +142,9 @@ class Shell(Protocol):
     def went_direct(self, reason: str) -> None:
         """The rest comes from the origin without the tracker (``STALL`` or ``TRACKER_LOST``)."""
 
-    def ban(self, peer: Neighbour) -> None:
-        """``peer`` sent ``BAN_AFTER_BAD_PIECES`` bad pieces: stop trading with it."""
+    def ban(self, peer: Neighbour, reason: str) -> None:
+        """``peer`` sent ``BAN_AFTER_BAD_PIECES`` bad pieces, or failed ``BAN_AFTER_FAILURES``
+        requests in a row: stop trading with it."""
 
     def abort(self, reason: str) -> None:
         """The download cannot finish (the origin failed for good)."""
@@ -150,6 +162,7 @@ class Settings:
     upload_slots: int  # this node's upload slots: never fewer pieces in flight than these
     origin_concurrency: int  # origin Range streams at once
     stall_timeout: float  # seconds without progress before the rest comes from the origin
+    piece_timeout: float = 30.0  # the longest a piece request may take (deadlines adapt below it)
     stall_fallback: bool = True  # no progress for stall_timeout: the rest from the origin
     leases: bool = True  # ask the tracker for origin leases (off: peers only, or direct)
     report_digests: bool = True  # report origin pieces' digests to the tracker
@@ -268,6 +281,8 @@ class Download:
         self.inflight_bytes = 0
         self.inflight_pieces = 0
         self.requests = RequestBook()
+        self.piece_timeout = settings.piece_timeout
+        self.piece_time = 0.0  # moving average of a peer piece's time, seconds (0: none arrived yet)
         self.leases: list[tuple[int, int]] = []  # granted to us (or our own runs when direct), not started
         self.origin_active = 0
         self.streamed = 0  # origin bytes since the last announce (they renew our leases); the driver adds
@@ -693,6 +708,10 @@ class Download:
         self.inflight_bytes -= req.length
         if status == DONE:
             peer.score = min(peer.score + SCORE_GAIN, SCORE_MAX)
+            peer.failures = 0
+            took = (now - req.sent) * self.piece_size / max(1, req.length)  # as for a whole piece
+            self.piece_time = took if self.piece_time <= 0 else (
+                self.piece_time + PIECE_TIME_WEIGHT * (took - self.piece_time))
             self.piece_stored(req.index, False, now)
         elif status == BUSY:
             peer.busy_until = now + BUSY_BACKOFF
@@ -700,11 +719,22 @@ class Download:
             peer.bad_pieces += 1
             peer.score -= BAD_PIECE_PENALTY
             if peer.bad_pieces >= BAN_AFTER_BAD_PIECES:
-                self.shell.ban(peer)
-        elif status == FAILED:
+                self.shell.ban(peer, "bad pieces")
+        elif status in (FAILED, TIMEOUT):
             peer.score -= FAILURE_PENALTY
+            peer.failures += 1
+            if peer.failures >= BAN_AFTER_FAILURES:
+                self.shell.ban(peer, "timeouts" if status == TIMEOUT else "failed requests")
         self._settle(req.index)
         self.wake()
+
+    def deadline(self, req: Request) -> float:
+        """When ``req`` times out, as far as the pieces so far say (it moves as they arrive: the
+        driver asks again while it waits). The driver ends it with ``request_done(req, TIMEOUT)``."""
+        if self.piece_time <= 0:
+            return req.sent + self.piece_timeout
+        expected = self.piece_time * req.length / self.piece_size
+        return req.sent + min(self.piece_timeout, max(MIN_PIECE_TIMEOUT, TIMEOUT_FACTOR * expected))
 
     def _block_all(self, now: float) -> None:
         """No piece can be placed: every fetchable piece is blocked, and the loop's timer runs."""

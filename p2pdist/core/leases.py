@@ -190,6 +190,14 @@ class LeaseBook:
         if lease is not None and all(self.digested[i] for i in range(lease.start, lease.end)):
             self._drop(lease)
 
+    def undigest(self, index: int) -> None:
+        """The digest of ``index`` was withdrawn (its reporter lied): the piece is leased again."""
+        if 0 <= index < self.piece_count and self.digested[index]:
+            self.digested[index] = 0
+            self._digested_n -= 1
+            if self._leased_to[index] is None:
+                self._cursor = min(self._cursor, index)
+
     def reopen(self) -> None:
         """Every holder left the swarm: the digests stay facts, but the bytes must leave the origin again.
 

@@ -64,6 +64,13 @@ class PieceManifest:
         self._known += 1
         return True
 
+    def forget(self, index: int) -> None:
+        """Drop a learned digest (the origin's bytes contradicted it) before the piece is stored."""
+        self._check(index)
+        if self._digests[index] is not None:
+            self._digests[index] = None
+            self._known -= 1
+
     def get(self, index: int) -> bytes | None:
         self._check(index)
         return self._digests[index]

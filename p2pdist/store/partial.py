@@ -191,13 +191,18 @@ class Partial:
             raise PartialClosed(f"partial {self.digest} is closed")
         return self._data_fd
 
-    def write_piece(self, index: int, data: bytes | memoryview, digest: bytes) -> None:
-        """Store a piece the caller has already verified against ``digest`` (raw piece digest)."""
+    def write_piece(self, index: int, data: bytes | memoryview, digest: bytes, from_origin: bool = False) -> bool:
+        """Store a piece the caller has already verified against ``digest`` (raw piece digest).
+
+        ``from_origin``: the bytes came from the origin, whose word beats a digest learned from the
+        cluster: a contradicting one is replaced (returns True), not an error.
+        """
         try:
             offset, length = self.layout.span(index)
         except LayoutError as e:
             raise PieceError(str(e)) from None
         view = memoryview(data).cast("B")
+        disputed = False
         if view.nbytes != length:
             raise PieceError(f"piece {index} of {self.digest} is {length} bytes, got {view.nbytes}")
         if not isinstance(digest, bytes) or len(digest) != PIECE_DIGEST_SIZE:
@@ -206,10 +211,13 @@ class Partial:
             while True:
                 self._check_open()
                 known = self.manifest.get(index)
-                if known is not None and known != digest:
-                    raise PieceError(f"piece {index} of {self.digest}: digest contradicts the manifest")
                 if index in self.have:
-                    return  # a duplicate from a second peer: the verified copy is already there
+                    return False  # a duplicate from a second peer: the verified copy is already there
+                if known is not None and known != digest:
+                    if not from_origin:
+                        raise PieceError(f"piece {index} of {self.digest}: digest contradicts the manifest")
+                    self.manifest.forget(index)
+                    disputed = True
                 if index not in self._writing:
                     break
                 self._cond.wait()  # never two pwrites into one range at once
@@ -230,6 +238,7 @@ class Partial:
                 self._writing.discard(index)
                 self._cond.notify_all()
         self._prefix_hasher.landed()
+        return disputed
 
     def _append_journal(self, index: int, digest: bytes) -> None:
         record = _RECORD.pack(index, digest)

@@ -23,6 +23,7 @@ class FakePeer:
     room: int = 1 << 16
     busy_until: float = 0.0
     bad_pieces: int = 0
+    failures: int = 0
 
 
 class View:
@@ -45,6 +46,7 @@ class Shell:
         self.timers: list[float] = []
         self.woken = 0
         self.blocked = False
+        self.ban_reasons: list[str] = []
 
     def wake(self) -> None:
         self.woken += 1
@@ -74,8 +76,9 @@ class Shell:
     def went_direct(self, reason: str) -> None:
         self.commands.append(("direct", reason))
 
-    def ban(self, peer) -> None:
+    def ban(self, peer, reason: str) -> None:
         self.commands.append(("ban", peer.peer))
+        self.ban_reasons.append(reason)
 
     def abort(self, reason: str) -> None:
         self.commands.append(("abort", reason))
@@ -182,6 +185,41 @@ def test_rarest_first_within_the_byte_budget_and_the_peers_request_limits():
     # The budget is spent: another pass places nothing.
     dl.schedule(0.0)
     assert shell.take("fetch") == []
+
+
+def test_deadlines_follow_the_pieces_that_arrived():
+    dl, shell = machine(8, budget_pieces=8)
+    peer = FakePeer("p", set(range(8)), limit=8)
+    offer(dl, shell, peer)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    reqs = [c[3] for c in shell.take("fetch")]
+    # Before any piece came in, only the configured cap bounds a request.
+    assert dl.deadline(reqs[0]) == 0.0 + dl.piece_timeout
+    dl.request_done(reqs[0], m.DONE, 0.05)  # pieces take 50 ms here
+    assert dl.deadline(reqs[1]) == pytest.approx(m.MIN_PIECE_TIMEOUT)  # 8 x 50 ms is under the floor
+    for k, req in enumerate(reqs[1:4], start=1):
+        dl.request_done(req, m.DONE, 0.5 * k)  # slower and slower: the deadline grows with them
+    assert m.MIN_PIECE_TIMEOUT < dl.deadline(reqs[4]) < dl.piece_timeout
+    assert dl.deadline(reqs[4]) == pytest.approx(m.TIMEOUT_FACTOR * dl.piece_time)
+
+
+def test_a_peer_that_keeps_failing_is_banned_and_a_delivered_piece_forgives():
+    dl, shell = machine(16, budget_pieces=16)
+    peer = FakePeer("silent", set(range(16)), limit=16)
+    offer(dl, shell, peer)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    reqs = [c[3] for c in shell.take("fetch")]
+    for req in reqs[: m.BAN_AFTER_FAILURES - 1]:
+        dl.request_done(req, m.TIMEOUT, 2.0)
+    dl.request_done(reqs[m.BAN_AFTER_FAILURES - 1], m.DONE, 2.0)  # one piece came: not silent after all
+    assert peer.failures == 0
+    for req in reqs[m.BAN_AFTER_FAILURES : 2 * m.BAN_AFTER_FAILURES - 1]:
+        dl.request_done(req, m.FAILED, 3.0)  # 404s for pieces it advertised count the same
+    assert shell.take("ban") == []
+    dl.request_done(reqs[2 * m.BAN_AFTER_FAILURES - 1], m.TIMEOUT, 3.0)
+    assert shell.take("ban") == [("ban", "silent")] and shell.ban_reasons == ["timeouts"]
 
 
 def test_request_outcomes_score_back_off_and_ban_the_peer():
