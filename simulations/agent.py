@@ -460,6 +460,12 @@ class Swarm:
         if reason == machine.STALL:
             self.cluster.stalls += 1
 
+    def tracker_lost(self) -> None:
+        pass  # the simulated tracker always answers
+
+    def tracker_back(self) -> None:
+        pass
+
     def ban(self, peer: Neighbour, reason: str) -> None:
         pass  # simulated peers send no bad pieces and never go silent
 

@@ -60,6 +60,7 @@ cdef class Download:
     cdef public bint direct
     cdef public list report
     cdef public set reported
+    cdef public set from_peers_for_lease
     cdef public long long digest_pos
     cdef public object cursor
     cdef public dict readers
@@ -80,6 +81,7 @@ cdef class Download:
     cpdef bint has(self, long i)
     cpdef bint _inflight(self, long i)
     cpdef bint _had_or_inflight(self, long i)
+    cpdef bint _not_for_origin(self, long i)
     @cython.locals(pos=long, c=cython.uint)
     cpdef void add_holder(self, long i, bint free=*, double now=*)
     @cython.locals(pos=long, c=cython.uint)

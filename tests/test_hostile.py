@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.support.procs import Tracker
 from tests.support.registry import Registry
 from tests.support.rogue import MODES, Rogue
 from tests.test_cluster import TOKEN, Cluster, fetch_all, sha256_file
@@ -55,3 +57,40 @@ def test_a_lying_node_slows_the_cluster_but_never_breaks_it(registry: Registry, 
     late = cluster.agent("late")
     result = late.fetch(ref)
     assert result.get("done") and sha256_file(result["path"]) == digest, late.output()[-3000:]
+
+
+def test_a_tracker_killed_and_restarted_mid_distribution_is_rejoined(registry: Registry, cluster: Cluster):
+    size = 96 * MiB
+    digest = registry.push_blob("team/app", os.urandom(size))
+    tracker = cluster.start_tracker()
+    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(24 * MiB)}  # about 4 s each: time to pull the plug
+    agents = [cluster.agent(f"node{i}", env=slow) for i in range(HONEST)]
+    with ThreadPoolExecutor(HONEST) as pool:
+        pulls = [pool.submit(a.fetch, f"{registry.host}/team/app@{digest}") for a in agents]
+        wait_until(lambda: registry.egress(digest) >= size // 4, "a quarter of the blob left the origin")
+        tracker.popen.kill()  # kill -9: no goodbye, all state gone
+        tracker.popen.wait()
+        wait_until(lambda: any("tracker unreachable mid-download" in a.output() for a in agents),
+                   "an agent noticed the tracker is gone")
+        restarted = Tracker(cluster.workdir, TOKEN, port=tracker.port).start()
+        cluster.procs.append(restarted)
+        results = [p.result() for p in pulls]
+    for agent, result in zip(agents, results, strict=True):
+        assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-3000:]}"
+        assert sha256_file(result["path"]) == digest
+    assert any("tracker reachable again" in a.output() for a in agents)
+    assert not any("fetching the rest from the origin" in a.output() for a in agents)
+    egress = registry.egress(digest) / size
+    print(json.dumps({"case": "tracker restart", "origin_egress": round(egress, 3),
+                      "from_origin": [round(r["from_origin"] / MiB) for r in results],
+                      "tracker_after": {k: v for k, v in restarted.metrics(TOKEN).items()
+                                        if "audit" in k or "leases_granted" in k or "withheld" in k}}))
+    assert egress <= 1.2, f"the origin served {egress:.2f} x the blob"
+
+
+def wait_until(check, what: str, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise TimeoutError(f"waited {timeout:.0f} s for: {what}")
+        time.sleep(0.05)

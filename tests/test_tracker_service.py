@@ -608,3 +608,16 @@ def test_corrupt_resets_the_log_once_per_node() -> None:
     t.announce("x", 1, event="corrupt")
     t.announce("x", 2, event="corrupt")
     assert len(t.of("corrupt_reset")) == 1 and len(t.of("corrupt_ignored")) == 1
+
+
+def test_after_a_restart_leases_wait_until_the_agents_have_re_reported_their_pieces() -> None:
+    t = Harness(AUDITED)
+    stale = 12345 << 21  # a cursor into the log of the tracker before the restart
+    first = t.announce("a", 0.0, want_leases=2, digest_pos=stale)
+    assert first.reset and first.leases == []  # no leases while the agents re-report
+    # b fetched pieces 0..7 under leases the restarted tracker never saw: its claims close them.
+    t.announce("b", 0.5, digests=[(i, pd(i)) for i in range(8)], digest_pos=stale)
+    later = t.announce("a", 0.1 + 2 * AUDITED.busy_interval, want_leases=2, digest_pos=first.digest_pos)
+    audited = {e["piece"] for e in t.of("audit_assigned")}  # b is unproven: one piece of it is checked
+    granted = {i for s, e in ranges(later) for i in range(s, e)} - audited
+    assert len(audited) == 1 and granted and not granted & set(range(8))  # nothing else twice

@@ -37,6 +37,7 @@ STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503, "banned": 
 EVENT_LEVELS = {
     "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "digests_rejected": logging.WARNING,
     "peer_rejected": logging.WARNING, "blob_dropped": logging.INFO, "peer_expired": logging.INFO,
+    "audit_passed": logging.INFO, "audit_failed": logging.WARNING, "node_banned": logging.WARNING,
 }
 
 

@@ -30,6 +30,13 @@ class TrackerMetrics:
                                         ["reason"], registry=r)
         self.corrupt_resets = Counter("p2pdist_tracker_corrupt_resets",
                                       "Blobs whose digests were forgotten after a corrupt report", registry=r)
+        self.audits = Counter("p2pdist_tracker_audits",
+                              "Audit fetches handed out (a reported piece fetched once more from the origin "
+                              "by another node), and how they ended", ["result"], registry=r)
+        self.bans = Counter("p2pdist_tracker_nodes_banned", "Nodes banned for digests the origin contradicts",
+                            registry=r)
+        self.digests_withheld = Counter("p2pdist_tracker_digests_withheld",
+                                        "Piece digests held back until their unproven reporter is audited", registry=r)
         # Read at scrape time so the gauges never drift from the state.
         Gauge("p2pdist_tracker_peers", "Peers tracked over all blobs", registry=r).set_function(
             lambda: state.peer_count())
@@ -53,6 +60,16 @@ class TrackerMetrics:
             self.digests_rejected.labels(fields["reason"]).inc(fields["count"])
         elif event == "corrupt_reset":
             self.corrupt_resets.inc()
+        elif event == "audit_assigned":
+            self.audits.labels("assigned").inc()
+        elif event == "audit_passed":
+            self.audits.labels("passed").inc()
+        elif event == "audit_failed":
+            self.audits.labels("failed").inc()
+        elif event == "node_banned":
+            self.bans.inc()
+        elif event == "digests_withheld":
+            self.digests_withheld.inc(fields["count"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

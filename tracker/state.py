@@ -86,6 +86,7 @@ class BlobRecord:
     probation: set[str] = field(default_factory=set)  # unproven nodes holding leases (or claims)
     takers: set[str] = field(default_factory=set)  # proven nodes that asked for leases
     corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
+    rejoin_until: float = float("-inf")  # no new leases before this (service.py, after a restart)
     peers: dict[str, PeerRecord] = field(default_factory=dict)
     granted_upto: int = 0  # highest lease end ever granted: a lease below it is a reassignment
     downloaders: int = 0  # peers not complete yet: the origin lease cap is shared among them

@@ -297,12 +297,16 @@ class Swarm:
 
     def went_direct(self, reason: str) -> None:
         self.direct = True
-        if reason == machine.STALL:
-            log.warning("no progress from peers or leases; fetching the rest from the origin",
-                        extra={"blob": self.blob})
-        else:
-            log.warning("tracker lost mid-download; fetching the rest from the origin", extra={"blob": self.blob})
+        log.warning("no progress from peers or leases; fetching the rest from the origin",
+                    extra={"blob": self.blob, "reason": reason})
         self.agent.metrics.origin_fallbacks.labels(reason).inc()
+
+    def tracker_lost(self) -> None:
+        log.warning("tracker unreachable mid-download; going on with the peers we know and asking again",
+                    extra={"blob": self.blob})
+
+    def tracker_back(self) -> None:
+        log.info("tracker reachable again", extra={"blob": self.blob})
 
     def ban(self, peer: Neighbour, reason: str) -> None:
         if self.agent.neighbours.ban(peer, reason):

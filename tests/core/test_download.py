@@ -76,6 +76,12 @@ class Shell:
     def went_direct(self, reason: str) -> None:
         self.commands.append(("direct", reason))
 
+    def tracker_lost(self) -> None:
+        self.commands.append(("lost",))
+
+    def tracker_back(self) -> None:
+        self.commands.append(("back",))
+
     def ban(self, peer, reason: str) -> None:
         self.commands.append(("ban", peer.peer))
         self.ban_reasons.append(reason)
@@ -326,19 +332,47 @@ def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
     assert shell.take("announce") == [("announce",)]  # the interval
 
 
-def test_two_failed_announces_take_the_rest_from_the_origin():
+def test_a_lost_tracker_is_asked_again_less_often_and_rejoined_while_peers_deliver():
+    dl, shell = machine(20, origin_concurrency=2)
+    peer = FakePeer("p", {1, 2, 3})
+    offer(dl, shell, peer)
+    dl.start(0.0, Reply())
+    dl.tick(1.0)
+    assert shell.take("announce")
+    waits = []
+    now = 1.0
+    for _ in range(5):
+        dl.announce_failed(now)
+        due = dl.next_deadline()
+        waits.append(round(due - now, 3))
+        dl.schedule(now)
+        for _, _, _, req in shell.take("fetch"):
+            dl.request_done(req, m.DONE, now)  # the neighbours keep delivering: no stall
+        now = due
+        dl.tick(now)
+        assert shell.take("announce")
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0]  # backing off, capped
+    assert shell.take("lost") == [("lost",)] and shell.take("direct") == []
+    dl.on_reply(now, Reply(leases=[(4, 8, 10.0)]))
+    assert shell.take("back") == [("back",)]
+    dl.schedule(now)
+    assert shell.take("origin") == [("origin", [(4, 8)])]  # leases again: back in the swarm
+
+
+def test_a_lost_tracker_and_no_progress_end_in_the_stall_fallback():
     dl, shell = machine(20, origin_concurrency=2)
     dl.mark_had(0)
     dl.start(0.0, Reply())
     dl.tick(1.0)
     assert shell.take("announce")
-    dl.announce_failed(1.0)
-    assert shell.take("direct") == []
-    dl.tick(1.0 + m.RETRY_INTERVAL)
-    assert shell.take("announce")
-    dl.announce_failed(1.6)
-    assert shell.take("direct") == [("direct", m.TRACKER_LOST)]
-    dl.schedule(1.6)
+    now = 1.0
+    while not shell.take("direct"):
+        dl.announce_failed(now)
+        now = dl.next_deadline()
+        dl.tick(now)
+        shell.take("announce")
+    assert now >= dl.settings.stall_timeout
+    dl.schedule(now)
     # Runs over the missing pieces, two streams at once; guided: at most direct_run_pieces, and at
     # most half (two streams) of the pieces left, so the last runs are short.
     assert shell.take("origin") == [("origin", [(1, 8)]), ("origin", [(8, 14)])]

@@ -82,8 +82,9 @@ class Proc:
 class Tracker(Proc):
     """``token`` None: the session's shared cluster token; "": authentication off."""
 
-    def __init__(self, workdir: Path, token: str | None = None, extra: list[str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, token: str | None = None, extra: list[str] | None = None,
+                 port: int = 0) -> None:
+        self.port = port or free_port()  # a port: a tracker restarted where its agents look for it
         self.token = SESSION_TOKEN if token is None else token
         args = [sys.executable, "-m", "tracker", "--listen", f"127.0.0.1:{self.port}", *(extra or [])]
         # In the environment, not a flag (which every local user could read in ps); set even when
