@@ -137,7 +137,13 @@ class Limits(Settings):
     # 4 MiB pieces: 96 MiB in flight and 64 slots took 2.2x the chunked bound at 100 nodes; 3 slots
     # and 12 MiB 1.08x at 1,000 and 1.11x at 10,000 nodes; 2 slots and 8 MiB 1.06x and 1.09x.
     upload_slots: int = Field(2, ge=1)
-    piece_timeout: float = Field(30.0, gt=0)  # seconds for one piece from a peer before trying elsewhere
+    # The longest one piece request to a peer may take; the machine's deadlines adapt below it to the
+    # pieces that arrive (8 x their moving average, at least 1 s: p2pdist.core.download).
+    piece_timeout: float = Field(30.0, gt=0)
+    # Every server (peer port, API, mirror) closes a connection idle, or still sending its request,
+    # after idle_timeout seconds, and refuses connections past max_connections at once (p2pdist.serving).
+    idle_timeout: float = Field(15.0, gt=0)
+    max_connections: int = Field(512, ge=1)
     # seconds of a silent swarm before fetching the rest from the origin directly
     stall_timeout: float = Field(10.0, gt=0)
     download_rate: Size = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited

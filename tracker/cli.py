@@ -13,6 +13,7 @@ from aiohttp import web
 
 from p2pdist.logs import log_event
 from p2pdist.logs import setup as setup_logging
+from p2pdist.serving import ServerRunner, raise_file_limit
 
 from .app import create_app
 from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
@@ -87,7 +88,9 @@ async def serve(config: TrackerConfig) -> None:
     """Serve until SIGTERM/SIGINT, then close connections and stop cleanly."""
     app = create_app(config)
     access = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
-    runner = web.AppRunner(app, handle_signals=False, access_log=access)
+    raise_file_limit(config.max_connections + 256)
+    runner = ServerRunner(app, handle_signals=False, access_log=access, idle_timeout=config.idle_timeout,
+                          max_connections=config.max_connections)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)

@@ -80,6 +80,10 @@ class TrackerConfig(Settings):
     probation_nodes: int = Field(2, ge=1, le=1024)
     ban_seconds: float = Field(3600.0, gt=0)  # how long a node the origin contradicted is refused
     max_nodes: int = Field(1 << 16, ge=1)  # nodes whose standing (proven, banned) is remembered
+    # Connections idle, or still sending a request, are closed after idle_timeout seconds; past
+    # max_connections at once new ones are refused (p2pdist.serving). Agents keep one each.
+    idle_timeout: float = Field(30.0, gt=0)
+    max_connections: int = Field(16384, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("handout_policy")

@@ -41,6 +41,8 @@ class Standing:
 
     proven: bool = False
     banned_until: float = float("-inf")
+    audit: tuple[str, int, int] | None = None  # (blob, size, piece) of its open audit: one at a time
+    audit_length: int = 0  # that piece's length (a smaller one takes its place until it starts)
 
     def banned(self, now: float) -> bool:
         return now < self.banned_until
@@ -84,7 +86,7 @@ class BlobRecord:
     held_back: set[int] = field(default_factory=set)  # the pieces of ``withheld``
     audits: dict[int, Audit] = field(default_factory=dict)  # open audits by piece
     probation: set[str] = field(default_factory=set)  # unproven nodes holding leases (or claims)
-    takers: set[str] = field(default_factory=set)  # proven nodes that asked for leases
+    takers: set[str] = field(default_factory=set)  # proven downloaders (they take leases first)
     corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
     rejoin_until: float = float("-inf")  # no new leases before this (service.py, after a restart)
     peers: dict[str, PeerRecord] = field(default_factory=dict)

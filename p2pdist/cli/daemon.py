@@ -15,7 +15,8 @@ from p2pdist.agent import api, auth, peer_server
 from p2pdist.agent.node import Agent
 from p2pdist.config import AgentConfig, node_id, split_hostport
 from p2pdist.core import wire
-from p2pdist.mirror.server import MirrorRunner
+from p2pdist.mirror.server import OciServer
+from p2pdist.serving import CappedServer, ServerRunner, raise_file_limit
 
 log = logging.getLogger("p2pdist.daemon")
 
@@ -31,13 +32,16 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
                                      headers={"User-Agent": USER_AGENT}) as session:
         agent = Agent(config, node, session, node_secret=secret)
         runners = []
-        apps = [(peer_server.build_app(agent), config.peer_listen, web.AppRunner),
-                (api.build_app(agent), config.api_listen, web.AppRunner)]
+        apps = [(peer_server.build_app(agent), config.peer_listen, CappedServer),
+                (api.build_app(agent), config.api_listen, CappedServer)]
         if config.mirror.listen:
-            apps.append((mirror.build_app(agent), config.mirror.listen, MirrorRunner))
-        for app, listen, runner_class in apps:
+            apps.append((mirror.build_app(agent), config.mirror.listen, OciServer))
+        limits = config.limits
+        raise_file_limit(len(apps) * limits.max_connections + 1024)  # and the client side's sockets
+        for app, listen, server_class in apps:
             app._client_max_size = wire.MAX_FRAME
-            runner = runner_class(app, access_log=None, handle_signals=False)
+            runner = ServerRunner(app, access_log=None, handle_signals=False, server_class=server_class,
+                                  idle_timeout=limits.idle_timeout, max_connections=limits.max_connections)
             await runner.setup()
             host, port = split_hostport(listen)
             await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ..serving import CappedServer
 from .errors import API_VERSION
 
 
@@ -29,15 +30,8 @@ class _OciErrorHandler(RequestHandler):
         return resp
 
 
-class _OciServer(web.Server):
+class OciServer(CappedServer):
+    """A capped server whose connections answer parser errors with OCI error bodies."""
+
     def __call__(self) -> RequestHandler:
         return _OciErrorHandler(self, loop=self._loop, **self._kwargs)
-
-
-class MirrorRunner(web.AppRunner):
-    """An AppRunner whose connections answer parser errors with OCI error bodies."""
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _OciServer  # same state, one method more: aiohttp offers no handler-class hook
-        return server

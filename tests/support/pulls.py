@@ -110,8 +110,12 @@ def assert_second_pull_from_peers(registry: Registry, records: list[RequestRecor
     assert not direct, f"the second client went to the registry directly:\n{describe(direct)}"
     after = {d: registry.egress(d) for d in image.blob_digests}
     grown = {d: after[d] - egress_before[d] for d in image.blob_digests if after[d] != egress_before[d]}
-    assert not grown, f"the second pull took blob bytes from the origin: {grown}\n{describe(records)}"
-    assert not [r for r in records if "/blobs/" in r.path and r.method == "GET"], describe(records)
+    # A fresh tracker audits the first node once (README "Nodes that lie"): the second fetches one
+    # piece the first reported from the origin as well (at most 4 MiB, the piece size here); nothing else.
+    assert len(grown) <= 1 and sum(grown.values()) <= 4 << 20, (
+        f"the second pull took blob bytes from the origin: {grown}\n{describe(records)}")
+    gets = [r for r in records if "/blobs/" in r.path and r.method == "GET"]
+    assert all(r.path.endswith(tuple(grown)) for r in gets), describe(records)
 
 
 def egress(registry: Registry, image: OciImage) -> dict[str, int]:
