@@ -621,3 +621,23 @@ def test_after_a_restart_leases_wait_until_the_agents_have_re_reported_their_pie
     audited = {e["piece"] for e in t.of("audit_assigned")}  # b is unproven: one piece of it is checked
     granted = {i for s, e in ranges(later) for i in range(s, e)} - audited
     assert len(audited) == 1 and granted and not granted & set(range(8))  # nothing else twice
+
+
+def test_one_audit_per_node_on_its_smallest_claim_and_moved_where_someone_fetches() -> None:
+    t = Harness(AUDITED)
+    small = "sha256:" + "c" * 64
+    start, end = ranges(t.announce("a", 0, want_leases=1))[0]  # 64 MiB blob: 1 MiB pieces
+    t.announce("a", 1, digests=[(i, pd(i)) for i in range(start, end)])
+    assert ranges(t.announce("a", 2, blob=small, size=510, want_leases=1)) == [(0, 1)]
+    t.announce("a", 3, blob=small, size=510, digests=[(0, pd(100))])
+    opened = t.of("audit_opened")
+    assert [o["blob"] for o in opened][-1] == small  # moved to the 510-byte piece: the cheapest check
+    assert sum(1 for a in t.state.get(BLOB).audits.values() if a.reporter == "a") == 0
+    # Nobody fetches the small blob; b wants origin work in the big one: the audit comes to b there.
+    b = t.announce("b", 4, want_leases=1)
+    audited = [e for e in t.of("audit_assigned") if e["node"] == "b"]
+    assert audited and audited[-1]["blob"] == BLOB and (audited[-1]["piece"], audited[-1]["piece"] + 1) in ranges(b)
+    b = t.announce("b", 5, digests=[(audited[-1]["piece"], pd(audited[-1]["piece"]))], digest_pos=b.digest_pos)
+    assert sorted(b.digests) == [(i, pd(i)) for i in range(start, end)]  # a proven: its claims published
+    small_reply = t.announce("c", 6, blob=small, size=510)
+    assert small_reply.digests == [(0, pd(100))]  # in the other blob too, once it is announced

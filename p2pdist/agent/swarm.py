@@ -30,6 +30,7 @@ from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
+from p2pdist.store import PartialClosed, StoreFull
 
 from ..errors import P2pdistError
 
@@ -134,6 +135,12 @@ class Swarm:
                 self.direct = True
                 self.size_hint = None  # the origin's own word this time, should the hint have been wrong
                 path = await self._download()
+        except StoreFull as e:
+            # Said plainly (the disk, the sizes), and nothing kept (see _download): a partial that
+            # cannot be finished would only take the room a blob that fits needs.
+            log.error("no room for the blob", extra={"blob": self.blob, "error": str(e)})
+            self.agent.metrics.fetches.labels("error").inc()
+            raise FetchFailed(str(e)) from e
         except BaseException:
             self.agent.metrics.fetches.labels("error").inc()
             raise
@@ -215,6 +222,11 @@ class Swarm:
             log.debug("blob committed", extra={"blob": self.blob, "seconds": round(now - self.stats.started, 3),
                                                "hash_tail": round(verified_at[0] - stored, 3),
                                                "fsync": round(now - verified_at[0], 3)})
+        except StoreFull:
+            await self._stop_tasks()
+            with contextlib.suppress(PartialClosed):
+                await asyncio.to_thread(self.partial.discard)
+            raise
         finally:
             if self.partial is not None:
                 self.partial.close()

@@ -19,10 +19,11 @@ from multidict import CIMultiDict
 from p2pdist.agent.node import UpstreamNotAllowed
 from p2pdist.agent.origin import OriginError, OriginNotFound, parse_challenges
 from p2pdist.agent.swarm import FetchFailed
+from p2pdist.store import StoreFull
 
 from ..core.digest import Digest, DigestError
 from ..core.names import InvalidName, check_tag
-from .blobs import blob_headers, serve_stored, stream_from_swarm
+from .blobs import blob_headers, serve_stored, serve_uncached, stream_from_swarm
 from .errors import API_VERSION, MirrorError, oci_error
 from .manifests import MAX_MANIFEST, ManifestCache
 from .membership import Membership, references
@@ -227,7 +228,19 @@ class Mirror:
             stored = await serve_stored(request, self.agent, digest)
             if stored is not None:
                 return stored
-        return await stream_from_swarm(request, self.agent, swarm, done, digest)
+        try:
+            return await stream_from_swarm(request, self.agent, swarm, done, digest)
+        except FetchFailed as e:
+            # No room to keep the blob: the client still gets it, from the origin through us, not
+            # kept (a pull must not fail because this node's disk is full; containerd would not
+            # even try the next host on a 5xx).
+            if not isinstance(e.__cause__, StoreFull) or "Range" in request.headers or request.transport is None:
+                raise
+            log.warning("no room to keep the blob; passing it through from the upstream",
+                        extra={"blob": str(digest), "error": str(e)})
+            self.agent.metrics.origin_fallbacks.labels("disk").inc()
+            return await serve_uncached(request, self.agent.origin_client(route.registry, auth), route.repo,
+                                        digest, size)
 
     async def _confirm_blob(self, request: web.Request, route: Route, digest: Digest,
                             auth: str | None) -> int | None:

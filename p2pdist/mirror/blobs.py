@@ -11,11 +11,13 @@ from aiohttp import web
 
 from p2pdist.agent.sendfile import SentFile, copy_range
 
+from ..core.digest import Verifier
 from ..store import BlobExists, BlobNotFound
 from .errors import API_VERSION, MirrorError
 
 if TYPE_CHECKING:
     from p2pdist.agent.node import Agent
+    from p2pdist.agent.origin import OriginClient
     from p2pdist.agent.swarm import Swarm
 
     from ..core.digest import Digest
@@ -127,3 +129,34 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
         raise
     finally:
         partial.close()
+
+
+async def serve_uncached(request: web.Request, origin: OriginClient, repo: str, digest: Digest,
+                         size: int | None) -> web.StreamResponse:
+    """The whole blob straight from the origin, checked against its digest as it passes and not
+    kept. As with a download, the last bytes wait for the digest check: on a mismatch the connection
+    is cut, so no client sees a complete wrong blob."""
+    resp = web.StreamResponse(status=200, headers=blob_headers(digest))
+    if size is not None:
+        resp.content_length = size
+    verifier = Verifier(digest)
+    held: bytes | None = None
+    try:
+        async for chunk in origin.fetch_all(repo, str(digest)):
+            if not resp.prepared:
+                await resp.prepare(request)
+            if held is not None:
+                await resp.write(held)
+            verifier.update(chunk)
+            held = chunk
+        verifier.check()  # raises DigestMismatch
+        if not resp.prepared:
+            await resp.prepare(request)
+        if held is not None:
+            await resp.write(held)
+        await resp.write_eof()
+        return resp
+    except BaseException:
+        if resp.prepared and request.transport is not None:
+            request.transport.abort()
+        raise

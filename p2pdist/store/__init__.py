@@ -28,10 +28,11 @@ from .common import (
     PartialState,
     PieceError,
     StoreError,
+    StoreFull,
 )
 from .partial import Partial
 
 __all__ = [
     "BlobExists", "BlobNotFound", "BlobReader", "CorruptData", "IncompleteBlob", "LayoutMismatch", "Partial",
-    "PartialClosed", "PartialState", "PieceError", "Store", "StoreError",
+    "PartialClosed", "PartialState", "PieceError", "Store", "StoreError", "StoreFull",
 ]

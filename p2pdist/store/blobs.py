@@ -25,6 +25,7 @@ from .common import (
     LayoutMismatch,
     PartialState,
     StoreError,
+    StoreFull,
     _checked,
     _fsync_dir,
     _hash_range,
@@ -272,6 +273,23 @@ class Store:
     def _evictable(self, digest: Digest) -> bool:
         return not self._pins.get(digest) and digest not in self._partials and digest not in self._opening
 
+    def _make_room(self, digest: Digest, size: int) -> None:
+        """Before a new download: evict unpinned complete blobs, least recently used first, until
+        the disk has ``size`` bytes free; StoreFull if it cannot. Checked up front, a blob that
+        cannot fit fails at once with a message naming the disk, and leaves nothing behind (it
+        used to fail at the first write, blaming the origin, and keep its partial)."""
+        while True:
+            free = shutil.disk_usage(self.root).free
+            if free >= size:
+                return
+            with self._lock:
+                victim = next((b for b in self._blobs if self._evictable(b)), None)
+                if victim is not None:
+                    self._remove_blob(victim)
+            if victim is None:
+                raise StoreFull(f"no space on {self.root} for {digest}: it needs {size} bytes, {free} are free "
+                                "and no cached blob can be evicted; free space there, or move data_dir")
+
     def gc(self) -> list[Digest]:
         """Evict least recently used unpinned blobs until usage <= capacity; returns the evicted ones.
 
@@ -321,6 +339,8 @@ class Store:
                     break
             waiter.wait()  # someone else is resuming it: then share theirs
         try:
+            if not self._partial_path(d).exists():
+                self._make_room(d, layout.blob_size)
             # Resuming re-hashes every journalled piece: done outside the store lock.
             partial = Partial._open(self, d, layout, self._partial_path(d))
             with self._lock:

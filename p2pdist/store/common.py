@@ -50,6 +50,10 @@ class PieceError(StoreError, ValueError):
     """A piece index, length or digest that does not fit this partial."""
 
 
+class StoreFull(StoreError):
+    """The store's disk has no room for the blob: the message names the directory and the sizes."""
+
+
 class CorruptData(StoreError):
     """A data file is shorter than its layout says: it was truncated behind the store's back."""
 

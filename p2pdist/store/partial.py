@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -28,6 +29,7 @@ from .common import (
     PartialState,
     PieceError,
     StoreError,
+    StoreFull,
     _hash_range,
     _read_exact,
     _unpack,
@@ -223,7 +225,14 @@ class Partial:
                 self._cond.wait()  # never two pwrites into one range at once
             self._writing.add(index)
         try:
-            _write_all(self._data_fd, view, offset)  # outside the lock: pieces are written in parallel
+            try:
+                _write_all(self._data_fd, view, offset)  # outside the lock: pieces are written in parallel
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(f"no space left on {self._dir.parent} for {self.digest} "
+                                    f"({self.layout.blob_size} bytes): free space there, or lower the "
+                                    "agent's capacity so older blobs make room") from e
+                raise
             start_writeback(self._data_fd, offset, length)  # so the commit's fsync finds little left
             with self._lock:
                 self._check_open()
