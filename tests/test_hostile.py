@@ -8,14 +8,17 @@ the blob digest is the only root of trust, everything a node says is a hint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from p2pdist.core.wire import Announce, encode
 from tests.support.procs import Tracker
 from tests.support.registry import Registry
 from tests.support.rogue import MODES, Rogue
@@ -94,3 +97,41 @@ def wait_until(check, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > end:
             raise TimeoutError(f"waited {timeout:.0f} s for: {what}")
         time.sleep(0.05)
+
+
+def test_forged_announces_of_huge_blobs_keep_the_tracker_small_and_serving(registry: Registry, cluster: Cluster):
+    tracker = cluster.start_tracker()
+    rss_before = rss_bytes(tracker.pid)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/msgpack"}
+
+    async def flood() -> list[int]:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async def one(k: int) -> int:
+                msg = Announce(node=f"forger{k % 64}", addr="127.0.0.1:9", blob=f"sha256:{k:064x}",
+                               size=1 << 40, want_leases=4)
+                async with session.post(f"{tracker.url}/v1/announce", data=encode(msg)) as resp:
+                    return resp.status
+            statuses = []
+            for start in range(0, 4096, 256):
+                statuses += await asyncio.gather(*(one(k) for k in range(start, start + 256)))
+            return statuses
+
+    statuses = asyncio.run(flood())
+    grown = rss_bytes(tracker.pid) - rss_before
+    print(json.dumps({"case": "4,096 forged 1 TiB announces", "tracker_rss_growth_MB": round(grown / 1e6, 1),
+                      "statuses": sorted(set(statuses))}))
+    assert grown < 150e6, f"the tracker grew by {grown / 1e6:.0f} MB"
+    # A real blob, announced by two nodes, is tracked and leased as ever.
+    agents = [cluster.agent(f"node{i}") for i in range(2)]
+    size = 8 * MiB
+    digest = registry.push_blob("team/real", os.urandom(size))
+    results = fetch_all(agents, f"{registry.host}/team/real@{digest}")
+    assert all(r.get("done") for r in results), results
+    assert sum(r["from_peers"] for r in results) > 0  # through the tracker, not around it
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")

@@ -441,17 +441,33 @@ def test_idle_blobs_are_dropped_after_their_ttl() -> None:
     assert t.state.blob_count() == 1 and t.of("blob_dropped") == [{"blob": OTHER}]
 
 
-def test_max_blobs_evicts_idle_blobs_then_refuses() -> None:
+def test_max_blobs_evicts_idle_then_lonely_blobs_then_refuses() -> None:
     config = replace(CONFIG, max_blobs=2)
     t = Harness(config)
-    t.announce("a", 0, blob="sha256:" + "1" * 64)
-    t.announce("a", 0, blob="sha256:" + "2" * 64)
+    one, two, three, four = ("sha256:" + c * 64 for c in "1234")
+    for node in ("a", "b"):  # two live peers each: neither blob may be dropped for a newcomer
+        t.announce(node, 0, blob=one)
+        t.announce(node, 0, blob=two)
     with pytest.raises(AnnounceError) as err:
-        t.announce("a", 1, blob="sha256:" + "3" * 64)
+        t.announce("a", 1, blob=three)
     assert err.value.kind == "capacity"
-    t.announce("a", 31, blob="sha256:" + "2" * 64)  # blob 1's peers are now past peer_ttl
-    t.announce("a", 32, blob="sha256:" + "3" * 64)
-    assert t.state.get("sha256:" + "1" * 64) is None and t.state.blob_count() == 2
+    t.announce("a", 31, blob=two)  # blob 1's peers are now past peer_ttl: idle, it goes first
+    t.announce("b", 31, blob=two)
+    t.announce("a", 32, blob=three)
+    assert t.state.get(one) is None and t.state.blob_count() == 2
+    # Blob 3 has one live peer: a node announcing a blob nobody else has makes room by it.
+    t.announce("c", 33, blob=four)
+    assert t.state.get(three) is None and t.state.get(two) is not None and t.state.get(four) is not None
+
+
+def test_forged_huge_blobs_keep_the_piece_tables_bounded_and_real_blobs_served() -> None:
+    t = Harness(replace(CONFIG, max_tracked_pieces=1 << 20))
+    for k in range(64):  # 64 x 1 TiB, 65,536 pieces each: 4 M pieces claimed
+        t.announce(f"forger{k}", 0, blob=f"sha256:{k:064x}", size=1 << 40, want_leases=1)
+    assert t.state._pieces <= 1 << 20
+    for node in ("a", "b"):
+        reply = t.announce(node, 1, size=64 * MiB, want_leases=1)
+        assert reply.size == 64 * MiB and reply.leases  # a real blob is still tracked and leased
 
 
 def test_stopped_for_an_unknown_blob_creates_nothing() -> None:

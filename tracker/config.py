@@ -66,6 +66,9 @@ class TrackerConfig(Settings):
     max_peers_per_blob: int = Field(16384, ge=1)  # peers kept per blob; handouts rank a bounded sample
     blob_ttl: float = Field(600.0, gt=0)  # a blob with no live peers is forgotten after this long
     max_blob_size: Size = 1 << 40  # 1 TiB: bounds the per-blob piece tables
+    # Pieces over all tracked blobs (about a byte each in the piece tables): the tracker's memory
+    # stays bounded whatever sizes nodes announce; past it, blobs only one node announces make room.
+    max_tracked_pieces: int = Field(1 << 24, ge=1)
     # Piece size rule (see p2pdist.core.layout): smallest power of two from piece_min keeping the
     # blob at or below piece_target pieces, capped at piece_max. Agents adopt what the tracker says.
     piece_min: Size = Field(MIN_PIECE_SIZE, gt=0)

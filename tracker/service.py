@@ -58,6 +58,7 @@ class AnnounceError(TrackerError):
 def memory_state(config: TrackerConfig, epoch_seed: int | None = None) -> MemoryState:
     return MemoryState(
         max_blobs=config.max_blobs, max_peers_per_blob=config.max_peers_per_blob, max_nodes=config.max_nodes,
+        max_pieces=config.max_tracked_pieces,
         peer_ttl=config.peer_ttl, blob_ttl=config.blob_ttl, sweep_every=min(5.0, config.peer_ttl),
         epoch_seed=epoch_seed,
     )
@@ -114,7 +115,7 @@ def handle_announce(
             return AnnounceReply(interval=config.announce_interval, digest_pos=msg.digest_pos)
         layout = layout_for(msg.size, config)  # before creating anything: a bad size leaves no trace
         try:
-            blob = state.create(msg.blob, msg.size, now)
+            blob = state.create(msg.blob, msg.size, now, pieces=layout.count)
         except StateFull as e:
             raise AnnounceError("capacity", str(e)) from None
         blob.set_layout(layout, lease_book(layout.count, config))
@@ -247,7 +248,7 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
         if audit is not None and audit.reporter == msg.node:
             _resolve(blob, audit, state, now, config, emit)  # its auditors may have answered first
         else:
-            _open_audit(state, blob, msg.node, index, digest, emit)
+            _open_audit(state, blob, msg.node, index, digest, now, emit)
         withheld += 1
     if withheld:
         emit("digests_withheld", blob=msg.blob, node=msg.node, count=withheld)
@@ -265,7 +266,7 @@ def _publish(blob: BlobRecord, index: int, digest: bytes) -> None:
 
 
 def _open_audit(state: TrackerState, blob: BlobRecord, node: str, index: int, claim: bytes | None,
-                emit: Emit, move_unstarted: bool = False) -> None:
+                now: float, emit: Emit, move_unstarted: bool = False) -> None:
     """Audit ``node`` on piece ``index`` of ``blob``, unless it is audited already.
 
     One audit per node, over all blobs: its claims everywhere wait for it. Until an auditor has
@@ -292,7 +293,7 @@ def _open_audit(state: TrackerState, blob: BlobRecord, node: str, index: int, cl
             if current.claim is not None and length >= standing.audit_length and not move_unstarted:
                 return
             del other.audits[at]  # a smaller piece (or a claim, at last): the audit moves there
-    blob.audits[index] = Audit(index, node, claim)
+    blob.audits[index] = Audit(index, node, claim, opened=now)
     standing.audit, standing.audit_length = (blob.digest, layout.blob_size, index), length
     emit("audit_opened", blob=blob.digest, node=node, piece=index)
 
@@ -396,7 +397,7 @@ def _leases(blob: BlobRecord, msg: Announce, state: TrackerState, now: float, co
                 # is then published as soon as both copies are in (waiting for the audit to start
                 # after the report held back the first pieces of a flash crowd: 1,000 nodes 1.11x
                 # the bound, against 1.07x without audits).
-                _open_audit(state, blob, msg.node, lease.start, None, emit)
+                _open_audit(state, blob, msg.node, lease.start, None, now, emit)
     return [(lease.start, lease.end, lease.expires - now) for lease in book.held_by(msg.node)] + audits
 
 
@@ -418,11 +419,12 @@ def _lease_takers(blob: BlobRecord, node: str, proven: bool, config: TrackerConf
         blob.takers.add(node)
     elif node in blob.probation or (len(blob.probation) < config.probation_nodes
                                     and len(blob.takers) < _takers_wanted(blob, config)):
-        # Until the blob has a proven taker per two origin streams. Each audit proves two nodes
-        # (the reporter, and the auditor that agreed), and each costs a piece of the origin's
-        # uplink, which bounds a flash crowd: simulated 1,000 nodes x 1 GiB on equal links, 1.067x
-        # the bound without audits; with them 1.157x for 2 proven takers (fresh pieces on too few
-        # uplinks), 1.088x for 4 (3 audits), 1.089x for 8 (5 audits).
+        # Until the blob has the proven takers it wants. Each audit proves two nodes (the reporter,
+        # and the auditor that agreed), and each costs a piece of the origin's uplink, which bounds
+        # a flash crowd: simulated 1,000 nodes x 1 GiB on equal links, 1.067x the bound without
+        # audits; with them 1.157x for 2 proven takers (fresh pieces on too few uplinks), 1.088x
+        # for 4 (3 audits), 1.089x for 8 (5 audits); one node on probation at a time (counting it
+        # as two), 1.104x for 2 audits.
         blob.probation.add(node)
     else:
         return 0
@@ -447,9 +449,14 @@ def _audits_for(blob: BlobRecord, msg: Announce, state: TrackerState, now: float
             # Its claims here wait for an audit in another blob, which nobody may be fetching now
             # (a client pulls an image's blobs in its own order): it comes here unless started.
             index, claim = min(claims, key=lambda c: blob.manifest.layout.length(c[0]))
-            _open_audit(state, blob, reporter, index, claim, emit, move_unstarted=True)
+            _open_audit(state, blob, reporter, index, claim, now, emit, move_unstarted=True)
+    proven = state.standing(msg.node).proven
     for audit in blob.audits.values():
         if audit.auditor is None and msg.node != audit.reporter and msg.node not in audit.opinions:
+            if proven and now < audit.opened + config.busy_interval:
+                # An unproven auditor that agrees is proven too: one audit, two nodes. A proven one
+                # takes it only if none came meanwhile (4 agents pulling an image: 4 audits, not 2).
+                continue
             audit.auditor, audit.expires = msg.node, now + config.lease_ttl
             emit("audit_assigned", blob=blob.digest, node=msg.node, piece=audit.index, reporter=audit.reporter)
             return [(audit.index, audit.index + 1, config.lease_ttl)]

@@ -58,6 +58,7 @@ class Audit:
     claim: bytes | None  # None until the reporter reports (an audit opened with its lease)
     auditor: str | None = None  # the node fetching the piece for it now
     expires: float = 0.0  # when that assignment goes to another node
+    opened: float = 0.0  # when the audit was opened (a proven node takes it only after a while)
     opinions: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -88,6 +89,7 @@ class BlobRecord:
     probation: set[str] = field(default_factory=set)  # unproven nodes holding leases (or claims)
     takers: set[str] = field(default_factory=set)  # proven downloaders (they take leases first)
     corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
+    pieces: int = 0  # its layout's piece count (MemoryState's budget)
     rejoin_until: float = float("-inf")  # no new leases before this (service.py, after a restart)
     peers: dict[str, PeerRecord] = field(default_factory=dict)
     granted_upto: int = 0  # highest lease end ever granted: a lease below it is a reassignment
@@ -198,8 +200,9 @@ class TrackerState(Protocol):
         """How many sizes ``blob`` is tracked with (one swarm each)."""
         ...
 
-    def create(self, blob: str, size: int, now: float) -> BlobRecord:
-        """A new, empty record for ``blob`` at ``size``; raises StateFull when there is no room."""
+    def create(self, blob: str, size: int, now: float, pieces: int = 1) -> BlobRecord:
+        """A new, empty record for ``blob`` at ``size`` (``pieces`` in its layout); raises StateFull
+        when there is no room."""
         ...
 
     def standing(self, node: str) -> Standing:
@@ -230,6 +233,7 @@ class MemoryState:
         max_peers_per_blob: int = 2048,
         max_sizes_per_blob: int = 4,
         max_nodes: int = 1 << 16,
+        max_pieces: int = 1 << 24,
         peer_ttl: float = 30.0,
         blob_ttl: float = 600.0,
         sweep_every: float = 5.0,
@@ -242,6 +246,10 @@ class MemoryState:
         self.sweep_every = sweep_every
         self.max_sizes_per_blob = max_sizes_per_blob
         self.max_nodes = max_nodes
+        # Piece tables cost about a byte a piece each (lease book, digest log): this bounds them
+        # all, whatever sizes are announced.
+        self.max_pieces = max_pieces
+        self._pieces = 0
         # Keyed by (digest, size): the size is part of a swarm's identity, so a node announcing a
         # wrong size only makes a swarm of its own, and cannot turn anyone away from the real one.
         self._blobs: dict[tuple[str, int], BlobRecord] = {}
@@ -271,7 +279,7 @@ class MemoryState:
         return found
 
     def _forget(self, key: tuple[str, int]) -> None:
-        del self._blobs[key]
+        self._pieces -= self._blobs.pop(key).pieces
         sizes = self._sizes.get(key[0])
         if sizes is not None:
             sizes.remove(key[1])
@@ -282,7 +290,7 @@ class MemoryState:
         self._epoch = self._epoch % (EPOCH_LIMIT - 1) + 1  # 1..EPOCH_LIMIT-1: cursor 0 never matches
         return self._epoch
 
-    def create(self, blob: str, size: int, now: float) -> BlobRecord:
+    def create(self, blob: str, size: int, now: float, pieces: int = 1) -> BlobRecord:
         sizes = self._sizes.get(blob, [])
         if len(sizes) >= self.max_sizes_per_blob:
             # Another size for a digest whose sizes are all taken: make room by the size with the
@@ -291,16 +299,37 @@ class MemoryState:
             if len(self._blobs[key].peers) > 1:
                 raise StateFull(f"blob {blob} is tracked with {len(sizes)} sizes already")
             self._forget(key)
-        if len(self._blobs) >= self.max_blobs:
+        if pieces > self.max_pieces:
+            raise StateFull(f"a blob of {pieces} pieces exceeds this tracker's max_tracked_pieces ({self.max_pieces})")
+        if self._full(pieces):
             self._sweep(now)
-        if len(self._blobs) >= self.max_blobs:
+        if self._full(pieces):
             self._evict_idle(now)
-        if len(self._blobs) >= self.max_blobs:
-            raise StateFull(f"tracking the maximum of {self.max_blobs} blobs, all with live peers")
+        while self._full(pieces) and self._evict_lonely(now):
+            pass
+        if self._full(pieces):
+            raise StateFull(f"tracking {len(self._blobs)} blobs of {self._pieces} pieces (max {self.max_blobs} "
+                            f"and {self.max_pieces}), every one with several live peers")
         record = BlobRecord(blob, self.new_epoch(), now, self.max_peers_per_blob)
+        record.pieces = pieces
         self._blobs[(blob, size)] = record
         self._sizes.setdefault(blob, []).append(size)
+        self._pieces += pieces
         return record
+
+    def _full(self, pieces: int) -> bool:
+        return len(self._blobs) >= self.max_blobs or self._pieces + pieces > self.max_pieces
+
+    def _evict_lonely(self, now: float) -> bool:
+        """Make room by the oldest blob that only one live node announces: a node announcing
+        blobs nobody else pulls (thousands of forged 1 TiB blobs) loses its own records, and a blob
+        many nodes share is never the one refused. A real lone downloader's next announce starts
+        its record again (its cursor is reset)."""
+        for key, record in self._blobs.items():  # oldest first
+            if len(record.peers) <= 1:
+                self._forget(key)
+                return True
+        return False
 
     def _evict_idle(self, now: float) -> None:
         # Under pressure, the blob idle longest goes before its TTL is up, if none of its peers is live.

@@ -45,7 +45,9 @@ class LeaseBook:
         self.solo_lease_pieces = max(lease_pieces, solo_lease_pieces)
         self.digested = bytearray(piece_count)  # 1 once the piece's digest is known
         self._digested_n = 0
-        self._leased_to: list[Lease | None] = [None] * piece_count
+        # Pieces under a lease now, sparse: a tracker makes a book per blob at its first announce,
+        # and a list per piece cost 8 bytes a piece before any lease (1 TiB blobs: gigabytes).
+        self._leased_to: dict[int, Lease] = {}
         self.leases: list[Lease] = []
         self._cursor = 0  # every piece below it is digested or leased: keeps grant() O(lease)
 
@@ -58,7 +60,7 @@ class LeaseBook:
         return [lease for lease in self.leases if lease.node == node]
 
     def holder(self, index: int) -> str | None:
-        lease = self._leased_to[index]
+        lease = self._leased_to.get(index)
         return lease.node if lease else None
 
     def expire(self, now: float) -> list[Lease]:
@@ -74,8 +76,8 @@ class LeaseBook:
     def _drop(self, lease: Lease) -> None:
         self.leases.remove(lease)
         for i in range(lease.start, lease.end):
-            if self._leased_to[i] is lease:
-                self._leased_to[i] = None
+            if self._leased_to.get(i) is lease:
+                del self._leased_to[i]
                 if not self.digested[i]:
                     self._cursor = min(self._cursor, i)
 
@@ -131,7 +133,7 @@ class LeaseBook:
         return granted
 
     def _free(self, i: int) -> bool:
-        return not self.digested[i] and self._leased_to[i] is None
+        return not self.digested[i] and i not in self._leased_to
 
     def _next_free(self, start: int) -> int | None:
         i = start
@@ -142,7 +144,7 @@ class LeaseBook:
         return i if i < self.piece_count else None
 
     def may_report(self, node: str, index: int) -> bool:
-        lease = self._leased_to[index] if 0 <= index < self.piece_count else None
+        lease = self._leased_to.get(index)
         return lease is not None and lease.node == node
 
     def record(self, node: str, index: int, now: float) -> bool:
@@ -152,7 +154,7 @@ class LeaseBook:
         """
         if not self.may_report(node, index) or self.digested[index]:
             return False
-        lease = self._leased_to[index]
+        lease = self._leased_to.get(index)
         assert lease is not None
         self.digested[index] = 1
         self._digested_n += 1
@@ -186,7 +188,7 @@ class LeaseBook:
         if not self.digested[index]:
             self._digested_n += 1
         self.digested[index] = 1
-        lease = self._leased_to[index]
+        lease = self._leased_to.get(index)
         if lease is not None and all(self.digested[i] for i in range(lease.start, lease.end)):
             self._drop(lease)
 
@@ -195,7 +197,7 @@ class LeaseBook:
         if 0 <= index < self.piece_count and self.digested[index]:
             self.digested[index] = 0
             self._digested_n -= 1
-            if self._leased_to[index] is None:
+            if index not in self._leased_to:
                 self._cursor = min(self._cursor, index)
 
     def reopen(self) -> None:
@@ -204,7 +206,7 @@ class LeaseBook:
         Unleased pieces become grantable; leases in progress are kept.
         """
         for i in range(self.piece_count):
-            if self._leased_to[i] is None:
+            if i not in self._leased_to:
                 self.digested[i] = 0
         self._digested_n = sum(self.digested)
         self._cursor = 0

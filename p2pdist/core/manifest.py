@@ -35,13 +35,17 @@ def piece_digest(data: bytes | bytearray | memoryview) -> bytes:
 
 
 class PieceManifest:
-    """Per-piece digests; entries are None until someone authoritative reports them."""
+    """Per-piece digests; entries are None until someone authoritative reports them.
+
+    Sparse (a dict of the known ones): a tracker keeps one per blob from the first announce, and a
+    list per piece made 4,096 announces of 1 TiB blobs cost gigabytes before any digest was known.
+    """
 
     __slots__ = ("_digests", "_known", "layout")
 
     def __init__(self, layout: PieceLayout, digests: Iterable[tuple[int, bytes]] = ()) -> None:
         self.layout = layout
-        self._digests: list[bytes | None] = [None] * layout.count
+        self._digests: dict[int, bytes] = {}
         self._known = 0
         for index, digest in digests:
             self.set(index, digest)
@@ -55,7 +59,7 @@ class PieceManifest:
         self._check(index)
         if not isinstance(digest, bytes) or len(digest) != PIECE_DIGEST_SIZE:
             raise ManifestError(f"piece digest for {index} must be {PIECE_DIGEST_SIZE} raw bytes")
-        current = self._digests[index]
+        current = self._digests.get(index)
         if current is not None:
             if current != digest:
                 raise ManifestError(f"conflicting digest for piece {index}")
@@ -67,30 +71,29 @@ class PieceManifest:
     def forget(self, index: int) -> None:
         """Drop a learned digest (the origin's bytes contradicted it) before the piece is stored."""
         self._check(index)
-        if self._digests[index] is not None:
-            self._digests[index] = None
+        if self._digests.pop(index, None) is not None:
             self._known -= 1
 
     def get(self, index: int) -> bytes | None:
         self._check(index)
-        return self._digests[index]
+        return self._digests.get(index)
 
     def known(self, index: int) -> bool:
         self._check(index)
-        return self._digests[index] is not None
+        return index in self._digests
 
     def verify(self, index: int, data: bytes | memoryview) -> bool:
         """True only if the digest is known and the data matches it and the piece's length."""
         self._check(index)
-        expected = self._digests[index]
+        expected = self._digests.get(index)
         if expected is None or len(data) != self.layout.length(index):
             return False
         return piece_digest(data) == expected
 
     def items(self) -> Iterator[tuple[int, bytes]]:
-        for i, d in enumerate(self._digests):
-            if d is not None:
-                yield i, d
+        """The known digests, by piece index."""
+        for i in sorted(self._digests):
+            yield i, self._digests[i]
 
     @property
     def complete(self) -> bool:

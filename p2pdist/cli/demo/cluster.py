@@ -53,6 +53,19 @@ class Cluster:
     tracker: Member | None = None
     nodes: list[Member] = field(default_factory=list)
 
+    async def tracker_audits(self) -> int:
+        """Audit fetches the tracker handed out (pieces a second node took from the origin to check
+        a new node's digests: README "Nodes that lie")."""
+        assert self.tracker is not None
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{self.tracker.url}/metrics", headers={"Authorization": f"Bearer {self.token}"},
+                timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith('p2pdist_tracker_audits_total{result="assigned"}'):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return 0
+
     def _env(self) -> dict[str, str]:
         path = str(SOURCE_ROOT)
         pythonpath = ":".join(p for p in (path, os.environ.get("PYTHONPATH", "")) if p)

@@ -79,6 +79,8 @@ def summary(result: DemoResult) -> list[str]:
         f"image size:       {mib(result.image_size)} MiB ({result.image_size} bytes)",
         f"origin egress:    {mib(result.egress)} MiB, counted at the origin: {origin}",
         f"egress / image:   {result.egress_ratio:.2f}  (every node pulling from the origin: {len(result.nodes)}.00)",
+        f"audits:           {result.audits} piece(s) fetched twice: a fresh tracker checks a new node's first "
+        "digests against a second origin copy before anyone trusts them",
         "all nodes done:   " + ("-" if done is None else f"{done:.2f} s after the crowd started"),
     ]
     return lines

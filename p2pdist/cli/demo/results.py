@@ -97,6 +97,7 @@ class DemoResult:
     origin_egress: dict[str, int] = field(default_factory=dict)  # per digest, counted at the origin
     workdir: str | None = None  # kept for reading logs; None when removed
     exited: list[str] = field(default_factory=list)  # tracker/agents that died during the run
+    audits: int = 0  # pieces fetched twice so the fresh tracker could check new nodes' digests
 
     @property
     def image_size(self) -> int:
@@ -134,6 +135,7 @@ class DemoResult:
             "nodes": [n.as_dict() for n in self.nodes],
             "summary": {"nodes": len(self.nodes), "image_size": self.image_size, "origin_egress": self.egress,
                         "egress_ratio": round(self.egress_ratio, 4), "all_done_seconds": self.all_done_seconds,
+                        "audits": self.audits,
                         "from_peers": sum(n.from_peers for n in self.nodes),
                         "from_origin": sum(n.from_origin for n in self.nodes)},
             "errors": self.errors,

@@ -89,8 +89,9 @@ async def _run(opts: Options, err: Console) -> DemoResult:
         exited = cluster.exited()
         await verify_all(runs)
         egress = await origin.egress()
+        audits = await cluster.tracker_audits()
         return DemoResult(origin.kind, f"{origin.host}/{REPOSITORY}:{image.tag}", image, runs, egress,
-                          str(workdir) if opts.keep else None, exited)
+                          str(workdir) if opts.keep else None, exited, audits)
     finally:
         if cluster is not None:
             cluster.stop()
