@@ -133,3 +133,32 @@ async def test_fetch_from_a_registry_not_on_the_allow_list_is_refused(agent: Age
     async with aiohttp.ClientSession() as session, session.post(agent.api + "/v1/fetch", json={"ref": ref}) as r:
         assert r.status == 403
         assert "not an allowed upstream" in (await r.json())["error"]
+
+
+async def test_bitfields_for_thousands_of_made_up_blobs_close_the_connection(agent: AgentProc):
+    url = f"http://127.0.0.1:{agent.peer_port}/v1/control"
+    rss_before = rss_bytes(agent.pid)
+    bits = b"\xff" * (1 << 17)  # a million pieces each: the most a frame may carry
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, headers=AUTH) as ws:
+            await ws.send_bytes(wire.encode(wire.Hello("flooder", "127.0.0.1:1")))
+            sent = 0
+            try:
+                for k in range(2000):
+                    await ws.send_bytes(wire.encode(wire.BitfieldMsg(f"sha256:{k:064x}", 1 << 20, bits)))
+                    sent += 1
+            except ConnectionError:
+                pass  # cut while we were still sending: what the test wants
+            msg = await ws.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        await _still_serving(session, agent)
+    assert sent < 2000 or msg.type == aiohttp.WSMsgType.CLOSE
+    grown = rss_bytes(agent.pid) - rss_before
+    assert grown < 64e6, f"the agent grew by {grown / 1e6:.0f} MB"
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
