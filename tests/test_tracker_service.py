@@ -657,3 +657,11 @@ def test_one_audit_per_node_on_its_smallest_claim_and_moved_where_someone_fetche
     assert sorted(b.digests) == [(i, pd(i)) for i in range(start, end)]  # a proven: its claims published
     small_reply = t.announce("c", 6, blob=small, size=510)
     assert small_reply.digests == [(0, pd(100))]  # in the other blob too, once it is announced
+
+
+def test_the_standing_map_is_bounded_and_keeps_its_bans() -> None:
+    state = MemoryState(max_nodes=8)
+    state.standing("liar").banned_until = 100.0
+    for k in range(50):
+        state.standing(f"n{k}")
+    assert len(state._standing) <= 8 and state.standing("liar").banned(1.0)

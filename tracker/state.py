@@ -8,6 +8,7 @@ bounded: blobs by ``max_blobs``, peers by ``max_peers_per_blob``, pieces by the 
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -274,7 +275,11 @@ class MemoryState:
         found = self._standing.get(node)
         if found is None:
             if len(self._standing) >= self.max_nodes:
-                del self._standing[next(iter(self._standing))]  # the longest known: a bounded map
+                # The longest known goes (a bounded map), unless banned: a ban must not be forgotten
+                # because others announced (a look at the first few; all banned, the first goes).
+                oldest = list(itertools.islice(self._standing.items(), 64))
+                victim = next((n for n, st in oldest if st.banned_until == float("-inf")), oldest[0][0])
+                del self._standing[victim]
             found = self._standing[node] = Standing()
         return found
 
