@@ -42,9 +42,9 @@ def leftovers(data_dir: Path) -> list[Path]:
     return [p for p in data_dir.rglob("*") if p.is_file() and ("partial" in str(p) or p.name == "journal")]
 
 
-def agent_on(cluster: Cluster, data_dir: Path) -> AgentProc:
+def agent_on(cluster: Cluster, data_dir: Path, env: dict[str, str] | None = None) -> AgentProc:
     agent = AgentProc(cluster.workdir, "node", cluster.tracker.url, TOKEN, data_dir=data_dir,
-                      upstreams=cluster.upstreams)
+                      upstreams=cluster.upstreams, extra_env=env)
     cluster.procs.append(agent)
     return agent.start()
 
@@ -73,10 +73,11 @@ def test_a_blob_larger_than_the_disk_fails_naming_it_and_a_blob_that_fits_follow
 def test_running_out_of_disk_mid_download_frees_the_partial(registry: Registry, cluster: Cluster,
                                                              small_disk: Path) -> None:
     # Two 60 MiB blobs at once on 100 MiB: each fits when it starts (nothing is written yet), not both.
+    # At 40 MiB/s for the node the two take 3 s together, so both have started before either ends.
     blobs = [registry.push_blob(f"team/b{i}", os.urandom(60 * MiB)) for i in range(2)]
     small = registry.push_blob("team/small", os.urandom(8 * MiB))
     cluster.start_tracker()
-    agent = agent_on(cluster, small_disk / "data")
+    agent = agent_on(cluster, small_disk / "data", {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(40 * MiB)})
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda i: agent.fetch(f"{registry.host}/team/b{i}@{blobs[i]}"), range(2)))
     failed = [r for r in results if "error" in r]

@@ -66,7 +66,7 @@ def test_a_tracker_killed_and_restarted_mid_distribution_is_rejoined(registry: R
     size = 96 * MiB
     digest = registry.push_blob("team/app", os.urandom(size))
     tracker = cluster.start_tracker()
-    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(24 * MiB)}  # about 4 s each: time to pull the plug
+    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(16 * MiB)}  # about 6 s each: time to pull the plug
     agents = [cluster.agent(f"node{i}", env=slow) for i in range(HONEST)]
     with ThreadPoolExecutor(HONEST) as pool:
         pulls = [pool.submit(a.fetch, f"{registry.host}/team/app@{digest}") for a in agents]
