@@ -540,21 +540,27 @@ def forged(index: int) -> bytes:
     return hashlib.sha256(b"forged %d" % index).digest()
 
 
-def audit_of(reply: AnnounceReply, leased: list[tuple[int, int]]) -> int:
-    """The one-piece lease in ``reply`` that is not among the node's own leases: its audit."""
-    extra = [r for r in ranges(reply) if r not in leased and r[1] - r[0] == 1]
-    assert len(extra) == 1, ranges(reply)
-    return extra[0][0]
+def audit_of(t: Harness, node: str, reply: AnnounceReply) -> int:
+    """The piece ``node`` was sent to audit with ``reply``: a one-piece lease of another's claim."""
+    piece = [e["piece"] for e in t.of("audit_assigned") if e["node"] == node][-1]
+    assert (piece, piece + 1) in ranges(reply), ranges(reply)
+    return piece
+
+
+def claim_first_lease(t: Harness, node: str, digest=pd) -> tuple[int, int]:
+    """``node`` takes a lease and reports ``digest(i)`` for each of its pieces; returns the lease."""
+    start, end = ranges(t.announce(node, 0, want_leases=1))[0]
+    t.announce(node, 1, digests=[(i, digest(i)) for i in range(start, end)])
+    return start, end
 
 
 def test_an_unproven_reporters_digests_are_withheld_until_another_origin_copy_agrees() -> None:
     t = Harness(AUDITED)
-    held = ranges(t.announce("h", 0, want_leases=1))
-    start, end = held[0]
+    start, end = ranges(t.announce("h", 0, want_leases=1))[0]
     reply = t.announce("h", 1, digests=[(i, pd(i)) for i in range(start, end)])
     assert reply.digests == []  # h's word alone
     a = t.announce("a", 2, want_leases=1)
-    piece = audit_of(a, [])
+    piece = audit_of(t, "a", a)
     assert start <= piece < end
     a = t.announce("a", 3, digests=[(piece, pd(piece))], digest_pos=a.digest_pos)
     assert sorted(a.digests) == [(i, pd(i)) for i in range(start, end)]  # agreed: all of h's published
@@ -567,15 +573,12 @@ def test_an_unproven_reporters_digests_are_withheld_until_another_origin_copy_ag
 
 def test_a_lease_holder_forging_digests_is_refuted_banned_and_its_pieces_leased_again() -> None:
     t = Harness(AUDITED)
-    start, end = ranges(t.announce("liar", 0, want_leases=1))[0]
-    t.announce("liar", 1, digests=[(i, forged(i)) for i in range(start, end)])
-    a = t.announce("a", 2, want_leases=1)
-    piece = audit_of(a, [(s, e) for s, e in ranges(a) if e - s > 1])
+    start, end = claim_first_lease(t, "liar", forged)
+    piece = audit_of(t, "a", t.announce("a", 2, want_leases=1))
     t.announce("a", 3, digests=[(piece, pd(piece))])  # a's origin copy disagrees: a third node decides
     assert not t.of("node_banned")
-    b = t.announce("b", 4, want_leases=1)
-    assert piece == audit_of(b, [(s, e) for s, e in ranges(b) if e - s > 1])
-    b = t.announce("b", 5, digests=[(piece, pd(piece))])
+    assert piece == audit_of(t, "b", t.announce("b", 4, want_leases=1))
+    t.announce("b", 5, digests=[(piece, pd(piece))])
     assert [e["node"] for e in t.of("node_banned")] == ["liar"]
     with pytest.raises(AnnounceError) as err:
         t.announce("liar", 6)
@@ -592,13 +595,11 @@ def test_a_lease_holder_forging_digests_is_refuted_banned_and_its_pieces_leased_
 
 def test_an_auditor_that_lies_is_banned_and_the_honest_reporter_proven() -> None:
     t = Harness(AUDITED)
-    start, end = ranges(t.announce("h", 0, want_leases=1))[0]
-    t.announce("h", 1, digests=[(i, pd(i)) for i in range(start, end)])
-    r = t.announce("rogue", 2, want_leases=1)
-    piece = audit_of(r, [(s, e) for s, e in ranges(r) if e - s > 1])
+    start, end = claim_first_lease(t, "h")
+    piece = audit_of(t, "rogue", t.announce("rogue", 2, want_leases=1))
     t.announce("rogue", 3, digests=[(piece, forged(piece))])
-    b = t.announce("b", 4, want_leases=1)
-    b = t.announce("b", 5, digests=[(audit_of(b, [(s, e) for s, e in ranges(b) if e - s > 1]), pd(piece))])
+    assert piece == audit_of(t, "b", t.announce("b", 4, want_leases=1))
+    b = t.announce("b", 5, digests=[(piece, pd(piece))])
     assert [e["node"] for e in t.of("node_banned")] == ["rogue"]
     assert sorted(b.digests) == [(i, pd(i)) for i in range(start, end)]
 
@@ -642,8 +643,7 @@ def test_after_a_restart_leases_wait_until_the_agents_have_re_reported_their_pie
 def test_one_audit_per_node_on_its_smallest_claim_and_moved_where_someone_fetches() -> None:
     t = Harness(AUDITED)
     small = "sha256:" + "c" * 64
-    start, end = ranges(t.announce("a", 0, want_leases=1))[0]  # 64 MiB blob: 1 MiB pieces
-    t.announce("a", 1, digests=[(i, pd(i)) for i in range(start, end)])
+    start, end = claim_first_lease(t, "a")  # 64 MiB blob: 1 MiB pieces
     assert ranges(t.announce("a", 2, blob=small, size=510, want_leases=1)) == [(0, 1)]
     t.announce("a", 3, blob=small, size=510, digests=[(0, pd(100))])
     opened = t.of("audit_opened")
@@ -651,9 +651,9 @@ def test_one_audit_per_node_on_its_smallest_claim_and_moved_where_someone_fetche
     assert sum(1 for a in t.state.get(BLOB).audits.values() if a.reporter == "a") == 0
     # Nobody fetches the small blob; b wants origin work in the big one: the audit comes to b there.
     b = t.announce("b", 4, want_leases=1)
-    audited = [e for e in t.of("audit_assigned") if e["node"] == "b"]
-    assert audited and audited[-1]["blob"] == BLOB and (audited[-1]["piece"], audited[-1]["piece"] + 1) in ranges(b)
-    b = t.announce("b", 5, digests=[(audited[-1]["piece"], pd(audited[-1]["piece"]))], digest_pos=b.digest_pos)
+    piece = audit_of(t, "b", b)
+    assert t.of("audit_assigned")[-1]["blob"] == BLOB
+    b = t.announce("b", 5, digests=[(piece, pd(piece))], digest_pos=b.digest_pos)
     assert sorted(b.digests) == [(i, pd(i)) for i in range(start, end)]  # a proven: its claims published
     small_reply = t.announce("c", 6, blob=small, size=510)
     assert small_reply.digests == [(0, pd(100))]  # in the other blob too, once it is announced

@@ -109,6 +109,16 @@ def offer(dl: Download, shell: Shell, *peers: FakePeer) -> None:
         dl.learn_digest(i)
 
 
+def requests_to(name: str, pieces: int, limit: int, **machine_args) -> tuple[Download, Shell, FakePeer, list]:
+    """A started download whose one neighbour ``name`` holds every piece; the first pass's requests."""
+    dl, shell = machine(pieces, **machine_args)
+    peer = FakePeer(name, set(range(pieces)), limit=limit)
+    offer(dl, shell, peer)
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    return dl, shell, peer, [c[3] for c in shell.take("fetch")]
+
+
 def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, **settings) -> tuple[Download, Shell]:
     shell = Shell()
     settings.setdefault("origin_concurrency", 4)
@@ -194,12 +204,7 @@ def test_rarest_first_within_the_byte_budget_and_the_peers_request_limits():
 
 
 def test_deadlines_follow_the_pieces_that_arrived():
-    dl, shell = machine(8, budget_pieces=8)
-    peer = FakePeer("p", set(range(8)), limit=8)
-    offer(dl, shell, peer)
-    dl.start(0.0, Reply())
-    dl.schedule(0.0)
-    reqs = [c[3] for c in shell.take("fetch")]
+    dl, _shell, _peer, reqs = requests_to("p", 8, limit=8, budget_pieces=8)
     # Before any piece came in, only the configured cap bounds a request.
     assert dl.deadline(reqs[0]) == 0.0 + dl.piece_timeout
     dl.request_done(reqs[0], m.DONE, 0.05)  # pieces take 50 ms here
@@ -211,12 +216,7 @@ def test_deadlines_follow_the_pieces_that_arrived():
 
 
 def test_a_peer_that_keeps_failing_is_banned_and_a_delivered_piece_forgives():
-    dl, shell = machine(16, budget_pieces=16)
-    peer = FakePeer("silent", set(range(16)), limit=16)
-    offer(dl, shell, peer)
-    dl.start(0.0, Reply())
-    dl.schedule(0.0)
-    reqs = [c[3] for c in shell.take("fetch")]
+    dl, shell, peer, reqs = requests_to("silent", 16, limit=16, budget_pieces=16)
     for req in reqs[: m.BAN_AFTER_FAILURES - 1]:
         dl.request_done(req, m.TIMEOUT, 2.0)
     dl.request_done(reqs[m.BAN_AFTER_FAILURES - 1], m.DONE, 2.0)  # one piece came: not silent after all
@@ -229,12 +229,7 @@ def test_a_peer_that_keeps_failing_is_banned_and_a_delivered_piece_forgives():
 
 
 def test_request_outcomes_score_back_off_and_ban_the_peer():
-    dl, shell = machine(8, budget_pieces=8)
-    bad = FakePeer("bad", set(range(8)), limit=8)
-    offer(dl, shell, bad)
-    dl.start(0.0, Reply())
-    dl.schedule(0.0)
-    reqs = [c[3] for c in shell.take("fetch")]
+    dl, shell, bad, reqs = requests_to("bad", 8, limit=8, budget_pieces=8)
     assert len(reqs) == 8 and bad.inflight == 8
     dl.request_done(reqs[0], m.DONE, 1.0)
     assert shell.take("stored") == [("stored", reqs[0].index, False)] and bad.score == pytest.approx(0.1)
@@ -262,12 +257,7 @@ def test_request_outcomes_score_back_off_and_ban_the_peer():
 
 
 def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer_fires():
-    dl, shell = machine(4)
-    p = FakePeer("p", {0, 1, 2, 3}, limit=1)
-    offer(dl, shell, p)
-    dl.start(0.0, Reply())
-    dl.schedule(0.0)
-    (req,) = [c[3] for c in shell.take("fetch")]
+    dl, shell, _p, (req,) = requests_to("p", 4, limit=1)
     assert shell.blocked and dl.blocked == dl.fetchable == {0, 1, 2, 3} - {req.index}
     assert 0.0 + m.LOOP_TIMEOUT in shell.timers
     woken = shell.woken
@@ -280,12 +270,7 @@ def test_a_blocked_pass_looks_again_when_a_holder_frees_a_slot_or_the_loop_timer
 
 
 def test_a_room_wakes_the_pass_only_for_a_neighbour_holding_a_blocked_piece():
-    dl, shell = machine(4)
-    p = FakePeer("p", {0, 1, 2, 3}, limit=1)
-    offer(dl, shell, p)
-    dl.start(0.0, Reply())
-    dl.schedule(0.0)
-    (req,) = [c[3] for c in shell.take("fetch")]
+    dl, shell, _p, (req,) = requests_to("p", 4, limit=1)
     woken = shell.woken
     dl.room_opened({req.index}.__contains__)  # holds only what is already in flight
     dl.room_opened(set().__contains__)  # holds nothing of ours
