@@ -312,8 +312,8 @@ def _resolve(blob: BlobRecord, audit: Audit, state: TrackerState, now: float, co
             state.standing(node).proven = True
         for node, digest in audit.opinions.items():
             if digest != audit.claim:
-                _ban(state, node, now, config, emit, f"contradicted piece {audit.index}, which two nodes agree on")
-                blob.remove_peer(node)
+                _ban(state, blob, node, now, config, emit,
+                     f"contradicted piece {audit.index}, which two nodes agree on")
         del blob.audits[audit.index]
         emit("audit_passed", blob=blob.digest, node=audit.reporter, piece=audit.index, auditors=agree)
         _settle(blob, state, now, emit)
@@ -328,8 +328,7 @@ def _resolve(blob: BlobRecord, audit: Audit, state: TrackerState, now: float, co
             state.standing(node).proven = True
         del blob.audits[audit.index]
         emit("audit_failed", blob=blob.digest, node=audit.reporter, piece=audit.index, auditors=witnesses)
-        _ban(state, audit.reporter, now, config, emit, f"piece {audit.index}: two origin copies disagree")
-        blob.remove_peer(audit.reporter)  # elsewhere its announces are refused, and it expires
+        _ban(state, blob, audit.reporter, now, config, emit, f"piece {audit.index}: two origin copies disagree")
         _settle(blob, state, now, emit)
         if blob.manifest is not None and blob.manifest.get(audit.index) is None:
             _publish(blob, audit.index, truth)
@@ -339,7 +338,11 @@ def _resolve(blob: BlobRecord, audit: Audit, state: TrackerState, now: float, co
     audit.auditor = None  # one dissent: a third node decides
 
 
-def _ban(state: TrackerState, node: str, now: float, config: TrackerConfig, emit: Emit, why: str) -> None:
+def _ban(state: TrackerState, blob: BlobRecord, node: str, now: float, config: TrackerConfig, emit: Emit,
+         why: str) -> None:
+    """Refuse ``node`` for ``ban_seconds`` and take it out of this swarm (in others its announces are
+    refused, and it expires; handouts skip it meanwhile)."""
+    blob.remove_peer(node)
     standing = state.standing(node)
     standing.proven = False
     standing.banned_until = now + config.ban_seconds

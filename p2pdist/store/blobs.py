@@ -8,6 +8,7 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -278,32 +279,33 @@ class Store:
         the disk has ``size`` bytes free; StoreFull if it cannot. Checked up front, a blob that
         cannot fit fails at once with a message naming the disk, and leaves nothing behind (it
         used to fail at the first write, blaming the origin, and keep its partial)."""
-        while True:
-            free = shutil.disk_usage(self.root).free
-            if free >= size:
-                return
-            with self._lock:
-                victim = next((b for b in self._blobs if self._evictable(b)), None)
-                if victim is not None:
-                    self._remove_blob(victim)
-            if victim is None:
-                raise StoreFull(f"no space on {self.root} for {digest}: it needs {size} bytes, {free} are free "
-                                "and no cached blob can be evicted; free space there, or move data_dir")
+        self._evict_until(lambda: shutil.disk_usage(self.root).free >= size)
+        free = shutil.disk_usage(self.root).free
+        if free < size:
+            raise StoreFull(f"no space on {self.root} for {digest}: it needs {size} bytes, {free} are free "
+                            "and no cached blob can be evicted; free space there, or move data_dir")
 
     def gc(self) -> list[Digest]:
         """Evict least recently used unpinned blobs until usage <= capacity; returns the evicted ones.
 
         Pinned blobs are never evicted, so usage can stay above capacity while they are in use.
         """
+        if self.capacity is None:
+            return []
+        capacity = self.capacity
+        return self._evict_until(lambda: self._usage <= capacity)
+
+    def _evict_until(self, enough: Callable[[], bool]) -> list[Digest]:
+        """Evict unpinned complete blobs, least recently used first, until ``enough()``; returns them.
+
+        Under the lock throughout: a concurrent commit of a victim cannot interleave."""
         evicted: list[Digest] = []
         with self._lock:
-            if self.capacity is None:
-                return evicted
             for digest in list(self._blobs):
-                if self._usage <= self.capacity:
+                if enough():
                     break
                 if self._evictable(digest):
-                    self._remove_blob(digest)  # under the lock: a concurrent commit of it cannot interleave
+                    self._remove_blob(digest)
                     evicted.append(digest)
         return evicted
 
