@@ -176,9 +176,20 @@ class AgentConfig(Settings):
     node_id: str = ""  # empty = hostname plus a random suffix, kept in data_dir/node-id
     # empty = no tracker: every piece from the origin
     tracker: Annotated[str, BeforeValidator(_tracker_url)] = "http://127.0.0.1:7070"
-    # Shared secret for peers and tracker. Empty = a node on its own: peers and tracker on loopback
-    # only, and the peer port takes only this node's own secret (data_dir/node-secret), so no peers.
+    # This node's identity: its credential from `p2pdist certs issue` (the file, or the text itself).
+    # It names the node id; requests to the tracker and peers are signed with it (agent.identity).
+    node_credential: str = ""
+    # The cluster secret itself: the node derives its own credential from it (a demo or a trusted
+    # fleet: whoever holds it can speak as any node). Without either = a node on its own: peers and
+    # tracker on loopback only, and the peer port takes only this node's own secret
+    # (data_dir/node-secret), so no peers.
     cluster_token: str = ""
+    # TLS: the cluster CA that tracker and peer certificates are checked against (an https:// tracker
+    # without it is checked against the system's CAs), and this node's peer-port certificate. With
+    # tls_cert set the peer port serves HTTPS and peers are dialed with https; every node alike.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     peer_listen: HostPort = "127.0.0.1:65003"  # peer data and control endpoint
     peer_advertise: OptionalHostPort = ""  # address other peers dial; empty = peer_listen
     api_listen: HostPort = "127.0.0.1:65002"  # local control API and /metrics (p2pdist fetch talks to it)
@@ -200,6 +211,11 @@ class AgentConfig(Settings):
     def advertise(self) -> str:
         return self.peer_advertise or self.peer_listen
 
+    @property
+    def peer_scheme(self) -> str:
+        """How peers are dialed: every node of a cluster serves its peer port alike."""
+        return "https" if self.tls_cert is not None else "http"
+
     def upstream(self, registry: str) -> Upstream | None:
         """The configured upstream for a registry name; None if it is not on the allow-list."""
         for up in self.upstreams:
@@ -209,11 +225,15 @@ class AgentConfig(Settings):
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
-        if self.cluster_token == "" and not is_loopback(split_hostport(self.peer_listen)[0]):
+        if not (self.cluster_token or self.node_credential) and not is_loopback(split_hostport(self.peer_listen)[0]):
             raise ValueError(
-                "peer_listen is not a loopback address but no cluster_token is set: set "
-                "P2PDIST_CLUSTER_TOKEN (the same secret on every node and the tracker)"
+                "peer_listen is not a loopback address but this node has no identity: set node_credential "
+                "(P2PDIST_NODE_CREDENTIAL, from `p2pdist certs issue`) or the cluster secret (P2PDIST_CLUSTER_TOKEN)"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (HTTPS peer port) or neither")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca: peers dialed with https are checked against the cluster CA")
         prefixes: dict[str, str] = {}
         for up in self.upstreams:
             # The mirror routes containers/image clients by this first path component (mirror/routes.py).

@@ -12,13 +12,27 @@ import msgpack
 import pytest
 
 from p2pdist.core import wire
+from tests.support.identity import Caller
 from tests.support.procs import AgentProc, free_port
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "bad-input-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SIGNED = "signed"  # stands for a signed peer request from PROBER, made fresh in the test
+PROBER = Caller(TOKEN, "prober")
+
+
+def _headers(headers: dict[str, str], path: str) -> dict[str, str]:
+    """``headers`` with a freshly signed Authorization where it says SIGNED (the Range signed too)."""
+    if headers.get("Authorization") != SIGNED:
+        return headers
+    rest = {k: v for k, v in headers.items() if k != "Authorization"}
+    return {**rest, **PROBER.peer("target", path, rest.get("Range", ""))}
+
+
+def _control_auth() -> dict[str, str]:
+    return PROBER.peer("target", "/v1/control")
 GOOD = "sha256:" + "a" * 64
 
 
@@ -39,19 +53,19 @@ async def _still_serving(session: aiohttp.ClientSession, agent: AgentProc) -> No
 
 @pytest.mark.parametrize(("path", "headers", "status", "says"), [
     (f"/v1/blobs/{GOOD}", {"Range": "bytes=0-9"}, 401, "cluster authentication required"),
-    ("/v1/blobs/sha256:..%2F..%2Fetc%2Fpasswd", {**AUTH, "Range": "bytes=0-9"}, 400, "invalid digest"),
-    ("/v1/blobs/sha256:" + "A" * 64, {**AUTH, "Range": "bytes=0-9"}, 400, "lowercase hex"),
-    ("/v1/blobs/md5:" + "a" * 32, {**AUTH, "Range": "bytes=0-9"}, 400, "unsupported algorithm"),
-    (f"/v1/blobs/{GOOD}", AUTH, 400, "Range"),
-    (f"/v1/blobs/{GOOD}", {**AUTH, "Range": "bytes=9-0"}, 416, "empty range"),
+    ("/v1/blobs/sha256:..%2F..%2Fetc%2Fpasswd", {"Authorization": SIGNED, "Range": "bytes=0-9"}, 400, "invalid digest"),
+    ("/v1/blobs/sha256:" + "A" * 64, {"Authorization": SIGNED, "Range": "bytes=0-9"}, 400, "lowercase hex"),
+    ("/v1/blobs/md5:" + "a" * 32, {"Authorization": SIGNED, "Range": "bytes=0-9"}, 400, "unsupported algorithm"),
+    (f"/v1/blobs/{GOOD}", {"Authorization": SIGNED}, 400, "Range"),
+    (f"/v1/blobs/{GOOD}", {"Authorization": SIGNED, "Range": "bytes=9-0"}, 416, "empty range"),
     # More digits than int() takes (4,300): a 400, not a 500.
-    (f"/v1/blobs/{GOOD}", {**AUTH, "Range": "bytes=0-" + "9" * 5000}, 400, "Range"),
-    (f"/v1/blobs/{GOOD}", {**AUTH, "Range": "bytes=0-9"}, 404, "not verified on this node"),
-    ("/v1/blobs/..%2F..%2Fstore", {**AUTH, "Range": "bytes=0-9"}, 400, "invalid digest"),
+    (f"/v1/blobs/{GOOD}", {"Authorization": SIGNED, "Range": "bytes=0-" + "9" * 5000}, 400, "Range"),
+    (f"/v1/blobs/{GOOD}", {"Authorization": SIGNED, "Range": "bytes=0-9"}, 404, "not verified on this node"),
+    ("/v1/blobs/..%2F..%2Fstore", {"Authorization": SIGNED, "Range": "bytes=0-9"}, 400, "invalid digest"),
 ])
 async def test_peer_data_endpoint_rejects_bad_requests(agent: AgentProc, path, headers, status, says):
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{agent.peer_port}{path}", headers=headers) as r:
+        async with session.get(f"http://127.0.0.1:{agent.peer_port}{path}", headers=_headers(headers, path)) as r:
             assert r.status == status
             assert says in await r.text()
         await _still_serving(session, agent)
@@ -66,7 +80,7 @@ async def test_peer_data_endpoint_rejects_bad_requests(agent: AgentProc, path, h
 ])
 async def test_control_channel_closes_on_bad_hello(agent: AgentProc, frame, says):
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"http://127.0.0.1:{agent.peer_port}/v1/control", headers=AUTH) as ws:
+        async with session.ws_connect(f"http://127.0.0.1:{agent.peer_port}/v1/control", headers=_control_auth()) as ws:
             await ws.send_bytes(frame)
             msg = await ws.receive(timeout=10)
             assert msg.type == aiohttp.WSMsgType.CLOSE
@@ -78,13 +92,13 @@ async def test_control_channel_closes_on_bad_hello(agent: AgentProc, frame, says
 async def test_control_channel_drops_bad_frames_after_hello_and_oversize_frames(agent: AgentProc):
     url = f"http://127.0.0.1:{agent.peer_port}/v1/control"
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, headers=AUTH) as ws:
+        async with session.ws_connect(url, headers=_control_auth()) as ws:
             await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
             await ws.send_bytes(msgpack.packb({"v": wire.VERSION, "t": "have", "blob": "sha256:../../x", "index": 0}))
             msg = await ws.receive(timeout=10)
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert "invalid digest" in (msg.extra or "")
-        async with session.ws_connect(url, headers=AUTH) as ws:
+        async with session.ws_connect(url, headers=_control_auth()) as ws:
             try:
                 await ws.send_bytes(b"\x00" * (wire.MAX_FRAME + 1))
                 cut = False
@@ -140,7 +154,7 @@ async def test_bitfields_for_thousands_of_made_up_blobs_close_the_connection(age
     rss_before = rss_bytes(agent.pid)
     bits = b"\xff" * (1 << 17)  # a million pieces each: the most a frame may carry
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, headers=AUTH) as ws:
+        async with session.ws_connect(url, headers=_control_auth()) as ws:
             await ws.send_bytes(wire.encode(wire.Hello("flooder", "127.0.0.1:1")))
             sent = 0
             try:

@@ -69,7 +69,7 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ('tracker = "tracker:7070"\n', "tracker: must be a URL with a scheme"),
         ('log_level = "loud"\n', "log_level: Input should be 'debug', 'info', 'warning' or 'error', got 'loud'"),
         ('peer_listen = "65003"\n', "peer_listen: must be HOST:PORT"),
-        ('peer_listen = "0.0.0.0:65003"\n', "peer_listen is not a loopback address but no cluster_token is set"),
+        ('peer_listen = "0.0.0.0:65003"\n', "peer_listen is not a loopback address but this node has no identity"),
         ('[[upstream]]\nusername = "x"\n', r"upstreams.0.registry: Field required"),
         ("limits = 3\n", "limits: Input should be a valid dictionary or instance of Limits"),
         ("not toml [", "is not valid TOML"),

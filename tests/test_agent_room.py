@@ -17,13 +17,14 @@ import pytest
 
 from p2pdist.config import Limits
 from p2pdist.core import wire
+from tests.support.identity import Caller
 from tests.support.procs import AgentProc, free_port
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "room-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PROBER = Caller(TOKEN, "prober")
 SIZE = 48 << 20  # each held range is far larger than the loopback socket buffers, so sendfile blocks
 
 
@@ -45,19 +46,20 @@ async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
         digest = registry.push_blob("team/room", os.urandom(SIZE))
         result = await asyncio.to_thread(agent.fetch, f"{registry.host}/team/room@{digest}")
         assert result.get("done"), result
-        url = f"http://127.0.0.1:{agent.peer_port}/v1/blobs/{digest}"
+        path = f"/v1/blobs/{digest}"
+        url = f"http://127.0.0.1:{agent.peer_port}{path}"
         # One connection per request (limit=0): each held response keeps its own socket busy.
         control = f"http://127.0.0.1:{agent.peer_port}/v1/control"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
-                session.ws_connect(control, headers=AUTH) as ws:
+                session.ws_connect(control, headers=PROBER.peer("holder", "/v1/control")) as ws:
             await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
             seen = []
             for _ in range(slots):
-                held.append(await session.get(url, headers={**AUTH, "Range": f"bytes=0-{SIZE - 1}"}))
+                held.append(await session.get(url, headers=PROBER.peer("holder", path, f"bytes=0-{SIZE - 1}")))
                 seen.append(await _next_room(ws))
             assert seen == list(range(slots - 1, -1, -1))  # one less free slot per upload
             assert agent.metrics()["p2pdist_uploads_active"] == slots
-            async with session.get(url, headers={**AUTH, "Range": "bytes=0-9"}) as busy:
+            async with session.get(url, headers=PROBER.peer("holder", path, "bytes=0-9")) as busy:
                 assert busy.status == 503  # full, as the last ROOM said
             for r in held:
                 assert r.status == 206

@@ -21,10 +21,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from p2pdist.agent import peer_server
-from p2pdist.agent.auth import NODE_SECRET_FILE, NodeSecretError, cluster_auth, node_secret
+from p2pdist.agent.auth import NODE_SECRET_FILE, NodeSecretError, node_secret, peer_auth
+from p2pdist.agent.identity import load_identity
 from p2pdist.agent.node import Agent
 from p2pdist.config import AgentConfig
 from p2pdist.core import wire
+from tests.support.identity import Caller
 from tests.support.procs import AgentProc, Proc, Tracker
 from tests.support.registry import Registry
 
@@ -151,8 +153,8 @@ async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="served")
 
 
-async def _server(secret: str, credential: str) -> TestServer:
-    app = web.Application(middlewares=[cluster_auth(secret, credential)])
+async def _server(secret: str) -> TestServer:
+    app = web.Application(middlewares=[peer_auth(None, secret)])
     for path in ("/v1/blobs/{digest}", "/v1/control", "/healthz"):
         app.router.add_get(path, _ok)
     server = TestServer(app, host="127.0.0.1")
@@ -160,21 +162,18 @@ async def _server(secret: str, credential: str) -> TestServer:
     return server
 
 
-@pytest.mark.parametrize(("credential", "headers", "says"), [
-    ("node secret", {}, "cluster authentication required: missing 'Authorization: Bearer <node secret>' header"),
-    ("node secret", {"Authorization": "Bearer wrong"}, "cluster authentication required: invalid node secret"),
-    ("node secret", {"Authorization": f"Basic {GOOD}"}, "the Authorization header must be 'Bearer <node secret>'"),
-    ("node secret", {"Authorization": "Bearer"}, "the Authorization header must be 'Bearer <node secret>'"),
-    ("node secret", {"Authorization": f"Bearer {GOOD[:-1]}"}, "invalid node secret"),  # a prefix
-    ("node secret", {"Authorization": f"Bearer {GOOD}x"}, "invalid node secret"),
-    ("node secret", {"Authorization": f"Bearer {GOOD} {GOOD}"}, "invalid node secret"),
-    ("node secret", {"Authorization": "Bearer " + "\u00e9" * 43}, "invalid node secret"),  # non-ASCII: 401, not 500
-    ("cluster token", {}, "missing 'Authorization: Bearer <cluster token>' header"),
-    ("cluster token", {"Authorization": "Bearer wrong"}, "invalid cluster token"),
-], ids=["missing", "wrong", "basic", "bare-bearer", "prefix", "longer", "two", "non-ascii", "token-missing",
-        "token-wrong"])
-async def test_middleware_refuses_data_and_control_without_the_secret(credential: str, headers: dict, says: str):
-    server = await _server(GOOD, credential)
+@pytest.mark.parametrize(("headers", "says"), [
+    ({}, "cluster authentication required: missing 'Authorization: Bearer <node secret>' header"),
+    ({"Authorization": "Bearer wrong"}, "cluster authentication required: invalid node secret"),
+    ({"Authorization": f"Basic {GOOD}"}, "the Authorization header must be 'Bearer <node secret>'"),
+    ({"Authorization": "Bearer"}, "the Authorization header must be 'Bearer <node secret>'"),
+    ({"Authorization": f"Bearer {GOOD[:-1]}"}, "invalid node secret"),  # a prefix
+    ({"Authorization": f"Bearer {GOOD}x"}, "invalid node secret"),
+    ({"Authorization": f"Bearer {GOOD} {GOOD}"}, "invalid node secret"),
+    ({"Authorization": "Bearer " + "\u00e9" * 43}, "invalid node secret"),  # non-ASCII: 401, not 500
+], ids=["missing", "wrong", "basic", "bare-bearer", "prefix", "longer", "two", "non-ascii"])
+async def test_middleware_refuses_data_and_control_without_the_secret(headers: dict, says: str):
+    server = await _server(GOOD)
     try:
         async with aiohttp.ClientSession() as session:
             for path in (f"/v1/blobs/sha256:{'a' * 64}", "/v1/control"):
@@ -184,8 +183,7 @@ async def test_middleware_refuses_data_and_control_without_the_secret(credential
                     assert says in text
                     assert GOOD not in text
                     assert r.headers["WWW-Authenticate"] == 'Bearer realm="p2pdist-cluster"'
-                    # The hint to set a cluster token comes only from a node that has none.
-                    assert ("P2PDIST_CLUSTER_TOKEN" in text) == (credential == "node secret")
+                    assert "give it a node credential or the cluster secret" in text
             async with session.get(server.make_url("/healthz")) as r:  # no data: open
                 assert r.status == 200
     finally:
@@ -194,7 +192,7 @@ async def test_middleware_refuses_data_and_control_without_the_secret(credential
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 async def test_middleware_lets_the_secret_in(scheme: str):
-    server = await _server(GOOD, "node secret")
+    server = await _server(GOOD)
     try:
         async with aiohttp.ClientSession() as session:
             for path in (f"/v1/blobs/sha256:{'a' * 64}", "/v1/control"):
@@ -207,26 +205,38 @@ async def test_middleware_lets_the_secret_in(scheme: str):
 
 def test_middleware_fails_closed_without_a_secret():
     with pytest.raises(ValueError, match="needs a credential"):
-        cluster_auth("")
+        peer_auth(None, "")
 
 
-@pytest.mark.parametrize(("token", "accepted", "refused", "says"), [
-    ("the-cluster-token", "the-cluster-token", "the-node-secret", "invalid cluster token"),
-    ("", "the-node-secret", "the-cluster-token", "invalid node secret"),
-], ids=["cluster-token", "node-secret"])
-async def test_peer_server_wants_the_cluster_token_else_the_node_secret(tmp_path: Path, token: str, accepted: str,
-                                                                        refused: str, says: str):
+SECRET = "the-cluster-secret"
+
+
+@pytest.mark.parametrize("token", [SECRET, ""], ids=["cluster", "alone"])
+async def test_peer_server_wants_a_signed_ticket_else_the_node_secret(tmp_path: Path, token: str):
+    config = AgentConfig(data_dir=tmp_path, cluster_token=token, tracker="")
+    path = f"/v1/blobs/sha256:{'a' * 64}"
     async with aiohttp.ClientSession() as session:
-        agent = Agent(AgentConfig(data_dir=tmp_path, cluster_token=token, tracker=""), "n1", session,
-                      node_secret="the-node-secret")
+        identity = load_identity(config, lambda: "n1")
+        agent = Agent(config, "n1", session, node_secret="" if token else "the-node-secret", identity=identity)
         server = TestServer(peer_server.build_app(agent), host="127.0.0.1")
         await server.start_server()
         try:
-            url = server.make_url(f"/v1/blobs/sha256:{'a' * 64}")
-            async with session.get(url, headers={"Authorization": f"Bearer {refused}"}) as r:
-                assert r.status == 401
-                assert says in await r.text()
-            async with session.get(url, headers={"Authorization": f"Bearer {accepted}"}) as r:
+            url = server.make_url(path)
+            if token:
+                refused = [({"Authorization": f"Bearer {SECRET}"}, "must use the P2P-Ticket scheme"),
+                           ({"Authorization": "Bearer the-node-secret"}, "must use the P2P-Ticket scheme"),
+                           (Caller("another-secret").peer("n1", path), "not signed by this cluster's tracker"),
+                           (Caller(SECRET).peer("n2", path), "meant for another peer")]
+                accepted = Caller(SECRET).peer("n1", path)
+            else:
+                refused = [({"Authorization": f"Bearer {SECRET}"}, "invalid node secret"),
+                           (Caller(SECRET).peer("n1", path), "must be 'Bearer <node secret>'")]
+                accepted = {"Authorization": "Bearer the-node-secret"}
+            for headers, says in refused:
+                async with session.get(url, headers=headers) as r:
+                    assert r.status == 401
+                    assert says in await r.text()
+            async with session.get(url, headers=accepted) as r:
                 assert r.status == 400  # past authentication: the handler wants a Range
                 assert "Range" in await r.text()
         finally:

@@ -22,7 +22,11 @@ import aiohttp
 import msgpack
 import pytest
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pdist.core.identity import NodeCredential, TicketChecker, public_bytes, sign_request
 from p2pdist.core.wire import MAX_FRAME, VERSION, Announce, AnnounceReply, decode, encode
+from tests.support.identity import Caller
 
 pytestmark = pytest.mark.integration
 
@@ -100,10 +104,24 @@ def announce_body(node: str = "n1", **fields: Any) -> bytes:
     return encode(Announce(node=node, addr=f"127.0.0.1:{7000 + len(node)}", blob=BLOB, **fields))
 
 
+_callers: dict[str, Caller] = {}
+
+
+def signed(body: Any) -> dict[str, str]:
+    """Headers of a request signed by the node the body announces (n1 for a body that is no announce)."""
+    try:
+        node = msgpack.unpackb(body)["node"] if isinstance(body, bytes) else "n1"
+        assert isinstance(node, str) and node
+    except Exception:
+        node = "n1"
+    caller = _callers.setdefault(node, Caller(TOKEN, node))
+    return caller.tracker(body if isinstance(body, bytes) else b"")
+
+
 async def post(http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
                ) -> tuple[int, Any]:
     async with http.post(f"{url}/v1/announce", data=body,
-                         headers={"Content-Type": "application/msgpack", **(AUTH if headers is None else headers)}
+                         headers={"Content-Type": "application/msgpack", **(signed(body) if headers is None else headers)}
                          ) as resp:
         raw = await resp.read()
         if resp.content_type == "application/msgpack":
@@ -173,23 +191,82 @@ async def test_oversize_chunked_body_is_refused(tracker: Proc, http: aiohttp.Cli
     await assert_still_serving(http, tracker.url)
 
 
-@pytest.mark.parametrize(
-    ("headers", "error"),
-    [
-        ({}, "missing 'Authorization: Bearer <cluster token>' header"),
-        ({"Authorization": "Bearer wrong-token"}, "invalid cluster token"),
-        ({"Authorization": f"Basic {TOKEN}"}, "the Authorization header must be 'Bearer <cluster token>'"),
-        ({"Authorization": "Bearer " + "\u00e9" * 8}, "invalid cluster token"),
-    ],
-    ids=["missing", "wrong", "scheme", "non-ascii"],
-)
-async def test_authentication_is_required(
-    tracker: Proc, http: aiohttp.ClientSession, headers: dict[str, str], error: str
+def _forged(kind: str) -> dict[str, str]:
+    """One announce's headers that must not get in, by what is wrong with them."""
+    body = announce_body()
+    if kind == "missing":
+        return {}
+    if kind == "cluster-token-bearer":  # the old shared-token scheme: the secret itself on the wire
+        return {"Authorization": f"Bearer {TOKEN}"}
+    if kind == "other-secret":
+        return Caller("another-cluster", "n1").tracker(body)
+    if kind == "expired":
+        caller = Caller(TOKEN, "n1")
+        caller.credential = NodeCredential.issue(TOKEN, "n1", int(time.time()) - 10)
+        return caller.tracker(body)
+    if kind == "other-body":  # a signature lifted onto another announce
+        return Caller(TOKEN, "n1").tracker(announce_body(size=1))
+    if kind == "skewed":
+        cred = NodeCredential.issue(TOKEN, "n1", int(time.time()) + 3600)
+        return {"Authorization": sign_request(cred, "POST", "/v1/announce", body, time.time() - 3600)}
+    if kind == "non-ascii":
+        return {"Authorization": "P2P-Node " + "\u00e9" * 8}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("missing", "missing 'Authorization: P2P-Node ...' header"),
+    ("cluster-token-bearer", "must use the P2P-Node scheme"),
+    ("other-secret", "invalid signature for node 'n1'"),
+    ("expired", "credential of node 'n1' expired"),
+    ("other-body", "invalid signature for node 'n1'"),
+    ("skewed", "synchronise the clocks"),
+    ("non-ascii", "malformed P2P-Node authorization"),
+])
+async def test_announces_need_a_node_credential_signature(
+    tracker: Proc, http: aiohttp.ClientSession, kind: str, error: str
 ) -> None:
+    headers = _forged(kind)
     status, got = await post(http, tracker.url, announce_body(), headers=headers)
-    assert (status, got) == (401, error)
+    assert status == 401 and error in got
+    await assert_still_serving(http, tracker.url)
+
+
+async def test_a_signed_announce_is_accepted_once(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    body = announce_body("once")
+    headers = Caller(TOKEN, "once").tracker(body)
+    assert (await post(http, tracker.url, body, headers=headers))[0] == 200
+    status, got = await post(http, tracker.url, body, headers=headers)
+    assert (status, got) == (401, "request replayed")
+
+
+async def test_a_node_cannot_announce_as_another(tracker: Proc, http: aiohttp.ClientSession) -> None:
+    body = announce_body("victim")
+    status, got = await post(http, tracker.url, body, headers=Caller(TOKEN, "mallory").tracker(body))
+    assert status == 403 and "signed by node 'mallory' but announces node 'victim'" in got
+
+
+async def test_a_signed_announce_with_a_peer_key_gets_a_ticket_for_it(tracker: Proc, http: aiohttp.ClientSession):
+    key = public_bytes(Ed25519PrivateKey.generate().public_key())
+    body = announce_body("ticketed", peer_key=key)
+    status, reply = await post(http, tracker.url, body)
+    assert status == 200
+    ticket, _ = TicketChecker(Caller(TOKEN).credential.ticket_key, "anyone").ticket(reply.ticket, time.time())
+    assert (ticket.node, ticket.peer_key) == ("ticketed", key)
+    assert 800 < ticket.expires - time.time() <= 900  # the default ticket_ttl
+    _, again = await post(http, tracker.url, announce_body("ticketed"))
+    assert again.ticket == ""  # asked for only with a peer key
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}],
+                         ids=["missing", "wrong", "scheme"])
+async def test_metrics_need_the_cluster_secret_or_a_node_signature(
+    tracker: Proc, http: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
     async with http.get(f"{tracker.url}/metrics", headers=headers) as resp:
-        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("P2P-Node")
+    async with http.get(f"{tracker.url}/metrics", headers=Caller(TOKEN, "n1").tracker(b"", "/metrics", "GET")) as resp:
+        assert resp.status == 200
     await assert_still_serving(http, tracker.url)
 
 

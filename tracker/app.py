@@ -2,6 +2,9 @@
 
 Endpoints: ``POST /v1/announce`` (msgpack Announce in, msgpack AnnounceReply out),
 ``GET /healthz`` (no authentication, for probes) and ``GET /metrics`` (Prometheus text).
+With a cluster secret every other request is signed by a node credential (``P2P-Node``, checked
+here once, replays refused), and an announce speaks only for the node that signed it; /metrics
+also takes ``Bearer <cluster secret>`` for Prometheus.
 Every refusal is a JSON body ``{"error": "..."}`` with a message the agent's operator can act on.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -20,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from p2pdist.core.bearer import bearer_refusal
+from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, verify_request
 from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
 from p2pdist.logs import log_event
 
@@ -27,6 +32,7 @@ from .config import TrackerConfig
 from .metrics import TrackerMetrics
 from .service import AnnounceError, handle_announce, memory_state
 from .state import TrackerState
+from .tickets import TicketDesk
 
 log = logging.getLogger("tracker")
 
@@ -49,10 +55,16 @@ class Tracker:
     state: TrackerState
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    wall: Callable[[], float] = time.time  # signatures and tickets carry Unix time
     metrics: TrackerMetrics = field(init=False)
+    guard: ReplayGuard = field(init=False)
+    tickets: TicketDesk | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = TrackerMetrics(self.state)
+        self.guard = ReplayGuard(nodes=self.config.max_nodes)
+        secret = self.config.cluster_token
+        self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
 
     def emit(self, event: str, **fields: Any) -> None:
         self.metrics.observe(event, fields)
@@ -67,27 +79,52 @@ class Tracker:
 
 
 TRACKER = web.AppKey("tracker", Tracker)
+NODE = web.RequestKey("node", str)  # the node that signed the request (absent with authentication off)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def authenticate(request: web.Request, token: str) -> str | None:
-    """None if the request carries the cluster credential, else why not.
+class Oversize(Exception):
+    pass
 
-    Every tracker request passes here: this is the one place where mTLS would plug in.
-    """
-    if not token:
-        return None
-    return bearer_refusal(request.headers.get("Authorization"), token, "cluster token")
+
+async def _body(request: web.Request) -> bytes:
+    # Same words as the core's WireError for an oversized frame; refused before buffering the body.
+    length = request.content_length
+    if length is not None and length > MAX_FRAME:
+        raise Oversize(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked body without a length
+        raise Oversize(f"frame exceeds the {MAX_FRAME}-byte limit") from None
+
+
+async def authenticate(request: web.Request, tracker: Tracker) -> str:
+    """The node that signed ``request`` (its credential derives from the cluster secret); AuthError
+    says why not. Every tracker request passes here: the one place where identity is decided."""
+    secret = tracker.config.cluster_token
+    header = request.headers.get("Authorization")
+    if request.path == "/metrics" and header is not None and not header.startswith(NODE_SCHEME):
+        why = bearer_refusal(header, secret, "cluster secret")
+        if why is not None:
+            raise AuthError(why)
+        return ""
+    body = await _body(request)
+    signed = verify_request(header, secret, request.method, request.rel_url.raw_path, body, tracker.wall())
+    tracker.guard.check(signed)
+    return signed.node
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in PUBLIC_PATHS:
-        tracker = request.app[TRACKER]
-        why = authenticate(request, tracker.config.cluster_token)
-        if why is not None:
-            log_event(log, logging.INFO, "unauthorized", remote=request.remote, path=request.path, why=why)
-            return tracker.refuse(401, "unauthorized", why, {"WWW-Authenticate": 'Bearer realm="p2pdist"'})
+    tracker = request.app[TRACKER]
+    if request.path not in PUBLIC_PATHS and tracker.config.cluster_token:
+        try:
+            request[NODE] = await authenticate(request, tracker)
+        except Oversize as e:
+            return tracker.refuse(413, "oversize", str(e))
+        except AuthError as e:
+            log_event(log, logging.INFO, "unauthorized", remote=request.remote, path=request.path, why=str(e))
+            return tracker.refuse(401, "unauthorized", str(e), {"WWW-Authenticate": f'{NODE_SCHEME} realm="p2pdist"'})
     return await handler(request)
 
 
@@ -101,20 +138,22 @@ def _wire_kind(message: str) -> str:
 
 async def announce(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
-    length = request.content_length
-    # Same words as the core's WireError for an oversized frame; refused before buffering the body.
-    if length is not None and length > MAX_FRAME:
-        return tracker.refuse(413, "oversize", f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:  # chunked body without a length
-        return tracker.refuse(413, "oversize", f"frame exceeds the {MAX_FRAME}-byte limit")
+        body = await _body(request)
+    except Oversize as e:
+        return tracker.refuse(413, "oversize", str(e))
     try:
         msg = decode(body, expect=(Announce,))
     except WireError as e:
         log_event(log, logging.INFO, "bad_announce", remote=request.remote, why=str(e))
         return tracker.refuse(400, _wire_kind(str(e)), str(e))
     assert isinstance(msg, Announce)
+    signer = request.get(NODE)
+    if signer is not None and msg.node != signer:
+        # A credential speaks for its own node only: bans and audits stick to who really announced.
+        log_event(log, logging.WARNING, "node_mismatch", remote=request.remote, node=msg.node, signer=signer)
+        return tracker.refuse(403, "node-mismatch",
+                              f"this request is signed by node {signer!r} but announces node {msg.node[:128]!r}")
     tracker.metrics.announces.labels(msg.event).inc()
     try:
         reply = handle_announce(tracker.state, msg, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
@@ -122,6 +161,8 @@ async def announce(request: web.Request) -> web.Response:
         log_event(log, logging.WARNING, "announce_refused", blob=msg.blob, node=msg.node, kind=e.kind,
                   why=str(e))
         return tracker.refuse(STATUS[e.kind], e.kind, str(e))
+    if msg.peer_key and tracker.tickets is not None and len(msg.peer_key) == 32:
+        reply = dataclasses.replace(reply, ticket=tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall()))
     return web.Response(body=encode(reply), content_type=MSGPACK)
 
 

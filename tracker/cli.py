@@ -14,6 +14,7 @@ from aiohttp import web
 from p2pdist.logs import log_event
 from p2pdist.logs import setup as setup_logging
 from p2pdist.serving import ServerRunner, raise_file_limit
+from p2pdist.tls import CertError, server_context
 
 from .app import create_app
 from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
@@ -39,8 +40,10 @@ def _epilog() -> str:
 examples:
   p2pdist-tracker
       loopback only, no authentication: try it on one machine
-  {ENV_PREFIX}CLUSTER_TOKEN=$(cat /etc/p2pdist/token) p2pdist-tracker --listen 0.0.0.0:7070
-      serve the cluster; agents send "Authorization: Bearer <token>"
+  {ENV_PREFIX}CLUSTER_TOKEN=$(cat ca/cluster-secret) p2pdist-tracker --listen 0.0.0.0:7070 \\
+      --tls-cert ca/tracker.pem --tls-key ca/tracker-key.pem
+      serve the cluster over HTTPS; agents sign every announce with their node credential
+      (see `p2pdist certs --help`); Prometheus scrapes /metrics with "Bearer <cluster secret>"
   p2pdist-tracker --config /etc/p2pdist/tracker.toml --log-level debug
 
 configuration, lowest to highest precedence: built-in defaults; the TOML file from --config
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-token", metavar="TOKEN",
                    help=f"shared secret agents must present; prefer {ENV_PREFIX}CLUSTER_TOKEN, "
                         "since flags are visible to every local user in ps")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (`p2pdist certs issue "
+                                                      "tracker --host ...`); with --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow listening beyond loopback without a cluster token")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info); logs are JSON lines")
@@ -93,7 +99,8 @@ async def serve(config: TrackerConfig) -> None:
                           max_connections=config.max_connections)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -101,7 +108,8 @@ async def serve(config: TrackerConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         for sockname in runner.addresses:
             host, port = sockname[0], sockname[1]
-            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            scheme = "https" if tls is not None else "http"
+            url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
             print(f"p2pdist-tracker listening on {url}", flush=True)
             log_event(log, logging.INFO, "listening", url=url, auth=bool(config.cluster_token))
         await stop.wait()
@@ -117,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listen": args.listen, "peer_ttl": args.peer_ttl, "lease_ttl": args.lease_ttl,
         "lease_pieces": args.lease_pieces, "origin_streams": args.origin_streams,
         "origin_slow_start": args.origin_slow_start, "cluster_token": args.cluster_token,
-        "insecure": args.insecure, "log_level": args.log_level,
+        "insecure": args.insecure, "log_level": args.log_level, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
     }
     try:
         config = load(args.config, flags=flags)
@@ -128,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level)
     try:
         asyncio.run(serve(config))
+    except CertError as e:
+        print(f"p2pdist-tracker: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # typically the port is taken or the address is not ours
         print(f"p2pdist-tracker: error: cannot listen on {config.listen}: {e.strerror or e}", file=sys.stderr)
         return 1

@@ -30,10 +30,18 @@ class TrackerConfig(Settings):
     # Where to listen. Loopback by default: exposing the tracker is a deliberate act.
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(7070, ge=0, le=65535)
-    # Shared secret every agent sends as "Authorization: Bearer <token>". Empty = authentication off,
-    # which is only allowed on loopback unless `insecure` is set.
+    # The cluster secret. Agents prove who they are with node credentials derived from it (HMAC-signed
+    # requests, p2pdist.core.identity); the tracker signs their peer tickets with a key derived from it.
+    # Prometheus may scrape /metrics with "Authorization: Bearer <secret>" (use TLS beyond loopback).
+    # Empty = authentication off, which is only allowed on loopback unless `insecure` is set.
     cluster_token: str = ""
     insecure: bool = False
+    # Serve HTTPS with this certificate and key (`p2pdist certs issue tracker --host ...`).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Seconds a peer ticket is good for; agents renew at half-life through their announces. A banned
+    # node is off every peer port within this.
+    ticket_ttl: float = Field(900.0, ge=60.0, le=86400.0)
     # A peer that has not announced for this long is no longer handed out (agents announce every
     # few seconds, so 30 s survives a few lost announces).
     peer_ttl: float = Field(30.0, gt=0)
@@ -102,6 +110,8 @@ class TrackerConfig(Settings):
             raise ValueError("blob_ttl must be >= peer_ttl (a blob outlives its peers)")
         if self.piece_min > self.piece_max:
             raise ValueError(f"piece sizes need piece_min <= piece_max, got {self.piece_min} and {self.piece_max}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)")
         return self
 
     @property

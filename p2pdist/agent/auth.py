@@ -1,9 +1,10 @@
-"""The one authentication hook for the peer port (cluster token or node secret; mTLS later).
+"""The one authentication hook for the peer port (node identity, or the node secret).
 
-The peer port never answers data or control requests without a credential, loopback included:
-the cluster token when one is configured (the same on every node, so peers trade pieces), else a
-secret this node generates once and keeps in ``data_dir/node-secret`` (known to no other node, so
-only a local process that can read the data dir gets in).
+The peer port never answers data or control requests without a credential, loopback included: in
+a cluster, a request signed under a tracker ticket (``p2pdist.core.identity``), so every caller is a
+known node and can be banned as one; on a node on its own, a secret this node generates once and
+keeps in ``data_dir/node-secret`` (known to no other node, so only a local process that can read the
+data dir gets in).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from p2pdist.agent.identity import NodeIdentity
+from p2pdist.agent.neighbours import PEER_NODE
 from p2pdist.core.bearer import bearer_refusal
+from p2pdist.core.identity import TICKET_SCHEME, AuthError
 from p2pdist.store.durable import fsync_dir as _fsync_dir
 
 from ..errors import P2pdistError
@@ -104,29 +108,40 @@ def _read_secret(path: Path) -> str:
     return text
 
 
-def cluster_auth(secret: str, credential: str = "cluster token", open_paths: tuple[str, ...] = ("/healthz",)):
-    """aiohttp middleware: every path but ``open_paths`` needs ``Authorization: Bearer <secret>``.
+def peer_auth(identity: NodeIdentity | None, node_secret: str = "", open_paths: tuple[str, ...] = ("/healthz",)):
+    """aiohttp middleware for the peer port: every path but ``open_paths`` needs a credential.
 
-    ``credential`` names the secret in refusals ("cluster token" or "node secret"), never its value.
+    In a cluster (``identity``): a tracker-signed ticket and a request signed for this node
+    (``P2P-Ticket``); the caller's node id is kept in ``request[PEER_NODE]``. On a node on its own:
+    ``Authorization: Bearer <node secret>``. Refusals name what is missing, never a secret.
     """
-    if not secret:
-        # Fail closed: an empty secret must never mean "no authentication".
-        raise ValueError("the peer port needs a credential: a cluster token or the node secret")
-    hint = "" if credential == "cluster token" else (
-        " (this node has no cluster token: give every node and the tracker the same "
-        "P2PDIST_CLUSTER_TOKEN to let peers in)"
-    )
+    if identity is None and not node_secret:
+        # Fail closed: no credential must never mean "no authentication".
+        raise ValueError("the peer port needs a credential: a node identity or the node secret")
+
+    def why_not(request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if identity is None:
+            why = bearer_refusal(header, node_secret, "node secret")
+            return None if why is None else (
+                f"{why} (this node has no identity in a cluster: give it a node credential or the cluster "
+                f"secret to let peers in)")
+        try:
+            request[PEER_NODE] = identity.check_peer(header, request.method, request.rel_url.raw_path,
+                                                     request.headers.get("Range", ""))
+        except AuthError as e:
+            return str(e)
+        return None
 
     @web.middleware
     async def middleware(request: web.Request, handler):
         if request.path not in open_paths:
-            why = bearer_refusal(request.headers.get("Authorization"), secret, credential)
+            why = why_not(request)
             if why is not None:
                 log.info("peer request refused", extra={"remote": request.remote, "path": request.path, "why": why})
-                raise web.HTTPUnauthorized(
-                    text=f"cluster authentication required: {why}{hint}",
-                    headers={"WWW-Authenticate": 'Bearer realm="p2pdist-cluster"'},
-                )
+                scheme = "Bearer" if identity is None else TICKET_SCHEME
+                raise web.HTTPUnauthorized(text=f"cluster authentication required: {why}",
+                                           headers={"WWW-Authenticate": f'{scheme} realm="p2pdist-cluster"'})
         return await handler(request)
 
     return middleware

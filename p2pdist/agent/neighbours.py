@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +22,12 @@ from aiohttp import web
 from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield, BitfieldError
 
+if TYPE_CHECKING:
+    from p2pdist.agent.identity import NodeIdentity
+
 log = logging.getLogger("p2pdist.neighbours")
+# The node the peer port's authentication found behind an inbound request (peer_server sets it).
+PEER_NODE = web.RequestKey("peer_node", str)
 
 UNKNOWN_ROOM = 1 << 16  # a neighbour that has not said how many upload slots it has free
 # What one neighbour's bitfields may hold: blobs, and bytes of bits over all of them. A neighbour
@@ -36,6 +42,7 @@ class Host(Protocol):
 
     node: str
     addr: str
+    ssl: ssl.SSLContext | None
 
     def local_bitfield(self, blob: str) -> Bitfield | None: ...
     def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None: ...
@@ -84,17 +91,18 @@ class Neighbour:
 
 
 class Neighbourhood:
-    def __init__(self, host: Host, session: aiohttp.ClientSession, token: str, limit: int,
-                 request_limit: int = 2) -> None:
+    def __init__(self, host: Host, session: aiohttp.ClientSession, identity: NodeIdentity | None, limit: int,
+                 request_limit: int = 2, scheme: str = "http") -> None:
         self.host = host
         self.session = session
         self.limit = limit
         self.request_limit = request_limit
         self.peers: dict[str, Neighbour] = {}
         self.banned: set[str] = set()
-        # Peers accept only the cluster token. Without one we dial nobody: they would refuse us, and
-        # our node secret is not for sending (see Agent.peer_secret).
-        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        # Peers accept only requests signed under a tracker ticket. Without one we dial nobody: they
+        # would refuse us, and our node secret is not for sending (see Agent.peer_secret).
+        self.identity = identity
+        self.scheme = scheme
         self._dialing: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.on_change: Callable[[], None] = lambda: None
@@ -104,13 +112,16 @@ class Neighbourhood:
 
     def wants_more(self) -> bool:
         """Whether a tracker handout could add a neighbour (we dial up to ``limit``)."""
-        return self._headers is not None and len(self.peers) + len(self._dialing) < self.limit
+        return self._can_dial() and len(self.peers) + len(self._dialing) < self.limit
+
+    def _can_dial(self) -> bool:
+        return self.identity is not None and self.identity.can_dial()
 
     def connect(self, entries: Iterable[wire.PeerInfo], blob: str) -> None:
         """Dial new peers from a tracker handout and offer our bitfield of ``blob`` to everyone."""
         for nb in list(self.peers.values()):
             self._offer(nb, blob)
-        if self._headers is None:
+        if not self._can_dial():
             return
         wanted = [e for e in entries if e.node != self.host.node and e.node not in self.banned]
         for entry in wanted:
@@ -127,10 +138,13 @@ class Neighbourhood:
         task.add_done_callback(self._tasks.discard)
 
     async def _dial(self, entry: wire.PeerInfo, blob: str) -> None:
+        assert self.identity is not None
+        headers = {"Authorization": self.identity.peer_authorization("GET", "/v1/control", entry.node)}
         try:
             ws = await self.session.ws_connect(
-                f"http://{entry.addr}/v1/control", headers=self._headers, heartbeat=15.0,
+                f"{self.scheme}://{entry.addr}/v1/control", headers=headers, heartbeat=15.0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=wire.MAX_FRAME,
+                ssl=self.host.ssl if self.host.ssl is not None else True,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.info("dial failed", extra={"peer": entry.node, "addr": entry.addr, "error": str(e)})
@@ -160,6 +174,12 @@ class Neighbourhood:
             await ws.close(code=aiohttp.WSCloseCode.PROTOCOL_ERROR, message=str(e)[:120].encode())
             return ws
         assert isinstance(hello, wire.Hello)
+        signer = request.get(PEER_NODE)
+        if signer is not None and hello.node != signer:
+            # The ticket says who is calling: a node cannot join as another (bans stick to it).
+            log.warning("peer said hello as another node", extra={"peer": signer, "hello": hello.node[:128]})
+            await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"hello from another node")
+            return ws
         if hello.node in self.banned or hello.node == self.host.node:
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"not accepted")
             return ws

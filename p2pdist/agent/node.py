@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from p2pdist.agent.identity import NodeIdentity
 from p2pdist.agent.metrics import AgentMetrics
 from p2pdist.agent.neighbours import Neighbour, Neighbourhood
 from p2pdist.agent.origin import Credentials, OriginClient
@@ -23,6 +24,7 @@ from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.store import Store
+from p2pdist.tls import client_context
 
 from ..errors import P2pdistError
 
@@ -37,20 +39,22 @@ class UpstreamNotAllowed(P2pdistError):
 
 class Agent:
     def __init__(self, config: AgentConfig, node: str, session: aiohttp.ClientSession,
-                 node_secret: str = "") -> None:
+                 node_secret: str = "", identity: NodeIdentity | None = None) -> None:
         self.config = config
-        # What the peer port asks of callers: the cluster token, else this node's own secret. We send
-        # only the cluster token: the node secret never leaves this node, since without a token the
-        # tracker is open and anyone could announce themselves as a peer to collect it.
-        self.peer_secret = config.cluster_token or node_secret
-        self.node = node
+        # Who we are to the tracker and peers (signed requests, tickets); None: a node on its own,
+        # whose peer port takes only this node's own secret. That secret never leaves this node.
+        self.identity = identity
+        self.peer_secret = node_secret
+        self.node = identity.node if identity is not None else node
         self.addr = config.advertise
         self.session = session
+        # TLS towards the tracker and peers: the cluster CA when configured (None = aiohttp's default).
+        self.ssl = client_context(config.tls_ca) if config.tls_ca is not None else None
         self.metrics = AgentMetrics()
         self.store = Store(config.data_dir / "store", capacity=config.capacity or None)
-        self.tracker = TrackerClient(session, config.tracker, config.cluster_token) if config.tracker else None
-        self.neighbours = Neighbourhood(self, session, config.cluster_token, config.limits.neighbours,
-                                        config.limits.peer_concurrency)
+        self.tracker = TrackerClient(session, config.tracker, identity, ssl=self.ssl) if config.tracker else None
+        self.neighbours = Neighbourhood(self, session, identity, config.limits.neighbours,
+                                        config.limits.peer_concurrency, scheme=config.peer_scheme)
         self.neighbours.on_change = lambda: self.metrics.neighbours.set(len(self.neighbours.peers))
         self.swarms: dict[str, Swarm] = {}
         self._downloads: dict[str, asyncio.Task[Path]] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl as _ssl
+from collections.abc import Callable
 
 import aiohttp
 
@@ -25,19 +27,22 @@ class PeerBusy(PeerError):
 
 async def fetch_piece(
     session: aiohttp.ClientSession, addr: str, blob: str, offset: int, length: int,
-    *, token: str = "", timeout: float = 30.0,
+    *, sign: Callable[[str, str], str] | None = None, scheme: str = "http", ssl: _ssl.SSLContext | None = None,
+    timeout: float = 30.0,
 ) -> bytes:
-    """One piece from ``addr`` (the caller verifies it); ``token`` is the cluster token.
+    """One piece from ``addr`` (the caller verifies it); ``sign(path, range)`` gives the request's
+    Authorization (our ticket and signature, meant for this peer only).
 
-    Without a cluster token the request goes out bare and the peer refuses it (401, a PeerError):
-    our node secret opens only our own peer port and is never sent to anyone.
+    Without it the request goes out bare and the peer refuses it (401, a PeerError): our node secret
+    opens only our own peer port and is never sent to anyone.
     """
+    path = f"/v1/blobs/{blob}"
     headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if sign is not None:
+        headers["Authorization"] = sign(path, headers["Range"])
     try:
         async with session.get(
-            f"http://{addr}/v1/blobs/{blob}", headers=headers,
+            f"{scheme}://{addr}{path}", headers=headers, ssl=ssl if ssl is not None else True,
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(5.0, timeout)),
         ) as resp:
             if resp.status == 503:

@@ -3,8 +3,8 @@
 ``GET /v1/blobs/<digest>`` with a single ``Range`` is answered only when every piece covering the
 range is verified here (complete blob, or verified pieces of a partial). Busy peers say 503 so the
 asker goes elsewhere instead of queueing behind us; neighbours also hear our free slots (ROOM) and
-rarely ask a full peer at all. Everything but ``/healthz`` needs the cluster token (or, on a node
-without one, its node secret): see ``auth``.
+rarely ask a full peer at all. Everything but ``/healthz`` needs a request signed under a tracker
+ticket (or, on a node on its own, its node secret): see ``auth``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from p2pdist.agent.auth import cluster_auth
+from p2pdist.agent.auth import peer_auth
 from p2pdist.agent.sendfile import SentFile
 from p2pdist.core.digest import Digest, DigestError
 from p2pdist.store import BlobNotFound
@@ -32,10 +32,10 @@ def _error(status: type[web.HTTPException], text: str) -> web.HTTPException:
 
 
 def build_app(agent: Agent) -> web.Application:
-    # Data and control need the cluster token, or this node's own secret without one: loopback too,
-    # so a local process cannot read pieces of images it was never allowed to pull.
-    credential = "cluster token" if agent.config.cluster_token else "node secret"
-    app = web.Application(middlewares=[cluster_auth(agent.peer_secret, credential)])
+    # Data and control need a signed request from a node of the cluster, or this node's own secret
+    # on a node on its own: loopback too, so a local process cannot read pieces of images it was
+    # never allowed to pull.
+    app = web.Application(middlewares=[peer_auth(agent.identity, agent.peer_secret)])
 
     async def blob_range(request: web.Request) -> web.StreamResponse:
         try:

@@ -576,9 +576,12 @@ class Swarm:
         nb: Neighbour = req.peer  # type: ignore[assignment]
         status = machine.CANCELLED  # unless it ends otherwise: cancelled with the download
         try:
+            identity = self.agent.identity
+            sign = None if identity is None else (
+                lambda path, rng: identity.peer_authorization("GET", path, nb.node, rng))
             data = await self._within_deadline(dl, req, fetch_piece(
                 self.agent.session, nb.addr, self.blob, self.layout.offset(req.index), req.length,
-                token=cfg.cluster_token, timeout=cfg.limits.piece_timeout,
+                sign=sign, scheme=cfg.peer_scheme, ssl=self.agent.ssl, timeout=cfg.limits.piece_timeout,
             ))
             if data is None:
                 status = machine.TIMEOUT

@@ -12,11 +12,13 @@ from aiohttp import web
 
 from p2pdist import USER_AGENT, mirror
 from p2pdist.agent import api, auth, peer_server
+from p2pdist.agent.identity import load_identity
 from p2pdist.agent.node import Agent
-from p2pdist.config import AgentConfig, node_id, split_hostport
+from p2pdist.config import AgentConfig, ConfigError, node_id, split_hostport
 from p2pdist.core import wire
 from p2pdist.mirror.server import OciServer
 from p2pdist.serving import CappedServer, ServerRunner, raise_file_limit
+from p2pdist.tls import CertError, server_context
 
 log = logging.getLogger("p2pdist.daemon")
 
@@ -25,32 +27,37 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
     # Owner only: the store holds layers of private images, and the node secret lives here.
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _warn_if_open(config.data_dir)
-    node = node_id(config)
-    secret = "" if config.cluster_token else _node_secret(config)
+    try:
+        identity = load_identity(config, lambda: node_id(config))
+        peer_tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    except (ConfigError, CertError) as e:
+        raise SystemExit(f"p2pdist: cannot start: {e}") from None
+    node = identity.node if identity is not None else node_id(config)
+    secret = "" if identity is not None else _node_secret(config)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=64)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      headers={"User-Agent": USER_AGENT}) as session:
-        agent = Agent(config, node, session, node_secret=secret)
+        agent = Agent(config, node, session, node_secret=secret, identity=identity)
         runners = []
-        apps = [(peer_server.build_app(agent), config.peer_listen, CappedServer),
-                (api.build_app(agent), config.api_listen, CappedServer)]
+        apps = [(peer_server.build_app(agent), config.peer_listen, CappedServer, peer_tls),
+                (api.build_app(agent), config.api_listen, CappedServer, None)]
         if config.mirror.listen:
-            apps.append((mirror.build_app(agent), config.mirror.listen, OciServer))
+            apps.append((mirror.build_app(agent), config.mirror.listen, OciServer, None))
         limits = config.limits
         raise_file_limit(len(apps) * limits.max_connections + 1024)  # and the client side's sockets
-        for app, listen, server_class in apps:
+        for app, listen, server_class, tls in apps:
             app._client_max_size = wire.MAX_FRAME
             runner = ServerRunner(app, access_log=None, handle_signals=False, server_class=server_class,
                                   idle_timeout=limits.idle_timeout, max_connections=limits.max_connections)
             await runner.setup()
             host, port = split_hostport(listen)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
             runners.append(runner)
         await agent.start()
         log.info("agent ready", extra={"node": node, "peer": config.peer_listen, "api": config.api_listen,
                                         "mirror": config.mirror.listen or "off",
                                         "tracker": config.tracker or "none", "data_dir": str(config.data_dir),
-                                        "peer_auth": "cluster token" if config.cluster_token else "node secret"})
+                                        "peer_auth": _peer_auth(config), "peer_tls": peer_tls is not None})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,6 +71,12 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
             await agent.close()
             for runner in runners:
                 await runner.cleanup()
+
+
+def _peer_auth(config: AgentConfig) -> str:
+    if config.node_credential:
+        return "node credential"
+    return "cluster secret" if config.cluster_token else "node secret"
 
 
 def _node_secret(config: AgentConfig) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from p2pdist import __version__, config, logs
-from p2pdist.cli import configure, demo
+from p2pdist.cli import certs, configure, demo
 from p2pdist.cli import simulate as simulate_cmd
 
 DAEMON_EXAMPLES = """\
@@ -65,7 +65,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="allow this origin registry (repeatable; http:// = plain HTTP). Also $P2PDIST_UPSTREAMS "
                         "(comma-separated). docker.io is allowed by default")
     d.add_argument("--mirror-listen", help="HOST:PORT of the registry mirror (default 127.0.0.1:65001, '' = off)")
-    d.add_argument("--cluster-token", help="shared cluster secret (prefer $P2PDIST_CLUSTER_TOKEN)")
+    d.add_argument("--node-credential", metavar="FILE",
+                   help="this node's credential from `p2pdist certs issue` (names the node id); "
+                        "or $P2PDIST_NODE_CREDENTIAL")
+    d.add_argument("--cluster-token", help="the cluster secret itself, for a trusted node: it derives its own "
+                                           "credential (prefer $P2PDIST_CLUSTER_TOKEN, or --node-credential)")
+    d.add_argument("--tls-ca", help="cluster CA (ca.pem) to check the tracker's and peers' certificates")
+    d.add_argument("--tls-cert", help="this node's certificate: the peer port serves HTTPS (with --tls-key)")
+    d.add_argument("--tls-key", help="the key of --tls-cert")
     d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     f = sub.add_parser("fetch", help="fetch a blob through the running daemon",
@@ -78,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # Commands in their own modules: each brings its parser and its runner.
     configure.add_parser(sub)
+    certs.add_parser(sub)
     demo.add_parser(sub)
     simulate_cmd.add_parser(sub)
     return p
@@ -90,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         from p2pdist.cli.fetch import run_fetch
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
-    runners = {"configure": configure.run, "demo": demo.run, "simulate": simulate_cmd.run}
+    runners = {"configure": configure.run, "certs": certs.run, "demo": demo.run, "simulate": simulate_cmd.run}
     return runners[args.command](args)
 
 
 def _daemon(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "tracker", "peer_listen", "peer_advertise", "api_listen", "data_dir", "node_id", "zone", "rack",
-        "capacity", "cluster_token", "log_level", "upstream")}
+        "capacity", "cluster_token", "node_credential", "tls_ca", "tls_cert", "tls_key", "log_level", "upstream")}
     if args.mirror_listen is not None:
         overrides["mirror"] = {"listen": args.mirror_listen}
     try:

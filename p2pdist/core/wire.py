@@ -184,6 +184,7 @@ class Announce(Message):
         "blob": _digest, "size": _opt_int(), "have": _int(), "complete": _bool, "load": _int(0, 1 << 20),
         "event": _choice(*EVENTS), "want_leases": _int(0, 16),
         "digests": _list(_piece_digest), "digest_pos": _int(), "streaming": _bool, "wants_peers": _bool,
+        "peer_key": _bytes(32),
     }
     node: str
     addr: str
@@ -204,6 +205,9 @@ class Announce(Message):
     # False: the agent's neighbourhood is full, so the tracker skips the handout (its cost per
     # announce grows with the blob's peers). Absent (older agents): True.
     wants_peers: bool = True
+    # The node's Ed25519 public key for peer requests: the tracker answers with a ticket for it
+    # (core.identity). Empty: no ticket wanted.
+    peer_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ class AnnounceReply(Message):
     CHECKS: ClassVar[dict[str, Any]] = {
         "interval": _num(0.0, 86400.0), "size": _opt_int(), "piece_size": _opt_int(1, 1 << 32),
         "peers": _list(_peer, 1024), "digests": _list(_piece_digest), "digest_pos": _int(),
-        "leases": _list(_lease, 64), "reset": _bool,
+        "leases": _list(_lease, 64), "reset": _bool, "ticket": _text(512),
     }
     interval: float
     size: int | None = None
@@ -222,6 +226,7 @@ class AnnounceReply(Message):
     digest_pos: int = 0
     leases: list[tuple[int, int, float]] = field(default_factory=list)
     reset: bool = False  # the tracker forgot this blob's digests: drop the cursor and start over
+    ticket: str = ""  # a new peer ticket for the announce's peer_key, when the last one nears expiry
 
 
 @dataclass(frozen=True)

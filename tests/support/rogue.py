@@ -1,4 +1,4 @@
-"""A rogue node for hostile tests: it holds a valid cluster token and speaks the real protocol
+"""A rogue node for hostile tests: it holds a valid node credential and speaks the real protocol
 (``p2pdist.core.wire`` announces to the real tracker, the peer port's WebSocket control channel
 and range GETs), and lies in one of these ways (``MODES``):
 
@@ -10,7 +10,8 @@ and range GETs), and lies in one of these ways (``MODES``):
 - ``wrong-bytes``: says it holds the whole blob (a seeder) and serves garbage;
 - ``silent``: says it holds the whole blob, accepts piece requests and never answers them;
 - ``not-found``: says it holds the whole blob and answers 404 to every piece request;
-- ``new-id``: like ``wrong-bytes``, under a new node id on every announce (to escape bans).
+- ``new-id``: like ``wrong-bytes``, under a new node id on every announce (to escape bans), signed
+  with the one credential it holds.
 
 It runs on its own event loop in a thread of the test process; ``stop()`` closes everything.
 """
@@ -30,6 +31,7 @@ from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.layout import PieceLayout
 from p2pdist.core.manifest import piece_digest
+from tests.support.identity import Caller
 from tests.support.registry import free_port
 
 MODES = ("forged-lease", "forged-seeder", "forged-size", "wrong-bytes", "silent", "not-found", "new-id")
@@ -44,8 +46,9 @@ def garbage(index: int, length: int) -> bytes:
 class Rogue:
     def __init__(self, tracker: str, token: str, blob: str, size: int, mode: str, name: str = "rogue") -> None:
         assert mode in MODES, mode
-        self.tracker, self.token, self.blob, self.size, self.mode = tracker, token, blob, size, mode
+        self.tracker, self.blob, self.size, self.mode = tracker, blob, size, mode
         self.name = name
+        self.caller = Caller(token, name)  # its credential: for ``name`` only
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.layout: PieceLayout | None = None
@@ -102,9 +105,8 @@ class Rogue:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port)
         await site.start()
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/msgpack"}
         try:
-            async with aiohttp.ClientSession(headers=headers) as session:
+            async with aiohttp.ClientSession() as session:
                 while not self._stopping.is_set():
                     await self._announce(session)
                     self._ready.set()
@@ -132,7 +134,8 @@ class Rogue:
                             digests=digests[: wire.MAX_LIST])
         self.announces += 1
         try:
-            async with session.post(f"{self.tracker}/v1/announce", data=wire.encode(msg)) as resp:
+            body = wire.encode(msg)
+            async with session.post(f"{self.tracker}/v1/announce", data=body, headers=self.caller.tracker(body)) as resp:
                 body = await resp.read()
                 if resp.status != 200:
                     self.refused.append(resp.status)
