@@ -76,8 +76,9 @@ ranges = st.one_of(st.none(), st.sampled_from(["bytes=0-0", "bytes=0-", "bytes=-
                                                "bytes=" + "9" * 5000 + "-"]))
 SIGNED = "signed"  # a valid signature for the request as sent, made in the test (they are single-use)
 FUZZER = Caller(TOKEN, "fuzzer")
-auths = st.one_of(st.none(), st.sampled_from([SIGNED, SIGNED, f"Bearer {TOKEN}", "Bearer wrong", "Basic Zm9vOmJhcg==", "Bearer ",
-                                              "Basic !!!", "Bearer " + "a" * 5000]))
+auths = st.one_of(st.none(), st.sampled_from([SIGNED, SIGNED, f"Bearer {TOKEN}", "Bearer wrong", "Basic Zm9vOmJhcg==",
+                                              "Bearer ", "Basic !!!", "Bearer " + "a" * 5000, "P2P-Node x.1.2.3.4",
+                                              "P2P-Ticket " + "a" * 4000 + ";1.2.3"]))
 headers_extra = st.dictionaries(st.sampled_from(["Accept", "Content-Type", "X-Forwarded-For", "Upgrade",
                                                  "Content-Encoding", "Transfer-Encoding-Not"]),
                                 st.text("abcdefghijklmnopqrstuvwxyz/+*;=.,0123456789 ", max_size=200), max_size=3)

@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.core.identity import NodeCredential, TicketChecker, public_bytes, sign_request
@@ -121,8 +120,8 @@ def signed(body: Any) -> dict[str, str]:
 async def post(http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
                ) -> tuple[int, Any]:
     async with http.post(f"{url}/v1/announce", data=body,
-                         headers={"Content-Type": "application/msgpack", **(signed(body) if headers is None else headers)}
-                         ) as resp:
+                         headers={"Content-Type": "application/msgpack",
+                                  **(signed(body) if headers is None else headers)}) as resp:
         raw = await resp.read()
         if resp.content_type == "application/msgpack":
             return resp.status, decode(raw, expect=(AnnounceReply,))

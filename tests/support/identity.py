@@ -13,7 +13,12 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.core.identity import (
-    NodeCredential, issue_ticket, public_bytes, sign_peer_request, sign_request, ticket_signer,
+    NodeCredential,
+    issue_ticket,
+    public_bytes,
+    sign_peer_request,
+    sign_request,
+    ticket_signer,
 )
 
 

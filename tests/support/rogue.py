@@ -135,7 +135,8 @@ class Rogue:
         self.announces += 1
         try:
             body = wire.encode(msg)
-            async with session.post(f"{self.tracker}/v1/announce", data=body, headers=self.caller.tracker(body)) as resp:
+            headers = self.caller.tracker(body)
+            async with session.post(f"{self.tracker}/v1/announce", data=body, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status != 200:
                     self.refused.append(resp.status)
