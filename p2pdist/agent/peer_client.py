@@ -66,6 +66,10 @@ async def _read_body(resp: aiohttp.ClientResponse, length: int) -> bytearray:
     that will not be sent."""
     transport = resp.connection.transport if resp.connection is not None else None
     sock = transport.get_extra_info("socket") if transport is not None else None
+    if transport is not None and transport.get_extra_info("sslcontext") is not None:
+        # TLS: bytes the loop already decrypted wait in its buffer, not the socket's; a low-water
+        # mark on the socket would then hold back a wake-up for bytes that are never sent.
+        sock = None
     content = resp.content
     data = bytearray()
     mark = 1  # the socket's low-water mark: the default, as the pool hands connections out

@@ -55,7 +55,7 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str, what: str, length: int | None = None) -> bytes:
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise AuthError(f"{what} is not URL-safe base64") from None
     if length is not None and len(data) != length:

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,14 +24,27 @@ ROOT = Path(__file__).resolve().parents[2]
 SESSION_TOKEN = secrets.token_hex(16)
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, deadline: float = 20.0) -> None:
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server's certificate and key, and the cluster CA that checks everyone's (``p2pdist certs``)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, deadline: float = 20.0,
+              context: ssl.SSLContext | None = None) -> None:
     """Poll until ``url`` answers; fail early if the process died."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process {proc.args} exited with {proc.returncode} before answering {url}")
         try:
-            with urllib.request.urlopen(url, timeout=1.0):
+            with urllib.request.urlopen(url, timeout=1.0, context=context):
                 return
         except urllib.error.HTTPError:
             return  # it answers, even if not with 200
@@ -83,27 +97,30 @@ class Tracker(Proc):
     """``token`` None: the session's shared cluster token; "": authentication off."""
 
     def __init__(self, workdir: Path, token: str | None = None, extra: list[str] | None = None,
-                 port: int = 0) -> None:
+                 port: int = 0, tls: TlsFiles | None = None) -> None:
         self.port = port or free_port()  # a port: a tracker restarted where its agents look for it
         self.token = SESSION_TOKEN if token is None else token
+        self.tls = tls
         args = [sys.executable, "-m", "tracker", "--listen", f"127.0.0.1:{self.port}", *(extra or [])]
+        if tls is not None:
+            args += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         # In the environment, not a flag (which every local user could read in ps); set even when
         # empty, so a token in the environment of the test run does not leak in.
         super().__init__(args, workdir / f"tracker-{self.port}.log", {"P2PDIST_TRACKER_CLUSTER_TOKEN": self.token})
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> Tracker:
         super().start()
-        wait_http(self.url + "/healthz", self.popen)
+        wait_http(self.url + "/healthz", self.popen, context=self.tls.context() if self.tls else None)
         return self
 
     def metrics(self, token: str | None = None) -> dict[str, float]:
         token = self.token if token is None else token
         request = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5, context=self.tls.context() if self.tls else None) as resp:
             return parse_metrics(resp.read().decode())
 
 
@@ -122,7 +139,8 @@ class AgentProc(Proc):
 
     def __init__(self, workdir: Path, name: str, tracker: str, token: str | None = None,
                  extra_env: dict[str, str] | None = None, data_dir: Path | None = None,
-                 upstreams: list[str] | None = None, mirror: bool = False) -> None:
+                 upstreams: list[str] | None = None, mirror: bool = False,
+                 credential: Path | None = None, tls: TlsFiles | None = None) -> None:
         self.name = name
         self.peer_port, self.api_port = free_port(), free_port()
         self.data_dir = data_dir or workdir / name
@@ -141,6 +159,11 @@ class AgentProc(Proc):
             env.setdefault("P2PDIST_MIRROR_DEFAULT_UPSTREAM", first)
         self.token = SESSION_TOKEN if token is None else token
         env["P2PDIST_CLUSTER_TOKEN"] = self.token  # even when empty: nothing leaks in from the test run
+        if credential is not None:
+            env["P2PDIST_NODE_CREDENTIAL"] = str(credential)
+        if tls is not None:
+            env.update({"P2PDIST_TLS_CA": str(tls.ca), "P2PDIST_TLS_CERT": str(tls.cert),
+                        "P2PDIST_TLS_KEY": str(tls.key)})
         super().__init__(args, workdir / f"{name}.log", env)
 
     @property
