@@ -24,6 +24,7 @@ import pytest
 
 from p2pdist.core.wire import Announce, AnnounceReply, decode, encode
 from tests.support.clients import Containerd, Dockerd, NetNS, Podman, Skopeo
+from tests.support.identity import Caller
 from tests.support.images import OciImage, build_image, file_sha256
 from tests.support.procs import AgentProc
 from tests.support.pulls import (
@@ -200,15 +201,15 @@ def test_a_cold_pull_asks_no_blob_size_of_the_registry(tmp_path: Path, cluster: 
 
 def test_a_forged_size_at_the_tracker_does_not_break_a_mirror_pull(tmp_path: Path, cluster: Cluster,
                                                                    image: OciImage) -> None:
-    """A node with the cluster token announces the big layer with a wrong size first. The mirror's
+    """A node with a valid credential announces the big layer with a wrong size first. The mirror's
     download trusts the size from the manifest (the root of trust), and the tracker keys swarms by
     digest and size: the pull joins the real swarm, the forged one stays the rogue's."""
     registry = cluster.registry
     big = image.big_layer
     forged = Announce(node="rogue", addr="127.0.0.1:9", blob=big.digest, size=big.size + 4096, want_leases=1)
-    request = urllib.request.Request(
-        cluster.tracker.url + "/v1/announce", data=encode(forged), method="POST",
-        headers={"Content-Type": "application/msgpack", "Authorization": f"Bearer {cluster.tracker.token}"})
+    body = encode(forged)
+    request = urllib.request.Request(cluster.tracker.url + "/v1/announce", data=body, method="POST",
+                                     headers=Caller(cluster.tracker.token, "rogue").tracker(body))
     with urllib.request.urlopen(request, timeout=10) as resp:
         reply = decode(resp.read(), expect=(AnnounceReply,))
     assert reply.size == big.size + 4096  # a swarm of that size, the rogue's own

@@ -252,7 +252,7 @@ async def test_a_signed_announce_with_a_peer_key_gets_a_ticket_for_it(tracker: P
     assert status == 200
     ticket, _ = TicketChecker(Caller(TOKEN).credential.ticket_key, "anyone").ticket(reply.ticket, time.time())
     assert (ticket.node, ticket.peer_key) == ("ticketed", key)
-    assert 800 < ticket.expires - time.time() <= 900  # the default ticket_ttl
+    assert 3500 < ticket.expires - time.time() <= 3600  # the default ticket_ttl
     _, again = await post(http, tracker.url, announce_body("ticketed"))
     assert again.ticket == ""  # asked for only with a peer key
 

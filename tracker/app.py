@@ -29,6 +29,7 @@ from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
 from p2pdist.logs import log_event
 
 from .config import TrackerConfig
+from .errors import TrackerError
 from .metrics import TrackerMetrics
 from .service import AnnounceError, handle_announce, memory_state
 from .state import TrackerState
@@ -83,8 +84,8 @@ NODE = web.RequestKey("node", str)  # the node that signed the request (absent w
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Oversize(Exception):
-    pass
+class Oversize(TrackerError):
+    """A request body past the wire's frame limit (413)."""
 
 
 async def _body(request: web.Request) -> bytes:

@@ -40,8 +40,9 @@ class TrackerConfig(Settings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # Seconds a peer ticket is good for; agents renew at half-life through their announces. A banned
-    # node is off every peer port within this.
-    ticket_ttl: float = Field(900.0, ge=60.0, le=86400.0)
+    # node is off every peer port within this (and is handed out to nobody at once); agents keep
+    # trading through a tracker outage for at least half of it.
+    ticket_ttl: float = Field(3600.0, ge=60.0, le=86400.0)
     # A peer that has not announced for this long is no longer handed out (agents announce every
     # few seconds, so 30 s survives a few lost announces).
     peer_ttl: float = Field(30.0, gt=0)

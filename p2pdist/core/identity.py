@@ -14,7 +14,7 @@ Pure (no I/O): the tracker, the agent and the tests share it.
   over the node id, the node's own Ed25519 public key and an expiry, handed out in announce replies)
   and the node's Ed25519 signature over the request and the peer it is meant for. Peers need no
   secret at all, only the tracker's public key, which the credential carries. A banned node gets no
-  new ticket, so it leaves every peer port within ``TICKET_TTL``.
+  new ticket, so it leaves every peer port within the tracker's ``ticket_ttl``.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..errors import P2pdistError
+
 CREDENTIAL_PREFIX = "p2pdist-node-1"
 NODE_SCHEME = "P2P-Node"
 TICKET_SCHEME = "P2P-Ticket"
 MAX_SKEW = 300.0  # seconds a request's timestamp may differ from the verifier's clock (NTP-synced hosts)
 REPLAY_WINDOW = 30.0  # a node's requests may arrive this far out of order; older ones are refused
-TICKET_TTL = 900.0  # seconds a peer ticket is good for; renewed at half-life through announces
 DERIVED_TTL = 10 * 365 * 86400  # a node that holds the cluster secret derives a long-lived credential
 MAX_NODE_ID = 128  # as the wire's node field
 _NONCE = re.compile(r"[0-9a-f]{16}")
@@ -45,7 +46,7 @@ _NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _MAX_HEADER = 4096
 
 
-class AuthError(ValueError):
+class AuthError(P2pdistError, ValueError):
     """A credential or signed request that does not hold; the message says why (never a secret)."""
 
 
