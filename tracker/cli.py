@@ -13,6 +13,7 @@ from aiohttp import web
 
 from p2pdist.logs import log_event
 from p2pdist.logs import setup as setup_logging
+from p2pdist.loop import run
 from p2pdist.serving import ServerRunner, raise_file_limit
 from p2pdist.tls import CertError, server_context
 
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     try:
-        asyncio.run(serve(config))
+        run(serve(config), tls=config.tls_cert is not None)
     except CertError as e:
         print(f"p2pdist-tracker: error: {e}", file=sys.stderr)
         return 2

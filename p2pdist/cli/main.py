@@ -10,6 +10,7 @@ from pathlib import Path
 from p2pdist import __version__, config, logs
 from p2pdist.cli import certs, configure, demo
 from p2pdist.cli import simulate as simulate_cmd
+from p2pdist.loop import run
 
 DAEMON_EXAMPLES = """\
 examples:
@@ -116,7 +117,7 @@ def _daemon(args: argparse.Namespace) -> int:
     logs.setup(cfg.log_level)
     from p2pdist.cli.daemon import serve
     try:
-        asyncio.run(serve(cfg))
+        run(serve(cfg), tls=cfg.tls_cert is not None)
     except OSError as e:
         print(f"p2pdist: cannot start: {e} (is another daemon using these ports? see --peer-listen/--api-listen)",
               file=sys.stderr)
