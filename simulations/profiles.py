@@ -163,7 +163,8 @@ class ScoredParents:
     name: str = "scored-parents"
 
     def handout(
-        self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random
+        self, asker: PeerInfo, candidates: Sequence[PeerInfo], limit: int, rng: random.Random,
+        near: object = None,
     ) -> list[PeerInfo]:
         ahead = [p for p in candidates if p.node != asker.node and (p.complete or p.have > asker.have)]
         if not ahead:

@@ -30,6 +30,7 @@ from p2pdist.logs import log_event
 
 from .config import TrackerConfig
 from .errors import TrackerError
+from .gc_tuning import FREEZE_EVERY, Freezer
 from .metrics import TrackerMetrics
 from .service import AnnounceError, handle_announce, memory_state
 from .state import TrackerState
@@ -189,14 +190,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Forget idle blobs even when nobody announces, so the gauges and memory follow."""
+    """Forget idle blobs even when nobody announces, so the gauges and memory follow; keep the
+    long-lived state out of the garbage collector's passes (gc_tuning)."""
     tracker = app[TRACKER]
+    freezer = Freezer()
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(min(5.0, tracker.config.peer_ttl))
+            await asyncio.sleep(min(FREEZE_EVERY, tracker.config.peer_ttl))
             for digest in tracker.state.sweep(tracker.clock()):
                 tracker.emit("blob_dropped", blob=digest)
+            freezer.tick(time.monotonic())
 
     task = asyncio.create_task(loop())
     yield

@@ -171,7 +171,8 @@ def handle_announce(
     handed: list[PeerInfo] = []
     if msg.wants_peers:  # an agent with a full neighbourhood would ignore them: no scan of the peers
         policy = policy or HANDOUTS[config.handout_policy]()
-        handed = policy.handout(asker, blob.live_peers(), config.handout_size, rng)
+        near = blob.near_peers(asker.zone, asker.rack) if asker.zone else None
+        handed = policy.handout(asker, blob.live_peers(), config.handout_size, rng, near)
         if any(state.standing(p.node).banned(now) for p in handed):
             handed = [p for p in handed if not state.standing(p.node).banned(now)]
     return AnnounceReply(

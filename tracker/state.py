@@ -103,6 +103,9 @@ class BlobRecord:
     # building a list of every peer on every announce.
     infos: list[PeerInfo] = field(default_factory=list)
     _slot: dict[str, int] = field(default_factory=dict)
+    # The same by zone and by rack (``near_key``), so a handout draws near peers from their own
+    # group instead of hoping a uniform sample of the whole swarm holds some.
+    groups: dict[str, PeerGroup] = field(default_factory=dict)
 
     def set_layout(self, layout: PieceLayout, book: LeaseBook) -> None:
         assert book.piece_count == layout.count, "the lease book must cover the layout's pieces"
@@ -150,7 +153,15 @@ class BlobRecord:
             self._slot[info.node] = len(self.infos)
             self.infos.append(info)
         else:
+            old = self.infos[slot]
             self.infos[slot] = info
+            if old.zone != info.zone or old.rack != info.rack:
+                self._ungroup(old)
+        for key in near_keys(info.zone, info.rack):
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = PeerGroup()
+            group.put(info)
         self._seq += 1
         heapq.heappush(self.seen, (now, self._seq, info.node))
         if len(self.seen) > 64 + 4 * len(self.peers):
@@ -167,6 +178,7 @@ class BlobRecord:
         self.probation.discard(node)
         slot = self._slot.pop(node, None)
         if slot is not None:
+            self._ungroup(self.infos[slot])
             last = self.infos.pop()
             if slot < len(self.infos):
                 self.infos[slot] = last
@@ -188,6 +200,55 @@ class BlobRecord:
     def live_peers(self) -> list[PeerInfo]:
         """Every live peer's info, in no particular order: the record's own list, not a copy."""
         return self.infos
+
+    def near_peers(self, zone: str, rack: str) -> tuple[list[PeerInfo], list[PeerInfo]]:
+        """The live peers in ``zone``'s ``rack`` and in ``zone`` (the records' own lists)."""
+        keys = near_keys(zone, rack)
+        found = [self.groups[k].infos if k in self.groups else [] for k in keys]
+        zone_peers = found[0] if found else []
+        rack_peers = found[1] if len(found) > 1 else []
+        return rack_peers, zone_peers
+
+    def _ungroup(self, info: PeerInfo) -> None:
+        for key in near_keys(info.zone, info.rack):
+            group = self.groups.get(key)
+            if group is not None:
+                group.remove(info.node)
+                if not group.infos:
+                    del self.groups[key]
+
+
+def near_keys(zone: str, rack: str) -> tuple[str, ...]:
+    """The groups a peer is in: its zone's, and its rack's (within the zone). Empty labels: none."""
+    if not zone:
+        return ()
+    return (f"z\0{zone}", f"r\0{zone}\0{rack}") if rack else (f"z\0{zone}",)
+
+
+@dataclass(slots=True)
+class PeerGroup:
+    """Peer infos in a list, each one's place kept: O(1) to put, replace and remove, and a list to
+    sample from."""
+
+    infos: list[PeerInfo] = field(default_factory=list)
+    slots: dict[str, int] = field(default_factory=dict)
+
+    def put(self, info: PeerInfo) -> None:
+        slot = self.slots.get(info.node)
+        if slot is None:
+            self.slots[info.node] = len(self.infos)
+            self.infos.append(info)
+        else:
+            self.infos[slot] = info
+
+    def remove(self, node: str) -> None:
+        slot = self.slots.pop(node, None)
+        if slot is None:
+            return
+        last = self.infos.pop()
+        if slot < len(self.infos):
+            self.infos[slot] = last
+            self.slots[last.node] = slot
 
 
 class TrackerState(Protocol):

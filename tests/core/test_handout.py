@@ -141,13 +141,35 @@ def test_large_swarms_rank_a_bounded_sample():
     ranked: list[PeerInfo] = []
 
     class Counting(random.Random):
-        def sample(self, population, k):  # the policy must shrink the field before sorting it
-            chosen = super().sample(population, k)
+        def choices(self, population, k):  # the policy must shrink the field before sorting it
+            chosen = super().choices(population, k=k)
             ranked.extend(chosen)
             return chosen
 
     got = LocalityFirst().handout(asker, [asker, *crowd], 16, Counting(3))
     assert len(got) == 16 and len({p.node for p in got}) == 16 and asker not in got
     assert len(ranked) == 16 * SAMPLE + 1 and set(got) <= set(ranked)  # one more, in case the asker is drawn
+    assert len(set(ranked)) > 16 * SAMPLE * 0.95  # repeats are rare in a swarm this large
     # Within the sample the ranking still holds: useful peers (more pieces than the asker) first.
     assert all(p.have > 0 for p in got)
+
+
+def test_with_the_asker_s_rack_and_zone_at_hand_near_peers_are_drawn_from_them():
+    """480 peers in 12 racks: a uniform sample of 129 holds about 10 of the asker's rack; drawn
+    from the rack's own list, the handout is all same-rack useful peers."""
+    crowd = [PeerInfo(f"n{i}", f"n{i}:1", zone=f"z{i % 2}", rack=f"r{i % 12}", have=9) for i in range(480)]
+    asker = PeerInfo("me", "me:1", zone="z1", rack="r5", have=1)
+    rack = [p for p in crowd if p.zone == "z1" and p.rack == "r5"]
+    zone = [p for p in crowd if p.zone == "z1"]
+    got = LocalityFirst().handout(asker, crowd, 16, random.Random(7), near=(rack, zone))
+    assert len(got) == 16 and all(p.rack == "r5" and p.zone == "z1" for p in got)
+    uniform = LocalityFirst().handout(asker, crowd, 16, random.Random(7))
+    assert sum(p.rack == "r5" and p.zone == "z1" for p in uniform) < 16  # what the index is for
+
+
+def test_near_peers_that_are_not_useful_yield_to_useful_ones_elsewhere():
+    rack = [PeerInfo(f"r{i}", f"r{i}:1", zone="z1", rack="r1", have=0) for i in range(40)]
+    far = [PeerInfo(f"f{i}", f"f{i}:1", zone="z2", rack="r9", have=50) for i in range(400)]
+    asker = PeerInfo("me", "me:1", zone="z1", rack="r1", have=3)
+    got = LocalityFirst().handout(asker, rack + far, 16, random.Random(1), near=(rack, rack))
+    assert len(got) == 16 and all(p.have > asker.have for p in got)
