@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +164,16 @@ async def _step(host: str, port: int, nodes: list[Node], rate: float, connection
             "max_ms": round(1000 * latencies[-1], 2) if latencies else None}
 
 
+def _published(host: str) -> int:
+    """Piece digests the tracker took as facts so far (its metrics): the generator's nodes lease
+    and report like agents, or this stays 0."""
+    request = urllib.request.Request(f"http://{host}/metrics", headers={"Authorization": f"Bearer {SECRET}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        text = resp.read().decode()
+    return int(sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("p2pdist_tracker_digests_accepted_total")))
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -195,6 +206,7 @@ def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, co
                                        connections, timeout, rng)
                     step["tracker_cpu_ms_per_announce"] = round(
                         1000 * (_cpu_seconds(proc.pid) - cpu) / max(1, sum(step["statuses"].values())), 3)
+                    step["digests_published"] = _published(host)
                     step.update({"nodes": nodes_count, "blobs": blobs})
                     print(json.dumps(step), flush=True)
                     results.append(step)

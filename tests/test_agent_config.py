@@ -70,10 +70,13 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ('log_level = "loud"\n', "log_level: Input should be 'debug', 'info', 'warning' or 'error', got 'loud'"),
         ('peer_listen = "65003"\n', "peer_listen: must be HOST:PORT"),
         ('peer_listen = "0.0.0.0:65003"\n', "peer_listen is not a loopback address but this node has no identity"),
+        ('tls_cert = "n.pem"\ntls_ca = "ca.pem"\n', "tls_cert and tls_key go together"),
+        ('tls_cert = "n.pem"\ntls_key = "n-key.pem"\n', "tls_cert needs tls_ca"),
         ('[[upstream]]\nusername = "x"\n', r"upstreams.0.registry: Field required"),
         ("limits = 3\n", "limits: Input should be a valid dictionary or instance of Limits"),
         ("not toml [", "is not valid TOML"),
         ('peer_listen = "0.0.0.0:65003"\ncluster_token = "s"\ncapacity = "50GiB"\n', None),
+        ('peer_listen = "0.0.0.0:65003"\nnode_credential = "/etc/p2pdist/n.credential"\ncapacity = "50GiB"\n', None),
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_named(tmp_path: Path, toml: str, message: str | None) -> None:

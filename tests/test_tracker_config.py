@@ -114,8 +114,28 @@ def test_cli_refuses_exposure_with_a_clear_error(capsys: pytest.CaptureFixture[s
 
 def test_help_teaches() -> None:
     text = build_parser().format_help()
-    for needle in ("examples:", "P2PDIST_TRACKER_PEER_TTL", "--listen HOST:PORT", "/v1/announce", "--insecure"):
+    for needle in ("examples:", "P2PDIST_TRACKER_PEER_TTL", "--listen HOST:PORT", "/v1/announce", "--insecure",
+                   "--tls-cert", "p2pdist certs"):
         assert needle in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("p2pdist-tracker ")
+
+
+@pytest.mark.parametrize("flags", [["--tls-cert", "x.pem"], ["--tls-key", "x-key.pem"]])
+def test_tls_cert_and_key_go_together(capsys: pytest.CaptureFixture[str], flags: list[str]) -> None:
+    assert main(["--listen", "127.0.0.1:0", *flags]) == 2
+    assert "tls_cert and tls_key go together" in capsys.readouterr().err
+
+
+def test_an_unreadable_tls_certificate_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "no.pem"),
+                 "--tls-key", str(tmp_path / "no-key.pem")]) == 2
+    assert "cannot load the TLS certificate" in capsys.readouterr().err
 
 
 def test_origin_slow_start_is_on_by_default_and_can_be_turned_off() -> None:

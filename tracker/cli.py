@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from p2pdist import __version__
 from p2pdist.logs import log_event
 from p2pdist.logs import setup as setup_logging
 from p2pdist.loop import run
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="p2pdist-tracker", description=DESCRIPTION, epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"p2pdist-tracker {__version__}")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:7070)")
     p.add_argument("--config", metavar="FILE", help="TOML file with settings (see below)")
     p.add_argument("--peer-ttl", type=float, metavar="SECONDS",
