@@ -180,18 +180,18 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, connections: int,
-            timeout: float, core: int, seed: int, extra: list[str]) -> list[dict]:
+            timeout: float, core: int, seed: int, extra: list[str], tree: Path = ROOT) -> list[dict]:
     rng = random.Random(seed)
     nodes = _nodes(nodes_count, blobs, rng)
     port = free_port()
     host = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-tracker-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2PDIST_")}
-        env.update({"PYTHONPATH": str(ROOT), "P2PDIST_TRACKER_CLUSTER_TOKEN": SECRET,
+        env.update({"PYTHONPATH": str(tree), "P2PDIST_TRACKER_CLUSTER_TOKEN": SECRET,
                     "P2PDIST_TRACKER_LOG_LEVEL": "warning"})
         with open(Path(tmp) / "tracker.log", "wb") as log:
             proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "tracker", "--listen", host,
-                                     *extra], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                     *extra], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
         try:
             wait_http(f"http://{host}/healthz", proc)
             results = []
@@ -231,16 +231,18 @@ def main() -> None:
     p.add_argument("--core", type=int, default=0, help="the CPU the tracker is pinned to")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tracker-arg", action="append", default=[], help="extra flag for the tracker")
+    p.add_argument("--tracker-tree", type=Path, default=ROOT,
+                   help="run the tracker from this checkout (a baseline, side by side; default: this one)")
     args = p.parse_args()
     os.sched_setaffinity(0, {c for c in os.sched_getaffinity(0) if c != args.core} or {args.core})
     rates = [float(r) for r in args.rates.split(",")]
     summary = []
     for blobs in (int(b) for b in args.blobs.split(",")):
         steps = run_one(args.nodes, blobs, rates, args.seconds, args.connections, args.timeout, args.core,
-                        args.seed, args.tracker_arg)
+                        args.seed, args.tracker_arg, args.tracker_tree)
         good = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] < 20
                 and s["answered_200_per_s"] >= 0.98 * s["offered_per_s"]]
-        summary.append({"nodes": args.nodes, "blobs": blobs,
+        summary.append({"tree": str(args.tracker_tree), "nodes": args.nodes, "blobs": blobs,
                         "max_rate_p99_under_20ms": max((s["offered_per_s"] for s in good), default=0),
                         "cpu_ms_per_announce": statistics.median(s["tracker_cpu_ms_per_announce"] for s in steps)})
     print(json.dumps({"summary": summary}))
