@@ -10,6 +10,8 @@ for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# systemd-analyze checks the shipped units' hardening (tests/test_deploy_systemd.py).
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 # The simulator's compiled core needs a C compiler and the headers of the Python that runs it.
 command -v gcc >/dev/null || missing+=(gcc)
 python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
