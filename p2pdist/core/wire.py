@@ -187,6 +187,12 @@ class PeerInfo(Message):
     complete: bool = False
     load: int = 0  # uploads in progress, as the peer last reported
 
+    def to_fields(self) -> dict[str, Any]:
+        # Spelled out: a reply carries up to handout_size of these, and the generic walk over the
+        # fields cost 1.3 us each (16 peers: 24 us of a reply's 27 us to encode).
+        return {"node": self.node, "addr": self.addr, "zone": self.zone, "rack": self.rack, "have": self.have,
+                "complete": self.complete, "load": self.load}
+
 
 EVENTS = ("started", "progress", "completed", "stopped", "corrupt")
 

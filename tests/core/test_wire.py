@@ -415,3 +415,10 @@ def test_room_out_of_range_or_wrong_type_is_refused(free):
     data = msgpack.packb({"v": VERSION, "t": "room", "free": free})
     with pytest.raises(WireError, match="free"):
         decode(data)
+
+
+def test_peer_info_encodes_every_field():
+    """PeerInfo spells its fields out for speed: a field added to the class must be added there too."""
+    info = PeerInfo("n", "a:1", "z", "r", 3, True, 2)
+    assert set(info.to_fields()) == {f.name for f in dataclasses.fields(PeerInfo)}
+    assert PeerInfo.from_fields(info.to_fields()) == info
