@@ -189,7 +189,7 @@ class PeerInfo(Message):
 
     def to_fields(self) -> dict[str, Any]:
         # Spelled out: a reply carries up to handout_size of these, and the generic walk over the
-        # fields cost 1.3 us each (16 peers: 24 us of a reply's 27 us to encode).
+        # fields cost 1.3 us each (a 16-peer reply: 24 us to encode, 11.6 us spelled out).
         return {"node": self.node, "addr": self.addr, "zone": self.zone, "rack": self.rack, "have": self.have,
                 "complete": self.complete, "load": self.load}
 
