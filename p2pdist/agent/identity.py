@@ -20,6 +20,7 @@ from p2pdist.config import AgentConfig, ConfigError
 from p2pdist.core.identity import (
     CREDENTIAL_PREFIX,
     DERIVED_TTL,
+    PEER_REPLAY_WINDOW,
     AuthError,
     NodeCredential,
     ReplayGuard,
@@ -43,7 +44,9 @@ class NodeIdentity:
         self._ticket_expires = 0.0
         self._renew_at = 0.0
         self._checker = TicketChecker(credential.ticket_key, self.node)
-        self._guard = ReplayGuard()
+        # A neighbour may ask for thousands of pieces a second on a fast network: a shorter window
+        # than the tracker's keeps what it costs bounded (PEER_REPLAY_WINDOW).
+        self._guard = ReplayGuard(window=PEER_REPLAY_WINDOW)
 
     # --- to the tracker ---------------------------------------------------------------------
 

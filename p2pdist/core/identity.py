@@ -39,6 +39,7 @@ NODE_SCHEME = "P2P-Node"
 TICKET_SCHEME = "P2P-Ticket"
 MAX_SKEW = 300.0  # seconds a request's timestamp may differ from the verifier's clock (NTP-synced hosts)
 REPLAY_WINDOW = 30.0  # a node's requests may arrive this far out of order; older ones are refused
+PEER_REPLAY_WINDOW = 10.0  # the same at a peer port, where requests come hundreds a second
 DERIVED_TTL = 10 * 365 * 86400  # a node that holds the cluster secret derives a long-lived credential
 MAX_NODE_ID = 128  # as the wire's node field
 _NONCE = re.compile(r"[0-9a-f]{16}")
@@ -276,37 +277,45 @@ class TicketChecker:
 
 
 class ReplayGuard:
-    """Each signed request is accepted once: per node, stamps seen within ``window`` of the newest.
-
-    Older stamps than that are refused outright, so memory per node is what it sends in ``window``
-    (capped at ``per_node``), and at most ``nodes`` nodes are remembered (the least recent forgotten).
+    """Each signed request is accepted once: per node, the stamps seen within ``window`` of its
+    newest. Older ones are refused outright, so a node costs what it sends in ``window`` (at most
+    ``per_node`` stamps, one int each), and at most ``nodes`` nodes are remembered (the least
+    recent forgotten). Old stamps are dropped once per half window, not on every request.
     """
 
-    def __init__(self, window: float = REPLAY_WINDOW, per_node: int = 8192, nodes: int = 100_000) -> None:
+    def __init__(self, window: float = REPLAY_WINDOW, per_node: int = 1 << 16, nodes: int = 100_000) -> None:
         self._window = int(window * 1_000_000)
         self._per_node = per_node
         self._nodes = nodes
-        self._seen: OrderedDict[str, tuple[list[int], set[tuple[int, str]]]] = OrderedDict()
+        self._seen: OrderedDict[str, _Stamps] = OrderedDict()
 
     def check(self, signed: Signed) -> None:
-        entry = self._seen.get(signed.node)
-        if entry is None:
-            entry = self._seen[signed.node] = ([signed.ts], set())
+        stamps = self._seen.get(signed.node)
+        if stamps is None:
+            stamps = self._seen[signed.node] = _Stamps(signed.ts, signed.ts, set())
             if len(self._seen) > self._nodes:
                 self._seen.popitem(last=False)
         else:
             self._seen.move_to_end(signed.node)
-        newest, seen = entry
-        stamp = (signed.ts, signed.nonce)
-        if signed.ts < newest[0] - self._window:
+        ts = signed.ts
+        if ts < stamps.newest - self._window:
             raise AuthError("request stamp older than the node's recent requests (a replay?)")
-        if stamp in seen:
+        key = (ts << 64) | int(signed.nonce, 16)
+        if key in stamps.keys:
             raise AuthError("request replayed")
-        if signed.ts > newest[0]:
-            newest[0] = signed.ts
-            if len(seen) >= self._per_node // 2:
-                floor = signed.ts - self._window
-                seen.difference_update([s for s in seen if s[0] < floor])
-        if len(seen) >= self._per_node:
+        if ts > stamps.newest:
+            stamps.newest = ts
+            if ts - stamps.pruned > self._window // 2:
+                floor = (ts - self._window) << 64
+                stamps.keys = {k for k in stamps.keys if k >= floor}
+                stamps.pruned = ts
+        if len(stamps.keys) >= self._per_node:
             raise AuthError("too many requests from this node in the replay window")
-        seen.add(stamp)
+        stamps.keys.add(key)
+
+
+@dataclass(slots=True)
+class _Stamps:
+    newest: int  # the node's newest stamp (µs)
+    pruned: int  # when its old stamps were last dropped
+    keys: set[int]  # (ts << 64) | nonce of each stamp in the window
