@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from p2pdist import __version__
 
 from .state import TrackerState
 
@@ -13,6 +23,9 @@ class TrackerMetrics:
     def __init__(self, state: TrackerState) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("p2pdist_tracker_build", "The tracker's version", registry=r).info({"version": __version__})
         self.announces = Counter("p2pdist_tracker_announces", "Announces received, by event", ["event"],
                                  registry=r)
         self.errors = Counter("p2pdist_tracker_errors", "Requests refused, by kind", ["kind"], registry=r)

@@ -1,4 +1,4 @@
-"""The agent's local control API (loopback): fetch with progress, status, metrics."""
+"""The agent's local control API (loopback): fetch with progress, status, metrics, health and readiness."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from p2pdist.agent.node import UpstreamNotAllowed
+from p2pdist.agent.readiness import Readiness
 from p2pdist.agent.swarm import FetchFailed
 from p2pdist.core.digest import DigestError
 from p2pdist.core.names import InvalidName
@@ -92,8 +93,16 @@ def build_app(agent: Agent) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "node": agent.node})
 
+    readiness = Readiness(agent)
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = await readiness.check()
+        ready = all(v == "ok" for v in checks.values())
+        return web.json_response({"ready": ready, "node": agent.node, "checks": checks}, status=200 if ready else 503)
+
     app.router.add_post("/v1/fetch", fetch)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

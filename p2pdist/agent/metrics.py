@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
+
+from p2pdist import __version__
 
 
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process (CPU, memory, descriptors) and the build, as every Prometheus exporter has them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("p2pdist_build", "The agent's version", registry=r).info({"version": __version__})
         self.bytes_in = Counter("p2pdist_bytes_received_total", "Verified blob bytes received", ["source"], registry=r)
         self.bytes_out = Counter("p2pdist_bytes_uploaded_total", "Piece bytes uploaded to peers", registry=r)
         self.pieces_bad = Counter("p2pdist_bad_pieces_total", "Pieces from peers that failed verification", registry=r)
@@ -23,7 +29,9 @@ class AgentMetrics:
             "p2pdist_blob_fetch_seconds", "Time to fetch a blob", registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900),
         )
-        self.tracker_errors = Counter("p2pdist_tracker_errors_total", "Failed announces", registry=r)
+        # Not p2pdist_tracker_errors_total: that is the tracker's own count of requests it refused.
+        self.tracker_errors = Counter("p2pdist_announce_failures_total",
+                                      "Announces that got no usable answer from the tracker", registry=r)
         self.origin_fallbacks = Counter(
             "p2pdist_origin_fallbacks_total", "Downloads that fell back to the origin", ["reason"], registry=r
         )

@@ -222,6 +222,11 @@ class Swarm:
             log.debug("blob committed", extra={"blob": self.blob, "seconds": round(now - self.stats.started, 3),
                                                "hash_tail": round(verified_at[0] - stored, 3),
                                                "fsync": round(now - verified_at[0], 3)})
+            # One line per pull at info: what an operator looks for first.
+            log.info("blob fetched", extra={"blob": self.blob, "repository": self.repo, "size": self.stats.size,
+                                            "seconds": round(now - self.stats.started, 3),
+                                            "from_peers": self.stats.from_peers,
+                                            "from_origin": self.stats.from_origin, "resumed": self.stats.resumed})
         except StoreFull:
             await self._stop_tasks()
             with contextlib.suppress(PartialClosed):
