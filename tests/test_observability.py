@@ -74,7 +74,7 @@ def test_readyz_follows_the_tracker_and_a_pull_is_logged_and_counted(tmp_path: P
         assert tracker.metrics()[f'p2pdist_tracker_build_info{{version="{__version__}"}}'] == 1
 
         tracker.stop()
-        status, body = wait_for(lambda: (r := readyz(agent))[0] == 503 and r, "readyz to notice the tracker is gone")
+        _, body = wait_for(lambda: (r := readyz(agent))[0] == 503 and r, "readyz to notice the tracker is gone")
         assert body["checks"]["store"] == "ok" and "unreachable" in body["checks"]["tracker"]
         with urllib.request.urlopen(agent.api + "/healthz", timeout=10) as resp:
             assert resp.status == 200  # alive: pulls still work, from the origin
