@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from p2pdist import __version__
-from tests.support.procs import AgentProc, Tracker
+from tests.support.procs import ROOT, AgentProc, Tracker
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -98,3 +100,41 @@ def test_readyz_says_when_the_store_takes_no_writes(tmp_path: Path, registry: Re
         assert readyz(agent)[0] == 200
     finally:
         agent.stop()
+
+
+def test_status_shows_a_download_in_progress_and_readiness(tmp_path: Path, registry: Registry):
+    tracker = Tracker(tmp_path).start()
+    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(2 * MiB)}  # 16 MiB: about 8 s to watch
+    agent = AgentProc(tmp_path, "busy", tracker.url, extra_env=slow, upstreams=[f"http://{registry.host}"])
+    try:
+        agent.start()
+        digest = registry.push_blob("team/big", os.urandom(16 * MiB))
+        with ThreadPoolExecutor(1) as pool:
+            pulled = pool.submit(agent.fetch, f"{registry.host}/team/big@{digest}")
+            shown = wait_for(lambda: (s := status(agent, "--json"))["downloads"] and s, "a download in status")
+            assert shown["readiness"]["ready"] is True and shown["node"] == "busy"
+            assert shown["downloads"][digest]["size"] == 16 * MiB
+            table = status(agent)
+            assert "ready" in table and "downloads in progress" in table and digest[:19] in table
+            assert pulled.result().get("done")
+        assert "no downloads in progress" in status(agent)
+        tracker.stop()
+        assert "not ready" in wait_for(lambda: "not ready" in (t := status(agent)) and t, "status to say not ready")
+    finally:
+        agent.stop()
+        tracker.stop()
+
+
+def status(agent: AgentProc, *flags: str):
+    done = subprocess.run([sys.executable, "-m", "p2pdist", "status", "--api", f"127.0.0.1:{agent.api_port}", *flags],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                                           "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if flags else done.stdout
+
+
+def test_status_without_a_daemon_says_how_to_start_one():
+    done = subprocess.run([sys.executable, "-m", "p2pdist", "status", "--api", "127.0.0.1:9"], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1
+    assert "no daemon answers at 127.0.0.1:9" in done.stderr and "p2pdist daemon" in done.stderr

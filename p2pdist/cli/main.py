@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from p2pdist import __version__, config, logs
-from p2pdist.cli import certs, configure, demo
+from p2pdist.cli import certs, configure, demo, status
 from p2pdist.cli import simulate as simulate_cmd
 from p2pdist.loop import run
 
@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     # Commands in their own modules: each brings its parser and its runner.
     configure.add_parser(sub)
     certs.add_parser(sub)
+    status.add_parser(sub)
     demo.add_parser(sub)
     simulate_cmd.add_parser(sub)
     return p
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         from p2pdist.cli.fetch import run_fetch
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
-    runners = {"configure": configure.run, "certs": certs.run, "demo": demo.run, "simulate": simulate_cmd.run}
+    runners = {"configure": configure.run, "certs": certs.run, "status": status.run, "demo": demo.run,
+               "simulate": simulate_cmd.run}
     return runners[args.command](args)
 
 
