@@ -32,6 +32,7 @@ from .config import TrackerConfig
 from .errors import TrackerError
 from .gc_tuning import FREEZE_EVERY, Freezer
 from .metrics import TrackerMetrics
+from .pacer import Pacer
 from .service import AnnounceError, handle_announce, memory_state
 from .state import TrackerState
 from .tickets import TicketDesk
@@ -61,12 +62,15 @@ class Tracker:
     metrics: TrackerMetrics = field(init=False)
     guard: ReplayGuard = field(init=False)
     tickets: TicketDesk | None = field(init=False)
+    pacer: Pacer = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = TrackerMetrics(self.state)
         self.guard = ReplayGuard(nodes=self.config.max_nodes)
         secret = self.config.cluster_token
         self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
+        self.pacer = Pacer(self.config.announce_budget)
+        self.metrics.watch_pacer(self.pacer)
 
     def emit(self, event: str, **fields: Any) -> None:
         self.metrics.observe(event, fields)
@@ -165,6 +169,9 @@ async def announce(request: web.Request) -> web.Response:
         return tracker.refuse(STATUS[e.kind], e.kind, str(e))
     if msg.peer_key and tracker.tickets is not None and len(msg.peer_key) == 32:
         reply = dataclasses.replace(reply, ticket=tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall()))
+    spacing = tracker.pacer.announced(tracker.clock())
+    if spacing:
+        reply = dataclasses.replace(reply, spacing=spacing)
     return web.Response(body=encode(reply), content_type=MSGPACK)
 
 

@@ -84,5 +84,13 @@ class TrackerMetrics:
         elif event == "digests_withheld":
             self.digests_withheld.inc(fields["count"])
 
+    def watch_pacer(self, pacer: Any) -> None:
+        """Gauges read from the pacer at scrape time (tracker/pacer.py)."""
+        Gauge("p2pdist_tracker_announce_rate", "Announces in the last whole second", registry=self.registry
+              ).set_function(lambda: pacer.rate)
+        Gauge("p2pdist_tracker_announce_spacing_seconds",
+              "Least time between an agent's announces that replies ask for now (0: the agents' own)",
+              registry=self.registry).set_function(lambda: pacer.spacing)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

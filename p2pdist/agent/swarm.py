@@ -415,7 +415,7 @@ class Swarm:
                 if manifest.set(index, digest):
                     learned.append(index)
         return machine.Reply(interval=reply.interval, learned=learned, digest_pos=reply.digest_pos,
-                             leases=reply.leases, reset=reply.reset)
+                             leases=reply.leases, reset=reply.reset, spacing=reply.spacing)
 
     # --- origin -----------------------------------------------------------------------------
 

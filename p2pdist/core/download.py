@@ -527,7 +527,8 @@ class Download:
         # The next announce: on a kick once the spacing is over, else the interval after it. Only one
         # of the two needs a timer: the spacing's end once there is a kick (kick arms it).
         self._state = _SPACING
-        self._spacing_until = now + self.settings.announce_spacing
+        # A loaded tracker asks for more room between announces (its pacer): never less than ours.
+        self._spacing_until = now + max(self.settings.announce_spacing, reply.spacing)
         self._announce_at = self._spacing_until + reply.interval
         self._arm(now)
 
@@ -891,3 +892,4 @@ class Reply:
     digest_pos: int = 0
     leases: Sequence[tuple[int, int, float]] = ()
     reset: bool = False
+    spacing: float = 0.0  # the tracker's least time between our announces (0: ours)

@@ -237,7 +237,7 @@ class AnnounceReply(Message):
     CHECKS: ClassVar[dict[str, Any]] = {
         "interval": _num(0.0, 86400.0), "size": _opt_int(), "piece_size": _opt_int(1, 1 << 32),
         "peers": _list(_peer, 1024), "digests": _list(_piece_digest), "digest_pos": _int(),
-        "leases": _list(_lease, 64), "reset": _bool, "ticket": _text(512),
+        "leases": _list(_lease, 64), "reset": _bool, "ticket": _text(512), "spacing": _num(0.0, 60.0),
     }
     interval: float
     size: int | None = None
@@ -248,6 +248,9 @@ class AnnounceReply(Message):
     leases: list[tuple[int, int, float]] = field(default_factory=list)
     reset: bool = False  # the tracker forgot this blob's digests: drop the cursor and start over
     ticket: str = ""  # a new peer ticket for the announce's peer_key, when the last one nears expiry
+    # Seconds the agent leaves between its announces at least, when the tracker is loaded (its
+    # pacer, tracker/pacer.py); 0: the agent's own spacing.
+    spacing: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -317,6 +317,28 @@ def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
     assert shell.take("announce") == [("announce",)]  # the interval
 
 
+def test_a_loaded_tracker_s_spacing_holds_back_kicked_announces():
+    dl, shell = machine(4)
+    dl.start(0.0, Reply(interval=1.0))
+    dl.tick(1.0)
+    assert shell.take("announce")
+    dl.announce_fields()
+    dl.on_reply(1.0, Reply(interval=3.0, spacing=0.8))  # the tracker's pacer asks for room
+    dl.kick()
+    dl.tick(1.0 + m.ANNOUNCE_SPACING)
+    dl.tick(1.7)
+    assert shell.take("announce") == []  # our own spacing is over, the tracker's is not
+    dl.tick(1.8)
+    assert shell.take("announce") == [("announce",)]
+    dl.announce_fields()
+    dl.on_reply(1.8, Reply(interval=3.0, spacing=0.01))  # less than ours: ours rules
+    dl.kick()
+    dl.tick(1.8 + m.ANNOUNCE_SPACING / 2)
+    assert shell.take("announce") == []
+    dl.tick(1.8 + m.ANNOUNCE_SPACING)
+    assert shell.take("announce") == [("announce",)]
+
+
 def test_a_lost_tracker_is_asked_again_less_often_and_rejoined_while_peers_deliver():
     dl, shell = machine(20, origin_concurrency=2)
     peer = FakePeer("p", {1, 2, 3})

@@ -1,0 +1,78 @@
+"""The tracker's announce pacer (tracker/pacer.py) and the agent machine honouring its spacing
+(p2pdist.core.download), then a real tracker asking for room once announces exceed its budget."""
+
+from __future__ import annotations
+
+import os
+
+import aiohttp
+import pytest
+
+from p2pdist.core.wire import Announce, AnnounceReply, decode, encode
+from tests.support.identity import Caller
+from tests.support.procs import Tracker
+from tracker.pacer import MAX_SPACING, MIN_SPACING, Pacer
+
+
+def _second(pacer: Pacer, second: int, announces: int) -> float:
+    spacing = 0.0
+    for k in range(announces):
+        spacing = pacer.announced(second + k / max(1, announces))
+    return spacing
+
+
+def test_spacing_grows_with_the_excess_and_relaxes_when_load_falls():
+    pacer = Pacer(budget=100)
+    assert _second(pacer, 0, 90) == 0.0  # under budget: agents keep their own spacing
+    assert _second(pacer, 1, 400) == 0.0  # the count of second 0 (90) decides second 1
+    first = _second(pacer, 2, 400)  # second 1 had 400: four times the budget
+    assert first == pytest.approx(MIN_SPACING * 4)
+    assert _second(pacer, 3, 400) == pytest.approx(first * 4)  # still over: grows again
+    assert _second(pacer, 4, 400) <= MAX_SPACING
+    high = pacer.spacing
+    assert _second(pacer, 5, 30) == pytest.approx(min(MAX_SPACING, high * 4))  # second 4 was still 400
+    assert _second(pacer, 6, 30) == pytest.approx(pacer.spacing)  # second 5: 30 < 50, halved
+    for s in range(7, 20):
+        _second(pacer, s, 30)
+    assert pacer.spacing == 0.0  # back to the agents' own
+
+
+def test_a_quiet_gap_counts_as_no_load_and_no_budget_means_no_pacing():
+    pacer = Pacer(budget=10)
+    _second(pacer, 0, 100)
+    _second(pacer, 1, 100)
+    assert pacer.spacing > 0
+    pacer.announced(10.0)  # nine silent seconds in between
+    assert pacer.rate == 0
+    assert Pacer(budget=0).announced(1.0) == 0.0
+
+
+async def test_a_real_tracker_over_its_budget_asks_agents_for_room(tmp_path):
+    proc = Tracker(tmp_path, "pacer-secret")
+    proc.env["P2PDIST_TRACKER_ANNOUNCE_BUDGET"] = "20"
+    proc.start()
+    blob = "sha256:" + os.urandom(32).hex()
+    callers = [Caller("pacer-secret", f"n{i}") for i in range(10)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def announce(i: int) -> AnnounceReply:
+                body = encode(Announce(node=f"n{i % 10}", addr="127.0.0.1:9", blob=blob, size=1 << 20))
+                async with http.post(f"{proc.url}/v1/announce", data=body,
+                                     headers=callers[i % 10].tracker(body)) as r:
+                    assert r.status == 200
+                    reply = decode(await r.read(), expect=(AnnounceReply,))
+                    assert isinstance(reply, AnnounceReply)
+                    return reply
+
+            first = await announce(0)
+            assert first.spacing == 0.0
+            spacing = 0.0
+            for i in range(1, 2000):  # over budget for a few seconds
+                spacing = (await announce(i)).spacing
+                if spacing:
+                    break
+            assert spacing >= MIN_SPACING
+        metrics = proc.metrics()
+        assert metrics["p2pdist_tracker_announce_spacing_seconds"] >= MIN_SPACING
+    finally:
+        proc.stop()
