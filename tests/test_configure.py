@@ -482,3 +482,64 @@ def test_help_teaches_with_examples(capsys):
         run(capsys, "containerd", "--help")
     out = capsys.readouterr().out
     assert "examples:" in out and "--config-path" in out and "config_path" in out
+
+
+# --- --remove -----------------------------------------------------------------------------------
+
+
+def test_containerd_remove_takes_only_the_mirror_out(capsys, tmp_path):
+    hosts = tmp_path / "certs.d" / "docker.io" / "hosts.toml"
+    hosts.parent.mkdir(parents=True)
+    hosts.write_text('server = "https://registry-1.docker.io"\n\n[host."https://mirror.example"]\n'
+                     '  capabilities = ["pull"]\n')
+    before = tomllib.loads(hosts.read_text())
+    assert containerd(capsys, tmp_path, "--registry", "quay.io")[0] == 0
+    assert containerd(capsys, tmp_path)[0] == 0
+    rc, out, err = containerd(capsys, tmp_path, "--remove")
+    assert rc == 0, err
+    assert tomllib.loads(hosts.read_text()) == before  # the user's host and server, as they were
+    for path in (tmp_path / "certs.d").glob("*/hosts.toml"):
+        assert MIRROR not in tomllib.loads(path.read_text()).get("host", {}), path  # every registry's file
+    assert backups(hosts)
+    rc, out, _ = containerd(capsys, tmp_path, "--remove")
+    assert rc == 0 and "nothing to remove" in out
+
+
+def test_docker_remove_keeps_other_keys_and_mirrors(capsys, tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"log-driver": "journald", "registry-mirrors": ["https://other.example"]}))
+    assert docker(capsys, tmp_path)[0] == 0
+    assert json.loads(path.read_text())["registry-mirrors"][0] == MIRROR
+    assert docker(capsys, tmp_path, "--remove")[0] == 0
+    assert json.loads(path.read_text()) == {"log-driver": "journald", "registry-mirrors": ["https://other.example"]}
+    path.write_text(json.dumps({"registry-mirrors": [MIRROR]}))
+    assert docker(capsys, tmp_path, "--remove")[0] == 0
+    assert json.loads(path.read_text()) == {}  # the key goes with its last mirror
+
+
+def test_docker_remove_without_a_file_writes_nothing(capsys, tmp_path):
+    rc, out, _ = docker(capsys, tmp_path, "--remove")
+    assert rc == 0 and "nothing to remove" in out and not (tmp_path / "daemon.json").exists()
+
+
+def test_podman_remove_takes_the_mirror_out_of_every_registry(capsys, tmp_path):
+    path = tmp_path / "registries.conf"
+    path.write_text('unqualified-search-registries = ["docker.io"]\n\n[[registry]]\nprefix = "quay.io"\n'
+                    'location = "quay.io"\n\n[[registry.mirror]]\nlocation = "mirror.example/quay"\n')
+    before = tomllib.loads(path.read_text())
+    assert podman(capsys, tmp_path, "--registry", "docker.io", "--registry", "quay.io")[0] == 0
+    assert any("127.0.0.1:65001" in m["location"] for m in registry_entry(tomllib.loads(path.read_text()),
+                                                                           "quay.io")["mirror"])
+    rc, _, err = podman(capsys, tmp_path, "--remove")
+    assert rc == 0, err
+    after = tomllib.loads(path.read_text())
+    assert registry_entry(after, "quay.io") == registry_entry(before, "quay.io")
+    assert "mirror" not in registry_entry(after, "docker.io")  # its only mirror was ours
+    assert after["unqualified-search-registries"] == ["docker.io"]
+
+
+def test_remove_dry_run_writes_nothing(capsys, tmp_path):
+    assert docker(capsys, tmp_path)[0] == 0
+    before = snapshot(tmp_path)
+    rc, out, _ = docker(capsys, tmp_path, "--remove", "--dry-run")
+    assert rc == 0 and "would update" in out and snapshot(tmp_path) == before

@@ -43,6 +43,8 @@ examples:
 Run `p2pdist configure RUNTIME --help` for the runtime's files and options. Registries other than
 docker.io must also be allowed on the agent: p2pdist daemon --upstream quay.io --upstream http://127.0.0.1:5000
 
+--remove undoes it: the mirror goes, everything else stays (with a backup).
+
 exit status: 0 done (or nothing to do); 1 an existing file is unusable (nothing is changed) or a
 file cannot be written; 2 a bad option value (nothing is changed)."""
 
@@ -137,6 +139,9 @@ def _common_options() -> argparse.ArgumentParser:
                         help="registry host whose pulls use the mirror, e.g. quay.io or http://127.0.0.1:5000 "
                              "(http:// = the registry itself is plain http); repeatable (default docker.io)")
     common.add_argument("--dry-run", action="store_true", help="print the resulting files; write nothing")
+    common.add_argument("--remove", action="store_true",
+                        help="undo: take the p2pdist mirror out of the runtime's files (every registry), keeping "
+                             "everything else and a backup; the runtime then pulls from the registries directly")
     return common
 
 
@@ -146,7 +151,10 @@ def run(args: argparse.Namespace) -> int:
         mirror = parse_mirror(args.mirror)
         registries = parse_registries(args.registries)
         # Every file is computed (and every existing one checked) before any is written.
-        changes, notes = _PLANNERS[args.runtime](args, mirror, registries)
+        if args.remove:
+            changes, notes = _unplan(args, mirror)
+        else:
+            changes, notes = _PLANNERS[args.runtime](args, mirror, registries)
         if args.dry_run:
             _print_files(changes)
         else:
@@ -187,6 +195,21 @@ _PLANNERS: dict[str, Planner] = {
     "docker": _plan_docker,
     "podman": _plan_podman,
 }
+
+
+def _unplan(args: argparse.Namespace, mirror: Mirror) -> tuple[list[FileChange], list[str]]:
+    if args.runtime == "containerd":
+        changes = configure_containerd.unplan(args.config_path, mirror)
+        apply = "containerd reads hosts.toml at each pull: nothing to restart."
+    elif args.runtime == "docker":
+        changes = configure_docker.unplan(args.daemon_json, mirror)
+        apply = "apply: restart dockerd (systemctl restart docker), or send it SIGHUP."
+    else:
+        changes = configure_podman.unplan(args.registries_conf, mirror)
+        apply = "apply: podman, skopeo and buildah read registries.conf at each command; restart CRI-O."
+    if not any(c.changed for c in changes):
+        return changes, [f"nothing to remove: no {args.runtime} file names the mirror {mirror.url}"]
+    return changes, [apply]
 
 
 def _upstream_notes(registries: list[Registry], default_host: bool) -> list[str]:

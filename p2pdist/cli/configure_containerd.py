@@ -90,6 +90,29 @@ def _merge(path: Path, doc: tomlkit.TOMLDocument, registry: Registry | None, mir
     return True
 
 
+def unplan(root: Path, mirror: Mirror) -> list[FileChange]:
+    """Take the mirror's [host."..."] out of every ROOT/*/hosts.toml that has it; the rest stays
+    (containerd then goes to `server`, or to the registry itself, as before)."""
+    changes = []
+    for path in sorted(root.glob("*/hosts.toml")):
+        old = read_text(path)
+        if old is None:
+            continue
+        doc = _parse(path, old)
+        hosts = doc.get("host")
+        if not isinstance(hosts, MutableMapping):
+            continue
+        ours = [k for k in hosts if mirror.matches_url(k)]
+        if not ours:
+            continue
+        for key in ours:
+            del hosts[key]
+        if not hosts:
+            del doc["host"]
+        changes.append(FileChange(path, old, checked_toml(path, tomlkit.dumps(doc))))
+    return changes
+
+
 def _capabilities(entry: Any) -> list[str] | None:
     if not isinstance(entry, MutableMapping):
         return None

@@ -30,6 +30,23 @@ def plan(path: Path, mirror: Mirror) -> FileChange:
     return FileChange(path, old, json.dumps(config, indent=2) + "\n")
 
 
+def unplan(path: Path, mirror: Mirror) -> list[FileChange]:
+    """Take the mirror out of "registry-mirrors" (the key goes when it empties); nothing else moves."""
+    old = read_text(path)
+    if old is None:
+        return []
+    config = _parse(path, old)
+    mirrors = config.get(KEY, [])
+    if not isinstance(mirrors, list) or not any(isinstance(m, str) and mirror.matches_url(m) for m in mirrors):
+        return [FileChange(path, old, old)]
+    kept = [m for m in mirrors if not (isinstance(m, str) and mirror.matches_url(m))]
+    if kept:
+        config[KEY] = kept
+    else:
+        del config[KEY]
+    return [FileChange(path, old, json.dumps(config, indent=2) + "\n")]
+
+
 def _parse(path: Path, text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         return {}  # dockerd also treats an empty daemon.json as no settings

@@ -117,6 +117,34 @@ def _merge_registry(path: Path, entries: AoT, registry: Registry, mirror: Mirror
     return True
 
 
+def unplan(path: Path, mirror: Mirror) -> list[FileChange]:
+    """Take the mirror out of every [[registry]]'s mirror list (the list goes when it empties); the
+    entries themselves and every other setting stay."""
+    old = read_text(path)
+    if old is None:
+        return []
+    doc = _parse(path, old)
+    changed = False
+    for entry in doc.get("registry", []):
+        if not isinstance(entry, MutableMapping):
+            continue
+        mirrors = entry.get("mirror", [])
+        if not isinstance(mirrors, list):
+            continue
+        kept = [m for m in mirrors if not (isinstance(m, MutableMapping) and _is_mirror(m, mirror))]
+        if len(kept) == len(mirrors):
+            continue
+        changed = True
+        if kept:
+            table = tomlkit.aot()
+            for m in kept:
+                table.append(_as_table(m))
+            entry["mirror"] = table
+        else:
+            del entry["mirror"]
+    return [FileChange(path, old, checked_toml(path, tomlkit.dumps(doc)) if changed else old)]
+
+
 def _as_table(entry: MutableMapping[str, Any]) -> Table:
     """A [[registry.mirror]] table; `mirror = [{...}]` inline tables cannot go into an array of tables."""
     if isinstance(entry, Table):
