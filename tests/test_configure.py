@@ -543,3 +543,21 @@ def test_remove_dry_run_writes_nothing(capsys, tmp_path):
     before = snapshot(tmp_path)
     rc, out, _ = docker(capsys, tmp_path, "--remove", "--dry-run")
     assert rc == 0 and "would update" in out and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("runtime", ["containerd", "docker", "podman"])
+def test_an_unwritable_place_is_a_clear_error_not_a_traceback(capsys, tmp_path, runtime):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")  # a file where a folder would have to be made
+    option = {"containerd": "--config-path", "docker": "--daemon-json", "podman": "--registries-conf"}[runtime]
+    target = blocker / "certs.d" if runtime == "containerd" else blocker / "conf"
+    rc, _, err = run(capsys, runtime, option, str(target), *(
+        ["--containerd-config", str(tmp_path / "config.toml")] if runtime == "containerd" else []))
+    assert rc == 1 and f"p2pdist configure {runtime}: error: cannot read" in err and "Traceback" not in err
+    assert "Not a directory" in err and blocker.read_text() == "in the way"
+
+
+def test_a_folder_that_cannot_be_made_is_a_clear_error_not_a_traceback(capsys):
+    rc, _, err = run(capsys, "docker", "--daemon-json", "/proc/p2pdist-test/daemon.json")  # /proc takes no folders
+    assert rc == 1 and "p2pdist configure docker: error: cannot write /proc/p2pdist-test" in err
+    assert "Traceback" not in err

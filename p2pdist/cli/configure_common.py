@@ -171,6 +171,9 @@ def read_text(path: Path) -> str | None:
     except PermissionError:
         raise ConfigureError(f"cannot read {path}: permission denied (run as root, or use --dry-run "
                              "with a path you can read)") from None
+    except OSError as e:  # a file where a folder should be, an unreadable disk...
+        raise ConfigureError(f"cannot read {path}: {e.strerror or e}; point the path option at a usable "
+                             "place (nothing was changed)") from None
 
 
 def apply(change: FileChange) -> Path | None:
@@ -186,6 +189,9 @@ def apply(change: FileChange) -> Path | None:
     except PermissionError as e:
         raise ConfigureError(f"cannot write {e.filename or target}: permission denied (run as root, or "
                              "point the path option at a writable file; --dry-run shows the result)") from None
+    except OSError as e:  # a folder that cannot be made (/proc, a file in the way), a read-only disk...
+        raise ConfigureError(f"cannot write {e.filename or target}: {e.strerror or e} (point the path option at "
+                             "a writable place; --dry-run shows the result)") from None
     return backup
 
 
