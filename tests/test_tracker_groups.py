@@ -20,7 +20,7 @@ def _record() -> BlobRecord:
 
 def _expected(record: BlobRecord) -> dict[str, set[str]]:
     want: dict[str, set[str]] = {}
-    for info in record.infos:
+    for info in record.live_peers():
         for key in near_keys(info.zone, info.rack):
             want.setdefault(key, set()).add(info.node)
     return want
@@ -62,7 +62,7 @@ def test_near_peers_are_the_rack_and_the_zone_and_expiry_empties_them():
     record.put_peer(PeerInfo("a", "a:1", zone="z2", rack="r1"), 1.0)  # relabelled
     assert {p.node for p in record.near_peers("z2", "r1")[0]} == {"a", "c"}
     assert sorted(record.expire_peers(100.0, ttl=30.0)) == ["a", "b", "c", "d"]
-    assert record.groups == {} and record.infos == []
+    assert record.groups == {} and record.live_peers() == []
 
 
 def test_freezer_moves_survivors_out_of_the_collector_s_passes_and_thaws_them_in_time():

@@ -101,9 +101,8 @@ class BlobRecord:
     _seq: int = 0
     # The peers' infos in a list (and each one's place in it), so a handout samples from it without
     # building a list of every peer on every announce.
-    infos: list[PeerInfo] = field(default_factory=list)
-    _slot: dict[str, int] = field(default_factory=dict)
-    # The same by zone and by rack (``near_key``), so a handout draws near peers from their own
+    everyone: PeerGroup = field(default_factory=lambda: PeerGroup())
+    # The same by zone and by rack (``near_keys``), so a handout draws near peers from their own
     # group instead of hoping a uniform sample of the whole swarm holds some.
     groups: dict[str, PeerGroup] = field(default_factory=dict)
 
@@ -148,15 +147,9 @@ class BlobRecord:
         if not info.complete:
             self.downloaders += 1
         self.peers[info.node] = PeerRecord(info, now)
-        slot = self._slot.get(info.node)
-        if slot is None:
-            self._slot[info.node] = len(self.infos)
-            self.infos.append(info)
-        else:
-            old = self.infos[slot]
-            self.infos[slot] = info
-            if old.zone != info.zone or old.rack != info.rack:
-                self._ungroup(old)
+        old = self.everyone.put(info)
+        if old is not None and (old.zone != info.zone or old.rack != info.rack):
+            self._ungroup(old)
         for key in near_keys(info.zone, info.rack):
             group = self.groups.get(key)
             if group is None:
@@ -176,13 +169,9 @@ class BlobRecord:
             self.downloaders -= 1
         self.takers.discard(node)
         self.probation.discard(node)
-        slot = self._slot.pop(node, None)
-        if slot is not None:
-            self._ungroup(self.infos[slot])
-            last = self.infos.pop()
-            if slot < len(self.infos):
-                self.infos[slot] = last
-                self._slot[last.node] = slot
+        gone = self.everyone.remove(node)
+        if gone is not None:
+            self._ungroup(gone)
         if self.book is not None:
             self.book.release(node)
 
@@ -199,7 +188,7 @@ class BlobRecord:
 
     def live_peers(self) -> list[PeerInfo]:
         """Every live peer's info, in no particular order: the record's own list, not a copy."""
-        return self.infos
+        return self.everyone.infos
 
     def near_peers(self, zone: str, rack: str) -> tuple[list[PeerInfo], list[PeerInfo]]:
         """The live peers in ``zone``'s ``rack`` and in ``zone`` (the records' own lists)."""
@@ -233,22 +222,28 @@ class PeerGroup:
     infos: list[PeerInfo] = field(default_factory=list)
     slots: dict[str, int] = field(default_factory=dict)
 
-    def put(self, info: PeerInfo) -> None:
+    def put(self, info: PeerInfo) -> PeerInfo | None:
+        """Add or replace the node's info; the one it replaced, if any."""
         slot = self.slots.get(info.node)
         if slot is None:
             self.slots[info.node] = len(self.infos)
             self.infos.append(info)
-        else:
-            self.infos[slot] = info
+            return None
+        old = self.infos[slot]
+        self.infos[slot] = info
+        return old
 
-    def remove(self, node: str) -> None:
+    def remove(self, node: str) -> PeerInfo | None:
+        """Drop the node's info (the last one takes its place); the one dropped, if any."""
         slot = self.slots.pop(node, None)
         if slot is None:
-            return
+            return None
+        gone = self.infos[slot]
         last = self.infos.pop()
         if slot < len(self.infos):
             self.infos[slot] = last
             self.slots[last.node] = slot
+        return gone
 
 
 class TrackerState(Protocol):
