@@ -42,7 +42,7 @@ class Host(Protocol):
 
     node: str
     addr: str
-    ssl: ssl.SSLContext | None
+    ssl: ssl.SSLContext | bool  # for aiohttp's ssl= (True: its default checks)
 
     def local_bitfield(self, blob: str) -> Bitfield | None: ...
     def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None: ...
@@ -144,7 +144,7 @@ class Neighbourhood:
             ws = await self.session.ws_connect(
                 f"{self.scheme}://{entry.addr}/v1/control", headers=headers, heartbeat=15.0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=wire.MAX_FRAME,
-                ssl=self.host.ssl if self.host.ssl is not None else True,
+                ssl=self.host.ssl,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.info("dial failed", extra={"peer": entry.node, "addr": entry.addr, "error": str(e)})

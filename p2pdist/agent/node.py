@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,8 +49,9 @@ class Agent:
         self.node = identity.node if identity is not None else node
         self.addr = config.advertise
         self.session = session
-        # TLS towards the tracker and peers: the cluster CA when configured (None = aiohttp's default).
-        self.ssl = client_context(config.tls_ca) if config.tls_ca is not None else None
+        # TLS towards the tracker and peers: the cluster CA when configured, else aiohttp's default
+        # checks (True), as every request to them passes it.
+        self.ssl: ssl.SSLContext | bool = client_context(config.tls_ca) if config.tls_ca is not None else True
         self.metrics = AgentMetrics()
         self.store = Store(config.data_dir / "store", capacity=config.capacity or None)
         self.tracker = TrackerClient(session, config.tracker, identity, ssl=self.ssl) if config.tracker else None

@@ -27,7 +27,7 @@ class PeerBusy(PeerError):
 
 async def fetch_piece(
     session: aiohttp.ClientSession, addr: str, blob: str, offset: int, length: int,
-    *, sign: Callable[[str, str], str] | None = None, scheme: str = "http", ssl: _ssl.SSLContext | None = None,
+    *, sign: Callable[[str, str], str] | None = None, scheme: str = "http", ssl: _ssl.SSLContext | bool = True,
     timeout: float = 30.0,
 ) -> bytes:
     """One piece from ``addr`` (the caller verifies it); ``sign(path, range)`` gives the request's
@@ -42,7 +42,7 @@ async def fetch_piece(
         headers["Authorization"] = sign(path, headers["Range"])
     try:
         async with session.get(
-            f"{scheme}://{addr}{path}", headers=headers, ssl=ssl if ssl is not None else True,
+            f"{scheme}://{addr}{path}", headers=headers, ssl=ssl,
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(5.0, timeout)),
         ) as resp:
             if resp.status == 503:

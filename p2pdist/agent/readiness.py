@@ -55,7 +55,7 @@ class Readiness:
         why = None
         try:
             async with self.agent.session.get(
-                url.rstrip("/") + "/healthz", ssl=self.agent.ssl if self.agent.ssl is not None else True,
+                url.rstrip("/") + "/healthz", ssl=self.agent.ssl,
                 timeout=aiohttp.ClientTimeout(total=TRACKER_TIMEOUT),
             ) as resp:
                 if resp.status != 200:

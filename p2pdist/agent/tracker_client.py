@@ -27,7 +27,7 @@ class SizeConflict(TrackerUnavailable):
 
 class TrackerClient:
     def __init__(self, session: aiohttp.ClientSession, url: str, identity: NodeIdentity | None = None,
-                 timeout: float = 5.0, ssl: ssl.SSLContext | None = None) -> None:
+                 timeout: float = 5.0, ssl: ssl.SSLContext | bool = True) -> None:
         self.url = url.rstrip("/") + "/v1/announce"
         self._path = urlsplit(self.url).path
         self._session = session
@@ -45,7 +45,7 @@ class TrackerClient:
             headers["Authorization"] = identity.tracker_authorization("POST", self._path, body)
         try:
             async with self._session.post(self.url, data=body, headers=headers, timeout=self._timeout,
-                                          ssl=self._ssl if self._ssl is not None else True) as resp:
+                                          ssl=self._ssl) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     why = f"tracker answered {resp.status}: {data[:300].decode(errors='replace')}"
