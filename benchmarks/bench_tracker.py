@@ -33,10 +33,11 @@ from pathlib import Path
 
 import msgpack
 
+from benchmarks.bench_fetch import process_cpu_seconds
 from p2pdist.core.identity import NodeCredential, sign_request
 from p2pdist.core.manifest import PIECE_DIGEST_SIZE
 from p2pdist.core.wire import Announce, encode
-from tests.support.procs import ROOT, wait_http
+from tests.support.procs import ROOT, parse_metrics, wait_http
 from tests.support.registry import free_port
 
 SECRET = "bench-tracker-secret"
@@ -107,7 +108,7 @@ def _learn(node: Node, status: int, body: bytes) -> None:
     """What the agent takes from a reply: its digest cursor and new leases (reported next time)."""
     if status != 200:
         return
-    reply = msgpack.unpackb(body)
+    reply = msgpack.unpackb(body)  # not wire.decode: its checks would cost the generator, not the tracker
     node.digest_pos = reply.get("digest_pos", node.digest_pos)
     node.leased = sorted({i for start, end, _ttl in reply.get("leases", []) for i in range(start, end)})
 
@@ -169,14 +170,7 @@ def _published(host: str) -> int:
     and report like agents, or this stays 0."""
     request = urllib.request.Request(f"http://{host}/metrics", headers={"Authorization": f"Bearer {SECRET}"})
     with urllib.request.urlopen(request, timeout=10) as resp:
-        text = resp.read().decode()
-    return int(sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith("p2pdist_tracker_digests_accepted_total")))
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(parse_metrics(resp.read().decode()).get("p2pdist_tracker_digests_accepted_total", 0))
 
 
 def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, connections: int,
@@ -201,11 +195,11 @@ def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, co
                 await _step("127.0.0.1", port, nodes, 5000.0, connections, 10.0, rng, "started")
                 for rate in rates:
                     count = int(rate * seconds)
-                    cpu = _cpu_seconds(proc.pid)
+                    cpu = process_cpu_seconds(proc.pid)
                     step = await _step("127.0.0.1", port, [nodes[i % len(nodes)] for i in range(count)], rate,
                                        connections, timeout, rng)
                     step["tracker_cpu_ms_per_announce"] = round(
-                        1000 * (_cpu_seconds(proc.pid) - cpu) / max(1, sum(step["statuses"].values())), 3)
+                        1000 * (process_cpu_seconds(proc.pid) - cpu) / max(1, sum(step["statuses"].values())), 3)
                     step["digests_published"] = _published(host)
                     step.update({"nodes": nodes_count, "blobs": blobs})
                     print(json.dumps(step), flush=True)

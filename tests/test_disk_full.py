@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.disks import tmpfs
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
 from tests.test_cluster import TOKEN, Cluster, sha256_file
@@ -28,13 +28,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100M", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "100M") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def leftovers(data_dir: Path) -> list[Path]:

@@ -22,7 +22,7 @@ import pytest
 from p2pdist.core.identity import NodeCredential, sign_request
 from p2pdist.core.wire import Announce, Hello, encode
 from tests.support.identity import Caller
-from tests.support.procs import ROOT, AgentProc, Proc, TlsFiles, Tracker
+from tests.support.procs import ROOT, AgentProc, TlsFiles, Tracker
 from tests.support.registry import Registry
 from tests.support.relay import Relay
 from tests.test_cluster import fetch_all, sha256_file
@@ -228,21 +228,10 @@ def test_an_agent_with_an_unusable_credential_refuses_to_start_and_says_why(
     path = tmp_path / "node.credential"
     if content is not None:
         path.write_text(content)
-    agent = AgentProc(tmp_path, "alpha", "http://127.0.0.1:9", token="", credential=path)
-    Proc.start(agent)  # not AgentProc.start: it would wait for an API that never comes
-    try:
-        assert agent.popen.wait(timeout=30) == 1
-    finally:
-        agent.stop()
-    out = agent.output()
+    out = AgentProc(tmp_path, "alpha", "http://127.0.0.1:9", token="", credential=path).refused_start()
     assert "p2pdist: cannot start:" in out and says in out and "Traceback" not in out
 
 
 def test_an_agent_whose_credential_names_another_node_refuses_to_start(tmp_path: Path, ca: Path):
     agent = AgentProc(tmp_path, "bravo", "http://127.0.0.1:9", token="", credential=ca / "alpha.credential")
-    Proc.start(agent)
-    try:
-        assert agent.popen.wait(timeout=30) == 1
-    finally:
-        agent.stop()
-    assert "node_id 'bravo' differs from the node credential's 'alpha'" in agent.output()
+    assert "node_id 'bravo' differs from the node credential's 'alpha'" in agent.refused_start()

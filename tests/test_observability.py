@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from p2pdist import __version__
+from tests.support.disks import tmpfs
 from tests.support.procs import ROOT, AgentProc, Tracker
 from tests.support.registry import Registry
 
@@ -47,13 +48,8 @@ def wait_for(check, what: str, timeout: float = 30.0):
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "8M") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_readyz_follows_the_tracker_and_a_pull_is_logged_and_counted(tmp_path: Path, registry: Registry):

@@ -27,7 +27,7 @@ from p2pdist.agent.node import Agent
 from p2pdist.config import AgentConfig
 from p2pdist.core import wire
 from tests.support.identity import Caller
-from tests.support.procs import AgentProc, Proc, Tracker
+from tests.support.procs import AgentProc, Tracker
 from tests.support.registry import Registry
 
 MiB = 1 << 20
@@ -341,13 +341,7 @@ def test_agent_refuses_to_start_with_an_unsafe_node_secret(tmp_path: Path, regis
     path = data_dir / NODE_SECRET_FILE
     path.write_text(content)
     path.chmod(mode)
-    agent = _lone(tmp_path, registry, data_dir)
-    Proc.start(agent)  # not AgentProc.start: it would wait for an API that never comes
-    try:
-        assert agent.popen.wait(timeout=30) == 1
-    finally:
-        agent.stop()
-    out = agent.output()
+    out = _lone(tmp_path, registry, data_dir).refused_start()
     assert f"p2pdist: cannot start: node secret {path} {says}" in out
     assert "Traceback" not in out
     assert path.read_text() == content and _mode(path) == mode  # left for the operator, not replaced

@@ -179,6 +179,15 @@ class AgentProc(Proc):
         wait_http(self.api + "/healthz", self.popen)
         return self
 
+    def refused_start(self, timeout: float = 30.0) -> str:
+        """Start a daemon expected to refuse (exit status 1, before its API answers); its output."""
+        Proc.start(self)  # not start(): it would wait for an API that never comes
+        try:
+            assert self.popen is not None and self.popen.wait(timeout=timeout) == 1
+        finally:
+            self.stop()
+        return self.output()
+
     def fetch(self, ref: str, timeout: float = 300.0) -> dict:
         """Fetch through the daemon's API; returns the final event (done or error)."""
         req = urllib.request.Request(self.api + "/v1/fetch", data=json.dumps({"ref": ref}).encode(),
