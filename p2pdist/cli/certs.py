@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from p2pdist.core.identity import AuthError, NodeCredential
+from p2pdist.core.identity import AuthError, NodeCredential, valid_node_id
 from p2pdist.tls import SECRET_FILE, CertError, init_ca, issue_cert, write_private
 
 EXAMPLES = """\
@@ -82,7 +82,8 @@ def _issue(directory: Path, name: str, hosts: list[str], days: int, credential: 
         except FileNotFoundError:
             raise CertError(f"no cluster secret in {directory}: run `p2pdist certs init --dir {directory}` "
                             f"(or pass --no-credential for a certificate only)") from None
-        NodeCredential.issue(secret, name, 0)  # refuses a bad node id before any file is written
+        if not valid_node_id(name):  # before any file is written
+            raise CertError(f"node id {name[:40]!r} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
     issued = issue_cert(directory, name, hosts, days)
     print(f"certificate: {issued.cert}")
     print(f"key:         {issued.key}")
