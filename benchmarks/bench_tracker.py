@@ -12,6 +12,7 @@ Requests are signed before each step (signing is the agents' cost, not the track
 --connections keep-alive connections by a small raw HTTP/1.1 client on uvloop.
 
 Run: .venv/bin/python -m benchmarks.bench_tracker [--nodes 10000] [--blobs 1,20] [--rates 1000,2500,5000,10000]
+     [--redis]   (state in a redis-server the benchmark starts, as tracker replicas keep it)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from p2pdist.core.identity import NodeCredential, sign_request
 from p2pdist.core.manifest import PIECE_DIGEST_SIZE
 from p2pdist.core.wire import Announce, encode
 from tests.support.procs import ROOT, parse_metrics, wait_http
+from tests.support.redis import RedisServer
 from tests.support.registry import free_port
 
 SECRET = "bench-tracker-secret"
@@ -174,12 +176,19 @@ def _published(host: str) -> int:
 
 
 def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, connections: int,
-            timeout: float, core: int, seed: int, extra: list[str], tree: Path = ROOT) -> list[dict]:
+            timeout: float, core: int, seed: int, extra: list[str], tree: Path = ROOT,
+            redis: bool = False) -> list[dict]:
     rng = random.Random(seed)
     nodes = _nodes(nodes_count, blobs, rng)
     port = free_port()
     host = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-tracker-") as tmp:
+        server = None
+        if redis:
+            # On the generator's cores, not the tracker's: the tracker's core is its own.
+            server = RedisServer(Path(tmp) / "redis").start()
+            os.sched_setaffinity(server.popen.pid, os.sched_getaffinity(0))
+            extra = [*extra, "--redis", server.url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2PDIST_")}
         env.update({"PYTHONPATH": str(tree), "P2PDIST_TRACKER_CLUSTER_TOKEN": SECRET,
                     "P2PDIST_TRACKER_LOG_LEVEL": "warning"})
@@ -196,10 +205,15 @@ def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, co
                 for rate in rates:
                     count = int(rate * seconds)
                     cpu = process_cpu_seconds(proc.pid)
+                    redis_cpu = process_cpu_seconds(server.popen.pid) if server is not None else 0.0
                     step = await _step("127.0.0.1", port, [nodes[i % len(nodes)] for i in range(count)], rate,
                                        connections, timeout, rng)
                     step["tracker_cpu_ms_per_announce"] = round(
                         1000 * (process_cpu_seconds(proc.pid) - cpu) / max(1, sum(step["statuses"].values())), 3)
+                    if server is not None:
+                        step["redis_cpu_ms_per_announce"] = round(
+                            1000 * (process_cpu_seconds(server.popen.pid) - redis_cpu)
+                            / max(1, sum(step["statuses"].values())), 3)
                     step["digests_published"] = _published(host)
                     step.update({"nodes": nodes_count, "blobs": blobs})
                     print(json.dumps(step), flush=True)
@@ -211,6 +225,8 @@ def run_one(nodes_count: int, blobs: int, rates: list[float], seconds: float, co
         finally:
             proc.terminate()
             proc.wait(10)
+            if server is not None:
+                server.stop()
     return results
 
 
@@ -225,6 +241,9 @@ def main() -> None:
     p.add_argument("--core", type=int, default=0, help="the CPU the tracker is pinned to")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tracker-arg", action="append", default=[], help="extra flag for the tracker")
+    p.add_argument("--redis", action="store_true",
+                   help="the tracker keeps its state in a redis-server this benchmark starts (on the generator's "
+                        "cores)")
     p.add_argument("--tracker-tree", type=Path, default=ROOT,
                    help="run the tracker from this checkout (a baseline, side by side; default: this one)")
     args = p.parse_args()
@@ -233,10 +252,11 @@ def main() -> None:
     summary = []
     for blobs in (int(b) for b in args.blobs.split(",")):
         steps = run_one(args.nodes, blobs, rates, args.seconds, args.connections, args.timeout, args.core,
-                        args.seed, args.tracker_arg, args.tracker_tree)
+                        args.seed, args.tracker_arg, args.tracker_tree, args.redis)
         good = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] < 20
                 and s["answered_200_per_s"] >= 0.98 * s["offered_per_s"]]
-        summary.append({"tree": str(args.tracker_tree), "nodes": args.nodes, "blobs": blobs,
+        summary.append({"tree": str(args.tracker_tree), "state": "redis" if args.redis else "memory",
+                        "nodes": args.nodes, "blobs": blobs,
                         "max_rate_p99_under_20ms": max((s["offered_per_s"] for s in good), default=0),
                         "cpu_ms_per_announce": statistics.median(s["tracker_cpu_ms_per_announce"] for s in steps)})
     print(json.dumps({"summary": summary}))

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry skopeo iproute2 curl ca-certificates containerd runc podman docker.io busybox-static)
+APT_PACKAGES=(docker-registry skopeo iproute2 curl ca-certificates containerd runc podman docker.io busybox-static
+              redis-server)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

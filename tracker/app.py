@@ -22,9 +22,10 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
 from p2pdist.core.bearer import bearer_refusal
-from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, verify_request
+from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, Signed, verify_request
 from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
 from p2pdist.logs import log_event
 
@@ -33,7 +34,9 @@ from .errors import TrackerError
 from .gc_tuning import FREEZE_EVERY, Freezer
 from .metrics import TrackerMetrics
 from .pacer import Pacer
+from .redis_state import RedisState, RedisUnavailable
 from .service import AnnounceError, handle_announce, memory_state
+from .shedding import Shedder
 from .state import TrackerState
 from .tickets import TicketDesk
 
@@ -41,7 +44,7 @@ log = logging.getLogger("tracker")
 
 MSGPACK = "application/msgpack"
 PUBLIC_PATHS = frozenset({"/healthz"})  # probes must work without the cluster secret
-STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503, "banned": 403}
+STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503, "banned": 403, "busy": 503}
 # Service events worth a line at info or above; the rest are debug.
 EVENT_LEVELS = {
     "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "digests_rejected": logging.WARNING,
@@ -59,10 +62,12 @@ class Tracker:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     wall: Callable[[], float] = time.time  # signatures and tickets carry Unix time
+    shared: RedisState | None = None  # the state in Redis (replicas); ``state`` is then the same object
     metrics: TrackerMetrics = field(init=False)
     guard: ReplayGuard = field(init=False)
     tickets: TicketDesk | None = field(init=False)
     pacer: Pacer = field(init=False)
+    shedder: Shedder = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = TrackerMetrics(self.state)
@@ -70,6 +75,7 @@ class Tracker:
         secret = self.config.cluster_token
         self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
         self.pacer = Pacer(self.config.announce_budget)
+        self.shedder = Shedder(self.config.client_timeout, self.config.max_nodes)
         self.metrics.watch_pacer(self.pacer)
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -85,7 +91,9 @@ class Tracker:
 
 
 TRACKER = web.AppKey("tracker", Tracker)
+REDIS_ERRORS = (RedisError,)
 NODE = web.RequestKey("node", str)  # the node that signed the request (absent with authentication off)
+SIGNED_AT = web.RequestKey("signed_at", int)  # when it signed it (µs, its clock)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -104,7 +112,7 @@ async def _body(request: web.Request) -> bytes:
         raise Oversize(f"frame exceeds the {MAX_FRAME}-byte limit") from None
 
 
-async def authenticate(request: web.Request, tracker: Tracker) -> str:
+async def authenticate(request: web.Request, tracker: Tracker) -> Signed | None:
     """The node that signed ``request`` (its credential derives from the cluster secret); AuthError
     says why not. Every tracker request passes here: the one place where identity is decided."""
     secret = tracker.config.cluster_token
@@ -113,11 +121,11 @@ async def authenticate(request: web.Request, tracker: Tracker) -> str:
         why = bearer_refusal(header, secret, "cluster secret")
         if why is not None:
             raise AuthError(why)
-        return ""
+        return None
     body = await _body(request)
     signed = verify_request(header, secret, request.method, request.rel_url.raw_path, body, tracker.wall())
     tracker.guard.check(signed)
-    return signed.node
+    return signed
 
 
 @web.middleware
@@ -125,7 +133,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     tracker = request.app[TRACKER]
     if request.path not in PUBLIC_PATHS and tracker.config.cluster_token:
         try:
-            request[NODE] = await authenticate(request, tracker)
+            signed = await authenticate(request, tracker)
+            request[NODE] = signed.node if signed is not None else ""
+            if signed is not None:
+                request[SIGNED_AT] = signed.ts
         except Oversize as e:
             return tracker.refuse(413, "oversize", str(e))
         except AuthError as e:
@@ -144,6 +155,15 @@ def _wire_kind(message: str) -> str:
 
 async def announce(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        tracker.metrics.dropped.labels("gone").inc()  # its agent gave up and hung up: nobody to answer
+        return web.Response(status=503)
+    signed_at = request.get(SIGNED_AT)
+    if signed_at is not None and tracker.shedder.late(request[NODE], signed_at, tracker.wall()):
+        tracker.metrics.dropped.labels("late").inc()  # its agent stopped waiting: no work for it
+        return web.json_response({"error": "this announce waited longer than agents wait; announce again"},
+                                 status=503)
     try:
         body = await _body(request)
     except Oversize as e:
@@ -162,7 +182,13 @@ async def announce(request: web.Request) -> web.Response:
                               f"this request is signed by node {signer!r} but announces node {msg.node[:128]!r}")
     tracker.metrics.announces.labels(msg.event).inc()
     try:
-        reply = handle_announce(tracker.state, msg, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
+        if tracker.shared is not None:
+            reply = await tracker.shared.announce(msg, tracker.clock(), tracker.rng, tracker.emit)
+        else:
+            reply = handle_announce(tracker.state, msg, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
+    except RedisUnavailable as e:
+        log_event(log, logging.WARNING, "redis_unavailable", blob=msg.blob, node=msg.node, why=str(e))
+        return tracker.refuse(503, "redis", str(e))
     except AnnounceError as e:
         log_event(log, logging.WARNING, "announce_refused", blob=msg.blob, node=msg.node, kind=e.kind,
                   why=str(e))
@@ -205,7 +231,15 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             await asyncio.sleep(min(FREEZE_EVERY, tracker.config.peer_ttl))
-            for digest in tracker.state.sweep(tracker.clock()):
+            if tracker.shared is not None:
+                try:
+                    dropped = await tracker.shared.sweep(tracker.clock())
+                except (RedisUnavailable, OSError, *REDIS_ERRORS) as e:
+                    log_event(log, logging.WARNING, "redis_unavailable", why=str(e))
+                    continue
+            else:
+                dropped = tracker.state.sweep(tracker.clock())
+            for digest in dropped:
                 tracker.emit("blob_dropped", blob=digest)
             freezer.tick(time.monotonic())
 
@@ -220,13 +254,20 @@ def create_app(
     config: TrackerConfig,
     state: TrackerState | None = None,
     *,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] | None = None,
     rng: random.Random | None = None,
+    shared: RedisState | None = None,
 ) -> web.Application:
+    """The tracker's application: in-memory ``state`` (made from ``config`` if None), or ``shared``
+    in Redis. Replicas compare times in the shared state, so with Redis the clock is Unix time."""
     # client_max_size = the wire's frame limit: aiohttp itself refuses anything larger.
     app = web.Application(client_max_size=MAX_FRAME, middlewares=[error_middleware, auth_middleware])
+    if shared is not None:
+        state = shared
+    if clock is None:
+        clock = time.time if shared is not None else time.monotonic
     app[TRACKER] = Tracker(config, state if state is not None else memory_state(config), clock,
-                           rng if rng is not None else random.Random())
+                           rng if rng is not None else random.Random(), shared=shared)
     app.router.add_post("/v1/announce", announce)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -20,6 +20,7 @@ from p2pdist.tls import CertError, server_context
 
 from .app import create_app
 from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
+from .redis_state import RedisState, RedisUnavailable
 
 log = logging.getLogger("tracker")
 
@@ -47,6 +48,9 @@ examples:
       serve the cluster over HTTPS; agents sign every announce with their node credential
       (see `p2pdist certs --help`); Prometheus scrapes /metrics with "Bearer <cluster secret>"
   p2pdist-tracker --config /etc/p2pdist/tracker.toml --log-level debug
+  p2pdist-tracker --listen 0.0.0.0:7070 --redis redis://redis:6379/0   (with the cluster token as above)
+      one of several replicas sharing their state in Redis behind one Service: agents may announce
+      to any of them, and any of them may go away
 
 configuration, lowest to highest precedence: built-in defaults; the TOML file from --config
 (or {ENV_PREFIX}CONFIG), top level or a [tracker] table; environment variables
@@ -89,13 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow listening beyond loopback without a cluster token")
+    p.add_argument("--redis", metavar="URL",
+                   help="keep the state in this Redis (redis://HOST:6379/0) so several trackers serve one cluster "
+                        "(default: in memory, one tracker)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info); logs are JSON lines")
     return p
 
 
 async def serve(config: TrackerConfig) -> None:
     """Serve until SIGTERM/SIGINT, then close connections and stop cleanly."""
-    app = create_app(config)
+    shared = None
+    if config.redis:
+        shared = RedisState.from_url(config.redis, config)
+        await shared.start()  # RedisUnavailable: main() says so and exits
+        log_event(log, logging.INFO, "redis_state", url=config.redis.split("@")[-1])
+    app = create_app(config, shared=shared)
     access = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
     raise_file_limit(config.max_connections + 256)
     runner = ServerRunner(app, handle_signals=False, access_log=access, idle_timeout=config.idle_timeout,
@@ -119,6 +131,8 @@ async def serve(config: TrackerConfig) -> None:
         log_event(log, logging.INFO, "stopping")
     finally:
         await runner.cleanup()
+        if shared is not None:
+            await shared.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lease_pieces": args.lease_pieces, "origin_streams": args.origin_streams,
         "origin_slow_start": args.origin_slow_start, "cluster_token": args.cluster_token,
         "insecure": args.insecure, "log_level": args.log_level, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "redis": args.redis,
     }
     try:
         config = load(args.config, flags=flags)
@@ -142,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CertError as e:
         print(f"p2pdist-tracker: error: {e}", file=sys.stderr)
         return 2
+    except RedisUnavailable as e:
+        print(f"p2pdist-tracker: error: {e}; start it, or check --redis", file=sys.stderr)
+        return 1
     except OSError as e:  # typically the port is taken or the address is not ours
         print(f"p2pdist-tracker: error: cannot listen on {config.listen}: {e.strerror or e}", file=sys.stderr)
         return 1

@@ -39,6 +39,9 @@ class TrackerConfig(Settings):
     # Serve HTTPS with this certificate and key (`p2pdist certs issue tracker --host ...`).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Keep the state in this Redis (redis://HOST:PORT/DB, rediss:// for TLS) instead of in memory:
+    # several tracker replicas on one Redis serve one cluster, and any of them may go away.
+    redis: str = ""
     # Seconds a peer ticket is good for; agents renew at half-life through their announces. A banned
     # node is off every peer port within this (and is handed out to nobody at once); agents keep
     # trading through a tracker outage for at least half of it.
@@ -100,6 +103,9 @@ class TrackerConfig(Settings):
     # announces (tracker/pacer.py). One core answers about 4,000/s at p99 < 20 ms on a 2-core VM
     # (benchmarks/bench_tracker.py); 0 = no pacing.
     announce_budget: int = Field(3000, ge=0)
+    # Agents give up on an announce after this long (theirs: 5 s). Under overload, one that waited
+    # longer is dropped unanswered instead of worked on for nobody (tracker/shedding.py).
+    client_timeout: float = Field(5.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("handout_policy")
@@ -107,6 +113,13 @@ class TrackerConfig(Settings):
     def _known_policy(cls, value: str) -> str:
         if value not in HANDOUTS:
             raise ValueError(f"handout_policy {value!r} is unknown; choose one of {', '.join(HANDOUTS)}")
+        return value
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis {value!r} must be a URL such as redis://127.0.0.1:6379/0 (or empty: in memory)")
         return value
 
     @model_validator(mode="after")

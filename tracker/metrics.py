@@ -29,6 +29,9 @@ class TrackerMetrics:
         self.announces = Counter("p2pdist_tracker_announces", "Announces received, by event", ["event"],
                                  registry=r)
         self.errors = Counter("p2pdist_tracker_errors", "Requests refused, by kind", ["kind"], registry=r)
+        self.dropped = Counter("p2pdist_tracker_announces_dropped",
+                               "Announces dropped unanswered under load because their agent gave up: its connection "
+                               "closed (gone) or it waited longer than agents wait (late)", ["reason"], registry=r)
         self.leases_granted = Counter("p2pdist_tracker_leases_granted", "Origin leases granted", registry=r)
         self.leases_reassigned = Counter("p2pdist_tracker_leases_reassigned",
                                          "Leases granted over pieces an earlier lease had covered", registry=r)

@@ -47,7 +47,7 @@ def _ignore(event: str, **fields: Any) -> None:
 class AnnounceError(TrackerError):
     """An announce the tracker refuses; ``kind`` is one of KINDS and picks the HTTP status."""
 
-    KINDS = ("size-conflict", "size-invalid", "capacity", "banned")
+    KINDS = ("size-conflict", "size-invalid", "capacity", "banned", "busy")
 
     def __init__(self, kind: str, message: str) -> None:
         assert kind in self.KINDS, kind
@@ -128,7 +128,7 @@ def handle_announce(
     _expire(blob, now, config, emit)
     _settle(blob, state, now, emit)
     blob.last_seen = now
-    if blob.book is not None and not blob.peers:
+    if blob.book is not None and not blob.peer_total():
         # Every holder left (stopped or expired): the digests stay facts, but the bytes must come
         # from the origin again, under lease.
         blob.book.reopen()

@@ -1,4 +1,4 @@
-"""Tracker state behind a small interface: in memory now, a shared store (Redis) later.
+"""Tracker state behind a small interface: in memory here, shared in Redis in ``redis_state``.
 
 Per blob the tracker keeps its size and piece size, the origin leases (a core ``LeaseBook``), the
 append-only log of piece digests handed to agents page by page, and the live peers. Everything is
@@ -163,15 +163,23 @@ class BlobRecord:
             heapq.heapify(self.seen)
         return True
 
+    def peer_total(self) -> int:
+        """Live peers of the blob (handed out, or not yet expired)."""
+        return len(self.peers)
+
     def remove_peer(self, node: str) -> None:
         record = self.peers.pop(node, None)
         if record is not None and not record.info.complete:
             self.downloaders -= 1
-        self.takers.discard(node)
-        self.probation.discard(node)
+        self._forget_peer(node)
         gone = self.everyone.remove(node)
         if gone is not None:
             self._ungroup(gone)
+
+    def _forget_peer(self, node: str) -> None:
+        """What a peer leaving means beyond the peer list: no lease, no place among the takers."""
+        self.takers.discard(node)
+        self.probation.discard(node)
         if self.book is not None:
             self.book.release(node)
 

@@ -46,9 +46,10 @@ class Readiness:
         return None
 
     async def _tracker_reachable(self) -> str | None:
-        url = self.agent.config.tracker
-        if not url:
+        client = self.agent.tracker
+        if client is None:
             return None  # a node on its own: nothing to reach
+        url = client.url.removesuffix("/v1/announce")  # the replica the agent announces to now
         now = time.monotonic()
         if self._tracker is not None and now - self._tracker[0] < TRACKER_TTL:
             return self._tracker[1]

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import ssl
+import zlib
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from p2pdist.core import wire
+from p2pdist.logs import log_event
 
 from ..errors import P2pdistError
 
 if TYPE_CHECKING:
     from p2pdist.agent.identity import NodeIdentity
+
+
+log = logging.getLogger("p2pdist.tracker")
 
 
 class TrackerUnavailable(P2pdistError):
@@ -26,32 +32,50 @@ class SizeConflict(TrackerUnavailable):
 
 
 class TrackerClient:
+    """Announces to one tracker of ``url`` (several comma-separated: replicas sharing one Redis).
+
+    The client keeps to one replica while it answers, and moves to the next when it does not
+    (unreachable, or a 5xx), trying each once per announce: a replica that went away costs one
+    failed connection, not an announce interval without a tracker. Agents start at different
+    replicas (by node id), so the load spreads without a load balancer.
+    """
+
     def __init__(self, session: aiohttp.ClientSession, url: str, identity: NodeIdentity | None = None,
-                 timeout: float = 5.0, ssl: ssl.SSLContext | bool = True) -> None:
-        self.url = url.rstrip("/") + "/v1/announce"
-        self._path = urlsplit(self.url).path
+                 timeout: float = 5.0, ssl: ssl.SSLContext | bool = True, start: str = "") -> None:
+        bases = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not bases:
+            raise ValueError("no tracker URL")
+        self.urls = [base + "/v1/announce" for base in bases]
+        self.bases = bases
+        # Where to begin: a stable pick per node, so a fleet spreads over the replicas.
+        self._current = zlib.crc32(start.encode()) % len(bases) if start else 0
         self._session = session
         self._identity = identity
         self._ssl = ssl
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
+    @property
+    def url(self) -> str:
+        """The announce URL in use now."""
+        return self.urls[self._current]
+
     async def announce(self, msg: wire.Announce) -> wire.AnnounceReply:
-        headers = {"Content-Type": "application/msgpack"}
         identity = self._identity
         if identity is not None and identity.wants_ticket():
             msg = dataclasses.replace(msg, peer_key=identity.peer_key)
         body = wire.encode(msg)
-        if identity is not None:
-            headers["Authorization"] = identity.tracker_authorization("POST", self._path, body)
-        try:
-            async with self._session.post(self.url, data=body, headers=headers, timeout=self._timeout,
-                                          ssl=self._ssl) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    why = f"tracker answered {resp.status}: {data[:300].decode(errors='replace')}"
-                    raise SizeConflict(why) if resp.status == 409 else TrackerUnavailable(why)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise TrackerUnavailable(f"tracker {self.url} unreachable: {e or type(e).__name__}") from None
+        failures = []
+        for _ in range(len(self.urls)):
+            try:
+                data = await self._post(self.url, body)
+                break
+            except _ReplicaDown as e:
+                failures.append(str(e))
+                if len(self.urls) > 1:
+                    self._current = (self._current + 1) % len(self.urls)
+                    log_event(log, logging.WARNING, "tracker_failover", why=str(e), next=self.bases[self._current])
+        else:
+            raise TrackerUnavailable("; ".join(failures))
         try:
             reply = wire.decode(data, expect=(wire.AnnounceReply,))
         except wire.WireError as e:
@@ -60,3 +84,26 @@ class TrackerClient:
         if reply.ticket and identity is not None:
             identity.take_ticket(reply.ticket)
         return reply
+
+    async def _post(self, url: str, body: bytes) -> bytes:
+        headers = {"Content-Type": "application/msgpack"}
+        if self._identity is not None:  # signed per attempt: each carries its own nonce
+            headers["Authorization"] = self._identity.tracker_authorization("POST", urlsplit(url).path, body)
+        try:
+            async with self._session.post(url, data=body, headers=headers, timeout=self._timeout,
+                                          ssl=self._ssl) as resp:
+                data = await resp.read()
+                if resp.status == 200:
+                    return data
+                why = f"tracker {url} answered {resp.status}: {data[:300].decode(errors='replace')}"
+                if resp.status == 409:
+                    raise SizeConflict(why)
+                if resp.status >= 500:
+                    raise _ReplicaDown(why)  # another replica may do better (its Redis, its load)
+                raise TrackerUnavailable(why)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _ReplicaDown(f"tracker {url} unreachable: {e or type(e).__name__}") from None
+
+
+class _ReplicaDown(TrackerUnavailable):
+    """This replica did not answer, or failed: the next one is tried."""

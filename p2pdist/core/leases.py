@@ -56,6 +56,20 @@ class LeaseBook:
         return LeaseBook(self.piece_count, self.lease_pieces, self.ttl, self.per_node, self.max_leases,
                          self.slow_start, self.solo_lease_pieces)
 
+    def snapshot(self) -> tuple[bytes, list[tuple[str, int, int, float]], int]:
+        """The book's state as plain values, for a tracker store shared by replicas (``restore``)."""
+        return bytes(self.digested), [(x.node, x.start, x.end, x.expires) for x in self.leases], self._cursor
+
+    def restore(self, digested: bytes, leases: list[tuple[str, int, int, float]], cursor: int) -> None:
+        """Take back a ``snapshot`` of a book of the same piece count."""
+        if len(digested) != self.piece_count:
+            raise ValueError(f"a snapshot of {len(digested)} pieces for a book of {self.piece_count}")
+        self.digested = bytearray(digested)
+        self._digested_n = sum(self.digested)
+        self.leases = [Lease(node, start, end, expires) for node, start, end, expires in leases]
+        self._leased_to = {i: lease for lease in self.leases for i in range(lease.start, lease.end)}
+        self._cursor = min(max(0, cursor), self.piece_count)
+
     def held_by(self, node: str) -> list[Lease]:
         return [lease for lease in self.leases if lease.node == node]
 
