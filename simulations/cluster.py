@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import PIECE_DIGEST_SIZE
+from tracker.pacer import Pacer
 from tracker.service import memory_state
 
 from .agent import Board, Node, Swarm
@@ -146,6 +147,9 @@ class Cluster(DataPlane, ControlPlane):
         self.tally = TrackerTally()
         self.piece_digests = [i.to_bytes(PIECE_DIGEST_SIZE, "big") for i in range(max(b.count for b in self.blobs))]
         self.tracker_free = 0.0
+        # The tracker's pacer as the real tracker runs it (tracker/app.py): above its announce budget,
+        # replies ask agents for more room between announces.
+        self.pacer = Pacer(cfg.announce_budget)
         self.origin_node: Node | None = None
         if profile.origin == ORIGIN_PEER:
             self.origin_node = self._origin_peer()

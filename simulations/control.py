@@ -109,14 +109,15 @@ class ControlPlane:
             # Kraken's tracker adds the origin cluster to every handout, complete peers first.
             origin = PeerInfo("origin", "origin", have=sw.blob.count, complete=True)
             peers = [origin, *peers[: max(0, self.profile.tracker.handout_size - 1)]]
-        self.sim.after(self.rtt / 2, self._reply, (sw, msg, reply, peers))
+        spacing = self.pacer.announced(self.sim.now)
+        self.sim.after(self.rtt / 2, self._reply, (sw, msg, reply, peers, spacing))
 
     def _resend_with_size(self, sw: Swarm) -> None:
         if sw.generation == sw.node.generation and sw.node.alive:
             self.send_announce(sw, "started")
 
-    def _reply(self, args: tuple[Swarm, Announce, AnnounceReply, list[PeerInfo]]) -> None:
-        sw, msg, reply, peers = args
+    def _reply(self, args: tuple[Swarm, Announce, AnnounceReply, list[PeerInfo], float]) -> None:
+        sw, msg, reply, peers, spacing = args
         node = sw.node
         if sw.generation != node.generation or not node.alive:
             return
@@ -134,7 +135,8 @@ class ControlPlane:
             self.back_to_source[sw.b] += 1
             sw.dl.go_direct("back-to-source")
         sw.reply(machine.Reply(interval=reply.interval, learned=[i for i, _ in reply.digests],
-                               digest_pos=reply.digest_pos, leases=reply.leases, reset=reply.reset), started)
+                               digest_pos=reply.digest_pos, leases=reply.leases, reset=reply.reset,
+                               spacing=spacing), started)
 
     def _seed_announce(self, args: tuple[Node, int, int, bool]) -> None:
         node, b, generation, first = args

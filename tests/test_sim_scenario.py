@@ -134,3 +134,23 @@ def test_simulate_rejects_malformed_seeds(text, capsys):
     scenario = Path(__file__).parent.parent / "simulations" / "scenarios" / "flash-100.toml"
     assert simulate_cmd.main(["simulate", str(scenario), "--seeds", text, "--quiet"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_slow_tracker_slows_the_swarm_and_its_pacer_spaces_announces():
+    """The simulated tracker is a FIFO server charging tracker_service_time per announce, and its
+    pacer (the real one, tracker/pacer.py) asks for room above the announce budget."""
+
+    def run(service: str, budget: int) -> tuple[float, float]:
+        # Seconds long: the pacer counts announces per whole second.
+        sc = scenario_from_dict({"nodes": 30, "image": {"layers": ["1GiB"]}, "network": {"upload": "1Gbit"},
+                                 "p2pdist": {"tracker_service_time": service,
+                                             "tracker": {"announce_budget": budget}}})
+        cluster = Cluster(sc, p2pdist_profile(sc))
+        out = cluster.run()
+        return max(out.done), cluster.tally.announces / max(out.done)
+
+    fast, fast_rate = run("0ms", 0)
+    slow, _ = run("40ms", 0)  # 40 ms of tracker per announce: announces queue behind it, replies come late
+    _, paced_rate = run("0ms", 100)  # replies ask for room once past 100 announces/s
+    assert slow > 1.5 * fast
+    assert paced_rate < 0.8 * fast_rate
