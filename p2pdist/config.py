@@ -166,15 +166,22 @@ class Faults(Settings):
 
 
 def _tracker_url(value: Any) -> Any:
-    if isinstance(value, str) and value and not value.startswith(("http://", "https://")):
-        raise ValueError("must be a URL with a scheme, e.g. http://tracker:7070 (or empty for no tracker)")
+    if isinstance(value, str):
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"must be a URL with a scheme, e.g. http://tracker:7070 ({url!r} is not; several: "
+                                 "comma-separated; empty for no tracker)")
+        return ",".join(urls)
     return value
 
 
 class AgentConfig(Settings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     node_id: str = ""  # empty = hostname plus a random suffix, kept in data_dir/node-id
-    # empty = no tracker: every piece from the origin
+    # The tracker's URL; several (comma-separated) for tracker replicas sharing one Redis: the agent
+    # keeps to one and moves to the next when it stops answering. Empty = no tracker: every piece
+    # from the origin.
     tracker: Annotated[str, BeforeValidator(_tracker_url)] = "http://127.0.0.1:7070"
     # This node's identity: its credential from `p2pdist certs issue` (the file, or the text itself).
     # It names the node id; requests to the tracker and peers are signed with it (agent.identity).
@@ -193,6 +200,9 @@ class AgentConfig(Settings):
     peer_listen: HostPort = "127.0.0.1:65003"  # peer data and control endpoint
     peer_advertise: OptionalHostPort = ""  # address other peers dial; empty = peer_listen
     api_listen: HostPort = "127.0.0.1:65002"  # local control API and /metrics (p2pdist fetch talks to it)
+    # A second listener with only GET /metrics, /healthz and /readyz (nothing that fetches or writes),
+    # safe to expose to Prometheus and probes without a token, e.g. "0.0.0.0:9402". Empty = off.
+    metrics_listen: OptionalHostPort = ""
     zone: str = ""
     rack: str = ""
     capacity: Size = 0  # bytes of complete blobs kept; 0 = unlimited. TOML accepts "50GiB".

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
 from p2pdist import __version__
+
+if TYPE_CHECKING:
+    from p2pdist.store import Store
 
 
 class AgentMetrics:
@@ -49,3 +54,13 @@ class AgentMetrics:
         self.uploads = Gauge("p2pdist_uploads_active", "Piece uploads being served now (limits.upload_slots caps them)",
                              registry=r)
         self.store_bytes = Gauge("p2pdist_store_bytes", "Bytes of complete blobs in the store", registry=r)
+        self.store_blobs = Gauge("p2pdist_store_blobs", "Complete blobs in the store", registry=r)
+        self.store_capacity = Gauge("p2pdist_store_capacity_bytes",
+                                    "Bytes of complete blobs the store keeps (capacity); 0 = unlimited", registry=r)
+
+    def watch_store(self, store: Store) -> None:
+        """Read the store's use at each scrape: downloads, imports, `p2pdist cache rm|gc` and
+        evictions all change it, and none has to remember to tell the gauges."""
+        self.store_bytes.set_function(store.usage)
+        self.store_blobs.set_function(lambda: len(store.blobs()))
+        self.store_capacity.set(store.capacity or 0)

@@ -54,7 +54,8 @@ class Agent:
         self.ssl: ssl.SSLContext | bool = client_context(config.tls_ca) if config.tls_ca is not None else True
         self.metrics = AgentMetrics()
         self.store = Store(config.data_dir / "store", capacity=config.capacity or None)
-        self.tracker = TrackerClient(session, config.tracker, identity, ssl=self.ssl) if config.tracker else None
+        self.tracker = (TrackerClient(session, config.tracker, identity, ssl=self.ssl, start=self.node)
+                        if config.tracker else None)
         self.neighbours = Neighbourhood(self, session, identity, config.limits.neighbours,
                                         config.limits.peer_concurrency, scheme=config.peer_scheme)
         self.neighbours.on_change = lambda: self.metrics.neighbours.set(len(self.neighbours.peers))
@@ -65,6 +66,8 @@ class Agent:
         # Complete blobs whose stored layout the tracker confirmed (its piece size): only their piece
         # digests may go to it. A seeder's digests are taken as facts for the tracker's layout.
         self._layout_agreed: set[str] = set()
+        self._seed_wake = asyncio.Event()
+        self._forgetting: set[asyncio.Future[None]] = set()  # "stopped" announces of removed blobs
         self._seeder: asyncio.Task | None = None
         self.uploads = 0
         self.download_rate = TokenBucket(config.limits.download_rate)
@@ -175,6 +178,20 @@ class Agent:
         self._seeds[str(digest)] = time.monotonic() + (interval or SEED_INTERVAL)
         if layout_agreed:
             self._layout_agreed.add(str(digest))
+        self._seed_wake.set()  # an imported blob is announced now, not at the loop's next round
+
+    def forget(self, digest: Digest) -> None:
+        """``digest`` left the store (`p2pdist cache rm`, gc): no more seeding, and the tracker is
+        told at once so nobody is handed this node for it. A later copy (an import, a download) has
+        its layout agreed with the tracker again before its piece digests go out as facts."""
+        blob = str(digest)
+        self._seeds.pop(blob, None)
+        self._layout_agreed.discard(blob)
+        self._seed_digests_sent.discard(blob)
+        if self.tracker is not None and blob not in self._downloads:
+            task = asyncio.ensure_future(self._stop(blob))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
 
     async def start(self) -> None:
         for digest, _size in self.store.blobs():
@@ -190,7 +207,10 @@ class Agent:
             for blob in due:
                 interval = await self._announce_complete(blob)
                 self._seeds[blob] = time.monotonic() + interval
-            await asyncio.sleep(max(0.2, min((t for t in self._seeds.values()), default=now + 5) - time.monotonic()))
+            wait = max(0.2, min((t for t in self._seeds.values()), default=now + 5) - time.monotonic())
+            self._seed_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._seed_wake.wait(), wait)
 
     async def _announce_complete(self, blob: str) -> float:
         digest = Digest.parse(blob)
@@ -236,15 +256,15 @@ class Agent:
         if self.tracker is None:
             return
         blobs = set(self._seeds) | set(self.swarms)
-
-        async def stop(blob: str) -> None:
-            msg = wire.Announce(node=self.node, addr=self.addr, blob=blob, event="stopped", wants_peers=False)
-            with contextlib.suppress(TrackerUnavailable):
-                await self.tracker.announce(msg)
-
         # Bounded: a daemon asked to stop must stop even if the tracker is slow.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(stop(b) for b in blobs)), timeout=3.0)
+            await asyncio.wait_for(asyncio.gather(*(self._stop(b) for b in blobs)), timeout=3.0)
+
+    async def _stop(self, blob: str) -> None:
+        assert self.tracker is not None
+        msg = wire.Announce(node=self.node, addr=self.addr, blob=blob, event="stopped", wants_peers=False)
+        with contextlib.suppress(TrackerUnavailable):
+            await self.tracker.announce(msg)
 
     async def close(self) -> None:
         if self._seeder is not None:

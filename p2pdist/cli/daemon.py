@@ -1,10 +1,12 @@
-"""`p2pdist daemon`: runs the peer server, the local API and the agent until told to stop."""
+"""`p2pdist daemon`: runs the peer server, the local API, the mirror, the metrics listener and the
+agent until told to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -12,12 +14,14 @@ from aiohttp import web
 
 from p2pdist import USER_AGENT, mirror
 from p2pdist.agent import api, auth, peer_server
-from p2pdist.agent.identity import load_identity
+from p2pdist.agent.identity import NodeIdentity, load_identity
 from p2pdist.agent.node import Agent
+from p2pdist.agent.readiness import Readiness
 from p2pdist.config import AgentConfig, ConfigError, node_id, split_hostport
 from p2pdist.core import wire
 from p2pdist.mirror.server import OciServer
 from p2pdist.serving import CappedServer, ServerRunner, raise_file_limit
+from p2pdist.store.lock import StoreLock, StoreLocked
 from p2pdist.tls import CertError, server_context
 
 log = logging.getLogger("p2pdist.daemon")
@@ -34,15 +38,34 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
         raise SystemExit(f"p2pdist: cannot start: {e}") from None
     node = identity.node if identity is not None else node_id(config)
     secret = "" if identity is not None else _node_secret(config)
+    # The store is this process's alone while it runs: `p2pdist cache` and `import` then go through
+    # the API, and work on the directory themselves only when they get this lock (store.lock).
+    try:
+        store_lock = StoreLock(config.data_dir / "store").acquire()
+    except StoreLocked:
+        raise SystemExit(f"p2pdist: cannot start: another p2pdist daemon uses {config.data_dir}; "
+                         "give each daemon its own --data-dir") from None
+    try:
+        await _serve(config, node, secret, identity, peer_tls, ready)
+    finally:
+        store_lock.release()
+
+
+async def _serve(config: AgentConfig, node: str, secret: str, identity: NodeIdentity | None,
+                 peer_tls: ssl.SSLContext | None, ready: asyncio.Event | None) -> None:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=64)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      headers={"User-Agent": USER_AGENT}) as session:
         agent = Agent(config, node, session, node_secret=secret, identity=identity)
+        agent.metrics.watch_store(agent.store)
+        readiness = Readiness(agent)  # one tracker check cache for both listeners
         runners = []
         apps = [(peer_server.build_app(agent), config.peer_listen, CappedServer, peer_tls),
-                (api.build_app(agent), config.api_listen, CappedServer, None)]
+                (api.build_app(agent, readiness), config.api_listen, CappedServer, None)]
         if config.mirror.listen:
             apps.append((mirror.build_app(agent), config.mirror.listen, OciServer, None))
+        if config.metrics_listen:
+            apps.append((api.build_metrics_app(agent, readiness), config.metrics_listen, CappedServer, None))
         limits = config.limits
         raise_file_limit(len(apps) * limits.max_connections + 1024)  # and the client side's sockets
         for app, listen, server_class, tls in apps:
@@ -56,6 +79,7 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> None
         await agent.start()
         log.info("agent ready", extra={"node": node, "peer": config.peer_listen, "api": config.api_listen,
                                         "mirror": config.mirror.listen or "off",
+                                        "metrics": config.metrics_listen or "off",
                                         "tracker": config.tracker or "none", "data_dir": str(config.data_dir),
                                         "peer_auth": _peer_auth(config), "peer_tls": peer_tls is not None})
         stop = asyncio.Event()

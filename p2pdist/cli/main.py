@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from p2pdist import __version__, config, logs
-from p2pdist.cli import certs, configure, demo, status
+from p2pdist.cli import cache, certs, configure, demo, imports, kubernetes, status
 from p2pdist.cli import simulate as simulate_cmd
 from p2pdist.loop import run
 
@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="allow this origin registry (repeatable; http:// = plain HTTP). Also $P2PDIST_UPSTREAMS "
                         "(comma-separated). docker.io is allowed by default")
     d.add_argument("--mirror-listen", help="HOST:PORT of the registry mirror (default 127.0.0.1:65001, '' = off)")
+    d.add_argument("--metrics-listen", help="HOST:PORT serving only /metrics, /healthz and /readyz, safe to expose "
+                                            "to Prometheus, e.g. 0.0.0.0:9402 (default '' = off)")
     d.add_argument("--node-credential", metavar="FILE",
                    help="this node's credential from `p2pdist certs issue` (names the node id); "
                         "or $P2PDIST_NODE_CREDENTIAL")
@@ -90,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     demo.add_parser(sub)
     simulate_cmd.add_parser(sub)
+    kubernetes.add_parser(sub)
+    cache.add_parser(sub)
+    imports.add_parser(sub)
     return p
 
 
@@ -101,14 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         from p2pdist.cli.fetch import run_fetch
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
     runners = {"configure": configure.run, "certs": certs.run, "status": status.run, "demo": demo.run,
-               "simulate": simulate_cmd.run}
+               "simulate": simulate_cmd.run, "kubernetes": kubernetes.run,
+               "cache": cache.run, "import": imports.run}
     return runners[args.command](args)
 
 
 def _daemon(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
-        "tracker", "peer_listen", "peer_advertise", "api_listen", "data_dir", "node_id", "zone", "rack",
-        "capacity", "cluster_token", "node_credential", "tls_ca", "tls_cert", "tls_key", "log_level", "upstream")}
+        "tracker", "peer_listen", "peer_advertise", "api_listen", "metrics_listen", "data_dir", "node_id", "zone",
+        "rack", "capacity", "cluster_token", "node_credential", "tls_ca", "tls_cert", "tls_key", "log_level",
+        "upstream")}
     if args.mirror_listen is not None:
         overrides["mirror"] = {"listen": args.mirror_listen}
     try:
