@@ -312,3 +312,24 @@ def test_a_range_longer_than_any_blob_is_refused_with_an_oci_error(header: str) 
         parse_range(header, 1 << 20)
     assert refused.value.status == 416
     assert parse_range("bytes=0-" + "9" * 19, 1 << 20) == (0, 1 << 20)  # the largest accepted: clamped
+
+
+async def test_blob_answers_are_counted_by_cache_and_bytes_by_source(mirror, registry, image):
+    """First GET of a cold blob: a miss, its bytes from the swarm; the second: a hit, from the store."""
+    _, digests, layers = image
+    url = f"http://{mirror.mirror}/v2/team/app/blobs/{digests[1]}"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, params=ns(registry)) as r:
+            assert r.status == 200 and await r.read() == layers[1]
+        deadline = asyncio.get_running_loop().time() + 30
+        while mirror.status()["downloads"] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)  # polling for the commit after the last byte, bounded
+        async with s.get(url, params=ns(registry)) as r:
+            assert r.status == 200 and await r.read() == layers[1]
+        async with s.head(url, params=ns(registry)) as r:  # a HEAD sends no blob bytes
+            assert r.status == 200
+    m = mirror.metrics()
+    assert m['p2pdist_mirror_blob_requests_total{cache="miss"}'] == 1
+    assert m['p2pdist_mirror_blob_requests_total{cache="hit"}'] == 1
+    assert m['p2pdist_mirror_bytes_served_total{source="swarm"}'] == len(layers[1])
+    assert m['p2pdist_mirror_bytes_served_total{source="cache"}'] == len(layers[1])

@@ -102,11 +102,20 @@ def _msg(node: str, **fields: Any) -> Announce:
     return Announce(node=node, addr=f"{node}.example:7001", **fields)
 
 
-def test_replicas_announcing_at_once_lose_no_update(redis_server: RedisServer,
-                                                    loop: asyncio.AbstractEventLoop) -> None:
+def test_replicas_announcing_at_once_lose_no_update(redis_server: RedisServer, loop: asyncio.AbstractEventLoop,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Two replicas (two RedisStates, two connection pools) answer 200 announces of one blob
-    concurrently: every peer is recorded once, the downloader count is exact, no lease overlaps."""
+    concurrently: every peer is recorded once, the downloader count is exact, no lease overlaps;
+    and a replica answers the announces that queued up together, in few turns."""
     config = base.CONFIG
+    turns = []
+    real_turn = RedisState._turn
+
+    async def counted(self: RedisState, batch: list, *args: Any) -> None:
+        turns.append(len(batch))
+        await real_turn(self, batch, *args)
+
+    monkeypatch.setattr(RedisState, "_turn", counted)
 
     async def run() -> tuple[int, int, list[tuple[int, int]]]:
         prefix = f"race{next(_prefixes)}:"
@@ -128,7 +137,8 @@ def test_replicas_announcing_at_once_lose_no_update(redis_server: RedisServer,
         return peers, downloaders, leases
 
     peers, downloaders, leases = loop.run_until_complete(run())
-    assert peers == 200
+    assert peers == 200 and sum(turns) == 200
+    assert len(turns) <= 20, f"{len(turns)} turns for 200 announces: they were not batched"
     assert downloaders == 180  # every tenth announced complete
     pieces = [i for s, e in leases for i in range(s, e)]
     assert pieces and len(pieces) == len(set(pieces)), "two replicas leased the same piece"

@@ -1,11 +1,13 @@
 """Tracker state in Redis: several stateless tracker replicas behind one Service share it.
 
-The announce logic is the in-memory tracker's own (``service.handle_announce``, unchanged). One
-announce is one turn of its blob: the replica takes the blob's lock, loads what the logic needs
-(the blob's record, the asker's peer entry, a random sample of the peers, the standings it will
-ask about), runs the logic on that snapshot, and writes back what changed in one atomic script
-that also checks the lock is still its own and releases it. Three round trips when nothing else
-is needed (lock, load, save), four when the blob has open audits or peers to expire.
+The announce logic is the in-memory tracker's own (``service.handle_announce``, unchanged). A
+replica answers a swarm's announces in turns: it takes the blob's lock, loads what the announce
+logic needs (the blob's record, the askers' peer entries, random samples of the peers, the
+standings it will ask about), runs the logic for each announce of the turn on that snapshot, and
+writes back what changed in one atomic script that also checks the lock is still its own and
+releases it. Four round trips per turn (lock, load, standings, save); announces of the swarm that
+arrive meanwhile wait for the next turn and share it (group commit), so a hot blob costs round
+trips per batch, not per announce.
 
 Keys, under ``prefix``; ``K`` is ``digest:size``, a swarm as the in-memory state keys it:
 
@@ -56,6 +58,8 @@ LOCK_TTL_MS = 5_000  # a replica that dies holding a blob's lock holds it this l
 LOCK_WAIT = 2.0  # seconds an announce waits for its blob's lock before the tracker answers 503
 EXPIRED_PER_ANNOUNCE = 256  # peers an announce expires at most (the rest go with the next ones)
 MAX_SIZES = 4  # sizes one digest is tracked with at once (the in-memory state's max_sizes_per_blob)
+MAX_BATCH = 64  # announces of one swarm answered in one turn (one load, one save)
+SAMPLE_SPREAD = 4  # a batch draws up to this many handouts' worth of candidates, so handouts differ
 STANDING_TTL = 86_400  # seconds a standing is kept after its last change (a ban: at least its end)
 
 # Applies a save: checks the lock is still this replica's (it may have expired while the replica
@@ -68,6 +72,15 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 UNLOCK_SCRIPT = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+@dataclass(slots=True)
+class Waiting:
+    """An announce waiting for its swarm's turn, and where its reply goes."""
+
+    msg: Announce
+    now: float
+    future: asyncio.Future[AnnounceReply]
 
 
 class RedisUnavailable(TrackerError):
@@ -96,13 +109,12 @@ def _unpack_standing(data: bytes) -> Standing:
 
 @dataclass(slots=True)
 class PeerJournal:
-    """One announce's view of a blob's peers in Redis, and the changes it made to them."""
+    """A batch of announces' view of a blob's peers in Redis, and the changes they made to them."""
 
-    count: int  # peers in Redis before this announce
-    asker: str
-    asker_info: PeerInfo | None  # the asker's entry before this announce
+    count: int  # peers in Redis before the batch (then kept up to date)
+    askers: dict[str, PeerInfo | None] = field(default_factory=dict)  # the askers' entries before it
     sample: list[PeerInfo] = field(default_factory=list)
-    near: tuple[list[PeerInfo], list[PeerInfo]] = ([], [])  # (rack, zone) samples
+    near: dict[tuple[str, str], tuple[list[PeerInfo], list[PeerInfo]]] = field(default_factory=dict)
     expired: dict[str, PeerInfo] = field(default_factory=dict)
     puts: dict[str, PeerInfo] = field(default_factory=dict)
     removes: dict[str, PeerInfo | None] = field(default_factory=dict)  # None: its entry is not loaded
@@ -113,18 +125,20 @@ class SharedBlobRecord(BlobRecord):
     """A blob's record whose peers live in Redis: the peer operations the announce logic uses act
     on the loaded sample and are journalled; everything else is the in-memory record's."""
 
-    journal: PeerJournal | None = None
+    journal: PeerJournal = field(default_factory=lambda: PeerJournal(0))
 
     def peer_total(self) -> int:
-        assert self.journal is not None
         return self.journal.count
+
+    def _entry(self, node: str) -> PeerInfo | None:
+        j = self.journal
+        if node in j.removes:
+            return None
+        return j.puts.get(node) or j.askers.get(node)
 
     def put_peer(self, info: PeerInfo, now: float) -> bool:
         j = self.journal
-        assert j is not None
-        old = j.puts.get(info.node) or (j.asker_info if info.node == j.asker else None)
-        if info.node in j.removes:
-            old = None
+        old = self._entry(info.node)
         if old is None and j.count >= self.max_peers:
             return False
         if old is not None and not old.complete:
@@ -139,9 +153,8 @@ class SharedBlobRecord(BlobRecord):
 
     def remove_peer(self, node: str) -> None:
         j = self.journal
-        assert j is not None
         if node not in j.removes:
-            old = j.puts.pop(node, None) or j.expired.get(node) or (j.asker_info if node == j.asker else None)
+            old = j.puts.pop(node, None) or j.expired.get(node) or j.askers.get(node)
             j.removes[node] = old
             if old is not None:
                 j.count -= 1
@@ -151,21 +164,20 @@ class SharedBlobRecord(BlobRecord):
 
     def expire_peers(self, now: float, ttl: float) -> list[str]:
         j = self.journal
-        assert j is not None
-        gone = [node for node in j.expired if node != j.asker and node not in j.removes]
+        gone = [node for node, info in j.expired.items() if node not in j.removes and node not in j.puts]
+        j.expired = {}  # once per batch: what expired is gone for the announces after it too
         for node in gone:
             self.remove_peer(node)
-        if gone:  # the sample was drawn before they expired
-            j.sample, j.near = _live(j.sample, j.removes), (_live(j.near[0], j.removes), _live(j.near[1], j.removes))
+        if gone:  # the samples were drawn before they expired
+            j.sample = _live(j.sample, j.removes)
+            j.near = {k: (_live(r, j.removes), _live(z, j.removes)) for k, (r, z) in j.near.items()}
         return gone
 
     def live_peers(self) -> list[PeerInfo]:
-        assert self.journal is not None
         return self.journal.sample
 
     def near_peers(self, zone: str, rack: str) -> tuple[list[PeerInfo], list[PeerInfo]]:
-        assert self.journal is not None
-        return self.journal.near
+        return self.journal.near.get((zone, rack), ([], []))
 
 
 def _pack_record(r: SharedBlobRecord) -> bytes:
@@ -201,8 +213,8 @@ def _unpack_record(digest: str, data: bytes, config: TrackerConfig) -> SharedBlo
 
 
 class AnnounceView:
-    """The ``TrackerState`` one announce sees: one blob (at the sizes loaded), the standings loaded,
-    and the changes to write back."""
+    """The ``TrackerState`` a turn's announces see: one blob (at the sizes loaded), the standings
+    loaded, and the changes to write back."""
 
     def __init__(self, store: RedisState, digest: str, sizes: set[int], size_peers: dict[int, int],
                  blob_total: int) -> None:
@@ -247,7 +259,6 @@ class AnnounceView:
                             f"leave {config.blob_ttl:.0f} s after their last announce")
         record = SharedBlobRecord(blob, self.new_epoch(), now, config.max_peers_per_blob)
         record.pieces = pieces
-        record.journal = PeerJournal(0, "", None)
         self.records[size] = record
         self.sizes_known.add(size)
         self.forgotten.discard(size)
@@ -286,9 +297,12 @@ class RedisState:
         self.config = config
         self.prefix = prefix
         self._epochs: list[int] = []
-        # Announces of one blob on this replica queue here, not on the Redis lock: spinning on it
-        # with retries cost CPU and, past ~400/s on one blob, turned announces into 503 busy.
-        self._local: dict[str, asyncio.Lock] = {}
+        # Announces waiting for their swarm's next turn (announce): a replica's own announces of
+        # one blob queue here, not on the Redis lock (spinning on it, past ~400/s on one blob,
+        # turned announces into 503 busy).
+        self._queues: dict[tuple[str, int | None], list[Waiting]] = {}
+        self._draining: set[tuple[str, int | None]] = set()
+        self._drains: set[asyncio.Future[None]] = set()
         self._counts = (0, 0, 0)  # blobs, peers, leases: refreshed by sweep()
         self._save = client.register_script(SAVE_SCRIPT)
         self._unlock = client.register_script(UNLOCK_SCRIPT)
@@ -331,32 +345,53 @@ class RedisState:
     # --- the announce ---------------------------------------------------------------------------
     async def announce(self, msg: Announce, now: float, rng: random.Random, emit: Emit,
                        policy: HandoutPolicy | None = None) -> AnnounceReply:
-        p = self.prefix
-        lock = f"{p}lock:{msg.blob}"
-        token = secrets.token_hex(8)
-        local = self._local.get(msg.blob)
-        if local is None:
-            local = self._local[msg.blob] = asyncio.Lock()
-        try:
-            async with local:
-                return await self._turn(msg, now, rng, emit, policy, lock, token)
-        finally:
-            if not local.locked() and self._local.get(msg.blob) is local:
-                # Bounded by the blobs announced at this moment. (A waiter woken but not yet running
-                # sees locked() False: a newcomer then makes a new lock, and the two meet at the Redis
-                # lock instead, which is what keeps them apart anyway.)
-                del self._local[msg.blob]
+        """Answer one announce. Announces of one swarm that arrive while its turn is under way wait
+        and go together in the next turn (group commit): one lock, one load and one save for the
+        batch, whose announces then run one after the other on the loaded record, as the in-memory
+        tracker would run them. A hot blob then costs Redis round trips per batch, not per announce."""
+        key = (msg.blob, msg.size)
+        waiting = Waiting(msg, now, asyncio.get_running_loop().create_future())
+        queue = self._queues.setdefault(key, [])
+        queue.append(waiting)
+        if key not in self._draining:
+            self._draining.add(key)
+            task = asyncio.ensure_future(self._drain(key, rng, emit, policy))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        return await waiting.future
 
-    async def _turn(self, msg: Announce, now: float, rng: random.Random, emit: Emit, policy: HandoutPolicy | None,
-                    lock: str, token: str) -> AnnounceReply:
-        """One announce, holding this replica's turn on the blob: the blob's Redis lock, load,
-        the announce logic, save."""
+    async def _drain(self, key: tuple[str, int | None], rng: random.Random, emit: Emit,
+                     policy: HandoutPolicy | None) -> None:
+        try:
+            while self._queues.get(key):
+                queue = self._queues[key]
+                # Without a size, one at a time: which swarm it joins depends on what Redis holds.
+                cut = MAX_BATCH if key[1] is not None else 1
+                batch, self._queues[key] = queue[:cut], queue[cut:]
+                await self._turn(batch, rng, emit, policy)
+        finally:
+            self._draining.discard(key)
+            if not self._queues.get(key):
+                self._queues.pop(key, None)
+
+    async def _turn(self, batch: list[Waiting], rng: random.Random, emit: Emit,
+                    policy: HandoutPolicy | None) -> None:
+        """One turn of a swarm: its Redis lock, load, the announce logic for each announce of the
+        batch, save; then the replies (only once the save holds)."""
+        lock = f"{self.prefix}lock:{batch[0].msg.blob}"
+        token = secrets.token_hex(8)
+        answers: list[tuple[Waiting, AnnounceReply | None, BaseException | None]] = []
         try:
             await self._lock(lock, token)
             try:
-                view = await self._load(msg, now)
-                reply = handle_announce(view, msg, now, rng, self.config, emit, policy)  # type: ignore[arg-type]
-                ops = await self._writes(view, now)
+                view = await self._load(batch)
+                for w in batch:
+                    try:
+                        reply = handle_announce(view, w.msg, w.now, rng, self.config, emit, policy)  # type: ignore[arg-type]
+                        answers.append((w, reply, None))
+                    except AnnounceError as e:
+                        answers.append((w, None, e))
+                ops = await self._writes(view, max(w.now for w in batch))
                 if not await self._save(keys=[lock], args=[token, msgpack.packb(ops, use_bin_type=False)]):
                     raise RedisUnavailable("this tracker lost the blob's lock while answering (Redis or the "
                                            "tracker stalled): announce again")
@@ -365,8 +400,19 @@ class RedisState:
                 if token:
                     await self._unlock(keys=[lock], args=[token])
         except (RedisError, OSError) as e:
-            raise RedisUnavailable(f"Redis at {self._where()}: {e}") from None
-        return reply
+            failure: BaseException = RedisUnavailable(f"Redis at {self._where()}: {e}")
+            answers = [(w, None, failure) for w in batch]
+        except (AnnounceError, RedisUnavailable) as e:  # busy, or the lock lost: the whole batch
+            answers = [(w, None, e) for w in batch]
+        except Exception as e:  # a bug: every waiter hears of it (as a 500), none hangs
+            answers = [(w, None, e) for w in batch]
+        for w, reply, error in answers:
+            if w.future.done():
+                continue
+            if error is not None:
+                w.future.set_exception(error)
+            else:
+                w.future.set_result(reply)
 
     async def _lock(self, lock: str, token: str) -> None:
         loop = asyncio.get_running_loop()
@@ -378,23 +424,25 @@ class RedisState:
             await asyncio.sleep(wait * (0.5 + random.random()))
             wait = min(wait * 2, 0.02)
 
-    async def _load(self, msg: Announce, now: float) -> AnnounceView:
-        p, digest = self.prefix, msg.blob
+    async def _load(self, batch: list[Waiting]) -> AnnounceView:
+        p, first = self.prefix, batch[0].msg
+        digest, now = first.blob, max(w.now for w in batch)
         pipe = self.redis.pipeline(transaction=False)
         pipe.smembers(f"{p}z:{digest}")
         pipe.zcard(f"{p}blobs")
-        if len(self._epochs) < 2:
+        refill = len(self._epochs) < 2 * len(batch)
+        if refill:
             pipe.incrby(f"{p}epoch", EPOCH_BATCH)
-        if msg.size is not None:
-            self._read_blob(pipe, digest, msg.size, msg, now)
+        if first.size is not None:
+            self._read_blob(pipe, digest, first.size, batch, now)
         res = await pipe.execute()
         sizes = {int(s) for s in res[0]}
         blob_total = res[1]
         rest = res[2:]
-        if len(self._epochs) < 2:
+        if refill:
             top = rest.pop(0)
-            self._epochs = [(e - 1) % (EPOCH_LIMIT - 1) + 1 for e in range(top, top - EPOCH_BATCH, -1)]
-        size = msg.size
+            self._epochs += [(e - 1) % (EPOCH_LIMIT - 1) + 1 for e in range(top, top - EPOCH_BATCH, -1)]
+        size = first.size
         size_peers: dict[int, int] = {}
         if size is None and sizes:
             # The agent's first announce of a blob it knows no size of (rare: the mirror knows it).
@@ -406,10 +454,10 @@ class RedisState:
             if len(alive) == 1:
                 (size,) = alive
                 pipe = self.redis.pipeline(transaction=False)
-                self._read_blob(pipe, digest, size, msg, now)
+                self._read_blob(pipe, digest, size, batch, now)
                 rest = await pipe.execute()
         view = AnnounceView(self, digest, sizes, size_peers, blob_total)
-        record = self._take_blob(view, digest, size, msg, rest) if size is not None and rest else None
+        record = self._take_blob(view, digest, size, batch, rest) if size is not None and rest else None
         if size is not None and record is None and size not in sizes:
             if len(sizes) >= MAX_SIZES:
                 pipe = self.redis.pipeline(transaction=False)
@@ -418,52 +466,63 @@ class RedisState:
                 size_peers.update(zip(sizes, await pipe.execute(), strict=True))
         elif size is not None and record is None:
             sizes.discard(size)  # listed, but its record expired
-        await self._load_more(view, msg, record, size)
+        await self._load_more(view, batch, record, size)
         return view
 
     def _k(self, kind: str, digest: str, size: int) -> str:
         return f"{self.prefix}{kind}:{digest}:{size}"
 
-    def _read_blob(self, pipe: Any, digest: str, size: int, msg: Announce, now: float) -> None:
-        """Queue the reads of one blob's record and of what this announce needs of its peers."""
+    def _read_blob(self, pipe: Any, digest: str, size: int, batch: list[Waiting], now: float) -> None:
+        """Queue the reads of one blob's record and of what the batch needs of its peers: the
+        askers' entries, the peers past their TTL, and random samples of the swarm and of each
+        asker's zone and rack, larger for larger batches so their handouts differ."""
         pipe.get(self._k("b", digest, size))
         pipe.hlen(self._k("p", digest, size))
-        pipe.hget(self._k("p", digest, size), msg.node)
+        pipe.hmget(self._k("p", digest, size), [w.msg.node for w in batch])
         pipe.zrangebyscore(self._k("t", digest, size), "-inf", now - self.config.peer_ttl, start=0,
                            num=EXPIRED_PER_ANNOUNCE)
-        if msg.wants_peers:
-            limit = self.config.handout_size
-            pipe.hrandfield(self._k("p", digest, size), limit * SAMPLE + 2, withvalues=True)
-            for key in near_keys(msg.zone, msg.rack):
-                pipe.hrandfield(f"{self._k('g', digest, size)}:{key}", limit * NEAR_SAMPLE, withvalues=True)
+        wanting = [w.msg for w in batch if w.msg.wants_peers]
+        if wanting:
+            limit, spread = self.config.handout_size, min(len(wanting), SAMPLE_SPREAD)
+            pipe.hrandfield(self._k("p", digest, size), limit * SAMPLE * spread + 2, withvalues=True)
+            for zone, rack in sorted({(m.zone, m.rack) for m in wanting}):
+                for key in near_keys(zone, rack):
+                    pipe.hrandfield(f"{self._k('g', digest, size)}:{key}", limit * NEAR_SAMPLE * spread,
+                                    withvalues=True)
 
-    def _take_blob(self, view: AnnounceView, digest: str, size: int, msg: Announce,
+    def _take_blob(self, view: AnnounceView, digest: str, size: int, batch: list[Waiting],
                    res: list[Any]) -> SharedBlobRecord | None:
-        data, count, asker, expired = res[:4]
+        data, count, askers, expired = res[:4]
         if data is None:
             return None
         record = _unpack_record(digest, data, self.config)
-        journal = PeerJournal(count, msg.node, _unpack_peer(asker) if asker is not None else None)
+        journal = PeerJournal(count)
+        journal.askers = {w.msg.node: _unpack_peer(a) if a is not None else None
+                          for w, a in zip(batch, askers, strict=True)}
         journal.expired = {n.decode(): PeerInfo(n.decode(), "") for n in expired}  # infos loaded next
-        if msg.wants_peers:
+        wanting = [w.msg for w in batch if w.msg.wants_peers]
+        if wanting:
             journal.sample = _infos(res[4])
-            groups = [_infos(r) for r in res[5:]]
-            zone = groups[0] if groups else []
-            rack = groups[1] if len(groups) > 1 else []
-            journal.near = (rack, zone)
+            at = 5
+            for zone, rack in sorted({(m.zone, m.rack) for m in wanting}):
+                groups = []
+                for _key in near_keys(zone, rack):
+                    groups.append(_infos(res[at]))
+                    at += 1
+                journal.near[(zone, rack)] = (groups[1] if len(groups) > 1 else [], groups[0] if groups else [])
         record.journal = journal
         view.records[size] = record
         return record
 
-    async def _load_more(self, view: AnnounceView, msg: Announce, record: SharedBlobRecord | None,
+    async def _load_more(self, view: AnnounceView, batch: list[Waiting], record: SharedBlobRecord | None,
                          size: int | None) -> None:
         """Second round trip: the standings the logic will ask about, and the expiring peers' entries."""
-        nodes = {msg.node}
+        nodes = {w.msg.node for w in batch}
         if record is not None:
-            assert record.journal is not None
             nodes.update(p.node for p in record.journal.sample)
-            for near in record.journal.near:
-                nodes.update(p.node for p in near)
+            for rack, zone in record.journal.near.values():
+                nodes.update(p.node for p in rack)
+                nodes.update(p.node for p in zone)
             for audit in record.audits.values():
                 nodes.add(audit.reporter)
                 nodes.update(audit.opinions)
@@ -473,7 +532,7 @@ class RedisState:
         order = sorted(nodes)
         pipe = self.redis.pipeline(transaction=False)
         pipe.mget([f"{self.prefix}n:{n}" for n in order])
-        expired = list(record.journal.expired) if record is not None and record.journal is not None else []
+        expired = list(record.journal.expired) if record is not None else []
         if expired and size is not None:
             pipe.hmget(self._k("p", view.digest, size), expired)
         res = await pipe.execute()
@@ -481,7 +540,7 @@ class RedisState:
             view.standing_seen[node] = data
             if data is not None:
                 view.standings[node] = _unpack_standing(data)
-        if expired and record is not None and record.journal is not None:
+        if expired and record is not None:
             record.journal.expired = {n: _unpack_peer(d) if d is not None else PeerInfo(n, "", complete=True)
                                       for n, d in zip(expired, res[1], strict=True)}
 
@@ -509,7 +568,6 @@ class RedisState:
         """Peers removed whose entries were not loaded (a banned auditor): load them now, for their
         groups and the downloader count."""
         j = record.journal
-        assert j is not None
         unknown = [n for n, info in j.removes.items() if info is None]
         if not unknown:
             return
@@ -528,7 +586,6 @@ class RedisState:
         p, ttl, key = self.prefix, self.ttl_ms, f"{digest}:{size}"
         peers, seen, group = self._k("p", digest, size), self._k("t", digest, size), self._k("g", digest, size)
         j = record.journal
-        assert j is not None
         ops: list[list[Any]] = [["SET", self._k("b", digest, size), _pack_record(record), "PX", ttl]]
         touched_groups: set[str] = set()
         for node, old in j.removes.items():
@@ -538,7 +595,7 @@ class RedisState:
         for node, info in j.puts.items():
             packed = _pack_peer(info)
             ops += [["HSET", peers, node, packed], ["ZADD", seen, now, node]]
-            old = j.asker_info if node == j.asker else None
+            old = j.askers.get(node)
             new_groups = near_keys(info.zone, info.rack)
             if old is not None:
                 ops += [["HDEL", f"{group}:{g}", node] for g in near_keys(old.zone, old.rack) if g not in new_groups]

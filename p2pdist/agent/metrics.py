@@ -49,6 +49,17 @@ class AgentMetrics:
             "Blob reads the upstream was asked to confirm for a client and repository (HEAD with its credentials)",
             ["result"], registry=r,
         )
+        self.mirror_blobs = Counter(
+            "p2pdist_mirror_blob_requests_total",
+            "Blob GETs the mirror answered, by cache: hit (in the store), miss (downloaded through the swarm "
+            "as it was sent), passthrough (from the origin, not kept: no room)", ["cache"], registry=r,
+        )
+        self.mirror_bytes = Counter(
+            "p2pdist_mirror_bytes_served_total",
+            "Blob bytes the mirror sent to clients, by where they came from: cache (the store), swarm (a "
+            "download in progress: peers and origin, see p2pdist_bytes_received_total), origin (passthrough)",
+            ["source"], registry=r,
+        )
         self.swarms = Gauge("p2pdist_active_swarms", "Blobs downloading now", registry=r)
         self.neighbours = Gauge("p2pdist_neighbours", "Connected peers", registry=r)
         self.uploads = Gauge("p2pdist_uploads_active", "Piece uploads being served now (limits.upload_slots caps them)",

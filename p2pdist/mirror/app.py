@@ -218,7 +218,7 @@ class Mirror:
             size = await self._confirm_blob(request, route, digest, auth)
         stored = await serve_stored(request, self.agent, digest)
         if stored is not None:
-            return stored
+            return self._served(request, stored, "hit", "cache")
         if request.method == "HEAD":
             if size is None:
                 size = await self._upstream_size(route, digest, auth)
@@ -227,9 +227,10 @@ class Mirror:
         if swarm is None:  # completed between our check and now
             stored = await serve_stored(request, self.agent, digest)
             if stored is not None:
-                return stored
+                return self._served(request, stored, "hit", "cache")
         try:
-            return await stream_from_swarm(request, self.agent, swarm, done, digest)
+            return self._served(request, await stream_from_swarm(request, self.agent, swarm, done, digest),
+                                "miss", "swarm")
         except FetchFailed as e:
             # No room to keep the blob: the client still gets it, from the origin through us, not
             # kept (a pull must not fail because this node's disk is full; containerd would not
@@ -239,8 +240,17 @@ class Mirror:
             log.warning("no room to keep the blob; passing it through from the upstream",
                         extra={"blob": str(digest), "error": str(e)})
             self.agent.metrics.origin_fallbacks.labels("disk").inc()
-            return await serve_uncached(request, self.agent.origin_client(route.registry, auth), route.repo,
+            sent = await serve_uncached(request, self.agent.origin_client(route.registry, auth), route.repo,
                                         digest, size)
+            return self._served(request, sent, "passthrough", "origin")
+
+    def _served(self, request: web.Request, resp: web.StreamResponse, cache: str, source: str) -> web.StreamResponse:
+        """Count a blob answer that went out whole (an aborted one raised before this)."""
+        if request.method == "GET":
+            metrics = self.agent.metrics
+            metrics.mirror_blobs.labels(cache).inc()
+            metrics.mirror_bytes.labels(source).inc(resp.content_length or 0)
+        return resp
 
     async def _confirm_blob(self, request: web.Request, route: Route, digest: Digest,
                             auth: str | None) -> int | None:
