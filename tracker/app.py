@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import time
@@ -25,8 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from p2pdist.core.bearer import bearer_refusal
+from p2pdist.core.digest import DigestError
 from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, Signed, verify_request
-from p2pdist.core.wire import MAX_FRAME, Announce, WireError, decode, encode
+from p2pdist.core.names import InvalidName
+from p2pdist.core.reference import parse_reference
+from p2pdist.core.wire import MAX_FRAME, MAX_LIST, Announce, WireError, decode, encode
 from p2pdist.logs import log_event
 
 from .config import TrackerConfig
@@ -34,6 +38,7 @@ from .errors import TrackerError
 from .gc_tuning import FREEZE_EVERY, Freezer
 from .metrics import TrackerMetrics
 from .pacer import Pacer
+from .preheat import MemoryPreheat, PreheatDesk, PreheatError, RedisPreheat
 from .redis_state import RedisState, RedisUnavailable
 from .service import AnnounceError, handle_announce, memory_state
 from .shedding import Shedder
@@ -68,6 +73,7 @@ class Tracker:
     tickets: TicketDesk | None = field(init=False)
     pacer: Pacer = field(init=False)
     shedder: Shedder = field(init=False)
+    preheat: PreheatDesk = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = TrackerMetrics(self.state)
@@ -76,6 +82,9 @@ class Tracker:
         self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
         self.pacer = Pacer(self.config.announce_budget)
         self.shedder = Shedder(self.config.client_timeout, self.config.max_nodes)
+        poll = self.config.preheat_poll
+        self.preheat = (RedisPreheat(self.shared.redis, self.shared.prefix, poll, self.rng) if self.shared is not None
+                        else MemoryPreheat(poll, self.config.max_nodes, self.rng))
         self.metrics.watch_pacer(self.pacer)
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -117,11 +126,14 @@ async def authenticate(request: web.Request, tracker: Tracker) -> Signed | None:
     says why not. Every tracker request passes here: the one place where identity is decided."""
     secret = tracker.config.cluster_token
     header = request.headers.get("Authorization")
-    if request.path == "/metrics" and header is not None and not header.startswith(NODE_SCHEME):
+    operator = request.path == "/metrics" or request.path.startswith("/v1/preheat")
+    if operator and header is not None and not header.startswith(NODE_SCHEME):
         why = bearer_refusal(header, secret, "cluster secret")
         if why is not None:
             raise AuthError(why)
         return None
+    if request.path.startswith("/v1/preheat"):
+        raise AuthError("preheat jobs are an operator's: send 'Authorization: Bearer <cluster secret>'")
     body = await _body(request)
     signed = verify_request(header, secret, request.method, request.rel_url.raw_path, body, tracker.wall())
     tracker.guard.check(signed)
@@ -201,6 +213,75 @@ async def announce(request: web.Request) -> web.Response:
     return web.Response(body=encode(reply), content_type=MSGPACK)
 
 
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = json.loads(await _body(request))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PreheatError(f"the body must be a JSON object: {e}") from None
+    if not isinstance(doc, dict):
+        raise PreheatError("the body must be a JSON object")
+    return doc
+
+
+async def orders(request: web.Request) -> web.Response:
+    """An agent's poll: its reports on finished orders in, its new orders out (tracker/preheat.py)."""
+    tracker = request.app[TRACKER]
+    try:
+        doc = await _json(request)
+        node = request.get(NODE) or str(doc.get("node", ""))
+        if not node or (request.get(NODE) and doc.get("node", node) != node):
+            raise PreheatError("the poll must name the node that signed it")
+        done = [(str(j), str(r)) for j, r in doc.get("done", [])][:MAX_LIST]
+        failed = [(str(j), str(r), str(w)) for j, r, w in doc.get("failed", [])][:MAX_LIST]
+    except (PreheatError, TypeError, ValueError) as e:
+        return tracker.refuse(400, "invalid", str(e))
+    except Oversize as e:
+        return tracker.refuse(413, "oversize", str(e))
+    try:
+        found = await tracker.preheat.poll(node, tracker.wall(), done, failed)
+    except (RedisUnavailable, *REDIS_ERRORS) as e:
+        return tracker.refuse(503, "redis", str(e))
+    return web.json_response({"fetch": [o.to_json() for o in found], "interval": tracker.config.preheat_poll})
+
+
+async def preheat_create(request: web.Request) -> web.Response:
+    """``{"blobs": [{"ref": "REGISTRY/REPO@DIGEST", "size": N}], "nodes": N | "share": F}``."""
+    tracker = request.app[TRACKER]
+    try:
+        doc = await _json(request)
+        blobs = []
+        for b in doc.get("blobs", []):
+            ref = parse_reference(str(b["ref"]))
+            if ref.digest is None or not isinstance(b.get("size"), int) or b["size"] < 0:
+                raise PreheatError(f"blob {b.get('ref')!r} needs a digest (@sha256:...) and a size")
+            blobs.append((str(ref), b["size"]))
+        count, share = doc.get("nodes"), doc.get("share")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+            raise PreheatError("nodes must be an integer")
+        if share is not None and not isinstance(share, int | float):
+            raise PreheatError("share must be a number")
+        job = await tracker.preheat.create(blobs, count, None if share is None else float(share), tracker.wall())
+    except Oversize as e:
+        return tracker.refuse(413, "oversize", str(e))
+    except (PreheatError, InvalidName, DigestError, KeyError, TypeError) as e:
+        return tracker.refuse(400 if not str(e).startswith("no agent") else 409, "preheat", str(e))
+    except (RedisUnavailable, *REDIS_ERRORS) as e:
+        return tracker.refuse(503, "redis", str(e))
+    log_event(log, logging.INFO, "preheat_job", job=job["job"], blobs=len(blobs), nodes=len(job["nodes"]))
+    return web.json_response(job, status=201)
+
+
+async def preheat_progress(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    try:
+        found = await tracker.preheat.progress(request.match_info["job"][:64])
+    except (RedisUnavailable, *REDIS_ERRORS) as e:
+        return tracker.refuse(503, "redis", str(e))
+    if found is None:
+        return tracker.refuse(404, "preheat", "no such preheat job (jobs are kept for a day, 256 at most)")
+    return web.json_response(found)
+
+
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[TRACKER].state
     return web.json_response({"status": "ok", "blobs": state.blob_count(), "peers": state.peer_count()})
@@ -270,6 +351,9 @@ def create_app(
                            rng if rng is not None else random.Random(), shared=shared)
     app.router.add_post("/v1/announce", announce)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/orders", orders)
+    app.router.add_post("/v1/preheat", preheat_create)
+    app.router.add_get("/v1/preheat/{job}", preheat_progress)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_sweeper)
     return app

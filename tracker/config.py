@@ -106,6 +106,9 @@ class TrackerConfig(Settings):
     # Agents give up on an announce after this long (theirs: 5 s). Under overload, one that waited
     # longer is dropped unanswered instead of worked on for nobody (tracker/shedding.py).
     client_timeout: float = Field(5.0, gt=0)
+    # Seconds between agents' polls for preheat orders (tracker/preheat.py): a job reaches its nodes
+    # within this. The polls are also how the tracker knows which nodes are alive to be picked.
+    preheat_poll: float = Field(15.0, ge=0.2, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("handout_policy")

@@ -15,6 +15,7 @@ import aiohttp
 from p2pdist.agent.identity import NodeIdentity
 from p2pdist.agent.metrics import AgentMetrics
 from p2pdist.agent.neighbours import Neighbour, Neighbourhood
+from p2pdist.agent.orders import OrderTaker
 from p2pdist.agent.origin import Credentials, OriginClient
 from p2pdist.agent.ratelimit import TokenBucket
 from p2pdist.agent.swarm import Swarm
@@ -69,6 +70,8 @@ class Agent:
         self._seed_wake = asyncio.Event()
         self._forgetting: set[asyncio.Future[None]] = set()  # "stopped" announces of removed blobs
         self._seeder: asyncio.Task | None = None
+        self.orders = OrderTaker(self)  # preheat orders from the tracker (agent/orders.py)
+        self._orderer: asyncio.Future[None] | None = None
         self.uploads = 0
         self.download_rate = TokenBucket(config.limits.download_rate)
         # Origin Range bodies are read by these threads, not the loop's (origin_reader.py): a few
@@ -198,6 +201,7 @@ class Agent:
             self._seeds[str(digest)] = 0.0
         if self.tracker is not None:
             self._seeder = asyncio.ensure_future(self._seed_loop())
+            self._orderer = asyncio.ensure_future(self.orders.run())
 
     async def _seed_loop(self) -> None:
         """Keep the tracker told which complete blobs we can serve, so others find us."""
@@ -267,10 +271,12 @@ class Agent:
             await self.tracker.announce(msg)
 
     async def close(self) -> None:
-        if self._seeder is not None:
-            self._seeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._seeder
+        for task in (self._seeder, self._orderer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.orders.close()
         await self._announce_stopped()
         for task in list(self._downloads.values()):
             task.cancel()

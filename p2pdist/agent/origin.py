@@ -29,6 +29,7 @@ CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
 # Error bodies and token responses are small; never buffer more than this from either.
 MAX_ERROR_BODY = 64 * 1024
+MAX_MANIFEST_BODY = 4 << 20  # registries refuse larger manifests (distribution: 4 MiB)
 MAX_TOKEN_BODY = 1024 * 1024
 # The Docker token spec: a token without expires_in lives 60 seconds.
 DEFAULT_TOKEN_LIFETIME = 60
@@ -210,6 +211,32 @@ class OriginClient:
             yield response
         finally:
             response.release()
+
+    async def manifest(self, repo: str, reference: str, accept: str) -> tuple[bytes, str]:
+        """GET a manifest or index (anonymous tokens and configured credentials as for blobs):
+        its bytes (bounded) and media type. A digest reference is checked against the bytes."""
+        check_repository(repo)
+        url = self._base.with_path(f"/v2/{repo}/manifests/{reference}")
+        scope = f"repository:{repo}:pull"
+        headers = {"Accept": accept}
+        authorization = self._authorization or self._cached_authorization(scope)
+        response = await self._send("GET", url, headers, authorization)
+        if response.status == 401 and self._authorization is None:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.release()
+            authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
+            response = await self._send("GET", url, headers, authorization)
+        try:
+            body = await _read_bounded(response, MAX_MANIFEST_BODY)
+            if response.status != 200:
+                raise OriginError(f"origin {self.registry} answered {response.status} for {repo}:{reference}: "
+                                  f"{_error_message(body)}", status=response.status)
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        finally:
+            response.release()
+        if reference.startswith("sha256:") and Digest.of(body) != Digest.parse(reference):
+            raise OriginError(f"origin {self.registry} sent a manifest for {repo}@{reference} with another digest")
+        return body, media_type
 
     def range_target(self, repo: str, digest: str, timeout: float) -> RangeTarget:
         """What a worker thread needs to GET a range of this blob with the authorization known now."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import ssl
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -63,19 +64,7 @@ class TrackerClient:
         identity = self._identity
         if identity is not None and identity.wants_ticket():
             msg = dataclasses.replace(msg, peer_key=identity.peer_key)
-        body = wire.encode(msg)
-        failures = []
-        for _ in range(len(self.urls)):
-            try:
-                data = await self._post(self.url, body)
-                break
-            except _ReplicaDown as e:
-                failures.append(str(e))
-                if len(self.urls) > 1:
-                    self._current = (self._current + 1) % len(self.urls)
-                    log_event(log, logging.WARNING, "tracker_failover", why=str(e), next=self.bases[self._current])
-        else:
-            raise TrackerUnavailable("; ".join(failures))
+        data = await self._send("/v1/announce", wire.encode(msg), "application/msgpack")
         try:
             reply = wire.decode(data, expect=(wire.AnnounceReply,))
         except wire.WireError as e:
@@ -85,8 +74,31 @@ class TrackerClient:
             identity.take_ticket(reply.ticket)
         return reply
 
-    async def _post(self, url: str, body: bytes) -> bytes:
-        headers = {"Content-Type": "application/msgpack"}
+    async def orders(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Poll for preheat orders (tracker/preheat.py), reporting the ones that ended."""
+        data = await self._send("/v1/orders", json.dumps(report).encode(), "application/json")
+        try:
+            doc = json.loads(data)
+            assert isinstance(doc, dict) and isinstance(doc.get("fetch"), list)
+            return doc
+        except (ValueError, AssertionError):
+            raise TrackerUnavailable("tracker sent an invalid orders reply") from None
+
+    async def _send(self, path: str, body: bytes, content_type: str) -> bytes:
+        """POST to the replica in use, moving on to the next while replicas fail."""
+        failures = []
+        for _ in range(len(self.urls)):
+            try:
+                return await self._post(self.bases[self._current] + path, body, content_type)
+            except _ReplicaDown as e:
+                failures.append(str(e))
+                if len(self.urls) > 1:
+                    self._current = (self._current + 1) % len(self.urls)
+                    log_event(log, logging.WARNING, "tracker_failover", why=str(e), next=self.bases[self._current])
+        raise TrackerUnavailable("; ".join(failures))
+
+    async def _post(self, url: str, body: bytes, content_type: str) -> bytes:
+        headers = {"Content-Type": content_type}
         if self._identity is not None:  # signed per attempt: each carries its own nonce
             headers["Authorization"] = self._identity.tracker_authorization("POST", urlsplit(url).path, body)
         try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from p2pdist import __version__, config, logs
-from p2pdist.cli import cache, certs, configure, demo, imports, kubernetes, status
+from p2pdist.cli import cache, certs, configure, demo, imports, kubernetes, preheat, status
 from p2pdist.cli import simulate as simulate_cmd
 from p2pdist.loop import run
 
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate_cmd.add_parser(sub)
     kubernetes.add_parser(sub)
     cache.add_parser(sub)
+    preheat.add_parser(sub)
     imports.add_parser(sub)
     return p
 
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_fetch(args.ref, args.api, args.json))
     runners = {"configure": configure.run, "certs": certs.run, "status": status.run, "demo": demo.run,
                "simulate": simulate_cmd.run, "kubernetes": kubernetes.run,
-               "cache": cache.run, "import": imports.run}
+               "cache": cache.run, "import": imports.run,
+               "preheat": preheat.run}
     return runners[args.command](args)
 
 

@@ -47,6 +47,7 @@ BINARY = "docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 PUSH_USER_AGENT = "p2pdist-test-push"
 SYNC_USER_AGENT = "p2pdist-test-log-sync"
 
@@ -742,10 +743,30 @@ class Registry:
         Returns (manifest digest, layer digests). Layer bytes need not be real tars: registries
         don't look inside.
         """
+        digest, _size, layer_digests = self._push_manifest(repo, tag, layers, "amd64")
+        return digest, layer_digests
+
+    def push_index(self, repo: str, tag: str, images: dict[str, list[bytes]]) -> tuple[str, dict[str, list[str]]]:
+        """A multi-platform image: one manifest per architecture (``{"amd64": layers, ...}``, all
+        linux) pushed by digest, and an OCI index of them under ``tag``. Returns (index digest,
+        each architecture's layer digests)."""
+        entries, layer_digests = [], {}
+        for arch, layers in images.items():
+            digest, size, layer_digests[arch] = self._push_manifest(repo, None, layers, arch)
+            entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                            "platform": {"os": "linux", "architecture": arch}})
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, sort_keys=True).encode()
+        auth = self._push_auth(repo)
+        headers = {"Content-Type": OCI_INDEX, **({"Authorization": auth} if auth else {})}
+        self._call("PUT", f"{self.url}/v2/{repo}/manifests/{tag}", data=index, headers=headers)
+        return "sha256:" + hashlib.sha256(index).hexdigest(), layer_digests
+
+    def _push_manifest(self, repo: str, tag: str | None, layers: list[bytes],
+                       architecture: str) -> tuple[str, int, list[str]]:
         layer_digests = [self.push_blob(repo, layer) for layer in layers]
         config = json.dumps(
             {
-                "architecture": "amd64",
+                "architecture": architecture,
                 "os": "linux",
                 "rootfs": {"type": "layers", "diff_ids": layer_digests},
                 "config": {},
@@ -768,8 +789,8 @@ class Registry:
         manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
         auth = self._push_auth(repo)
         headers = {"Content-Type": OCI_MANIFEST, **({"Authorization": auth} if auth else {})}
-        self._call("PUT", f"{self.url}/v2/{repo}/manifests/{tag}", data=manifest, headers=headers)
-        return manifest_digest, layer_digests
+        self._call("PUT", f"{self.url}/v2/{repo}/manifests/{tag or manifest_digest}", data=manifest, headers=headers)
+        return manifest_digest, len(manifest), layer_digests
 
     # -- observing --------------------------------------------------------------------------------
 
