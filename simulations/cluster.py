@@ -148,8 +148,9 @@ class Cluster(DataPlane, ControlPlane):
         self.piece_digests = [i.to_bytes(PIECE_DIGEST_SIZE, "big") for i in range(max(b.count for b in self.blobs))]
         self.tracker_free = 0.0
         # The tracker's pacer as the real tracker runs it (tracker/app.py): above its announce budget,
-        # replies ask agents for more room between announces.
-        self.pacer = Pacer(cfg.announce_budget)
+        # replies ask agents for more room between announces. Only for a tracker the scenario gives
+        # a cost (tracker_service_time): one that costs nothing has no budget to keep to.
+        self.pacer = Pacer(cfg.announce_budget if self.scenario.tracker_service_time > 0 else 0)
         self.origin_node: Node | None = None
         if profile.origin == ORIGIN_PEER:
             self.origin_node = self._origin_peer()
