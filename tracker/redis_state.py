@@ -17,7 +17,8 @@ Keys, under ``prefix``; ``K`` is ``digest:size``, a swarm as the in-memory state
   (hash per zone and rack: the locality index, as ``state.near_keys`` names them).
 - ``z:DIGEST``: the sizes a digest is tracked with. ``blobs``: zset K → last seen (counting,
   sweeping). ``leases``: hash K → origin leases out (the gauge).
-- ``n:NODE``: a node's standing (proven, banned). ``epoch``: the digest-cursor epoch counter,
+- ``n:NODE``: a node's standing (proven, banned); ``banned``: zset node → ban end, the index a
+  handout's check of sampled peers reads. ``epoch``: the digest-cursor epoch counter,
   drawn in batches. ``lock:DIGEST``: the blob's lock (a token, with an expiry).
 
 Every per-blob key expires ``blob_ttl`` after the blob's last announce, so an abandoned blob needs
@@ -59,7 +60,9 @@ LOCK_WAIT = 2.0  # seconds an announce waits for its blob's lock before the trac
 EXPIRED_PER_ANNOUNCE = 256  # peers an announce expires at most (the rest go with the next ones)
 MAX_SIZES = 4  # sizes one digest is tracked with at once (the in-memory state's max_sizes_per_blob)
 MAX_BATCH = 64  # announces of one swarm answered in one turn (one load, one save)
-SAMPLE_SPREAD = 4  # a batch draws up to this many handouts' worth of candidates, so handouts differ
+# A batch draws up to this many handouts' worth of candidates, so its handouts differ (each is a
+# random draw from the sample); decoding them is much of a turn's cost, so no more than that.
+SAMPLE_SPREAD = 2
 STANDING_TTL = 86_400  # seconds a standing is kept after its last change (a ban: at least its end)
 
 # Applies a save: checks the lock is still this replica's (it may have expired while the replica
@@ -228,6 +231,7 @@ class AnnounceView:
         self.forgotten: set[int] = set()
         self.standings: dict[str, Standing] = {}
         self.standing_seen: dict[str, bytes | None] = {}  # as loaded: only changed ones are written
+        self.banned: dict[str, float] | None = None  # node -> ban end, of every banned node
 
     # --- TrackerState -------------------------------------------------------------------------
     def get(self, blob: str, size: int | None = None) -> BlobRecord | None:
@@ -268,6 +272,10 @@ class AnnounceView:
     def standing(self, node: str) -> Standing:
         found = self.standings.get(node)
         if found is None:
+            if node not in self.standing_seen and self.banned is not None:
+                # A sampled peer, asked only whether it is banned: a stand-in from the ban index,
+                # never written (the logic changes only the standings _load_more loads).
+                return Standing(banned_until=self.banned.get(node, float("-inf")))
             found = self.standings[node] = Standing()
             self.standing_seen.setdefault(node, None)
         return found
@@ -430,6 +438,7 @@ class RedisState:
         pipe = self.redis.pipeline(transaction=False)
         pipe.smembers(f"{p}z:{digest}")
         pipe.zcard(f"{p}blobs")
+        pipe.zrangebyscore(f"{p}banned", now, "+inf", withscores=True)
         refill = len(self._epochs) < 2 * len(batch)
         if refill:
             pipe.incrby(f"{p}epoch", EPOCH_BATCH)
@@ -438,7 +447,8 @@ class RedisState:
         res = await pipe.execute()
         sizes = {int(s) for s in res[0]}
         blob_total = res[1]
-        rest = res[2:]
+        banned = {node.decode(): until for node, until in res[2]}
+        rest = res[3:]
         if refill:
             top = rest.pop(0)
             self._epochs += [(e - 1) % (EPOCH_LIMIT - 1) + 1 for e in range(top, top - EPOCH_BATCH, -1)]
@@ -466,7 +476,7 @@ class RedisState:
                 size_peers.update(zip(sizes, await pipe.execute(), strict=True))
         elif size is not None and record is None:
             sizes.discard(size)  # listed, but its record expired
-        await self._load_more(view, batch, record, size)
+        await self._load_more(view, batch, record, size, banned)
         return view
 
     def _k(self, kind: str, digest: str, size: int) -> str:
@@ -515,14 +525,14 @@ class RedisState:
         return record
 
     async def _load_more(self, view: AnnounceView, batch: list[Waiting], record: SharedBlobRecord | None,
-                         size: int | None) -> None:
-        """Second round trip: the standings the logic will ask about, and the expiring peers' entries."""
+                         size: int | None, banned: dict[str, float]) -> None:
+        """Second round trip: the standings the logic may change (the askers', those in the blob's
+        audits and withheld claims), and the expiring peers' entries. Of the sampled peers the logic
+        only asks whether they are banned: that comes from the ``banned`` index, loaded with the
+        first round trip (a few nodes, not an MGET of every sampled peer), and is never written."""
+        view.banned = banned
         nodes = {w.msg.node for w in batch}
         if record is not None:
-            nodes.update(p.node for p in record.journal.sample)
-            for rack, zone in record.journal.near.values():
-                nodes.update(p.node for p in rack)
-                nodes.update(p.node for p in zone)
             for audit in record.audits.values():
                 nodes.add(audit.reporter)
                 nodes.update(audit.opinions)
@@ -560,6 +570,8 @@ class RedisState:
             if packed != view.standing_seen.get(node):
                 ttl = max(STANDING_TTL, int(st.banned_until - now) + 60 if st.banned_until > now else 0)
                 ops.append(["SET", f"{p}n:{node}", packed, "EX", ttl])
+                if st.banned_until > now:
+                    ops.append(["ZADD", f"{p}banned", st.banned_until, node])
         # Numbers as text: a Lua number passed to redis.call would be formatted with 14 digits.
         return [[a if isinstance(a, bytes | str) else repr(a) if isinstance(a, float) else str(a) for a in op]
                 for op in ops]
@@ -627,6 +639,7 @@ class RedisState:
             pipe.zrem(f"{p}blobs", *gone)
             pipe.hdel(f"{p}leases", *gone)
             await pipe.execute()
+        await self.redis.zremrangebyscore(f"{p}banned", "-inf", now)  # bans that ended
         keys = [k.decode() for k in await self.redis.zrange(f"{p}blobs", 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
