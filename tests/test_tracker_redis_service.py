@@ -205,3 +205,31 @@ def test_the_redis_setting_must_be_a_redis_url() -> None:
     with pytest.raises(ConfigError, match="redis://"):
         load(env={"P2PDIST_TRACKER_REDIS": "127.0.0.1:6379"})
     assert load(env={"P2PDIST_TRACKER_REDIS": "redis://r:6379/0"}).redis == "redis://r:6379/0"
+
+
+def test_a_lost_redis_is_rebuilt_by_the_next_announces(redis_server: RedisServer,
+                                                       loop: asyncio.AbstractEventLoop) -> None:
+    """Redis state is soft: after a flush (a Redis restarted without persistence), an agent's next
+    announce starts the blob again, tells it its cursor is stale, and leases wait for the others to
+    re-report what they fetched (the restart grace), as after an in-memory tracker's restart."""
+    config = base.replace(base.CONFIG, audits=False)
+
+    async def run() -> tuple[AnnounceReply, AnnounceReply]:
+        client = Redis.from_url(redis_server.url, db=1)
+        state = RedisState(client, config, prefix="lost:")
+        await state.start()
+        rng = base.random.Random(1)
+        first = await state.announce(_msg("a", want_leases=1), 1.0, rng, lambda *a, **k: None)
+        (start, _end, _ttl), *_ = first.leases
+        report = await state.announce(_msg("a", want_leases=1, digests=[(start, base.pd(start))]), 2.0, rng,
+                                      lambda *a, **k: None)
+        await client.flushdb()
+        again = await state.announce(_msg("b", want_leases=1, digest_pos=report.digest_pos), 3.0, rng,
+                                     lambda *a, **k: None)
+        await client.aclose()
+        return report, again
+
+    report, again = loop.run_until_complete(run())
+    assert report.digests  # the log had the reported piece
+    assert again.reset and again.size == base.SIZE and again.piece_size == report.piece_size
+    assert not again.leases  # the grace: agents re-report before anything is leased again
