@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from .core.names import path_prefix
 from .settings import ConfigError, Settings, Source, env_layer, load_settings, read_toml, replace
@@ -165,6 +165,18 @@ class Faults(Settings):
     corrupt_uploads: bool = False  # flip a byte in every piece this node uploads
 
 
+# The cluster secret `p2pdist kubernetes render` writes when it is given none: known to everyone who
+# reads this file, so agent and tracker refuse it.
+PLACEHOLDER_TOKEN = "replace-me-with-a-long-random-secret"
+
+
+def refuse_placeholder(value: str) -> str:
+    if value == PLACEHOLDER_TOKEN:
+        raise ValueError("is the placeholder from the rendered manifests, which anyone can read: create the "
+                         "Secret with a random token (deploy/README.md, step 2)")
+    return value
+
+
 def _tracker_url(value: Any) -> Any:
     if isinstance(value, str):
         urls = [u.strip() for u in value.split(",") if u.strip()]
@@ -190,7 +202,7 @@ class AgentConfig(Settings):
     # fleet: whoever holds it can speak as any node). Without either = a node on its own: peers and
     # tracker on loopback only, and the peer port takes only this node's own secret
     # (data_dir/node-secret), so no peers.
-    cluster_token: str = ""
+    cluster_token: Annotated[str, AfterValidator(refuse_placeholder)] = ""
     # TLS: the cluster CA that tracker and peer certificates are checked against (an https:// tracker
     # without it is checked against the system's CAs), and this node's peer-port certificate. With
     # tls_cert set the peer port serves HTTPS and peers are dialed with https; every node alike.

@@ -243,7 +243,9 @@ def test_uninstall_removes_the_mirror_on_every_node() -> None:
     init = {c["name"]: c["command"] for c in pod["initContainers"]}
     assert init["unconfigure-containerd"][:4] == ["p2pdist", "configure", "containerd", "--remove"]
     assert "/etc/containerd/certs.d" in init["unconfigure-containerd"]
-    assert init["purge-store"][:2] == ["find", "/var/lib/p2pdist"]
+    # Under the store's lock, so it waits for an agent still running rather than delete under it.
+    assert init["purge-store"] == ["p2pdist", "cache", "gc", "--data-dir", "/var/lib/p2pdist", "--keep", "0",
+                                   "--partials"]
     for container in pod["initContainers"] + pod["containers"]:
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
     (plain,) = render_uninstall(Values())

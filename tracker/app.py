@@ -1,10 +1,13 @@
 """The tracker's HTTP shell: decode the announce, run the service logic, encode the reply.
 
-Endpoints: ``POST /v1/announce`` (msgpack Announce in, msgpack AnnounceReply out),
-``GET /healthz`` (no authentication, for probes) and ``GET /metrics`` (Prometheus text).
-With a cluster secret every other request is signed by a node credential (``P2P-Node``, checked
-here once, replays refused), and an announce speaks only for the node that signed it; /metrics
-also takes ``Bearer <cluster secret>`` for Prometheus.
+Endpoints: ``POST /v1/announce`` (msgpack Announce in, msgpack AnnounceReply out), ``POST
+/v1/orders`` (an agent's poll for preheat orders, JSON), ``POST /v1/preheat`` and ``GET
+/v1/preheat/{job}`` (an operator's preheat jobs, tracker/preheat.py), ``GET /healthz`` (no
+authentication, for probes) and ``GET /metrics`` (Prometheus text). The state is in memory, or in
+Redis for replicas (tracker/redis_state.py).
+With a cluster secret every request of a node is signed by its node credential (``P2P-Node``,
+checked here once, replays refused), and an announce or poll speaks only for the node that signed
+it; /metrics also takes ``Bearer <cluster secret>`` for Prometheus, and preheat jobs take only that.
 Every refusal is a JSON body ``{"error": "..."}`` with a message the agent's operator can act on.
 """
 
@@ -38,7 +41,7 @@ from .errors import TrackerError
 from .gc_tuning import FREEZE_EVERY, Freezer
 from .metrics import TrackerMetrics
 from .pacer import Pacer
-from .preheat import MemoryPreheat, PreheatDesk, PreheatError, RedisPreheat
+from .preheat import PER_POLL, MemoryPreheat, PreheatDesk, PreheatError, RedisPreheat
 from .redis_state import RedisState, RedisUnavailable
 from .service import AnnounceError, handle_announce, memory_state
 from .shedding import Shedder
@@ -239,9 +242,12 @@ async def orders(request: web.Request) -> web.Response:
         return tracker.refuse(413, "oversize", str(e))
     try:
         found = await tracker.preheat.poll(node, tracker.wall(), done, failed)
+        more = await tracker.preheat.waiting(node) if len(found) >= PER_POLL else 0
     except (RedisUnavailable, *REDIS_ERRORS) as e:
         return tracker.refuse(503, "redis", str(e))
-    return web.json_response({"fetch": [o.to_json() for o in found], "interval": tracker.config.preheat_poll})
+    # More orders wait: come back at once (as soon as these have started), not in preheat_poll.
+    interval = 1.0 if more else tracker.config.preheat_poll
+    return web.json_response({"fetch": [o.to_json() for o in found], "interval": interval})
 
 
 async def preheat_create(request: web.Request) -> web.Response:
@@ -250,9 +256,13 @@ async def preheat_create(request: web.Request) -> web.Response:
     try:
         doc = await _json(request)
         blobs = []
-        for b in doc.get("blobs", []):
+        listed = doc.get("blobs", [])
+        if not isinstance(listed, list):
+            raise PreheatError("blobs must be a list of {ref, size}")
+        for b in listed:
             ref = parse_reference(str(b["ref"]))
-            if ref.digest is None or not isinstance(b.get("size"), int) or b["size"] < 0:
+            size = b.get("size")
+            if ref.digest is None or not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise PreheatError(f"blob {b.get('ref')!r} needs a digest (@sha256:...) and a size")
             blobs.append((str(ref), b["size"]))
         count, share = doc.get("nodes"), doc.get("share")

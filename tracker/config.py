@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from p2pdist.config import LOG_LEVELS, ConfigError, Size, is_loopback
+from p2pdist.config import LOG_LEVELS, ConfigError, Size, is_loopback, refuse_placeholder
 from p2pdist.core.handout import HANDOUTS
 from p2pdist.core.layout import MAX_PIECE_SIZE, MIN_PIECE_SIZE, TARGET_PIECES, PieceRule
 from p2pdist.core.wire import MAX_LIST
@@ -34,7 +34,7 @@ class TrackerConfig(Settings):
     # requests, p2pdist.core.identity); the tracker signs their peer tickets with a key derived from it.
     # Prometheus may scrape /metrics with "Authorization: Bearer <secret>" (use TLS beyond loopback).
     # Empty = authentication off, which is only allowed on loopback unless `insecure` is set.
-    cluster_token: str = ""
+    cluster_token: Annotated[str, AfterValidator(refuse_placeholder)] = ""
     insecure: bool = False
     # Serve HTTPS with this certificate and key (`p2pdist certs issue tracker --host ...`).
     tls_cert: Path | None = None

@@ -16,6 +16,7 @@ live nodes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -31,7 +32,8 @@ from .errors import TrackerError
 LIVE_POLLS = 3  # a node that polled within this many poll intervals is alive and may be picked
 MAX_JOBS = 256
 MAX_BLOBS = 256  # per job: an image has tens of layers
-MAX_ORDERS = 1024  # queued per node
+MAX_ORDERS = 1024  # queued per node (a job that would go past it is refused for that node: see create)
+PER_POLL = 64  # orders handed out per poll; the reply asks the agent back at once while more wait
 JOB_TTL = 86_400  # seconds a job's progress is kept (Redis)
 
 
@@ -56,6 +58,10 @@ class Job:
     nodes: list[str]
     done: dict[str, set[str]] = field(default_factory=dict)  # ref -> nodes that hold it
     failed: dict[str, dict[str, str]] = field(default_factory=dict)  # ref -> node -> why
+    picked: set[str] = field(default_factory=set)  # ``nodes`` as a set (reports are checked against it)
+
+    def __post_init__(self) -> None:
+        self.picked = set(self.nodes)
 
     def progress(self) -> dict[str, Any]:
         blobs = [{"ref": ref, "size": size, "done": len(self.done.get(ref, ())),
@@ -91,6 +97,10 @@ class PreheatDesk(Protocol):
 
     async def progress(self, job: str) -> dict[str, Any] | None: ...
 
+    async def waiting(self, node: str) -> int:
+        """Orders queued for ``node`` beyond those handed out."""
+        ...
+
 
 class MemoryPreheat:
     def __init__(self, poll: float = 15.0, max_nodes: int = 1 << 16, rng: random.Random | None = None) -> None:
@@ -110,13 +120,24 @@ class MemoryPreheat:
             self._orders.pop(gone, None)
         for job_id, ref in done:
             job = self._jobs.get(job_id)
-            if job is not None and node in job.nodes:
+            if job is not None and node in job.picked:
                 job.done.setdefault(ref, set()).add(node)
         for job_id, ref, why in failed:
             job = self._jobs.get(job_id)
-            if job is not None and node in job.nodes:
+            if job is not None and node in job.picked:
                 job.failed.setdefault(ref, {})[node] = why[:300]
-        return self._orders.pop(node, [])
+        queue = self._orders.get(node)
+        if not queue:
+            return []
+        handed, rest = queue[:PER_POLL], queue[PER_POLL:]
+        if rest:
+            self._orders[node] = rest
+        else:
+            del self._orders[node]
+        return handed
+
+    async def waiting(self, node: str) -> int:
+        return len(self._orders.get(node, ()))
 
     async def create(self, blobs: list[tuple[str, int]], count: int | None, share: float | None,
                      now: float) -> dict[str, Any]:
@@ -131,8 +152,12 @@ class MemoryPreheat:
         self._jobs[job.id] = job
         for node in chosen:
             queue = self._orders.setdefault(node, [])
+            if len(queue) + len(blobs) > MAX_ORDERS:
+                # Never dropped silently: the node fails these orders, and the job says so.
+                for ref, _size in blobs:
+                    job.failed.setdefault(ref, {})[node] = f"the node has {len(queue)} orders queued already"
+                continue
             queue.extend(Order(job.id, ref, size) for ref, size in blobs)
-            del queue[:-MAX_ORDERS]
         return job.progress()
 
     async def progress(self, job: str) -> dict[str, Any] | None:
@@ -156,16 +181,29 @@ class RedisPreheat:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(f"{p}live", {node: now})
         pipe.zremrangebyscore(f"{p}live", "-inf", now - self.live_window)
-        for job, ref in done:
-            pipe.hset(f"{p}done:{job}", f"{ref}\0{node}", "")
-            pipe.expire(f"{p}done:{job}", JOB_TTL)
-        for job, ref, why in failed:
-            pipe.hset(f"{p}failed:{job}", f"{ref}\0{node}", why[:300])
-            pipe.expire(f"{p}failed:{job}", JOB_TTL)
-        pipe.lrange(f"{p}o:{node}", 0, -1)
-        pipe.delete(f"{p}o:{node}")
+        jobs = sorted({job for job, _ in done} | {job for job, _, _ in failed})
+        pipe.lrange(f"{p}o:{node}", 0, PER_POLL - 1)
+        pipe.ltrim(f"{p}o:{node}", PER_POLL, -1)
+        for job in jobs:
+            pipe.exists(f"{p}job:{job}")
         res = await pipe.execute()
-        return [Order(**json.loads(raw)) for raw in res[-2]]
+        handed = [Order(**json.loads(raw)) for raw in res[2]]
+        known = {job for job, exists in zip(jobs, res[4:], strict=True) if exists}
+        if known:  # reports on jobs that exist only: a node cannot make keys for made-up jobs
+            pipe = self.redis.pipeline(transaction=False)
+            for job, ref in done:
+                if job in known:
+                    pipe.hset(f"{p}done:{job}", f"{ref}\0{node}", "")
+                    pipe.expire(f"{p}done:{job}", JOB_TTL)
+            for job, ref, why in failed:
+                if job in known:
+                    pipe.hset(f"{p}failed:{job}", f"{ref}\0{node}", why[:300])
+                    pipe.expire(f"{p}failed:{job}", JOB_TTL)
+            await pipe.execute()
+        return handed
+
+    async def waiting(self, node: str) -> int:
+        return await self.redis.llen(f"{self.p}o:{node}")
 
     async def create(self, blobs: list[tuple[str, int]], count: int | None, share: float | None,
                      now: float) -> dict[str, Any]:
@@ -179,10 +217,19 @@ class RedisPreheat:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{p}job:{job.id}", json.dumps({"blobs": blobs, "nodes": chosen}), ex=JOB_TTL)
         orders = [json.dumps(Order(job.id, ref, size).to_json()) for ref, size in blobs]
-        for node in chosen:
+        lengths = await asyncio.gather(*(self.redis.llen(f"{p}o:{node}") for node in chosen)) if chosen else []
+        failed_map: dict[str, str] = {}
+        for node, queued in zip(chosen, lengths, strict=True):
+            if queued + len(blobs) > MAX_ORDERS:  # never dropped silently (see MemoryPreheat.create)
+                for ref, _size in blobs:
+                    job.failed.setdefault(ref, {})[node] = f"the node has {queued} orders queued already"
+                    failed_map[f"{ref}\0{node}"] = job.failed[ref][node]
+                continue
             pipe.rpush(f"{p}o:{node}", *orders)
-            pipe.ltrim(f"{p}o:{node}", -MAX_ORDERS, -1)
             pipe.expire(f"{p}o:{node}", JOB_TTL)
+        if failed_map:
+            pipe.hset(f"{p}failed:{job.id}", mapping=failed_map)
+            pipe.expire(f"{p}failed:{job.id}", JOB_TTL)
         await pipe.execute()
         return job.progress()
 

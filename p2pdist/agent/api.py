@@ -16,6 +16,8 @@ from p2pdist.agent.node import UpstreamNotAllowed
 from p2pdist.agent.readiness import Readiness
 from p2pdist.agent.swarm import FetchFailed
 from p2pdist.core.digest import Digest, DigestError, DigestMismatch
+from p2pdist.core.image import INDEX_TYPES, MANIFEST_TYPES
+from p2pdist.core.layout import LayoutError
 from p2pdist.core.names import InvalidName
 from p2pdist.core.reference import parse_reference
 from p2pdist.mirror.manifests import MAX_MANIFEST, ManifestCache
@@ -33,8 +35,18 @@ def _json_error(status: type[web.HTTPException], message: str) -> web.HTTPExcept
     return status(text=json.dumps({"error": message}), content_type="application/json")
 
 
+@web.middleware
+async def no_web_pages(request: web.Request, handler) -> web.StreamResponse:
+    """The API is for this node's own programs, which never send ``Origin``; a browser always does
+    with a cross-site POST, and a page on any site could otherwise make the daemon fetch or evict
+    (a form POST needs no CORS preflight)."""
+    if request.method not in ("GET", "HEAD") and "Origin" in request.headers:
+        return web.json_response({"error": "the daemon's API takes no requests from web pages"}, status=403)
+    return await handler(request)
+
+
 def build_app(agent: Agent, readiness: Readiness | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[no_web_pages])
 
     async def fetch(request: web.Request) -> web.StreamResponse:
         try:
@@ -198,6 +210,8 @@ def _add_cache_routes(app: web.Application, agent: Agent) -> None:
             writer = await asyncio.to_thread(BlobWriter, store, digest, size, agent.config.limits.piece_size)
         except StoreFull as e:
             raise _json_error(web.HTTPInsufficientStorage, str(e)) from None
+        except LayoutError as e:  # a size past what a blob may be
+            raise _json_error(web.HTTPBadRequest, f"blob size {size}: {e}") from None
         try:
             buf = bytearray()
             async for chunk in request.content.iter_chunked(CHUNK):
@@ -232,6 +246,10 @@ def _add_cache_routes(app: web.Application, agent: Agent) -> None:
         actual = Digest.of(body, digest.algorithm)
         if actual != digest:
             raise _json_error(web.HTTPBadRequest, str(DigestMismatch(str(digest), str(actual))))
+        if request.content_type not in INDEX_TYPES | MANIFEST_TYPES:
+            # The mirror serves a cached manifest with the type it was stored with.
+            raise _json_error(web.HTTPUnsupportedMediaType, f"{request.content_type!r} is not an image manifest "
+                                                            "or index media type")
         await asyncio.to_thread(manifests.put, digest, request.content_type, body)
         return web.json_response({"digest": str(digest), "status": "added"}, status=201)
 

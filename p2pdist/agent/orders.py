@@ -43,32 +43,35 @@ class OrderTaker:
             done, failed = self._done, self._failed
             self._done, self._failed = [], []
             interval = DEFAULT_INTERVAL
+            self._ended.clear()  # before the poll: an order ending meanwhile wakes the next one
             try:
                 reply = await tracker.orders({"node": self.agent.node, "done": done, "failed": failed})
-                interval = float(reply.get("interval") or DEFAULT_INTERVAL)
-                for order in reply["fetch"][:256]:
-                    self._start(order)
+                interval = min(3600.0, max(0.2, float(reply.get("interval") or DEFAULT_INTERVAL)))
+                for order in reply["fetch"]:  # the tracker hands out a bounded number per poll
+                    if isinstance(order, dict):
+                        self._start(order)
             except TrackerUnavailable as e:
                 self._done, self._failed = done + self._done, failed + self._failed  # said next time
                 log_event(log, logging.DEBUG, "orders_unavailable", why=str(e))
-            self._ended.clear()
+            except (TypeError, ValueError) as e:  # a reply this agent cannot read: poll again later
+                log_event(log, logging.WARNING, "orders_unreadable", why=str(e))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), max(1.0, interval))
+                await asyncio.wait_for(self._ended.wait(), interval)
 
     def _start(self, order: dict[str, Any]) -> None:
-        task = asyncio.ensure_future(self._fetch(str(order.get("job", "")), str(order.get("ref", "")),
-                                                 order.get("size")))
+        task = asyncio.ensure_future(self._fetch(str(order.get("job", "")), str(order.get("ref", ""))))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _fetch(self, job: str, ref: str, size: Any) -> None:
+    async def _fetch(self, job: str, ref: str) -> None:
         try:
             parsed = parse_reference(ref)
             if parsed.digest is None:
                 raise InvalidName(f"{ref!r} names no digest")
             async with self._slots:
-                _swarm, done = self.agent.fetch(parsed.registry, parsed.repository, parsed.digest,
-                                               size=size if isinstance(size, int) else None)
+                # The job's size is not passed on: the origin's word decides how much room to make,
+                # never a number in a job (a huge one would empty the cache on its way to failing).
+                _swarm, done = self.agent.fetch(parsed.registry, parsed.repository, parsed.digest)
                 await done
             self._done.append((job, ref))
             log_event(log, logging.INFO, "preheated", blob=str(parsed.digest), ref=ref, job=job)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 import urllib.error
@@ -51,6 +52,9 @@ class CliError(P2pdistError):
         super().__init__(message)
         self.status = status
 
+
+# The daemon's API is on this host: never through $http_proxy (urllib would send it there).
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def add_target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", help="the daemon's API address (default: api_listen of the config, 127.0.0.1:65002)")
@@ -124,7 +128,7 @@ class Target:
         req = urllib.request.Request(f"http://{self.api}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})
         try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
+            with _LOCAL.open(req, timeout=120) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -149,12 +153,26 @@ def _load_config(args: argparse.Namespace) -> config.AgentConfig:
 
 def _answers(api: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{api}/healthz", timeout=5):
+        with _LOCAL.open(f"http://{api}/healthz", timeout=5):
             return True
     except urllib.error.HTTPError:
         return True  # something answers: the calls say what
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _check_owner(data_dir: Path) -> None:
+    """Files made here must belong to the daemon's user: root writing into a store owned by another
+    user (the agent's 65532, say) would leave blobs and a lock the daemon cannot open."""
+    try:
+        owner = data_dir.stat().st_uid
+    except FileNotFoundError:
+        return  # made by this command: its user is the daemon's, presumably
+    except OSError as e:
+        raise CliError(f"cannot read {data_dir}: {e.strerror}") from None
+    if owner != os.geteuid():
+        raise CliError(f"{data_dir} belongs to uid {owner}, and this command runs as uid {os.geteuid()}: run it as "
+                       f"the daemon's user (e.g. sudo -u '#{owner}' p2pdist ...), so the daemon can use what it writes")
 
 
 def open_target(args: argparse.Namespace, create: bool = False) -> Target:
@@ -168,6 +186,7 @@ def open_target(args: argparse.Namespace, create: bool = False) -> Target:
     if not create and not (root / "blobs").is_dir():
         where = "" if args.data_dir is not None else f"no daemon answers at {api} and "
         raise CliError(f"{where}there is no store at {root}; pass --api or --data-dir")
+    _check_owner(cfg.data_dir)
     lock = StoreLock(root)
     try:
         lock.acquire()
@@ -179,7 +198,7 @@ def open_target(args: argparse.Namespace, create: bool = False) -> Target:
         raise CliError(f"a daemon owns {root} but does not answer at {api}: pass its --api HOST:PORT") from None
     except PermissionError as e:
         lock.release()
-        raise CliError(f"cannot open the store at {root}: {e.strerror}; run as the daemon's user (e.g. sudo)") from None
+        raise CliError(f"cannot open the store at {root}: {e.strerror}; run as the daemon's user") from None
     except (OSError, StoreError) as e:
         lock.release()
         raise CliError(f"cannot open the store at {root}: {e}") from None

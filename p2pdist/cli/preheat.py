@@ -27,7 +27,8 @@ from p2pdist.core.digest import Digest, DigestError
 from p2pdist.core.image import ACCEPT, ImageError, image_blobs, is_index, parse_platform, select_manifest
 from p2pdist.core.names import InvalidName
 from p2pdist.core.reference import parse_reference
-from p2pdist.tls import client_context
+from p2pdist.errors import P2pdistError
+from p2pdist.tls import CertError, client_context
 
 EXAMPLES = """\
 examples:
@@ -39,14 +40,20 @@ examples:
 The tracker takes jobs from operators only: the cluster secret comes from $P2PDIST_CLUSTER_TOKEN
 (or --cluster-token-file). Agents poll the tracker for orders every 15 s, so a job starts within
 that; they fetch with their own configured upstream credentials (the registry must be on each
-agent's allow-list). Exit status: 0 when every picked node holds every blob, 1 otherwise.
+agent's allow-list). Exit status: 0 when every picked node holds every blob, 1 when not (or
+the registry or tracker failed), 2 for a wrong command line.
 """
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
-class PreheatFailed(Exception):
-    """The command cannot go on: the message says why and what to do."""
+class PreheatFailed(P2pdistError):
+    """The command cannot go on: the message says why and what to do. ``status`` 2: the command
+    line is wrong; 1: the registry, the tracker or the nodes failed."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def add_parser(subparsers: Any) -> None:
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_run(args))
     except PreheatFailed as e:
         print(f"p2pdist preheat: error: {e}", file=sys.stderr)
-        return 2
+        return e.status
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -82,8 +89,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         ref = parse_reference(args.image)
         wanted = parse_platform(args.platform or f"linux/{ARCH.get(host_platform.machine(), 'amd64')}")
-    except (InvalidName, DigestError, ImageError) as e:
-        raise PreheatFailed(str(e)) from None
+        ssl = client_context(args.tls_ca) if args.tls_ca else True
+    except (InvalidName, DigestError, ImageError, CertError) as e:
+        raise PreheatFailed(str(e), status=2) from None
     share = args.share if args.nodes is None else None
     if args.nodes is None and args.share is None:
         share = 1.0
@@ -91,7 +99,6 @@ async def _run(args: argparse.Namespace) -> int:
         blobs = await _resolve(session, args, ref, wanted)
         body = {"blobs": [{"ref": f"{ref.registry}/{ref.repository}@{d}", "size": size} for d, size in blobs],
                 "nodes": args.nodes, "share": share}
-        ssl = client_context(args.tls_ca) if args.tls_ca else True
         headers = {"Authorization": f"Bearer {secret}"}
         url = args.tracker.rstrip("/") + "/v1/preheat"
         job = await _call(session, "POST", url, headers, ssl, body)
@@ -117,11 +124,11 @@ def _secret(args: argparse.Namespace) -> str:
             with open(args.cluster_token_file) as f:
                 return f.read().strip()
         except OSError as e:
-            raise PreheatFailed(f"cannot read {args.cluster_token_file}: {e.strerror}") from None
+            raise PreheatFailed(f"cannot read {args.cluster_token_file}: {e.strerror}", status=2) from None
     secret = os.environ.get("P2PDIST_CLUSTER_TOKEN", "")
     if not secret:
         raise PreheatFailed("the tracker takes preheat jobs with the cluster secret: set $P2PDIST_CLUSTER_TOKEN "
-                            "or --cluster-token-file")
+                            "or --cluster-token-file", status=2)
     return secret
 
 
@@ -157,7 +164,12 @@ async def _call(session: aiohttp.ClientSession, method: str, url: str, headers: 
                 except ValueError:
                     why = data[:300].decode(errors="replace")
                 raise PreheatFailed(f"the tracker answered {resp.status}: {why}")
-            return json.loads(data)
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            return doc
+    except ValueError as e:
+        raise PreheatFailed(f"the tracker at {url} sent an unreadable answer ({e}): is it a p2pdist tracker?") from None
     except (aiohttp.ClientError, TimeoutError) as e:
         raise PreheatFailed(f"tracker {url} unreachable: {e or type(e).__name__} (--tracker?)") from None
 

@@ -284,9 +284,11 @@ def uninstall_daemonset(values: Values, purge_store: bool = False) -> Obj:
                      "volumeMounts": _containerd_mounts(values, config_file=False), "resources": small("128Mi")})
         volumes.append(_host_dir("certs-d", values.containerd.config_path))
     if purge_store:
-        # As the agent's user, who owns every file of the store; the (empty) folder stays.
+        # As the agent's user, who owns every file of the store, and under the store's lock: while an
+        # agent still runs on the node it refuses (and the pod retries), so nothing is pulled from
+        # under a live agent; then every blob and unfinished download goes.
         init.append({"name": "purge-store", **_image(values),
-                     "command": ["find", STORE, "-mindepth", "1", "-delete"],
+                     "command": ["p2pdist", "cache", "gc", "--data-dir", STORE, "--keep", "0", "--partials"],
                      "securityContext": confined(),
                      "volumeMounts": [{"name": "store", "mountPath": STORE}], "resources": small()})
         volumes.append(_host_dir("store", values.agent.store_path))

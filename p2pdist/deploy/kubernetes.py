@@ -9,11 +9,10 @@ from typing import Any
 import yaml
 
 from p2pdist import __version__
+from p2pdist.config import PLACEHOLDER_TOKEN  # agent and tracker refuse to run with it
 from p2pdist.deploy import agent, tracker
 from p2pdist.deploy.objects import UNINSTALL, Obj, metadata
 from p2pdist.deploy.values import Values
-
-PLACEHOLDER_TOKEN = "replace-me-with-a-long-random-secret"
 
 __all__ = ["PLACEHOLDER_TOKEN", "render", "render_uninstall", "to_yaml"]
 

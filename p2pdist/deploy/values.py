@@ -7,6 +7,7 @@ bad value is one line naming the setting, the value and where it came from.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import tomllib
 from pathlib import Path
@@ -66,6 +67,12 @@ def _resources(cpu: str, memory: str, memory_limit: str) -> Resources:
     return Resources(requests={"cpu": cpu, "memory": memory}, limits={"memory": memory_limit})
 
 
+SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root",
+                         "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib"})
+RENDERED_SETTINGS = frozenset({"data_dir", "api_listen", "peer_listen", "peer_advertise", "mirror", "tracker",
+                               "zone", "rack", "capacity", "cluster_token", "node_credential", "metrics_listen"})
+
+
 class AgentValues(Settings):
     """The agent DaemonSet."""
 
@@ -111,6 +118,26 @@ class AgentValues(Settings):
             parse_registries(list(value))
         except ConfigureError as e:
             raise ValueError(str(e).removeprefix("--registry ")) from None
+        return value
+
+    @field_validator("store_path")
+    @classmethod
+    def _store_path(cls, value: str) -> str:
+        # The init container chowns this host directory and --purge-store empties it: a system
+        # directory there would break the node.
+        if not value.startswith("/") or posixpath.normpath(value) != value or value in SYSTEM_DIRS:
+            raise ValueError("must be an absolute, normalised path of p2pdist's own, e.g. /var/lib/p2pdist "
+                             f"(not /, or one of {', '.join(sorted(SYSTEM_DIRS - {'/'}))})")
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _own_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The manifests are built around these (host paths, ports, probes, loopback-only listeners).
+        taken = sorted(set(value) & RENDERED_SETTINGS)
+        if taken:
+            raise ValueError(f"{', '.join(taken)} are set by the manifests themselves (use store_path, the "
+                             "*_port values or metrics_listen)")
         return value
 
     @field_validator("zone_label", "rack_label")

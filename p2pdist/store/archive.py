@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from p2pdist.core.digest import Digest, DigestError
+from p2pdist.core.image import INDEX_TYPES
 
 from .common import StoreError
 
@@ -41,14 +42,6 @@ _MAX_LINKS = 8
 _BLOB = re.compile(r"blobs/(sha256|sha512)/([a-f0-9]+)")
 _HEX_NAME = re.compile(r"(?:.*/)?([a-f0-9]{64})(?:\.json|\.tar)?")
 
-MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-}
-INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
 UNCOMPRESSED_LAYERS = {
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.docker.image.rootfs.diff.tar",
@@ -132,6 +125,11 @@ class Archive:
 
     def size(self, name: str) -> int:
         return self._resolve(name).size
+
+    def offset(self, name: str) -> int:
+        """Where the member's data starts: reading members in this order never seeks back, which in a
+        compressed tar would decompress everything before it again."""
+        return self._resolve(name).offset_data
 
     def chunks(self, name: str) -> Iterator[bytes]:
         info = self._resolve(name)
@@ -235,7 +233,7 @@ class Archive:
                 uncompressed |= layer_type in UNCOMPRESSED_LAYERS
                 if layer_digest not in found:
                     plan.notes.append(f"layer {layer_digest} of manifest {digest} is not in the archive")
-        for digest, item in sorted(found.items(), key=lambda kv: str(kv[0])):
+        for digest, item in sorted(found.items(), key=lambda kv: self.offset(kv[1].member)):
             kind, media_type = kinds.get(digest, ("blob", ""))
             plan.items.append(Item(digest, item.size, item.member, kind, media_type))
         if uncompressed:
@@ -262,7 +260,8 @@ class Archive:
                                    "nothing was imported")
             items.setdefault(digest, Item(digest, len(body), name, "config"))
             config = self.json(name, body)
-            diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+            rootfs = config.get("rootfs") if isinstance(config, dict) else None
+            diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
             layers = entry.get("Layers")
             if not isinstance(layers, list) or not isinstance(diff_ids, list) or len(layers) != len(diff_ids):
                 raise ArchiveError(f"{self.path}: the Layers of {name!r} do not match its rootfs.diff_ids")
@@ -275,7 +274,7 @@ class Archive:
                     raise ArchiveError(f"{self.path}: member 'manifest.json' names a layer that is not a path")
                 items.setdefault(layer_digest, Item(layer_digest, self.size(layer), layer, "layer"))
             plan.images += [t for t in _repo_tags([entry]) if t not in plan.images]
-        plan.items = list(items.values())
+        plan.items = sorted(items.values(), key=lambda i: self.offset(i.member))  # archive order
         plan.notes.append("a docker save archive (legacy layout) holds no registry manifest and uncompressed layers: "
                           "the config and layers are imported under their own digests (the layers' are the image's "
                           "diff_ids), which a registry pull of the compressed layers does not ask for")

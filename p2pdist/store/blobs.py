@@ -279,6 +279,14 @@ class Store:
         the disk has ``size`` bytes free; StoreFull if it cannot. Checked up front, a blob that
         cannot fit fails at once with a message naming the disk, and leaves nothing behind (it
         used to fail at the first write, blaming the origin, and keep its partial)."""
+        with self._lock:
+            reclaimable = sum(n for d, n in self._blobs.items() if self._evictable(d))
+        free = shutil.disk_usage(self.root).free
+        if free + reclaimable < size:
+            # It cannot fit even with the whole cache gone: evict nothing (a size claimed by a
+            # client or a job, 10 TB say, must not empty the cache on its way to failing).
+            raise StoreFull(f"no space on {self.root} for {digest}: it needs {size} bytes, {free} are free "
+                            f"and {reclaimable} could be evicted; free space there, or move data_dir")
         self._evict_until(lambda: shutil.disk_usage(self.root).free >= size)
         free = shutil.disk_usage(self.root).free
         if free < size:
