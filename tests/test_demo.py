@@ -93,9 +93,11 @@ def test_demo_end_to_end(origin: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert summary["origin_egress"] == egress
     assert summary["egress_ratio"] == pytest.approx(egress / image_size, abs=1e-4)
     # Each byte once, plus the fresh tracker's audits (a piece each, 1 MiB pieces here) and no more.
-    # An audit proves at least the node audited, the first one two: at most agents - 1 of them.
+    # A node is the reporter of one audit at most, so at most one per agent. Usually fewer (an
+    # audit also proves its auditor), but two first reporters may audit each other's pieces at once
+    # (seen once in a loaded CI run: 4 audits, 1.21 x egress).
     audits = summary["audits"]
-    assert 0 < audits <= 3, summary
+    assert 0 < audits <= len(result["nodes"]), summary
     assert image_size <= egress <= 1.05 * image_size + audits * MiB, (
         f"origin egress {egress / image_size:.2f} x the image with {audits} audits")
     if origin == "registry":
