@@ -187,17 +187,23 @@ def collect(store: Store, keep: int | None, older_than: float | None = None, par
         cutoff = None if older_than is None else (time.time() if now is None else now) - older_than
         target = keep if keep is not None else 0
         with store._lock:
-            for d, size in list(store._blobs.items()):
+            candidates = list(store._blobs.items())  # least recently used first
+        for d, size in candidates:
+            # The lock per blob, not for the whole walk: pulls (which take it for every lookup) go
+            # on between victims, and each is checked again under it (it may be in use by now).
+            if cutoff is not None and _mtime(store, d) > cutoff:  # a stat, outside the lock
+                continue
+            with store._lock:
                 if store._usage <= target:
                     break
-                if cutoff is not None and _mtime(store, d) > cutoff:
-                    continue
+                if d not in store._blobs:
+                    continue  # gone meanwhile
                 if not store._evictable(d):
                     skipped += 1
                     continue
                 store._remove_blob(d)
-                evicted.append(str(d))
-                freed += size
+            evicted.append(str(d))
+            freed += size
     removed: list[str] = []
     leftover = 0
     if partials:
