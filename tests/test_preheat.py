@@ -86,6 +86,10 @@ def test_the_desk_orders_live_nodes_and_counts_their_reports(kind: str, redis_se
         (blob,) = progress["blobs"]
         assert blob["done"] == 1 and blob["failed"] == {picked[1]: "OriginError: 404"}
         assert await desk.progress("nope") is None
+        # A report on a job that does not exist leaves nothing behind (no keys made up by a node).
+        await desk.poll(picked[0], 103.0, [("made-up", "r.example/app@" + D)], [("made-up", "x", "y")])
+        if kind == "redis":
+            assert not await client.keys(f"desk{os.getpid()}:pre:*made-up*")
         await client.aclose()
 
     asyncio.run(run())

@@ -65,8 +65,9 @@ class Job:
 
     def progress(self) -> dict[str, Any]:
         blobs = [{"ref": ref, "size": size, "done": len(self.done.get(ref, ())),
-                  "failed": self.failed.get(ref, {})} for ref, size in self.blobs]
-        finished = all(b["done"] + len(b["failed"]) >= len(self.nodes) for b in blobs)
+                  "failed": self.failed.get(ref, {}), "failed_count": len(self.failed.get(ref, {}))}
+                 for ref, size in self.blobs]
+        finished = all(b["done"] + b["failed_count"] >= len(self.nodes) for b in blobs)
         return {"job": self.id, "nodes": self.nodes, "blobs": blobs, "finished": finished}
 
 
@@ -165,8 +166,28 @@ class MemoryPreheat:
         return found.progress() if found is not None else None
 
 
+# One report of a node on one blob of a job, counted once, and only from a node the job picked:
+# KEYS job, picked, reported, counts, failed, failed counts; ARGV node, ref, why ('' = done), ttl.
+REPORT_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[3], ARGV[2] .. '\\0' .. ARGV[1], ARGV[3]) == 0 then return 0 end
+if ARGV[3] == '' then
+  redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+else
+  redis.call('HSET', KEYS[5], ARGV[2] .. '\\0' .. ARGV[1], ARGV[3])
+  redis.call('HINCRBY', KEYS[6], ARGV[2], 1)
+end
+for i = 3, 6 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+return 1
+"""
+MAX_FAILURES_SHOWN = 100  # per job in a progress answer (with 10,000 nodes, not all of them)
+
+
 class RedisPreheat:
-    """The same, shared by tracker replicas through Redis (keys under ``prefix`` + ``pre:``)."""
+    """The same, shared by tracker replicas through Redis (keys under ``prefix`` + ``pre:``).
+
+    A job's progress costs what its blobs count, not its nodes: reports are counted per blob as
+    they come (REPORT_SCRIPT), and a progress answer shows at most MAX_FAILURES_SHOWN failures."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "p2pdist:", poll: float = 15.0,
                  rng: random.Random | None = None) -> None:
@@ -174,6 +195,12 @@ class RedisPreheat:
         self.redis = client
         self.p = prefix + "pre:"
         self.rng = rng or random.Random()
+        self._report = client.register_script(REPORT_SCRIPT)
+
+    def _keys(self, job: str) -> list[str]:
+        p = self.p
+        return [f"{p}job:{job}", f"{p}picked:{job}", f"{p}reported:{job}", f"{p}counts:{job}", f"{p}failed:{job}",
+                f"{p}fcounts:{job}"]
 
     async def poll(self, node: str, now: float, done: list[tuple[str, str]],
                    failed: list[tuple[str, str, str]]) -> list[Order]:
@@ -181,25 +208,14 @@ class RedisPreheat:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(f"{p}live", {node: now})
         pipe.zremrangebyscore(f"{p}live", "-inf", now - self.live_window)
-        jobs = sorted({job for job, _ in done} | {job for job, _, _ in failed})
         pipe.lrange(f"{p}o:{node}", 0, PER_POLL - 1)
         pipe.ltrim(f"{p}o:{node}", PER_POLL, -1)
-        for job in jobs:
-            pipe.exists(f"{p}job:{job}")
         res = await pipe.execute()
         handed = [Order(**json.loads(raw)) for raw in res[2]]
-        known = {job for job, exists in zip(jobs, res[4:], strict=True) if exists}
-        if known:  # reports on jobs that exist only: a node cannot make keys for made-up jobs
-            pipe = self.redis.pipeline(transaction=False)
-            for job, ref in done:
-                if job in known:
-                    pipe.hset(f"{p}done:{job}", f"{ref}\0{node}", "")
-                    pipe.expire(f"{p}done:{job}", JOB_TTL)
-            for job, ref, why in failed:
-                if job in known:
-                    pipe.hset(f"{p}failed:{job}", f"{ref}\0{node}", why[:300])
-                    pipe.expire(f"{p}failed:{job}", JOB_TTL)
-            await pipe.execute()
+        reports = [(job, ref, "") for job, ref in done]
+        reports += [(job, ref, why[:300] or "failed") for job, ref, why in failed]
+        for job, ref, why in reports:
+            await self._report(keys=self._keys(job), args=[node, ref, why, JOB_TTL])
         return handed
 
     async def waiting(self, node: str) -> int:
@@ -214,43 +230,47 @@ class RedisPreheat:
             raise PreheatError("no agent has polled the trackers lately: are agents running with these trackers?")
         chosen = self.rng.sample(live, how_many(len(live), count, share))
         job = Job(secrets.token_hex(8), blobs, chosen)
+        keys = self._keys(job.id)
+        lengths = await asyncio.gather(*(self.redis.llen(f"{p}o:{node}") for node in chosen))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{p}job:{job.id}", json.dumps({"blobs": blobs, "nodes": chosen}), ex=JOB_TTL)
+        pipe.set(keys[0], json.dumps({"blobs": blobs, "nodes": chosen}), ex=JOB_TTL)
+        pipe.sadd(keys[1], *chosen)
+        pipe.expire(keys[1], JOB_TTL)
         orders = [json.dumps(Order(job.id, ref, size).to_json()) for ref, size in blobs]
-        lengths = await asyncio.gather(*(self.redis.llen(f"{p}o:{node}") for node in chosen)) if chosen else []
-        failed_map: dict[str, str] = {}
+        full = []
         for node, queued in zip(chosen, lengths, strict=True):
             if queued + len(blobs) > MAX_ORDERS:  # never dropped silently (see MemoryPreheat.create)
-                for ref, _size in blobs:
-                    job.failed.setdefault(ref, {})[node] = f"the node has {queued} orders queued already"
-                    failed_map[f"{ref}\0{node}"] = job.failed[ref][node]
+                full.append((node, queued))
                 continue
             pipe.rpush(f"{p}o:{node}", *orders)
             pipe.expire(f"{p}o:{node}", JOB_TTL)
-        if failed_map:
-            pipe.hset(f"{p}failed:{job.id}", mapping=failed_map)
-            pipe.expire(f"{p}failed:{job.id}", JOB_TTL)
         await pipe.execute()
+        for node, queued in full:
+            for ref, _size in blobs:
+                why = f"the node has {queued} orders queued already"
+                job.failed.setdefault(ref, {})[node] = why
+                await self._report(keys=keys, args=[node, ref, why, JOB_TTL])
         return job.progress()
 
     async def progress(self, job: str) -> dict[str, Any] | None:
-        p = self.p
+        keys = self._keys(job)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(f"{p}job:{job}")
-        pipe.hgetall(f"{p}done:{job}")
-        pipe.hgetall(f"{p}failed:{job}")
-        raw, done, failed = await pipe.execute()
+        pipe.get(keys[0])
+        pipe.hgetall(keys[3])
+        pipe.hgetall(keys[5])
+        pipe.hscan(keys[4], 0, count=MAX_FAILURES_SHOWN)
+        raw, counts, failed_counts, (_cursor, shown) = await pipe.execute()
         if raw is None:
             return None
         doc = json.loads(raw)
-        found = Job(job, [(ref, size) for ref, size in doc["blobs"]], doc["nodes"])
-        picked = set(found.nodes)  # a report from a node the job did not pick does not count
-        for key in done:
+        fails: dict[str, dict[str, str]] = {}
+        for key, why in list(shown.items())[:MAX_FAILURES_SHOWN]:
             ref, _, node = key.decode().partition("\0")
-            if node in picked:
-                found.done.setdefault(ref, set()).add(node)
-        for key, why in failed.items():
-            ref, _, node = key.decode().partition("\0")
-            if node in picked:
-                found.failed.setdefault(ref, {})[node] = why.decode()
-        return found.progress()
+            fails.setdefault(ref, {})[node] = why.decode()
+        done = {k.decode(): int(v) for k, v in counts.items()}
+        failed_n = {k.decode(): int(v) for k, v in failed_counts.items()}
+        nodes = doc["nodes"]
+        blobs = [{"ref": ref, "size": size, "done": done.get(ref, 0), "failed": fails.get(ref, {}),
+                  "failed_count": failed_n.get(ref, 0)} for ref, size in doc["blobs"]]
+        finished = all(b["done"] + b["failed_count"] >= len(nodes) for b in blobs)
+        return {"job": job, "nodes": nodes, "blobs": blobs, "finished": finished}
