@@ -280,6 +280,12 @@ class AnnounceView:
             self.standing_seen.setdefault(node, None)
         return found
 
+    def is_banned(self, node: str, now: float) -> bool:
+        found = self.standings.get(node)
+        if found is not None:
+            return found.banned(now)
+        return self.banned is not None and now < self.banned.get(node, float("-inf"))
+
     def new_epoch(self) -> int:
         return self.store.take_epoch()
 

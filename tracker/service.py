@@ -173,8 +173,8 @@ def handle_announce(
         policy = policy or HANDOUTS[config.handout_policy]()
         near = blob.near_peers(asker.zone, asker.rack) if asker.zone else None
         handed = policy.handout(asker, blob.live_peers(), config.handout_size, rng, near)
-        if any(state.standing(p.node).banned(now) for p in handed):
-            handed = [p for p in handed if not state.standing(p.node).banned(now)]
+        if any(state.is_banned(p.node, now) for p in handed):
+            handed = [p for p in handed if not state.is_banned(p.node, now)]
     return AnnounceReply(
         interval=_interval(blob, config),
         size=blob.size,

@@ -274,6 +274,11 @@ class TrackerState(Protocol):
         """The node's standing (created on first use; bounded, oldest forgotten first)."""
         ...
 
+    def is_banned(self, node: str, now: float) -> bool:
+        """Whether ``node`` is banned now (without making it a standing: handouts ask this of
+        every peer they hand out)."""
+        ...
+
     def new_epoch(self) -> int: ...
 
     def sweep(self, now: float) -> list[str]:
@@ -346,6 +351,10 @@ class MemoryState:
                 del self._standing[victim]
             found = self._standing[node] = Standing()
         return found
+
+    def is_banned(self, node: str, now: float) -> bool:
+        found = self._standing.get(node)
+        return found is not None and now < found.banned_until
 
     def _forget(self, key: tuple[str, int]) -> None:
         self._pieces -= self._blobs.pop(key).pieces
