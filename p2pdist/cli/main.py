@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                        "local API and downloads.", epilog=DAEMON_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--config", type=Path, help="TOML config file (default: $P2PDIST_CONFIG, else none)")
-    d.add_argument("--tracker", help="tracker URL, '' for none (default http://127.0.0.1:7070)")
+    d.add_argument("--tracker", help="tracker URL; several comma-separated for replicas on Redis (tried in "
+                                     "turn); '' for none (default http://127.0.0.1:7070)")
     d.add_argument("--peer-listen", help="HOST:PORT for peers (default 127.0.0.1:65003)")
     d.add_argument("--peer-advertise", help="HOST:PORT other peers dial (default: --peer-listen)")
     d.add_argument("--api-listen", help="HOST:PORT of the local API and /metrics (default 127.0.0.1:65002)")
