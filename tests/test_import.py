@@ -50,13 +50,18 @@ def stored(data_dir: Path) -> set[str]:
     return {f"sha256:{p.name}" for p in root.iterdir() if "." not in p.name} if root.is_dir() else set()
 
 
-def test_oci_archive_into_a_stopped_agents_store(tmp_path: Path, registry: Registry, image: OciImage):
-    archive = tmp_path / "app-oci.tar"
-    skopeo_archive(registry, f"oci-archive:{archive}", tmp_path)
-    data = tmp_path / "data"
+def import_skopeo_archive(registry: Registry, dest: str, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """skopeo writes the registry's image to ``dest`` (TRANSPORT:PATH[:REF]), then `p2pdist import`
+    takes it into a stopped agent's data dir: (archive, data dir, the import's JSON answer)."""
+    skopeo_archive(registry, dest, tmp_path)
+    archive, data = Path(dest.split(":")[1]), tmp_path / "data"
     done = cli("import", str(archive), "--data-dir", str(data), "--json")
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    return archive, data, json.loads(done.stdout)
+
+
+def test_oci_archive_into_a_stopped_agents_store(tmp_path: Path, registry: Registry, image: OciImage):
+    archive, data, result = import_skopeo_archive(registry, f"oci-archive:{tmp_path / 'app-oci.tar'}", tmp_path)
     assert result["format"] == "oci-layout" and result["source"] == "data_dir"
     # skopeo kept the registry's blobs: the very digests a pull through the mirror asks for.
     assert sorted(result["imported"]) == sorted(image.blob_digests)
@@ -81,12 +86,8 @@ def test_oci_archive_into_a_stopped_agents_store(tmp_path: Path, registry: Regis
 
 def test_docker_archive_imports_config_and_layers_by_content_digest(tmp_path: Path, registry: Registry,
                                                                    image: OciImage):
-    archive = tmp_path / "app-docker.tar"
-    skopeo_archive(registry, f"docker-archive:{archive}:{REPO}:1", tmp_path)
-    data = tmp_path / "data"
-    done = cli("import", str(archive), "--data-dir", str(data), "--json")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    _archive, data, result = import_skopeo_archive(
+        registry, f"docker-archive:{tmp_path / 'app-docker.tar'}:{REPO}:1", tmp_path)
     assert result["format"] == "docker-save" and result["manifests"] == []
     diff_ids = {layer.diff_id for layer in image.layers}
     imported = set(result["imported"])

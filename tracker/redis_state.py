@@ -52,13 +52,12 @@ from p2pdist.core.wire import Announce, AnnounceReply
 from .config import TrackerConfig
 from .errors import TrackerError
 from .service import AnnounceError, Emit, handle_announce, lease_book
-from .state import EPOCH_LIMIT, Audit, BlobRecord, Standing, StateFull, near_keys
+from .state import EPOCH_LIMIT, MAX_SIZES_PER_BLOB, Audit, BlobRecord, Standing, StateFull, near_keys
 
 EPOCH_BATCH = 256  # epochs a replica draws at once (one INCRBY per 256 new or reset blobs)
 LOCK_TTL_MS = 5_000  # a replica that dies holding a blob's lock holds it this long at most
 LOCK_WAIT = 2.0  # seconds an announce waits for its blob's lock before the tracker answers 503
 EXPIRED_PER_ANNOUNCE = 256  # peers an announce expires at most (the rest go with the next ones)
-MAX_SIZES = 4  # sizes one digest is tracked with at once (the in-memory state's max_sizes_per_blob)
 MAX_BATCH = 64  # announces of one swarm answered in one turn (one load, one save)
 # A batch draws up to this many handouts' worth of candidates, so its handouts differ (each is a
 # random draw from the sample); decoding them is much of a turn's cost, so no more than that.
@@ -250,7 +249,7 @@ class AnnounceView:
     def create(self, blob: str, size: int, now: float, pieces: int = 1) -> BlobRecord:
         config = self.store.config
         live = self.sizes_known - self.forgotten
-        if len(live) >= MAX_SIZES:
+        if len(live) >= MAX_SIZES_PER_BLOB:
             fewest = min(live, key=lambda s: self.size_peers.get(s, 0))
             if self.size_peers.get(fewest, 0) > 1:
                 raise StateFull(f"blob {blob} is tracked with {len(live)} sizes already")
@@ -273,8 +272,9 @@ class AnnounceView:
         found = self.standings.get(node)
         if found is None:
             if node not in self.standing_seen and self.banned is not None:
-                # A sampled peer, asked only whether it is banned: a stand-in from the ban index,
-                # never written (the logic changes only the standings _load_more loads).
+                # A node whose standing was not loaded: a stand-in from the ban index, never written,
+                # so it cannot overwrite the real one (the logic changes only the standings
+                # _load_more loads; handouts ask is_banned).
                 return Standing(banned_until=self.banned.get(node, float("-inf")))
             found = self.standings[node] = Standing()
             self.standing_seen.setdefault(node, None)
@@ -475,7 +475,7 @@ class RedisState:
         view = AnnounceView(self, digest, sizes, size_peers, blob_total)
         record = self._take_blob(view, digest, size, batch, rest) if size is not None and rest else None
         if size is not None and record is None and size not in sizes:
-            if len(sizes) >= MAX_SIZES:
+            if len(sizes) >= MAX_SIZES_PER_BLOB:
                 pipe = self.redis.pipeline(transaction=False)
                 for s in sizes:
                     pipe.hlen(self._k("p", digest, s))

@@ -27,6 +27,10 @@ EPOCH_SHIFT = 21  # > log2(MAX_PIECES): an offset never spills into the epoch bi
 EPOCH_LIMIT = 1 << 40  # keeps cursors well inside the wire's integer range
 
 
+# Sizes one digest is tracked with at once (a swarm each): a wrong size makes a swarm of its own.
+MAX_SIZES_PER_BLOB = 4
+
+
 class StateFull(TrackerError):
     """No room for another blob: every tracked blob still has live peers."""
 
@@ -301,7 +305,7 @@ class MemoryState:
         self,
         max_blobs: int = 4096,
         max_peers_per_blob: int = 2048,
-        max_sizes_per_blob: int = 4,
+        max_sizes_per_blob: int = MAX_SIZES_PER_BLOB,
         max_nodes: int = 1 << 16,
         max_pieces: int = 1 << 24,
         peer_ttl: float = 30.0,

@@ -199,14 +199,8 @@ class OriginClient:
         if kind not in ("manifests", "blobs"):
             raise ValueError(f"unknown endpoint kind {kind!r}")
         url = self._base.with_path(f"/v2/{repo}/{kind}/{reference}")
-        scope = f"repository:{repo}:pull"
-        authorization = self._authorization or self._cached_authorization(scope)
-        response = await self._send(method, url, headers, authorization)
-        if response.status == 401 and self._authorization is None and self._credentials is not None:
-            challenge = response.headers.get("WWW-Authenticate", "")
-            response.release()
-            authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
-            response = await self._send(method, url, headers, authorization)
+        # Only with configured credentials: an anonymous client's 401 goes back to it, for its own token.
+        response = await self._send_authorized(method, url, headers, repo, anonymous=False)
         try:
             yield response
         finally:
@@ -217,15 +211,7 @@ class OriginClient:
         its bytes (bounded) and media type. A digest reference is checked against the bytes."""
         check_repository(repo)
         url = self._base.with_path(f"/v2/{repo}/manifests/{reference}")
-        scope = f"repository:{repo}:pull"
-        headers = {"Accept": accept}
-        authorization = self._authorization or self._cached_authorization(scope)
-        response = await self._send("GET", url, headers, authorization)
-        if response.status == 401 and self._authorization is None:
-            challenge = response.headers.get("WWW-Authenticate", "")
-            response.release()
-            authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
-            response = await self._send("GET", url, headers, authorization)
+        response = await self._send_authorized("GET", url, {"Accept": accept}, repo)
         try:
             body = await _read_bounded(response, MAX_MANIFEST_BODY)
             if response.status != 200:
@@ -301,21 +287,28 @@ class OriginClient:
         url = self._base.with_path(f"/v2/{repo}/blobs/{digest}")
         # Byte ranges index the stored blob, not a compressed transfer of it.
         headers = {**headers, "Accept-Encoding": "identity"}
-        scope = f"repository:{repo}:pull"
-
-        authorization = self._authorization or self._cached_authorization(scope)
-        response = await self._send(method, url, headers, authorization)
-        if response.status == 401 and self._authorization is None:
-            challenge = response.headers.get("WWW-Authenticate", "")
-            response.release()
-            authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
-            response = await self._send(method, url, headers, authorization)
+        response = await self._send_authorized(method, url, headers, repo)
         try:
             if not 200 <= response.status < 300:
                 await self._raise_for(response, repo, digest)
             yield response
         finally:
             response.release()
+
+    async def _send_authorized(self, method: str, url: URL, headers: dict[str, str] | CIMultiDict[str], repo: str,
+                               *, anonymous: bool = True) -> aiohttp.ClientResponse:
+        """Send with the pull authorization known for ``repo`` (a client's own, a cached token, basic);
+        on a 401 without a client's own credential, answer the challenge and send again
+        (``anonymous``: also without configured credentials, for anonymous tokens)."""
+        scope = f"repository:{repo}:pull"
+        authorization = self._authorization or self._cached_authorization(scope)
+        response = await self._send(method, url, headers, authorization)
+        if response.status == 401 and self._authorization is None and (anonymous or self._credentials is not None):
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.release()
+            authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
+            response = await self._send(method, url, headers, authorization)
+        return response
 
     async def _send(
         self, method: str, url: URL, headers: dict[str, str] | CIMultiDict[str], authorization: str | None

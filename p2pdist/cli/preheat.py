@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from p2pdist.agent.origin import Credentials, OriginClient, OriginError
+from p2pdist.cli.cache import human
 from p2pdist.core.digest import Digest, DigestError
 from p2pdist.core.image import ACCEPT, ImageError, image_blobs, is_index, parse_platform, select_manifest
 from p2pdist.core.names import InvalidName
@@ -103,7 +104,7 @@ async def _run(args: argparse.Namespace) -> int:
         url = args.tracker.rstrip("/") + "/v1/preheat"
         job = await _call(session, "POST", url, headers, ssl, body)
         console = Console(stderr=True)
-        console.print(f"preheat job {job['job']}: {len(blobs)} blobs ({_size(sum(s for _, s in blobs))}) "
+        console.print(f"preheat job {job['job']}: {len(blobs)} blobs ({human(sum(s for _, s in blobs))}) "
                       f"to {len(job['nodes'])} nodes")
         if args.no_wait:
             print(job["job"])
@@ -189,10 +190,3 @@ async def _follow(session: aiohttp.ClientSession, url: str, headers: dict[str, s
                 return job
             await asyncio.sleep(1.0)  # a progress poll, once a second
 
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
