@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gc
 import random
+import weakref
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pdist.core.wire import PeerInfo
-from tracker.gc_tuning import Freezer
+from tracker.gc_tuning import FREEZE_EVERY, THAW_EVERY, Freezer
 from tracker.state import BlobRecord, near_keys
 
 
@@ -66,14 +67,26 @@ def test_near_peers_are_the_rack_and_the_zone_and_expiry_empties_them():
 
 
 def test_freezer_moves_survivors_out_of_the_collector_s_passes_and_thaws_them_in_time():
-    freezer = Freezer()
+    class Node:
+        pass
+
+    freezer = Freezer(now=0.0)
     kept = [[random.random()] for _ in range(1000)]  # long-lived state
     gc.unfreeze()  # whatever ran before (the simulator freezes too): the count starts from nothing
     assert gc.get_freeze_count() == 0
+    cycle = Node()
+    cycle.me = cycle  # garbage only the cycle collector can free
+    alive = weakref.ref(cycle)
     try:
-        freezer.tick(now=0.0)
+        freezer.tick(now=FREEZE_EVERY)
         assert gc.get_freeze_count() >= len(kept)
-        freezer.tick(now=1.0)  # not yet time to thaw: frozen stays frozen
-        assert gc.get_freeze_count() >= len(kept)
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen: out of every pass, the full one included
+        freezer.tick(now=2 * FREEZE_EVERY)  # not yet time to thaw: frozen stays frozen
+        assert gc.get_freeze_count() >= len(kept) and alive() is not None
+        freezer.tick(now=THAW_EVERY)  # the thaw: one full pass frees what died frozen
+        assert alive() is None
+        assert gc.get_freeze_count() >= len(kept)  # and what lives is frozen again
     finally:
         gc.unfreeze()

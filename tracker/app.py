@@ -317,7 +317,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     """Forget idle blobs even when nobody announces, so the gauges and memory follow; keep the
     long-lived state out of the garbage collector's passes (gc_tuning)."""
     tracker = app[TRACKER]
-    freezer = Freezer()
+    freezer = Freezer(time.monotonic())
 
     async def loop() -> None:
         while True:
