@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pdist.core.wire import PeerInfo
-from tracker.gc_tuning import FREEZE_EVERY, THAW_EVERY, Freezer
+from tracker.gc_tuning import FREEZE_EVERY, NO_FULL_PASSES, THAW_EVERY, Freezer, install
 from tracker.state import BlobRecord, near_keys
 
 
@@ -90,3 +90,13 @@ def test_freezer_moves_survivors_out_of_the_collector_s_passes_and_thaws_them_in
         assert gc.get_freeze_count() >= len(kept)  # and what lives is frozen again
     finally:
         gc.unfreeze()
+
+
+def test_the_tracker_process_leaves_full_collections_to_the_thaw():
+    before = gc.get_threshold()
+    try:
+        install()
+        young, middle, full = gc.get_threshold()
+        assert (young, middle) == before[:2] and full == NO_FULL_PASSES
+    finally:
+        gc.set_threshold(*before)

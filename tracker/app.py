@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import random
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 
 from p2pdist.core.bearer import bearer_refusal
 from p2pdist.core.digest import DigestError
-from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, Signed, verify_request
+from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, RequestVerifier, Signed
 from p2pdist.core.names import InvalidName
 from p2pdist.core.reference import parse_reference
 from p2pdist.core.wire import MAX_FRAME, MAX_LIST, Announce, WireError, decode, encode
@@ -73,6 +72,7 @@ class Tracker:
     shared: RedisState | None = None  # the state in Redis (replicas); ``state`` is then the same object
     metrics: TrackerMetrics = field(init=False)
     guard: ReplayGuard = field(init=False)
+    verifier: RequestVerifier = field(init=False)
     tickets: TicketDesk | None = field(init=False)
     pacer: Pacer = field(init=False)
     shedder: Shedder = field(init=False)
@@ -81,6 +81,7 @@ class Tracker:
     def __post_init__(self) -> None:
         self.metrics = TrackerMetrics(self.state)
         self.guard = ReplayGuard(nodes=self.config.max_nodes)
+        self.verifier = RequestVerifier(self.config.cluster_token, nodes=self.config.max_nodes)
         secret = self.config.cluster_token
         self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
         self.pacer = Pacer(self.config.announce_budget)
@@ -138,7 +139,7 @@ async def authenticate(request: web.Request, tracker: Tracker) -> Signed | None:
     if request.path.startswith("/v1/preheat"):
         raise AuthError("preheat jobs are an operator's: send 'Authorization: Bearer <cluster secret>'")
     body = await _body(request)
-    signed = verify_request(header, secret, request.method, request.rel_url.raw_path, body, tracker.wall())
+    signed = tracker.verifier.verify(header, request.method, request.rel_url.raw_path, body, tracker.wall())
     tracker.guard.check(signed)
     return signed
 
@@ -208,12 +209,13 @@ async def announce(request: web.Request) -> web.Response:
         log_event(log, logging.WARNING, "announce_refused", blob=msg.blob, node=msg.node, kind=e.kind,
                   why=str(e))
         return tracker.refuse(STATUS[e.kind], e.kind, str(e))
+    changes: dict[str, Any] = {}
     if msg.peer_key and tracker.tickets is not None and len(msg.peer_key) == 32:
-        reply = dataclasses.replace(reply, ticket=tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall()))
+        changes["ticket"] = tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall())
     spacing = tracker.pacer.announced(tracker.clock())
     if spacing:
-        reply = dataclasses.replace(reply, spacing=spacing)
-    return web.Response(body=encode(reply), content_type=MSGPACK)
+        changes["spacing"] = spacing
+    return web.Response(body=encode(reply, **changes), headers={"Content-Type": MSGPACK})
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

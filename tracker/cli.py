@@ -18,6 +18,7 @@ from p2pdist.loop import run
 from p2pdist.serving import ServerRunner, raise_file_limit
 from p2pdist.tls import CertError, server_context
 
+from . import gc_tuning
 from .app import create_app
 from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
 from .redis_state import RedisState, RedisUnavailable
@@ -108,6 +109,7 @@ async def serve(config: TrackerConfig) -> None:
         await shared.start()  # RedisUnavailable: main() says so and exits
         log_event(log, logging.INFO, "redis_state", url=config.redis.split("@")[-1])
     app = create_app(config, shared=shared)
+    gc_tuning.install()  # this process's full collections come with the Freezer's thaw only
     access = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
     raise_file_limit(config.max_connections + 256)
     runner = ServerRunner(app, handle_signals=False, access_log=access, idle_timeout=config.idle_timeout,

@@ -71,8 +71,8 @@ def valid_node_id(node: str) -> bool:
 
 def node_key(secret: str, node: str, expires: int) -> bytes:
     """The key of ``node``'s credential valid until ``expires`` (Unix seconds)."""
-    return hmac.new(secret.encode(), b"p2pdist node key 1\0" + node.encode() + b"\0" + str(expires).encode(),
-                    hashlib.sha256).digest()
+    return hmac.digest(secret.encode(), b"p2pdist node key 1\0" + node.encode() + b"\0" + str(expires).encode(),
+                       "sha256")
 
 
 def ticket_signer(secret: str) -> Ed25519PrivateKey:
@@ -129,7 +129,7 @@ def _body_hash(body: bytes) -> str:
 
 def _request_mac(key: bytes, method: str, path: str, ts: int, nonce: str, body: bytes) -> bytes:
     text = f"p2pdist request 1\n{method.upper()}\n{path}\n{ts}\n{nonce}\n{_body_hash(body)}".encode()
-    return hmac.new(key, text, hashlib.sha256).digest()
+    return hmac.digest(key, text, "sha256")  # one-shot: no HMAC object per request
 
 
 def _stamp(now: float) -> tuple[int, str]:
@@ -174,23 +174,53 @@ def _fresh(ts: int, now: float) -> None:
 
 def verify_request(header: str | None, secret: str, method: str, path: str, body: bytes, now: float) -> Signed:
     """Check a tracker request signed by a node credential derived from ``secret``."""
-    parts = _split(header, NODE_SCHEME, "a node credential").split(".")
-    if len(parts) != 5:
-        raise AuthError("malformed P2P-Node authorization")
-    node = _unb64(parts[0], "node id").decode("utf-8", "replace")
-    if not valid_node_id(node) or not parts[1].isdigit() or len(parts[1]) > 12 \
-            or not parts[2].isdigit() or len(parts[2]) > 20 or not _NONCE.fullmatch(parts[3]):
-        raise AuthError("malformed P2P-Node authorization")
-    expires, ts, nonce = int(parts[1]), int(parts[2]), parts[3]
-    mac = _unb64(parts[4], "signature", 32)
-    expected = _request_mac(node_key(secret, node, expires), method, path, ts, nonce, body)
-    if not hmac.compare_digest(mac, expected):
-        raise AuthError(f"invalid signature for node {node!r}: its credential was not issued for this "
-                        f"cluster secret, or the request was altered")
-    if expires < now:
-        raise AuthError(f"the credential of node {node!r} expired; issue a new one (`p2pdist certs issue`)")
-    _fresh(ts, now)
-    return Signed(node, ts, nonce)
+    return RequestVerifier(secret, nodes=1).verify(header, method, path, body, now)
+
+
+class RequestVerifier:
+    """Checks tracker requests signed by node credentials derived from one cluster secret.
+
+    A node's key is derived once per credential and kept (at most ``nodes`` of them, the oldest
+    forgotten first): the derivation is an HMAC of its own, and the tracker checks every announce
+    of every node with it. What a request must prove does not change: the cache maps the header's
+    own id and expiry fields to their key, so a request naming another id or expiry misses it.
+    """
+
+    def __init__(self, secret: str, nodes: int = 100_000) -> None:
+        self._secret = secret
+        self._nodes = max(1, nodes)
+        self._keys: dict[tuple[str, str], tuple[str, int, bytes]] = {}
+
+    def _key(self, node_b64: str, expires_text: str) -> tuple[str, int, bytes]:
+        found = self._keys.get((node_b64, expires_text))
+        if found is not None:
+            return found
+        node = _unb64(node_b64, "node id").decode("utf-8", "replace")
+        if not valid_node_id(node) or not expires_text.isdigit() or len(expires_text) > 12:
+            raise AuthError("malformed P2P-Node authorization")
+        expires = int(expires_text)
+        found = (node, expires, node_key(self._secret, node, expires))
+        if len(self._keys) >= self._nodes:
+            del self._keys[next(iter(self._keys))]
+        self._keys[(node_b64, expires_text)] = found
+        return found
+
+    def verify(self, header: str | None, method: str, path: str, body: bytes, now: float) -> Signed:
+        parts = _split(header, NODE_SCHEME, "a node credential").split(".")
+        if len(parts) != 5:
+            raise AuthError("malformed P2P-Node authorization")
+        if not parts[2].isdigit() or len(parts[2]) > 20 or not _NONCE.fullmatch(parts[3]):
+            raise AuthError("malformed P2P-Node authorization")
+        node, expires, key = self._key(parts[0], parts[1])
+        ts, nonce = int(parts[2]), parts[3]
+        mac = _unb64(parts[4], "signature", 32)
+        if not hmac.compare_digest(mac, _request_mac(key, method, path, ts, nonce, body)):
+            raise AuthError(f"invalid signature for node {node!r}: its credential was not issued for this "
+                            f"cluster secret, or the request was altered")
+        if expires < now:
+            raise AuthError(f"the credential of node {node!r} expired; issue a new one (`p2pdist certs issue`)")
+        _fresh(ts, now)
+        return Signed(node, ts, nonce)
 
 
 # --- tickets -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from p2pdist.core.identity import (
     AuthError,
     NodeCredential,
     ReplayGuard,
+    RequestVerifier,
     Signed,
     TicketChecker,
     issue_ticket,
@@ -60,6 +61,29 @@ def test_malformed_credentials_are_refused_precisely(text: str, says: str):
 def test_node_ids_outside_the_alphabet_get_no_credential(node: str):
     with pytest.raises(AuthError, match="node id"):
         cred(node)
+
+
+def test_a_verifier_keeps_derived_keys_yet_refuses_what_another_id_or_expiry_would_sign():
+    verifier = RequestVerifier(SECRET, nodes=2)
+    good = cred("n1")
+    for _ in range(2):  # derived once, then from the cache: the same answer
+        header = sign_request(good, "POST", "/v1/announce", BODY, NOW)
+        assert verifier.verify(header, "POST", "/v1/announce", BODY, NOW).node == "n1"
+    # A node that claims a later expiry, signing with its real key: the key of that expiry differs.
+    header = sign_request(good, "POST", "/v1/announce", BODY, NOW)
+    node, _expiry, rest = header.split(" ", 1)[1].split(".", 2)
+    longer = f"P2P-Node {node}.{good.expires + 86400}.{rest}"
+    with pytest.raises(AuthError, match="invalid signature"):
+        verifier.verify(longer, "POST", "/v1/announce", BODY, NOW)
+    # Another node's id with n1's key, after n1's key is cached.
+    n2 = NodeCredential("n2", good.expires, good.key, good.ticket_key)
+    with pytest.raises(AuthError, match="invalid signature"):
+        verifier.verify(sign_request(n2, "POST", "/v1/announce", BODY, NOW), "POST", "/v1/announce", BODY, NOW)
+    # Bounded: more nodes than it keeps still verify, and the cache stays at its size.
+    for i in range(5):
+        header = sign_request(cred(f"m{i}"), "POST", "/p", b"", NOW)
+        assert verifier.verify(header, "POST", "/p", b"", NOW).node == f"m{i}"
+    assert len(verifier._keys) == 2
 
 
 def test_a_signed_request_verifies_and_names_its_node():

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pdist.core.manifest import PIECE_DIGEST_SIZE
 from p2pdist.core.wire import (
     EVENTS,
     MAX_FRAME,
@@ -422,3 +423,26 @@ def test_peer_info_encodes_every_field():
     info = PeerInfo("n", "a:1", "z", "r", 3, True, 2)
     assert set(info.to_fields()) == {f.name for f in dataclasses.fields(PeerInfo)}
     assert PeerInfo.from_fields(info.to_fields()) == info
+
+
+def test_announce_reply_encodes_every_field_and_changes_apply_without_a_copy():
+    """AnnounceReply spells its fields out too; ``encode(reply, **changes)`` is replace-then-encode."""
+    reply = AnnounceReply(interval=2.0, size=10, piece_size=4, peers=[PeerInfo("n", "a:1")],
+                          digests=[(1, b"d" * PIECE_DIGEST_SIZE)], digest_pos=3, leases=[(0, 2, 5.0)],
+                          reset=True, ticket="t", spacing=0.5)
+    assert set(reply.to_fields()) == {f.name for f in dataclasses.fields(AnnounceReply)}
+    assert decode(encode(reply)) == reply
+    changed = dataclasses.replace(reply, ticket="new", spacing=1.5)
+    assert decode(encode(reply, ticket="new", spacing=1.5)) == changed
+
+
+def test_messages_built_without_init_are_equal_to_built_ones_and_get_fresh_defaults():
+    """Decoding skips the frozen dataclass's __init__: the result must be the same message, with
+    defaults of its own (a shared digests list would leak one announce's digests into the next)."""
+    sent = Announce(node="n", addr="a:1", blob="sha256:" + "ab" * 32)
+    first, second = decode(encode(sent)), decode(encode(sent))
+    assert first == sent and hash(first.blob) == hash(sent.blob)
+    first.digests.append((0, b"x" * PIECE_DIGEST_SIZE))
+    assert second.digests == [] and Announce(node="n", addr="a:1", blob=sent.blob).digests == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.node = "other"  # type: ignore[misc]
