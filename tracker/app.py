@@ -196,7 +196,7 @@ async def announce(request: web.Request) -> web.Response:
         log_event(log, logging.WARNING, "node_mismatch", remote=request.remote, node=msg.node, signer=signer)
         return tracker.refuse(403, "node-mismatch",
                               f"this request is signed by node {signer!r} but announces node {msg.node[:128]!r}")
-    tracker.metrics.announces.labels(msg.event).inc()
+    tracker.metrics.announced(msg.event)
     try:
         if tracker.shared is not None:
             reply = await tracker.shared.announce(msg, tracker.clock(), tracker.rng, tracker.emit)

@@ -28,6 +28,7 @@ class TrackerMetrics:
         Info("p2pdist_tracker_build", "The tracker's version", registry=r).info({"version": __version__})
         self.announces = Counter("p2pdist_tracker_announces", "Announces received, by event", ["event"],
                                  registry=r)
+        self._announce_children: dict[str, Any] = {}
         self.errors = Counter("p2pdist_tracker_errors", "Requests refused, by kind", ["kind"], registry=r)
         self.dropped = Counter("p2pdist_tracker_announces_dropped",
                                "Announces dropped unanswered under load because their agent gave up: its connection "
@@ -59,6 +60,13 @@ class TrackerMetrics:
         Gauge("p2pdist_tracker_blobs", "Blobs tracked", registry=r).set_function(lambda: state.blob_count())
         Gauge("p2pdist_tracker_leases_out", "Origin leases out now (each an origin stream; origin_streams caps "
               "them per blob)", registry=r).set_function(lambda: state.lease_count())
+
+    def announced(self, event: str) -> None:
+        """Count one announce (its child counter looked up once per event, not per announce)."""
+        child = self._announce_children.get(event)
+        if child is None:
+            child = self._announce_children[event] = self.announces.labels(event)
+        child.inc()
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
         """Count one service event (see tracker.service.Emit)."""

@@ -173,8 +173,11 @@ def handle_announce(
         policy = policy or HANDOUTS[config.handout_policy]()
         near = blob.near_peers(asker.zone, asker.rack) if asker.zone else None
         handed = policy.handout(asker, blob.live_peers(), config.handout_size, rng, near)
-        if any(state.is_banned(p.node, now) for p in handed):
-            handed = [p for p in handed if not state.is_banned(p.node, now)]
+        banned = state.is_banned
+        for p in handed:
+            if banned(p.node, now):  # rare: a ban since the peer's last announce
+                handed = [p for p in handed if not banned(p.node, now)]
+                break
     return AnnounceReply(
         interval=_interval(blob, config),
         size=blob.size,

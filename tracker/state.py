@@ -7,6 +7,7 @@ bounded: blobs by ``max_blobs``, peers by ``max_peers_per_blob``, pieces by the 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -219,6 +220,7 @@ class BlobRecord:
                     del self.groups[key]
 
 
+@functools.lru_cache(maxsize=4096)  # a cluster has a few zones and racks; made per announce otherwise
 def near_keys(zone: str, rack: str) -> tuple[str, ...]:
     """The groups a peer is in: its zone's, and its rack's (within the zone). Empty labels: none."""
     if not zone:

@@ -27,6 +27,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -143,9 +144,8 @@ def sign_request(cred: NodeCredential, method: str, path: str, body: bytes, now:
     return f"{NODE_SCHEME} {_b64(cred.node.encode())}.{cred.expires}.{ts}.{nonce}.{_b64(mac)}"
 
 
-@dataclass(frozen=True)
-class Signed:
-    """Who signed a request, and its stamp (for the replay guard)."""
+class Signed(NamedTuple):
+    """Who signed a request, and its stamp (for the replay guard). A tuple: one is made per request."""
 
     node: str
     ts: int  # microseconds since the epoch, as the signer's clock said
