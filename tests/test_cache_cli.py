@@ -150,3 +150,27 @@ def test_an_import_that_does_not_match_leaves_nothing(tmp_path: Path):
     with pytest.raises(Exception, match="digest mismatch"):
         writer.commit()
     assert store.blobs() == [] and list(store.blob_path(wrong).parent.iterdir()) == []
+
+
+def test_gc_of_leftovers_spares_an_import_stalled_however_long(tmp_path: Path):
+    """An import's temp file is locked while its writer lives: `gc --partials` through the daemon
+    sweeps leftovers untouched for ten minutes, and a slow import (a pipe from another host) must
+    not lose its bytes to it. What a crashed writer left (no lock) still goes."""
+    store = Store(tmp_path / "store")
+    data = os.urandom(300_000)
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    writer = BlobWriter(store, digest, len(data))
+    writer.write(data[:100_000])
+    (temp,) = [p for p in store.blob_path(digest).parent.iterdir() if p.name.endswith(".import")]
+    crashed = temp.with_name(".crashed.import")
+    crashed.write_bytes(b"x" * 1000)
+    an_hour_ago = time.time() - 3600
+    for path in (temp, crashed):
+        os.utime(path, (an_hour_ago, an_hour_ago))  # stalled: older than the daemon's 10 minutes
+    collected = admin.collect(store, keep=None, partials=True, blobs=False, leftover_age=600.0)
+    assert temp.exists() and not crashed.exists()
+    assert collected.leftovers == 1000
+    writer.write(data[100_000:])
+    writer.commit()
+    with store.open_blob(digest) as reader:
+        assert reader.read(0, len(data)) == data

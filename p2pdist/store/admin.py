@@ -14,6 +14,8 @@ refusing pinned blobs keeps every read whole; the operator retries when the read
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import struct
 import time
@@ -216,8 +218,8 @@ def collect(store: Store, keep: int | None, older_than: float | None = None, par
                 shutil.rmtree(trash, ignore_errors=True)
                 removed.append(str(d))
         for path in _leftovers(store):
-            if leftover_age and _young(path, leftover_age):
-                continue  # a sidecar, commit or import being written right now
+            if (leftover_age and _young(path, leftover_age)) or in_use(path):
+                continue  # a sidecar or commit being written right now, or an import (however slow)
             leftover += _size(path)
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -231,6 +233,24 @@ def _mtime(store: Store, digest: Digest) -> float:
         return store.blob_path(digest).stat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def in_use(path: Path) -> bool:
+    """Whether a process holds ``path`` locked (an import's temp file: ingest.BlobWriter). The lock
+    dies with its process, so what a crash left behind is not in use."""
+    if path.is_dir():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _young(path: Path, seconds: float) -> bool:

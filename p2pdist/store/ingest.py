@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import os
 import shutil
 import threading
@@ -52,6 +53,9 @@ class BlobWriter:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self._path.with_name(f".{d.encoded}.{uuid.uuid4().hex}.import")
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Held until the descriptor closes (or the process dies): `cache gc --partials` leaves a
+        # locked temp file alone however long the import stalls (store.admin.in_use).
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = d.hasher()
         self._piece = piece_hasher()
         self._digests: list[bytes] = []
