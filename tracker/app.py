@@ -32,7 +32,7 @@ from p2pdist.core.digest import DigestError
 from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, RequestVerifier, Signed
 from p2pdist.core.names import InvalidName
 from p2pdist.core.reference import parse_reference
-from p2pdist.core.wire import MAX_FRAME, MAX_LIST, Announce, WireError, decode, encode
+from p2pdist.core.wire import MAX_FRAME, MAX_LIST, Announce, AnnounceReply, WireError, decode, encode
 from p2pdist.logs import log_event
 
 from .config import TrackerConfig
@@ -51,6 +51,7 @@ log = logging.getLogger("tracker")
 
 MSGPACK = "application/msgpack"
 PUBLIC_PATHS = frozenset({"/healthz"})  # probes must work without the cluster secret
+ANNOUNCE_PATH = "/v1/announce"  # checked by admit(), as the fast path does
 STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503, "banned": 403, "busy": 503}
 # Service events worth a line at info or above; the rest are debug.
 EVENT_LEVELS = {
@@ -99,14 +100,12 @@ class Tracker:
         log_event(log, level, event, **fields)
 
     def refuse(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-        self.metrics.errors.labels(kind).inc()
-        return web.json_response({"error": message}, status=status, headers=headers)
+        return refusal(self, status, kind, message, tuple((headers or {}).items())).response()
 
 
 TRACKER = web.AppKey("tracker", Tracker)
 REDIS_ERRORS = (RedisError,)
 NODE = web.RequestKey("node", str)  # the node that signed the request (absent with authentication off)
-SIGNED_AT = web.RequestKey("signed_at", int)  # when it signed it (µs, its clock)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -147,17 +146,15 @@ async def authenticate(request: web.Request, tracker: Tracker) -> Signed | None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     tracker = request.app[TRACKER]
-    if request.path not in PUBLIC_PATHS and tracker.config.cluster_token:
+    if request.path not in PUBLIC_PATHS and request.path != ANNOUNCE_PATH and tracker.config.cluster_token:
         try:
             signed = await authenticate(request, tracker)
             request[NODE] = signed.node if signed is not None else ""
-            if signed is not None:
-                request[SIGNED_AT] = signed.ts
         except Oversize as e:
             return tracker.refuse(413, "oversize", str(e))
         except AuthError as e:
             log_event(log, logging.INFO, "unauthorized", remote=request.remote, path=request.path, why=str(e))
-            return tracker.refuse(401, "unauthorized", str(e), {"WWW-Authenticate": f'{NODE_SCHEME} realm="p2pdist"'})
+            return refusal(tracker, 401, "unauthorized", str(e), UNAUTHORIZED).response()
     return await handler(request)
 
 
@@ -169,53 +166,115 @@ def _wire_kind(message: str) -> str:
     return "invalid"
 
 
-async def announce(request: web.Request) -> web.Response:
-    tracker = request.app[TRACKER]
-    transport = request.transport
-    if transport is None or transport.is_closing():
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An announce's HTTP answer, whichever server sends it: aiohttp's, or the fast path's
+    (tracker/fastpath.py). Both run the same steps below, so both answer alike."""
+
+    status: int
+    body: bytes
+    content_type: str = MSGPACK
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body,
+                            headers={"Content-Type": self.content_type, **dict(self.headers)})
+
+
+def refusal(tracker: Tracker, status: int, kind: str, message: str,
+            headers: tuple[tuple[str, str], ...] = ()) -> Answer:
+    tracker.metrics.errors.labels(kind).inc()
+    return Answer(status, json.dumps({"error": message}).encode(), "application/json", headers)
+
+
+UNAUTHORIZED = (("WWW-Authenticate", f'{NODE_SCHEME} realm="p2pdist"'),)
+
+
+def admit(tracker: Tracker, authorization: str | None, path: str, body: bytes, remote: str | None,
+          gone: bool) -> Announce | Answer:
+    """An announce's checks before the logic: its signature, whether its agent still waits, its
+    message, and that it speaks for the node that signed it. The Announce, or the refusal."""
+    signed = None
+    if tracker.config.cluster_token:
+        try:
+            signed = tracker.verifier.verify(authorization, "POST", path, body, tracker.wall())
+            tracker.guard.check(signed)
+        except AuthError as e:
+            log_event(log, logging.INFO, "unauthorized", remote=remote, path=path, why=str(e))
+            return refusal(tracker, 401, "unauthorized", str(e), UNAUTHORIZED)
+    if gone:
         tracker.metrics.dropped.labels("gone").inc()  # its agent gave up and hung up: nobody to answer
-        return web.Response(status=503)
-    signed_at = request.get(SIGNED_AT)
-    if signed_at is not None and tracker.shedder.late(request[NODE], signed_at, tracker.wall()):
+        return Answer(503, b"")
+    if signed is not None and tracker.shedder.late(signed.node, signed.ts, tracker.wall()):
         tracker.metrics.dropped.labels("late").inc()  # its agent stopped waiting: no work for it
-        return web.json_response({"error": "this announce waited longer than agents wait; announce again"},
-                                 status=503)
-    try:
-        body = await _body(request)
-    except Oversize as e:
-        return tracker.refuse(413, "oversize", str(e))
+        return Answer(503, b'{"error": "this announce waited longer than agents wait; announce again"}',
+                      "application/json")
     try:
         msg = decode(body, expect=(Announce,))
     except WireError as e:
-        log_event(log, logging.INFO, "bad_announce", remote=request.remote, why=str(e))
-        return tracker.refuse(400, _wire_kind(str(e)), str(e))
+        log_event(log, logging.INFO, "bad_announce", remote=remote, why=str(e))
+        return refusal(tracker, 400, _wire_kind(str(e)), str(e))
     assert isinstance(msg, Announce)
-    signer = request.get(NODE)
-    if signer is not None and msg.node != signer:
+    if signed is not None and msg.node != signed.node:
         # A credential speaks for its own node only: bans and audits stick to who really announced.
-        log_event(log, logging.WARNING, "node_mismatch", remote=request.remote, node=msg.node, signer=signer)
-        return tracker.refuse(403, "node-mismatch",
-                              f"this request is signed by node {signer!r} but announces node {msg.node[:128]!r}")
+        log_event(log, logging.WARNING, "node_mismatch", remote=remote, node=msg.node, signer=signed.node)
+        return refusal(tracker, 403, "node-mismatch",
+                       f"this request is signed by node {signed.node!r} but announces node {msg.node[:128]!r}")
     tracker.metrics.announced(msg.event)
-    try:
-        if tracker.shared is not None:
-            reply = await tracker.shared.announce(msg, tracker.clock(), tracker.rng, tracker.emit)
-        else:
-            reply = handle_announce(tracker.state, msg, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
-    except RedisUnavailable as e:
-        log_event(log, logging.WARNING, "redis_unavailable", blob=msg.blob, node=msg.node, why=str(e))
-        return tracker.refuse(503, "redis", str(e))
-    except AnnounceError as e:
-        log_event(log, logging.WARNING, "announce_refused", blob=msg.blob, node=msg.node, kind=e.kind,
-                  why=str(e))
-        return tracker.refuse(STATUS[e.kind], e.kind, str(e))
+    return msg
+
+
+def refused(tracker: Tracker, msg: Announce, e: AnnounceError) -> Answer:
+    log_event(log, logging.WARNING, "announce_refused", blob=msg.blob, node=msg.node, kind=e.kind, why=str(e))
+    return refusal(tracker, STATUS[e.kind], e.kind, str(e))
+
+
+def conclude(tracker: Tracker, msg: Announce, reply: AnnounceReply) -> Answer:
+    """The reply on the wire, with a ticket if the node asked for one and the pacer's spacing."""
     changes: dict[str, Any] = {}
     if msg.peer_key and tracker.tickets is not None and len(msg.peer_key) == 32:
         changes["ticket"] = tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall())
     spacing = tracker.pacer.announced(tracker.clock())
     if spacing:
         changes["spacing"] = spacing
-    return web.Response(body=encode(reply, **changes), headers={"Content-Type": MSGPACK})
+    return Answer(200, encode(reply, **changes))
+
+
+def answer_announce(tracker: Tracker, authorization: str | None, path: str, body: bytes, remote: str | None,
+                    gone: bool) -> Answer:
+    """An announce to a tracker with its state in memory, answered at once (the fast path's)."""
+    admitted = admit(tracker, authorization, path, body, remote, gone)
+    if isinstance(admitted, Answer):
+        return admitted
+    try:
+        reply = handle_announce(tracker.state, admitted, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
+    except AnnounceError as e:
+        return refused(tracker, admitted, e)
+    return conclude(tracker, admitted, reply)
+
+
+async def announce(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    try:
+        body = await _body(request)
+    except Oversize as e:
+        return tracker.refuse(413, "oversize", str(e))
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    path, authorization = request.rel_url.raw_path, request.headers.get("Authorization")
+    if tracker.shared is None:
+        return answer_announce(tracker, authorization, path, body, request.remote, gone).response()
+    admitted = admit(tracker, authorization, path, body, request.remote, gone)
+    if isinstance(admitted, Answer):
+        return admitted.response()
+    try:
+        reply = await tracker.shared.announce(admitted, tracker.clock(), tracker.rng, tracker.emit)
+    except RedisUnavailable as e:
+        log_event(log, logging.WARNING, "redis_unavailable", blob=admitted.blob, node=admitted.node, why=str(e))
+        return tracker.refuse(503, "redis", str(e))
+    except AnnounceError as e:
+        return refused(tracker, admitted, e).response()
+    return conclude(tracker, admitted, reply).response()
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -361,7 +420,7 @@ def create_app(
         clock = time.time if shared is not None else time.monotonic
     app[TRACKER] = Tracker(config, state if state is not None else memory_state(config), clock,
                            rng if rng is not None else random.Random(), shared=shared)
-    app.router.add_post("/v1/announce", announce)
+    app.router.add_post(ANNOUNCE_PATH, announce)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/orders", orders)
     app.router.add_post("/v1/preheat", preheat_create)

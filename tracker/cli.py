@@ -19,8 +19,9 @@ from p2pdist.serving import ServerRunner, raise_file_limit
 from p2pdist.tls import CertError, server_context
 
 from . import gc_tuning
-from .app import create_app
+from .app import TRACKER, create_app
 from .config import ENV_PREFIX, FIELDS, LOG_LEVELS, ConfigError, TrackerConfig, check_exposure, load
+from .fastpath import Connections, fast_path_factory
 from .redis_state import RedisState, RedisUnavailable
 
 log = logging.getLogger("tracker")
@@ -115,15 +116,29 @@ async def serve(config: TrackerConfig) -> None:
     runner = ServerRunner(app, handle_signals=False, access_log=access, idle_timeout=config.idle_timeout,
                           max_connections=config.max_connections)
     await runner.setup()
+    fast: asyncio.Server | None = None
+    book = Connections(0)
     try:
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-        await site.start()
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        if shared is None:
+            # Announces on the fast path (tracker/fastpath.py), every other request by aiohttp. With
+            # the state in Redis each announce waits on Redis anyway: aiohttp serves everything.
+            aiohttp_server = runner.server
+            assert aiohttp_server is not None
+            book = Connections(config.max_connections)
+            fast = await loop.create_server(
+                fast_path_factory(app[TRACKER], aiohttp_server, book, config.idle_timeout),
+                config.host, config.port, ssl=tls, backlog=1024)
+            addresses = [sock.getsockname() for sock in fast.sockets]
+        else:
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
+            await site.start()
+            addresses = runner.addresses
+        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        for sockname in runner.addresses:
+        for sockname in addresses:
             host, port = sockname[0], sockname[1]
             scheme = "https" if tls is not None else "http"
             url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
@@ -132,6 +147,10 @@ async def serve(config: TrackerConfig) -> None:
         await stop.wait()
         log_event(log, logging.INFO, "stopping")
     finally:
+        if fast is not None:
+            fast.close()
+            for conn in list(book.open):
+                conn.close()
         await runner.cleanup()
         if shared is not None:
             await shared.close()

@@ -30,6 +30,9 @@ class TrackerMetrics:
                                  registry=r)
         self._announce_children: dict[str, Any] = {}
         self.errors = Counter("p2pdist_tracker_errors", "Requests refused, by kind", ["kind"], registry=r)
+        self.relayed = Counter("p2pdist_tracker_connections_relayed",
+                               "Connections handed from the announce fast path to aiohttp (their first request of "
+                               "another kind: orders, metrics, probes, preheat)", registry=r)
         self.dropped = Counter("p2pdist_tracker_announces_dropped",
                                "Announces dropped unanswered under load because their agent gave up: its connection "
                                "closed (gone) or it waited longer than agents wait (late)", ["reason"], registry=r)

@@ -76,7 +76,10 @@ class TrackerClient:
 
     async def orders(self, report: dict[str, Any]) -> dict[str, Any]:
         """Poll for preheat orders (tracker/preheat.py), reporting the ones that ended."""
-        data = await self._send("/v1/orders", json.dumps(report).encode(), "application/json")
+        # On a connection of its own, closed after the poll: a tracker keeps the connections that
+        # carry only announces on its fast path (tracker/fastpath.py); one that carried an orders poll
+        # would be served by aiohttp from then on. One poll in 15 s costs a connection, not more.
+        data = await self._send("/v1/orders", json.dumps(report).encode(), "application/json", close=True)
         try:
             doc = json.loads(data)
             assert isinstance(doc, dict) and isinstance(doc.get("fetch"), list)
@@ -84,12 +87,12 @@ class TrackerClient:
         except (ValueError, AssertionError):
             raise TrackerUnavailable("tracker sent an invalid orders reply") from None
 
-    async def _send(self, path: str, body: bytes, content_type: str) -> bytes:
+    async def _send(self, path: str, body: bytes, content_type: str, close: bool = False) -> bytes:
         """POST to the replica in use, moving on to the next while replicas fail."""
         failures = []
         for _ in range(len(self.urls)):
             try:
-                return await self._post(self.bases[self._current] + path, body, content_type)
+                return await self._post(self.bases[self._current] + path, body, content_type, close)
             except _ReplicaDown as e:
                 failures.append(str(e))
                 if len(self.urls) > 1:
@@ -97,8 +100,10 @@ class TrackerClient:
                     log_event(log, logging.WARNING, "tracker_failover", why=str(e), next=self.bases[self._current])
         raise TrackerUnavailable("; ".join(failures))
 
-    async def _post(self, url: str, body: bytes, content_type: str) -> bytes:
+    async def _post(self, url: str, body: bytes, content_type: str, close: bool = False) -> bytes:
         headers = {"Content-Type": content_type}
+        if close:
+            headers["Connection"] = "close"  # aiohttp's client does not put this connection back in its pool
         if self._identity is not None:  # signed per attempt: each carries its own nonce
             headers["Authorization"] = self._identity.tracker_authorization("POST", urlsplit(url).path, body)
         try:
