@@ -16,6 +16,9 @@ from p2pdist.core import wire
 from p2pdist.core.identity import sign_request
 from tests.support.identity import Caller
 from tests.support.procs import Tracker
+from tracker.app import TRACKER, create_app
+from tracker.config import TrackerConfig
+from tracker.fastpath import Connections, FastPath
 
 TOKEN = "fastpath-test-secret"
 BLOB = "sha256:" + "ab" * 32
@@ -235,3 +238,47 @@ def test_a_request_sent_too_slowly_is_closed_at_the_idle_timeout(tmp_path: Path)
         assert time.monotonic() - opened < 5
     finally:
         proc.stop()
+
+
+
+class FakeTransport:
+    """What the fast path asks of its transport, recorded (the test drives the protocol directly)."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either():
+    """Answers pile up in the transport when the client reads none: the fast path stops reading
+    its requests until the transport drains, as aiohttp's handler does."""
+    app = create_app(TrackerConfig(cluster_token=TOKEN))
+    transport = FakeTransport()
+    conn = FastPath(app[TRACKER], lambda: None, Connections(0), idle_timeout=60.0)  # type: ignore[arg-type,return-value]
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(announce_request())
+    assert transport.written.startswith(b"HTTP/1.1 200 OK") and transport.reading
+    conn.pause_writing()  # the transport's buffer passed its high-water mark
+    assert not transport.reading
+    conn.resume_writing()
+    assert transport.reading
+    conn.connection_lost(None)

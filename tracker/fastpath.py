@@ -126,10 +126,16 @@ class FastPath(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._relay is not None:
             self._relay.pause_writing()
+        elif self._transport is not None:
+            # A client that sends requests without reading the answers: read no more of them until
+            # it has, or the answers would pile up here without bound.
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         if self._relay is not None:
             self._relay.resume_writing()
+        elif self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._raw:
