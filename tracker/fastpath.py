@@ -35,6 +35,7 @@ from aiohttp.web_protocol import RequestHandler
 from p2pdist.core.wire import MAX_FRAME
 
 from .app import ANNOUNCE_PATH, Answer, Tracker, answer_announce
+from .errors import TrackerError
 
 log = logging.getLogger("tracker")
 
@@ -45,7 +46,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\nContent-Length: "
 
 
-class Stop(Exception):
+class Stop(TrackerError):
     """Raised in a parser callback: this connection is being closed, parse no further."""
 
 
