@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import PIECE_DIGEST_SIZE
-from tracker.pacer import Pacer
+from tracker.pacer import Pacer, budget_of
 from tracker.service import memory_state
 
 from .agent import Board, Node, Swarm
@@ -150,7 +150,7 @@ class Cluster(DataPlane, ControlPlane):
         # The tracker's pacer as the real tracker runs it (tracker/app.py): above its announce budget,
         # replies ask agents for more room between announces. Only for a tracker the scenario gives
         # a cost (tracker_service_time): one that costs nothing has no budget to keep to.
-        self.pacer = Pacer(cfg.announce_budget if self.scenario.tracker_service_time > 0 else 0)
+        self.pacer = Pacer(budget_of(cfg, on_redis=False) if self.scenario.tracker_service_time > 0 else 0)
         self.origin_node: Node | None = None
         if profile.origin == ORIGIN_PEER:
             self.origin_node = self._origin_peer()

@@ -11,7 +11,8 @@ import pytest
 from p2pdist.core.wire import Announce, AnnounceReply, decode, encode
 from tests.support.identity import Caller
 from tests.support.procs import Tracker
-from tracker.pacer import MAX_SPACING, MIN_SPACING, Pacer
+from tracker.config import TrackerConfig
+from tracker.pacer import BUDGET_IN_MEMORY, BUDGET_ON_REDIS, MAX_SPACING, MIN_SPACING, Pacer, budget_of
 
 
 def _second(pacer: Pacer, second: int, announces: int) -> float:
@@ -77,3 +78,10 @@ async def test_a_real_tracker_over_its_budget_asks_agents_for_room(tmp_path):
         assert metrics["p2pdist_tracker_announce_spacing_seconds"] >= MIN_SPACING
     finally:
         proc.stop()
+
+
+def test_the_budget_follows_where_the_state_is_unless_configured():
+    assert budget_of(TrackerConfig(), on_redis=False) == BUDGET_IN_MEMORY == 4500
+    assert budget_of(TrackerConfig(), on_redis=True) == BUDGET_ON_REDIS == 3000
+    assert budget_of(TrackerConfig(announce_budget=0), on_redis=False) == 0  # pacing off, as asked
+    assert budget_of(TrackerConfig(announce_budget=1234), on_redis=True) == 1234

@@ -39,7 +39,7 @@ from .config import TrackerConfig
 from .errors import TrackerError
 from .gc_tuning import FREEZE_EVERY, Freezer
 from .metrics import TrackerMetrics
-from .pacer import Pacer
+from .pacer import Pacer, budget_of
 from .preheat import PER_POLL, MemoryPreheat, PreheatDesk, PreheatError, RedisPreheat
 from .redis_state import RedisState, RedisUnavailable
 from .service import AnnounceError, handle_announce, memory_state
@@ -85,7 +85,7 @@ class Tracker:
         self.verifier = RequestVerifier(self.config.cluster_token, nodes=self.config.max_nodes)
         secret = self.config.cluster_token
         self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
-        self.pacer = Pacer(self.config.announce_budget)
+        self.pacer = Pacer(budget_of(self.config, self.shared is not None))
         self.shedder = Shedder(self.config.client_timeout, self.config.max_nodes)
         poll = self.config.preheat_poll
         self.preheat = (RedisPreheat(self.shared.redis, self.shared.prefix, poll, self.rng) if self.shared is not None

@@ -100,9 +100,9 @@ class TrackerConfig(Settings):
     idle_timeout: float = Field(30.0, gt=0)
     max_connections: int = Field(16384, ge=1)
     # Announces per second to stay under: above it, replies ask agents for more room between their
-    # announces (tracker/pacer.py). One core answers about 4,000/s at p99 < 20 ms on a 2-core VM
-    # (benchmarks/bench_tracker.py); 0 = no pacing.
-    announce_budget: int = Field(3000, ge=0)
+    # announces (tracker/pacer.py). Unset: 4,500 in memory, 3,000 per replica on Redis (what one
+    # core answers well, benchmarks/bench_tracker.py); 0 = no pacing.
+    announce_budget: int | None = Field(None, ge=0)
     # Agents give up on an announce after this long (theirs: 5 s). Under overload, one that waited
     # longer is dropped unanswered instead of worked on for nobody (tracker/shedding.py).
     client_timeout: float = Field(5.0, gt=0)
