@@ -56,19 +56,19 @@ class Connections:
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
         self.open: dict[FastPath, None] = {}
-        self.relayed = 0  # connections handed to aiohttp
-        self.refused = 0
-        self.evicted = 0
+        self.refused = 0  # connections turned away (every open one was serving a request)
 
     def admit(self, conn: FastPath) -> bool:
         if self.max_connections and len(self.open) >= self.max_connections:
             for other in self.open:
                 if other.waiting():
                     other.close()  # leaves self.open in connection_lost
-                    self.evicted += 1
                     break
             else:
                 self.refused += 1
+                if self.refused == 1 or self.refused % 1000 == 0:
+                    log.warning("connection refused: too many open, all busy",
+                                extra={"open": len(self.open), "refused": self.refused})
                 return False
         self.open[conn] = None
         return True
@@ -281,7 +281,6 @@ class FastPath(asyncio.Protocol):
             assert self._transport is not None
             self._relay = self._make_handler()
             self._relay.connection_made(self._transport)
-            self._book.relayed += 1
             self._tracker.metrics.relayed.inc()
             if self._timer is not None:
                 self._timer.cancel()
