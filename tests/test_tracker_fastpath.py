@@ -282,3 +282,22 @@ async def test_a_client_that_does_not_read_its_answers_is_not_read_either():
     conn.resume_writing()
     assert transport.reading
     conn.connection_lost(None)
+
+
+async def test_at_the_cap_each_new_connection_evicts_another_waiting_one():
+    """A burst of connections past ``max_connections``: each new one takes the place of a different
+    waiting connection, so the open ones never exceed the cap (the evicted close meanwhile)."""
+    app = create_app(TrackerConfig(cluster_token=TOKEN))
+    book = Connections(3)
+    conns, transports = [], []
+    for _ in range(10):
+        transport = FakeTransport()
+        conn = FastPath(app[TRACKER], lambda: None, book, idle_timeout=60.0)  # type: ignore[arg-type,return-value]
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conns.append(conn)
+        transports.append(transport)
+    assert len(book.open) == 3 and list(book.open) == conns[-3:]
+    assert [t.closed for t in transports] == [True] * 7 + [False] * 3
+    for conn in conns:
+        conn.connection_lost(None)
+    assert not book.open

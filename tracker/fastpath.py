@@ -62,7 +62,10 @@ class Connections:
         if self.max_connections and len(self.open) >= self.max_connections:
             for other in self.open:
                 if other.waiting():
-                    other.close()  # leaves self.open in connection_lost
+                    # Out of the book now, not at its connection_lost: a burst of new connections
+                    # must each evict another one, not all pick this one while it closes.
+                    del self.open[other]
+                    other.close()
                     break
             else:
                 self.refused += 1
