@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,15 @@ class Proc:
         os.kill(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
 
+    def until_ready(self, wait: Callable[[], object]) -> None:
+        """Run ``wait`` (it raises if the process never gets ready); on failure the process is
+        stopped before the error goes on, so a server that never answered does not outlive its test."""
+        try:
+            wait()
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return
@@ -114,7 +124,8 @@ class Tracker(Proc):
 
     def start(self) -> Tracker:
         super().start()
-        wait_http(self.url + "/healthz", self.popen, context=self.tls.context() if self.tls else None)
+        self.until_ready(lambda: wait_http(self.url + "/healthz", self.popen,
+                                           context=self.tls.context() if self.tls else None))
         return self
 
     def metrics(self, token: str | None = None) -> dict[str, float]:
@@ -176,7 +187,7 @@ class AgentProc(Proc):
 
     def start(self) -> AgentProc:
         super().start()
-        wait_http(self.api + "/healthz", self.popen)
+        self.until_ready(lambda: wait_http(self.api + "/healthz", self.popen))
         return self
 
     def refused_start(self, timeout: float = 30.0) -> str:

@@ -30,6 +30,10 @@ class RedisServer(Proc):
 
     def start(self, deadline: float = 15.0) -> RedisServer:
         super().start()
+        self.until_ready(lambda: self._ping(deadline))
+        return self
+
+    def _ping(self, deadline: float) -> None:
         assert self.popen is not None
         end = time.monotonic() + deadline
         while time.monotonic() < end:  # bounded poll until it answers PING
@@ -39,7 +43,7 @@ class RedisServer(Proc):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
-                        return self
+                        return
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError(f"redis-server on port {self.port} did not answer within {deadline}s")

@@ -1,0 +1,19 @@
+"""The test support's process handling: a server that never gets ready does not outlive its test."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import Proc, wait_http
+
+
+def test_a_process_that_never_answers_is_stopped_when_its_start_gives_up(tmp_path: Path):
+    proc = Proc([sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "silent.log")
+    proc.start()
+    assert proc.popen is not None
+    with pytest.raises(TimeoutError):
+        proc.until_ready(lambda: wait_http("http://127.0.0.1:9/healthz", proc.popen, deadline=0.5))
+    assert proc.popen.poll() is not None  # stopped, not left running for the rest of the session
