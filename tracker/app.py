@@ -124,51 +124,9 @@ async def _body(request: web.Request) -> bytes:
         raise Oversize(f"frame exceeds the {MAX_FRAME}-byte limit") from None
 
 
-async def authenticate(request: web.Request, tracker: Tracker) -> Signed | None:
-    """The node that signed ``request`` (its credential derives from the cluster secret); AuthError
-    says why not. Every tracker request passes here: the one place where identity is decided."""
-    secret = tracker.config.cluster_token
-    header = request.headers.get("Authorization")
-    operator = request.path == "/metrics" or request.path.startswith("/v1/preheat")
-    if operator and header is not None and not header.startswith(NODE_SCHEME):
-        why = bearer_refusal(header, secret, "cluster secret")
-        if why is not None:
-            raise AuthError(why)
-        return None
-    if request.path.startswith("/v1/preheat"):
-        raise AuthError("preheat jobs are an operator's: send 'Authorization: Bearer <cluster secret>'")
-    body = await _body(request)
-    signed = tracker.verifier.verify(header, request.method, request.rel_url.raw_path, body, tracker.wall())
-    tracker.guard.check(signed)
-    return signed
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tracker = request.app[TRACKER]
-    if request.path not in PUBLIC_PATHS and request.path != ANNOUNCE_PATH and tracker.config.cluster_token:
-        try:
-            signed = await authenticate(request, tracker)
-            request[NODE] = signed.node if signed is not None else ""
-        except Oversize as e:
-            return tracker.refuse(413, "oversize", str(e))
-        except AuthError as e:
-            log_event(log, logging.INFO, "unauthorized", remote=request.remote, path=request.path, why=str(e))
-            return refusal(tracker, 401, "unauthorized", str(e), UNAUTHORIZED).response()
-    return await handler(request)
-
-
-def _wire_kind(message: str) -> str:
-    if message.startswith("unsupported protocol version"):
-        return "version"
-    if message.startswith("malformed msgpack"):
-        return "malformed"
-    return "invalid"
-
-
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An announce's HTTP answer, whichever server sends it: aiohttp's, or the fast path's
+    """A tracker answer, whichever server sends it: aiohttp's, or the fast path's
     (tracker/fastpath.py). Both run the same steps below, so both answer alike."""
 
     status: int
@@ -190,6 +148,59 @@ def refusal(tracker: Tracker, status: int, kind: str, message: str,
 UNAUTHORIZED = (("WWW-Authenticate", f'{NODE_SCHEME} realm="p2pdist"'),)
 
 
+def check_signed(tracker: Tracker, authorization: str | None, method: str, path: str, body: bytes) -> Signed:
+    """The node that signed a request (its credential derives from the cluster secret), seen once;
+    AuthError says why not. Every signed request passes here, whichever server took it: the one
+    place where identity is decided (``authenticate`` for aiohttp's routes, ``admit`` for announces)."""
+    signed = tracker.verifier.verify(authorization, method, path, body, tracker.wall())
+    tracker.guard.check(signed)
+    return signed
+
+
+def unauthorized(tracker: Tracker, remote: str | None, path: str, e: AuthError) -> Answer:
+    log_event(log, logging.INFO, "unauthorized", remote=remote, path=path, why=str(e))
+    return refusal(tracker, 401, "unauthorized", str(e), UNAUTHORIZED)
+
+
+async def authenticate(request: web.Request, tracker: Tracker) -> Signed | None:
+    """The node that signed ``request``, or None for an operator's bearer secret; AuthError says
+    why neither holds."""
+    secret = tracker.config.cluster_token
+    header = request.headers.get("Authorization")
+    operator = request.path == "/metrics" or request.path.startswith("/v1/preheat")
+    if operator and header is not None and not header.startswith(NODE_SCHEME):
+        why = bearer_refusal(header, secret, "cluster secret")
+        if why is not None:
+            raise AuthError(why)
+        return None
+    if request.path.startswith("/v1/preheat"):
+        raise AuthError("preheat jobs are an operator's: send 'Authorization: Bearer <cluster secret>'")
+    return check_signed(tracker, header, request.method, request.rel_url.raw_path, await _body(request))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tracker = request.app[TRACKER]
+    if request.path not in PUBLIC_PATHS and request.path != ANNOUNCE_PATH and tracker.config.cluster_token:
+        try:
+            signed = await authenticate(request, tracker)
+            request[NODE] = signed.node if signed is not None else ""
+        except Oversize as e:
+            return tracker.refuse(413, "oversize", str(e))
+        except AuthError as e:
+            return unauthorized(tracker, request.remote, request.path, e).response()
+    return await handler(request)
+
+
+def _wire_kind(message: str) -> str:
+    if message.startswith("unsupported protocol version"):
+        return "version"
+    if message.startswith("malformed msgpack"):
+        return "malformed"
+    return "invalid"
+
+
+
 def admit(tracker: Tracker, authorization: str | None, path: str, body: bytes, remote: str | None,
           gone: bool) -> Announce | Answer:
     """An announce's checks before the logic: its signature, whether its agent still waits, its
@@ -197,11 +208,9 @@ def admit(tracker: Tracker, authorization: str | None, path: str, body: bytes, r
     signed = None
     if tracker.config.cluster_token:
         try:
-            signed = tracker.verifier.verify(authorization, "POST", path, body, tracker.wall())
-            tracker.guard.check(signed)
+            signed = check_signed(tracker, authorization, "POST", path, body)
         except AuthError as e:
-            log_event(log, logging.INFO, "unauthorized", remote=remote, path=path, why=str(e))
-            return refusal(tracker, 401, "unauthorized", str(e), UNAUTHORIZED)
+            return unauthorized(tracker, remote, path, e)
     if gone:
         tracker.metrics.dropped.labels("gone").inc()  # its agent gave up and hung up: nobody to answer
         return Answer(503, b"")
