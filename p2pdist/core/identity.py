@@ -191,19 +191,16 @@ class RequestVerifier:
         self._nodes = max(1, nodes)
         self._keys: dict[tuple[str, str], tuple[str, int, bytes]] = {}
 
-    def _key(self, node_b64: str, expires_text: str) -> tuple[str, int, bytes]:
+    def _key(self, node_b64: str, expires_text: str) -> tuple[str, int, bytes, bool]:
+        """(node, expiry, key, whether it came from the cache)."""
         found = self._keys.get((node_b64, expires_text))
         if found is not None:
-            return found
+            return (*found, True)
         node = _unb64(node_b64, "node id").decode("utf-8", "replace")
         if not valid_node_id(node) or not expires_text.isdigit() or len(expires_text) > 12:
             raise AuthError("malformed P2P-Node authorization")
         expires = int(expires_text)
-        found = (node, expires, node_key(self._secret, node, expires))
-        if len(self._keys) >= self._nodes:
-            del self._keys[next(iter(self._keys))]
-        self._keys[(node_b64, expires_text)] = found
-        return found
+        return node, expires, node_key(self._secret, node, expires), False
 
     def verify(self, header: str | None, method: str, path: str, body: bytes, now: float) -> Signed:
         parts = _split(header, NODE_SCHEME, "a node credential").split(".")
@@ -211,12 +208,17 @@ class RequestVerifier:
             raise AuthError("malformed P2P-Node authorization")
         if not parts[2].isdigit() or len(parts[2]) > 20 or not _NONCE.fullmatch(parts[3]):
             raise AuthError("malformed P2P-Node authorization")
-        node, expires, key = self._key(parts[0], parts[1])
+        node, expires, key, cached = self._key(parts[0], parts[1])
         ts, nonce = int(parts[2]), parts[3]
         mac = _unb64(parts[4], "signature", 32)
         if not hmac.compare_digest(mac, _request_mac(key, method, path, ts, nonce, body)):
             raise AuthError(f"invalid signature for node {node!r}: its credential was not issued for this "
                             f"cluster secret, or the request was altered")
+        if not cached:
+            # Kept only once a request signed with it held: made-up ids cannot push real nodes out.
+            if len(self._keys) >= self._nodes:
+                del self._keys[next(iter(self._keys))]
+            self._keys[(parts[0], parts[1])] = (node, expires, key)
         if expires < now:
             raise AuthError(f"the credential of node {node!r} expired; issue a new one (`p2pdist certs issue`)")
         _fresh(ts, now)

@@ -79,6 +79,8 @@ def test_a_verifier_keeps_derived_keys_yet_refuses_what_another_id_or_expiry_wou
     n2 = NodeCredential("n2", good.expires, good.key, good.ticket_key)
     with pytest.raises(AuthError, match="invalid signature"):
         verifier.verify(sign_request(n2, "POST", "/v1/announce", BODY, NOW), "POST", "/v1/announce", BODY, NOW)
+    # Forged requests leave nothing behind: only keys of requests that verified are kept.
+    assert set(verifier._keys) == {(node, str(good.expires))}
     # Bounded: more nodes than it keeps still verify, and the cache stays at its size.
     for i in range(5):
         header = sign_request(cred(f"m{i}"), "POST", "/p", b"", NOW)
