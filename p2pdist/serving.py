@@ -17,12 +17,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("p2pdist.serving")
+T = TypeVar("T")
+
+
+def waiting(handler: RequestHandler) -> bool:
+    """Whether an aiohttp connection is waiting for a request (idle, or still sending one) and not
+    closing: aiohttp's own flags (no handler running; a WebSocket's runs as long as it is open)."""
+    return not handler._request_in_progress and not handler._force_close
+
+
+def make_room(conns: Iterable[T], is_waiting: Callable[[T], bool], close: Callable[[T], None]) -> bool:
+    """Close the oldest of ``conns`` (oldest first) that is waiting for a request: a client holding
+    many of those loses them first, not the client arriving now. False if every one is serving."""
+    for conn in conns:
+        if is_waiting(conn):
+            close(conn)
+            return True
+    return False
+
+
+def note_refused(refused: int, open_now: int) -> None:
+    """Log a connection turned away at the cap (the first, then one in a thousand)."""
+    if refused == 1 or refused % 1000 == 0:
+        log.warning("connection refused: too many open, all busy", extra={"open": open_now, "refused": refused})
 
 
 class CappedServer(web.Server):
@@ -30,30 +54,17 @@ class CappedServer(web.Server):
 
     max_connections = 0  # 0: no cap
     refused = 0  # connections turned away (every open one was serving a request)
-    evicted = 0  # connections closed to make room (they were waiting for a request)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        full = self.max_connections and len(self._connections) >= self.max_connections and not self._evict()
+        full = (self.max_connections and len(self._connections) >= self.max_connections
+                and not make_room(self._connections, waiting, RequestHandler.force_close))
         super().connection_made(handler, transport)
         if full:
             self.refused += 1
-            if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("connection refused: too many open, all busy", extra={
-                    "open": len(self._connections), "refused": self.refused})
+            note_refused(self.refused, len(self._connections))
             # Its handler closes it before reading a byte (aborting the transport here races
             # aiohttp's own start of the handler).
             handler.force_close()
-
-    def _evict(self) -> bool:
-        """Close the oldest connection that is not serving a request (idle, or still sending one):
-        a client holding many of those loses them first, not the client arriving now."""
-        for conn in self._connections:
-            # aiohttp's own flags: no handler running (a WebSocket's runs as long as it is open).
-            if not conn._request_in_progress and not conn._force_close:
-                conn.force_close()
-                self.evicted += 1
-                return True
-        return False
 
 
 class ServerRunner(web.AppRunner):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import cast
@@ -33,11 +32,10 @@ import httptools
 from aiohttp.web_protocol import RequestHandler
 
 from p2pdist.core.wire import MAX_FRAME
+from p2pdist.serving import make_room, note_refused, waiting
 
 from .app import ANNOUNCE_PATH, Answer, Tracker, answer_announce
 from .errors import TrackerError
-
-log = logging.getLogger("tracker")
 
 MAX_HEAD = 8190  # bytes of request line and headers, as aiohttp's max_line_size
 _ANNOUNCE = ANNOUNCE_PATH.encode()
@@ -59,22 +57,19 @@ class Connections:
         self.refused = 0  # connections turned away (every open one was serving a request)
 
     def admit(self, conn: FastPath) -> bool:
-        if self.max_connections and len(self.open) >= self.max_connections:
-            for other in self.open:
-                if other.waiting():
-                    # Out of the book now, not at its connection_lost: a burst of new connections
-                    # must each evict another one, not all pick this one while it closes.
-                    del self.open[other]
-                    other.close()
-                    break
-            else:
-                self.refused += 1
-                if self.refused == 1 or self.refused % 1000 == 0:
-                    log.warning("connection refused: too many open, all busy",
-                                extra={"open": len(self.open), "refused": self.refused})
-                return False
+        if (self.max_connections and len(self.open) >= self.max_connections
+                and not make_room(self.open, FastPath.waiting, self._evict)):
+            self.refused += 1
+            note_refused(self.refused, len(self.open))
+            return False
         self.open[conn] = None
         return True
+
+    def _evict(self, conn: FastPath) -> None:
+        # Out of the book now, not at its connection_lost: a burst of new connections must each
+        # evict another one, not all pick this one while it closes.
+        del self.open[conn]
+        conn.close()
 
 
 class FastPath(asyncio.Protocol):
@@ -171,9 +166,7 @@ class FastPath(asyncio.Protocol):
 
     def waiting(self) -> bool:
         """Not serving a request: idle, or still receiving one (evictable)."""
-        if self._relay is not None:
-            return not self._relay._request_in_progress  # aiohttp's own flag, as serving.py reads it
-        return True
+        return self._relay is None or waiting(self._relay)
 
     def close(self) -> None:
         if self._transport is not None:
