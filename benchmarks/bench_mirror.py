@@ -7,6 +7,7 @@
    and the same copy again through that agent, every blob now in its store (warm_time_ratio).
 
 Run: .venv/bin/python -m benchmarks.bench_mirror [--blob-size 1GiB] [--layers 256MiB,64MiB,16MiB] [--runs 3]
+     [--only warm|cold]
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ def main() -> None:
     p.add_argument("--blob-size", default="1GiB")
     p.add_argument("--layers", default="256MiB,64MiB,16MiB")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--only", choices=["warm", "cold"], help="run one of the two benchmarks")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-") as tmp:
-        print(json.dumps({"warm": warm(Path(tmp), parse_size(args.blob_size), args.runs)}), flush=True)
+        if args.only != "cold":
+            print(json.dumps({"warm": warm(Path(tmp), parse_size(args.blob_size), args.runs)}), flush=True)
+        if args.only == "warm":
+            return
         layers = [parse_size(x) for x in args.layers.split(",")]
         print(json.dumps({"cold": cold(Path(tmp), layers, args.runs)}), flush=True)
 

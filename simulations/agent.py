@@ -278,7 +278,7 @@ class Swarm:
         while c < n and have[c]:
             c += 1
         if c < n:
-            self.dl.follow(0, c)
+            self.dl.follow(0, c, self.sim.now)
         else:
             self.dl.unfollow(0)
 

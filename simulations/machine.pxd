@@ -64,6 +64,9 @@ cdef class Download:
     cdef public long long digest_pos
     cdef public object cursor
     cdef public dict readers
+    cdef public dict waiting
+    cdef public double reader_wait
+    cdef public long paced
     cdef public double last_progress
     cdef public bint dirty
     cdef public bint done

@@ -277,6 +277,26 @@ async def test_many_clients_share_one_download(tmp_path, registry: Registry):
     assert registry.egress(digest) == len(data)
 
 
+async def test_a_client_streaming_a_cold_blob_paces_the_origin_streams(mirror, registry: Registry):
+    """Without a tracker, a blob fetched for nobody (the fetch API) comes in guided runs for four
+    streams; one streamed to a client that keeps up comes in one Range request: the paced stream
+    takes the runs of the streams it did not open (core.download.Download.follow)."""
+    fetched = registry.push_blob("team/paced", os.urandom(16 * MiB))  # 16 pieces, runs of 4
+    streamed = registry.push_blob("team/paced", os.urandom(16 * MiB))
+    assert mirror.fetch(f"{registry.host}/team/paced@{fetched}").get("done")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://{mirror.mirror}/v2/team/paced/blobs/{streamed}", params=ns(registry)) as r:
+            assert r.status == 200
+            assert hashlib.sha256(await r.read()).hexdigest() == streamed.split(":")[1]
+
+    def ranges(digest: str) -> list[int]:
+        return [r.written for r in registry.requests()
+                if r.method == "GET" and r.path.endswith(digest) and r.status == 206]
+
+    assert len(ranges(fetched)) >= 4 and sum(ranges(fetched)) == 16 * MiB
+    assert ranges(streamed) == [16 * MiB]
+
+
 async def test_a_blob_that_fails_its_digest_is_cut_never_finished(mirror, registry: Registry):
     """The origin's copy is corrupt (same length, one byte flipped on the registry's disk): the mirror
     streams pieces as they arrive but holds the last ones until the whole-blob digest check, which

@@ -249,7 +249,7 @@ class Swarm:
         dl = Download(self, settings, layout.piece_size, layout.blob_size, time.monotonic(), self.rng,
                       direct=self.direct)
         for reader, index in self._pending_readers.items():
-            dl.follow(reader, index)
+            dl.follow(reader, index, time.monotonic())
         self._pending_readers.clear()
         return dl
 
@@ -650,7 +650,7 @@ class Swarm:
     def follow(self, reader: int, index: int) -> None:
         """A reader streams the blob and next needs ``index``: the selection window sits there."""
         if self.machine is not None:
-            self.machine.follow(reader, index)
+            self.machine.follow(reader, index, time.monotonic())
         else:
             self._pending_readers[reader] = index
 

@@ -74,6 +74,19 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
     The final bytes of a whole-blob response are held until the blob passed its digest check and was
     committed: if the check fails the connection is cut, so no client ever sees a complete wrong blob.
     """
+    reader = next(_readers)
+    if "Range" not in request.headers:
+        # Known as a reader before the download starts: a direct download then opens its origin
+        # streams at this reader's pace (core.download.Download.follow), from the first one.
+        swarm.follow(reader, 0)
+    try:
+        return await _stream(request, agent, swarm, done, digest, reader)
+    finally:
+        swarm.unfollow(reader)
+
+
+async def _stream(request: web.Request, agent: Agent, swarm: Swarm, done: asyncio.Future, digest: Digest,
+                  reader: int) -> web.StreamResponse:
     ready = asyncio.ensure_future(swarm.ready.wait())
     await asyncio.wait([ready, done], return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
@@ -101,23 +114,19 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
         resp = web.StreamResponse(status=206 if span else 200, headers=headers)
         resp.content_length = end - start
         await resp.prepare(request)
-        reader = next(_readers)
-        try:
-            pos = start
-            while pos < end:
-                index = layout.piece_at(pos)
-                swarm.follow(reader, index)
-                if not await swarm.wait_piece(partial, index):
-                    await done  # the download failed: its error cuts the connection
-                    raise ConnectionAbortedError(f"download of {digest} restarted")
-                offset, length = layout.span(index)
-                stop = min(offset + length, end)
-                if stop == end == layout.blob_size and span is None:
-                    await swarm.wait_verified(done)  # the whole-blob digest check; raises on a mismatch
-                await copy_range(partial.fileno(), pos, stop - pos, resp.write)
-                pos = stop
-        finally:
-            swarm.unfollow(reader)
+        pos = start
+        while pos < end:
+            index = layout.piece_at(pos)
+            swarm.follow(reader, index)
+            if not await swarm.wait_piece(partial, index):
+                await done  # the download failed: its error cuts the connection
+                raise ConnectionAbortedError(f"download of {digest} restarted")
+            offset, length = layout.span(index)
+            stop = min(offset + length, end)
+            if stop == end == layout.blob_size and span is None:
+                await swarm.wait_verified(done)  # the whole-blob digest check; raises on a mismatch
+            await copy_range(partial.fileno(), pos, stop - pos, resp.write)
+            pos = stop
         await resp.write_eof()
         return resp
     except MirrorError:

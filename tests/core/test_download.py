@@ -442,9 +442,64 @@ def test_a_streaming_reader_gets_its_next_piece_in_the_window():
     offer(dl, shell, p)
     for i in range(20):
         dl.add_holder(i)  # the first pieces are the commonest: rarest-first would leave them last
-    dl.follow(1, 10)
+    dl.follow(1, 10, 0.0)
     dl.start(0.0, Reply())
     dl.schedule(0.0)
     assert [c[1] for c in shell.take("fetch")] == [10]
     dl.unfollow(1)
     assert dl.cursor is None
+
+
+def test_a_direct_download_with_a_reader_opens_origin_streams_as_the_reader_waits():
+    # 128 pieces, direct: runs of 8 queued for 4 streams; a reader follows from the start.
+    dl, shell = machine(128, origin_concurrency=4)
+    dl.follow(7, 0, 0.0)
+    dl.start(0.0, None)
+    dl.schedule(0.0)
+    # One stream while the reader keeps up; it stands for the other three: their runs, one request.
+    assert shell.take("origin") == [("origin", [(0, 32)])]
+    now = 0.05
+    dl.piece_stored(0, True, now)  # the reader waited 0.05 s for the first piece
+    for i in range(1, 32):  # then the stream stays ahead: each piece is here before the reader asks
+        dl.piece_stored(i, True, now + 0.01)
+        now += 0.02
+        dl.follow(7, i, now)
+        dl.schedule(now)
+    dl.origin_done([(0, 32)], now)
+    dl.schedule(now)
+    assert shell.take("origin") == [("origin", [(32, 64)])]
+    assert dl.paced == 1 and dl.reader_wait == pytest.approx(0.05)
+    # The origin slows: the reader asks for each piece 0.03 s before it lands. Another stream once
+    # it waited PACE_WAIT in all, then one per PACE_WAIT more, up to origin_concurrency; each
+    # stands for fewer streams not open, so it takes fewer runs.
+    opened = []
+    for i in range(32, 48):
+        dl.follow(7, i, now)
+        now += 0.03
+        dl.piece_stored(i, True, now)
+        dl.schedule(now)
+        opened += [runs for _, runs in shell.take("origin")]
+    assert dl.reader_wait == pytest.approx(0.05 + 16 * 0.03)
+    assert m.PACE_WAIT == 0.1 and dl.paced == 4  # waits of 0.1, 0.2, 0.3: 3 streams more
+    assert opened == [[(64, 80)], [(80, 88)], [(88, 96)]]
+
+
+def test_without_a_reader_or_with_leases_every_origin_stream_starts_at_once():
+    dl, shell = machine(64, origin_concurrency=4)
+    dl.start(0.0, None)  # direct, nobody reading: a fetch
+    dl.schedule(0.0)
+    assert len(shell.take("origin")) == 4
+    dl, shell = machine(64, origin_concurrency=4)
+    dl.follow(7, 0, 0.0)  # a reader, but the tracker leases the pieces: the swarm waits for them
+    dl.start(0.0, Reply(leases=[(0, 8, 10.0), (8, 16, 10.0), (16, 24, 10.0)]))
+    dl.schedule(0.0)
+    assert len(shell.take("origin")) == 3
+    # A reader that leaves takes its pace with it.
+    dl, shell = machine(64, origin_concurrency=4)
+    dl.follow(7, 0, 0.0)
+    dl.start(0.0, None)
+    dl.schedule(0.0)
+    assert len(shell.take("origin")) == 1
+    dl.unfollow(7)
+    dl.schedule(0.0)
+    assert len(shell.take("origin")) == 3
