@@ -841,8 +841,8 @@ class Download:
         previous = self.readers.get(reader)
         self.readers[reader] = index
         self.cursor = min(self.readers.values())
-        if self.cells[self.base + index] & HAVE:
-            self.waiting.pop(reader, None)
+        if self.cells[self.base + index] & HAVE or not self.direct:
+            self.waiting.pop(reader, None)  # only a direct download's waits pace its streams
         elif previous != index or reader not in self.waiting:
             self.waiting[reader] = now  # asked again for the same piece: still the first wait
         self.wake()

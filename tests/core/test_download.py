@@ -119,12 +119,13 @@ def requests_to(name: str, pieces: int, limit: int, **machine_args) -> tuple[Dow
     return dl, shell, peer, [c[3] for c in shell.take("fetch")]
 
 
-def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, **settings) -> tuple[Download, Shell]:
+def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, direct: bool = False,
+            **settings) -> tuple[Download, Shell]:
     shell = Shell()
     settings.setdefault("origin_concurrency", 4)
     settings.setdefault("stall_timeout", 20.0)
     s = Settings(inflight_bytes=budget_pieces * PIECE, upload_slots=1, **settings)
-    return Download(shell, s, PIECE, pieces * PIECE, now, random.Random(1)), shell
+    return Download(shell, s, PIECE, pieces * PIECE, now, random.Random(1), direct=direct), shell
 
 
 def test_leases_become_origin_runs_and_their_digests_go_to_the_tracker_once():
@@ -451,8 +452,8 @@ def test_a_streaming_reader_gets_its_next_piece_in_the_window():
 
 
 def test_a_direct_download_with_a_reader_opens_origin_streams_as_the_reader_waits():
-    # 128 pieces, direct: runs of 8 queued for 4 streams; a reader follows from the start.
-    dl, shell = machine(128, origin_concurrency=4)
+    # 128 pieces, direct (no tracker): runs of 8 queued for 4 streams; a reader follows from the start.
+    dl, shell = machine(128, origin_concurrency=4, direct=True)
     dl.follow(7, 0, 0.0)
     dl.start(0.0, None)
     dl.schedule(0.0)
