@@ -38,6 +38,15 @@ def test_spacing_grows_with_the_excess_and_relaxes_when_load_falls():
     assert pacer.spacing == 0.0  # back to the agents' own
 
 
+def test_lease_holders_are_counted_but_never_spaced():
+    pacer = Pacer(budget=100)
+    for k in range(400):  # second 0: four times the budget, half of it from lease holders
+        pacer.announced(k / 400, feeds=k % 2 == 0)
+    assert pacer.announced(1.0) == pytest.approx(MIN_SPACING * 4)  # everyone counted
+    assert pacer.announced(1.1, feeds=True) == 0.0  # a holder reports and takes leases at once
+    assert pacer.spacing == pytest.approx(MIN_SPACING * 4)
+
+
 def test_a_quiet_gap_counts_as_no_load_and_no_budget_means_no_pacing():
     pacer = Pacer(budget=10)
     _second(pacer, 0, 100)
@@ -54,13 +63,14 @@ async def test_a_real_tracker_over_its_budget_asks_agents_for_room(tmp_path):
     proc.env["P2PDIST_TRACKER_ANNOUNCE_BUDGET"] = "5"
     proc.start()
     blob = "sha256:" + os.urandom(32).hex()
-    callers = [Caller("pacer-secret", f"n{i}") for i in range(10)]
+    callers = [Caller("pacer-secret", f"n{i}") for i in range(11)]
     try:
         async with aiohttp.ClientSession() as http:
-            async def announce(i: int) -> AnnounceReply:
-                body = encode(Announce(node=f"n{i % 10}", addr="127.0.0.1:9", blob=blob, size=1 << 20))
+            async def announce(i: int, want_leases: int = 0) -> AnnounceReply:
+                body = encode(Announce(node=f"n{i % 11}", addr="127.0.0.1:9", blob=blob, size=1 << 20,
+                                       want_leases=want_leases))
                 async with http.post(f"{proc.url}/v1/announce", data=body,
-                                     headers=callers[i % 10].tracker(body)) as r:
+                                     headers=callers[i % 11].tracker(body)) as r:
                     assert r.status == 200
                     reply = decode(await r.read(), expect=(AnnounceReply,))
                     assert isinstance(reply, AnnounceReply)
@@ -70,10 +80,14 @@ async def test_a_real_tracker_over_its_budget_asks_agents_for_room(tmp_path):
             assert first.spacing == 0.0
             spacing = 0.0
             for i in range(1, 2000):  # over budget for a few seconds
-                spacing = (await announce(i)).spacing
+                spacing = (await announce(i % 10)).spacing
                 if spacing:
                     break
             assert spacing >= MIN_SPACING
+            # A node holding origin leases is never asked to wait: the swarm waits for its digests.
+            holder = await announce(10, want_leases=2)
+            assert holder.leases and holder.spacing == 0.0
+            assert (await announce(1)).spacing >= MIN_SPACING
         metrics = proc.metrics()
         assert metrics["p2pdist_tracker_announce_spacing_seconds"] >= MIN_SPACING
     finally:

@@ -42,8 +42,16 @@ class Pacer:
         self._count = 0
         self.rate = 0  # announces in the last whole second
 
-    def announced(self, now: float) -> float:
-        """Count one announce at ``now`` (monotonic seconds); the spacing to ask for."""
+    def announced(self, now: float, feeds: bool = False) -> float:
+        """Count one announce at ``now`` (monotonic seconds); the spacing to ask for.
+
+        ``feeds``: the announcer holds origin leases. It is never spaced: its announces report the
+        digests everyone else waits for and take its next leases, and there are few of them (a
+        blob's origin streams). Spaced like the rest, each one-piece lease waited for the spacing
+        between its report and the next lease, so the whole swarm's origin intake ran at the
+        pacer's pace (simulated 10,000 nodes x 1 GiB on one tracker core: 114 s, 12.7 x the
+        chunked bound, 51 announces per node).
+        """
         if not self.budget:
             return 0.0
         second = int(now)
@@ -53,7 +61,7 @@ class Pacer:
             self._second, self._count = second, 0
             self._adjust()
         self._count += 1
-        return self.spacing
+        return 0.0 if feeds else self.spacing
 
     def _adjust(self) -> None:
         if self.rate > self.budget:
