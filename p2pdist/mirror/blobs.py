@@ -80,13 +80,13 @@ async def stream_from_swarm(request: web.Request, agent: Agent, swarm: Swarm, do
         # streams at this reader's pace (core.download.Download.follow), from the first one.
         swarm.follow(reader, 0)
     try:
-        return await _stream(request, agent, swarm, done, digest, reader)
+        return await _send_pieces(request, agent, swarm, done, digest, reader)
     finally:
         swarm.unfollow(reader)
 
 
-async def _stream(request: web.Request, agent: Agent, swarm: Swarm, done: asyncio.Future, digest: Digest,
-                  reader: int) -> web.StreamResponse:
+async def _send_pieces(request: web.Request, agent: Agent, swarm: Swarm, done: asyncio.Future, digest: Digest,
+                       reader: int) -> web.StreamResponse:
     ready = asyncio.ensure_future(swarm.ready.wait())
     await asyncio.wait([ready, done], return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
