@@ -101,7 +101,10 @@ def cold(work: Path, layers: list[int], runs: int) -> dict:
             if not any(r.user_agent.startswith("p2pdist/") for r in registry.requests() if "/blobs/" in r.path):
                 raise RuntimeError("skopeo bypassed the mirror: the cold figure would be meaningless")
     d, m, w = statistics.median(d_t), statistics.median(m_t), statistics.median(w_t)
+    # Each copy beside the direct one just before it: the spread the shared machine adds.
+    ratios = [x / y for x, y in zip(m_t, d_t, strict=True)]
     return {"layers": layers, "direct_s": d_t, "mirror_s": m_t, "time_ratio": m / d,
+            "time_ratios": ratios, "time_ratio_spread": [min(ratios), max(ratios)],
             "warm_mirror_s": w_t, "warm_time_ratio": w / d}
 
 
