@@ -66,7 +66,6 @@ cdef class Download:
     cdef public dict readers
     cdef public dict waiting
     cdef public double reader_wait
-    cdef public long paced
     cdef public double last_progress
     cdef public bint dirty
     cdef public bint done

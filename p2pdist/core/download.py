@@ -310,8 +310,7 @@ class Download:
         self.cursor: int | None = None  # a streaming reader's next piece
         self.readers: dict[int, int] = {}
         self.waiting: dict[int, float] = {}  # reader -> since when it waits for its next piece
-        self.reader_wait = 0.0  # seconds readers waited for pieces, in all
-        self.paced = 1  # origin streams a direct download with readers may run (see follow)
+        self.reader_wait = 0.0  # seconds readers waited for pieces, in all (it sets ``paced``)
         self.last_progress = now
         self.dirty = False
         self.done = False  # completed or aborted: no more commands
@@ -622,7 +621,7 @@ class Download:
             return
         limit = self.origin_concurrency
         if self.direct and self.readers:
-            limit = min(limit, self.paced)
+            limit = min(limit, self.paced())
         while self.leases and self.origin_active < limit:
             start, end = self.leases.pop(0)
             if limit < self.origin_concurrency:
@@ -852,15 +851,18 @@ class Download:
         self.waiting.pop(reader, None)
         self.cursor = min(self.readers.values(), default=None)
 
+    def paced(self) -> int:
+        """Origin streams a direct download that readers follow may run: one, and one per PACE_WAIT
+        they waited in all."""
+        return min(self.origin_concurrency, 1 + int(self.reader_wait / PACE_WAIT))
+
     def _readers_served(self, i: int, now: float) -> None:
-        """Piece ``i`` landed: readers waiting for it stop waiting; a long wait in all opens a stream."""
+        """Piece ``i`` landed: readers waiting for it stop waiting (the pass piece_stored wakes
+        opens the streams their waits allow)."""
         for reader, since in list(self.waiting.items()):
             if self.readers.get(reader) == i:
                 del self.waiting[reader]
                 self.reader_wait += now - since
-        if self.direct and self.paced < self.origin_concurrency and self.reader_wait >= PACE_WAIT * self.paced:
-            self.paced += 1
-            self.wake()
 
     # --- time ------------------------------------------------------------------------------
 

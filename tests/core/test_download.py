@@ -469,7 +469,7 @@ def test_a_direct_download_with_a_reader_opens_origin_streams_as_the_reader_wait
     dl.origin_done([(0, 32)], now)
     dl.schedule(now)
     assert shell.take("origin") == [("origin", [(32, 64)])]
-    assert dl.paced == 1 and dl.reader_wait == pytest.approx(0.05)
+    assert dl.paced() == 1 and dl.reader_wait == pytest.approx(0.05)
     # The origin slows: the reader asks for each piece 0.03 s before it lands. Another stream once
     # it waited PACE_WAIT in all, then one per PACE_WAIT more, up to origin_concurrency; each
     # stands for fewer streams not open, so it takes fewer runs.
@@ -481,7 +481,7 @@ def test_a_direct_download_with_a_reader_opens_origin_streams_as_the_reader_wait
         dl.schedule(now)
         opened += [runs for _, runs in shell.take("origin")]
     assert dl.reader_wait == pytest.approx(0.05 + 16 * 0.03)
-    assert m.PACE_WAIT == 0.1 and dl.paced == 4  # waits of 0.1, 0.2, 0.3: 3 streams more
+    assert m.PACE_WAIT == 0.1 and dl.paced() == 4  # waits of 0.1, 0.2, 0.3: 3 streams more
     assert opened == [[(64, 80)], [(80, 88)], [(88, 96)]]
 
 
