@@ -109,7 +109,7 @@ class ControlPlane:
             # Kraken's tracker adds the origin cluster to every handout, complete peers first.
             origin = PeerInfo("origin", "origin", have=sw.blob.count, complete=True)
             peers = [origin, *peers[: max(0, self.profile.tracker.handout_size - 1)]]
-        spacing = self.pacer.announced(self.sim.now, bool(reply.leases))
+        spacing = self.pacer.announced(self.sim.now, reply)
         self.sim.after(self.rtt / 2, self._reply, (sw, msg, reply, peers, spacing))
 
     def _resend_with_size(self, sw: Swarm) -> None:

@@ -40,10 +40,12 @@ def test_spacing_grows_with_the_excess_and_relaxes_when_load_falls():
 
 def test_lease_holders_are_counted_but_never_spaced():
     pacer = Pacer(budget=100)
+    holder = AnnounceReply(interval=1.0, leases=[(0, 1, 10.0)])
+    other = AnnounceReply(interval=1.0)
     for k in range(400):  # second 0: four times the budget, half of it from lease holders
-        pacer.announced(k / 400, feeds=k % 2 == 0)
-    assert pacer.announced(1.0) == pytest.approx(MIN_SPACING * 4)  # everyone counted
-    assert pacer.announced(1.1, feeds=True) == 0.0  # a holder reports and takes leases at once
+        pacer.announced(k / 400, holder if k % 2 == 0 else other)
+    assert pacer.announced(1.0, other) == pytest.approx(MIN_SPACING * 4)  # everyone counted
+    assert pacer.announced(1.1, holder) == 0.0  # a holder reports and takes leases at once
     assert pacer.spacing == pytest.approx(MIN_SPACING * 4)
 
 

@@ -243,7 +243,7 @@ def conclude(tracker: Tracker, msg: Announce, reply: AnnounceReply) -> Answer:
     changes: dict[str, Any] = {}
     if msg.peer_key and tracker.tickets is not None and len(msg.peer_key) == 32:
         changes["ticket"] = tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall())
-    spacing = tracker.pacer.announced(tracker.clock(), feeds=bool(reply.leases))
+    spacing = tracker.pacer.announced(tracker.clock(), reply)
     if spacing:
         changes["spacing"] = spacing
     return Answer(200, encode(reply, **changes))

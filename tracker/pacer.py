@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from p2pdist.core.wire import AnnounceReply
+
     from .config import TrackerConfig
 
 MAX_SPACING = 5.0  # never ask an agent to wait longer than this between announces
@@ -42,10 +44,10 @@ class Pacer:
         self._count = 0
         self.rate = 0  # announces in the last whole second
 
-    def announced(self, now: float, feeds: bool = False) -> float:
-        """Count one announce at ``now`` (monotonic seconds); the spacing to ask for.
+    def announced(self, now: float, reply: AnnounceReply | None = None) -> float:
+        """Count one announce at ``now`` (monotonic seconds); the spacing to put in its ``reply``.
 
-        ``feeds``: the announcer holds origin leases. It is never spaced: its announces report the
+        An announcer whose reply holds origin leases is never spaced: its announces report the
         digests everyone else waits for and take its next leases, and there are few of them (a
         blob's origin streams). Spaced like the rest, each one-piece lease waited for the spacing
         between its report and the next lease, so the whole swarm's origin intake ran at the
@@ -61,7 +63,7 @@ class Pacer:
             self._second, self._count = second, 0
             self._adjust()
         self._count += 1
-        return 0.0 if feeds else self.spacing
+        return 0.0 if reply is not None and reply.leases else self.spacing
 
     def _adjust(self) -> None:
         if self.rate > self.budget:
