@@ -5,7 +5,7 @@ cimport cython
 from .engine cimport Link, Simulator
 from .machine cimport Download
 
-cdef unsigned int AVAIL, BLOCKED, HAVE
+cdef unsigned int AVAIL, BLOCKED, HAVE, KNOWN
 
 cdef class Swarm
 
@@ -106,6 +106,8 @@ cdef class Swarm:
     cdef public bint done
     cdef public long generation
     cdef public bint streaming
+    cdef public bint proofs
+    cdef public bytearray proved
     cdef public Download dl
 
     cpdef bint alive(self)

@@ -52,6 +52,7 @@ class Profile:
     announce_spacing: float = ANNOUNCE_SPACING
     direct_run_pieces: int = DIRECT_RUN_PIECES
     digests_known: bool = False  # True: piece digests come with the metainfo (Kraken, Dragonfly)
+    digest_proofs: bool = True  # p2pdist: digests travel with HAVEs, with the tracker's proof (core.proofs)
     parents_only: bool = False  # True: fetch only from the last handout (Dragonfly's scheduled parents)
     streaming: bool = True
     back_to_source: int = 1  # Dragonfly: nodes that may go back to the source per blob
@@ -103,7 +104,7 @@ def p2pdist_profile(scenario: Scenario) -> Profile:
         origin=LEASES, tracker=tracker, peer_concurrency=limits.peer_concurrency,
         inflight_bytes=limits.inflight_bytes, neighbours=limits.neighbours, upload_slots=limits.upload_slots,
         origin_concurrency=limits.origin_concurrency, piece_timeout=limits.piece_timeout,
-        stall_timeout=limits.stall_timeout, streaming=scenario.streaming,
+        stall_timeout=limits.stall_timeout, streaming=scenario.streaming, digest_proofs=scenario.digest_proofs,
     )
 
 
@@ -123,7 +124,7 @@ def kraken_profile(scenario: Scenario) -> Profile:
     return dataclasses.replace(
         base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
         tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario, tracker),
-        digests_known=True, streaming=False, stall_fallback=False, load_aware=False,
+        digests_known=True, digest_proofs=False, streaming=False, stall_fallback=False, load_aware=False,
         upload_slots=BASELINE_UPLOAD_SLOTS,
     )
 
@@ -139,7 +140,8 @@ def dragonfly_profile(scenario: Scenario) -> Profile:
     return dataclasses.replace(
         base, name="dragonfly", selector=Sequential(), handout=ScoredParents(), origin=BACK_TO_SOURCE,
         tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario, tracker),
-        digests_known=True, parents_only=True, streaming=False, stall_fallback=False, load_aware=False,
+        digests_known=True, digest_proofs=False, parents_only=True, streaming=False, stall_fallback=False,
+        load_aware=False,
         upload_slots=BASELINE_UPLOAD_SLOTS,
     )
 

@@ -117,6 +117,7 @@ class Scenario:
     selector: str = "rarest-first"
     handout: str = ""  # "" = the tracker's configured default
     streaming: bool = True  # a client reads each blob through the mirror while it downloads
+    digest_proofs: bool = True  # digests travel with HAVEs, with the tracker's proof (false: what-if)
     limits: tuple[tuple[str, Any], ...] = ()
     tracker: tuple[tuple[str, Any], ...] = ()
     tracker_service_time: float = 0.0  # tracker CPU seconds per announce (0 = infinitely fast)
@@ -153,7 +154,8 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         if r not in RUNS:
             raise ScenarioError(f"runs: unknown run {r!r}; choose from {', '.join(RUNS)}")
     p2p = data.get("p2pdist", {})
-    _known(p2p, {"selector", "handout", "streaming", "limits", "tracker", "tracker_service_time"}, "[p2pdist]")
+    _known(p2p, {"selector", "handout", "streaming", "digest_proofs", "limits", "tracker", "tracker_service_time"},
+           "[p2pdist]")
     base = data.get("baselines", {})
     _known(base, {"cache_upload"}, "[baselines]")
     network = _network(data.get("network", {}))
@@ -172,6 +174,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         selector=str(p2p.get("selector", "rarest-first")),
         handout=str(p2p.get("handout", "")),
         streaming=bool(p2p.get("streaming", True)),
+        digest_proofs=bool(p2p.get("digest_proofs", True)),
         limits=tuple(sorted(dict(p2p.get("limits", {})).items())),
         tracker=tuple(sorted(dict(p2p.get("tracker", {})).items())),
         tracker_service_time=parse_duration(p2p.get("tracker_service_time", 0), "p2pdist.tracker_service_time"),

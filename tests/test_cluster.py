@@ -76,6 +76,11 @@ def test_eight_agents_flash_crowd_take_each_byte_from_origin_about_once(registry
     assert egress <= 1.10 * size, f"origin served {egress / size:.2f} x the blob"
     # The agents' own accounting agrees that most bytes moved between peers.
     assert sum(r["from_peers"] for r in results) >= 6 * size
+    # Digests travelled with the pieces too (core.proofs): the tracker's proofs held at every
+    # neighbour that checked them (a proof that failed would have banned an honest agent).
+    metrics = [a.metrics() for a in agents]
+    assert sum(m.get('p2pdist_piece_digests_learned_total{source="peer"}', 0) for m in metrics) > 0
+    assert all(m.get("p2pdist_peers_banned_total", 0) == 0 for m in metrics)
 
 
 def test_peer_that_corrupts_uploads_is_dropped_and_everyone_still_finishes(registry: Registry, cluster: Cluster):

@@ -62,6 +62,11 @@ def test_a_lying_node_slows_the_cluster_but_never_breaks_it(registry: Registry, 
             # joined the swarm to escape a ban in the first place.
             assert rogue.announces > 0 and rogue.refused == [403] * rogue.announces
             assert rogue.piece_requests == 0
+        if mode == "forged-proof":
+            # Its proofs fail the tracker's key at every honest agent that dialled it, which bans it
+            # before asking it for a piece (without the check its digests would have been taken).
+            assert rogue.piece_requests == 0
+            assert sum(a.metrics().get("p2pdist_peers_banned_total", 0) for a in agents) >= 1
     # After the rogue has gone, a newcomer still completes, from the cluster.
     late = cluster.agent("late")
     result = late.fetch(ref)

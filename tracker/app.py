@@ -29,8 +29,9 @@ from redis.exceptions import RedisError
 
 from p2pdist.core.bearer import bearer_refusal
 from p2pdist.core.digest import DigestError
-from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, RequestVerifier, Signed
+from p2pdist.core.identity import NODE_SCHEME, AuthError, ReplayGuard, RequestVerifier, Signed, ticket_signer
 from p2pdist.core.names import InvalidName
+from p2pdist.core.proofs import PieceNotary, cursor_epoch
 from p2pdist.core.reference import parse_reference
 from p2pdist.core.wire import MAX_FRAME, MAX_LIST, Announce, AnnounceReply, WireError, decode, encode
 from p2pdist.logs import log_event
@@ -75,6 +76,7 @@ class Tracker:
     guard: ReplayGuard = field(init=False)
     verifier: RequestVerifier = field(init=False)
     tickets: TicketDesk | None = field(init=False)
+    notary: PieceNotary | None = field(init=False)
     pacer: Pacer = field(init=False)
     shedder: Shedder = field(init=False)
     preheat: PreheatDesk = field(init=False)
@@ -85,6 +87,7 @@ class Tracker:
         self.verifier = RequestVerifier(self.config.cluster_token, nodes=self.config.max_nodes)
         secret = self.config.cluster_token
         self.tickets = TicketDesk(secret, self.config.ticket_ttl, self.config.max_nodes) if secret else None
+        self.notary = PieceNotary(ticket_signer(secret), self.config.max_blobs) if secret else None
         self.pacer = Pacer(budget_of(self.config, self.shared is not None))
         self.shedder = Shedder(self.config.client_timeout, self.config.max_nodes)
         poll = self.config.preheat_poll
@@ -239,8 +242,12 @@ def refused(tracker: Tracker, msg: Announce, e: AnnounceError) -> Answer:
 
 
 def conclude(tracker: Tracker, msg: Announce, reply: AnnounceReply) -> Answer:
-    """The reply on the wire, with a ticket if the node asked for one and the pacer's spacing."""
+    """The reply on the wire, with a ticket if the node asked for one, the proofs of its digests
+    and the pacer's spacing."""
     changes: dict[str, Any] = {}
+    if reply.digests and tracker.notary is not None and reply.size is not None and reply.piece_size is not None:
+        changes["proofs"] = tracker.notary.proofs(msg.blob, reply.size, reply.piece_size,
+                                                  cursor_epoch(reply.digest_pos), reply.digests)
     if msg.peer_key and tracker.tickets is not None and len(msg.peer_key) == 32:
         changes["ticket"] = tracker.tickets.ticket(msg.node, msg.peer_key, tracker.wall())
     spacing = tracker.pacer.announced(tracker.clock(), reply)

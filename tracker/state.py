@@ -18,13 +18,12 @@ from p2pdist.core.handout import PeerInfo
 from p2pdist.core.layout import PieceLayout
 from p2pdist.core.leases import LeaseBook
 from p2pdist.core.manifest import PieceManifest
+from p2pdist.core.proofs import EPOCH_SHIFT
 
 from .errors import TrackerError
 
-# A digest cursor is (epoch << EPOCH_SHIFT) | offset into the log. The epoch changes whenever the
-# log is forgotten (corrupt reset, blob dropped, tracker restarted), so a cursor from an older log is
-# recognised and answered with reset=True even when it happens to fall inside the new log.
-EPOCH_SHIFT = 21  # > log2(MAX_PIECES): an offset never spills into the epoch bits
+# A digest cursor is (epoch << EPOCH_SHIFT) | offset into the log (core.proofs): a cursor from an
+# older log is answered with reset=True even when it happens to fall inside the new log.
 EPOCH_LIMIT = 1 << 40  # keeps cursors well inside the wire's integer range
 
 

@@ -29,6 +29,7 @@ from p2pdist.core.identity import (
     sign_peer_request,
     sign_request,
 )
+from p2pdist.core.proofs import ProofChecker
 
 log = logging.getLogger("p2pdist.identity")
 
@@ -44,6 +45,7 @@ class NodeIdentity:
         self._ticket_expires = 0.0
         self._renew_at = 0.0
         self._checker = TicketChecker(credential.ticket_key, self.node)
+        self.proofs = ProofChecker(credential.ticket_key)  # digests neighbours pass on (core.proofs)
         # A neighbour may ask for thousands of pieces a second on a fast network: a shorter window
         # than the tracker's keeps what it costs bounded (PEER_REPLAY_WINDOW).
         self._guard = ReplayGuard(window=PEER_REPLAY_WINDOW)

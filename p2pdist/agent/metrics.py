@@ -22,6 +22,10 @@ class AgentMetrics:
         Info("p2pdist_build", "The agent's version", registry=r).info({"version": __version__})
         self.bytes_in = Counter("p2pdist_bytes_received_total", "Verified blob bytes received", ["source"], registry=r)
         self.bytes_out = Counter("p2pdist_bytes_uploaded_total", "Piece bytes uploaded to peers", registry=r)
+        self.digests_learned = Counter(
+            "p2pdist_piece_digests_learned_total",
+            "Piece digests learned, from the tracker's replies or from neighbours with the tracker's proof",
+            ["source"], registry=r)
         self.pieces_bad = Counter("p2pdist_bad_pieces_total", "Pieces from peers that failed verification", registry=r)
         self.pieces_disputed = Counter(
             "p2pdist_pieces_disputed_total",

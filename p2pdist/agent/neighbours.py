@@ -48,6 +48,8 @@ class Host(Protocol):
     def on_bitfield(self, blob: str, old: Bitfield | None, new: Bitfield | None) -> None: ...
     def on_have(self, blob: str, index: int) -> None: ...
     def on_room(self, nb: Neighbour) -> None: ...
+    def local_proofs(self, blob: str) -> tuple[int, list[tuple[int, bytes, bytes]]]: ...
+    def on_proofs(self, nb: Neighbour, blob: str, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> bool: ...
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -233,12 +235,21 @@ class Neighbourhood:
             if old is None and (len(nb.bitfields) >= MAX_BITFIELDS or held + len(msg.bits) > MAX_BITFIELD_BYTES):
                 raise BitfieldError(f"bitfields for more than {MAX_BITFIELDS} blobs or {MAX_BITFIELD_BYTES} bytes "
                                     "from one neighbour")
+            # Digests first: the pieces are then fetchable as soon as they are seen. A forged proof
+            # bans the sender: nothing else it says is taken.
+            if msg.proofs and not self.host.on_proofs(nb, msg.blob, msg.epoch, msg.proofs):
+                return
             nb.bitfields[msg.blob] = new
             self.host.on_bitfield(msg.blob, old, new)
             self._offer(nb, msg.blob)
         elif isinstance(msg, wire.Have):
             bf = nb.bitfields.get(msg.blob)
-            if bf is not None and msg.index < bf.size and bf.add(msg.index):
+            if bf is None or msg.index >= bf.size:
+                return
+            # Also on a piece seen before: a lease holder's proof comes after its HAVE.
+            if msg.proof and not self.host.on_proofs(nb, msg.blob, msg.epoch, [(msg.index, msg.digest, msg.proof)]):
+                return
+            if bf.add(msg.index):
                 self.host.on_have(msg.blob, msg.index)
         elif isinstance(msg, wire.Room):
             opened = msg.free > 0 and nb.advertised <= 0
@@ -259,10 +270,14 @@ class Neighbourhood:
         if bf is None:
             return
         nb.sent.add(blob)
-        self._spawn(nb.send(wire.BitfieldMsg(blob, bf.size, bf.to_bytes())))
+        epoch, proofs = self.host.local_proofs(blob)
+        self._spawn(nb.send(wire.BitfieldMsg(blob, bf.size, bf.to_bytes(), epoch, proofs)))
 
-    def broadcast_have(self, blob: str, index: int) -> None:
-        msg = wire.Have(blob, index)
+    def broadcast_have(self, blob: str, index: int, proved: tuple[bytes, bytes] | None = None,
+                       epoch: int = 0) -> None:
+        """HAVE ``index`` to every neighbour in the blob, with its digest and the tracker's proof
+        when we have them (``proved``), so they can take it without asking the tracker."""
+        msg = wire.Have(blob, index, proved[0], proved[1], epoch) if proved else wire.Have(blob, index)
         for nb in self.peers.values():
             if blob in nb.sent:
                 self._spawn(nb.send(msg))

@@ -152,6 +152,14 @@ class Agent:
         for swarm in self.swarms.values():
             swarm.on_room(nb)
 
+    def local_proofs(self, blob: str) -> tuple[int, list[tuple[int, bytes, bytes]]]:
+        swarm = self.swarms.get(blob)
+        return swarm.held_proofs() if swarm is not None else (0, [])
+
+    def on_proofs(self, nb: Neighbour, blob: str, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> bool:
+        swarm = self.swarms.get(blob)
+        return swarm.on_proofs(nb, epoch, proofs) if swarm is not None else True
+
     def upload_slots_changed(self, delta: int) -> None:
         """An upload started (+1) or ended (-1): the neighbours hear how much room is left."""
         self.uploads += delta

@@ -30,6 +30,7 @@ from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
+from p2pdist.core.proofs import cursor_epoch
 from p2pdist.store import PartialClosed, StoreFull
 
 from ..errors import P2pdistError
@@ -112,6 +113,10 @@ class Swarm:
         self.origin = agent.origin_client(registry, authorization)
         self.ready = asyncio.Event()  # the layout is known and the partial is open
         self.layout_agreed = False  # the layout is the tracker's (its reply gave the piece size)
+        # The tracker's proofs of piece digests (core.proofs), index -> (digest, proof), in the
+        # digest epoch of our tracker cursor: passed on with our HAVEs and bitfields.
+        self.proof_epoch = 0
+        self.proofs: dict[int, tuple[bytes, bytes]] = {}
         self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
         self.finished = False
         self._pending_readers: dict[int, int] = {}  # readers that arrived before the machine
@@ -160,6 +165,7 @@ class Swarm:
             self._pending_readers = dict(self.machine.readers)
         self.partial = None
         self.machine = None
+        self.proof_epoch, self.proofs = 0, {}  # the tracker's next reply says which epoch holds now
         self.verified.clear()
         self._complete = False
         self._deadline = math.inf
@@ -305,7 +311,7 @@ class Swarm:
         else:
             self.stats.from_peers += length
         self.agent.metrics.bytes_in.labels("origin" if from_origin else "peer").inc(length)
-        self.agent.neighbours.broadcast_have(self.blob, index)
+        self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), self.proof_epoch)
         self._spawn(self._notify_readers())
 
     def complete(self) -> None:
@@ -407,13 +413,26 @@ class Swarm:
             self.agent.neighbours.connect(reply.peers, self.blob)
 
     def _reply(self, reply: wire.AnnounceReply) -> machine.Reply:
-        """The machine's view of a reply: the digests it carries are kept in the manifest first."""
+        """The machine's view of a reply: the digests it carries are kept in the manifest first, and
+        their proofs; the proofs of pieces we hold already go to the neighbours at once."""
         manifest = self.partial.manifest
         learned = []
+        epoch = cursor_epoch(reply.digest_pos)
+        if epoch != self.proof_epoch:
+            self.proof_epoch, self.proofs = epoch, {}
+        proofs = reply.proofs if len(reply.proofs) == len(reply.digests) and self.layout_agreed else ()
         for index, digest in reply.digests:
             with contextlib.suppress(ManifestError, IndexError):
                 if manifest.set(index, digest):
                     learned.append(index)
+        have = self.partial.have
+        for (index, digest), proof in zip(reply.digests, proofs, strict=False):  # proofs: all or none
+            if index not in self.proofs and manifest.get(index) == digest:
+                self.proofs[index] = (digest, proof)
+                if index in have:  # ours from the origin: the neighbours saw it without a proof
+                    self.agent.neighbours.broadcast_have(self.blob, index, (digest, proof), epoch)
+        if learned:
+            self.agent.metrics.digests_learned.labels("tracker").inc(len(learned))
         return machine.Reply(interval=reply.interval, learned=learned, digest_pos=reply.digest_pos,
                              leases=reply.leases, reset=reply.reset, spacing=reply.spacing)
 
@@ -695,6 +714,42 @@ class Swarm:
         dl = self.machine
         if dl is not None and index < dl.count:
             dl.add_holder(index, now=time.monotonic())
+
+    def held_proofs(self) -> tuple[int, list[tuple[int, bytes, bytes]]]:
+        """(epoch, proved digests of the pieces we hold) for a bitfield offer."""
+        if self.partial is None or not self.proofs:
+            return 0, []
+        have = self.partial.have
+        held = [(i, d, p) for i, (d, p) in self.proofs.items() if i in have]
+        return self.proof_epoch, held[: wire.MAX_PROOFS]
+
+    def on_proofs(self, nb: Neighbour, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> bool:
+        """Digests a neighbour passed on: each checked against the tracker's key, once. A proof of
+        another epoch is ignored (the tracker forgot those digests, or we have not heard from it yet);
+        a forged one bans the neighbour, as a bad piece would (False: drop its message)."""
+        dl, partial, identity = self.machine, self.partial, self.agent.identity
+        if (dl is None or partial is None or identity is None or not self.layout_agreed or not epoch
+                or epoch != self.proof_epoch):
+            return True
+        manifest, layout = partial.manifest, self.layout
+        learned = []
+        for index, digest, proof in proofs:
+            if index >= dl.count or index in self.proofs:
+                continue
+            if not identity.proofs.valid(self.blob, layout.blob_size, layout.piece_size, epoch, index, digest, proof):
+                if self.agent.neighbours.ban(nb, f"forged proof of piece {index}"):
+                    self.agent.metrics.peers_banned.inc()
+                return False
+            known = manifest.get(index)
+            if known is not None and known != digest:
+                continue  # the origin's bytes said otherwise here (a disputed piece): ours stands
+            self.proofs[index] = (digest, proof)
+            if known is None and manifest.set(index, digest):
+                learned.append(index)
+        if learned:
+            self.agent.metrics.digests_learned.labels("peer").inc(len(learned))
+            dl.learned_from_peers(learned, time.monotonic())
+        return True
 
     def on_room(self, nb: Neighbour) -> None:
         bf = nb.bitfields.get(self.blob)

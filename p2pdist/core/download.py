@@ -422,6 +422,17 @@ class Download:
                 self._add_fetchable(i)
         return True
 
+    def learned_from_peers(self, indices: Iterable[int], now: float) -> None:
+        """Digests a neighbour passed on with the tracker's proof (core.proofs), checked by the driver:
+        those pieces are fetchable at once, without the tracker's next reply."""
+        learned = False
+        for i in indices:
+            if 0 <= i < self.count and self.learn_digest(i):
+                learned = True
+        if learned:
+            self.last_progress = now
+            self.wake()
+
     def _add_fetchable(self, i: int) -> None:
         self.fetchable.add(i)
         self.blocked_is_fetchable = False

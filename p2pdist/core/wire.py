@@ -17,10 +17,12 @@ import msgpack
 from ..errors import P2pdistError
 from .digest import Digest, DigestError
 from .manifest import PIECE_DIGEST_SIZE
+from .proofs import PROOF_SIZE
 
 VERSION = 2  # 2: piece digests are BLAKE3 (core.manifest); a version-1 node hashes pieces with sha256
 MAX_FRAME = 1 << 20  # 1 MiB: an announce with thousands of digests fits, a memory bomb does not
 MAX_LIST = 8192
+MAX_PROOFS = 4096  # proved digests in one bitfield message (~110 bytes each): the rest come from the tracker
 MAX_TEXT = 512
 
 
@@ -122,6 +124,19 @@ def _piece_digest(name: str, v: Any) -> tuple[int, bytes]:
     if not isinstance(v[1], bytes) or len(v[1]) != PIECE_DIGEST_SIZE:
         raise WireError(f"field {name!r} must carry a {PIECE_DIGEST_SIZE}-byte piece digest")
     return index, v[1]
+
+
+def _proof(name: str, v: Any) -> bytes:
+    if not isinstance(v, bytes) or len(v) != PROOF_SIZE:
+        raise WireError(f"field {name!r} must be a {PROOF_SIZE}-byte piece proof")
+    return v
+
+
+def _proved_digest(name: str, v: Any) -> tuple[int, bytes, bytes]:
+    if not isinstance(v, list) or len(v) != 3:
+        raise WireError(f"field {name!r} must be [index, piece digest, proof]")
+    index, digest = _piece_digest(name, v[:2])
+    return index, digest, _proof(name, v[2])
 
 
 def _lease(name: str, v: Any) -> tuple[int, int, float]:
@@ -277,6 +292,7 @@ class AnnounceReply(Message):
         "interval": _num(0.0, 86400.0), "size": _opt_int(), "piece_size": _opt_int(1, 1 << 32),
         "peers": _list(_peer, 1024), "digests": _list(_piece_digest), "digest_pos": _int(),
         "leases": _list(_lease, 64), "reset": _bool, "ticket": _text(512), "spacing": _num(0.0, 60.0),
+        "proofs": _list(_proof),
     }
     interval: float
     size: int | None = None
@@ -290,6 +306,9 @@ class AnnounceReply(Message):
     # Seconds the agent leaves between its announces at least, when the tracker is loaded (its
     # pacer, tracker/pacer.py); 0: the agent's own spacing.
     spacing: float = 0.0
+    # The tracker's proof of each digest in ``digests`` (core.proofs), in the same order, so the
+    # agent can hand the digests on with its pieces. Empty: a tracker that signs nothing.
+    proofs: list[bytes] = field(default_factory=list)
 
     def to_fields(self) -> dict[str, Any]:
         # Spelled out, as PeerInfo's: the tracker encodes one per announce. msgpack packs the
@@ -297,7 +316,7 @@ class AnnounceReply(Message):
         return {"interval": self.interval, "size": self.size, "piece_size": self.piece_size,
                 "peers": [p.to_fields() for p in self.peers], "digests": self.digests,
                 "digest_pos": self.digest_pos, "leases": self.leases, "reset": self.reset,
-                "ticket": self.ticket, "spacing": self.spacing}
+                "ticket": self.ticket, "spacing": self.spacing, "proofs": self.proofs}
 
 
 @dataclass(frozen=True)
@@ -313,18 +332,31 @@ class BitfieldMsg(Message):
     TYPE: ClassVar[str] = "bitfield"
     CHECKS: ClassVar[dict[str, Any]] = {
         "blob": _digest, "pieces": _int(1, 1 << 20), "bits": _bytes((1 << 20) // 8),
+        "epoch": _int(), "proofs": _list(_proved_digest, MAX_PROOFS),
     }
     blob: str
     pieces: int
     bits: bytes
+    # Proved digests of pieces in ``bits`` (index, digest, tracker proof), of the sender's digest
+    # epoch: a receiver in the same epoch takes them without asking the tracker (core.proofs).
+    epoch: int = 0
+    proofs: list[tuple[int, bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Have(Message):
     TYPE: ClassVar[str] = "have"
-    CHECKS: ClassVar[dict[str, Any]] = {"blob": _digest, "index": _int(0, 1 << 20)}
+    CHECKS: ClassVar[dict[str, Any]] = {
+        "blob": _digest, "index": _int(0, 1 << 20), "digest": _bytes(PIECE_DIGEST_SIZE), "proof": _bytes(PROOF_SIZE),
+        "epoch": _int(),
+    }
     blob: str
     index: int
+    # The piece's digest and the tracker's proof of it, in the sender's digest epoch; empty when
+    # the sender has no proof (its own origin piece, not yet published).
+    digest: bytes = b""
+    proof: bytes = b""
+    epoch: int = 0
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,26 @@ def test_undigested_pieces_ask_the_tracker_and_become_fetchable_when_learnt():
     assert sorted(c[1] for c in shell.take("fetch")) == [0, 1]
 
 
+def test_digests_a_neighbour_proves_make_its_pieces_fetchable_without_the_tracker():
+    dl, shell = machine(4, stall_timeout=5.0)
+    shell.peers = [FakePeer("p", {0, 1, 2})]
+    for i in (0, 1, 2):
+        dl.add_holder(i)
+    dl.start(0.0, Reply())
+    assert dl.undigested == {0, 1, 2} and not dl.fetchable
+    dl.schedule(0.0)
+    assert not shell.take("fetch")
+    woken = shell.woken
+    dl.learned_from_peers([1, 2, 9, -1], 3.0)  # out of range: ignored
+    assert dl.fetchable == {1, 2} and dl.undigested == {0}
+    assert shell.woken == woken + 1 and dl.dirty and dl.last_progress == 3.0  # news: the stall clock starts over
+    dl.schedule(3.0)
+    assert sorted(c[1] for c in shell.take("fetch")) == [1, 2]
+    woken = shell.woken
+    dl.learned_from_peers([1, 2], 4.0)  # known already: no pass, no progress
+    assert shell.woken == woken and dl.last_progress == 3.0
+
+
 def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
     dl, shell = machine(4)
     dl.start(0.0, Reply(interval=1.0))

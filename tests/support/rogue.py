@@ -11,7 +11,9 @@ and range GETs), and lies in one of these ways (``MODES``):
 - ``silent``: says it holds the whole blob, accepts piece requests and never answers them;
 - ``not-found``: says it holds the whole blob and answers 404 to every piece request;
 - ``new-id``: like ``wrong-bytes``, under a new node id on every announce (to escape bans), signed
-  with the one credential it holds.
+  with the one credential it holds;
+- ``forged-proof``: like ``wrong-bytes``, and its bitfield carries digests of its garbage with made-up
+  tracker proofs (``core.proofs``), in the tracker's current digest epoch.
 
 It runs on its own event loop in a thread of the test process; ``stop()`` closes everything.
 """
@@ -31,11 +33,13 @@ from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.layout import PieceLayout
 from p2pdist.core.manifest import piece_digest
+from p2pdist.core.proofs import cursor_epoch
 from tests.support.identity import Caller
 from tests.support.registry import free_port
 
-MODES = ("forged-lease", "forged-seeder", "forged-size", "wrong-bytes", "silent", "not-found", "new-id")
-SEEDING = ("forged-seeder", "wrong-bytes", "silent", "not-found", "new-id")
+MODES = ("forged-lease", "forged-seeder", "forged-size", "wrong-bytes", "silent", "not-found", "new-id",
+         "forged-proof")
+SEEDING = ("forged-seeder", "wrong-bytes", "silent", "not-found", "new-id", "forged-proof")
 
 
 def garbage(index: int, length: int) -> bytes:
@@ -52,6 +56,7 @@ class Rogue:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.layout: PieceLayout | None = None
+        self.epoch = 0  # the tracker's digest epoch for the blob, from its replies
         self.held: set[int] = set()  # pieces it claims
         self.forged: dict[int, bytes] = {}  # piece -> the digest it reported
         self.announces = 0
@@ -145,6 +150,7 @@ class Rogue:
             return
         reply = wire.decode(body, expect=(wire.AnnounceReply,))
         assert isinstance(reply, wire.AnnounceReply)
+        self.epoch = cursor_epoch(reply.digest_pos)
         if self.layout is None and reply.size and reply.piece_size:
             self.layout = PieceLayout(reply.size, reply.piece_size)
             if complete:
@@ -172,7 +178,11 @@ class Rogue:
                     for i in self.held:
                         bf.add(i)
                     sent = set(self.held)
-                    await ws.send_bytes(wire.encode(wire.BitfieldMsg(self.blob, bf.size, bf.to_bytes())))
+                    made_up = random.Random("proofs")
+                    proofs = ([(i, self._forge(i), made_up.randbytes(64)) for i in sorted(self.held)]
+                              if self.mode == "forged-proof" else [])
+                    await ws.send_bytes(wire.encode(wire.BitfieldMsg(self.blob, bf.size, bf.to_bytes(), self.epoch,
+                                                                     proofs[: wire.MAX_PROOFS])))
                     await ws.send_bytes(wire.encode(wire.Room(8)))
                 with contextlib.suppress(TimeoutError):
                     await ws.receive(timeout=0.2)
