@@ -5,7 +5,7 @@ cimport cython
 from .engine cimport Link, Simulator
 from .machine cimport Download
 
-cdef unsigned int AVAIL, BLOCKED, HAVE, KNOWN
+cdef unsigned int AVAIL, BLOCKED, HAVE, PROVED
 
 cdef class Swarm
 
@@ -106,8 +106,6 @@ cdef class Swarm:
     cdef public bint done
     cdef public long generation
     cdef public bint streaming
-    cdef public bint proofs
-    cdef public bytearray proved
     cdef public Download dl
 
     cpdef bint alive(self)
@@ -125,7 +123,9 @@ cdef class Swarm:
     cpdef bint holds_blocked(self, long peer)
     @cython.locals(node=Node)
     cdef inline long _room_at(self, Py_ssize_t k, double now)
-    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Neighbour, b=long, idx=long, length=cython.longlong,
+    @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
+    cpdef void stored(self, long i, bint from_origin)
+    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Neighbour, b=long, idx=long, proved=cython.uint,
                    one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
                    words=long, w=long, shift=long)
-    cpdef void stored(self, long i, bint from_origin)
+    cpdef void _have(self, long i, bint have)

@@ -33,7 +33,7 @@ from .profiles import BACK_TO_SOURCE, DIRECT, LEASES
 AVAIL = core_download.AVAIL
 BLOCKED = core_download.BLOCKED
 HAVE = core_download.HAVE
-KNOWN = core_download.KNOWN
+PROVED = core_download.PROVED
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -242,10 +242,6 @@ class Swarm:
         self.done = False
         self.generation = node.generation
         self.streaming = profile.streaming
-        # Digests travel with pieces (p2pdist.core.proofs): piece i's digest came with the
-        # tracker's proof (a reply, or a neighbour's HAVE), so our HAVEs of i hand it on.
-        self.proofs = profile.digest_proofs
-        self.proved = bytearray(count)
         for i in range(count):
             self.cells[self.base + i] = 0
         settings = Settings(
@@ -309,15 +305,6 @@ class Swarm:
             self.dl.start(self.sim.now, reply)
         else:
             self.dl.on_reply(self.sim.now, reply)
-        if self.proofs:
-            if reply.reset:
-                self.proved = bytearray(self.count)  # another epoch: the old proofs are void
-            proved, have = self.proved, self.have
-            for i in reply.learned:
-                if not proved[i]:
-                    proved[i] = 1
-                    if have[i]:  # ours from the origin: the HAVE went out without its proof
-                        self._hand_on(i, False)
 
     def announce_fields(self) -> tuple[list[int], int, int, bool]:
         # A simulated stream moves bytes whenever it is open (the gaps are one origin RTT).
@@ -435,20 +422,29 @@ class Swarm:
             node.from_peers += length
         if self.streaming and self.dl.cursor == i:
             self._follow_reader()
+        self._have(i, True)
+
+    def proved(self, index: int) -> None:
+        self._have(index, False)  # the proof alone: the watchers heard the HAVE before it
+
+    @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
+    @cython.wraparound(False)
+    def _have(self, i: int, have: bool) -> None:
+        """The HAVE of piece i to every watcher, over the Board (``have``), and the digest with the
+        tracker's proof to those that lack it when the machine holds one (``PROVED``): this loop
+        runs once per neighbour per stored piece, the hottest path. A count that decides nothing
+        (the piece already had holders and the watcher's last pass did not wait for it) is added in
+        the cell; otherwise the watcher's machine hears it."""
+        node = self.node
         b = self.b
         idx = node.idx
         count = self.count
         nodes = self.board_nodes
-        # The HAVE to every watcher, over the Board: this loop runs once per neighbour per stored
-        # piece, the hottest path. A count that decides nothing (the piece already had holders and
-        # the watcher's last pass did not wait for it) is added in the cell; otherwise the
-        # watcher's machine hears it.
-        if self.proofs and self.proved[i]:
-            self._hand_on(i, True)
-            return
         words = self.words
         w = i >> 6
         shift = i & 63
+        one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
+        proved = self.cells[self.base + i] & PROVED
         for k in range(len(node.w_idx)):
             widx = node.w_idx[k]
             if not self.board_live[widx]:
@@ -462,51 +458,15 @@ class Swarm:
             c = self.cells[pos]
             if c & HAVE:
                 continue
-            if c & AVAIL and not c & BLOCKED:
-                self.cells[pos] = c + 1
-                continue
-            watcher = nodes[widx]
-            sw = watcher.swarms[b]
-            edge = watcher.edges.get(idx)
-            sw.dl.add_holder(i, edge is not None and edge.inflight < edge.limit)
-
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
-    def _hand_on(self, i: int, have: bool) -> None:
-        """Piece i's digest and proof to every watcher that lacks it, and (``have``) the HAVE: the
-        stored-piece fan-out above for a piece whose proof we hold, or the proof alone for one of
-        ours the neighbours saw before the tracker's reply proved it."""
-        node = self.node
-        b = self.b
-        idx = node.idx
-        count = self.count
-        nodes = self.board_nodes
-        words = self.words
-        w = i >> 6
-        shift = i & 63
-        one = 1
-        now = self.sim.now
-        for k in range(len(node.w_idx)):
-            widx = node.w_idx[k]
-            if not self.board_live[widx]:
-                continue
-            if self.board_have[widx * words + w] >> shift & one:
-                continue
-            pos = widx * count + i
-            c = self.cells[pos]
-            if c & HAVE:
-                continue
-            watcher = nodes[widx]
-            if not c & KNOWN:
-                sw = watcher.swarms[b]
-                sw.proved[i] = 1
-                sw.dl.learned_from_peers((i,), now)
+            if proved and not c & PROVED:
+                nodes[widx].swarms[b].dl.proofs_checked((i,), self.sim.now)
                 c = self.cells[pos]
             if not have:
                 continue
             if c & AVAIL and not c & BLOCKED:
                 self.cells[pos] = c + 1
                 continue
+            watcher = nodes[widx]
             sw = watcher.swarms[b]
             edge = watcher.edges.get(idx)
             sw.dl.add_holder(i, edge is not None and edge.inflight < edge.limit)

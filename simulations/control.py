@@ -134,7 +134,9 @@ class ControlPlane:
             # Dragonfly's scheduler: a node with no parent fetches the whole blob itself.
             self.back_to_source[sw.b] += 1
             sw.dl.go_direct("back-to-source")
-        sw.reply(machine.Reply(interval=reply.interval, learned=[i for i, _ in reply.digests],
+        learned = [i for i, _ in reply.digests]
+        sw.reply(machine.Reply(interval=reply.interval, learned=learned,
+                               proved=learned if self.profile.digest_proofs else (),
                                digest_pos=reply.digest_pos, leases=reply.leases, reset=reply.reset,
                                spacing=spacing), started)
 

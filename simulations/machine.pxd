@@ -3,7 +3,7 @@
 cimport cython
 
 # The cell bits as C constants (from Python, read them from p2pdist.core.download).
-cdef unsigned int AVAIL, HAVE, KNOWN, INFLIGHT, BLOCKED, CELL
+cdef unsigned int AVAIL, HAVE, KNOWN, INFLIGHT, BLOCKED, PROVED, CELL
 
 
 cdef class Request:
@@ -62,6 +62,7 @@ cdef class Download:
     cdef public set reported
     cdef public set from_peers_for_lease
     cdef public long long digest_pos
+    cdef public long long proof_epoch
     cdef public object cursor
     cdef public dict readers
     cdef public dict waiting

@@ -30,7 +30,6 @@ from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
-from p2pdist.core.proofs import cursor_epoch
 from p2pdist.store import PartialClosed, StoreFull
 
 from ..errors import P2pdistError
@@ -113,9 +112,8 @@ class Swarm:
         self.origin = agent.origin_client(registry, authorization)
         self.ready = asyncio.Event()  # the layout is known and the partial is open
         self.layout_agreed = False  # the layout is the tracker's (its reply gave the piece size)
-        # The tracker's proofs of piece digests (core.proofs), index -> (digest, proof), in the
-        # digest epoch of our tracker cursor: passed on with our HAVEs and bitfields.
-        self.proof_epoch = 0
+        # The bytes of the tracker's proofs (core.proofs), index -> (digest, proof). Which of them
+        # hold (in our cursor's epoch) is the machine's word: ``Download.proved(i)``.
         self.proofs: dict[int, tuple[bytes, bytes]] = {}
         self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
         self.finished = False
@@ -165,7 +163,7 @@ class Swarm:
             self._pending_readers = dict(self.machine.readers)
         self.partial = None
         self.machine = None
-        self.proof_epoch, self.proofs = 0, {}  # the tracker's next reply says which epoch holds now
+        self.proofs = {}
         self.verified.clear()
         self._complete = False
         self._deadline = math.inf
@@ -311,8 +309,16 @@ class Swarm:
         else:
             self.stats.from_peers += length
         self.agent.metrics.bytes_in.labels("origin" if from_origin else "peer").inc(length)
-        self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), self.proof_epoch)
+        dl = self.machine
+        if dl is not None and dl.proved(index):
+            self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), dl.proof_epoch)
+        else:
+            self.agent.neighbours.broadcast_have(self.blob, index)
         self._spawn(self._notify_readers())
+
+    def proved(self, index: int) -> None:
+        if self.machine is not None:
+            self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), self.machine.proof_epoch)
 
     def complete(self) -> None:
         self._complete = True
@@ -414,27 +420,23 @@ class Swarm:
 
     def _reply(self, reply: wire.AnnounceReply) -> machine.Reply:
         """The machine's view of a reply: the digests it carries are kept in the manifest first, and
-        their proofs; the proofs of pieces we hold already go to the neighbours at once."""
+        the bytes of their proofs (a proof binds the layout: only the tracker's is proved)."""
         manifest = self.partial.manifest
-        learned = []
-        epoch = cursor_epoch(reply.digest_pos)
-        if epoch != self.proof_epoch:
-            self.proof_epoch, self.proofs = epoch, {}
-        proofs = reply.proofs if len(reply.proofs) == len(reply.digests) and self.layout_agreed else ()
-        for index, digest in reply.digests:
-            with contextlib.suppress(ManifestError, IndexError):
+        learned, proved = [], []
+        proofs = reply.proofs if len(reply.proofs) == len(reply.digests) and self.layout_agreed else None
+        for k, (index, digest) in enumerate(reply.digests):
+            try:
                 if manifest.set(index, digest):
                     learned.append(index)
-        have = self.partial.have
-        for (index, digest), proof in zip(reply.digests, proofs, strict=False):  # proofs: all or none
-            if index not in self.proofs and manifest.get(index) == digest:
-                self.proofs[index] = (digest, proof)
-                if index in have:  # ours from the origin: the neighbours saw it without a proof
-                    self.agent.neighbours.broadcast_have(self.blob, index, (digest, proof), epoch)
+            except (ManifestError, IndexError):
+                continue  # not ours to pass on: the origin's bytes said otherwise here
+            if proofs is not None:
+                self.proofs[index] = (digest, proofs[k])
+                proved.append(index)
         if learned:
             self.agent.metrics.digests_learned.labels("tracker").inc(len(learned))
         return machine.Reply(interval=reply.interval, learned=learned, digest_pos=reply.digest_pos,
-                             leases=reply.leases, reset=reply.reset, spacing=reply.spacing)
+                             leases=reply.leases, reset=reply.reset, spacing=reply.spacing, proved=proved)
 
     # --- origin -----------------------------------------------------------------------------
 
@@ -717,11 +719,12 @@ class Swarm:
 
     def held_proofs(self) -> tuple[int, list[tuple[int, bytes, bytes]]]:
         """(epoch, proved digests of the pieces we hold) for a bitfield offer."""
-        if self.partial is None or not self.proofs:
+        dl, partial = self.machine, self.partial
+        if dl is None or partial is None or not self.proofs:
             return 0, []
-        have = self.partial.have
-        held = [(i, d, p) for i, (d, p) in self.proofs.items() if i in have]
-        return self.proof_epoch, held[: wire.MAX_PROOFS]
+        have = partial.have
+        held = [(i, d, p) for i, (d, p) in self.proofs.items() if i in have and dl.proved(i)]
+        return dl.proof_epoch, held[: wire.MAX_PROOFS]
 
     def on_proofs(self, nb: Neighbour, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> bool:
         """Digests a neighbour passed on: each checked against the tracker's key, once. A proof of
@@ -729,26 +732,26 @@ class Swarm:
         a forged one bans the neighbour, as a bad piece would (False: drop its message)."""
         dl, partial, identity = self.machine, self.partial, self.agent.identity
         if (dl is None or partial is None or identity is None or not self.layout_agreed or not epoch
-                or epoch != self.proof_epoch):
+                or epoch != dl.proof_epoch):
             return True
         manifest, layout = partial.manifest, self.layout
-        learned = []
+        checked, learned = [], 0
         for index, digest, proof in proofs:
-            if index >= dl.count or index in self.proofs:
+            if index >= dl.count or dl.proved(index):
                 continue
             if not identity.proofs.valid(self.blob, layout.blob_size, layout.piece_size, epoch, index, digest, proof):
-                if self.agent.neighbours.ban(nb, f"forged proof of piece {index}"):
-                    self.agent.metrics.peers_banned.inc()
+                self.ban(nb, f"forged proof of piece {index}")
                 return False
             known = manifest.get(index)
             if known is not None and known != digest:
                 continue  # the origin's bytes said otherwise here (a disputed piece): ours stands
             self.proofs[index] = (digest, proof)
-            if known is None and manifest.set(index, digest):
-                learned.append(index)
+            checked.append(index)
+            learned += known is None and manifest.set(index, digest)
         if learned:
-            self.agent.metrics.digests_learned.labels("peer").inc(len(learned))
-            dl.learned_from_peers(learned, time.monotonic())
+            self.agent.metrics.digests_learned.labels("peer").inc(learned)
+        if checked:
+            dl.proofs_checked(checked, time.monotonic())
         return True
 
     def on_room(self, nb: Neighbour) -> None:

@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# Absolute: the simulator's compiled copy of this module has no proofs module beside it.
+from p2pdist.core.proofs import cursor_epoch
+
 # Relative imports: the simulator compiles this file, with these two, into its own package
 # (simulations.machine, .leases, .selection: simulations/native.py), where they resolve to the
 # compiled ones.
@@ -76,6 +79,9 @@ HAVE = 1 << 16
 KNOWN = 1 << 17
 INFLIGHT = 1 << 18
 BLOCKED = 1 << 19
+# The digest came with the tracker's proof (core.proofs), in our cursor's epoch: our HAVE of the
+# piece hands the digest on, so neighbours take it without asking the tracker.
+PROVED = 1 << 20
 CELL = 0xFFFFFFFF  # every bit of a cell: bits are cleared with CELL ^ BIT (a cell is unsigned)
 
 # Request outcomes (Request.status).
@@ -154,6 +160,10 @@ class Shell(Protocol):
 
     def tracker_back(self) -> None:
         """An announce was answered after the tracker had been lost."""
+
+    def proved(self, index: int) -> None:
+        """Piece ``index``, held here, got the tracker's proof after our HAVE of it went out (one of
+        our origin pieces): send the neighbours its digest and proof."""
 
     def ban(self, peer: Neighbour, reason: str) -> None:
         """``peer`` sent ``BAN_AFTER_BAD_PIECES`` bad pieces, or failed ``BAN_AFTER_FAILURES``
@@ -307,6 +317,7 @@ class Download:
         self.reported: set[int] = set()
         self.from_peers_for_lease: set[int] = set()  # leased pieces left to the peers (_not_for_origin)
         self.digest_pos = 0
+        self.proof_epoch = 0  # the digest epoch of our cursor: proofs of another one are void
         self.cursor: int | None = None  # a streaming reader's next piece
         self.readers: dict[int, int] = {}
         self.waiting: dict[int, float] = {}  # reader -> since when it waits for its next piece
@@ -422,16 +433,44 @@ class Download:
                 self._add_fetchable(i)
         return True
 
-    def learned_from_peers(self, indices: Iterable[int], now: float) -> None:
-        """Digests a neighbour passed on with the tracker's proof (core.proofs), checked by the driver:
-        those pieces are fetchable at once, without the tracker's next reply."""
+    def proofs_checked(self, indices: Iterable[int], now: float) -> None:
+        """Digests a neighbour passed on with the tracker's proof (core.proofs), checked by the driver
+        against the tracker's key and our ``proof_epoch``: those pieces are fetchable at once,
+        without the tracker's next reply, and our HAVEs of them hand the proofs on."""
         learned = False
         for i in indices:
-            if 0 <= i < self.count and self.learn_digest(i):
-                learned = True
+            if 0 <= i < self.count:
+                learned = self.learn_digest(i) or learned
+                self._prove(i)
         if learned:
             self.last_progress = now
             self.wake()
+
+    def proved(self, i: int) -> bool:
+        """Whether piece i's digest came with the tracker's proof (our HAVE of it carries it)."""
+        return bool(self.cells[self.base + i] & PROVED)
+
+    def _prove(self, i: int) -> None:
+        pos = self.base + i
+        c = self.cells[pos]
+        if not c & PROVED:
+            self.cells[pos] = c | PROVED
+            if c & HAVE:
+                self.shell.proved(i)
+
+    def _proofs_from(self, reply: Reply) -> None:
+        epoch = cursor_epoch(reply.digest_pos)
+        if epoch != self.proof_epoch:
+            # Another digest log (the first reply, a corrupt reset, a tracker restart): the proofs
+            # we hold are void there.
+            self.proof_epoch = epoch
+            cells, base = self.cells, self.base
+            for i in range(self.count):
+                if cells[base + i] & PROVED:
+                    cells[base + i] = cells[base + i] & (CELL ^ PROVED)
+        for i in reply.proved:
+            if 0 <= i < self.count:
+                self._prove(i)
 
     def _add_fetchable(self, i: int) -> None:
         self.fetchable.add(i)
@@ -578,6 +617,7 @@ class Download:
         if learned or reply.leases:
             self.last_progress = now  # the swarm is moving, even if not through us yet
         self.digest_pos = reply.digest_pos
+        self._proofs_from(reply)
         if not self.direct:  # direct: the queue is our own runs of every missing piece already
             self._take_leases(reply.leases)
         self.wake()
@@ -950,3 +990,4 @@ class Reply:
     leases: Sequence[tuple[int, int, float]] = ()
     reset: bool = False
     spacing: float = 0.0  # the tracker's least time between our announces (0: ours)
+    proved: Sequence[int] = ()  # pieces whose digests the reply carried with the tracker's proof

@@ -358,6 +358,13 @@ class Have(Message):
     proof: bytes = b""
     epoch: int = 0
 
+    def to_fields(self) -> dict[str, Any]:
+        # Spelled out, and a HAVE without a proof as before: one goes to every neighbour per piece.
+        if not self.proof:
+            return {"blob": self.blob, "index": self.index}
+        return {"blob": self.blob, "index": self.index, "digest": self.digest, "proof": self.proof,
+                "epoch": self.epoch}
+
 
 @dataclass(frozen=True)
 class Lost(Message):

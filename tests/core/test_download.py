@@ -9,6 +9,7 @@ import pytest
 
 from p2pdist.core import download as m
 from p2pdist.core.download import Download, Reply, Request, Settings
+from p2pdist.core.proofs import EPOCH_SHIFT
 
 PIECE = 1 << 20
 
@@ -81,6 +82,9 @@ class Shell:
 
     def tracker_back(self) -> None:
         self.commands.append(("back",))
+
+    def proved(self, index: int) -> None:
+        self.commands.append(("proved", index))
 
     def ban(self, peer, reason: str) -> None:
         self.commands.append(("ban", peer.peer))
@@ -306,14 +310,43 @@ def test_digests_a_neighbour_proves_make_its_pieces_fetchable_without_the_tracke
     dl.schedule(0.0)
     assert not shell.take("fetch")
     woken = shell.woken
-    dl.learned_from_peers([1, 2, 9, -1], 3.0)  # out of range: ignored
+    dl.proofs_checked([1, 2, 9, -1], 3.0)  # out of range: ignored
     assert dl.fetchable == {1, 2} and dl.undigested == {0}
     assert shell.woken == woken + 1 and dl.dirty and dl.last_progress == 3.0  # news: the stall clock starts over
     dl.schedule(3.0)
     assert sorted(c[1] for c in shell.take("fetch")) == [1, 2]
     woken = shell.woken
-    dl.learned_from_peers([1, 2], 4.0)  # known already: no pass, no progress
+    dl.proofs_checked([1, 2], 4.0)  # known already: no pass, no progress
     assert shell.woken == woken and dl.last_progress == 3.0
+
+
+def test_proofs_hold_in_their_epoch_and_a_held_piece_proved_late_is_handed_on():
+    epoch = 5 << EPOCH_SHIFT
+    dl, shell = machine(4)
+
+    def answer(now: float, reply: Reply) -> None:
+        """Our next announce (due 1 s after the last reply, and the spacing) and the tracker's ``reply``."""
+        dl.tick(now)
+        assert shell.take("announce")
+        dl.announce_fields()
+        dl.on_reply(now, reply)
+
+    dl.start(0.0, Reply(interval=1.0, leases=[(0, 1, 10.0)], digest_pos=epoch))
+    assert dl.proof_epoch == 5
+    dl.schedule(0.0)
+    dl.piece_stored(0, True, 0.1)  # ours from the origin: its HAVE goes out without a proof
+    assert not dl.proved(0)
+    # The reply proves our piece and another one: only the held one is handed on, once.
+    answer(1.0, Reply(learned=[1], proved=[0, 1], digest_pos=epoch | 2))
+    assert dl.proved(0) and dl.proved(1)
+    assert shell.take("proved") == [("proved", 0)]
+    answer(2.1, Reply(proved=[0], digest_pos=epoch | 2))
+    assert shell.take("proved") == []
+    # Another epoch (a corrupt reset, a tracker restart): the proofs held are void.
+    answer(3.2, Reply(reset=True, digest_pos=6 << EPOCH_SHIFT))
+    assert dl.proof_epoch == 6 and not dl.proved(0) and not dl.proved(1)
+    dl.proofs_checked([1], 3.5)  # a neighbour's proof of the new epoch, checked by the driver
+    assert dl.proved(1) and shell.take("proved") == []  # not held here: nothing to hand on
 
 
 def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
