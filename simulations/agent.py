@@ -459,8 +459,10 @@ class Swarm:
             if c & HAVE:
                 continue
             if proved and not c & PROVED:
-                nodes[widx].swarms[b].dl.proofs_checked((i,), self.sim.now)
-                c = self.cells[pos]
+                sw = nodes[widx].swarms[b]
+                if sw.dl.takes_proofs(self.dl.proof_epoch):
+                    sw.dl.proofs_checked((i,), self.sim.now)
+                    c = self.cells[pos]
             if not have:
                 continue
             if c & AVAIL and not c & BLOCKED:

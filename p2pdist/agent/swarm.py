@@ -731,8 +731,7 @@ class Swarm:
         another epoch is ignored (the tracker forgot those digests, or we have not heard from it yet);
         a forged one bans the neighbour, as a bad piece would (False: drop its message)."""
         dl, partial, identity = self.machine, self.partial, self.agent.identity
-        if (dl is None or partial is None or identity is None or not self.layout_agreed or not epoch
-                or epoch != dl.proof_epoch):
+        if dl is None or partial is None or identity is None or not self.layout_agreed or not dl.takes_proofs(epoch):
             return True
         manifest, layout = partial.manifest, self.layout
         checked, learned = [], 0

@@ -433,10 +433,16 @@ class Download:
                 self._add_fetchable(i)
         return True
 
+    def takes_proofs(self, epoch: int) -> bool:
+        """Whether a neighbour's proofs of ``epoch`` hold here: only those of our cursor's epoch (none
+        before the tracker's first reply; another one is a log the tracker forgot, or we have not
+        heard of yet)."""
+        return epoch != 0 and epoch == self.proof_epoch
+
     def proofs_checked(self, indices: Iterable[int], now: float) -> None:
         """Digests a neighbour passed on with the tracker's proof (core.proofs), checked by the driver
-        against the tracker's key and our ``proof_epoch``: those pieces are fetchable at once,
-        without the tracker's next reply, and our HAVEs of them hand the proofs on."""
+        against the tracker's key, in an epoch we take (``takes_proofs``): those pieces are fetchable
+        at once, without the tracker's next reply, and our HAVEs of them hand the proofs on."""
         learned = False
         for i in indices:
             if 0 <= i < self.count:
@@ -461,13 +467,14 @@ class Download:
     def _proofs_from(self, reply: Reply) -> None:
         epoch = cursor_epoch(reply.digest_pos)
         if epoch != self.proof_epoch:
-            # Another digest log (the first reply, a corrupt reset, a tracker restart): the proofs
-            # we hold are void there.
+            # Another digest log (a corrupt reset, a tracker restart): the proofs we hold are void
+            # there. Before the first reply there are none.
+            if self.proof_epoch:
+                cells, base = self.cells, self.base
+                for i in range(self.count):
+                    if cells[base + i] & PROVED:
+                        cells[base + i] = cells[base + i] & (CELL ^ PROVED)
             self.proof_epoch = epoch
-            cells, base = self.cells, self.base
-            for i in range(self.count):
-                if cells[base + i] & PROVED:
-                    cells[base + i] = cells[base + i] & (CELL ^ PROVED)
         for i in reply.proved:
             if 0 <= i < self.count:
                 self._prove(i)

@@ -323,6 +323,7 @@ def test_digests_a_neighbour_proves_make_its_pieces_fetchable_without_the_tracke
 def test_proofs_hold_in_their_epoch_and_a_held_piece_proved_late_is_handed_on():
     epoch = 5 << EPOCH_SHIFT
     dl, shell = machine(4)
+    assert not dl.takes_proofs(0)  # before the tracker's first reply: no epoch, no proofs
 
     def answer(now: float, reply: Reply) -> None:
         """Our next announce (due 1 s after the last reply, and the spacing) and the tracker's ``reply``."""
@@ -345,6 +346,7 @@ def test_proofs_hold_in_their_epoch_and_a_held_piece_proved_late_is_handed_on():
     # Another epoch (a corrupt reset, a tracker restart): the proofs held are void.
     answer(3.2, Reply(reset=True, digest_pos=6 << EPOCH_SHIFT))
     assert dl.proof_epoch == 6 and not dl.proved(0) and not dl.proved(1)
+    assert dl.takes_proofs(6) and not dl.takes_proofs(5) and not dl.takes_proofs(0)
     dl.proofs_checked([1], 3.5)  # a neighbour's proof of the new epoch, checked by the driver
     assert dl.proved(1) and shell.take("proved") == []  # not held here: nothing to hand on
 
