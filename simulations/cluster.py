@@ -280,7 +280,11 @@ class Cluster(DataPlane, ControlPlane):
         if sw.dl.direct:
             sw.dl.start(self.sim.now)
             return
-        self.send_announce(sw, "started", with_size=self.profile.digests_known)
+        # With the blob's size, as the agent's first announce: the size comes from the mirror client's
+        # descriptor, or from a HEAD to the origin before the agent announces (agent/swarm.py). (Sent
+        # without it, the whole flash crowd announced twice: the tracker answers a blob it has no
+        # size for with none, and every node asked again.)
+        self.send_announce(sw, "started")
 
     def _node_done(self, node: Node) -> None:
         if node.done_at < 0:

@@ -62,7 +62,7 @@ class ControlPlane:
         stand_in = self.piece_digests
         return [(i, stand_in[i]) for i in pieces]
 
-    def send_announce(self, sw: Swarm, event: str, with_size: bool = True) -> None:
+    def send_announce(self, sw: Swarm, event: str) -> None:
         node = sw.node
         b = sw.b
         complete = event == "completed"
@@ -75,7 +75,7 @@ class ControlPlane:
             pieces, digest_pos, want, streaming = sw.announce_fields()
         msg = Announce(
             node=node.name, addr=node.name, blob=blob_digest(b), zone=node.zone, rack=node.rack,
-            size=sw.blob.size if with_size else None, have=node.have_n[b], complete=complete,
+            size=sw.blob.size, have=node.have_n[b], complete=complete,
             load=self.uploads[node.idx], event=event, want_leases=want, digests=self._digests(pieces),
             digest_pos=digest_pos, wants_peers=not complete and self._wants_peers(node), streaming=streaming,
         )
@@ -100,10 +100,6 @@ class ControlPlane:
     def _tracker_handles(self, args: tuple[Swarm, Announce]) -> None:
         sw, msg = args
         reply = self._announce(msg)
-        if reply.size is None:
-            # The tracker has never seen this blob's size: the agent asks the origin, then again.
-            self.sim.after(self.rtt / 2 + self.origin_rtt, self._resend_with_size, sw)
-            return
         peers = reply.peers
         if self.origin_node is not None and not msg.complete:
             # Kraken's tracker adds the origin cluster to every handout, complete peers first.
@@ -111,10 +107,6 @@ class ControlPlane:
             peers = [origin, *peers[: max(0, self.profile.tracker.handout_size - 1)]]
         spacing = self.pacer.announced(self.sim.now, reply)
         self.sim.after(self.rtt / 2, self._reply, (sw, msg, reply, peers, spacing))
-
-    def _resend_with_size(self, sw: Swarm) -> None:
-        if sw.generation == sw.node.generation and sw.node.alive:
-            self.send_announce(sw, "started")
 
     def _reply(self, args: tuple[Swarm, Announce, AnnounceReply, list[PeerInfo], float]) -> None:
         sw, msg, reply, peers, spacing = args

@@ -452,6 +452,16 @@ def test_only_the_nodes_fetching_from_the_origin_are_asked_to_announce_often() -
     assert t.announce("a", 3.1, want_leases=0).interval == steady  # back without its past: none of its claims
 
 
+def test_with_audits_unproven_nodes_without_origin_work_announce_on_the_steady_interval() -> None:
+    t = Harness(replace(AUDITED, origin_slow_start=True))
+    assert t.announce("a", 0, want_leases=5).leases  # on probation, with the first lease
+    assert t.announce("b", 0.01, want_leases=5).leases  # its auditor
+    # c asks for leases too; none comes (one stream at first, and both audit slots are taken). It
+    # passes through probation while its announce is handled: that alone must not hurry it.
+    refused = t.announce("c", 0.02, want_leases=5)
+    assert not refused.leases and refused.interval == AUDITED.announce_interval
+
+
 def test_idle_blobs_are_dropped_after_their_ttl() -> None:
     t = Harness(replace(CONFIG, blob_ttl=60.0))
     t.announce("a", 0, blob=OTHER, size=MiB)

@@ -476,7 +476,7 @@ def _interval(blob: BlobRecord, msg: Announce, leased: bool, config: TrackerConf
     ``announce_interval``.
 
     While pieces are fetched under lease, fresh digests are what the others wait for: the nodes
-    fetching them (holding leases or audits, taking leases, or with digests of theirs in the log,
+    fetching them (holding leases or audits, proven lease takers, or with claims of theirs in the log,
     which a restarted tracker needs again within its rejoin grace) report often. The others learn
     digests from their neighbours' HAVEs, with the tracker's proof, and a neighbour's piece they
     cannot verify yet makes them announce at once (core.download: undigested pieces kick), so a
@@ -486,6 +486,7 @@ def _interval(blob: BlobRecord, msg: Announce, leased: bool, config: TrackerConf
     """
     busy = blob.book is not None and bool(blob.book.leases) and len(blob.log) < blob.piece_count
     node = msg.node
-    fetching = leased or node in blob.reporters or node in blob.takers or node in blob.probation
+    # Not ``probation``: an unproven announcer joins it before its lease is granted, or not.
+    fetching = leased or node in blob.reporters or node in blob.takers
     return config.busy_interval if busy and fetching and not msg.complete else config.announce_interval
 

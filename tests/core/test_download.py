@@ -373,6 +373,22 @@ def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
     assert shell.take("announce") == [("announce",)]  # the interval
 
 
+def test_the_first_wait_is_the_interval_of_the_tracker_s_first_reply():
+    # The tracker hurries only the nodes fetching from the origin; a node it does not waits its
+    # steady interval from the start (a fixed first second sent a whole flash crowd back at once).
+    dl, shell = machine(4)
+    dl.start(0.0, Reply(interval=5.0))
+    dl.tick(1.0)
+    dl.tick(4.9)
+    assert shell.take("announce") == []
+    dl.tick(5.0)
+    assert shell.take("announce") == [("announce",)]
+    dl2, shell2 = machine(4)
+    dl2.start(0.0, Reply(interval=5.0))
+    dl2.kick()  # something to tell or ask meanwhile: at once, the interval does not hold it back
+    assert shell2.take("announce") == [("announce",)]
+
+
 def test_a_loaded_tracker_s_spacing_holds_back_kicked_announces():
     dl, shell = machine(4)
     dl.start(0.0, Reply(interval=1.0))
