@@ -40,6 +40,7 @@ from .selection import PieceSelector, RarestFirst, assign, inflight_budget, read
 
 ANNOUNCE_SPACING = 0.05  # seconds between announces triggered by events (digests to send or learn)
 FIRST_INTERVAL = 1.0  # first wait of a direct download that reports to its tracker (announce_direct)
+INTERVAL_JITTER = 0.25  # the tracker's interval is stretched or shrunk by up to this share, at random
 RETRY_INTERVAL = 0.5  # wait after a failed announce; doubled per failure in a row, up to MAX_RETRY
 MAX_RETRY = 4.0
 # Failed announces in a row before the driver hears the tracker is lost (it logs and counts it). The
@@ -192,6 +193,7 @@ class Settings:
     announce_direct: bool = False  # keep announcing in direct mode (Dragonfly's back-to-source peer)
     direct_run_pieces: int = DIRECT_RUN_PIECES
     announce_spacing: float = ANNOUNCE_SPACING
+    interval_jitter: float = INTERVAL_JITTER
     selector: PieceSelector = field(default_factory=RarestFirst)
 
 
@@ -529,7 +531,7 @@ class Download:
             # fetch from the origin (tracker.service._interval). A fixed first wait sent a whole
             # flash crowd back at once, a second wave as large as the first: simulated, 10,000
             # nodes on one tracker core, the origin idle from 1.6 s to 3.0 s behind it.
-            self._wait(now, reply.interval)
+            self._wait(now, self._jittered(reply.interval))
         if self.settings.stall_fallback:
             self._stall_at = self.last_progress + self.settings.stall_timeout
         self.wake()
@@ -595,8 +597,14 @@ class Download:
         self._state = _SPACING
         # A loaded tracker asks for more room between announces (its pacer): never less than ours.
         self._spacing_until = now + max(self.settings.announce_spacing, reply.spacing)
-        self._announce_at = self._spacing_until + reply.interval
+        self._announce_at = self._spacing_until + self._jittered(reply.interval)
         self._arm(now)
+
+    def _jittered(self, interval: float) -> float:
+        """The tracker's interval, give or take a quarter at random: a flash crowd that started
+        together would otherwise come back together, every interval, as one wave that the tracker's
+        queue holds the lease holders' reports behind."""
+        return interval * (1.0 + self.settings.interval_jitter * (2.0 * self.rng.random() - 1.0))
 
     def announce_failed(self, now: float) -> None:
         """The progress announce got no answer (tracker down or unreachable): ask again, less and

@@ -128,6 +128,7 @@ def machine(pieces: int = 8, now: float = 0.0, budget_pieces: int = 4, direct: b
     shell = Shell()
     settings.setdefault("origin_concurrency", 4)
     settings.setdefault("stall_timeout", 20.0)
+    settings.setdefault("interval_jitter", 0.0)  # exact announce times; test_intervals_are_jittered has it
     s = Settings(inflight_bytes=budget_pieces * PIECE, upload_slots=1, **settings)
     return Download(shell, s, PIECE, pieces * PIECE, now, random.Random(1), direct=direct), shell
 
@@ -387,6 +388,23 @@ def test_the_first_wait_is_the_interval_of_the_tracker_s_first_reply():
     dl2.start(0.0, Reply(interval=5.0))
     dl2.kick()  # something to tell or ask meanwhile: at once, the interval does not hold it back
     assert shell2.take("announce") == [("announce",)]
+
+
+def test_intervals_are_jittered_so_a_crowd_that_started_together_does_not_come_back_together():
+    def next_announces(seed: int) -> list[float]:
+        dl = Download(Shell(), Settings(inflight_bytes=PIECE, upload_slots=1, origin_concurrency=1,
+                                        stall_timeout=60.0), PIECE, 4 * PIECE, 0.0, random.Random(seed))
+        dl.start(0.0, Reply(interval=5.0))
+        first = dl.next_deadline()
+        dl.tick(first)
+        dl.announce_fields()
+        dl.on_reply(first, Reply(interval=5.0))
+        return [first, dl.next_deadline() - first - m.ANNOUNCE_SPACING]
+
+    waits = [w for seed in range(40) for w in next_announces(seed)]
+    share = m.INTERVAL_JITTER
+    assert all(5.0 * (1 - share) <= w <= 5.0 * (1 + share) for w in waits)
+    assert max(waits) - min(waits) > 5.0 * share  # spread over most of the range, not one instant
 
 
 def test_a_loaded_tracker_s_spacing_holds_back_kicked_announces():
