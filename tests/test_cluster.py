@@ -146,12 +146,15 @@ def test_agent_killed_halfway_resumes_without_refetching_verified_pieces(registr
 
 
 def test_an_origin_piece_slower_than_the_lease_ttl_leaves_the_origin_once(registry: Registry, cluster: Cluster):
-    # 1 MiB pieces at 256 KiB/s take 4 s, the lease lives 1.5 s without progress. The holder's
-    # announces (every busy_interval, 1 s) say its stream is moving, so the tracker does not give the
-    # lease to the other node while the first still streams it (the shaped benchmark's 1.04x egress).
+    # 1 MiB pieces at 256 KiB/s take 4 s, the lease lives 2.5 s without progress. The holder's
+    # announces (every busy_interval, 1 s or a little less) say its stream is moving, so the tracker
+    # does not give the lease to the other node while the first still streams it (the shaped
+    # benchmark's 1.04x egress). Bytes count once the rate limiter lets a 256 KiB chunk through,
+    # about every second here: with a 1.5 s lease an announce could find no new chunk and the next
+    # come too late (jittered announces made that happen in one run of four).
     size = 2 * MiB
     digest = registry.push_blob("team/slow", os.urandom(size))
-    tracker = cluster.start_tracker(["--lease-ttl", "1.5"])  # 1 MiB pieces: the smallest the rule gives
+    tracker = cluster.start_tracker(["--lease-ttl", "2.5"])  # 1 MiB pieces: the smallest the rule gives
     slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(256 * 1024)}
     agents = [cluster.agent(f"slow{i}", slow) for i in range(2)]
     results = fetch_all(agents, f"{registry.host}/team/slow@{digest}")

@@ -40,7 +40,7 @@ from .selection import PieceSelector, RarestFirst, assign, inflight_budget, read
 
 ANNOUNCE_SPACING = 0.05  # seconds between announces triggered by events (digests to send or learn)
 FIRST_INTERVAL = 1.0  # first wait of a direct download that reports to its tracker (announce_direct)
-INTERVAL_JITTER = 0.25  # the tracker's interval is stretched or shrunk by up to this share, at random
+INTERVAL_JITTER = 0.3  # the tracker's interval is shortened by up to this share, at random
 RETRY_INTERVAL = 0.5  # wait after a failed announce; doubled per failure in a row, up to MAX_RETRY
 MAX_RETRY = 4.0
 # Failed announces in a row before the driver hears the tracker is lost (it logs and counts it). The
@@ -601,10 +601,12 @@ class Download:
         self._arm(now)
 
     def _jittered(self, interval: float) -> float:
-        """The tracker's interval, give or take a quarter at random: a flash crowd that started
-        together would otherwise come back together, every interval, as one wave that the tracker's
-        queue holds the lease holders' reports behind."""
-        return interval * (1.0 + self.settings.interval_jitter * (2.0 * self.rng.random() - 1.0))
+        """The tracker's interval, shortened by up to ``interval_jitter`` of it at random: a flash
+        crowd that started together would otherwise come back together, every interval, as one
+        wave that the tracker's queue holds the lease holders' reports behind. Never longer: the
+        interval is what keeps a lease holder's streaming lease (``lease_ttl``) and a peer's entry
+        alive at the tracker."""
+        return interval * (1.0 - self.settings.interval_jitter * self.rng.random())
 
     def announce_failed(self, now: float) -> None:
         """The progress announce got no answer (tracker down or unreachable): ask again, less and

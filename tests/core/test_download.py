@@ -403,8 +403,8 @@ def test_intervals_are_jittered_so_a_crowd_that_started_together_does_not_come_b
 
     waits = [w for seed in range(40) for w in next_announces(seed)]
     share = m.INTERVAL_JITTER
-    assert all(5.0 * (1 - share) <= w <= 5.0 * (1 + share) for w in waits)
-    assert max(waits) - min(waits) > 5.0 * share  # spread over most of the range, not one instant
+    assert all(5.0 * (1 - share) <= w <= 5.0 for w in waits)  # never later than the tracker asked
+    assert max(waits) - min(waits) > 5.0 * share * 0.8  # spread over most of the range, not one instant
 
 
 def test_a_loaded_tracker_s_spacing_holds_back_kicked_announces():
