@@ -528,9 +528,8 @@ class Download:
         else:
             self._apply(reply, now)
             # The tracker's interval from its first reply on: it asks back soon only the nodes that
-            # fetch from the origin (tracker.service._interval). A fixed first wait sent a whole
-            # flash crowd back at once, a second wave as large as the first: simulated, 10,000
-            # nodes on one tracker core, the origin idle from 1.6 s to 3.0 s behind it.
+            # fetch from the origin (tracker.service._interval). A fixed first second brought every
+            # other node of a flash crowd back together, a wave as large as the "started" one.
             self._wait(now, self._jittered(reply.interval))
         if self.settings.stall_fallback:
             self._stall_at = self.last_progress + self.settings.stall_timeout
