@@ -432,36 +432,6 @@ def test_interval_is_short_while_leased_pieces_are_pending() -> None:
     assert done.interval == CONFIG.announce_interval
 
 
-def test_only_the_nodes_fetching_from_the_origin_are_asked_to_announce_often() -> None:
-    t = Harness()
-    busy, steady = CONFIG.busy_interval, CONFIG.announce_interval
-    assert busy < steady
-    assert t.announce("c", 0, want_leases=1).interval == busy  # keeps the blob busy throughout
-    lease = t.announce("a", 0.1, want_leases=1)
-    assert lease.interval == busy
-    # b pulls the same blob and takes no origin work: digests reach it with its neighbours' pieces
-    assert t.announce("b", 0.2).interval == steady
-    ((start, end),) = ranges(lease)
-    reported = t.announce("a", 1, digests=[(i, pd(i)) for i in range(start, end)])
-    # a holds no lease now, but its claims are in the log: a restarted tracker needs them again soon
-    assert not reported.leases and reported.interval == busy
-    assert t.announce("b", 1.1).interval == steady
-    assert t.announce("b", 1.2, want_leases=1).interval == busy  # b takes origin work in turn
-    assert t.announce("a", 2, complete=True).interval == steady  # a seeder is never hurried
-    t.announce("a", 3, event="stopped")
-    assert t.announce("a", 3.1, want_leases=0).interval == steady  # back without its past: none of its claims
-
-
-def test_with_audits_unproven_nodes_without_origin_work_announce_on_the_steady_interval() -> None:
-    t = Harness(replace(AUDITED, origin_slow_start=True))
-    assert t.announce("a", 0, want_leases=5).leases  # on probation, with the first lease
-    assert t.announce("b", 0.01, want_leases=5).leases  # its auditor
-    # c asks for leases too; none comes (one stream at first, and both audit slots are taken). It
-    # passes through probation while its announce is handled: that alone must not hurry it.
-    refused = t.announce("c", 0.02, want_leases=5)
-    assert not refused.leases and refused.interval == AUDITED.announce_interval
-
-
 def test_idle_blobs_are_dropped_after_their_ttl() -> None:
     t = Harness(replace(CONFIG, blob_ttl=60.0))
     t.announce("a", 0, blob=OTHER, size=MiB)
