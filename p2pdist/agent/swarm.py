@@ -317,8 +317,11 @@ class Swarm:
         self._spawn(self._notify_readers())
 
     def proved(self, index: int) -> None:
-        if self.machine is not None:
-            self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), self.machine.proof_epoch)
+        # The proof alone: the neighbours heard the HAVE already, so without its bytes there is
+        # nothing to send again.
+        proof = self.proofs.get(index)
+        if self.machine is not None and proof is not None:
+            self.agent.neighbours.broadcast_have(self.blob, index, proof, self.machine.proof_epoch)
 
     def complete(self) -> None:
         self._complete = True
