@@ -70,3 +70,55 @@ async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
             with contextlib.suppress(Exception):
                 r.close()
         agent.stop()
+
+
+async def _until(check, what: str, deadline: float = 20.0) -> None:
+    """Poll ``check()`` (a state read over HTTP) until it holds; fail with ``what`` after the deadline."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not await asyncio.to_thread(check):
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_request_beyond_the_slots_waits_in_line_and_gets_the_next_free_slot(tmp_path: Path, registry: Registry):
+    """With every slot taken, a request waits for one instead of a 503 (the slot goes straight to it
+    when an upload ends), the line counts against the room neighbours hear, and a request past the
+    line is refused at once."""
+    slots = Limits().upload_slots
+    held: list[aiohttp.ClientResponse] = []
+    # A wait far longer than the test needs: the line must hand the slot over, not run out.
+    agent = AgentProc(tmp_path, "holder", f"http://127.0.0.1:{free_port()}", TOKEN,
+                      upstreams=[f"http://{registry.host}"],
+                      extra_env={"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}).start()
+    try:
+        data = os.urandom(SIZE)
+        digest = registry.push_blob("team/line", data)
+        result = await asyncio.to_thread(agent.fetch, f"{registry.host}/team/line@{digest}")
+        assert result.get("done"), result
+        path = f"/v1/blobs/{digest}"
+        url = f"http://127.0.0.1:{agent.peer_port}{path}"
+        control = f"http://127.0.0.1:{agent.peer_port}/v1/control"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
+                session.ws_connect(control, headers=PROBER.peer("holder", "/v1/control")) as ws:
+            await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
+            for _ in range(slots):
+                held.append(await session.get(url, headers=PROBER.peer("holder", path, f"bytes=0-{SIZE - 1}")))
+                await _next_room(ws)
+            waiter = asyncio.create_task(session.get(url, headers=PROBER.peer("holder", path, "bytes=0-9")))
+            await _until(lambda: agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
+            assert not waiter.done()
+            async with session.get(url, headers=PROBER.peer("holder", path, "bytes=10-19")) as refused:
+                assert refused.status == 503  # the line (one place) is full
+            held.pop().close()  # an upload ends: its slot goes to the request in line
+            async with await waiter as served:
+                assert served.status == 206
+                assert await served.read() == data[:10]
+            metrics = agent.metrics()
+            assert metrics["p2pdist_upload_line"] == 0
+            assert metrics["p2pdist_uploads_refused_total"] == 1
+    finally:
+        for r in held:
+            with contextlib.suppress(Exception):
+                r.close()
+        agent.stop()

@@ -68,6 +68,8 @@ class AgentMetrics:
         self.neighbours = Gauge("p2pdist_neighbours", "Connected peers", registry=r)
         self.uploads = Gauge("p2pdist_uploads_active", "Piece uploads being served now (limits.upload_slots caps them)",
                              registry=r)
+        self.upload_line = Gauge("p2pdist_upload_line", "Piece requests waiting for a busy upload slot "
+                                 "(limits.upload_line caps them)", registry=r)
         self.store_bytes = Gauge("p2pdist_store_bytes", "Bytes of complete blobs in the store", registry=r)
         self.store_blobs = Gauge("p2pdist_store_blobs", "Complete blobs in the store", registry=r)
         self.store_capacity = Gauge("p2pdist_store_capacity_bytes",

@@ -20,6 +20,7 @@ from p2pdist.agent.origin import Credentials, OriginClient
 from p2pdist.agent.ratelimit import TokenBucket
 from p2pdist.agent.swarm import Swarm
 from p2pdist.agent.tracker_client import TrackerClient, TrackerUnavailable
+from p2pdist.agent.upload_slots import UploadSlots
 from p2pdist.config import AgentConfig
 from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
@@ -72,7 +73,9 @@ class Agent:
         self._seeder: asyncio.Task | None = None
         self.orders = OrderTaker(self)  # preheat orders from the tracker (agent/orders.py)
         self._orderer: asyncio.Future[None] | None = None
-        self.uploads = 0
+        limits = config.limits
+        self.upload_slots = UploadSlots(limits.upload_slots, limits.upload_line, limits.upload_line_wait,
+                                        self._room_changed)
         self.download_rate = TokenBucket(config.limits.download_rate)
         # Origin Range bodies are read by these threads, not the loop's (origin_reader.py): a few
         # streams per blob, for the few blobs a node pulls at once.
@@ -160,11 +163,16 @@ class Agent:
         swarm = self.swarms.get(blob)
         return swarm.on_proofs(nb, epoch, proofs) if swarm is not None else True
 
-    def upload_slots_changed(self, delta: int) -> None:
-        """An upload started (+1) or ended (-1): the neighbours hear how much room is left."""
-        self.uploads += delta
-        self.metrics.uploads.set(self.uploads)
-        self.neighbours.advertise_room(self.config.limits.upload_slots - self.uploads)
+    @property
+    def uploads(self) -> int:
+        return self.upload_slots.active
+
+    def _room_changed(self, free: int) -> None:
+        """An upload started or ended, or a request joined or left the line: the neighbours hear
+        how much room is left."""
+        self.metrics.uploads.set(self.upload_slots.active)
+        self.metrics.upload_line.set(self.upload_slots.waiting)
+        self.neighbours.advertise_room(free)
 
     def piece_source(self, digest: Digest, start: int, end: int) -> tuple[Path, int] | None:
         """(file, blob size) if bytes [start, end) are verified here, else None."""

@@ -1,9 +1,10 @@
 """Peer data endpoint: verified piece ranges served from the store with sendfile.
 
 ``GET /v1/blobs/<digest>`` with a single ``Range`` is answered only when every piece covering the
-range is verified here (complete blob, or verified pieces of a partial). Busy peers say 503 so the
-asker goes elsewhere instead of queueing behind us; neighbours also hear our free slots (ROOM) and
-rarely ask a full peer at all. Everything but ``/healthz`` needs a request signed under a tracker
+range is verified here (complete blob, or verified pieces of a partial). A request that finds every
+upload slot taken waits briefly in a short line for the next (``upload_slots``); past the line or
+the wait it gets 503 and the asker goes elsewhere. Neighbours also hear our free slots, less the
+line (ROOM), and rarely ask a full peer at all. Everything but ``/healthz`` needs a request signed under a tracker
 ticket (or, on a node on its own, its node secret): see ``auth``.
 """
 
@@ -48,14 +49,13 @@ def build_app(agent: Agent) -> web.Application:
         first, last = int(m.group(1)), int(m.group(2))
         if last < first:
             raise _error(web.HTTPRequestRangeNotSatisfiable, f"empty range {first}-{last}")
-        if agent.uploads >= agent.config.limits.upload_slots:
-            agent.metrics.uploads_busy.inc()
-            raise web.HTTPServiceUnavailable(text="all upload slots busy", headers={"Retry-After": "1"})
         source = agent.piece_source(digest, first, last + 1)
         if source is None:
             raise _error(web.HTTPNotFound, f"{digest} bytes {first}-{last} are not verified on this node")
         path, size = source
-        agent.upload_slots_changed(+1)
+        if not await agent.upload_slots.acquire():
+            agent.metrics.uploads_busy.inc()
+            raise web.HTTPServiceUnavailable(text="all upload slots busy", headers={"Retry-After": "1"})
         # A complete blob is pinned while it is sent, so garbage collection cannot pull it away.
         pin = None
         if agent.store.has(digest):
@@ -72,7 +72,7 @@ def build_app(agent: Agent) -> web.Application:
             await resp.prepare(request)
             return resp
         finally:
-            agent.upload_slots_changed(-1)
+            agent.upload_slots.release()
             if pin is not None:
                 pin.close()
 
