@@ -93,7 +93,7 @@ class ControlPlane:
         self.tally.handouts += msg.wants_peers and msg.event != "stopped"
         try:
             return handle_announce(self.tracker_state, msg, self.sim.now, self.tracker_rng, self.profile.tracker,
-                                   self.tally, self.profile.handout)
+                                   self.tally, self.profile.handout, loaded=self.pacer.spacing > 0)
         except AnnounceError as e:  # a scenario the tracker's limits refuse: say so, do not simulate around it
             raise RuntimeError(f"the tracker refused an announce: {e}") from None
 

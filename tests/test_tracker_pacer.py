@@ -79,8 +79,11 @@ async def test_a_real_tracker_over_its_budget_asks_agents_for_room(tmp_path):
                     assert isinstance(reply, AnnounceReply)
                     return reply
 
-            first = await announce(0)
-            assert first.spacing == 0.0
+            busy, steady = TrackerConfig().busy_interval, TrackerConfig().announce_interval
+            first = await announce(10, want_leases=2)  # origin work: the blob's pieces are leased now
+            assert first.leases and first.spacing == 0.0
+            # Not loaded yet: every node of a blob whose pieces are leased is asked back soon.
+            assert (await announce(0)).interval == busy
             spacing = 0.0
             # Over budget until a second's boundary has passed: the pacer decides on whole seconds,
             # and a fast machine answered 2,000 announces within one (spacing stayed 0).
@@ -91,8 +94,11 @@ async def test_a_real_tracker_over_its_budget_asks_agents_for_room(tmp_path):
             assert spacing >= MIN_SPACING
             # A node holding origin leases is never asked to wait: the swarm waits for its digests.
             holder = await announce(10, want_leases=2)
-            assert holder.leases and holder.spacing == 0.0
-            assert (await announce(1)).spacing >= MIN_SPACING
+            assert holder.leases and holder.spacing == 0.0 and holder.interval == busy
+            # Loaded: a node without origin work learns digests from its neighbours, and is asked
+            # back on the steady interval (tracker.service._interval).
+            other = await announce(1)
+            assert other.spacing >= MIN_SPACING and other.interval == steady
         metrics = proc.metrics()
         assert metrics["p2pdist_tracker_announce_spacing_seconds"] >= MIN_SPACING
     finally:

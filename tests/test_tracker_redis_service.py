@@ -63,7 +63,7 @@ class RedisHarness(base.Harness):
         if fields["size"] is not None:
             self.sizes.setdefault(fields["blob"], fields["size"])
         msg = Announce(node=node, addr=f"{node}.example:7001", **fields)
-        return self.loop.run_until_complete(self.shared.announce(msg, now, self.rng, self.emit))
+        return self.loop.run_until_complete(self.shared.announce(msg, now, self.rng, self.emit, loaded=self.loaded))
 
 
 def _shared_tests() -> list[str]:

@@ -44,6 +44,7 @@ class Harness:
         self.rng = random.Random(7)
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.sizes: dict[str, int] = {}  # the size each blob was first announced with
+        self.loaded = False  # the tracker's pacer is spacing announces (handle_announce's loaded)
 
     def emit(self, event: str, **fields: Any) -> None:
         self.events.append((event, fields))
@@ -57,7 +58,7 @@ class Harness:
         if fields["size"] is not None:
             self.sizes.setdefault(fields["blob"], fields["size"])
         msg = Announce(node=node, addr=f"{node}.example:7001", **fields)
-        return handle_announce(self.state, msg, now, self.rng, self.config, self.emit)
+        return handle_announce(self.state, msg, now, self.rng, self.config, self.emit, loaded=self.loaded)
 
 
 def peers_of(reply: AnnounceReply) -> set[str]:
@@ -430,6 +431,40 @@ def test_interval_is_short_while_leased_pieces_are_pending() -> None:
     assert t.announce("a", 0, want_leases=1).interval == CONFIG.busy_interval
     done = t.announce("a", 1, digests=[(i, pd(i)) for i in range(4)])
     assert done.interval == CONFIG.announce_interval
+
+
+def test_a_loaded_tracker_asks_only_the_nodes_fetching_from_the_origin_to_announce_often() -> None:
+    t = Harness()
+    t.loaded = True
+    busy, steady = CONFIG.busy_interval, CONFIG.announce_interval
+    assert busy < steady
+    assert t.announce("c", 0, want_leases=1).interval == busy  # keeps the blob busy throughout
+    lease = t.announce("a", 0.1, want_leases=1)
+    assert lease.interval == busy
+    # b pulls the same blob and takes no origin work: digests reach it with its neighbours' pieces
+    assert t.announce("b", 0.2).interval == steady
+    ((start, end),) = ranges(lease)
+    reported = t.announce("a", 1, digests=[(i, pd(i)) for i in range(start, end)])
+    # a holds no lease now, but its claims are in the log: a restarted tracker needs them again soon
+    assert not reported.leases and reported.interval == busy
+    assert t.announce("b", 1.1).interval == steady
+    assert t.announce("b", 1.2, want_leases=1).interval == busy  # b takes origin work in turn
+    assert t.announce("a", 2, complete=True).interval == steady  # a seeder is never hurried
+    t.announce("a", 3, event="stopped")
+    assert t.announce("a", 3.1, want_leases=0).interval == steady  # back without its past: none of its claims
+    t.loaded = False  # a quiet tracker hurries everyone while the blob's pieces are leased
+    assert t.announce("b", 3.2).interval == busy
+
+
+def test_on_a_loaded_tracker_unproven_nodes_without_origin_work_announce_on_the_steady_interval() -> None:
+    t = Harness(replace(AUDITED, origin_slow_start=True))
+    t.loaded = True
+    assert t.announce("a", 0, want_leases=5).leases  # on probation, with the first lease
+    assert t.announce("b", 0.01, want_leases=5).leases  # its auditor
+    # c asks for leases too; none comes (one stream at first, and both audit slots are taken). It
+    # passes through probation while its announce is handled: that alone must not hurry it.
+    refused = t.announce("c", 0.02, want_leases=5)
+    assert not refused.leases and refused.interval == AUDITED.announce_interval
 
 
 def test_idle_blobs_are_dropped_after_their_ttl() -> None:

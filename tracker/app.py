@@ -263,7 +263,8 @@ def answer_announce(tracker: Tracker, authorization: str | None, path: str, body
     if isinstance(admitted, Answer):
         return admitted
     try:
-        reply = handle_announce(tracker.state, admitted, tracker.clock(), tracker.rng, tracker.config, tracker.emit)
+        reply = handle_announce(tracker.state, admitted, tracker.clock(), tracker.rng, tracker.config, tracker.emit,
+                                loaded=tracker.pacer.spacing > 0)
     except AnnounceError as e:
         return refused(tracker, admitted, e)
     return conclude(tracker, admitted, reply)
@@ -284,7 +285,8 @@ async def announce(request: web.Request) -> web.Response:
     if isinstance(admitted, Answer):
         return admitted.response()
     try:
-        reply = await tracker.shared.announce(admitted, tracker.clock(), tracker.rng, tracker.emit)
+        reply = await tracker.shared.announce(admitted, tracker.clock(), tracker.rng, tracker.emit,
+                                              loaded=tracker.pacer.spacing > 0)
     except RedisUnavailable as e:
         log_event(log, logging.WARNING, "redis_unavailable", blob=admitted.blob, node=admitted.node, why=str(e))
         return tracker.refuse(503, "redis", str(e))

@@ -83,6 +83,7 @@ class Waiting:
     msg: Announce
     now: float
     future: asyncio.Future[AnnounceReply]
+    loaded: bool = False  # this replica's pacer was spacing announces (service.handle_announce)
 
 
 class RedisUnavailable(TrackerError):
@@ -188,7 +189,8 @@ def _pack_record(r: SharedBlobRecord) -> bytes:
     return msgpack.packb({
         "epoch": r.epoch, "last_seen": r.last_seen, "size": r.size, "piece_size": r.piece_size,
         "book": book, "log": r.log, "withheld": r.withheld, "audits": audits,
-        "probation": list(r.probation), "takers": list(r.takers), "corrupt_from": list(r.corrupt_from),
+        "probation": list(r.probation), "takers": list(r.takers), "reporters": list(r.reporters),
+        "corrupt_from": list(r.corrupt_from),
         "pieces": r.pieces, "granted_upto": r.granted_upto, "downloaders": r.downloaders,
         "rejoin_until": None if r.rejoin_until == float("-inf") else r.rejoin_until,
     }, use_bin_type=True)
@@ -209,6 +211,7 @@ def _unpack_record(digest: str, data: bytes, config: TrackerConfig) -> SharedBlo
     r.held_back = {i for claims in r.withheld.values() for i, _ in claims}
     r.audits = {a[0]: Audit(a[0], a[1], a[2], a[3], a[4], a[5], dict(a[6])) for a in d["audits"]}
     r.probation, r.takers, r.corrupt_from = set(d["probation"]), set(d["takers"]), set(d["corrupt_from"])
+    r.reporters = set(d.get("reporters", ()))  # absent in records an older tracker wrote
     r.pieces, r.granted_upto, r.downloaders = d["pieces"], d["granted_upto"], d["downloaders"]
     r.rejoin_until = float("-inf") if d["rejoin_until"] is None else d["rejoin_until"]
     return r
@@ -358,13 +361,13 @@ class RedisState:
 
     # --- the announce ---------------------------------------------------------------------------
     async def announce(self, msg: Announce, now: float, rng: random.Random, emit: Emit,
-                       policy: HandoutPolicy | None = None) -> AnnounceReply:
+                       policy: HandoutPolicy | None = None, loaded: bool = False) -> AnnounceReply:
         """Answer one announce. Announces of one swarm that arrive while its turn is under way wait
         and go together in the next turn (group commit): one lock, one load and one save for the
         batch, whose announces then run one after the other on the loaded record, as the in-memory
         tracker would run them. A hot blob then costs Redis round trips per batch, not per announce."""
         key = (msg.blob, msg.size)
-        waiting = Waiting(msg, now, asyncio.get_running_loop().create_future())
+        waiting = Waiting(msg, now, asyncio.get_running_loop().create_future(), loaded)
         queue = self._queues.setdefault(key, [])
         queue.append(waiting)
         if key not in self._draining:
@@ -401,7 +404,8 @@ class RedisState:
                 view = await self._load(batch)
                 for w in batch:
                     try:
-                        reply = handle_announce(view, w.msg, w.now, rng, self.config, emit, policy)  # type: ignore[arg-type]
+                        reply = handle_announce(view, w.msg, w.now, rng, self.config, emit, policy,  # type: ignore[arg-type]
+                                                loaded=w.loaded)
                         answers.append((w, reply, None))
                     except AnnounceError as e:
                         answers.append((w, None, e))

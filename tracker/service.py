@@ -91,10 +91,13 @@ def handle_announce(
     config: TrackerConfig = DEFAULT_CONFIG,
     emit: Emit = _ignore,
     policy: HandoutPolicy | None = None,
+    loaded: bool = False,
 ) -> AnnounceReply:
     """Apply one announce to ``state`` and build the reply. Raises AnnounceError if refused.
 
     ``policy`` overrides the configured handout policy (the simulator's baselines bring their own).
+    ``loaded``: the tracker's pacer is spacing announces (tracker/pacer.py); only then are the nodes
+    without origin work sent to the steady interval (``_interval``).
     The tracker's aiohttp shell (tracker/app.py) and the simulator (simulations/control.py) both
     answer announces with this function.
     """
@@ -179,7 +182,7 @@ def handle_announce(
                 handed = [p for p in handed if not banned(p.node, now)]
                 break
     return AnnounceReply(
-        interval=_interval(blob, config),
+        interval=_interval(blob, msg, bool(leases), loaded, config),
         size=blob.size,
         piece_size=blob.piece_size,
         peers=handed,
@@ -243,6 +246,7 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
         else:
             rejected["not-lease-holder"] = rejected.get("not-lease-holder", 0) + 1
             continue
+        blob.reporters.add(msg.node)
         if not config.audits or state.standing(msg.node).proven:
             _publish(blob, index, digest)
             accepted += 1
@@ -470,8 +474,27 @@ def _audits_for(blob: BlobRecord, msg: Announce, state: TrackerState, now: float
     return []
 
 
-def _interval(blob: BlobRecord, config: TrackerConfig) -> float:
-    # While pieces are being fetched under lease, fresh digests are what other agents wait for.
+def _interval(blob: BlobRecord, msg: Announce, leased: bool, loaded: bool, config: TrackerConfig) -> float:
+    """``busy_interval`` while a blob's pieces are fetched under lease, else ``announce_interval``;
+    on a ``loaded`` tracker, the busy interval only for the nodes that fetch them.
+
+    While pieces are fetched under lease, fresh digests are what the others wait for: the nodes
+    fetching them (holding leases or audits, proven lease takers, or with claims of theirs in the
+    log, which a restarted tracker needs again within its rejoin grace) report often. The others
+    learn digests from their neighbours' HAVEs, with the tracker's proof, and a neighbour's piece
+    they cannot verify yet makes them announce at once (core.download: undigested pieces kick). On
+    a loaded tracker their announces every busy interval were the queue the lease holders' reports
+    waited in. But a small swarm needs them: the tracker hands leases and audits to whoever
+    announces, and with the rule always on the 4-node demo took 3.6-4.0 s instead of 1.8-2.0 s.
+    So only while the pacer spaces announces, which a small or quiet cluster never makes it do.
+    """
     busy = blob.book is not None and bool(blob.book.leases) and len(blob.log) < blob.piece_count
-    return config.busy_interval if busy else config.announce_interval
+    if not busy or msg.complete:
+        return config.announce_interval
+    if not loaded:
+        return config.busy_interval
+    node = msg.node
+    # Not ``probation``: an unproven announcer joins it before its lease is granted, or not.
+    fetching = leased or node in blob.reporters or node in blob.takers
+    return config.busy_interval if fetching else config.announce_interval
 

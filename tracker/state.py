@@ -93,6 +93,9 @@ class BlobRecord:
     audits: dict[int, Audit] = field(default_factory=dict)  # open audits by piece
     probation: set[str] = field(default_factory=set)  # unproven nodes holding leases (or claims)
     takers: set[str] = field(default_factory=set)  # proven downloaders (they take leases first)
+    # Nodes whose claims (origin pieces) this log holds, published or withheld: they keep the busy
+    # interval (service._interval), so after a restart they re-report within the rejoin grace.
+    reporters: set[str] = field(default_factory=set)
     corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
     pieces: int = 0  # its layout's piece count (MemoryState's budget)
     rejoin_until: float = float("-inf")  # no new leases before this (service.py, after a restart)
@@ -119,6 +122,7 @@ class BlobRecord:
         self.withheld = {}
         self.held_back = set()
         self.audits = {}
+        self.reporters = set()
         self.granted_upto = 0
 
     def reset_digests(self, epoch: int) -> None:
@@ -184,6 +188,7 @@ class BlobRecord:
         """What a peer leaving means beyond the peer list: no lease, no place among the takers."""
         self.takers.discard(node)
         self.probation.discard(node)
+        self.reporters.discard(node)
         if self.book is not None:
             self.book.release(node)
 

@@ -39,7 +39,7 @@ from .selection import PieceSelector, RarestFirst, assign, inflight_budget, read
 # --- constants (the agent and the simulator read them from here) ------------------------------
 
 ANNOUNCE_SPACING = 0.05  # seconds between announces triggered by events (digests to send or learn)
-FIRST_INTERVAL = 1.0  # the announcer's first wait after the "started" reply
+FIRST_INTERVAL = 1.0  # the first wait after the "started" reply, unless the tracker is loaded
 INTERVAL_JITTER = 0.3  # the tracker's interval is shortened by up to this share, at random
 RETRY_INTERVAL = 0.5  # wait after a failed announce; doubled per failure in a row, up to MAX_RETRY
 MAX_RETRY = 4.0
@@ -527,7 +527,13 @@ class Download:
                 self._wait(now, FIRST_INTERVAL)
         else:
             self._apply(reply, now)
-            self._wait(now, self._jittered(FIRST_INTERVAL))  # the announcer's first wait
+            # A loaded tracker (it spaces announces) asks back soon only the nodes that fetch from
+            # the origin (tracker.service._interval): its interval from the first reply on, since a
+            # fixed first second brought every other node of a flash crowd back together, a wave as
+            # large as the "started" one. Otherwise the first second: a small swarm's leases and
+            # audits go to whoever announces.
+            first = reply.interval if reply.spacing > 0 else FIRST_INTERVAL
+            self._wait(now, self._jittered(first))
         if self.settings.stall_fallback:
             self._stall_at = self.last_progress + self.settings.stall_timeout
         self.wake()

@@ -374,6 +374,29 @@ def test_the_announcer_waits_the_spacing_then_the_next_kick_or_the_interval():
     assert shell.take("announce") == [("announce",)]  # the interval
 
 
+def test_the_first_wait_is_a_loaded_tracker_s_interval_and_otherwise_the_first_second():
+    # A loaded tracker (it spaces announces) hurries only the nodes fetching from the origin; a node
+    # it does not waits its steady interval from the start: a fixed first second sent a whole flash
+    # crowd back at once. An unloaded one gets the first second (a small swarm's leases and audits
+    # go to whoever announces).
+    dl, shell = machine(4)
+    dl.start(0.0, Reply(interval=5.0, spacing=0.2))
+    dl.tick(1.0)
+    dl.tick(4.9)
+    assert shell.take("announce") == []
+    dl.tick(5.0)
+    assert shell.take("announce") == [("announce",)]
+    quiet, quiet_shell = machine(4)
+    quiet.start(0.0, Reply(interval=5.0))
+    quiet.tick(m.FIRST_INTERVAL)
+    assert quiet_shell.take("announce") == [("announce",)]
+    kicked, kicked_shell = machine(4)
+    kicked.start(0.0, Reply(interval=5.0, spacing=0.2))
+    kicked.kick()  # something to tell or ask meanwhile: the interval does not hold it back
+    kicked.tick(0.2)
+    assert kicked_shell.take("announce") == [("announce",)]
+
+
 def test_intervals_are_jittered_so_a_crowd_that_started_together_does_not_come_back_together():
     def next_announces(seed: int) -> list[float]:
         dl = Download(Shell(), Settings(inflight_bytes=PIECE, upload_slots=1, origin_concurrency=1,
