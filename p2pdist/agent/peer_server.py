@@ -4,8 +4,8 @@
 range is verified here (complete blob, or verified pieces of a partial). A request that finds every
 upload slot taken waits briefly in a short line for the next (``upload_slots``); past the line or
 the wait it gets 503 and the asker goes elsewhere. Neighbours also hear our free slots, less the
-line (ROOM), and rarely ask a full peer at all. Everything but ``/healthz`` needs a request signed under a tracker
-ticket (or, on a node on its own, its node secret): see ``auth``.
+line (ROOM), and rarely ask a full peer at all. Everything but ``/healthz`` needs a request signed
+under a tracker ticket (or, on a node on its own, its node secret): see ``auth``.
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def build_app(agent: Agent) -> web.Application:
         if not await agent.upload_slots.acquire():
             agent.metrics.uploads_busy.inc()
             raise web.HTTPServiceUnavailable(text="all upload slots busy", headers={"Retry-After": "1"})
-        # A complete blob is pinned while it is sent, so garbage collection cannot pull it away.
         pin = None
-        if agent.store.has(digest):
-            with contextlib.suppress(BlobNotFound):
-                pin = agent.store.open_blob(digest)
-        try:
+        try:  # from here on the slot is ours: whatever happens, it is given back
+            # A complete blob is pinned while it is sent, so garbage collection cannot pull it away.
+            if agent.store.has(digest):
+                with contextlib.suppress(BlobNotFound):
+                    pin = agent.store.open_blob(digest)
             agent.metrics.bytes_out.inc(last + 1 - first)
             if agent.config.faults.corrupt_uploads:
                 resp: web.StreamResponse = _corrupted(path, first, last, size)
