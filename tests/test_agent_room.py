@@ -1,8 +1,9 @@
-"""A real agent tells its neighbours how many upload slots it has free (ROOM), as they change.
+"""A real agent tells its neighbours how many upload slots it has free (ROOM), as they change,
+and lets a request beyond them wait in a short line for the next free slot.
 
 A prober connects to the control channel like a neighbour would, then holds the agent's upload
 slots with range requests it does not read: every slot taken and given back must show up as a
-ROOM frame, and a request beyond the slots gets 503.
+ROOM frame, and a request beyond the slots and the line gets 503.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -37,36 +40,51 @@ async def _next_room(ws: aiohttp.ClientWebSocketResponse) -> int:
             return frame.free
 
 
-async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
-    slots = Limits().upload_slots
-    held: list[aiohttp.ClientResponse] = []
+@dataclass
+class Probe:
+    """A holder agent with one blob, and the prober's session and control channel to it."""
+
+    agent: AgentProc
+    data: bytes
+    path: str
+    url: str
+    session: aiohttp.ClientSession
+    ws: aiohttp.ClientWebSocketResponse
+    held: list[aiohttp.ClientResponse] = field(default_factory=list)
+
+    def get(self, byte_range: str):  # the request context manager aiohttp returns
+        return self.session.get(self.url, headers=PROBER.peer("holder", self.path, f"bytes={byte_range}"))
+
+    async def request(self, byte_range: str) -> aiohttp.ClientResponse:
+        """The response, its body not read yet (the caller releases it)."""
+        return await self.get(byte_range)
+
+    async def hold(self) -> None:
+        """Take one upload slot with a whole-blob range left unread."""
+        self.held.append(await self.request(f"0-{SIZE - 1}"))
+
+
+@contextlib.asynccontextmanager
+async def holder(tmp_path: Path, registry: Registry, repo: str,
+                 env: dict[str, str] | None = None) -> AsyncIterator[Probe]:
     agent = AgentProc(tmp_path, "holder", f"http://127.0.0.1:{free_port()}", TOKEN,
-                      upstreams=[f"http://{registry.host}"]).start()
+                      upstreams=[f"http://{registry.host}"], extra_env=env).start()
+    probe = None
     try:
-        digest = registry.push_blob("team/room", os.urandom(SIZE))
-        result = await asyncio.to_thread(agent.fetch, f"{registry.host}/team/room@{digest}")
+        data = os.urandom(SIZE)
+        digest = registry.push_blob(repo, data)
+        result = await asyncio.to_thread(agent.fetch, f"{registry.host}/{repo}@{digest}")
         assert result.get("done"), result
         path = f"/v1/blobs/{digest}"
-        url = f"http://127.0.0.1:{agent.peer_port}{path}"
-        # One connection per request (limit=0): each held response keeps its own socket busy.
         control = f"http://127.0.0.1:{agent.peer_port}/v1/control"
+        # One connection per request (limit=0): each held response keeps its own socket busy.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
                 session.ws_connect(control, headers=PROBER.peer("holder", "/v1/control")) as ws:
             await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
-            seen = []
-            for _ in range(slots):
-                held.append(await session.get(url, headers=PROBER.peer("holder", path, f"bytes=0-{SIZE - 1}")))
-                seen.append(await _next_room(ws))
-            assert seen == list(range(slots - 1, -1, -1))  # one less free slot per upload
-            assert agent.metrics()["p2pdist_uploads_active"] == slots
-            async with session.get(url, headers=PROBER.peer("holder", path, "bytes=0-9")) as busy:
-                assert busy.status == 503  # full, as the last ROOM said
-            for r in held:
-                assert r.status == 206
-            held.pop().close()  # drop one reader: its upload ends, a slot frees
-            assert await _next_room(ws) == 1
+            probe = Probe(agent, data, path, f"http://127.0.0.1:{agent.peer_port}{path}", session, ws)
+            yield probe
     finally:
-        for r in held:
+        for r in probe.held if probe is not None else []:
             with contextlib.suppress(Exception):
                 r.close()
         agent.stop()
@@ -81,44 +99,45 @@ async def _until(check, what: str, deadline: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
+    slots = Limits().upload_slots
+    async with holder(tmp_path, registry, "team/room") as probe:
+        seen = []
+        for _ in range(slots):
+            await probe.hold()
+            seen.append(await _next_room(probe.ws))
+        assert seen == list(range(slots - 1, -1, -1))  # one less free slot per upload
+        assert probe.agent.metrics()["p2pdist_uploads_active"] == slots
+        async with probe.get("0-9") as busy:
+            assert busy.status == 503  # full, as the last ROOM said (after the line's short wait)
+        for r in probe.held:
+            assert r.status == 206
+        probe.held.pop().close()  # drop one reader: its upload ends, a slot frees
+        assert await _next_room(probe.ws) == 1
+
+
 async def test_a_request_beyond_the_slots_waits_in_line_and_gets_the_next_free_slot(tmp_path: Path, registry: Registry):
     """With every slot taken, a request waits for one instead of a 503 (the slot goes straight to it
-    when an upload ends), the line counts against the room neighbours hear, and a request past the
-    line is refused at once."""
+    when an upload ends), and a request past the line is refused at once."""
     slots = Limits().upload_slots
-    held: list[aiohttp.ClientResponse] = []
     # A wait far longer than the test needs: the line must hand the slot over, not run out.
-    agent = AgentProc(tmp_path, "holder", f"http://127.0.0.1:{free_port()}", TOKEN,
-                      upstreams=[f"http://{registry.host}"],
-                      extra_env={"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}).start()
-    try:
-        data = os.urandom(SIZE)
-        digest = registry.push_blob("team/line", data)
-        result = await asyncio.to_thread(agent.fetch, f"{registry.host}/team/line@{digest}")
-        assert result.get("done"), result
-        path = f"/v1/blobs/{digest}"
-        url = f"http://127.0.0.1:{agent.peer_port}{path}"
-        control = f"http://127.0.0.1:{agent.peer_port}/v1/control"
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
-                session.ws_connect(control, headers=PROBER.peer("holder", "/v1/control")) as ws:
-            await ws.send_bytes(wire.encode(wire.Hello("prober", "127.0.0.1:1")))
-            for _ in range(slots):
-                held.append(await session.get(url, headers=PROBER.peer("holder", path, f"bytes=0-{SIZE - 1}")))
-                await _next_room(ws)
-            waiter = asyncio.create_task(session.get(url, headers=PROBER.peer("holder", path, "bytes=0-9")))
-            await _until(lambda: agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
-            assert not waiter.done()
-            async with session.get(url, headers=PROBER.peer("holder", path, "bytes=10-19")) as refused:
-                assert refused.status == 503  # the line (one place) is full
-            held.pop().close()  # an upload ends: its slot goes to the request in line
-            async with await waiter as served:
-                assert served.status == 206
-                assert await served.read() == data[:10]
-            metrics = agent.metrics()
-            assert metrics["p2pdist_upload_line"] == 0
-            assert metrics["p2pdist_uploads_refused_total"] == 1
-    finally:
-        for r in held:
-            with contextlib.suppress(Exception):
-                r.close()
-        agent.stop()
+    env = {"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}
+    async with holder(tmp_path, registry, "team/line", env) as probe:
+        for _ in range(slots):
+            await probe.hold()
+            await _next_room(probe.ws)
+        waiter = asyncio.create_task(probe.request("0-9"))
+        await _until(lambda: probe.agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
+        assert not waiter.done()
+        async with probe.get("10-19") as refused:
+            assert refused.status == 503  # the line (one place) is full
+        probe.held.pop().close()  # an upload ends: its slot goes to the request in line
+        served = await waiter
+        try:
+            assert served.status == 206
+            assert await served.read() == probe.data[:10]
+        finally:
+            served.release()
+        metrics = probe.agent.metrics()
+        assert metrics["p2pdist_upload_line"] == 0
+        assert metrics["p2pdist_uploads_refused_total"] == 1
