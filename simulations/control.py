@@ -7,6 +7,7 @@ network half round trip each way. Piece digests are 32-byte stand-ins derived fr
 
 from __future__ import annotations
 
+from p2pdist.core.proofs import cursor_offset
 from p2pdist.core.wire import Announce, AnnounceReply, PeerInfo
 from tracker.service import AnnounceError, handle_announce
 
@@ -67,7 +68,8 @@ class ControlPlane:
         b = sw.b
         complete = event == "completed"
         if complete:
-            pieces, digest_pos, want, streaming = range(sw.blob.count), 0, 0, False
+            # Only the digests still to report: the reply says whether the log lacks others (agent.swarm).
+            pieces, digest_pos, want, streaming = list(sw.dl.report), 0, 0, False
         elif event == "started":
             want = machine.first_want(self.profile.origin_concurrency) if self.profile.origin == LEASES else 0
             pieces, digest_pos, streaming = [], 0, False
@@ -114,7 +116,10 @@ class ControlPlane:
         if sw.generation != node.generation or not node.alive:
             return
         if msg.complete:
-            self.sim.after(reply.interval, self._seed_announce, (node, sw.b, node.generation, False))
+            # A log without every digest (the tracker forgot them): the seeder sends its own at once.
+            lacking = cursor_offset(reply.digest_pos) < sw.blob.count
+            self.sim.after(0.0 if lacking else reply.interval, self._seed_announce,
+                           (node, sw.b, node.generation, lacking))
             return
         if self.profile.parents_only:
             self._set_parents(node, peers, sw.b)

@@ -202,6 +202,31 @@ def test_the_trackers_piece_size_wins_over_agents_configured_otherwise(registry:
     assert registry.egress(digest) == size + MiB
 
 
+def test_completing_nodes_do_not_send_the_tracker_digests_its_log_has(registry: Registry, cluster: Cluster):
+    # Every completing node sent all its piece digests in its "completed" announce, and once more
+    # when it started seeding: 10,000 nodes x 256 pieces, twice, at the end of a flash crowd. Now
+    # the reply to "completed" gives the log's length, and only a log that lacks some gets ours.
+    size = 16 * MiB
+    digest = registry.push_blob("team/done", os.urandom(size))
+    ref = f"{registry.host}/team/done@{digest}"
+    tracker = cluster.start_tracker()
+    first, second = cluster.agent("first"), cluster.agent("second")
+    assert first.fetch(ref).get("done")
+    result = second.fetch(ref)
+    assert result.get("done"), result
+    assert result["from_peers"] > 0  # the first's digests reached the log (its audit passed)
+    # Both nodes completed and then announced again as seeders (after the tracker's interval).
+    deadline = time.monotonic() + 30
+    while tracker.metrics().get('p2pdist_tracker_announces_total{event="completed"}', 0) < 4:
+        assert time.monotonic() < deadline, "the seeders never announced again"
+        time.sleep(0.1)
+    repeated = tracker.metrics().get("p2pdist_tracker_digests_repeated_total", 0)
+    assert repeated == 0, tracker.output()[-4000:]
+    # Nor did the tracker lose any: the first node's last digests, still to report when it
+    # completed, went in its "completed" announce, so no piece was leased and fetched again.
+    assert registry.egress(digest) == size + MiB  # the blob, and the second node's audit piece
+
+
 def test_a_blob_stored_by_an_older_version_is_recut_and_served_to_peers(registry: Registry, cluster: Cluster):
     import msgpack
 

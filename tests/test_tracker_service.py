@@ -370,6 +370,30 @@ def test_seeder_digests_are_accepted_for_pieces_without_one() -> None:
     assert t.announce("a", 3).leases == []  # a's lease closed once all its pieces had digests
 
 
+def test_a_completing_node_hears_how_many_digests_the_tracker_has_and_repeats_are_counted() -> None:
+    from p2pdist.core.proofs import cursor_offset
+
+    t = Harness(replace(AUDITED, origin_slow_start=False))
+    t.announce("a", 0, size=8 * MiB, want_leases=8)  # on probation: its claims wait for an audit
+    leased = [i for start, end in ranges(t.announce("a", 0.1, size=8 * MiB)) for i in range(start, end)]
+    t.announce("a", 1, size=8 * MiB, digests=[(i, pd(i)) for i in leased])
+    # Held back, not in the log: still the tracker has them, so a seeder need not send its own.
+    done = t.announce("b", 2, size=8 * MiB, complete=True)
+    assert cursor_offset(done.digest_pos) == len(leased) > 0
+    assert t.announce("c", 2.1, size=8 * MiB).digests == []  # none published yet
+    # A log the tracker lost (a fresh tracker): the seeder hears 0, and sends them.
+    fresh = Harness(AUDITED)
+    assert cursor_offset(fresh.announce("s", 0, size=8 * MiB, complete=True).digest_pos) == 0
+    # Digests the log has, reported again, are counted: none of them is news.
+    t2 = Harness()
+    t2.announce("a", 0, size=8 * MiB, want_leases=1)
+    t2.announce("a", 1, size=8 * MiB, digests=[(0, pd(0))])
+    t2.announce("s", 2, size=8 * MiB, complete=True, digests=[(i, pd(i)) for i in range(8)])
+    assert cursor_offset(t2.announce("s", 3, size=8 * MiB, complete=True).digest_pos) == 8
+    t2.announce("s", 4, size=8 * MiB, complete=True, digests=[(i, pd(i)) for i in range(8)])
+    assert t2.of("digests_repeated")[-1]["count"] == 8
+
+
 def test_digests_without_a_known_size_are_not_kept() -> None:
     t = Harness()
     t.announce("s", 0, complete=True, digests=[(0, pd(0))], size=None)

@@ -55,6 +55,9 @@ class TrackerMetrics:
                               "by another node), and how they ended", ["result"], registry=r)
         self.bans = Counter("p2pdist_tracker_nodes_banned", "Nodes banned for digests the origin contradicts",
                             registry=r)
+        self.digests_repeated = Counter("p2pdist_tracker_digests_repeated",
+                                        "Piece digests reported that the log had already (resends, seeders)",
+                                        registry=r)
         self.digests_withheld = Counter("p2pdist_tracker_digests_withheld",
                                         "Piece digests held back until their unproven reporter is audited", registry=r)
         # Read at scrape time so the gauges never drift from the state.
@@ -83,6 +86,8 @@ class TrackerMetrics:
             self.lease_renewals.inc()
         elif event == "digests_accepted":
             self.digests_accepted.inc(fields["count"])
+        elif event == "digests_repeated":
+            self.digests_repeated.inc(fields["count"])
         elif event == "digests_rejected":
             self.digests_rejected.labels(fields["reason"]).inc(fields["count"])
         elif event == "corrupt_reset":

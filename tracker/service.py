@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo
 from p2pdist.core.layout import LayoutError, PieceLayout, decide_layout
 from p2pdist.core.leases import LeaseBook
+from p2pdist.core.proofs import EPOCH_SHIFT
 from p2pdist.core.wire import Announce, AnnounceReply
 
 from .config import TrackerConfig
@@ -31,6 +32,7 @@ from .errors import TrackerError
 from .state import Audit, BlobRecord, MemoryState, StateFull, TrackerState
 
 DEFAULT_CONFIG = TrackerConfig()
+MAX_CURSOR_OFFSET = (1 << EPOCH_SHIFT) - 1
 REJOIN_GRACE = 2.0  # busy intervals without new leases after a restart, while agents re-report
 
 
@@ -187,10 +189,20 @@ def handle_announce(
         piece_size=blob.piece_size,
         peers=handed,
         digests=page,
-        digest_pos=blob.cursor(offset + len(page)),
+        digest_pos=_cursor(blob, msg, offset + len(page)),
         leases=leases,
         reset=reset,
     )
+
+
+def _cursor(blob: BlobRecord, msg: Announce, offset: int) -> int:
+    """The reply's digest cursor: where the asker's next page starts. A seeder's counts the pieces
+    whose digests the tracker has, published or held back for an audit: when that is all of them,
+    the seeder need not send its own (agent.swarm, agent.node seeding). Every completing node sent
+    all its digests: 10,000 nodes x 256 pieces at the end of a flash crowd."""
+    if msg.complete:
+        return blob.cursor(min(len(blob.log) + len(blob.held_back), MAX_CURSOR_OFFSET))
+    return blob.cursor(offset)
 
 
 def _expire(blob: BlobRecord, now: float, config: TrackerConfig, emit: Emit) -> None:
@@ -210,7 +222,7 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
     if book is None or manifest is None:
         emit("digests_rejected", blob=msg.blob, node=msg.node, count=len(msg.digests), reason="size-unknown")
         return
-    accepted = withheld = 0
+    accepted = withheld = repeated = 0
     rejected: dict[str, int] = {}
     for index, digest in msg.digests:
         if index >= manifest.layout.count:
@@ -228,6 +240,7 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
                 # A resend after a lost reply, or a re-fetch after the swarm emptied: still progress
                 # on the sender's lease.
                 book.record(msg.node, index, now)
+                repeated += 1
                 continue
             # Our published digest against the sender's: one of them lied. The agents resolve it
             # against the origin themselves (their own origin copy wins, and the whole-blob digest
@@ -260,6 +273,8 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
         withheld += 1
     if withheld:
         emit("digests_withheld", blob=msg.blob, node=msg.node, count=withheld)
+    if repeated:
+        emit("digests_repeated", blob=msg.blob, node=msg.node, count=repeated)
     if accepted:
         emit("digests_accepted", blob=msg.blob, node=msg.node, count=accepted, seeder=msg.complete)
     for reason, count in rejected.items():

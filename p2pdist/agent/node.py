@@ -192,11 +192,15 @@ class Agent:
 
     # --- seeding ----------------------------------------------------------------------------
 
-    def seeding(self, digest: Digest, interval: float | None = None, layout_agreed: bool = False) -> None:
-        """Keep announcing ``digest`` as complete; ``layout_agreed``: it was cut as the tracker said."""
+    def seeding(self, digest: Digest, interval: float | None = None, layout_agreed: bool = False,
+                tracker_has_digests: bool = False) -> None:
+        """Keep announcing ``digest`` as complete; ``layout_agreed``: it was cut as the tracker said;
+        ``tracker_has_digests``: the tracker's log holds every piece's digest, so ours need not go."""
         self._seeds[str(digest)] = time.monotonic() + (interval or SEED_INTERVAL)
         if layout_agreed:
             self._layout_agreed.add(str(digest))
+        if tracker_has_digests:
+            self._seed_digests_sent.add(str(digest))
         self._seed_wake.set()  # an imported blob is announced now, not at the loop's next round
 
     def forget(self, digest: Digest) -> None:

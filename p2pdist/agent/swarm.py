@@ -30,6 +30,7 @@ from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
+from p2pdist.core.proofs import cursor_offset
 from p2pdist.store import PartialClosed, StoreFull
 
 from ..errors import P2pdistError
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pdist.swarm")
 
 DEADLINE_RECHECK = 0.25  # seconds between looks at a waiting piece request's (moving) deadline
+SEND_DIGESTS_NOW = 0.001  # seconds before the seeding loop sends a tracker the digests its log lacks
 
 
 class FetchFailed(P2pdistError):
@@ -362,9 +364,19 @@ class Swarm:
             want = machine.first_want(self.agent.config.limits.origin_concurrency)
         digests: list[tuple[int, bytes]] = []
         if complete and self.partial is not None:
-            # A seeder's digests are facts to the tracker, for its layout: only if ours is the tracker's
-            # (a download that went direct from the start may have cut the blob otherwise).
-            digests = list(self.partial.manifest.items())[: wire.MAX_LIST] if self.layout_agreed else []
+            # Only those still to report (our last origin pieces); the reply says whether the
+            # tracker's log lacks others, and then the seeding loop sends ours. Every completing node
+            # sent all of them here, and once more when seeding: 10,000 nodes x 256 pieces, twice, at
+            # the end of a flash crowd. A seeder's digests are facts to the tracker, for its layout:
+            # only if ours is the tracker's (a download that went direct from the start may have cut
+            # the blob otherwise).
+            manifest = self.partial.manifest
+            if not self.layout_agreed:
+                digests = []
+            elif self.machine is None:
+                digests = list(manifest.items())[: wire.MAX_LIST]
+            else:
+                digests = [(i, d) for i in self.machine.report[: wire.MAX_LIST] if (d := manifest.get(i)) is not None]
         elif self.partial is not None:
             manifest = self.partial.manifest
             digests = [(i, d) for i in indices if (d := manifest.get(i)) is not None]
@@ -403,8 +415,12 @@ class Swarm:
             reply = None
         if complete:  # seed even if this announce failed: the seeding loop retries
             # Cut as the tracker said unless the download went without one (direct from the start).
-            self.agent.seeding(self.digest, reply.interval if reply else None,
-                               layout_agreed=self.layout_agreed)
+            # The reply's cursor is the tracker's log length: if it lacks a digest, the seeding loop
+            # sends ours at once.
+            count = self.layout.count if self.layout is not None else math.inf
+            logged = reply is not None and cursor_offset(reply.digest_pos) >= count
+            interval = None if reply is None else reply.interval if logged else SEND_DIGESTS_NOW
+            self.agent.seeding(self.digest, interval, layout_agreed=self.layout_agreed, tracker_has_digests=logged)
         return reply
 
     async def _progress_announce(self, dl: Download) -> None:

@@ -38,6 +38,12 @@ def cursor_epoch(cursor: int) -> int:
     return cursor >> EPOCH_SHIFT
 
 
+def cursor_offset(cursor: int) -> int:
+    """How far into the tracker's digest log a cursor points (in a complete announce's reply: the
+    log's length)."""
+    return cursor & ((1 << EPOCH_SHIFT) - 1)
+
+
 def proof_message(blob: str, size: int, piece_size: int, epoch: int, index: int, digest: bytes) -> bytes:
     """The bytes a proof signs: every field that makes the digest true only of this piece."""
     return _CONTEXT + blob.encode("ascii") + b"\0" + _NUMBERS.pack(size, piece_size, epoch, index) + digest
