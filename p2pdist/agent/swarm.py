@@ -415,8 +415,8 @@ class Swarm:
             reply = None
         if complete:  # seed even if this announce failed: the seeding loop retries
             # Cut as the tracker said unless the download went without one (direct from the start).
-            # The reply's cursor is the tracker's log length: if it lacks a digest, the seeding loop
-            # sends ours at once.
+            # The reply's cursor counts the digests the tracker has (tracker.service._cursor): if it
+            # lacks any, the seeding loop sends ours at once.
             count = self.layout.count if self.layout is not None else math.inf
             logged = reply is not None and cursor_offset(reply.digest_pos) >= count
             interval = None if reply is None else reply.interval if logged else SEND_DIGESTS_NOW

@@ -39,8 +39,8 @@ def cursor_epoch(cursor: int) -> int:
 
 
 def cursor_offset(cursor: int) -> int:
-    """How far into the tracker's digest log a cursor points (in a complete announce's reply: the
-    log's length)."""
+    """How far into the tracker's digest log a cursor points (in the reply to a complete announce:
+    how many piece digests the tracker has)."""
     return cursor & ((1 << EPOCH_SHIFT) - 1)
 
 
