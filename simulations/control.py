@@ -7,7 +7,7 @@ network half round trip each way. Piece digests are 32-byte stand-ins derived fr
 
 from __future__ import annotations
 
-from p2pdist.core.proofs import cursor_offset
+from p2pdist.core.proofs import tracker_lacks_digests
 from p2pdist.core.wire import Announce, AnnounceReply, PeerInfo
 from tracker.service import AnnounceError, handle_announce
 
@@ -68,8 +68,10 @@ class ControlPlane:
         b = sw.b
         complete = event == "completed"
         if complete:
-            # Only the digests still to report: the reply says whether the log lacks others (agent.swarm).
-            pieces, digest_pos, want, streaming = list(sw.dl.report), 0, 0, False
+            # Only the digests still to report, as a progress announce would: the reply says whether
+            # the log lacks others (agent.swarm).
+            pieces, digest_pos, _, _ = sw.announce_fields()
+            want, streaming = 0, False
         elif event == "started":
             want = machine.first_want(self.profile.origin_concurrency) if self.profile.origin == LEASES else 0
             pieces, digest_pos, streaming = [], 0, False
@@ -95,7 +97,7 @@ class ControlPlane:
         self.tally.handouts += msg.wants_peers and msg.event != "stopped"
         try:
             return handle_announce(self.tracker_state, msg, self.sim.now, self.tracker_rng, self.profile.tracker,
-                                   self.tally, self.profile.handout, loaded=self.pacer.spacing > 0)
+                                   self.tally, self.profile.handout, loaded=self.pacer.loaded)
         except AnnounceError as e:  # a scenario the tracker's limits refuse: say so, do not simulate around it
             raise RuntimeError(f"the tracker refused an announce: {e}") from None
 
@@ -117,7 +119,7 @@ class ControlPlane:
             return
         if msg.complete:
             # A log without every digest (the tracker forgot them): the seeder sends its own at once.
-            lacking = cursor_offset(reply.digest_pos) < sw.blob.count
+            lacking = tracker_lacks_digests(reply.digest_pos, sw.blob.count)
             self.sim.after(0.0 if lacking else reply.interval, self._seed_announce,
                            (node, sw.b, node.generation, lacking))
             return

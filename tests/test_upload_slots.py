@@ -23,6 +23,10 @@ async def test_slots_are_taken_then_the_line_fills_then_requests_are_refused():
     assert not await s.acquire()  # the line is full: busy at once, no wait
     assert not first.done() and not second.done()
     assert s.active == 2 and s.room == 0
+    for waiter in (first, second):  # the requests go away: they leave the line
+        waiter.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert s.waiting == 0 and s.active == 2
 
 
 async def test_a_freed_slot_goes_to_the_first_in_line_without_an_idle_moment():

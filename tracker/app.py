@@ -264,7 +264,7 @@ def answer_announce(tracker: Tracker, authorization: str | None, path: str, body
         return admitted
     try:
         reply = handle_announce(tracker.state, admitted, tracker.clock(), tracker.rng, tracker.config, tracker.emit,
-                                loaded=tracker.pacer.spacing > 0)
+                                loaded=tracker.pacer.loaded)
     except AnnounceError as e:
         return refused(tracker, admitted, e)
     return conclude(tracker, admitted, reply)
@@ -286,7 +286,7 @@ async def announce(request: web.Request) -> web.Response:
         return admitted.response()
     try:
         reply = await tracker.shared.announce(admitted, tracker.clock(), tracker.rng, tracker.emit,
-                                              loaded=tracker.pacer.spacing > 0)
+                                              loaded=tracker.pacer.loaded)
     except RedisUnavailable as e:
         log_event(log, logging.WARNING, "redis_unavailable", blob=admitted.blob, node=admitted.node, why=str(e))
         return tracker.refuse(503, "redis", str(e))

@@ -44,6 +44,12 @@ class Pacer:
         self._count = 0
         self.rate = 0  # announces in the last whole second
 
+    @property
+    def loaded(self) -> bool:
+        """Spacing announces now: the announce logic then hurries only origin fetchers
+        (tracker.service._interval)."""
+        return self.spacing > 0
+
     def announced(self, now: float, reply: AnnounceReply | None = None) -> float:
         """Count one announce at ``now`` (monotonic seconds); the spacing to put in its ``reply``.
 

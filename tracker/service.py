@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo
 from p2pdist.core.layout import LayoutError, PieceLayout, decide_layout
 from p2pdist.core.leases import LeaseBook
-from p2pdist.core.proofs import EPOCH_SHIFT
+from p2pdist.core.proofs import MAX_OFFSET
 from p2pdist.core.wire import Announce, AnnounceReply
 
 from .config import TrackerConfig
@@ -32,7 +32,6 @@ from .errors import TrackerError
 from .state import Audit, BlobRecord, MemoryState, StateFull, TrackerState
 
 DEFAULT_CONFIG = TrackerConfig()
-MAX_CURSOR_OFFSET = (1 << EPOCH_SHIFT) - 1
 REJOIN_GRACE = 2.0  # busy intervals without new leases after a restart, while agents re-report
 
 
@@ -201,7 +200,7 @@ def _cursor(blob: BlobRecord, msg: Announce, offset: int) -> int:
     the seeder need not send its own (agent.swarm, agent.node seeding). Every completing node sent
     all its digests: 10,000 nodes x 256 pieces at the end of a flash crowd."""
     if msg.complete:
-        return blob.cursor(min(len(blob.log) + len(blob.held_back), MAX_CURSOR_OFFSET))
+        return blob.cursor(min(len(blob.log) + len(blob.held_back), MAX_OFFSET))
     return blob.cursor(offset)
 
 

@@ -18,7 +18,7 @@ from p2pdist.core.handout import PeerInfo
 from p2pdist.core.layout import PieceLayout
 from p2pdist.core.leases import LeaseBook
 from p2pdist.core.manifest import PieceManifest
-from p2pdist.core.proofs import EPOCH_SHIFT
+from p2pdist.core.proofs import EPOCH_SHIFT, cursor_offset
 
 from .errors import TrackerError
 
@@ -142,7 +142,7 @@ class BlobRecord:
         """Offset into this log for a client's cursor, or None if it belongs to another log."""
         if cursor >> EPOCH_SHIFT != self.epoch:
             return None
-        offset = cursor & ((1 << EPOCH_SHIFT) - 1)
+        offset = cursor_offset(cursor)
         return offset if offset <= len(self.log) else None
 
     def put_peer(self, info: PeerInfo, now: float) -> bool:

@@ -30,7 +30,7 @@ from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
-from p2pdist.core.proofs import cursor_offset
+from p2pdist.core.proofs import tracker_lacks_digests
 from p2pdist.store import PartialClosed, StoreFull
 
 from ..errors import P2pdistError
@@ -360,6 +360,8 @@ class Swarm:
                       fields: tuple[list[int], int, int, bool] | None = None) -> wire.Announce:
         have = len(self.partial.have) if self.partial else 0
         indices, digest_pos, want, streaming = fields if fields is not None else ([], 0, 0, False)
+        if complete:
+            want, streaming = 0, False
         if event == "started" and not self.direct:
             want = machine.first_want(self.agent.config.limits.origin_concurrency)
         digests: list[tuple[int, bytes]] = []
@@ -373,10 +375,10 @@ class Swarm:
             manifest = self.partial.manifest
             if not self.layout_agreed:
                 digests = []
-            elif self.machine is None:
+            elif fields is None:  # no machine to say which are still owed: all of them
                 digests = list(manifest.items())[: wire.MAX_LIST]
             else:
-                digests = [(i, d) for i in self.machine.report[: wire.MAX_LIST] if (d := manifest.get(i)) is not None]
+                digests = [(i, d) for i in indices if (d := manifest.get(i)) is not None]
         elif self.partial is not None:
             manifest = self.partial.manifest
             digests = [(i, d) for i in indices if (d := manifest.get(i)) is not None]
@@ -409,7 +411,10 @@ class Swarm:
             return None
         complete = event == "completed"
         try:
-            reply = await self.agent.tracker.announce(self._announce_msg(event, size=size, complete=complete))
+            # Completing, the digests still owed go as in a progress announce (the machine's report).
+            fields = self.machine.announce_fields() if complete and self.machine is not None else None
+            reply = await self.agent.tracker.announce(self._announce_msg(event, size=size, complete=complete,
+                                                                         fields=fields))
         except TrackerUnavailable:
             self.agent.metrics.tracker_errors.inc()
             reply = None
@@ -418,7 +423,7 @@ class Swarm:
             # The reply's cursor counts the digests the tracker has (tracker.service._cursor): if it
             # lacks any, the seeding loop sends ours at once.
             count = self.layout.count if self.layout is not None else math.inf
-            logged = reply is not None and cursor_offset(reply.digest_pos) >= count
+            logged = reply is not None and not tracker_lacks_digests(reply.digest_pos, count)
             interval = None if reply is None else reply.interval if logged else SEND_DIGESTS_NOW
             self.agent.seeding(self.digest, interval, layout_agreed=self.layout_agreed, tracker_has_digests=logged)
         return reply

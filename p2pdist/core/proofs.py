@@ -29,6 +29,7 @@ PROOF_SIZE = 64  # an Ed25519 signature
 # blob's digest log. The epoch changes whenever the log is forgotten (corrupt reset, blob dropped,
 # tracker restarted), so a cursor from an older log is recognised even when its offset fits the new.
 EPOCH_SHIFT = 21  # > log2(MAX_PIECES): an offset never spills into the epoch bits
+MAX_OFFSET = (1 << EPOCH_SHIFT) - 1  # the offset bits of a cursor
 _CONTEXT = b"p2pdist piece proof 1\0"
 _NUMBERS = struct.Struct(">QQQI")  # size, piece size, epoch, index
 
@@ -41,7 +42,13 @@ def cursor_epoch(cursor: int) -> int:
 def cursor_offset(cursor: int) -> int:
     """How far into the tracker's digest log a cursor points (in the reply to a complete announce:
     how many piece digests the tracker has)."""
-    return cursor & ((1 << EPOCH_SHIFT) - 1)
+    return cursor & MAX_OFFSET
+
+
+def tracker_lacks_digests(cursor: int, count: int) -> bool:
+    """Whether the reply to a complete announce (its ``cursor``) says the tracker lacks some of a
+    ``count``-piece blob's digests, so a seeder must send its own (tracker.service._cursor)."""
+    return cursor_offset(cursor) < count
 
 
 def proof_message(blob: str, size: int, piece_size: int, epoch: int, index: int, digest: bytes) -> bytes:
