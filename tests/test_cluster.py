@@ -227,6 +227,30 @@ def test_completing_nodes_do_not_send_the_tracker_digests_its_log_has(registry: 
     assert registry.egress(digest) == size + MiB  # the blob, and the second node's audit piece
 
 
+def test_nodes_pulling_one_after_another_each_after_the_last_left_all_finish(registry: Registry, cluster: Cluster):
+    # One replica rolled over recycled nodes: each node pulls alone, unproven, and is gone before
+    # the next starts. The first's claims wait for an audit; the next one's copy of that piece is
+    # both the audit's opinion and a piece of its own lease. That report closed no lease, slow
+    # start then held every other piece back, and the third node waited for good (a 512 MiB blob
+    # did it every time; the tracker listed the same lease again every ttl, which the agent
+    # counted as progress, so not even its stall fallback came).
+    size = 512 * MiB
+    digest = registry.push_blob("team/rollout", os.urandom(size))
+    ref = f"{registry.host}/team/rollout@{digest}"
+    cluster.start_tracker()
+    with ThreadPoolExecutor(1) as pool:
+        for n in range(3):
+            node = cluster.agent(f"recycled{n}")
+            fetching = pool.submit(node.fetch, ref)
+            try:
+                result = fetching.result(timeout=60)
+            finally:
+                node.stop()  # gone before the next node starts (and a hung fetch ends)
+            assert result.get("done"), result
+            assert result["from_origin"] == size and sha256_file(result["path"]) == digest
+    assert registry.egress(digest) == 3 * size  # each from the origin once: nobody was left to share
+
+
 def test_a_blob_stored_by_an_older_version_is_recut_and_served_to_peers(registry: Registry, cluster: Cluster):
     import msgpack
 

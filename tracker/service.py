@@ -230,6 +230,11 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
         audit = blob.audits.get(index)
         if audit is not None and msg.node != audit.reporter and msg.node not in audit.opinions:
             audit.opinions[msg.node] = digest
+            # An origin copy under the sender's own lease (the piece was leased again after every
+            # holder left, while another's claim on it waited for this audit) closes that lease
+            # too: the sender reports it once, and a lease left open held the blob's other pieces
+            # back behind slow start for good (the third node of a rollout never finished).
+            book.record(msg.node, index, now)
             _resolve(blob, audit, state, now, config, emit)
             continue
         if audit is not None and msg.node == audit.reporter and audit.claim is None:
@@ -302,6 +307,12 @@ def _open_audit(state: TrackerState, blob: BlobRecord, node: str, index: int, cl
     standing = state.standing(node)
     layout = blob.manifest.layout if blob.manifest is not None else None
     if layout is None:
+        return
+    other_reporter = blob.audits.get(index)
+    if other_reporter is not None and other_reporter.reporter != node:
+        # Another node's claim on this piece is audited already: ``node``'s copy is an opinion
+        # there, which proves it too if it agrees. Replacing that audit lost the other's (its
+        # auditor's copy then counted for nobody).
         return
     length = layout.length(index)
     if standing.audit is not None:
@@ -473,8 +484,10 @@ def _audits_for(blob: BlobRecord, msg: Announce, state: TrackerState, now: float
         if reporter != msg.node and not any(a.reporter == reporter for a in blob.audits.values()):
             # Its claims here wait for an audit in another blob, which nobody may be fetching now
             # (a client pulls an image's blobs in its own order): it comes here unless started.
-            index, claim = min(claims, key=lambda c: blob.manifest.layout.length(c[0]))
-            _open_audit(state, blob, reporter, index, claim, now, emit, move_unstarted=True)
+            free = [c for c in claims if c[0] not in blob.audits]  # one audit per piece
+            if free:
+                index, claim = min(free, key=lambda c: blob.manifest.layout.length(c[0]))
+                _open_audit(state, blob, reporter, index, claim, now, emit, move_unstarted=True)
     proven = state.standing(msg.node).proven
     for audit in blob.audits.values():
         if audit.auditor is None and msg.node != audit.reporter and msg.node not in audit.opinions:

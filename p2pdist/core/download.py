@@ -637,25 +637,48 @@ class Download:
         for i in reply.learned:
             if 0 <= i < self.count and self.learn_digest(i):
                 learned = True
-        if learned or reply.leases:
+        # Origin work for us is progress; a lease of pieces we hold already is not (a tracker that
+        # kept listing one made a download wait forever instead of falling back at its stall).
+        work = False if self.direct else self._take_leases(reply.leases)
+        if learned or work:
             self.last_progress = now  # the swarm is moving, even if not through us yet
         self.digest_pos = reply.digest_pos
         self._proofs_from(reply)
-        if not self.direct:  # direct: the queue is our own runs of every missing piece already
-            self._take_leases(reply.leases)
         self.wake()
 
-    def _take_leases(self, leases: Iterable[tuple[int, int, float]]) -> None:
+    def _take_leases(self, leases: Iterable[tuple[int, int, float]]) -> bool:
         """The reply lists every lease the tracker still gives us: a queued one missing from it
-        expired and went to another node (fetching it too would take it from the origin twice)."""
+        expired and went to another node (fetching it too would take it from the origin twice).
+        Returns whether one has a piece we lack."""
         held = {(start, end) for start, end, _ttl in leases}
         self.leases = [lease for lease in self.leases if lease in held]
         queued = set(self.leases)
+        cells, base = self.cells, self.base
+        work = False
         for start, end, _ttl in leases:
+            if not 0 <= start < end <= self.count:
+                continue
+            if all(cells[base + i] & HAVE for i in range(start, end)):
+                self._report_again(start, end)
+                continue
+            work = True
             # A lease being streamed comes back too; its pieces are in flight, so it adds no request.
-            if (start, end) not in queued and 0 <= start < end <= self.count:
+            if (start, end) not in queued:
                 self.leases.append((start, end))
                 queued.add((start, end))
+        return work
+
+    def _report_again(self, start: int, end: int) -> None:
+        """A lease whose every piece we hold is listed again: the tracker has not taken our report
+        of them (a report lost with its reply, or a tracker that did not count it), and the lease
+        closes only with it. Each is reported unless it waits in our next announce already."""
+        cells, base = self.cells, self.base
+        pending = set(self.report)
+        for i in range(start, end):
+            if cells[base + i] & KNOWN and i not in pending:
+                self.report.append(i)
+                self.reported.add(i)
+                self.kick()
 
     def go_direct(self, reason: str) -> None:
         """Take every missing piece from the origin ourselves (no tracker, or no progress)."""

@@ -488,6 +488,32 @@ def test_a_lost_tracker_and_no_progress_end_in_the_stall_fallback():
     assert dl.leases == runs and runs
 
 
+def test_a_lease_of_pieces_reported_already_is_reported_again_and_is_no_progress():
+    # A tracker that keeps listing a lease whose pieces we fetched and reported has not taken our
+    # report: it is sent again. And that lease is no origin work: with nothing else moving, the
+    # stall clock still runs (a tracker that kept listing one left a download waiting for good).
+    dl, shell = machine(4, origin_concurrency=1, stall_timeout=20.0)
+    dl.start(0.0, Reply(interval=1.0, leases=[(0, 1, 10.0)]))
+    dl.schedule(0.0)
+    assert shell.take("origin") == [("origin", [(0, 1)])]
+    dl.piece_stored(0, True, 0.5)
+    dl.origin_done([(0, 1)], 0.5)
+    assert dl.announce_fields()[0] == [0]
+    dl.on_reply(0.6, Reply(interval=1.0, leases=[(0, 1, 9.0)]))  # still listed: the report was not taken
+    assert dl.report == [0] and shell.take("announce")
+    dl.schedule(0.6)
+    assert shell.take("origin") == []  # nothing to fetch
+    now = 0.6
+    while not shell.take("direct"):
+        now += 1.0
+        dl.tick(now)
+        if shell.take("announce"):
+            assert dl.announce_fields()[0] == [0]  # once per reply that lists it, not piled up
+            dl.on_reply(now, Reply(interval=1.0, leases=[(0, 1, 9.0)]))
+        assert now < 30.0, "the stall fallback never came"
+    assert 20.5 <= now <= 21.6  # the stall timeout after the last real progress (the stored piece)
+
+
 def test_no_progress_for_the_stall_timeout_goes_direct_but_not_while_the_origin_streams():
     dl, shell = machine(4, stall_timeout=20.0)
     dl.start(0.0, Reply(leases=[(0, 1, 10.0)]))
