@@ -77,11 +77,13 @@ class ControlPlane:
             pieces, digest_pos, streaming = [], 0, False
         else:
             pieces, digest_pos, want, streaming = sw.announce_fields()
+        orphans = sw.dl.orphans(self.sim.now) if event == "progress" else []
         msg = Announce(
             node=node.name, addr=node.name, blob=blob_digest(b), zone=node.zone, rack=node.rack,
             size=sw.blob.size, have=node.have_n[b], complete=complete,
             load=self.uploads[node.idx], event=event, want_leases=want, digests=self._digests(pieces),
             digest_pos=digest_pos, wants_peers=not complete and self._wants_peers(node), streaming=streaming,
+            orphans=orphans,
         )
         self._to_tracker(self._tracker_handles, (sw, msg))
 

@@ -251,6 +251,31 @@ def test_nodes_pulling_one_after_another_each_after_the_last_left_all_finish(reg
     assert registry.egress(digest) == 3 * size  # each from the origin once: nobody was left to share
 
 
+def test_pieces_whose_only_holder_was_killed_are_leased_again_not_waited_for(registry: Registry, cluster: Cluster):
+    # A node killed (SIGKILL: no "stopped" announce) right after it fetched a blob: the tracker
+    # still counts its pieces as fetched and it as a peer until its TTL, so it leases them to
+    # nobody. The next node found no holder, waited for its stall fallback (20 s) and then took
+    # the blob from the origin without the tracker. Now it names the pieces no neighbour holds
+    # (after 3 s without progress), and the tracker leases them again.
+    size = 32 * MiB  # 32 pieces of 1 MiB: all named in one announce
+    digest = registry.push_blob("team/killed", os.urandom(size))
+    ref = f"{registry.host}/team/killed@{digest}"
+    tracker = cluster.start_tracker()
+    first = cluster.agent("killed-after")
+    assert first.fetch(ref).get("done")
+    first.kill9()
+    second = cluster.agent("next")
+    result = second.fetch(ref)
+    assert result.get("done"), result
+    assert result["from_origin"] == size and sha256_file(result["path"]) == digest
+    assert second.metrics().get('p2pdist_origin_fallbacks_total{reason="stall"}', 0) == 0
+    # Every piece but the one the second node was sent to audit (the first's claim) was named.
+    metrics = tracker.metrics()
+    assert metrics['p2pdist_tracker_audits_total{result="assigned"}'] == 1
+    assert metrics["p2pdist_tracker_pieces_orphaned_total"] == 31
+    assert registry.egress(digest) == 2 * size  # each piece once more, under lease
+
+
 def test_a_blob_stored_by_an_older_version_is_recut_and_served_to_peers(registry: Registry, cluster: Cluster):
     import msgpack
 

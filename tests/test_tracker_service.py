@@ -782,3 +782,25 @@ def test_a_lease_holders_copy_that_settles_anothers_audit_also_closes_its_lease(
     # ... and b's report of that piece closed its lease: b reports a piece once, so a lease left
     # listed would never close.
     assert (start, end) not in ranges(t.announce("b", 6, digest_pos=b.digest_pos))
+
+
+def test_pieces_named_orphans_are_leased_again_once_per_ttl_and_an_idle_holders_leases_go_back() -> None:
+    t = Harness()  # audits off: a lease holder's digests are published at once
+    t.announce("gone", 0, want_leases=2)  # (0, 4) and (4, 8)
+    t.announce("gone", 1, digests=[(i, pd(i)) for i in range(4)])  # then killed: no "stopped"
+    b = t.announce("b", 1.5)
+    assert b.leases == [] and len(b.digests) == 4  # a live peer's (4, 8) and fetched (0, 4): nothing for b
+    # b found no neighbour holding 0..3 (the holder is gone), nor 4..7; "gone" shows no progress.
+    b = t.announce("b", 2.0, want_leases=2, orphans=[0, 1, 5], digest_pos=b.digest_pos)
+    assert ranges(b) == [(0, 2), (8, 12)]  # 0 and 1 again; 5 is under a lease not idle long enough
+    assert not t.of("leases_abandoned") and t.of("pieces_orphaned")[0]["count"] == 2
+    # Named again within the TTL, after b reported it: not leased a third time.
+    t.announce("b", 2.5, digests=[(0, pd(0)), (1, pd(1))])
+    t.announce("b", 2.6, event="stopped")  # b fetched 0 and 1, and left too
+    again = t.announce("c", 3.0, want_leases=2, orphans=[0, 1])
+    assert not {0, 1} & {i for s, e in ranges(again) for i in range(s, e)}
+    assert len(t.of("pieces_orphaned")) == 1
+    # "gone" idle for 3 busy intervals: its lease on a named piece goes back, with its others.
+    t.announce("c", 4.5, want_leases=2, orphans=[5])
+    assert [e["node"] for e in t.of("leases_abandoned")] == ["gone"]
+    assert ranges(t.announce("d", 4.6, want_leases=1)) == [(4, 8)]  # not fetched yet: a plain lease again

@@ -59,6 +59,7 @@ EVENT_LEVELS = {
     "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "digests_rejected": logging.WARNING,
     "peer_rejected": logging.WARNING, "blob_dropped": logging.INFO, "peer_expired": logging.INFO,
     "audit_passed": logging.INFO, "audit_failed": logging.WARNING, "node_banned": logging.WARNING,
+    "pieces_orphaned": logging.INFO, "leases_abandoned": logging.INFO,
 }
 
 

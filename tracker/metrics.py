@@ -58,6 +58,9 @@ class TrackerMetrics:
         self.digests_repeated = Counter("p2pdist_tracker_digests_repeated",
                                         "Piece digests reported that the log had already (resends, seeders)",
                                         registry=r)
+        self.pieces_orphaned = Counter("p2pdist_tracker_pieces_orphaned",
+                                       "Pieces leased again because downloaders found no holder of them left",
+                                       registry=r)
         self.digests_withheld = Counter("p2pdist_tracker_digests_withheld",
                                         "Piece digests held back until their unproven reporter is audited", registry=r)
         # Read at scrape time so the gauges never drift from the state.
@@ -102,6 +105,8 @@ class TrackerMetrics:
             self.bans.inc()
         elif event == "digests_withheld":
             self.digests_withheld.inc(fields["count"])
+        elif event == "pieces_orphaned":
+            self.pieces_orphaned.inc(fields["count"])
 
     def watch_pacer(self, pacer: Any) -> None:
         """Gauges read from the pacer at scrape time (tracker/pacer.py)."""

@@ -18,6 +18,7 @@ size: a node announcing a wrong size only makes a swarm of its own.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Protocol
 
@@ -171,6 +172,8 @@ def handle_announce(
     # every seeding announce grow with the piece count.
     page = [] if msg.complete else blob.log[offset : offset + config.digests_per_reply]
 
+    if msg.orphans and not msg.complete:
+        _orphans(blob, msg, now, config, emit)
     leases = _leases(blob, msg, state, now, config, emit)  # before the interval: a fresh grant makes the blob busy
     handed: list[PeerInfo] = []
     if msg.wants_peers:  # an agent with a full neighbourhood would ignore them: no scan of the peers
@@ -435,6 +438,43 @@ def _leases(blob: BlobRecord, msg: Announce, state: TrackerState, now: float, co
                 # the bound, against 1.07x without audits).
                 _open_audit(state, blob, msg.node, lease.start, None, now, emit)
     return [(lease.start, lease.end, lease.expires - now) for lease in book.held_by(msg.node)] + audits
+
+
+# Busy intervals without progress after which a lease on a piece named orphan is taken back: a
+# holder that streams renews its leases at every announce (each busy interval).
+ORPHAN_LEASE_IDLE = 3
+
+
+def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig, emit: Emit) -> None:
+    """Pieces a downloader lacks and none of its neighbours holds, after a while without progress
+    (core.download.Download.orphans). Those the book counts as fetched and nobody holds a lease on
+    are leased again: their holder may be gone before anyone copied them (killed: it never said
+    "stopped", and its peer entry lives until its TTL). Otherwise no lease ever came for them, and
+    every downloader waited for its stall fallback, which took all it lacked from the origin. A
+    lease on one whose holder has shown no progress for ``ORPHAN_LEASE_IDLE`` busy intervals goes
+    back too, with the holder's others (renewed together, they are as stale): a killed holder's
+    leases otherwise held their pieces for the whole lease TTL. Each piece at most once per lease
+    TTL, so a node that lies about its neighbours draws a piece from the origin no faster than a
+    node pulling the blob itself."""
+    book = blob.book
+    if book is None:
+        return
+    if len(blob.orphaned) > book.piece_count // 2:  # bounded: forget the old ones
+        blob.orphaned = {i: t for i, t in blob.orphaned.items() if now - t < config.lease_ttl}
+    released = []
+    for i in msg.orphans:
+        if not 0 <= i < book.piece_count or now - blob.orphaned.get(i, -math.inf) < config.lease_ttl:
+            continue
+        idle = book.idle_holder(i, now, ORPHAN_LEASE_IDLE * config.busy_interval)
+        if idle is not None and idle != msg.node:
+            book.release(idle)
+            emit("leases_abandoned", blob=blob.digest, node=idle, named_by=msg.node)
+        if book.digested[i] and book.holder(i) is None:
+            book.undigest(i)
+            blob.orphaned[i] = now
+            released.append(i)
+    if released:
+        emit("pieces_orphaned", blob=blob.digest, node=msg.node, count=len(released), first=released[0])
 
 
 def _lease_takers(blob: BlobRecord, node: str, proven: bool, config: TrackerConfig) -> int:

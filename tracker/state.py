@@ -97,6 +97,10 @@ class BlobRecord:
     # interval (service._interval), so after a restart they re-report within the rejoin grace.
     reporters: set[str] = field(default_factory=set)
     corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
+    # Pieces leased again because downloaders named them orphans (no holder left), and when: once
+    # per lease TTL each (service._orphans), so naming them cannot draw a piece from the origin
+    # faster than a node pulling the blob itself would.
+    orphaned: dict[int, float] = field(default_factory=dict)
     pieces: int = 0  # its layout's piece count (MemoryState's budget)
     rejoin_until: float = float("-inf")  # no new leases before this (service.py, after a restart)
     peers: dict[str, PeerRecord] = field(default_factory=dict)

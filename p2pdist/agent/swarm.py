@@ -357,7 +357,8 @@ class Swarm:
     # --- tracker ----------------------------------------------------------------------------
 
     def _announce_msg(self, event: str, size: int | None = None, complete: bool = False,
-                      fields: tuple[list[int], int, int, bool] | None = None) -> wire.Announce:
+                      fields: tuple[list[int], int, int, bool] | None = None,
+                      orphans: list[int] | None = None) -> wire.Announce:
         have = len(self.partial.have) if self.partial else 0
         indices, digest_pos, want, streaming = fields if fields is not None else ([], 0, 0, False)
         if complete:
@@ -389,6 +390,7 @@ class Swarm:
             have=have, complete=complete, load=self.agent.uploads, event=event,
             want_leases=want, digests=digests, digest_pos=digest_pos, streaming=streaming,
             wants_peers=not complete and event != "corrupt" and self.agent.neighbours.wants_more(),
+            orphans=orphans or [],
         )
 
     async def _first_announce(self) -> wire.AnnounceReply | None:
@@ -429,7 +431,7 @@ class Swarm:
         return reply
 
     async def _progress_announce(self, dl: Download) -> None:
-        msg = self._announce_msg("progress", fields=dl.announce_fields())
+        msg = self._announce_msg("progress", fields=dl.announce_fields(), orphans=dl.orphans(time.monotonic()))
         try:
             reply = await self.agent.tracker.announce(msg)
         except TrackerUnavailable as e:

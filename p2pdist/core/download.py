@@ -52,6 +52,12 @@ LOOP_TIMEOUT = 1.0  # a blocked download looks again at least this often (a back
 SPARE_LEASES = 1  # leases wanted beyond the origin streams: they stay busy across the announce round trip
 MAX_WANT_LEASES = 16
 MAX_REPORT = 8192  # digests per announce (core.wire.MAX_LIST)
+# Seconds without progress (see ``last_progress``) after which the pieces no neighbour holds are
+# named to the tracker as orphans (``orphans``): their only holder may be gone (killed before
+# anyone copied them), and the tracker would never lease them again. Well under the stall timeout,
+# which takes every missing piece from the origin; in a moving swarm HAVEs come far more often.
+ORPHAN_AFTER = 3.0
+MAX_ORPHANS = 64  # pieces named per announce (core.wire)
 DIRECT_RUN_PIECES = 8  # pieces per origin Range request when fetching without a tracker
 # Seconds a reader of a direct download may wait for origin pieces, in all, per origin stream open,
 # before one more opens (see Download.follow).
@@ -556,6 +562,24 @@ class Download:
         streaming = self.streamed > 0 and not self.direct
         self.streamed = 0
         return digests, self.digest_pos, self.want_leases(), streaming
+
+    def orphans(self, now: float) -> list[int]:
+        """Pieces we lack that no neighbour holds and that we are not fetching, once nothing has
+        moved for ``ORPHAN_AFTER`` seconds: for the announce, whose tracker leases again those of
+        them it counted as fetched (a holder killed before anyone copied its pieces left the
+        others waiting for their stall fallback, which then took everything from the origin)."""
+        if self.done or self.direct or now - self.last_progress < ORPHAN_AFTER:
+            return []
+        cells, base = self.cells, self.base
+        queued = {i for s, e in self.leases for i in range(s, e)}
+        out = []
+        for i in range(self.count):
+            c = cells[base + i]
+            if not c & (HAVE | INFLIGHT | AVAIL) and i not in queued:
+                out.append(i)
+                if len(out) == MAX_ORPHANS:
+                    break
+        return out
 
     def kick(self) -> None:
         """Something to tell or ask the tracker: announce as soon as the spacing allows."""

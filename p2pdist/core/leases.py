@@ -77,6 +77,14 @@ class LeaseBook:
         lease = self._leased_to.get(index)
         return lease.node if lease else None
 
+    def idle_holder(self, index: int, now: float, idle: float) -> str | None:
+        """The holder of the lease on ``index`` if it has shown no progress for ``idle`` seconds
+        (every renewal sets ``expires`` to a TTL ahead), else None."""
+        lease = self._leased_to.get(index)
+        if lease is None or now - (lease.expires - self.ttl) < idle:
+            return None
+        return lease.node
+
     def expire(self, now: float) -> list[Lease]:
         gone = [lease for lease in self.leases if lease.expires <= now]
         for lease in gone:

@@ -259,7 +259,7 @@ class Announce(Message):
         "blob": _digest, "size": _opt_int(), "have": _int(), "complete": _bool, "load": _int(0, 1 << 20),
         "event": _choice(*EVENTS), "want_leases": _int(0, 16),
         "digests": _list(_piece_digest), "digest_pos": _int(), "streaming": _bool, "wants_peers": _bool,
-        "peer_key": _bytes(32),
+        "peer_key": _bytes(32), "orphans": _list(_piece_index, 64),
     }
     node: str
     addr: str
@@ -283,6 +283,9 @@ class Announce(Message):
     # The node's Ed25519 public key for peer requests: the tracker answers with a ticket for it
     # (core.identity). Empty: no ticket wanted.
     peer_key: bytes = b""
+    # Pieces the node lacks and no neighbour of it holds, after a while without progress
+    # (core.download.Download.orphans): the tracker leases again those it counted as fetched.
+    orphans: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

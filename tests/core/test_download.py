@@ -514,6 +514,20 @@ def test_a_lease_of_pieces_reported_already_is_reported_again_and_is_no_progress
     assert 20.5 <= now <= 21.6  # the stall timeout after the last real progress (the stored piece)
 
 
+def test_pieces_no_neighbour_holds_are_named_orphans_only_after_a_while_without_progress():
+    dl, shell = machine(6, origin_concurrency=1)
+    dl.start(0.0, Reply(interval=1.0, leases=[(4, 5, 10.0)]))
+    offer(dl, shell, FakePeer("p", {0}))  # a neighbour holds piece 0
+    dl.schedule(0.0)
+    dl.piece_stored(1, False, 0.2)  # progress
+    assert dl.orphans(0.2 + m.ORPHAN_AFTER - 0.01) == []  # not long enough without progress
+    # Not named: 0 (a neighbour holds it), 1 (had here), 4 (our own lease, on its way).
+    assert dl.orphans(0.2 + m.ORPHAN_AFTER) == [2, 3, 5]
+    dl.add_holder(2, now=4.0)  # a HAVE heard: progress again
+    assert dl.orphans(4.5) == []
+    assert dl.orphans(4.0 + m.ORPHAN_AFTER) == [3, 5]
+
+
 def test_no_progress_for_the_stall_timeout_goes_direct_but_not_while_the_origin_streams():
     dl, shell = machine(4, stall_timeout=20.0)
     dl.start(0.0, Reply(leases=[(0, 1, 10.0)]))
