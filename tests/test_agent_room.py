@@ -141,3 +141,26 @@ async def test_a_request_beyond_the_slots_waits_in_line_and_gets_the_next_free_s
         metrics = probe.agent.metrics()
         assert metrics["p2pdist_upload_line"] == 0
         assert metrics["p2pdist_uploads_refused_total"] == 1
+
+
+async def test_a_request_whose_asker_left_the_line_frees_its_slot_without_an_error(tmp_path: Path, registry: Registry):
+    """An asker that gives up while its request waits in line (killed, or past its piece deadline)
+    closes its connection; the slot handed to that request goes back, and nothing is logged as a
+    server error (it was a 500 with a traceback, for a routine event in a swarm)."""
+    slots = Limits().upload_slots
+    env = {"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}
+    async with holder(tmp_path, registry, "team/gone", env) as probe:
+        for _ in range(slots):
+            await probe.hold()
+            await _next_room(probe.ws)
+        waiter = asyncio.create_task(probe.request("0-9"))
+        await _until(lambda: probe.agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
+        waiter.cancel()  # the asker gives up: its connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        probe.held.pop().close()  # a slot frees and goes to the request in line, whose asker is gone
+        await _until(lambda: probe.agent.metrics().get("p2pdist_upload_line") == 0, "the line to empty")
+        await _until(lambda: probe.agent.metrics()["p2pdist_uploads_active"] == slots - 1, "the slot to come back")
+        async with probe.get("0-9") as served:
+            assert served.status == 206 and await served.read() == probe.data[:10]
+        assert "Error handling request" not in probe.agent.output()

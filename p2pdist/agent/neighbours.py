@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -30,6 +31,11 @@ log = logging.getLogger("p2pdist.neighbours")
 PEER_NODE = web.RequestKey("peer_node", str)
 
 UNKNOWN_ROOM = 1 << 16  # a neighbour that has not said how many upload slots it has free
+# A peer we failed to dial is not dialled again for this long, doubling per failure in a row up to
+# DIAL_BACKOFF_MAX: the tracker hands out a killed node until its peer TTL (30 s), and every
+# announce's handout (one per piece reported) dialled it again, 20 times a second.
+DIAL_BACKOFF = 1.0
+DIAL_BACKOFF_MAX = 30.0
 # What one neighbour's bitfields may hold: blobs, and bytes of bits over all of them. A neighbour
 # offers a bitfield for a blob both of us are in, so hundreds at most; one that sent 2,000 frames
 # for made-up blobs took an agent from 56 to 312 MB. Past either, the connection is closed.
@@ -94,7 +100,7 @@ class Neighbour:
 
 class Neighbourhood:
     def __init__(self, host: Host, session: aiohttp.ClientSession, identity: NodeIdentity | None, limit: int,
-                 request_limit: int = 2, scheme: str = "http") -> None:
+                 request_limit: int = 2, scheme: str = "http", clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.session = session
         self.limit = limit
@@ -106,6 +112,9 @@ class Neighbourhood:
         self.identity = identity
         self.scheme = scheme
         self._dialing: set[str] = set()
+        # node -> (no dial before this monotonic time, failures in a row): see DIAL_BACKOFF.
+        self._unreachable: dict[str, tuple[float, int]] = {}
+        self._clock = clock
         self._tasks: set[asyncio.Task] = set()
         self.on_change: Callable[[], None] = lambda: None
         self._room = UNKNOWN_ROOM  # the free upload slots we last told everyone
@@ -126,8 +135,12 @@ class Neighbourhood:
         if not self._can_dial():
             return
         wanted = [e for e in entries if e.node != self.host.node and e.node not in self.banned]
+        now = self._clock()
         for entry in wanted:
             if entry.node in self.peers or entry.node in self._dialing:
+                continue
+            backoff = self._unreachable.get(entry.node)
+            if backoff is not None and now < backoff[0]:
                 continue
             if len(self.peers) + len(self._dialing) >= self.limit:
                 break
@@ -149,9 +162,14 @@ class Neighbourhood:
                 ssl=self.host.ssl,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            log.info("dial failed", extra={"peer": entry.node, "addr": entry.addr, "error": str(e)})
+            failures = self._unreachable.get(entry.node, (0.0, 0))[1] + 1
+            wait = min(DIAL_BACKOFF_MAX, DIAL_BACKOFF * 2 ** (failures - 1))
+            self._note_unreachable(entry.node, self._clock() + wait, failures)
+            log.info("dial failed", extra={"peer": entry.node, "addr": entry.addr, "error": str(e),
+                                           "retry_in": wait})
             self._dialing.discard(entry.node)
             return
+        self._unreachable.pop(entry.node, None)
         try:
             await ws.send_bytes(wire.encode(wire.Hello(self.host.node, self.host.addr)))
             nb = self._attach(entry.node, entry.addr, ws)
@@ -161,6 +179,14 @@ class Neighbourhood:
         finally:
             self._dialing.discard(entry.node)
             await ws.close()
+
+    def _note_unreachable(self, node: str, until: float, failures: int) -> None:
+        if len(self._unreachable) >= 4 * self.limit + 64:  # bounded: the expired ones go first
+            now = self._clock()
+            self._unreachable = {n: b for n, b in self._unreachable.items() if b[0] > now}
+            if len(self._unreachable) >= 4 * self.limit + 64:
+                self._unreachable.pop(next(iter(self._unreachable)))
+        self._unreachable[node] = (until, failures)
 
     async def accept(self, request: web.Request) -> web.WebSocketResponse:
         """Inbound control connection (route of the peer server)."""

@@ -11,6 +11,7 @@ under a tracker ticket (or, on a node on its own, its node secret): see ``auth``
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from p2pdist.store import BlobNotFound
 
 if TYPE_CHECKING:
     from p2pdist.agent.node import Agent
+
+log = logging.getLogger("p2pdist.peer_server")
 
 # At most 19 digits: no blob is larger, and int() refuses strings past 4,300 digits (a 500, not a 400).
 _RANGE = re.compile(r"bytes=(\d{1,19})-(\d{1,19})")
@@ -69,7 +72,12 @@ def build_app(agent: Agent) -> web.Application:
                 # FileResponse answers the Range with 206 using sendfile (zero copy).
                 resp = SentFile(path, chunk_size=1 << 20)
             # Sent here, not after returning, so the slot stays taken while the bytes flow.
-            await resp.prepare(request)
+            try:
+                await resp.prepare(request)
+            except ConnectionResetError:
+                # The asker went away mid-send (killed, or it gave up on the piece): routine in a
+                # swarm, not the 500 and traceback aiohttp logs for an exception it is handed.
+                log.debug("piece upload cut short by the asker", extra={"blob": str(digest), "first": first})
             return resp
         finally:
             agent.upload_slots.release()
