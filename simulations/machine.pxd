@@ -61,6 +61,7 @@ cdef class Download:
     cdef public list report
     cdef public set reported
     cdef public set from_peers_for_lease
+    cdef public set orphaned
     cdef public long long digest_pos
     cdef public long long proof_epoch
     cdef public object cursor

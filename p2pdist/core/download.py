@@ -324,6 +324,7 @@ class Download:
         # pieces were reported after every reply until the lease closed.
         self.reported: set[int] = set()
         self.from_peers_for_lease: set[int] = set()  # leased pieces left to the peers (_not_for_origin)
+        self.orphaned: set[int] = set()  # pieces no neighbour held when nothing moved (``orphans``)
         self.digest_pos = 0
         self.proof_epoch = 0  # the digest epoch of our cursor: proofs of another one are void
         self.cursor: int | None = None  # a streaming reader's next piece
@@ -567,18 +568,29 @@ class Download:
         """Pieces we lack that no neighbour holds and that we are not fetching, once nothing has
         moved for ``ORPHAN_AFTER`` seconds: for the announce, whose tracker leases again those of
         them it counted as fetched (a holder killed before anyone copied its pieces left the
-        others waiting for their stall fallback, which then took everything from the origin)."""
-        if self.done or self.direct or now - self.last_progress < ORPHAN_AFTER:
+        others waiting for their stall fallback, which then took everything from the origin).
+
+        The pieces unheld at that moment are kept (``orphaned``) and named, ``MAX_ORPHANS`` per
+        announce, until each is had, held by a neighbour or on its way: the first ones leased again
+        are progress, and waiting ``ORPHAN_AFTER`` once more per 64 pieces of a large blob whose
+        only holder was killed took a minute. Pieces that lose their holders later wait for the
+        next quiet spell: in a moving swarm, a piece nobody near has yet is usually just fresh."""
+        if self.done or self.direct:
             return []
         cells, base = self.cells, self.base
         queued = {i for s, e in self.leases for i in range(s, e)}
+        if not self.orphaned:
+            if now - self.last_progress < ORPHAN_AFTER:
+                return []
+            self.orphaned = {i for i in range(self.count)
+                             if not cells[base + i] & (HAVE | INFLIGHT | AVAIL) and i not in queued}
         out = []
-        for i in range(self.count):
+        for i in sorted(self.orphaned):
             c = cells[base + i]
-            if not c & (HAVE | INFLIGHT | AVAIL) and i not in queued:
+            if c & (HAVE | AVAIL):
+                self.orphaned.discard(i)  # settled: had here, or a neighbour holds it
+            elif not c & INFLIGHT and i not in queued and len(out) < MAX_ORPHANS:
                 out.append(i)
-                if len(out) == MAX_ORPHANS:
-                    break
         return out
 
     def kick(self) -> None:

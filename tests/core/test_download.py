@@ -523,9 +523,25 @@ def test_pieces_no_neighbour_holds_are_named_orphans_only_after_a_while_without_
     assert dl.orphans(0.2 + m.ORPHAN_AFTER - 0.01) == []  # not long enough without progress
     # Not named: 0 (a neighbour holds it), 1 (had here), 4 (our own lease, on its way).
     assert dl.orphans(0.2 + m.ORPHAN_AFTER) == [2, 3, 5]
-    dl.add_holder(2, now=4.0)  # a HAVE heard: progress again
-    assert dl.orphans(4.5) == []
-    assert dl.orphans(4.0 + m.ORPHAN_AFTER) == [3, 5]
+    dl.add_holder(2, now=4.0)  # a HAVE: 2 is settled, the others are still named, progress or not
+    assert dl.orphans(4.1) == [3, 5]
+    dl.add_holder(3, now=4.2)
+    dl.add_holder(5, now=4.2)
+    assert dl.orphans(4.3) == [] and not dl.orphaned
+    dl.drop_holder(5)  # its holder left: a fresh orphan waits for the next quiet spell
+    assert dl.orphans(4.3) == [] and dl.orphans(4.2 + m.ORPHAN_AFTER) == [5]
+
+
+def test_the_orphans_of_a_large_blob_are_named_in_turn_without_a_quiet_spell_each():
+    dl, _shell = machine(200, origin_concurrency=1)
+    dl.start(0.0, Reply(interval=1.0))
+    first = dl.orphans(m.ORPHAN_AFTER)
+    assert first == list(range(m.MAX_ORPHANS))
+    # The tracker leases those again (progress): the next announce names the next ones at once.
+    dl.tick(m.ORPHAN_AFTER)
+    dl.announce_fields()
+    dl.on_reply(m.ORPHAN_AFTER + 0.1, Reply(interval=1.0, leases=[(0, m.MAX_ORPHANS, 10.0)]))
+    assert dl.orphans(m.ORPHAN_AFTER + 0.2) == list(range(m.MAX_ORPHANS, 2 * m.MAX_ORPHANS))
 
 
 def test_no_progress_for_the_stall_timeout_goes_direct_but_not_while_the_origin_streams():
