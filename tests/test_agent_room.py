@@ -116,18 +116,26 @@ async def test_room_follows_upload_slots(tmp_path: Path, registry: Registry):
         assert await _next_room(probe.ws) == 1
 
 
+# A line of one place, and a wait far longer than a test needs: the line must hand the slot over,
+# not run out.
+LINE_OF_ONE = {"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}
+
+
+async def waiting_in_line(probe: Probe) -> asyncio.Task:
+    """Every upload slot taken, then one request more: it waits in the line (returned, unanswered)."""
+    for _ in range(Limits().upload_slots):
+        await probe.hold()
+        await _next_room(probe.ws)
+    waiter = asyncio.create_task(probe.request("0-9"))
+    await _until(lambda: probe.agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
+    return waiter
+
+
 async def test_a_request_beyond_the_slots_waits_in_line_and_gets_the_next_free_slot(tmp_path: Path, registry: Registry):
     """With every slot taken, a request waits for one instead of a 503 (the slot goes straight to it
     when an upload ends), and a request past the line is refused at once."""
-    slots = Limits().upload_slots
-    # A wait far longer than the test needs: the line must hand the slot over, not run out.
-    env = {"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}
-    async with holder(tmp_path, registry, "team/line", env) as probe:
-        for _ in range(slots):
-            await probe.hold()
-            await _next_room(probe.ws)
-        waiter = asyncio.create_task(probe.request("0-9"))
-        await _until(lambda: probe.agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
+    async with holder(tmp_path, registry, "team/line", LINE_OF_ONE) as probe:
+        waiter = await waiting_in_line(probe)
         assert not waiter.done()
         async with probe.get("10-19") as refused:
             assert refused.status == 503  # the line (one place) is full
@@ -148,13 +156,8 @@ async def test_a_request_whose_asker_left_the_line_frees_its_slot_without_an_err
     closes its connection; the slot handed to that request goes back, and nothing is logged as a
     server error (it was a 500 with a traceback, for a routine event in a swarm)."""
     slots = Limits().upload_slots
-    env = {"P2PDIST_LIMITS_UPLOAD_LINE": "1", "P2PDIST_LIMITS_UPLOAD_LINE_WAIT": "60"}
-    async with holder(tmp_path, registry, "team/gone", env) as probe:
-        for _ in range(slots):
-            await probe.hold()
-            await _next_room(probe.ws)
-        waiter = asyncio.create_task(probe.request("0-9"))
-        await _until(lambda: probe.agent.metrics().get("p2pdist_upload_line") == 1, "the request to join the line")
+    async with holder(tmp_path, registry, "team/gone", LINE_OF_ONE) as probe:
+        waiter = await waiting_in_line(probe)
         waiter.cancel()  # the asker gives up: its connection closes
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
