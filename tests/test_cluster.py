@@ -274,10 +274,6 @@ def test_pieces_whose_only_holder_was_killed_are_leased_again_not_waited_for(reg
     assert metrics['p2pdist_tracker_audits_total{result="assigned"}'] == 1
     assert metrics["p2pdist_tracker_pieces_orphaned_total"] == 95
     assert registry.egress(digest) == 2 * size  # each piece once more, under lease
-    # The tracker handed the killed node out with every reply; it was dialled again only after a
-    # growing pause (1, 2, 4 s ...), not at each of the 30-odd announces.
-    dials = second.output().count('"dial failed"')
-    assert 1 <= dials <= 4, dials
 
 
 def test_a_blob_stored_by_an_older_version_is_recut_and_served_to_peers(registry: Registry, cluster: Cluster):
