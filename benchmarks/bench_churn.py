@@ -15,7 +15,6 @@ Run: .venv/bin/python -m benchmarks.bench_churn [--nodes 10] [--pull 6] [--victi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -27,19 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from p2pdist.config import parse_size
+from tests.support.images import file_sha256
 from tests.support.procs import AgentProc, Tracker
 from tests.support.registry import Registry
 
 TOKEN = "bench-churn"
 STOP_WAIT = 10.0  # seconds a SIGTERMed agent may take to exit before it is killed
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -99,7 +91,7 @@ def wave(pool: Pool, rng: random.Random, args: argparse.Namespace, refs: list[tu
             job.result()
     survivors = [a.name for a in agents if a.name not in victims]
     failed = [n for n in survivors if not results[n].get("done")]
-    wrong = [n for n in survivors if n not in failed and sha256_file(results[n]["path"]) != digest]
+    wrong = [n for n in survivors if n not in failed and "sha256:" + file_sha256(Path(results[n]["path"])) != digest]
     return {"blob": blob, "victims": victims, "sigterm_exit_s": stop_seconds,
             "time_to_all_s": round(max(finished[n] for n in survivors), 2),
             "failed": failed, "wrong_bytes": wrong}

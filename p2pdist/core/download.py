@@ -575,13 +575,11 @@ class Download:
         are progress, and waiting ``ORPHAN_AFTER`` once more per 64 pieces of a large blob whose
         only holder was killed took a minute. Pieces that lose their holders later wait for the
         next quiet spell: in a moving swarm, a piece nobody near has yet is usually just fresh."""
-        if self.done or self.direct:
-            return []
+        if self.done or self.direct or (not self.orphaned and now - self.last_progress < ORPHAN_AFTER):
+            return []  # the common case, on every announce: nothing more to look at
         cells, base = self.cells, self.base
         queued = {i for s, e in self.leases for i in range(s, e)}
         if not self.orphaned:
-            if now - self.last_progress < ORPHAN_AFTER:
-                return []
             self.orphaned = {i for i in range(self.count)
                              if not cells[base + i] & (HAVE | INFLIGHT | AVAIL) and i not in queued}
         out = []
@@ -710,11 +708,11 @@ class Download:
         closes only with it. Each is reported unless it waits in our next announce already."""
         cells, base = self.cells, self.base
         pending = set(self.report)
-        for i in range(start, end):
-            if cells[base + i] & KNOWN and i not in pending:
-                self.report.append(i)
-                self.reported.add(i)
-                self.kick()
+        again = [i for i in range(start, end) if cells[base + i] & KNOWN and i not in pending]
+        if again:
+            self.report.extend(again)
+            self.reported.update(again)
+            self.kick()
 
     def go_direct(self, reason: str) -> None:
         """Take every missing piece from the origin ourselves (no tracker, or no progress)."""
