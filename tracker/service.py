@@ -151,7 +151,12 @@ def handle_announce(
         if msg.streaming and blob.book is not None and blob.book.progress(msg.node, now):
             emit("leases_renewed", blob=msg.blob, node=msg.node)
 
+    if msg.node in blob.heard:
+        # A fetcher (service._orphans asks whether it is gone): one that comes back with nothing
+        # (a fresh data dir) holds none of what it fetched.
+        blob.heard[msg.node] = now if msg.have or msg.complete else -math.inf
     if msg.event == "stopped":
+        blob.heard.pop(msg.node, None)
         blob.remove_peer(msg.node)
         emit("peer_stopped", blob=msg.blob, node=msg.node)
         return AnnounceReply(interval=config.announce_interval, size=blob.size, piece_size=blob.piece_size,
@@ -209,6 +214,7 @@ def _cursor(blob: BlobRecord, msg: Announce, offset: int) -> int:
 
 def _expire(blob: BlobRecord, now: float, config: TrackerConfig, emit: Emit) -> None:
     for node in blob.expire_peers(now, config.peer_ttl):
+        blob.heard.pop(node, None)
         emit("peer_expired", blob=blob.digest, node=node)
     if blob.book is not None:
         for lease in blob.book.expire(now):
@@ -237,7 +243,8 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
             # holder left, while another's claim on it waited for this audit) closes that lease
             # too: the sender reports it once, and a lease left open held the blob's other pieces
             # back behind slow start for good (the third node of a rollout never finished).
-            book.record(msg.node, index, now)
+            if book.record(msg.node, index, now):
+                _fetched(blob, index, msg.node, now)
             _resolve(blob, audit, state, now, config, emit)
             continue
         if audit is not None and msg.node == audit.reporter and audit.claim is None:
@@ -246,7 +253,8 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
             if known == digest:
                 # A resend after a lost reply, or a re-fetch after the swarm emptied: still progress
                 # on the sender's lease.
-                book.record(msg.node, index, now)
+                if book.record(msg.node, index, now):
+                    _fetched(blob, index, msg.node, now)
                 repeated += 1
                 continue
             # Our published digest against the sender's: one of them lied. The agents resolve it
@@ -267,6 +275,7 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
             rejected["not-lease-holder"] = rejected.get("not-lease-holder", 0) + 1
             continue
         blob.reporters.add(msg.node)
+        _fetched(blob, index, msg.node, now)
         if not config.audits or state.standing(msg.node).proven:
             _publish(blob, index, digest)
             accepted += 1
@@ -286,6 +295,11 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
         emit("digests_accepted", blob=msg.blob, node=msg.node, count=accepted, seeder=msg.complete)
     for reason, count in rejected.items():
         emit("digests_rejected", blob=msg.blob, node=msg.node, count=count, reason=reason)
+
+
+def _fetched(blob: BlobRecord, index: int, node: str, now: float) -> None:
+    blob.fetchers[index] = node
+    blob.heard[node] = now
 
 
 def _publish(blob: BlobRecord, index: int, digest: bytes) -> None:
@@ -447,15 +461,15 @@ ORPHAN_LEASE_IDLE = 3
 
 def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig, emit: Emit) -> None:
     """Pieces a downloader lacks and none of its neighbours holds, after a while without progress
-    (core.download.Download.orphans). Those the book counts as fetched and nobody holds a lease on
-    are leased again: their holder may be gone before anyone copied them (killed: it never said
-    "stopped", and its peer entry lives until its TTL). Otherwise no lease ever came for them, and
-    every downloader waited for its stall fallback, which took all it lacked from the origin. A
-    lease on one whose holder has shown no progress for ``ORPHAN_LEASE_IDLE`` busy intervals goes
-    back too, with the holder's others (renewed together, they are as stale): a killed holder's
-    leases otherwise held their pieces for the whole lease TTL. Each piece at most once per lease
-    TTL, so a node that lies about its neighbours draws a piece from the origin no faster than a
-    node pulling the blob itself."""
+    (core.download.Download.orphans). Those the book counts as fetched, nobody holds a lease on,
+    and whose fetcher is gone (``_gone``) are leased again: their holder may be gone before anyone
+    copied them (killed: it never said "stopped", and its peer entry lives until its TTL).
+    Otherwise no lease ever came for them, and every downloader waited for its stall fallback,
+    which took all it lacked from the origin. A lease on one whose holder is gone and has shown no
+    progress for ``ORPHAN_LEASE_IDLE`` busy intervals goes back too, with the holder's others
+    (renewed together, they are as stale): a killed holder's leases otherwise held their pieces
+    for the whole lease TTL. Each piece at most once per lease TTL, so a node that lies about its
+    neighbours draws a piece from the origin no faster than a node pulling the blob itself."""
     book = blob.book
     if book is None:
         return
@@ -466,15 +480,30 @@ def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig,
         if not 0 <= i < book.piece_count or now - blob.orphaned.get(i, -math.inf) < config.lease_ttl:
             continue
         idle = book.idle_holder(i, now, ORPHAN_LEASE_IDLE * config.busy_interval)
-        if idle is not None and idle != msg.node:
+        if idle is not None and idle != msg.node and _gone(blob, idle, now, config):
             book.release(idle)
             emit("leases_abandoned", blob=blob.digest, node=idle, named_by=msg.node)
-        if book.digested[i] and book.holder(i) is None:
+        if book.digested[i] and book.holder(i) is None and _gone(blob, blob.fetchers.get(i), now, config):
             book.undigest(i)
             blob.orphaned[i] = now
             released.append(i)
     if released:
         emit("pieces_orphaned", blob=blob.digest, node=msg.node, count=len(released), first=released[0])
+
+
+def _gone(blob: BlobRecord, node: str | None, now: float, config: TrackerConfig) -> bool:
+    """Whether ``node`` no longer holds what it fetched, as far as this tracker can tell: it left
+    (stopped, or expired), has been silent longer than any interval we give (killed: a killed node
+    says nothing, and its entry lives until the peer TTL), or came back with nothing (a fresh data
+    dir). None (a fetcher this tracker never saw: it restarted) counts as gone.
+
+    A downloader names as orphans the pieces none of *its* neighbours holds. In a swarm larger than
+    a neighbourhood that is often only a piece still spreading: leasing those again sent them
+    through the origin's uplink twice and took leases from the streams that had them (simulated
+    100 nodes x 1 GiB at 50 Mbit/s: 484 pieces of 256 named, 1.58x the bound against 1.06x).
+    """
+    heard = blob.heard.get(node) if node is not None else None
+    return heard is None or now - heard >= config.announce_interval + config.busy_interval
 
 
 def _lease_takers(blob: BlobRecord, node: str, proven: bool, config: TrackerConfig) -> int:
