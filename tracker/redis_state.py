@@ -191,7 +191,7 @@ def _pack_record(r: SharedBlobRecord) -> bytes:
         "book": book, "log": r.log, "withheld": r.withheld, "audits": audits,
         "probation": list(r.probation), "takers": list(r.takers), "reporters": list(r.reporters),
         "corrupt_from": list(r.corrupt_from), "orphaned": r.orphaned,
-        "fetchers": r.fetchers, "heard": r.heard,
+        "fetchers": r.fetchers, "due": r.due,
         "pieces": r.pieces, "granted_upto": r.granted_upto, "downloaders": r.downloaders,
         "rejoin_until": None if r.rejoin_until == float("-inf") else r.rejoin_until,
     }, use_bin_type=True)
@@ -215,7 +215,7 @@ def _unpack_record(digest: str, data: bytes, config: TrackerConfig) -> SharedBlo
     r.reporters = set(d.get("reporters", ()))  # absent in records an older tracker wrote
     r.orphaned = dict(d.get("orphaned", {}))  # the same
     r.fetchers = dict(d.get("fetchers", {}))  # the same
-    r.heard = dict(d.get("heard", {}))  # the same
+    r.due = dict(d.get("due", {}))  # the same
     r.pieces, r.granted_upto, r.downloaders = d["pieces"], d["granted_upto"], d["downloaders"]
     r.rejoin_until = float("-inf") if d["rejoin_until"] is None else d["rejoin_until"]
     return r

@@ -30,6 +30,7 @@ from p2pdist.core.wire import Announce, AnnounceReply
 
 from .config import TrackerConfig
 from .errors import TrackerError
+from .pacer import MAX_SPACING
 from .state import Audit, BlobRecord, MemoryState, StateFull, TrackerState
 
 DEFAULT_CONFIG = TrackerConfig()
@@ -151,12 +152,8 @@ def handle_announce(
         if msg.streaming and blob.book is not None and blob.book.progress(msg.node, now):
             emit("leases_renewed", blob=msg.blob, node=msg.node)
 
-    if msg.node in blob.heard:
-        # A fetcher (service._orphans asks whether it is gone): one that comes back with nothing
-        # (a fresh data dir) holds none of what it fetched.
-        blob.heard[msg.node] = now if msg.have or msg.complete else -math.inf
     if msg.event == "stopped":
-        blob.heard.pop(msg.node, None)
+        blob.due.pop(msg.node, None)
         blob.remove_peer(msg.node)
         emit("peer_stopped", blob=msg.blob, node=msg.node)
         return AnnounceReply(interval=config.announce_interval, size=blob.size, piece_size=blob.piece_size,
@@ -178,7 +175,7 @@ def handle_announce(
     page = [] if msg.complete else blob.log[offset : offset + config.digests_per_reply]
 
     if msg.orphans and not msg.complete:
-        _orphans(blob, msg, now, config, emit)
+        _orphans(blob, msg, now, config, emit, loaded)
     leases = _leases(blob, msg, state, now, config, emit)  # before the interval: a fresh grant makes the blob busy
     handed: list[PeerInfo] = []
     if msg.wants_peers:  # an agent with a full neighbourhood would ignore them: no scan of the peers
@@ -190,8 +187,10 @@ def handle_announce(
             if banned(p.node, now):  # rare: a ban since the peer's last announce
                 handed = [p for p in handed if not banned(p.node, now)]
                 break
+    interval = _interval(blob, msg, bool(leases), loaded, config)
+    _expect(blob, msg, now, interval)
     return AnnounceReply(
-        interval=_interval(blob, msg, bool(leases), loaded, config),
+        interval=interval,
         size=blob.size,
         piece_size=blob.piece_size,
         peers=handed,
@@ -214,7 +213,7 @@ def _cursor(blob: BlobRecord, msg: Announce, offset: int) -> int:
 
 def _expire(blob: BlobRecord, now: float, config: TrackerConfig, emit: Emit) -> None:
     for node in blob.expire_peers(now, config.peer_ttl):
-        blob.heard.pop(node, None)
+        blob.due.pop(node, None)
         emit("peer_expired", blob=blob.digest, node=node)
     if blob.book is not None:
         for lease in blob.book.expire(now):
@@ -299,7 +298,7 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
 
 def _fetched(blob: BlobRecord, index: int, node: str, now: float) -> None:
     blob.fetchers[index] = node
-    blob.heard[node] = now
+    blob.due.setdefault(node, now)  # until the end of this announce, which says by when (_expect)
 
 
 def _publish(blob: BlobRecord, index: int, digest: bytes) -> None:
@@ -459,7 +458,8 @@ def _leases(blob: BlobRecord, msg: Announce, state: TrackerState, now: float, co
 ORPHAN_LEASE_IDLE = 3
 
 
-def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig, emit: Emit) -> None:
+def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig, emit: Emit,
+             loaded: bool) -> None:
     """Pieces a downloader lacks and none of its neighbours holds, after a while without progress
     (core.download.Download.orphans). Those the book counts as fetched, nobody holds a lease on,
     and whose fetcher is gone (``_gone``) are leased again: their holder may be gone before anyone
@@ -480,10 +480,10 @@ def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig,
         if not 0 <= i < book.piece_count or now - blob.orphaned.get(i, -math.inf) < config.lease_ttl:
             continue
         idle = book.idle_holder(i, now, ORPHAN_LEASE_IDLE * config.busy_interval)
-        if idle is not None and idle != msg.node and _gone(blob, idle, now, config):
+        if idle is not None and idle != msg.node and _gone(blob, idle, now, config, loaded):
             book.release(idle)
             emit("leases_abandoned", blob=blob.digest, node=idle, named_by=msg.node)
-        if book.digested[i] and book.holder(i) is None and _gone(blob, blob.fetchers.get(i), now, config):
+        if book.digested[i] and book.holder(i) is None and _gone(blob, blob.fetchers.get(i), now, config, loaded):
             book.undigest(i)
             blob.orphaned[i] = now
             released.append(i)
@@ -491,19 +491,28 @@ def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig,
         emit("pieces_orphaned", blob=blob.digest, node=msg.node, count=len(released), first=released[0])
 
 
-def _gone(blob: BlobRecord, node: str | None, now: float, config: TrackerConfig) -> bool:
+def _expect(blob: BlobRecord, msg: Announce, now: float, interval: float) -> None:
+    """A fetcher's announce: by when the next is due. One that comes back with nothing (a fresh
+    data dir) holds none of what it fetched."""
+    if msg.node in blob.due:
+        blob.due[msg.node] = now + interval if msg.have or msg.complete else -math.inf
+
+
+def _gone(blob: BlobRecord, node: str | None, now: float, config: TrackerConfig, loaded: bool) -> bool:
     """Whether ``node`` no longer holds what it fetched, as far as this tracker can tell: it left
-    (stopped, or expired), has been silent longer than any interval we give (killed: a killed node
-    says nothing, and its entry lives until the peer TTL), or came back with nothing (a fresh data
-    dir). None (a fetcher this tracker never saw: it restarted) counts as gone.
+    (stopped, or expired), missed its next announce by a busy interval (killed: a killed node says
+    nothing, and its entry lives until the peer TTL), or came back with nothing. None (a fetcher
+    this tracker never saw: it restarted) counts as gone. Agents announce by the interval we give
+    (their jitter only shortens it), after the pacer's spacing when it spaces them.
 
     A downloader names as orphans the pieces none of *its* neighbours holds. In a swarm larger than
     a neighbourhood that is often only a piece still spreading: leasing those again sent them
     through the origin's uplink twice and took leases from the streams that had them (simulated
     100 nodes x 1 GiB at 50 Mbit/s: 484 pieces of 256 named, 1.58x the bound against 1.06x).
     """
-    heard = blob.heard.get(node) if node is not None else None
-    return heard is None or now - heard >= config.announce_interval + config.busy_interval
+    due = blob.due.get(node) if node is not None else None
+    late = config.busy_interval + (MAX_SPACING if loaded else 0.0)
+    return due is None or now > due + late
 
 
 def _lease_takers(blob: BlobRecord, node: str, proven: bool, config: TrackerConfig) -> int:

@@ -102,11 +102,11 @@ class BlobRecord:
     # faster than a node pulling the blob itself would.
     orphaned: dict[int, float] = field(default_factory=dict)
     # The node whose origin copy (or seeder's claim) made each piece count as fetched, the last one,
-    # and when each such node, or lease holder, last announced (-inf: it came back with nothing): a
-    # piece named orphan is leased again only once its fetcher is gone (service._orphans). Here, not
-    # read from the peers, because a Redis-backed record loads only the askers' peer entries.
+    # and by when each such node is due to announce again, as its last reply said (-inf: it came
+    # back with nothing): a piece named orphan is leased again only once its fetcher is gone
+    # (service._orphans). Kept here because a Redis-backed record loads only the askers' peers.
     fetchers: dict[int, str] = field(default_factory=dict)
-    heard: dict[str, float] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
     pieces: int = 0  # its layout's piece count (MemoryState's budget)
     rejoin_until: float = float("-inf")  # no new leases before this (service.py, after a restart)
     peers: dict[str, PeerRecord] = field(default_factory=dict)
@@ -134,7 +134,7 @@ class BlobRecord:
         self.audits = {}
         self.reporters = set()
         self.fetchers = {}
-        self.heard = {}
+        self.due = {}
         self.granted_upto = 0
 
     def reset_digests(self, epoch: int) -> None:
