@@ -794,8 +794,9 @@ def test_pieces_named_orphans_are_leased_again_once_their_fetcher_is_gone_and_on
     # larger than b's neighbourhood such pieces are often still spreading. Nothing is leased again.
     b = t.announce("b", 2.0, orphans=[0, 1, 5], digest_pos=b.digest_pos)
     assert not t.of("pieces_orphaned") and not t.of("leases_abandoned")
-    # Silent for longer than any interval the tracker gives (5 s + 1 s): gone. 0 and 1 are leased
-    # again, and its idle lease on 5 goes back, with its others.
+    # Its reply at 1 made its next announce due by 2 (a busy interval); missed by more than two
+    # busy intervals, it is gone. 0 and 1 are leased again, and its idle lease on 5 goes back,
+    # with its others.
     b = t.announce("b", 7.5, want_leases=2, orphans=[0, 1, 5], digest_pos=b.digest_pos)
     assert ranges(b) == [(0, 2), (4, 8)]
     assert t.of("pieces_orphaned")[0]["count"] == 2 and [e["node"] for e in t.of("leases_abandoned")] == ["gone"]

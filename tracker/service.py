@@ -456,6 +456,9 @@ def _leases(blob: BlobRecord, msg: Announce, state: TrackerState, now: float, co
 # Busy intervals without progress after which a lease on a piece named orphan is taken back: a
 # holder that streams renews its leases at every announce (each busy interval).
 ORPHAN_LEASE_IDLE = 3
+# Busy intervals by which a fetcher may miss its next announce before it counts as gone: an agent on a
+# loaded host announces late now and then, and each false "gone" sends a piece through the origin again.
+FETCHER_LATE = 2
 
 
 def _orphans(blob: BlobRecord, msg: Announce, now: float, config: TrackerConfig, emit: Emit,
@@ -500,7 +503,7 @@ def _expect(blob: BlobRecord, msg: Announce, now: float, interval: float) -> Non
 
 def _gone(blob: BlobRecord, node: str | None, now: float, config: TrackerConfig, loaded: bool) -> bool:
     """Whether ``node`` no longer holds what it fetched, as far as this tracker can tell: it left
-    (stopped, or expired), missed its next announce by a busy interval (killed: a killed node says
+    (stopped, or expired), missed its next announce by two busy intervals (killed: a killed node says
     nothing, and its entry lives until the peer TTL), or came back with nothing. None (a fetcher
     this tracker never saw: it restarted) counts as gone. Agents announce by the interval we give
     (their jitter only shortens it), after the pacer's spacing when it spaces them.
@@ -511,7 +514,7 @@ def _gone(blob: BlobRecord, node: str | None, now: float, config: TrackerConfig,
     100 nodes x 1 GiB at 50 Mbit/s: 484 pieces of 256 named, 1.58x the bound against 1.06x).
     """
     due = blob.due.get(node) if node is not None else None
-    late = config.busy_interval + (MAX_SPACING if loaded else 0.0)
+    late = FETCHER_LATE * config.busy_interval + (MAX_SPACING if loaded else 0.0)
     return due is None or now > due + late
 
 
