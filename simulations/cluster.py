@@ -163,6 +163,7 @@ class Cluster(DataPlane, ControlPlane):
         self._timeout_armed = False
         self._tid = 0
         self.room_rng = random.Random(f"{self.seed}/room")
+        self.flush_rng = random.Random(f"{self.seed}/flush")
         self._init_dataplane()
 
     # --- construction -----------------------------------------------------------------------

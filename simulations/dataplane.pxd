@@ -20,6 +20,7 @@ cdef class DataPlane:
     cdef public object _timeouts
     cdef public bint _timeout_armed
     cdef public object room_rng
+    cdef public object flush_rng
     cdef public long long busy_replies
     cdef public long long timeouts
     cdef public double rtt
