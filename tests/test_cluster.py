@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.images import file_sha256
 from tests.support.procs import AgentProc, Tracker, free_port
 from tests.support.registry import Registry
 
@@ -51,11 +52,7 @@ def cluster(tmp_path: Path, registry: Registry):
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + file_sha256(Path(path))
 
 
 def fetch_all(agents: list[AgentProc], ref: str) -> list[dict]:

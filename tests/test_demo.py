@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -16,17 +15,14 @@ from p2pdist.cli.demo import build_parser, run
 from p2pdist.cli.demo.cluster import Cluster, ClusterError
 from p2pdist.cli.demo.embedded_origin import EmbeddedOrigin
 from p2pdist.cli.demo.image import OCI_LAYER, OCI_MANIFEST, build_image
+from tests.support.images import file_sha256
 
 MiB = 1 << 20
 REPO = "p2pdist/demo"
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + file_sha256(path)
 
 
 def registry_log_egress(log: Path) -> int:
