@@ -817,3 +817,13 @@ def test_a_fetcher_that_comes_back_with_nothing_holds_none_of_its_pieces() -> No
     t.announce("a", 2.0)  # restarted on an empty data dir: the same node, no pieces
     b = t.announce("b", 2.5, want_leases=1, orphans=[2])
     assert t.of("pieces_orphaned")[0]["count"] == 1 and ranges(b) == [(2, 3)]
+
+
+def test_a_fetcher_that_stopped_holds_none_of_its_pieces() -> None:
+    t = Harness()
+    t.announce("a", 0, want_leases=1)  # (0, 4)
+    t.announce("a", 1, have=4, digests=[(i, pd(i)) for i in range(4)])
+    t.announce("b", 1.2, have=1)  # someone stays: the blob is not reopened as a whole
+    t.announce("a", 1.5, event="stopped")  # its next announce was due by 2: no waiting for that
+    b = t.announce("b", 1.6, have=1, want_leases=1, orphans=[2])
+    assert t.of("pieces_orphaned")[0]["count"] == 1 and ranges(b) == [(2, 3)]

@@ -153,7 +153,6 @@ def handle_announce(
             emit("leases_renewed", blob=msg.blob, node=msg.node)
 
     if msg.event == "stopped":
-        blob.due.pop(msg.node, None)
         blob.remove_peer(msg.node)
         emit("peer_stopped", blob=msg.blob, node=msg.node)
         return AnnounceReply(interval=config.announce_interval, size=blob.size, piece_size=blob.piece_size,
@@ -213,7 +212,6 @@ def _cursor(blob: BlobRecord, msg: Announce, offset: int) -> int:
 
 def _expire(blob: BlobRecord, now: float, config: TrackerConfig, emit: Emit) -> None:
     for node in blob.expire_peers(now, config.peer_ttl):
-        blob.due.pop(node, None)
         emit("peer_expired", blob=blob.digest, node=node)
     if blob.book is not None:
         for lease in blob.book.expire(now):

@@ -197,10 +197,12 @@ class BlobRecord:
             self._ungroup(gone)
 
     def _forget_peer(self, node: str) -> None:
-        """What a peer leaving means beyond the peer list: no lease, no place among the takers."""
+        """What a peer leaving means beyond the peer list: no lease, no place among the takers, and
+        what it fetched is gone with it (service._gone)."""
         self.takers.discard(node)
         self.probation.discard(node)
         self.reporters.discard(node)
+        self.due.pop(node, None)
         if self.book is not None:
             self.book.release(node)
 
