@@ -827,3 +827,22 @@ def test_a_fetcher_that_stopped_holds_none_of_its_pieces() -> None:
     t.announce("a", 1.5, event="stopped")  # its next announce was due by 2: no waiting for that
     b = t.announce("b", 1.6, have=1, want_leases=1, orphans=[2])
     assert t.of("pieces_orphaned")[0]["count"] == 1 and ranges(b) == [(2, 3)]
+
+
+def test_an_auditors_resent_copy_is_its_opinion_still_and_the_late_claim_settles_the_audit_at_once() -> None:
+    # An image's config blob, one piece: "a" takes the lease (its audit opens then, claim to come),
+    # "b" is sent to audit it and sends its copy's digest twice: in a progress announce, and in its
+    # "completed" one (the first reply had not come back yet). The resend was taken as b's own claim
+    # on the piece, held back for an audit; a's claim then found the piece held back and was
+    # dropped, and the audit waited for a third copy, 10 s later (seen in the demo, 2 of 22 runs).
+    t = Harness(AUDITED)
+    config = "sha256:" + "c" * 64
+    assert ranges(t.announce("a", 0, blob=config, size=488, want_leases=1)) == [(0, 1)]
+    assert [e["node"] for e in t.of("audit_opened")] == ["a"]
+    piece = audit_of(t, "b", t.announce("b", 0.1, blob=config, size=488, want_leases=1))
+    t.announce("b", 0.2, blob=config, size=488, have=1, digests=[(piece, pd(0))])
+    t.announce("b", 0.3, blob=config, size=488, have=1, complete=True, digests=[(piece, pd(0))])
+    assert not t.of("digests_withheld") and len(t.of("audit_opened")) == 1  # b's copy: an opinion, once
+    t.announce("a", 0.4, blob=config, size=488, have=1, digests=[(0, pd(0))])
+    assert [(e["node"], e["auditors"]) for e in t.of("audit_passed")] == [("a", ["b"])]
+    assert t.announce("c", 0.5, blob=config, size=488).digests == [(0, pd(0))]

@@ -234,7 +234,14 @@ def _take_digests(blob: BlobRecord, msg: Announce, state: TrackerState, now: flo
             rejected["out-of-range"] = rejected.get("out-of-range", 0) + 1
             continue
         audit = blob.audits.get(index)
-        if audit is not None and msg.node != audit.reporter and msg.node not in audit.opinions:
+        if audit is not None and msg.node in audit.opinions:
+            # An auditor's copy sent again (its "completed" announce left before the reply to the
+            # one that carried it came back): still its opinion. Taken as its own claim, the piece
+            # was held back for it, the reporter's claim then dropped as a resend, and the audit
+            # waited for a third copy (10 s in the demo).
+            repeated += 1
+            continue
+        if audit is not None and msg.node != audit.reporter:
             audit.opinions[msg.node] = digest
             # An origin copy under the sender's own lease (the piece was leased again after every
             # holder left, while another's claim on it waited for this audit) closes that lease
