@@ -153,6 +153,11 @@ class Limits(Settings):
     max_connections: int = Field(512, ge=1)
     # seconds of a silent swarm before fetching the rest from the origin directly
     stall_timeout: float = Field(10.0, gt=0)
+    # Seconds a new download asks the tracker again (after 0.5 s, doubled per try) before fetching its
+    # blob from the origin alone, counted from the first of the agent's requests failing in a row: at
+    # once, every node of a rollout that began while the tracker restarted (or could not answer for a
+    # moment) took the whole blob from the origin. While the tracker stays down, a download tries once.
+    tracker_patience: float = Field(5.0, ge=0)
     download_rate: Size = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited
     # Pinned piece size, used only without a tracker: a tracker's piece size always wins, so every node of
     # a swarm cuts a blob the same way (core.layout.decide_layout). 0 = the layout rule (README "Piece size").

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -171,13 +172,24 @@ def test_an_origin_piece_slower_than_the_lease_ttl_leaves_the_origin_once(regist
 def test_fetch_works_with_tracker_down(registry: Registry, cluster: Cluster):
     size = 32 * MiB
     digest = registry.push_blob("team/solo", os.urandom(size))
+    other = registry.push_blob("team/solo", os.urandom(MiB))
     dead_tracker = f"http://127.0.0.1:{free_port()}"
-    agent = cluster.agent("lonely", tracker=dead_tracker)
+    agent = cluster.agent("lonely", tracker=dead_tracker, env={"P2PDIST_LIMITS_TRACKER_PATIENCE": "2"})
     result = agent.fetch(f"{registry.host}/team/solo@{digest}")
     assert result.get("done"), result
     assert result["from_origin"] == size
     assert sha256_file(result["path"]) == digest
     assert agent.metrics()['p2pdist_origin_fallbacks_total{reason="tracker"}'] == 1
+    # The first download asked again for its patience (2 s: after 0.5, 1 and 0.5 s), then went to the
+    # origin; the next, with the tracker silent for longer, asked once.
+    def retries() -> list[str]:
+        return [json.loads(line)["blob"] for line in agent.output().splitlines()
+                if "tracker not answering; asking again" in line]
+
+    assert retries() == [digest] * 3
+    assert agent.fetch(f"{registry.host}/team/solo@{other}").get("done")
+    assert agent.metrics()['p2pdist_origin_fallbacks_total{reason="tracker"}'] == 2
+    assert retries() == [digest] * 3
 
 
 def test_the_trackers_piece_size_wins_over_agents_configured_otherwise(registry: Registry, cluster: Cluster):

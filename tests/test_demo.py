@@ -39,6 +39,15 @@ def registry_log_egress(log: Path) -> int:
     return total
 
 
+def log_warnings(workdir: Path, most: int = 40) -> str:
+    """The warnings and errors of every agent and the tracker: why a failed run went as it did."""
+    lines = []
+    for log in sorted((workdir / "logs").glob("*.log")):
+        lines += [f"{log.stem}: {line}" for line in log.read_text(errors="replace").splitlines()
+                  if '"level": "warning"' in line or '"level": "error"' in line]
+    return "\n".join(lines[:most])
+
+
 def run_demo(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = run(build_parser().parse_args(list(argv)))
     out, err = capsys.readouterr()
@@ -95,7 +104,8 @@ def test_demo_end_to_end(origin: str, tmp_path: Path, capsys: pytest.CaptureFixt
     audits = summary["audits"]
     assert 0 < audits <= len(result["nodes"]), summary
     assert image_size <= egress <= 1.05 * image_size + audits * MiB, (
-        f"origin egress {egress / image_size:.2f} x the image with {audits} audits")
+        f"origin egress {egress / image_size:.2f} x the image with {audits} audits, "
+        f"all done in {summary['all_done_seconds']:.1f} s; warnings:\n{log_warnings(workdir)}")
     if origin == "registry":
         assert registry_log_egress(workdir / "registry" / "registry.log") == egress
     assert summary["from_origin"] <= egress  # nodes cannot have more from the origin than it sent

@@ -23,7 +23,7 @@ import aiohttp
 from p2pdist.agent.origin import OriginError, RangeNotSupported
 from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
 from p2pdist.agent.peer_client import PeerBusy, PeerError, fetch_piece
-from p2pdist.agent.tracker_client import SizeConflict, TrackerUnavailable
+from p2pdist.agent.tracker_client import SizeConflict, TrackerDown, TrackerUnavailable
 from p2pdist.core import download as machine
 from p2pdist.core import wire
 from p2pdist.core.digest import Digest, DigestMismatch
@@ -394,15 +394,39 @@ class Swarm:
         )
 
     async def _first_announce(self) -> wire.AnnounceReply | None:
+        tracker = self.agent.tracker
+        msg = self._announce_msg("started", size=self.size_hint)
+        patience, delay = self.agent.config.limits.tracker_patience, machine.RETRY_INTERVAL
         try:
-            return await self.agent.tracker.announce(self._announce_msg("started", size=self.size_hint))
+            while True:
+                try:
+                    return await tracker.announce(msg)
+                except TrackerDown as e:
+                    # Asked again while the tracker has been silent for less than the patience (a
+                    # restart, a moment of overload as a rollout starts), and once more when it ends.
+                    # Once it has been silent longer (this download's tries, or others' before), one
+                    # try is all a download spends (limits.tracker_patience).
+                    self.agent.metrics.tracker_errors.inc()
+                    left = patience - tracker.down_for(time.monotonic())
+                    if left <= 0:
+                        raise
+                    log.info("tracker not answering; asking again",
+                             extra={"blob": self.blob, "error": str(e), "retry_in": round(min(delay, left), 2)})
+                    await asyncio.sleep(min(delay, left))
+                    delay = min(machine.MAX_RETRY, delay * 2)
         except SizeConflict as e:
             # An older tracker that keys swarms by digest alone, and knows another size.
             log.warning("the tracker knows this blob with another size; fetching from the origin",
                         extra={"blob": self.blob, "size": self.size_hint, "error": str(e)})
             self.agent.metrics.origin_fallbacks.labels("size").inc()
+        except TrackerDown as e:
+            silent = round(tracker.down_for(time.monotonic()), 1)
+            log.warning("tracker unreachable; fetching from the origin",
+                        extra={"blob": self.blob, "error": str(e), "silent_for": silent})
+            self.agent.metrics.origin_fallbacks.labels("tracker").inc()
         except TrackerUnavailable as e:
-            log.warning("tracker unreachable; fetching from the origin", extra={"blob": self.blob, "error": str(e)})
+            log.warning("tracker refused the announce; fetching from the origin",
+                        extra={"blob": self.blob, "error": str(e)})
             self.agent.metrics.tracker_errors.inc()
             self.agent.metrics.origin_fallbacks.labels("tracker").inc()
         self.direct = True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import ssl
+import time
 import zlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,6 +34,11 @@ class SizeConflict(TrackerUnavailable):
     """The tracker knows this blob with another size than the announce gave (HTTP 409)."""
 
 
+class TrackerDown(TrackerUnavailable):
+    """No replica answered (unreachable, timed out, or a 5xx): asking again later may do better, unlike
+    a refusal (4xx)."""
+
+
 class TrackerClient:
     """Announces to one tracker of ``url`` (several comma-separated: replicas sharing one Redis).
 
@@ -54,6 +61,14 @@ class TrackerClient:
         self._identity = identity
         self._ssl = ssl
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # When the request that began the current run of failures was sent (None: the last answered),
+        # and when an answer last came (a request sent before it that fails later began no run).
+        self._failing_since: float | None = None
+        self._answered = -math.inf
+
+    def down_for(self, now: float) -> float:
+        """Seconds since the first of the requests failing in a row was sent (0: the last one answered)."""
+        return 0.0 if self._failing_since is None else now - self._failing_since
 
     @property
     def url(self) -> str:
@@ -90,15 +105,20 @@ class TrackerClient:
     async def _send(self, path: str, body: bytes, content_type: str, close: bool = False) -> bytes:
         """POST to the replica in use, moving on to the next while replicas fail."""
         failures = []
+        sent = time.monotonic()
         for _ in range(len(self.urls)):
             try:
-                return await self._post(self.bases[self._current] + path, body, content_type, close)
+                data = await self._post(self.bases[self._current] + path, body, content_type, close)
             except _ReplicaDown as e:
                 failures.append(str(e))
                 if len(self.urls) > 1:
                     self._current = (self._current + 1) % len(self.urls)
                     log_event(log, logging.WARNING, "tracker_failover", why=str(e), next=self.bases[self._current])
-        raise TrackerUnavailable("; ".join(failures))
+            else:
+                return data
+        if self._failing_since is None:
+            self._failing_since = max(sent, self._answered)
+        raise TrackerDown("; ".join(failures))
 
     async def _post(self, url: str, body: bytes, content_type: str, close: bool = False) -> bytes:
         headers = {"Content-Type": content_type}
@@ -110,6 +130,8 @@ class TrackerClient:
             async with self._session.post(url, data=body, headers=headers, timeout=self._timeout,
                                           ssl=self._ssl) as resp:
                 data = await resp.read()
+                if resp.status < 500:
+                    self._failing_since, self._answered = None, time.monotonic()  # it answered, whatever it said
                 if resp.status == 200:
                     return data
                 why = f"tracker {url} answered {resp.status}: {data[:300].decode(errors='replace')}"
@@ -122,5 +144,5 @@ class TrackerClient:
             raise _ReplicaDown(f"tracker {url} unreachable: {e or type(e).__name__}") from None
 
 
-class _ReplicaDown(TrackerUnavailable):
+class _ReplicaDown(TrackerDown):
     """This replica did not answer, or failed: the next one is tried."""
