@@ -158,6 +158,9 @@ class Limits(Settings):
     # once, every node of a rollout that began while the tracker restarted (or could not answer for a
     # moment) took the whole blob from the origin. While the tracker stays down, a download tries once.
     tracker_patience: float = Field(5.0, ge=0)
+    # Seconds an origin run asks a failing origin again (unreachable, timing out, 5xx, 408, 429) from its
+    # first failure without progress, before the download fails: a registry restarting mid-pull.
+    origin_patience: float = Field(20.0, ge=0)
     download_rate: Size = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited
     # Pinned piece size, used only without a tracker: a tracker's piece size always wins, so every node of
     # a swarm cuts a blob the same way (core.layout.decide_layout). 0 = the layout rule (README "Piece size").

@@ -69,7 +69,10 @@ class Agent:
         # digests may go to it. A seeder's digests are taken as facts for the tracker's layout.
         self._layout_agreed: set[str] = set()
         self._seed_wake = asyncio.Event()
-        self._forgetting: set[asyncio.Future[None]] = set()  # "stopped" announces of removed blobs
+        # "stopped" announces on their way, of blobs removed or downloads failed: a new download of
+        # the blob sends its "started" after it (sent together, the tracker could take them the
+        # other way round and drop the node it had just let in).
+        self._stopping: dict[str, asyncio.Future[None]] = {}
         self._seeder: asyncio.Task | None = None
         self.orders = OrderTaker(self)  # preheat orders from the tracker (agent/orders.py)
         self._orderer: asyncio.Future[None] | None = None
@@ -115,14 +118,29 @@ class Agent:
             swarm = self.swarms[blob] = Swarm(self, digest, registry, repo, authorization, size=size)
             task = self._downloads[blob] = asyncio.ensure_future(swarm.run())
             self.metrics.swarms.set(len(self._downloads))
-            task.add_done_callback(lambda _t, b=blob: self._finished(b))
+            task.add_done_callback(lambda t, b=blob: self._finished(b, t))
         return self.swarms.get(blob), task
 
-    def _finished(self, blob: str) -> None:
+    def _finished(self, blob: str, task: asyncio.Future[Path]) -> None:
         self._downloads.pop(blob, None)
-        self.swarms.pop(blob, None)
+        swarm = self.swarms.pop(blob, None)
         self.metrics.swarms.set(len(self._downloads))
         self.metrics.store_bytes.set(self.store.usage())
+        if self.tracker is not None and swarm is not None and not task.cancelled() and task.exception() is not None:
+            # A download that failed serves nothing more: its leases go back and its pieces stop
+            # counting at once, not when the tracker notices its silence.
+            self._stop_soon(blob)
+
+    def _stop_soon(self, blob: str) -> None:
+        """Announce "stopped" for ``blob`` in the background (it ends with the agent, at the latest)."""
+        task = self._stopping[blob] = asyncio.ensure_future(self._stop(blob))
+        task.add_done_callback(lambda t: self._stopping.pop(blob, None) if self._stopping.get(blob) is t else None)
+
+    async def stop_sent(self, blob: str) -> None:
+        """Wait for a "stopped" announce of ``blob`` still on its way, if any."""
+        task = self._stopping.get(blob)
+        if task is not None:
+            await asyncio.wait({task})  # its outcome is its own: a tracker that did not hear it expires us
 
     # --- what neighbours and the peer server ask of us --------------------------------------
 
@@ -212,9 +230,7 @@ class Agent:
         self._layout_agreed.discard(blob)
         self._seed_digests_sent.discard(blob)
         if self.tracker is not None and blob not in self._downloads:
-            task = asyncio.ensure_future(self._stop(blob))
-            self._forgetting.add(task)
-            task.add_done_callback(self._forgetting.discard)
+            self._stop_soon(blob)
 
     async def start(self) -> None:
         for digest, _size in self.store.blobs():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import json
 import re
 import time
@@ -44,10 +45,18 @@ _CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^
 class OriginError(P2pdistError):
     """The origin registry could not deliver what was asked."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after  # seconds, from the answer's Retry-After (a 429 or 503)
+
+    @property
+    def transient(self) -> bool:
+        """Whether asking again later may get another answer: no answer at all (unreachable, cut
+        off), a 5xx, 408 or 429. A 404, a refusal or a wrong range stays what it is."""
+        return self.status is None or self.status >= 500 or self.status in (408, 429)
 
 
 class OriginAuthError(OriginError):
@@ -167,7 +176,8 @@ class OriginClient:
             if response.status == 200:
                 raise RangeNotSupported(f"origin {self.registry} ignored Range for {digest}", status=200)
             if response.status != 206:
-                raise OriginError(f"GET blob range: unexpected status {response.status}", status=response.status)
+                raise OriginError(f"GET blob range: unexpected status {response.status}", status=response.status,
+                                  retry_after=retry_after_seconds(response.headers.get("Retry-After")))
             content_range = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
             if content_range is None or (int(content_range[1]), int(content_range[2])) != (start, end - 1):
                 raise OriginError(
@@ -182,7 +192,8 @@ class OriginClient:
         """Stream the whole blob (for origins without Range support)."""
         async with self._request("GET", repo, digest, {}) as response:
             if response.status != 200:
-                raise OriginError(f"GET blob: unexpected status {response.status}", status=response.status)
+                raise OriginError(f"GET blob: unexpected status {response.status}", status=response.status,
+                                  retry_after=retry_after_seconds(response.headers.get("Retry-After")))
             async for chunk in self._stream(response, response.content_length, digest):
                 yield chunk
 
@@ -472,7 +483,8 @@ class OriginClient:
             raise OriginAuthError(
                 f"{where}: {detail} ({status}: {message})", status=status, code=code, challenge=challenge
             )
-        raise OriginError(f"{where}: origin answered {status}: {message}", status=status, code=code)
+        raise OriginError(f"{where}: origin answered {status}: {message}", status=status, code=code,
+                          retry_after=retry_after_seconds(response.headers.get("Retry-After")))
 
 
 def _basic(credentials: Credentials) -> str:
@@ -516,3 +528,19 @@ def _error_message(body: bytes) -> str:
         return str(error.get("message") or error.get("code") or "no message")
     text = body[:200].decode("utf-8", errors="replace").strip()
     return text or "empty body"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait that a Retry-After header asks for: a number of seconds, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -395,6 +395,7 @@ class Swarm:
 
     async def _first_announce(self) -> wire.AnnounceReply | None:
         tracker = self.agent.tracker
+        await self.agent.stop_sent(self.blob)  # a failed download's "stopped" goes first
         msg = self._announce_msg("started", size=self.size_hint)
         patience, delay = self.agent.config.limits.tracker_patience, machine.RETRY_INTERVAL
         try:
@@ -514,10 +515,14 @@ class Swarm:
 
     async def _origin_run(self, start: int, end: int) -> None:
         layout = self.layout
-        for attempt in range(machine.ORIGIN_RETRIES):
+        failures, delay, give_up, before = 0, machine.ORIGIN_RETRY_DELAY, math.inf, end - start + 1
+        while True:
             todo = [i for i in range(start, end) if i not in self.partial.have]
             if not todo:
                 return
+            if len(todo) < before:  # the last try moved pieces: its failure begins a new run of them
+                failures, delay, give_up = 0, machine.ORIGIN_RETRY_DELAY, math.inf
+            before = len(todo)
             first, last = todo[0], todo[-1]
             try:
                 if self.agent.download_rate.rate <= 0:  # the thread cannot wait for the rate limiter
@@ -533,10 +538,25 @@ class Swarm:
                 await self._stream_pieces(0, layout.count, self.origin.fetch_all(self.repo, self.blob))
                 return
             except (OriginError, aiohttp.ClientError, OSError, TimeoutError) as e:
-                if attempt == machine.ORIGIN_RETRIES - 1:
+                failures += 1
+                wait = delay
+                if not isinstance(e, OriginError) or e.transient:
+                    # Asked again for origin_patience: a registry restarting mid-pull (core.download).
+                    now = time.monotonic()
+                    if give_up == math.inf:
+                        give_up = now + self.agent.config.limits.origin_patience
+                    if isinstance(e, OriginError) and e.retry_after is not None:
+                        wait = max(wait, e.retry_after)
+                    wait = min(wait, give_up - now)
+                    last_try = wait <= 0
+                else:
+                    last_try = failures >= machine.ORIGIN_RETRIES
+                if last_try:
                     raise FetchFailed(f"origin {self.registry} failed for {self.repo}@{self.blob}: {e}") from e
-                log.warning("origin request failed; retrying", extra={"blob": self.blob, "error": str(e)})
-                await asyncio.sleep(0.2 * 2**attempt)
+                log.warning("origin request failed; retrying",
+                            extra={"blob": self.blob, "error": str(e), "retry_in": round(wait, 2)})
+                await asyncio.sleep(wait)
+                delay = min(machine.ORIGIN_MAX_DELAY, delay * 2)
 
     async def _stream_pieces(self, first: int, end: int, chunks) -> None:
         """Cut an origin byte stream starting at piece ``first`` into pieces and store them."""

@@ -668,6 +668,20 @@ class Registry:
             f"{BINARY} did not answer GET /v2/ within {self.startup_timeout}s; log tail:\n{self._log_tail()}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL the registry (a crash): connections drop mid-body, the port refuses."""
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait(timeout=5)
+        self._proc = None
+
+    def relaunch(self) -> None:
+        """Start the registry again on its port, with its storage: a restarted pod."""
+        binary = shutil.which(BINARY)
+        assert binary is not None and self.workdir is not None and self._proc is None
+        if not self._launch(binary, self.workdir / "config.yml", last=True):
+            raise RegistryError(f"port {self.port} was taken while the registry was down")
+
     def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
