@@ -126,3 +126,22 @@ async def test_a_rate_limited_origin_is_asked_again_after_its_retry_after(regist
     # Each try after a 429 came a second later at least, not after the 0.2 s, 0.4 s ... of back-off.
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(seen[:4])]
     assert all(gap >= 0.95 for gap in gaps), gaps
+
+
+@pytest.mark.integration
+def test_a_pull_the_origin_fails_for_good_fails_and_hands_its_leases_back_at_once(registry: Registry,
+                                                                                   cluster: Cluster):
+    size = 48 * MiB
+    digest = registry.push_blob("team/app", os.urandom(size))
+    tracker = cluster.start_tracker()
+    env = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(16 * MiB), "P2PDIST_LIMITS_ORIGIN_PATIENCE": "1"}
+    agent = cluster.agent("node0", env=env)
+    with ThreadPoolExecutor(1) as pool:
+        pull = pool.submit(agent.fetch, f"{registry.host}/team/app@{digest}")
+        wait_until(lambda: registry.egress(digest) > 0, "the blob began to leave the origin")
+        registry.kill()  # and it stays down
+        result = pull.result()
+    assert not result.get("done") and "origin" in result.get("error", ""), result
+    # The tracker heard it leave: its leases were handed back, not held until they expired.
+    wait_until(lambda: tracker.metrics().get('p2pdist_tracker_announces_total{event="stopped"}', 0) == 1,
+               "the failed download announced stopped")
