@@ -21,9 +21,10 @@ import pytest
 from aiohttp import web
 
 from p2pdist.agent.origin import OriginError, OriginNotFound, retry_after_seconds
+from tests.support.procs import AgentProc
 from tests.support.registry import Registry
 from tests.support.servers import serving
-from tests.test_cluster import Cluster, sha256_file
+from tests.test_cluster import TOKEN, Cluster, sha256_file
 from tests.test_hostile import wait_until
 
 MiB = 1 << 20
@@ -145,3 +146,26 @@ def test_a_pull_the_origin_fails_for_good_fails_and_hands_its_leases_back_at_onc
     # The tracker heard it leave: its leases were handed back, not held until they expired.
     wait_until(lambda: tracker.metrics().get('p2pdist_tracker_announces_total{event="stopped"}', 0) == 1,
                "the failed download announced stopped")
+
+
+@pytest.mark.integration
+async def test_a_client_of_the_mirror_hears_the_upstreams_rate_limit_as_it_said_it(registry: Registry,
+                                                                                   cluster: Cluster):
+    # Past the patience, the pull fails as the upstream failed it: 429 TOOMANYREQUESTS with its
+    # Retry-After (docker prints "toomanyrequests"), where it was a 502 that blamed the mirror.
+    digest = registry.push_blob("team/app", os.urandom(MiB // 4))
+    seen: list[tuple[float, int]] = []
+    async with serving(rate_limiting_front(registry.url, 1000, seen)) as port:
+        cluster.upstreams = [f"http://127.0.0.1:{port}"]
+        tracker = cluster.start_tracker()
+        agent = AgentProc(cluster.workdir, "node0", tracker.url, TOKEN, {"P2PDIST_LIMITS_ORIGIN_PATIENCE": "1.5"},
+                          upstreams=cluster.upstreams, mirror=True)
+        cluster.procs.append(agent)
+        await asyncio.to_thread(agent.start)
+        url = f"http://127.0.0.1:{agent.mirror_port}/v2/team/app/blobs/{digest}?ns=127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            body = await resp.json()
+            assert resp.status == 429, body
+            assert resp.headers.get("Retry-After") == "1"
+            assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert len([s for _, s in seen if s == 429]) >= 2  # asked again within the patience, then gave up

@@ -504,6 +504,8 @@ class Swarm:
                 await self._origin_run(start, end)
         except FetchFailed as e:
             if dl is self.machine:
+                if self.error is None:
+                    self.error = e  # the origin's answer as its cause: the mirror passes a 429 on
                 dl.origin_failed(runs, str(e), time.monotonic())
             return
         except BaseException:

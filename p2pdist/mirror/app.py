@@ -9,6 +9,7 @@ when the upstream confirmed that this client may read that digest there (members
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -323,6 +324,13 @@ def build_app(agent: Agent) -> web.Application:
                 raise
             if isinstance(e, OriginNotFound) or isinstance(e.__cause__, OriginNotFound):
                 return oci_error(404, "BLOB_UNKNOWN", f"the upstream no longer has this blob: {e}")
+            cause = e if isinstance(e, OriginError) else e.__cause__
+            if isinstance(cause, OriginError) and cause.status == 429:
+                # Said as the upstream said it (docker and podman print "toomanyrequests"), with its
+                # Retry-After, not as a 502 the client would take for the mirror's fault.
+                wait = {"Retry-After": str(math.ceil(cause.retry_after))} if cause.retry_after is not None else {}
+                return oci_error(429, "TOOMANYREQUESTS", f"the upstream is rate-limiting this node: {e}",
+                                 headers=wait)
             return oci_error(502, "UNAVAILABLE", f"download failed: {e}")
         except web.HTTPException as e:
             if e.status == 404:

@@ -105,6 +105,7 @@ async def _send_pieces(request: web.Request, agent: Agent, swarm: Swarm, done: a
         if stored is None:
             raise MirrorError(404, "BLOB_UNKNOWN", f"blob {digest} vanished") from None
         return stored
+    resp: web.StreamResponse | None = None
     try:
         span = parse_range(request.headers.get("Range"), layout.blob_size)
         start, end = span or (0, layout.blob_size)
@@ -113,6 +114,14 @@ async def _send_pieces(request: web.Request, agent: Agent, swarm: Swarm, done: a
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{layout.blob_size}"
         resp = web.StreamResponse(status=206 if span else 200, headers=headers)
         resp.content_length = end - start
+        # The status goes once the first piece is here: a download that fails before (the upstream's
+        # rate limit, its refusal) is answered with that error, not a 200 cut off after its headers.
+        swarm.follow(reader, layout.piece_at(start))
+        if not await swarm.wait_piece(partial, layout.piece_at(start)):
+            if done.done():
+                done.result()  # raises the download's error
+            raise MirrorError(503, "UNAVAILABLE", f"the download of {digest} started over; retry",
+                              headers={"Retry-After": "1"})
         await resp.prepare(request)
         pos = start
         while pos < end:
@@ -132,8 +141,9 @@ async def _send_pieces(request: web.Request, agent: Agent, swarm: Swarm, done: a
     except MirrorError:
         raise
     except BaseException:
-        # Abort, never finish cleanly: a client must see a broken transfer, not a short blob.
-        if request.transport is not None:
+        # Abort, never finish cleanly: a client must see a broken transfer, not a short blob. Before
+        # the status went out, the error is answered as one (app.py) instead.
+        if resp is not None and resp.prepared and request.transport is not None:
             request.transport.abort()
         raise
     finally:
@@ -166,6 +176,6 @@ async def serve_uncached(request: web.Request, origin: OriginClient, repo: str, 
         await resp.write_eof()
         return resp
     except BaseException:
-        if resp.prepared and request.transport is not None:
+        if resp is not None and resp.prepared and request.transport is not None:
             request.transport.abort()
         raise
