@@ -176,6 +176,6 @@ async def serve_uncached(request: web.Request, origin: OriginClient, repo: str, 
         await resp.write_eof()
         return resp
     except BaseException:
-        if resp is not None and resp.prepared and request.transport is not None:
+        if resp.prepared and request.transport is not None:
             request.transport.abort()
         raise
