@@ -154,7 +154,8 @@ class Limits(Settings):
     # seconds of a silent swarm before fetching the rest from the origin directly
     stall_timeout: float = Field(10.0, gt=0)
     # Seconds a new download asks the tracker again (after 0.5 s, doubled per try) before fetching its
-    # blob from the origin alone, counted from the first of the agent's requests failing in a row: at
+    # blob from the origin alone, counted from the failure of the first of the agent's requests failing
+    # in a row (or of its own first try, if the tracker answers others meanwhile): at
     # once, every node of a rollout that began while the tracker restarted (or could not answer for a
     # moment) took the whole blob from the origin. While the tracker stays down, a download tries once.
     tracker_patience: float = Field(5.0, ge=0)

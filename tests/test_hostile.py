@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,6 +126,33 @@ def test_a_rollout_that_starts_while_the_tracker_restarts_waits_for_it(registry:
     print(json.dumps({"case": "tracker down as the pulls start", "origin_egress": round(egress, 3),
                       "from_origin": [round(r["from_origin"] / MiB) for r in results]}))
     assert sum(r["from_peers"] for r in results) >= 2 * size
+    assert egress <= 1.2, f"the origin served {egress:.2f} x the blob"
+
+
+def test_a_tracker_frozen_as_the_pulls_start_is_waited_for_past_its_timeouts(registry: Registry, cluster: Cluster):
+    # The tracker answers nothing (SIGSTOP: a long pause, a host swapping) while every node's first
+    # announce times out after 5 s. With the patience counted from the sending of that announce, it
+    # was spent by the time the timeout fired: every node took the whole blob from the origin.
+    size = 48 * MiB
+    digest = registry.push_blob("team/app", os.urandom(size))
+    tracker = cluster.start_tracker()
+    agents = [cluster.agent(f"node{i}") for i in range(HONEST)]  # the default patience (5 s)
+    os.kill(tracker.popen.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(HONEST) as pool:
+            pulls = [pool.submit(a.fetch, f"{registry.host}/team/app@{digest}") for a in agents]
+            wait_until(lambda: all("tracker not answering; asking again" in a.output() for a in agents),
+                       "every agent's first announce timed out")
+            os.kill(tracker.popen.pid, signal.SIGCONT)
+            results = [p.result() for p in pulls]
+    finally:
+        os.kill(tracker.popen.pid, signal.SIGCONT)
+    for agent, result in zip(agents, results, strict=True):
+        assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-3000:]}"
+        assert sha256_file(result["path"]) == digest
+        assert "fetching from the origin" not in agent.output()
+    egress = registry.egress(digest) / size
+    print(json.dumps({"case": "tracker frozen as the pulls start", "origin_egress": round(egress, 3)}))
     assert egress <= 1.2, f"the origin served {egress:.2f} x the blob"
 
 

@@ -397,7 +397,7 @@ class Swarm:
         tracker = self.agent.tracker
         await self.agent.stop_sent(self.blob)  # a failed download's "stopped" goes first
         msg = self._announce_msg("started", size=self.size_hint)
-        patience, delay = self.agent.config.limits.tracker_patience, machine.RETRY_INTERVAL
+        patience, delay, first_failure = self.agent.config.limits.tracker_patience, machine.RETRY_INTERVAL, None
         try:
             while True:
                 try:
@@ -408,7 +408,9 @@ class Swarm:
                     # Once it has been silent longer (this download's tries, or others' before), one
                     # try is all a download spends (limits.tracker_patience).
                     self.agent.metrics.tracker_errors.inc()
-                    left = patience - tracker.down_for(time.monotonic())
+                    now = time.monotonic()
+                    first_failure = now if first_failure is None else first_failure
+                    left = patience - max(tracker.down_for(now), now - first_failure)
                     if left <= 0:
                         raise
                     log.info("tracker not answering; asking again",

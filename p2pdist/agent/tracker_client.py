@@ -61,13 +61,14 @@ class TrackerClient:
         self._identity = identity
         self._ssl = ssl
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        # When the request that began the current run of failures was sent (None: the last answered),
-        # and when an answer last came (a request sent before it that fails later began no run).
+        # When the first of the requests failing in a row failed (None: the last one answered). From
+        # its failure, not its sending: a request that timed out on a tracker busy with the start of
+        # a rollout leaves the retries their whole patience (agent.swarm).
         self._failing_since: float | None = None
-        self._answered = -math.inf
+        self._answered = -math.inf  # when an answer last came
 
     def down_for(self, now: float) -> float:
-        """Seconds since the first of the requests failing in a row was sent (0: the last one answered)."""
+        """Seconds since the first of the requests failing in a row failed (0: the last one answered)."""
         return 0.0 if self._failing_since is None else now - self._failing_since
 
     @property
@@ -116,8 +117,8 @@ class TrackerClient:
                     log_event(log, logging.WARNING, "tracker_failover", why=str(e), next=self.bases[self._current])
             else:
                 return data
-        if self._failing_since is None:
-            self._failing_since = max(sent, self._answered)
+        if self._failing_since is None and self._answered < sent:  # one answered since: no run of failures
+            self._failing_since = time.monotonic()
         raise TrackerDown("; ".join(failures))
 
     async def _post(self, url: str, body: bytes, content_type: str, close: bool = False) -> bytes:
