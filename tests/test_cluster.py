@@ -180,16 +180,18 @@ def test_fetch_works_with_tracker_down(registry: Registry, cluster: Cluster):
     assert result["from_origin"] == size
     assert sha256_file(result["path"]) == digest
     assert agent.metrics()['p2pdist_origin_fallbacks_total{reason="tracker"}'] == 1
-    # The first download asked again for its patience (2 s: after 0.5, 1 and 0.5 s), then went to the
-    # origin; the next, with the tracker silent for longer, asked once.
+    # The first download asked again for its patience (2 s: after 0.5, 1 and 0.5 s, fewer if the
+    # agent's first poll of the tracker had failed already), then went to the origin; the next, with
+    # the tracker silent for longer, asked once.
     def retries() -> list[str]:
         return [json.loads(line)["blob"] for line in agent.output().splitlines()
                 if "tracker not answering; asking again" in line]
 
-    assert retries() == [digest] * 3
+    first = retries()
+    assert 1 <= len(first) <= 3 and set(first) == {digest}, first
     assert agent.fetch(f"{registry.host}/team/solo@{other}").get("done")
     assert agent.metrics()['p2pdist_origin_fallbacks_total{reason="tracker"}'] == 2
-    assert retries() == [digest] * 3
+    assert retries() == first
 
 
 def test_the_trackers_piece_size_wins_over_agents_configured_otherwise(registry: Registry, cluster: Cluster):
