@@ -194,6 +194,22 @@ def test_fetch_works_with_tracker_down(registry: Registry, cluster: Cluster):
     assert retries() == first
 
 
+def test_a_tracker_with_a_full_blob_table_sends_new_blobs_to_the_origin_at_once(registry: Registry,
+                                                                                  cluster: Cluster):
+    # Its 503 "capacity" lasts until a blob goes idle: asking again for the patience only made
+    # every new blob's pull 5 s slower.
+    shared, new = (registry.push_blob("team/full", os.urandom(MiB)) for _ in range(2))
+    config = cluster.workdir / "tracker.toml"
+    config.write_text("max_blobs = 1\n")
+    cluster.start_tracker(["--config", str(config)])
+    agents = [cluster.agent(f"node{i}") for i in range(2)]
+    assert all(r.get("done") for r in fetch_all(agents, f"{registry.host}/team/full@{shared}"))  # two live peers
+    result = agents[0].fetch(f"{registry.host}/team/full@{new}")
+    assert result.get("done") and result["from_origin"] == MiB, result
+    log = agents[0].output()
+    assert "tracker refused the announce" in log and "asking again" not in log, log[-3000:]
+
+
 def test_the_trackers_piece_size_wins_over_agents_configured_otherwise(registry: Registry, cluster: Cluster):
     # Two nodes pinned to different piece sizes: before one layout decision, each cut the blob its own
     # way, their bitfields and digests disagreed, and the second took the whole blob from the origin.

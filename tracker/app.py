@@ -146,7 +146,9 @@ class Answer:
 def refusal(tracker: Tracker, status: int, kind: str, message: str,
             headers: tuple[tuple[str, str], ...] = ()) -> Answer:
     tracker.metrics.errors.labels(kind).inc()
-    return Answer(status, json.dumps({"error": message}).encode(), "application/json", headers)
+    # The kind too: an agent asks again after a 503 of a moment ("busy", "redis"), not after one that
+    # lasts ("capacity").
+    return Answer(status, json.dumps({"error": message, "kind": kind}).encode(), "application/json", headers)
 
 
 UNAUTHORIZED = (("WWW-Authenticate", f'{NODE_SCHEME} realm="p2pdist"'),)

@@ -131,18 +131,31 @@ class TrackerClient:
             async with self._session.post(url, data=body, headers=headers, timeout=self._timeout,
                                           ssl=self._ssl) as resp:
                 data = await resp.read()
-                if resp.status < 500:
-                    self._failing_since, self._answered = None, time.monotonic()  # it answered, whatever it said
                 if resp.status == 200:
+                    self._failing_since, self._answered = None, time.monotonic()
                     return data
                 why = f"tracker {url} answered {resp.status}: {data[:300].decode(errors='replace')}"
+                if resp.status >= 500 and _kind(data) not in LASTING:
+                    raise _ReplicaDown(why)  # another replica may do better (its Redis, its load)
+                self._failing_since, self._answered = None, time.monotonic()  # a refusal is an answer
                 if resp.status == 409:
                     raise SizeConflict(why)
-                if resp.status >= 500:
-                    raise _ReplicaDown(why)  # another replica may do better (its Redis, its load)
                 raise TrackerUnavailable(why)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _ReplicaDown(f"tracker {url} unreachable: {e or type(e).__name__}") from None
+
+
+# Refusals of a tracker that will not change soon, whatever their status: its table of blobs is full.
+LASTING = frozenset({"capacity"})
+
+
+def _kind(body: bytes) -> str | None:
+    """The ``kind`` of a tracker's error body, if it says one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc.get("kind") if isinstance(doc, dict) else None
 
 
 class _ReplicaDown(TrackerDown):
