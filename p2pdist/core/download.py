@@ -660,7 +660,13 @@ class Download:
         self._failures += 1
         if self._failures == TRACKER_FAILURES:
             self.shell.tracker_lost()
-        self._wait(now, min(MAX_RETRY, RETRY_INTERVAL * 2 ** (self._failures - 1)))
+        if self.done or (self.direct and not self.announce_direct):
+            self._state = _IDLE
+            return
+        # Kicks (a digest to report, one to learn) wait for the back-off too: each sent its announce
+        # at once, 20 a second per agent through a 2 s restart of the trackers' Redis.
+        self._state = _SPACING
+        self._spacing_until = self._announce_at = now + min(MAX_RETRY, RETRY_INTERVAL * 2 ** (self._failures - 1))
         self._arm(now)
 
     def _apply(self, reply: Reply, now: float) -> None:

@@ -463,6 +463,27 @@ def test_a_lost_tracker_is_asked_again_less_often_and_rejoined_while_peers_deliv
     assert shell.take("origin") == [("origin", [(4, 8)])]  # leases again: back in the swarm
 
 
+def test_digests_to_report_wait_for_the_back_off_of_a_failed_announce():
+    # Each verified origin piece kicks an announce (its digest to report). After a failure those
+    # kicks went out at once: 20 failed announces a second per agent while the tracker was down.
+    dl, shell = machine(8, origin_concurrency=2)
+    dl.start(0.0, Reply(interval=1.0, leases=[(0, 8, 30.0)]))
+    dl.schedule(0.0)
+    dl.tick(1.0)
+    assert shell.take("announce")
+    dl.announce_fields()
+    dl.announce_failed(1.0)
+    for k, i in enumerate(range(4)):  # pieces land, 0.1 s apart, during the 0.5 s back-off
+        now = 1.1 + 0.1 * k
+        dl.piece_stored(i, True, now)
+        dl.tick(now)
+    assert shell.take("announce") == []
+    assert dl.next_deadline() == pytest.approx(1.5)
+    dl.tick(1.5)
+    assert shell.take("announce") == [("announce",)]  # one, carrying all four digests
+    assert dl.announce_fields()[0] == [0, 1, 2, 3]
+
+
 def test_a_lost_tracker_and_no_progress_end_in_the_stall_fallback():
     dl, shell = machine(20, origin_concurrency=2)
     dl.mark_had(0)
