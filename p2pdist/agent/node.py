@@ -139,7 +139,8 @@ class Agent:
     async def stop_sent(self, blob: str) -> None:
         """Wait for a "stopped" announce of ``blob`` still on its way, if any."""
         task = self._stopping.get(blob)
-        if task is not None:
+        # Not while the tracker is failing: the "started" would fail as well, after that wait.
+        if task is not None and self.tracker is not None and self.tracker.down_for(time.monotonic()) == 0:
             await asyncio.wait({task})  # its outcome is its own: a tracker that did not hear it expires us
 
     # --- what neighbours and the peer server ask of us --------------------------------------
