@@ -169,3 +169,20 @@ async def test_a_client_of_the_mirror_hears_the_upstreams_rate_limit_as_it_said_
             assert resp.headers.get("Retry-After") == "1"
             assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
     assert len([s for _, s in seen if s == 429]) >= 2  # asked again within the patience, then gave up
+
+
+@pytest.mark.integration
+def test_a_fetch_that_begins_while_the_registry_restarts_waits_for_it(registry: Registry, cluster: Cluster):
+    # A fetch by reference asks the origin for the blob's size first (preheat orders, `p2pdist
+    # fetch`): with the registry down at that moment, it failed at once.
+    digest = registry.push_blob("team/app", os.urandom(4 * MiB))
+    cluster.start_tracker()
+    agent = cluster.agent("node0")
+    registry.kill()
+    with ThreadPoolExecutor(1) as pool:
+        pull = pool.submit(agent.fetch, f"{registry.host}/team/app@{digest}")
+        wait_until(lambda: "origin request failed; retrying" in agent.output(), "the agent found the origin gone")
+        registry.relaunch()
+        result = pull.result()
+    assert result.get("done"), f"{result}\n{agent.output()[-3000:]}"
+    assert sha256_file(result["path"]) == digest

@@ -494,10 +494,21 @@ class Swarm:
     # --- origin -----------------------------------------------------------------------------
 
     async def _origin_size(self) -> int:
-        try:
-            return await self.origin.blob_size(self.repo, self.blob)
-        except OriginError as e:
-            raise FetchFailed(f"{self.registry}/{self.repo}@{self.blob}: {e}") from e
+        delay, give_up = machine.ORIGIN_RETRY_DELAY, math.inf
+        while True:
+            try:
+                return await self.origin.blob_size(self.repo, self.blob)
+            except OriginError as e:
+                # A registry restarting is asked again for origin_patience, as an origin run does.
+                now = time.monotonic()
+                give_up = min(give_up, now + self.agent.config.limits.origin_patience)
+                wait = min(max(delay, e.retry_after or 0.0), give_up - now)
+                if not e.transient or wait <= 0:
+                    raise FetchFailed(f"{self.registry}/{self.repo}@{self.blob}: {e}") from e
+                log.warning("origin request failed; retrying",
+                            extra={"blob": self.blob, "error": str(e), "retry_in": round(wait, 2)})
+                await asyncio.sleep(wait)
+                delay = min(machine.ORIGIN_MAX_DELAY, delay * 2)
 
     async def _origin_lease(self, dl: Download, runs: list[tuple[int, int]]) -> None:
         log.debug("origin lease start", extra={"blob": self.blob, "runs": str(runs)})
