@@ -10,6 +10,7 @@ import asyncio
 import base64
 import email.utils
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from yarl import URL
 
 from p2pdist.agent.origin_target import RangeTarget
 from p2pdist.core.digest import Digest
+from p2pdist.core.download import ORIGIN_MAX_DELAY, ORIGIN_RETRY_DELAY, backoff
 from p2pdist.core.names import check_registry, check_repository
 
 from ..errors import P2pdistError
@@ -54,9 +56,44 @@ class OriginError(P2pdistError):
 
     @property
     def transient(self) -> bool:
-        """Whether asking again later may get another answer: no answer at all (unreachable, cut
-        off), a 5xx, 408 or 429. A 404, a refusal or a wrong range stays what it is."""
-        return self.status is None or self.status >= 500 or self.status in (408, 429)
+        return transient_status(self.status)
+
+
+def transient_status(status: int | None) -> bool:
+    """Whether asking again later may get another answer: no answer at all (None: unreachable, cut
+    off), a 5xx, 408 or 429. A 404, a refusal or a wrong range stays what it is."""
+    return status is None or status >= 500 or status in (408, 429)
+
+
+class OriginRetry:
+    """When to ask a failing origin again (``core.download``, ORIGIN_RETRY_DELAY).
+
+    A transient failure (``transient_status``, or no answer at all) is asked again after the
+    back-off or the answer's Retry-After, until ``patience`` seconds have passed since the first
+    failure: a registry restarting mid-pull. Any other is asked again after the back-off, ``tries``
+    times in all. ``progress()`` starts over: the last try moved something.
+    """
+
+    def __init__(self, patience: float, tries: int) -> None:
+        self.patience = patience
+        self.tries = tries
+        self.progress()
+
+    def progress(self) -> None:
+        self._failures, self._give_up = 0, math.inf
+
+    def wait(self, error: BaseException, now: float) -> float | None:
+        """Seconds to wait before asking again after ``error``; None: give up."""
+        self._failures += 1
+        wait = backoff(self._failures, ORIGIN_RETRY_DELAY, ORIGIN_MAX_DELAY)
+        if isinstance(error, OriginError) and not error.transient:
+            return wait if self._failures < self.tries else None
+        if self._give_up == math.inf:
+            self._give_up = now + self.patience
+        if isinstance(error, OriginError) and error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        wait = min(wait, self._give_up - now)
+        return wait if wait > 0 else None
 
 
 class OriginAuthError(OriginError):

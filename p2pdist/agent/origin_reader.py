@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 
 from p2pdist import USER_AGENT
-from p2pdist.agent.origin import OriginError, retry_after_seconds
+from p2pdist.agent.origin import OriginError, retry_after_seconds, transient_status
 from p2pdist.agent.origin_target import RangeTarget
 
 from ..errors import P2pdistError
@@ -101,7 +101,7 @@ def read_range(target: RangeTarget, start: int, lengths: list[int], on_piece: Ca
                 raise Stopped() from None
             raise OriginError(f"cannot reach origin {target.host}:{target.port}: {e}") from e
         if response.status != 206:
-            if OriginError("", status=response.status).transient:
+            if transient_status(response.status):
                 # A 5xx or 429 the async client would only get again at once: the back-off is the caller's.
                 raise OriginError(f"origin {target.host} answered {response.status} to Range bytes={start}-{end - 1}",
                                   status=response.status,

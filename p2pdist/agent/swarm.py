@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from p2pdist.agent.origin import OriginError, RangeNotSupported
+from p2pdist.agent.origin import OriginError, OriginRetry, RangeNotSupported
 from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
 from p2pdist.agent.peer_client import PeerBusy, PeerError, fetch_piece
 from p2pdist.agent.tracker_client import SizeConflict, TrackerDown, TrackerUnavailable
@@ -397,7 +397,7 @@ class Swarm:
         tracker = self.agent.tracker
         await self.agent.stop_sent(self.blob)  # a failed download's "stopped" goes first
         msg = self._announce_msg("started", size=self.size_hint)
-        patience, delay, first_failure = self.agent.config.limits.tracker_patience, machine.RETRY_INTERVAL, None
+        patience, tries, first_failure = self.agent.config.limits.tracker_patience, 0, None
         try:
             while True:
                 try:
@@ -413,10 +413,11 @@ class Swarm:
                     left = patience - max(tracker.down_for(now), now - first_failure)
                     if left <= 0:
                         raise
+                    tries += 1
+                    wait = min(machine.backoff(tries), left)
                     log.info("tracker not answering; asking again",
-                             extra={"blob": self.blob, "error": str(e), "retry_in": round(min(delay, left), 2)})
-                    await asyncio.sleep(min(delay, left))
-                    delay = min(machine.MAX_RETRY, delay * 2)
+                             extra={"blob": self.blob, "error": str(e), "retry_in": round(wait, 2)})
+                    await asyncio.sleep(wait)
         except SizeConflict as e:
             # An older tracker that keys swarms by digest alone, and knows another size.
             log.warning("the tracker knows this blob with another size; fetching from the origin",
@@ -494,21 +495,22 @@ class Swarm:
     # --- origin -----------------------------------------------------------------------------
 
     async def _origin_size(self) -> int:
-        delay, give_up = machine.ORIGIN_RETRY_DELAY, math.inf
+        # A registry restarting is asked again for origin_patience, as an origin run does; a refusal
+        # or a 404 is not.
+        retry = OriginRetry(self.agent.config.limits.origin_patience, tries=1)
         while True:
             try:
                 return await self.origin.blob_size(self.repo, self.blob)
             except OriginError as e:
-                # A registry restarting is asked again for origin_patience, as an origin run does.
-                now = time.monotonic()
-                give_up = min(give_up, now + self.agent.config.limits.origin_patience)
-                wait = min(max(delay, e.retry_after or 0.0), give_up - now)
-                if not e.transient or wait <= 0:
+                wait = retry.wait(e, time.monotonic())
+                if wait is None:
                     raise FetchFailed(f"{self.registry}/{self.repo}@{self.blob}: {e}") from e
-                log.warning("origin request failed; retrying",
-                            extra={"blob": self.blob, "error": str(e), "retry_in": round(wait, 2)})
-                await asyncio.sleep(wait)
-                delay = min(machine.ORIGIN_MAX_DELAY, delay * 2)
+                await self._origin_retry(e, wait)
+
+    async def _origin_retry(self, error: BaseException, wait: float) -> None:
+        log.warning("origin request failed; retrying",
+                    extra={"blob": self.blob, "error": str(error), "retry_in": round(wait, 2)})
+        await asyncio.sleep(wait)
 
     async def _origin_lease(self, dl: Download, runs: list[tuple[int, int]]) -> None:
         log.debug("origin lease start", extra={"blob": self.blob, "runs": str(runs)})
@@ -530,13 +532,13 @@ class Swarm:
 
     async def _origin_run(self, start: int, end: int) -> None:
         layout = self.layout
-        failures, delay, give_up, before = 0, machine.ORIGIN_RETRY_DELAY, math.inf, end - start + 1
+        retry, before = OriginRetry(self.agent.config.limits.origin_patience, machine.ORIGIN_RETRIES), end - start + 1
         while True:
             todo = [i for i in range(start, end) if i not in self.partial.have]
             if not todo:
                 return
             if len(todo) < before:  # the last try moved pieces: its failure begins a new run of them
-                failures, delay, give_up = 0, machine.ORIGIN_RETRY_DELAY, math.inf
+                retry.progress()
             before = len(todo)
             first, last = todo[0], todo[-1]
             try:
@@ -553,25 +555,10 @@ class Swarm:
                 await self._stream_pieces(0, layout.count, self.origin.fetch_all(self.repo, self.blob))
                 return
             except (OriginError, aiohttp.ClientError, OSError, TimeoutError) as e:
-                failures += 1
-                wait = delay
-                if not isinstance(e, OriginError) or e.transient:
-                    # Asked again for origin_patience: a registry restarting mid-pull (core.download).
-                    now = time.monotonic()
-                    if give_up == math.inf:
-                        give_up = now + self.agent.config.limits.origin_patience
-                    if isinstance(e, OriginError) and e.retry_after is not None:
-                        wait = max(wait, e.retry_after)
-                    wait = min(wait, give_up - now)
-                    last_try = wait <= 0
-                else:
-                    last_try = failures >= machine.ORIGIN_RETRIES
-                if last_try:
+                wait = retry.wait(e, time.monotonic())  # a registry restarting mid-pull is waited for
+                if wait is None:
                     raise FetchFailed(f"origin {self.registry} failed for {self.repo}@{self.blob}: {e}") from e
-                log.warning("origin request failed; retrying",
-                            extra={"blob": self.blob, "error": str(e), "retry_in": round(wait, 2)})
-                await asyncio.sleep(wait)
-                delay = min(machine.ORIGIN_MAX_DELAY, delay * 2)
+                await self._origin_retry(e, wait)
 
     async def _stream_pieces(self, first: int, end: int, chunks) -> None:
         """Cut an origin byte stream starting at piece ``first`` into pieces and store them."""

@@ -70,6 +70,12 @@ ORIGIN_RETRIES = 3  # attempts per origin run before the download fails, for ans
 # the registry restarted (a 2 s restart: 2 of 4 pulls failed, the other two stalled, 1.66x egress).
 ORIGIN_RETRY_DELAY = 0.2
 ORIGIN_MAX_DELAY = 4.0
+
+
+def backoff(failures: int, first: float = RETRY_INTERVAL, most: float = MAX_RETRY) -> float:
+    """The wait after the ``failures``-th failure in a row (1, 2, ...): ``first``, doubled per
+    failure, at most ``most``. The announcer's, and the drivers' for the tracker and the origin."""
+    return min(most, first * 2 ** (failures - 1))
 BUSY_BACKOFF = 0.5  # a peer that answered 503 is not asked again for this long
 SCORE_GAIN = 0.1  # a piece delivered
 SCORE_MAX = 1.0
@@ -666,7 +672,7 @@ class Download:
         # Kicks (a digest to report, one to learn) wait for the back-off too: each sent its announce
         # at once, 20 a second per agent through a 2 s restart of the trackers' Redis.
         self._state = _SPACING
-        self._spacing_until = self._announce_at = now + min(MAX_RETRY, RETRY_INTERVAL * 2 ** (self._failures - 1))
+        self._spacing_until = self._announce_at = now + backoff(self._failures)
         self._arm(now)
 
     def _apply(self, reply: Reply, now: float) -> None:

@@ -322,9 +322,9 @@ def build_app(agent: Agent) -> web.Application:
             log.warning("blob download failed", extra={"path": request.path, "error": str(e)})
             if request.transport is not None and request.transport.is_closing():
                 raise
-            if isinstance(e, OriginNotFound) or isinstance(e.__cause__, OriginNotFound):
+            cause = e if isinstance(e, OriginError) else e.__cause__  # the origin's own answer, if any
+            if isinstance(cause, OriginNotFound):
                 return oci_error(404, "BLOB_UNKNOWN", f"the upstream no longer has this blob: {e}")
-            cause = e if isinstance(e, OriginError) else e.__cause__
             if isinstance(cause, OriginError) and cause.status == 429:
                 # Said as the upstream said it (docker and podman print "toomanyrequests"), with its
                 # Retry-After, not as a 502 the client would take for the mirror's fault.
