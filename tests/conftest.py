@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import Cluster
 from tests.support.registry import Registry
 
 ALICE = ("alice", "secret-pw")
@@ -38,3 +39,11 @@ def registry_basic(tmp_path: Path) -> Iterator[Registry]:
 def registry_token(tmp_path: Path) -> Iterator[Registry]:
     """A registry behind bearer-token auth; its token issuer (``.issuer``) knows alice/secret-pw."""
     yield from _run(tmp_path, auth="token")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, registry: Registry) -> Iterator[Cluster]:
+    """A tracker (once started) and agents on loopback, pulling from ``registry``; stopped by PID."""
+    c = Cluster(tmp_path, registry)
+    yield c
+    c.stop()

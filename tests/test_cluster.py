@@ -7,58 +7,16 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from tests.support.images import file_sha256
-from tests.support.procs import AgentProc, Tracker, free_port
+from tests.support.cluster import TOKEN, Cluster, fetch_all, sha256_file
+from tests.support.procs import AgentProc, free_port
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-TOKEN = "cluster-test-token"
-
-
-class Cluster:
-    def __init__(self, workdir: Path, registry: Registry) -> None:
-        self.workdir = workdir
-        self.upstreams = [f"http://{registry.host}"]
-        self.procs: list = []
-        self.tracker: Tracker | None = None
-
-    def start_tracker(self, extra: list[str] | None = None) -> Tracker:
-        self.tracker = Tracker(self.workdir, TOKEN, extra).start()
-        self.procs.append(self.tracker)
-        return self.tracker
-
-    def agent(self, name: str, env: dict[str, str] | None = None, tracker: str | None = None,
-              start: bool = True) -> AgentProc:
-        url = tracker if tracker is not None else self.tracker.url
-        agent = AgentProc(self.workdir, name, url, TOKEN, env, upstreams=self.upstreams)
-        self.procs.append(agent)
-        return agent.start() if start else agent
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, registry: Registry):
-    c = Cluster(tmp_path, registry)
-    yield c
-    c.stop()
-
-
-def sha256_file(path: str) -> str:
-    return "sha256:" + file_sha256(Path(path))
-
-
-def fetch_all(agents: list[AgentProc], ref: str) -> list[dict]:
-    with ThreadPoolExecutor(len(agents)) as pool:
-        return list(pool.map(lambda a: a.fetch(ref), agents))
 
 
 def test_eight_agents_flash_crowd_take_each_byte_from_origin_about_once(registry: Registry, cluster: Cluster):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import TOKEN, Cluster, sha256_file
 from tests.support.disks import tmpfs
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
-from tests.test_cluster import TOKEN, Cluster, sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +42,6 @@ def agent_on(cluster: Cluster, data_dir: Path, env: dict[str, str] | None = None
                       upstreams=cluster.upstreams, extra_env=env)
     cluster.procs.append(agent)
     return agent.start()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, registry: Registry):
-    c = Cluster(tmp_path, registry)
-    yield c
-    c.stop()
 
 
 def test_a_blob_larger_than_the_disk_fails_naming_it_and_a_blob_that_fits_follows(

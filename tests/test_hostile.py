@@ -20,24 +20,17 @@ import aiohttp
 import pytest
 
 from p2pdist.core.wire import Announce, encode
+from tests.support.cluster import TOKEN, Cluster, fetch_all, sha256_file, wait_until
 from tests.support.identity import Caller
 from tests.support.procs import Tracker
 from tests.support.registry import Registry
 from tests.support.rogue import MODES, Rogue
-from tests.test_cluster import TOKEN, Cluster, fetch_all, sha256_file
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 SIZE = 48 * MiB
 HONEST = 4
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, registry: Registry):
-    c = Cluster(tmp_path, registry)
-    yield c
-    c.stop()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -154,14 +147,6 @@ def test_a_tracker_frozen_as_the_pulls_start_is_waited_for_past_its_timeouts(reg
     egress = registry.egress(digest) / size
     print(json.dumps({"case": "tracker frozen as the pulls start", "origin_egress": round(egress, 3)}))
     assert egress <= 1.2, f"the origin served {egress:.2f} x the blob"
-
-
-def wait_until(check, what: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise TimeoutError(f"waited {timeout:.0f} s for: {what}")
-        time.sleep(0.05)
 
 
 def test_forged_announces_of_huge_blobs_keep_the_tracker_small_and_serving(registry: Registry, cluster: Cluster):

@@ -21,11 +21,11 @@ import pytest
 
 from p2pdist.core.identity import NodeCredential, sign_request
 from p2pdist.core.wire import Announce, Hello, encode
+from tests.support.cluster import fetch_all, sha256_file
 from tests.support.identity import Caller
 from tests.support.procs import ROOT, AgentProc, TlsFiles, Tracker
 from tests.support.registry import Registry
 from tests.support.relay import Relay
-from tests.test_cluster import fetch_all, sha256_file
 
 pytestmark = pytest.mark.integration
 

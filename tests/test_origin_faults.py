@@ -14,28 +14,19 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from p2pdist.agent.origin import OriginError, OriginNotFound, retry_after_seconds
+from tests.support.cluster import TOKEN, Cluster, sha256_file, wait_until
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
 from tests.support.servers import serving
-from tests.test_cluster import TOKEN, Cluster, sha256_file
-from tests.test_hostile import wait_until
 
 MiB = 1 << 20
 NODES = 4
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, registry: Registry):
-    c = Cluster(tmp_path, registry)
-    yield c
-    c.stop()
 
 
 def test_retry_after_is_read_as_seconds_or_a_date_and_only_some_answers_are_worth_asking_again() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import fetch_all, sha256_file, wait_until
 from tests.support.procs import AgentProc, Proc, Tracker
 from tests.support.redis import RedisServer
 from tests.support.registry import Registry
-from tests.test_cluster import fetch_all, sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,14 @@ def replicas(tmp_path: Path):
     redis.stop()
 
 
+def start_agents(tmp_path: Path, urls: str, registry: Registry, count: int, rate: int) -> list[AgentProc]:
+    """``count`` agents announcing to the replicas ``urls``, slowed to ``rate`` bytes/s each, so a
+    fault can land while pieces still move."""
+    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(rate)}
+    return [AgentProc(tmp_path, f"node{i}", urls, TOKEN, slow, upstreams=[f"http://{registry.host}"]).start()
+            for i in range(count)]
+
+
 def _announces(tracker: Tracker) -> float:
     return sum(v for k, v in tracker.metrics().items() if k.startswith("p2pdist_tracker_announces_total"))
 
@@ -40,9 +48,7 @@ def test_agents_spread_over_replicas_share_one_swarm_and_survive_losing_one(
     _redis, trackers = replicas
     urls = ",".join(t.url for t in trackers)
     # Slowed down so a replica can be killed while pieces still move (~4 s per agent alone).
-    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(24 * MiB)}
-    agents = [AgentProc(tmp_path, f"node{i}", urls, TOKEN, slow, upstreams=[f"http://{registry.host}"]).start()
-              for i in range(6)]
+    agents = start_agents(tmp_path, urls, registry, 6, rate=24 * MiB)
     try:
         size = 64 * MiB
         first = registry.push_blob("team/one", os.urandom(size))
@@ -105,17 +111,13 @@ def test_a_redis_restart_mid_distribution_is_ridden_out_without_an_announce_stor
     # not: some 20 failed announces a second per agent.
     redis, trackers = replicas
     urls = ",".join(t.url for t in trackers)
-    slow = {"P2PDIST_LIMITS_DOWNLOAD_RATE": str(16 * MiB)}
-    agents = [AgentProc(tmp_path, f"node{i}", urls, TOKEN, slow, upstreams=[f"http://{registry.host}"]).start()
-              for i in range(4)]
+    agents = start_agents(tmp_path, urls, registry, 4, rate=16 * MiB)
     try:
         size = 96 * MiB
         digest = registry.push_blob("team/app", os.urandom(size))
         with ThreadPoolExecutor(len(agents)) as pool:
             pending = [pool.submit(a.fetch, f"{registry.host}/team/app@{digest}") for a in agents]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and registry.egress(digest) < size // 4:
-                time.sleep(0.05)  # polling a condition (bounded by the deadline), not waiting for time
+            wait_until(lambda: registry.egress(digest) >= size // 4, "a quarter of the blob left the origin")
             redis.kill9()
             outage = time.monotonic()
             time.sleep(2)  # the restart's downtime: what the test is about
