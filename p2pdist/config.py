@@ -162,6 +162,13 @@ class Limits(Settings):
     # Seconds an origin run asks a failing origin again (unreachable, timing out, 5xx, 408, 429) from its
     # first failure without progress, before the download fails: a registry restarting mid-pull.
     origin_patience: float = Field(20.0, ge=0)
+    # Seconds of waiting on an origin body in which it must move 32 KiB (agent.origin.StallWatch):
+    # less, and the run is asked again from where it stopped, within origin_patience. A response
+    # that stopped mid-body held its lease for the 30 s read timeout (one that trickled, for good)
+    # while the other nodes waited for those pieces until their stall_timeout sent them to the
+    # origin for everything: 3 nodes x 24 MiB, 10-30 s and 1.125x egress instead of 5 s and 1.0x.
+    # Below stall_timeout, so the holder asks again before the others give up on the swarm.
+    origin_stall_timeout: float = Field(5.0, gt=0)
     download_rate: Size = 0  # bytes/s this node takes from peers and origin together; 0 = unlimited
     # Pinned piece size, used only without a tracker: a tracker's piece size always wins, so every node of
     # a swarm cuts a blob the same way (core.layout.decide_layout). 0 = the layout rule (README "Piece size").

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -351,3 +352,57 @@ async def test_concurrent_requests_share_one_token(http: aiohttp.ClientSession, 
     results = await asyncio.gather(*(collect(origin.fetch_range("private/app", digest, a, b)) for a, b in pieces))
     assert b"".join(results) == data
     assert len(issuer.token_requests()) == 1
+
+
+# -- bodies that stall, and long ones -----------------------------------------------------------------
+
+
+def paced_origin(data: bytes, pace: str) -> web.Application:
+    """Answers a blob Range GET with 206 and a body sent as ``pace`` says: ``trickle`` (the first
+    64 KiB, then 64 bytes every 50 ms), ``silent`` (the first 64 KiB, then nothing for 2 s) or ``steady``
+    (64 KiB every 100 ms: slow but moving)."""
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=206, headers={"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        step = 64 if pace == "trickle" else 65536
+        await resp.write(data[:65536])
+        for at in range(65536, len(data), step):
+            # Silent for 2 s: four stall windows, and short enough for the server's own shutdown.
+            await asyncio.sleep(2 if pace == "silent" else 0.05 if pace == "trickle" else 0.1)
+            await resp.write(data[at:at + step])
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/library/app/blobs/{digest}", blob)
+    return app
+
+
+@pytest.mark.parametrize(("pace", "said"), [("trickle", "stalled"), ("silent", "sent nothing for 0.5 s")])
+async def test_a_body_that_stalls_is_given_up_after_the_stall_window(http: aiohttp.ClientSession, pace: str,
+                                                                     said: str) -> None:
+    # An async run (a redirect to a blob store, a token challenge) read a trickle until it ended
+    # and a silent body until the session's 300 s total.
+    data = os.urandom(256 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with serving(paced_origin(data, pace)) as port:
+        origin = OriginClient(http, f"127.0.0.1:{port}", plain_http=True, stall_timeout=0.5)
+        received: list[bytes] = []
+        with pytest.raises(OriginError, match=re.escape(said)) as caught:
+            async for chunk in origin.fetch_range("library/app", digest, 0, len(data)):
+                received.append(chunk)
+    assert caught.value.transient  # asked again (OriginRetry), from the first piece not stored
+    assert b"".join(received) == data[: len(b"".join(received))] and len(b"".join(received)) >= 65536
+
+
+async def test_a_long_body_that_keeps_moving_is_not_cut_by_the_sessions_total_timeout() -> None:
+    # The daemon's session keeps aiohttp's default total of 300 s, which cut every body longer than
+    # that (a large layer from a slow origin, or without Range) and its retries too. Here the
+    # session allows 1 s and the body takes 1.5 s.
+    data = os.urandom(16 * 65536)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http,
+                serving(paced_origin(data, "steady")) as port):
+        origin = OriginClient(http, f"127.0.0.1:{port}", plain_http=True, stall_timeout=0.5)
+        assert await collect(origin.fetch_range("library/app", digest, 0, len(data))) == data

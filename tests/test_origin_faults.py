@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pdist.agent.origin import OriginError, OriginNotFound, retry_after_seconds
-from tests.support.cluster import TOKEN, Cluster, sha256_file, wait_until
+from p2pdist.agent.origin import STALL_FLOOR, OriginError, OriginNotFound, StallWatch, retry_after_seconds
+from tests.support.cluster import TOKEN, Cluster, fetch_all, sha256_file, wait_until
 from tests.support.procs import AgentProc
 from tests.support.registry import Registry
 from tests.support.servers import serving
@@ -39,6 +39,23 @@ def test_retry_after_is_read_as_seconds_or_a_date_and_only_some_answers_are_wort
     assert all(OriginError("x", status=s).transient for s in (429, 500, 502, 503, 504, 408))
     assert not any(OriginError("x", status=s).transient for s in (400, 401, 403, 416))
     assert not OriginNotFound("gone", status=404).transient
+
+
+def test_a_stall_is_a_window_of_waiting_since_the_body_last_moved_its_floor() -> None:
+    watch = StallWatch(5.0, "registry.example")
+    watch.read(0.01, 512 << 10)  # a burst, then a trickle: judged from the burst on, not with it
+    for _ in range(4):
+        watch.read(1.0, 64)
+    with pytest.raises(OriginError, match=r"stalled: 320 bytes in 5\.0 s") as caught:
+        watch.read(1.0, 64)
+    assert caught.value.transient
+    slow = StallWatch(5.0, "registry.example")  # slow but moving: the floor every 2 s, for ever
+    for _ in range(1000):
+        slow.read(1.0, STALL_FLOOR // 2)
+    paused = StallWatch(5.0, "registry.example")  # our own pauses (hashing, the rate limit) are not waits
+    for _ in range(1000):
+        paused.read(0.001, 0)
+    assert "sent nothing for 5 s" in str(paused.silent()) and paused.silent().transient
 
 
 @pytest.mark.integration
@@ -98,6 +115,65 @@ def rate_limiting_front(upstream: str, refusals: int, seen: list[tuple[float, in
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
+
+
+def trickling_front(upstream: str, seen: list[tuple[str, bool]]) -> web.Application:
+    """Passes every request on to ``upstream``, but the first blob Range GET's body stops after
+    512 KiB and then trickles 64 bytes a second, as behind a congested proxy or a degraded backend."""
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        ranged = request.method == "GET" and "/blobs/" in request.path and "Range" in request.headers
+        trickle = ranged and not any(t for _, t in seen)
+        if ranged:
+            seen.append((request.headers["Range"], trickle))
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization", "accept")}
+        async with aiohttp.ClientSession() as session, session.request(
+                request.method, upstream + request.path_qs, headers=headers, allow_redirects=False) as up:
+            response = web.StreamResponse(status=up.status, headers={
+                k: v for k, v in up.headers.items()
+                if k.lower() in ("content-type", "content-length", "content-range", "docker-content-digest")})
+            await response.prepare(request)
+            sent = 0
+            async for chunk in up.content.iter_chunked(1 << 16):
+                if trickle and sent >= 512 << 10:
+                    for at in range(0, len(chunk), 64):
+                        await response.write(chunk[at:at + 64])
+                        await asyncio.sleep(1.0)
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+@pytest.mark.integration
+async def test_a_response_that_trickles_mid_body_is_asked_again_before_the_swarm_gives_up(registry: Registry,
+                                                                                          cluster: Cluster):
+    # The first origin piece's body trickles after 512 KiB. Its run held the lease (and, with the
+    # audit of that piece and the slow start waiting on it, every other lease) for as long as the
+    # trickle lasted; the others went to the origin for the whole blob at their 10 s stall timeout
+    # (3 x 24 MiB: up to 3.0x egress). Now the holder asks again after limits.origin_stall_timeout.
+    size = 24 * MiB
+    digest = registry.push_blob("team/app", os.urandom(size))
+    seen: list[tuple[str, bool]] = []
+    async with serving(trickling_front(registry.url, seen)) as port:
+        cluster.upstreams = [f"http://127.0.0.1:{port}"]
+        cluster.start_tracker()
+        agents = [cluster.agent(f"node{i}") for i in range(3)]
+        results = await asyncio.to_thread(fetch_all, agents, f"127.0.0.1:{port}/team/app@{digest}")
+    assert sum(t for _, t in seen) == 1, seen
+    for agent, result in zip(agents, results, strict=True):
+        assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-3000:]}"
+        assert sha256_file(result["path"]) == digest
+        assert "fetching the rest from the origin" not in agent.output()
+    assert sum("stalled" in a.output() for a in agents) == 1
+    taken = sum(r["from_origin"] for r in results) / size
+    print(json.dumps({"case": "a trickling origin response", "from_origin_total": round(taken, 3),
+                      "seconds": [round(r["seconds"], 2) for r in results]}))
+    assert taken <= 1.05, f"the agents took {taken:.2f} x the blob from the origin"  # one piece twice: the audit
 
 
 @pytest.mark.integration

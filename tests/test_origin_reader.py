@@ -72,9 +72,10 @@ def test_a_stop_ends_the_read(registry: Registry) -> None:
         read(target(registry, "team/app", digest), 0, [65536] * 4, control)
 
 
-def serve_origin(data: bytes, then_hang: bool) -> Iterator[tuple[int, bytes]]:
-    """An origin that promises a 206 body, sends half and then hangs up (a fault mid-transfer) or
-    goes silent (a stalled origin)."""
+def serve_origin(data: bytes, after_half: str) -> Iterator[tuple[int, bytes]]:
+    """An origin that promises a 206 body, sends half and then hangs up (``cut``: a fault
+    mid-transfer), goes silent (``hang``: a stalled origin) or sends 64 bytes every 50 ms
+    (``trickle``: a congested proxy, a degraded backend)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     port: list[int] = []
@@ -84,8 +85,13 @@ def serve_origin(data: bytes, then_hang: bool) -> Iterator[tuple[int, bytes]]:
         resp.content_length = len(data)
         await resp.prepare(request)
         await resp.write(data[: len(data) // 2])
-        if then_hang:
+        if after_half == "hang":
             await asyncio.sleep(60)
+        elif after_half == "trickle":
+            for at in range(len(data) // 2, len(data), 64):
+                await resp.write(data[at:at + 64])
+                await asyncio.sleep(0.05)
+            return resp
         request.transport.close()
         return resp
 
@@ -120,12 +126,44 @@ def serve_origin(data: bytes, then_hang: bool) -> Iterator[tuple[int, bytes]]:
 
 @pytest.fixture
 def cutting_origin() -> Iterator[tuple[int, bytes]]:
-    yield from serve_origin(os.urandom(200_000), then_hang=False)
+    yield from serve_origin(os.urandom(200_000), "cut")
 
 
 @pytest.fixture
 def stalling_origin() -> Iterator[tuple[int, bytes]]:
-    yield from serve_origin(os.urandom(200_000), then_hang=True)
+    yield from serve_origin(os.urandom(200_000), "hang")
+
+
+@pytest.fixture
+def trickling_origin() -> Iterator[tuple[int, bytes]]:
+    yield from serve_origin(os.urandom(200_000), "trickle")
+
+
+def read_stalled(port: int, data: bytes, stall: float) -> tuple[list[bytes], OriginError]:
+    """Read the origin's blob in four pieces, with a 60 s answer timeout and a ``stall`` s body window:
+    the pieces that came, and the error that ended the read."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    t = RangeTarget("http", "127.0.0.1", port, f"/v2/team/app/blobs/{digest}", None, True, 60.0, stall)
+    pieces: list[bytes] = []
+    with pytest.raises(OriginError) as caught:
+        read_range(t, 0, [50_000] * 4, lambda k, piece: pieces.append(bytes(piece)), bytearray, RunControl(),
+                   lambda n: None)
+    return pieces, caught.value
+
+
+def test_an_origin_body_gone_silent_is_given_up_after_the_stall_window(stalling_origin: tuple[int, bytes]) -> None:
+    # The socket's 60 s timeout held the run (and its lease, the others' pieces) for 60 s.
+    pieces, error = read_stalled(*stalling_origin, stall=0.5)
+    assert "sent nothing for 0.5 s" in str(error) and error.transient
+    assert len(pieces) == 2  # what came before the silence was handed on
+
+
+def test_an_origin_body_that_trickles_is_a_stall(trickling_origin: tuple[int, bytes]) -> None:
+    # 64 bytes every 50 ms never let a read time out: the run held its lease until the trickle
+    # ended (here 78 s; a real one, for good).
+    pieces, error = read_stalled(*trickling_origin, stall=0.5)
+    assert "stalled" in str(error) and error.transient
+    assert len(pieces) == 2
 
 
 def _blocked_in_recv(thread: threading.Thread) -> bool:

@@ -96,8 +96,10 @@ class Agent:
             )
         creds = Credentials(up.username, up.password) if up.username else None
         # A client's own credential wins: it is the one the upstream just accepted for this pull.
+        limits = self.config.limits
         return OriginClient(self.session, up.host, plain_http=up.plain_http, credentials=creds,
-                            authorization=authorization, verify_tls=not up.skip_verify)
+                            authorization=authorization, verify_tls=not up.skip_verify,
+                            first_byte_timeout=limits.piece_timeout, stall_timeout=limits.origin_stall_timeout)
 
     def fetch(self, registry: str, repo: str, digest: Digest, authorization: str | None = None,
               size: int | None = None) -> tuple[Swarm | None, asyncio.Future[Path]]:

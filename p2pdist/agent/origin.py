@@ -96,6 +96,46 @@ class OriginRetry:
         return wait if wait > 0 else None
 
 
+# Bytes an origin body must move per stall window of waiting on it (StallWatch): curl's
+# --speed-limit. A stream of an origin shared by hundreds (50 Mbit/s over 100 streams: 60 KB/s)
+# moves ten times that; a body that stopped, or trickles, does not.
+STALL_FLOOR = 32 << 10
+
+
+class StallWatch:
+    """Whether an origin body has stalled: ``window`` seconds spent waiting on it since it last moved
+    STALL_FLOOR bytes (curl's --speed-time, counted over the waits only, so that our own pauses to
+    hash, write or keep to the download rate are not the origin's). A fixed window judged a burst
+    and the trickle after it together: a stall took two windows to see.
+
+    A body that stops mid-way, or trickles a few bytes a second, otherwise held its origin run for
+    the 30 s read timeout, or for ever, while the lease kept the pieces from everyone else: one
+    stalled response (a proxy, a degraded backend) cost its node 30 s and sent the others to the
+    origin for the whole blob at their stall timeout. A stall is transient (OriginRetry asks again).
+    """
+
+    def __init__(self, window: float, origin: str) -> None:
+        self.window = window
+        self._origin = origin
+        self._waited = 0.0
+        self._moved = 0
+
+    def read(self, waited: float, moved: int) -> None:
+        """A read of the body waited ``waited`` seconds for ``moved`` bytes; raises OriginError on a stall."""
+        self._waited += waited
+        self._moved += moved
+        if self._moved >= STALL_FLOOR:
+            self._waited, self._moved = 0.0, 0
+        elif self._waited >= self.window:
+            raise OriginError(f"origin {self._origin} stalled: {self._moved} bytes in {self._waited:.1f} s "
+                              f"(less than {STALL_FLOOR} bytes per limits.origin_stall_timeout)")
+
+    def silent(self) -> OriginError:
+        """The error for a read that got nothing at all within the window."""
+        return OriginError(f"origin {self._origin} sent nothing for {self.window:g} s "
+                           "(limits.origin_stall_timeout)")
+
+
 class OriginAuthError(OriginError):
     """The origin wants credentials we don't have, or refused the ones we sent.
 
@@ -170,8 +210,16 @@ class OriginClient:
         authorization: str | None = None,
         verify_tls: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        first_byte_timeout: float = 30.0,
+        stall_timeout: float = 5.0,
     ) -> None:
         self._session = session
+        # Blob bodies: no cap on the whole (the session's 300 s cut every long body, a large layer
+        # from a slow origin or without Range, and its retry as well); up to ``first_byte_timeout``
+        # for the answer, then StallWatch on the body (``stall_timeout``, limits.origin_stall_timeout).
+        self._body_timeout = aiohttp.ClientTimeout(total=None, sock_connect=first_byte_timeout,
+                                                   sock_read=first_byte_timeout)
+        self.stall_timeout = stall_timeout
         self._ssl = verify_tls  # False only for insecure registries the operator configured as such
         self.registry = check_registry(registry)
         self._base = URL.build(scheme="http" if plain_http else "https", authority=registry)
@@ -209,7 +257,7 @@ class OriginClient:
         if not 0 <= start < end:
             raise ValueError(f"invalid byte range [{start}, {end})")
         headers = {"Range": f"bytes={start}-{end - 1}"}
-        async with self._request("GET", repo, digest, headers) as response:
+        async with self._request("GET", repo, digest, headers, self._body_timeout) as response:
             if response.status == 200:
                 raise RangeNotSupported(f"origin {self.registry} ignored Range for {digest}", status=200)
             if response.status != 206:
@@ -227,7 +275,7 @@ class OriginClient:
 
     async def fetch_all(self, repo: str, digest: str) -> AsyncIterator[bytes]:
         """Stream the whole blob (for origins without Range support)."""
-        async with self._request("GET", repo, digest, {}) as response:
+        async with self._request("GET", repo, digest, {}, self._body_timeout) as response:
             if response.status != 200:
                 raise OriginError(f"GET blob: unexpected status {response.status}", status=response.status,
                                   retry_after=retry_after_seconds(response.headers.get("Retry-After")))
@@ -279,7 +327,8 @@ class OriginClient:
         url = self._base.with_path(f"/v2/{repo}/blobs/{digest}")
         authorization = self._authorization or self._cached_authorization(f"repository:{repo}:pull")
         assert url.host is not None and url.port is not None
-        return RangeTarget(url.scheme, url.host, url.port, url.raw_path, authorization, bool(self._ssl), timeout)
+        return RangeTarget(url.scheme, url.host, url.port, url.raw_path, authorization, bool(self._ssl), timeout,
+                           self.stall_timeout)
 
     async def ping(self, authorization: str | None = None) -> tuple[int, str | None]:
         """``GET /v2/`` with these credentials (or none): the status and the challenge, if any.
@@ -313,8 +362,21 @@ class OriginClient:
         self, response: aiohttp.ClientResponse, expected: int | None, digest: str
     ) -> AsyncIterator[bytes]:
         received = 0
+        watch = StallWatch(self.stall_timeout, self.registry)
+        loop = asyncio.get_running_loop()
         try:
-            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+            while True:
+                began = loop.time()
+                try:
+                    async with asyncio.timeout(self.stall_timeout):
+                        # What has arrived, up to a chunk (read(n) waits for any byte, not for n):
+                        # iter_chunked waited for whole chunks, and so for the whole of a trickle.
+                        chunk = await response.content.read(CHUNK_SIZE)
+                except TimeoutError:
+                    raise watch.silent() from None
+                if not chunk:
+                    break
+                watch.read(loop.time() - began, len(chunk))
                 received += len(chunk)
                 if expected is not None and received > expected:
                     raise OriginError(f"origin {self.registry} sent more than {expected} bytes of {digest}")
@@ -326,7 +388,8 @@ class OriginClient:
 
     @asynccontextmanager
     async def _request(
-        self, method: str, repo: str, digest: str, headers: dict[str, str]
+        self, method: str, repo: str, digest: str, headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A blob request with auth handled; yields a 2xx response, raises for everything else."""
         # Validate before any URL exists: these strings end up in a path on someone else's server.
@@ -335,7 +398,7 @@ class OriginClient:
         url = self._base.with_path(f"/v2/{repo}/blobs/{digest}")
         # Byte ranges index the stored blob, not a compressed transfer of it.
         headers = {**headers, "Accept-Encoding": "identity"}
-        response = await self._send_authorized(method, url, headers, repo)
+        response = await self._send_authorized(method, url, headers, repo, timeout=timeout)
         try:
             if not 200 <= response.status < 300:
                 await self._raise_for(response, repo, digest)
@@ -344,22 +407,24 @@ class OriginClient:
             response.release()
 
     async def _send_authorized(self, method: str, url: URL, headers: dict[str, str] | CIMultiDict[str], repo: str,
-                               *, anonymous: bool = True) -> aiohttp.ClientResponse:
+                               *, anonymous: bool = True,
+                               timeout: aiohttp.ClientTimeout | None = None) -> aiohttp.ClientResponse:
         """Send with the pull authorization known for ``repo`` (a client's own, a cached token, basic);
         on a 401 without a client's own credential, answer the challenge and send again
         (``anonymous``: also without configured credentials, for anonymous tokens)."""
         scope = f"repository:{repo}:pull"
         authorization = self._authorization or self._cached_authorization(scope)
-        response = await self._send(method, url, headers, authorization)
+        response = await self._send(method, url, headers, authorization, timeout)
         if response.status == 401 and self._authorization is None and (anonymous or self._credentials is not None):
             challenge = response.headers.get("WWW-Authenticate", "")
             response.release()
             authorization = await self._answer_challenge(challenge, scope, repo, refused=authorization)
-            response = await self._send(method, url, headers, authorization)
+            response = await self._send(method, url, headers, authorization, timeout)
         return response
 
     async def _send(
-        self, method: str, url: URL, headers: dict[str, str] | CIMultiDict[str], authorization: str | None
+        self, method: str, url: URL, headers: dict[str, str] | CIMultiDict[str], authorization: str | None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         """Send, following redirects ourselves: Authorization goes only to the origin it was meant for.
 
@@ -377,7 +442,8 @@ class OriginClient:
                 authorization = None  # once we left the origin, never send it again
             try:
                 response = await self._session.request(
-                    method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl
+                    method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl,
+                    **({} if timeout is None else {"timeout": timeout}),
                 )
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise OriginError(f"cannot reach origin {url.host}:{url.port}: {e}") from e

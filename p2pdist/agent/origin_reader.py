@@ -20,10 +20,11 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 
 from p2pdist import USER_AGENT
-from p2pdist.agent.origin import OriginError, retry_after_seconds, transient_status
+from p2pdist.agent.origin import OriginError, StallWatch, retry_after_seconds, transient_status
 from p2pdist.agent.origin_target import RangeTarget
 
 from ..errors import P2pdistError
@@ -111,6 +112,14 @@ def read_range(target: RangeTarget, start: int, lengths: list[int], on_piece: Ca
         if match is None or (int(match[1]), int(match[2])) != (start, end - 1):
             raise OriginError(f"origin answered Range bytes={start}-{end - 1} with Content-Range "
                               f"{response.getheader('Content-Range')!r}")
+        # The body: each read takes what has arrived (one recv, straight into the piece buffer), so
+        # StallWatch sees a trickle as it trickles; HTTPResponse.readinto waits to fill the buffer.
+        # A chunked body (no Content-Length, which no registry sends for a Range) reads as before.
+        body = response if response.chunked else response.fp
+        read = body.readinto if response.chunked else body.readinto1  # type: ignore[union-attr]
+        assert conn.sock is not None
+        conn.sock.settimeout(target.stall)  # the headers had target.timeout; a silent body has this
+        watch = StallWatch(target.stall, target.host)
         for k, length in enumerate(lengths):
             buf = buffer_for(length)
             view = memoryview(buf)[:length]
@@ -118,12 +127,18 @@ def read_range(target: RangeTarget, start: int, lengths: list[int], on_piece: Ca
             while filled < length:
                 if control.stopped:
                     raise Stopped()
+                began = time.monotonic()
                 try:
-                    n = response.readinto(view[filled:])
+                    n = read(view[filled:])
+                except TimeoutError:
+                    if control.stopped:
+                        raise Stopped() from None
+                    raise watch.silent() from None
                 except (OSError, http.client.HTTPException) as e:
                     if control.stopped:
                         raise Stopped() from None
                     raise OriginError(f"transfer from origin {target.host} failed: {e}") from e
+                watch.read(time.monotonic() - began, n)
                 if not n:
                     if control.stopped:
                         raise Stopped()
