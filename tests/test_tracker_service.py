@@ -431,6 +431,26 @@ def test_corrupt_resets_digests_and_leases_for_everyone() -> None:
         assert again.reset and again.digests == [(0, pd(0)), (1, pd(1))]
 
 
+def test_a_corrupt_report_from_a_log_wiped_since_is_stale_and_wipes_nothing() -> None:
+    # A byte flipped in one origin response fails every node that took the piece; each reported it
+    # and each report wiped the log again, the one the first reporter was fetching anew on included.
+    t = Harness()
+    started = t.announce("b", 0, size=8 * MiB, want_leases=2).digest_pos  # b and c begin on the first log
+    t.announce("c", 0.1)
+    t.announce("b", 1, digests=[(i, pd(i)) for i in range(8)])
+    first = t.announce("c", 2, event="corrupt", digest_pos=started)  # c found it first: the log is wiped
+    assert first.reset and len(t.of("corrupt_reset")) == 1
+    again = t.announce("c", 3, want_leases=2)  # c fetches anew, on the new log
+    assert again.digest_pos != started
+    t.announce("c", 4, digests=[(0, pd(0)), (1, pd(1))])
+    t.announce("b", 5, event="corrupt", digest_pos=started)  # b's report is of the log already wiped
+    assert t.of("corrupt_stale") == [{"blob": BLOB, "node": "b"}] and len(t.of("corrupt_reset")) == 1
+    d = t.announce("d", 6)
+    assert d.digests == [(0, pd(0)), (1, pd(1))]  # the new log's digests stand
+    t.announce("d", 7, event="corrupt", digest_pos=d.digest_pos)  # a report of the current log wipes it
+    assert len(t.of("corrupt_reset")) == 2
+
+
 def test_cursor_from_a_forgotten_log_is_reset_even_if_in_range() -> None:
     """A cursor shorter than the new log still belongs to the old one (e.g. after a tracker restart)."""
     t = Harness()

@@ -56,7 +56,8 @@ ANNOUNCE_PATH = "/v1/announce"  # checked by admit(), as the fast path does
 STATUS = {"size-conflict": 409, "size-invalid": 400, "capacity": 503, "banned": 403, "busy": 503}
 # Service events worth a line at info or above; the rest are debug.
 EVENT_LEVELS = {
-    "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "digests_rejected": logging.WARNING,
+    "lease_expired": logging.INFO, "corrupt_reset": logging.WARNING, "corrupt_stale": logging.INFO,
+    "digests_rejected": logging.WARNING,
     "peer_rejected": logging.WARNING, "blob_dropped": logging.INFO, "peer_expired": logging.INFO,
     "audit_passed": logging.INFO, "audit_failed": logging.WARNING, "node_banned": logging.WARNING,
     "pieces_orphaned": logging.INFO, "leases_abandoned": logging.INFO,

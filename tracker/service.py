@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from p2pdist.core.handout import HANDOUTS, HandoutPolicy, PeerInfo
 from p2pdist.core.layout import LayoutError, PieceLayout, decide_layout
 from p2pdist.core.leases import LeaseBook
-from p2pdist.core.proofs import MAX_OFFSET
+from p2pdist.core.proofs import MAX_OFFSET, cursor_epoch
 from p2pdist.core.wire import Announce, AnnounceReply
 
 from .config import TrackerConfig
@@ -141,6 +141,11 @@ def handle_announce(
 
     if msg.event == "corrupt" and msg.node in blob.corrupt_from:
         emit("corrupt_ignored", blob=msg.blob, node=msg.node)  # once per node: no wiping the log at will
+    elif msg.event == "corrupt" and cursor_epoch(msg.digest_pos) not in (0, blob.epoch):
+        # Its download began on a log another report has wiped already: the fault it found is being
+        # mended (a byte flipped in one origin response failed every node of the swarm, and each
+        # report wiped the log again, the nodes already fetching anew included).
+        emit("corrupt_stale", blob=msg.blob, node=msg.node)
     elif msg.event == "corrupt":
         blob.corrupt_from.add(msg.node)
         emit("corrupt_reset", blob=msg.blob, node=msg.node, discarded=len(blob.log))

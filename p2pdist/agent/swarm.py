@@ -30,7 +30,7 @@ from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
 from p2pdist.core.manifest import ManifestError, piece_digest
-from p2pdist.core.proofs import tracker_lacks_digests
+from p2pdist.core.proofs import EPOCH_SHIFT, cursor_epoch, tracker_lacks_digests
 from p2pdist.store import PartialClosed, StoreFull
 
 from ..errors import P2pdistError
@@ -118,6 +118,7 @@ class Swarm:
         # hold (in our cursor's epoch) is the machine's word: ``Download.proved(i)``.
         self.proofs: dict[int, tuple[bytes, bytes]] = {}
         self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
+        self.started_epoch = 0  # the tracker's digest log the current download began on (0: none)
         self.finished = False
         self._pending_readers: dict[int, int] = {}  # readers that arrived before the machine
 
@@ -129,17 +130,26 @@ class Swarm:
                 path = await self._download()
             except DigestMismatch as e:
                 # The assembled blob is wrong although every piece matched its digest: a lease
-                # holder reported bad digests or the origin changed. Start over from the origin alone.
-                log.error("assembled blob failed its digest; refetching from origin",
+                # holder's origin copy was bad (a byte flipped on the way, a node that lies) or the
+                # origin changed. The tracker wipes the blob's digests and leases (once: the others'
+                # reports, from the same log, find it wiped), and the swarm fetches it anew, each
+                # piece from the origin once more. Going to the origin alone at once, every node of
+                # the swarm took the whole blob again: one flipped byte, 3 nodes, 3.0x egress.
+                again = "through the swarm" if not self.direct else "from the origin"
+                log.error(f"assembled blob failed its digest; fetching it again {again}",
                           extra={"blob": self.blob, "error": str(e)})
-                self.agent.metrics.origin_fallbacks.labels("corrupt").inc()
-                await self._announce_safely("corrupt")
-                # The discarded pieces are gone: neighbours must stop asking us for them.
-                self.agent.neighbours.broadcast_lost(self.blob)
-                self._reset()
-                self.direct = True
-                self.size_hint = None  # the origin's own word this time, should the hint have been wrong
-                path = await self._download()
+                await self._start_over()
+                try:
+                    path = await self._download()
+                except DigestMismatch as e2:
+                    if self.direct:
+                        raise
+                    # Wrong twice through the swarm: the origin alone, as a last try.
+                    log.error("assembled blob failed its digest again; fetching it from the origin",
+                              extra={"blob": self.blob, "error": str(e2)})
+                    self.direct = True
+                    await self._start_over()
+                    path = await self._download()
         except StoreFull as e:
             # Said plainly (the disk, the sizes), and nothing kept (see _download): a partial that
             # cannot be finished would only take the room a blob that fits needs.
@@ -160,6 +170,15 @@ class Swarm:
         self.agent.metrics.fetch_seconds.observe(self.stats.finished - self.stats.started)
         return path
 
+    async def _start_over(self) -> None:
+        """After a failed assembly: say so to the tracker, drop what we had, ask the origin's size anew."""
+        self.agent.metrics.origin_fallbacks.labels("corrupt").inc()
+        await self._announce_safely("corrupt")
+        # The discarded pieces are gone: neighbours must stop asking us for them.
+        self.agent.neighbours.broadcast_lost(self.blob)
+        self._reset()
+        self.size_hint = None  # the origin's own word this time, should the hint have been wrong
+
     def _reset(self) -> None:
         if self.machine is not None:
             self._pending_readers = dict(self.machine.readers)
@@ -178,6 +197,7 @@ class Swarm:
         size = self.size_hint if self.size_hint is not None else await self._origin_size()
         self.size_hint = size
         reply = None if self.direct else await self._first_announce()
+        self.started_epoch = cursor_epoch(reply.digest_pos) if reply is not None else 0
         limits = self.agent.config.limits
         self.layout = decide_layout(size, tracker_piece_size=reply.piece_size if reply else None,
                                     pinned_piece_size=limits.piece_size)
@@ -443,6 +463,9 @@ class Swarm:
         try:
             # Completing, the digests still owed go as in a progress announce (the machine's report).
             fields = self.machine.announce_fields() if complete and self.machine is not None else None
+            if event == "corrupt":
+                # The log this download began on: a report from a log wiped since is stale.
+                fields = ([], self.started_epoch << EPOCH_SHIFT, 0, False)
             reply = await self.agent.tracker.announce(self._announce_msg(event, size=size, complete=complete,
                                                                          fields=fields))
         except TrackerUnavailable:
