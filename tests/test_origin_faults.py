@@ -232,7 +232,7 @@ async def test_a_byte_flipped_in_one_origin_response_costs_the_swarm_one_fetch_m
     assert tracker.metrics().get("p2pdist_tracker_corrupt_resets_total") == 1
     egress = registry.egress(digest) / size
     print(json.dumps({"case": "a byte flipped in one origin response", "registry_egress": round(egress, 3)}))
-    assert egress <= 2.1, f"{egress:.2f} x the blob left the registry"
+    assert egress <= 2.2, f"{egress:.2f} x the blob left the registry"  # 1.42-2.0 measured; before 2.38-4.17
 
 
 @pytest.mark.integration
