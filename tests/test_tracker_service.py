@@ -451,6 +451,23 @@ def test_a_corrupt_report_from_a_log_wiped_since_is_stale_and_wipes_nothing() ->
     assert len(t.of("corrupt_reset")) == 2
 
 
+def test_a_log_wiped_by_a_corrupt_report_tells_its_agents_to_start_over_a_forgotten_one_does_not() -> None:
+    # After a wipe, an agent still on its first try re-reported the digests it held (as after a
+    # tracker restart), the one that failed among them: the new log failed every node again.
+    t = Harness()
+    t.announce("b", 0, size=8 * MiB, want_leases=2)
+    on_old = t.announce("b", 1, digests=[(i, pd(i)) for i in range(8)]).digest_pos
+    t.announce("c", 2, event="corrupt", digest_pos=on_old)
+    reply = t.announce("b", 3, digest_pos=on_old)
+    assert reply.reset and reply.wiped
+    assert not t.announce("s", 4, complete=True, digest_pos=on_old).wiped  # its blob matched: nothing to redo
+    assert not t.announce("f", 5, digest_pos=0).wiped  # a fresh agent has nothing to forget
+    fresh = Harness()  # a restarted tracker forgot the log: re-reporting is what it needs
+    fresh.announce("a", 0, size=8 * MiB)
+    restarted = fresh.announce("b", 1, digest_pos=on_old)
+    assert restarted.reset and not restarted.wiped
+
+
 def test_cursor_from_a_forgotten_log_is_reset_even_if_in_range() -> None:
     """A cursor shorter than the new log still belongs to the old one (e.g. after a tracker restart)."""
     t = Harness()

@@ -190,7 +190,7 @@ def _pack_record(r: SharedBlobRecord) -> bytes:
         "epoch": r.epoch, "last_seen": r.last_seen, "size": r.size, "piece_size": r.piece_size,
         "book": book, "log": r.log, "withheld": r.withheld, "audits": audits,
         "probation": list(r.probation), "takers": list(r.takers), "reporters": list(r.reporters),
-        "corrupt_from": list(r.corrupt_from), "orphaned": r.orphaned,
+        "corrupt_from": list(r.corrupt_from), "wiped_epochs": r.wiped_epochs, "orphaned": r.orphaned,
         "fetchers": r.fetchers, "due": r.due,
         "pieces": r.pieces, "granted_upto": r.granted_upto, "downloaders": r.downloaders,
         "rejoin_until": None if r.rejoin_until == float("-inf") else r.rejoin_until,
@@ -212,6 +212,7 @@ def _unpack_record(digest: str, data: bytes, config: TrackerConfig) -> SharedBlo
     r.held_back = {i for claims in r.withheld.values() for i, _ in claims}
     r.audits = {a[0]: Audit(a[0], a[1], a[2], a[3], a[4], a[5], dict(a[6])) for a in d["audits"]}
     r.probation, r.takers, r.corrupt_from = set(d["probation"]), set(d["takers"]), set(d["corrupt_from"])
+    r.wiped_epochs = list(d.get("wiped_epochs", ()))  # records written before the field have none
     r.reporters = set(d.get("reporters", ()))  # absent in records an older tracker wrote
     r.orphaned = dict(d.get("orphaned", {}))  # the same
     r.fetchers = dict(d.get("fetchers", {}))  # the same

@@ -97,6 +97,7 @@ class BlobRecord:
     # interval (service._interval), so after a restart they re-report within the rejoin grace.
     reporters: set[str] = field(default_factory=set)
     corrupt_from: set[str] = field(default_factory=set)  # nodes whose "corrupt" reset the log (once each)
+    wiped_epochs: list[int] = field(default_factory=list)  # the last logs a "corrupt" wiped (WIPED_KEPT)
     # Pieces leased again because downloaders named them orphans (no holder left), and when: once
     # per lease TTL each (service._orphans), so naming them cannot draw a piece from the origin
     # faster than a node pulling the blob itself would.

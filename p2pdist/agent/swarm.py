@@ -46,6 +46,10 @@ DEADLINE_RECHECK = 0.25  # seconds between looks at a waiting piece request's (m
 SEND_DIGESTS_NOW = 0.001  # seconds before the seeding loop sends a tracker the digests its log lacks
 
 
+class LogWiped(P2pdistError):
+    """The tracker wiped the digest log this download's pieces were checked against (a "corrupt")."""
+
+
 class FetchFailed(P2pdistError):
     """The blob could not be fetched even from the origin; the message says why."""
 
@@ -127,7 +131,14 @@ class Swarm:
     async def run(self) -> Path:
         try:
             try:
-                path = await self._download()
+                try:
+                    path = await self._download()
+                except LogWiped as e:
+                    log.warning("fetching the blob again through the swarm", extra={"blob": self.blob, "why": str(e)})
+                    self.error = None
+                    self.agent.neighbours.broadcast_lost(self.blob)  # what we had is dropped
+                    self._reset()
+                    path = await self._download()
             except DigestMismatch as e:
                 # The assembled blob is wrong although every piece matched its digest: a lease
                 # holder's origin copy was bad (a byte flipped on the way, a node that lies) or the
@@ -253,7 +264,9 @@ class Swarm:
                                             "seconds": round(now - self.stats.started, 3),
                                             "from_peers": self.stats.from_peers,
                                             "from_origin": self.stats.from_origin, "resumed": self.stats.resumed})
-        except StoreFull:
+        except (StoreFull, LogWiped):
+            # Nothing kept: a partial that cannot be finished would only take room (StoreFull), and
+            # pieces checked against a wiped log would be resumed and reported again (LogWiped).
             await self._stop_tasks()
             with contextlib.suppress(PartialClosed):
                 await asyncio.to_thread(self.partial.discard)
@@ -490,6 +503,14 @@ class Swarm:
             log.info("announce failed", extra={"blob": self.blob, "error": str(e)})
             if dl is self.machine:
                 dl.announce_failed(time.monotonic())
+            return
+        if dl is self.machine and reply.wiped:
+            # Another node's assembled blob failed and the tracker wiped the log ours were checked
+            # against: start over now, before the machine re-reports (as after a tracker restart)
+            # a digest that may be the wrong one (tracker.service, "wiped").
+            if self.error is None:
+                self.error = LogWiped(f"the tracker wiped the digests of {self.blob}: another node's copy failed")
+            self.wake()
             return
         if dl is self.machine:
             dl.on_reply(time.monotonic(), self._reply(reply))

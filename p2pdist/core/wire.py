@@ -295,7 +295,7 @@ class AnnounceReply(Message):
         "interval": _num(0.0, 86400.0), "size": _opt_int(), "piece_size": _opt_int(1, 1 << 32),
         "peers": _list(_peer, 1024), "digests": _list(_piece_digest), "digest_pos": _int(),
         "leases": _list(_lease, 64), "reset": _bool, "ticket": _text(512), "spacing": _num(0.0, 60.0),
-        "proofs": _list(_proof),
+        "proofs": _list(_proof), "wiped": _bool,
     }
     interval: float
     size: int | None = None
@@ -312,6 +312,9 @@ class AnnounceReply(Message):
     # The tracker's proof of each digest in ``digests`` (core.proofs), in the same order, so the
     # agent can hand the digests on with its pieces. Empty: a tracker that signs nothing.
     proofs: list[bytes] = field(default_factory=list)
+    # With ``reset``: the log was wiped by a "corrupt" report (an assembled blob failed its digest),
+    # so what the agent holds was checked against digests one of which is wrong: it starts over.
+    wiped: bool = False
 
     def to_fields(self) -> dict[str, Any]:
         # Spelled out, as PeerInfo's: the tracker encodes one per announce. msgpack packs the
@@ -319,7 +322,7 @@ class AnnounceReply(Message):
         return {"interval": self.interval, "size": self.size, "piece_size": self.piece_size,
                 "peers": [p.to_fields() for p in self.peers], "digests": self.digests,
                 "digest_pos": self.digest_pos, "leases": self.leases, "reset": self.reset,
-                "ticket": self.ticket, "spacing": self.spacing, "proofs": self.proofs}
+                "ticket": self.ticket, "spacing": self.spacing, "proofs": self.proofs, "wiped": self.wiped}
 
 
 @dataclass(frozen=True)
