@@ -14,6 +14,7 @@ import json
 import os
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -90,59 +91,37 @@ def test_a_registry_restarted_mid_distribution_is_waited_for(registry: Registry,
     assert registry.egress(digest) / size <= taken <= 1.2, f"the agents took {taken:.2f} x the blob from the origin"
 
 
-def rate_limiting_front(upstream: str, refusals: int, seen: list[tuple[float, int]]) -> web.Application:
-    """Passes every request on to ``upstream``, but answers the first ``refusals`` blob GETs 429
-    with Retry-After: 1, as a registry whose pull rate limit the node reached does."""
+# A body writer: (response, chunk, bytes of the body sent before it) -> writes the chunk its way.
+BodyWriter = Callable[[web.StreamResponse, bytes, int], Awaitable[None]]
+
+
+async def _plain(response: web.StreamResponse, chunk: bytes, sent: int) -> None:
+    await response.write(chunk)
+
+
+def front(upstream: str, answer: Callable[[web.Request], web.Response | None] = lambda r: None,
+          body: Callable[[web.Request], BodyWriter] = lambda r: _plain,
+          seen: Callable[[web.Request, int], None] = lambda r, s: None) -> web.Application:
+    """A proxy before the real registry at ``upstream`` (a CDN, a rate-limiting gateway): every
+    request is passed on, unless ``answer`` answers it here; each upstream status goes to ``seen``,
+    and the body is written by the writer ``body`` picks for the request (the faults under test)."""
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        blob_get = request.method == "GET" and "/blobs/" in request.path
-        if blob_get and sum(1 for _, s in seen if s == 429) < refusals:
-            seen.append((time.monotonic(), 429))
-            return web.json_response(
-                {"errors": [{"code": "TOOMANYREQUESTS", "message": "You have reached your pull rate limit."}]},
-                status=429, headers={"Retry-After": "1"})
+        mine = answer(request)
+        if mine is not None:
+            return mine
+        write = body(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization", "accept")}
         async with aiohttp.ClientSession() as session, session.request(
                 request.method, upstream + request.path_qs, headers=headers, allow_redirects=False) as up:
-            if blob_get:
-                seen.append((time.monotonic(), up.status))
-            response = web.StreamResponse(status=up.status, headers={
-                k: v for k, v in up.headers.items()
-                if k.lower() in ("content-type", "content-length", "content-range", "docker-content-digest")})
-            await response.prepare(request)
-            async for chunk in up.content.iter_chunked(1 << 16):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", forward)
-    return app
-
-
-def trickling_front(upstream: str, seen: list[tuple[str, bool]]) -> web.Application:
-    """Passes every request on to ``upstream``, but the first blob Range GET's body stops after
-    512 KiB and then trickles 64 bytes a second, as behind a congested proxy or a degraded backend."""
-
-    async def forward(request: web.Request) -> web.StreamResponse:
-        ranged = request.method == "GET" and "/blobs/" in request.path and "Range" in request.headers
-        trickle = ranged and not any(t for _, t in seen)
-        if ranged:
-            seen.append((request.headers["Range"], trickle))
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization", "accept")}
-        async with aiohttp.ClientSession() as session, session.request(
-                request.method, upstream + request.path_qs, headers=headers, allow_redirects=False) as up:
+            seen(request, up.status)
             response = web.StreamResponse(status=up.status, headers={
                 k: v for k, v in up.headers.items()
                 if k.lower() in ("content-type", "content-length", "content-range", "docker-content-digest")})
             await response.prepare(request)
             sent = 0
             async for chunk in up.content.iter_chunked(1 << 16):
-                if trickle and sent >= 512 << 10:
-                    for at in range(0, len(chunk), 64):
-                        await response.write(chunk[at:at + 64])
-                        await asyncio.sleep(1.0)
-                await response.write(chunk)
+                await write(response, chunk, sent)
                 sent += len(chunk)
             await response.write_eof()
             return response
@@ -150,6 +129,55 @@ def trickling_front(upstream: str, seen: list[tuple[str, bool]]) -> web.Applicat
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
+
+
+def blob_get(request: web.Request) -> bool:
+    return request.method == "GET" and "/blobs/" in request.path
+
+
+def ranged_get(request: web.Request) -> bool:
+    return blob_get(request) and "Range" in request.headers
+
+
+def rate_limiting_front(upstream: str, refusals: int, seen: list[tuple[float, int]]) -> web.Application:
+    """Answers the first ``refusals`` blob GETs 429 with Retry-After: 1, as a registry whose pull
+    rate limit the node reached does; ``seen`` gets (time, status) of every blob GET."""
+
+    def answer(request: web.Request) -> web.Response | None:
+        if not blob_get(request) or sum(1 for _, s in seen if s == 429) >= refusals:
+            return None
+        seen.append((time.monotonic(), 429))
+        return web.json_response(
+            {"errors": [{"code": "TOOMANYREQUESTS", "message": "You have reached your pull rate limit."}]},
+            status=429, headers={"Retry-After": "1"})
+
+    def note(request: web.Request, status: int) -> None:
+        if blob_get(request):
+            seen.append((time.monotonic(), status))
+
+    return front(upstream, answer=answer, seen=note)
+
+
+def trickling_front(upstream: str, seen: list[tuple[str, bool]]) -> web.Application:
+    """The first blob Range GET's body stops after 512 KiB and then trickles 64 bytes a second, as
+    behind a congested proxy or a degraded backend; ``seen`` gets (Range, trickled) of each."""
+
+    async def trickle(response: web.StreamResponse, chunk: bytes, sent: int) -> None:
+        if sent < 512 << 10:
+            await response.write(chunk)
+            return
+        for at in range(0, len(chunk), 64):
+            await response.write(chunk[at:at + 64])
+            await asyncio.sleep(1.0)
+
+    def body(request: web.Request) -> BodyWriter:
+        if not ranged_get(request):
+            return _plain
+        first = not any(t for _, t in seen)
+        seen.append((request.headers["Range"], first))
+        return trickle if first else _plain
+
+    return front(upstream, body=body)
 
 
 @pytest.mark.integration
@@ -180,31 +208,19 @@ async def test_a_response_that_trickles_mid_body_is_asked_again_before_the_swarm
 
 
 def flipping_front(upstream: str, armed: list[bool], flipped: list[str]) -> web.Application:
-    """Passes every request on to ``upstream``; once ``armed``, the first blob Range GET's body has
-    its first byte flipped (a bit flipped in a proxy, a storage backend read gone wrong)."""
+    """Once ``armed``, the first blob Range GET's body has its first byte flipped (a bit flipped in
+    a proxy, a storage backend read gone wrong); ``flipped`` gets its Range."""
 
-    async def forward(request: web.Request) -> web.StreamResponse:
-        ranged = request.method == "GET" and "/blobs/" in request.path and "Range" in request.headers
-        flip = ranged and armed[0] and not flipped
-        if flip:
-            flipped.append(request.headers["Range"])
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization", "accept")}
-        async with aiohttp.ClientSession() as session, session.request(
-                request.method, upstream + request.path_qs, headers=headers, allow_redirects=False) as up:
-            response = web.StreamResponse(status=up.status, headers={
-                k: v for k, v in up.headers.items()
-                if k.lower() in ("content-type", "content-length", "content-range", "docker-content-digest")})
-            await response.prepare(request)
-            async for chunk in up.content.iter_chunked(1 << 16):
-                if flip:
-                    chunk, flip = bytes([chunk[0] ^ 1]) + chunk[1:], False
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+    async def flip(response: web.StreamResponse, chunk: bytes, sent: int) -> None:
+        await response.write(bytes([chunk[0] ^ 1]) + chunk[1:] if sent == 0 else chunk)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", forward)
-    return app
+    def body(request: web.Request) -> BodyWriter:
+        if not (ranged_get(request) and armed[0] and not flipped):
+            return _plain
+        flipped.append(request.headers["Range"])
+        return flip
+
+    return front(upstream, body=body)
 
 
 @pytest.mark.integration
