@@ -136,8 +136,7 @@ class Swarm:
                 except LogWiped as e:
                     log.warning("fetching the blob again through the swarm", extra={"blob": self.blob, "why": str(e)})
                     self.error = None
-                    self.agent.neighbours.broadcast_lost(self.blob)  # what we had is dropped
-                    self._reset()
+                    self._drop_held()
                     path = await self._download()
             except DigestMismatch as e:
                 # The assembled blob is wrong although every piece matched its digest: a lease
@@ -185,10 +184,13 @@ class Swarm:
         """After a failed assembly: say so to the tracker, drop what we had, ask the origin's size anew."""
         self.agent.metrics.origin_fallbacks.labels("corrupt").inc()
         await self._announce_safely("corrupt")
-        # The discarded pieces are gone: neighbours must stop asking us for them.
+        self._drop_held()
+        self.size_hint = None  # the origin's own word this time, should the hint have been wrong
+
+    def _drop_held(self) -> None:
+        """The download's pieces are discarded: neighbours must stop asking us for them; start afresh."""
         self.agent.neighbours.broadcast_lost(self.blob)
         self._reset()
-        self.size_hint = None  # the origin's own word this time, should the hint have been wrong
 
     def _reset(self) -> None:
         if self.machine is not None:
