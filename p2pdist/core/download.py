@@ -76,6 +76,8 @@ def backoff(failures: int, first: float = RETRY_INTERVAL, most: float = MAX_RETR
     """The wait after the ``failures``-th failure in a row (1, 2, ...): ``first``, doubled per
     failure, at most ``most``. The announcer's, and the drivers' for the tracker and the origin."""
     return min(most, first * 2 ** (failures - 1))
+
+
 BUSY_BACKOFF = 0.5  # a peer that answered 503 is not asked again for this long
 SCORE_GAIN = 0.1  # a piece delivered
 SCORE_MAX = 1.0
