@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pdist.cli.demo.procs import free_port
 from p2pdist.core.identity import NodeCredential, TicketChecker, public_bytes, sign_request
 from p2pdist.core.wire import MAX_FRAME, VERSION, Announce, AnnounceReply, decode, encode
 from tests.support.identity import Caller
@@ -34,12 +34,6 @@ TOKEN = "s3cret-cluster-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BLOB = "sha256:" + "c" * 64
 MiB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -5,16 +5,32 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 STOP_TIMEOUT = 10.0
 
+# Ports handed out by this process. The kernel may give a port it just handed out again once
+# the probing socket is closed, and two such ports in one daemon's arguments (its peer and API
+# listeners) make it exit at bind: a port is given once per process.
+_given: set[int] = set()
+_given_lock = threading.Lock()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry on the rare race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago and not handed out before by this process.
+
+    Another process may still take it before the caller binds it; callers that start servers
+    retry on that rare race.
+    """
+    with _given_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _given:
+                _given.add(port)
+                return port
 
 
 def start_process(args: list[str], log: Path, *, env: dict[str, str] | None = None,
