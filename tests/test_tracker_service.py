@@ -245,13 +245,14 @@ def test_leases_per_node_are_bounded_and_still_held_ones_are_repeated() -> None:
 def test_origin_streams_are_capped_per_blob_and_shared_by_downloaders() -> None:
     t = Harness(replace(CONFIG, leases_per_node=5, origin_streams=4))
     t.announce("seeder", 0, size=64 * MiB, complete=True)  # complete: not a downloader
-    assert len(t.announce("a", 1, want_leases=5).leases) == 4  # alone: the whole cap
+    assert len(t.announce("a", 1, want_leases=5).leases) == 5  # alone: the whole cap, and a spare
     t2 = Harness(replace(CONFIG, leases_per_node=5, origin_streams=4))
     t2.announce("seeder", 0, size=64 * MiB, complete=True)
     for node in ("a", "b", "c", "d"):
         t2.announce(node, 1)  # four downloaders known, none asked for leases yet
     got = {node: len(t2.announce(node, 2, want_leases=5).leases) for node in ("a", "b", "c", "d")}
-    assert got == {"a": 1, "b": 1, "c": 1, "d": 1}  # 4 // 4 each: pieces land on four uplinks
+    # 4 // 4 streams each, and a spare: pieces land on four uplinks.
+    assert got == {"a": 2, "b": 2, "c": 2, "d": 2}
     t2.announce("e", 3)
     assert t2.announce("e", 3, want_leases=5).leases == []  # the cap is reached
 

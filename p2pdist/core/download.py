@@ -33,7 +33,7 @@ from p2pdist.core.proofs import cursor_epoch
 # (simulations.machine, .leases, .selection: simulations/native.py), where they resolve to the
 # compiled ones.
 from . import selection
-from .leases import missing_runs
+from .leases import SPARE_LEASES, missing_runs
 from .selection import PieceSelector, RarestFirst, assign, inflight_budget, reader_cursor, usable
 
 # --- constants (the agent and the simulator read them from here) ------------------------------
@@ -49,7 +49,6 @@ MAX_RETRY = 4.0
 # tracker outage: 4.3 to 5.5x origin egress). No progress at all ends in the stall fallback.
 TRACKER_FAILURES = 2
 LOOP_TIMEOUT = 1.0  # a blocked download looks again at least this often (a back-off ends, a slot frees)
-SPARE_LEASES = 1  # leases wanted beyond the origin streams: they stay busy across the announce round trip
 MAX_WANT_LEASES = 16
 MAX_REPORT = 8192  # digests per announce (core.wire.MAX_LIST)
 # Seconds without progress (see ``last_progress``) after which the pieces no neighbour holds are
@@ -775,6 +774,11 @@ class Download:
         if self.direct and self.readers:
             limit = min(limit, self.paced())
         while self.leases and self.origin_active < limit:
+            if not self.direct and self.origin_active and self._queued_runs() <= SPARE_LEASES:
+                # The spares wait for a stream to end: queued, they keep it going across the
+                # announce round trip that reports its piece (core.leases.SPARE_LEASES); fetched
+                # beside it, they would share the origin's uplink with it and leave it idle then.
+                break
             start, end = self.leases.pop(0)
             if limit < self.origin_concurrency:
                 # A paced stream stands for the streams not open: it takes their runs too, in one
@@ -791,6 +795,11 @@ class Download:
                     self._start(i)
             self.origin_active += 1
             self.shell.start_origin(runs)
+
+    def _queued_runs(self) -> int:
+        """Queued leases with pieces still to fetch from the origin (a reply lists the leases being
+        streamed too, and those sit in the queue until a pass drops them)."""
+        return sum(1 for start, end in self.leases if missing_runs(start, end, self._not_for_origin))
 
     def _report_had(self, start: int, end: int) -> None:
         """Pieces of a lease we already hold (resumed, or from peers) are reported, closing them."""

@@ -138,8 +138,10 @@ def test_leases_become_origin_runs_and_their_digests_go_to_the_tracker_once():
     dl.start(0.0, Reply(interval=1.0, leases=[(0, 2, 10.0), (4, 5, 10.0)]))
     assert dl.want_leases() == 3  # 4 streams + 1 spare, 2 queued
     dl.schedule(0.0)
-    assert shell.take("origin") == [("origin", [(0, 2)]), ("origin", [(4, 5)])]
-    assert dl.origin_active == 2 and dl.want_leases() == 3
+    # The second lease is the spare: it waits for the stream to end instead of sharing the origin
+    # with it (core.leases.SPARE_LEASES).
+    assert shell.take("origin") == [("origin", [(0, 2)])]
+    assert dl.origin_active == 1 and dl.want_leases() == 3
     dl.piece_stored(0, True, 0.1)
     assert shell.take("stored") == [("stored", 0, True)]
     assert dl.report == [0]
@@ -152,6 +154,10 @@ def test_leases_become_origin_runs_and_their_digests_go_to_the_tracker_once():
     # Every reply lists the leases being streamed: they are not started twice.
     dl.schedule(1.05)
     assert shell.take("origin") == []
+    dl.piece_stored(1, True, 1.1)
+    dl.origin_done([(0, 2)], 1.1)
+    dl.schedule(1.1)
+    assert shell.take("origin") == [("origin", [(4, 5)])]  # the spare goes on at once
 
 
 def test_a_lease_the_tracker_no_longer_lists_is_dropped_before_it_starts():
@@ -667,7 +673,7 @@ def test_without_a_reader_or_with_leases_every_origin_stream_starts_at_once():
     dl.follow(7, 0, 0.0)  # a reader, but the tracker leases the pieces: the swarm waits for them
     dl.start(0.0, Reply(leases=[(0, 8, 10.0), (8, 16, 10.0), (16, 24, 10.0)]))
     dl.schedule(0.0)
-    assert len(shell.take("origin")) == 3
+    assert len(shell.take("origin")) == 2  # and the third, the spare, when one of them ends
     # A reader that leaves takes its pace with it.
     dl, shell = machine(64, origin_concurrency=4)
     dl.follow(7, 0, 0.0)

@@ -292,22 +292,40 @@ def test_missing_runs_skips_had_and_inflight_pieces() -> None:
     assert missing_runs(2, 3, lambda i: False) == [(2, 3)]
 
 
-def test_cap_bounds_leases_out_for_the_whole_blob():
+def test_cap_bounds_origin_streams_for_the_whole_blob():
     book = LeaseBook(100, lease_pieces=2, per_node=5, max_leases=3)
     first = book.grant("a", 0.0, want=5, downloaders=1)
-    assert len(first) == 3  # alone, a node may take the whole cap (up to per_node)
+    # Alone, a node may take the whole cap (up to per_node): 3 streams, and a spare queued.
+    assert len(first) == 4 and book.streams() == 3
     assert book.grant("b", 0.0, want=5, downloaders=2) == []  # the cap is reached
     book.record("a", first[0].start, 1.0)
     book.record("a", first[0].start + 1, 1.0)  # lease closed: one stream's worth is free again
     again = book.grant("b", 1.0, want=5, downloaders=2)
-    assert [(x.node, x.end - x.start) for x in again] == [("b", 2)]
+    assert [(x.node, x.end - x.start) for x in again] == [("b", 2), ("b", 2)]  # a stream and its spare
+    assert book.streams() == 3
 
 
-def test_cap_is_shared_among_downloaders_but_everyone_gets_one():
+def test_cap_is_shared_among_downloaders_but_everyone_gets_one_and_a_spare():
     book = LeaseBook(100, lease_pieces=2, per_node=5, max_leases=8)
     assert book.share(1) == 5 and book.share(2) == 4 and book.share(4) == 2 and book.share(100) == 1
-    assert len(book.grant("a", 0.0, want=5, downloaders=4)) == 2
-    assert len(book.grant("b", 0.0, want=5, downloaders=100)) == 1
+    assert len(book.grant("a", 0.0, want=5, downloaders=4)) == 3
+    assert len(book.grant("b", 0.0, want=5, downloaders=100)) == 2
+    assert len(book.grant("b", 0.0, want=5, downloaders=100)) == 0  # one stream and one spare
+
+
+def test_a_spare_opens_no_stream_so_the_cap_still_gives_every_taker_one():
+    # In a crowd the cap's streams go one per taker; each taker also holds a spare, queued behind
+    # its stream (core.download), so the stream goes on while the reply to its report comes back.
+    book = LeaseBook(100, lease_pieces=1, per_node=5, max_leases=4)
+    for node in "abcd":
+        assert len(book.grant(node, 0.0, want=5, downloaders=10)) == 2
+    assert len(book.leases) == 8 and book.streams() == 4
+    assert book.grant("e", 0.0, want=5, downloaders=10) == []  # four streams: the cap
+    (lease, _spare) = book.held_by("a")
+    book.record("a", lease.start, 1.0)  # its stream ended; the spare goes on in its place
+    assert book.streams() == 4
+    assert book.grant("e", 1.0, want=5, downloaders=10) == []  # still four streams
+    assert len(book.grant("a", 1.0, want=5, downloaders=10)) == 1  # a new spare for a
 
 
 def test_no_cap_keeps_per_node():
