@@ -61,9 +61,11 @@ class TrackerConfig(Settings):
     # Leases one node may hold per blob at once: its origin streams (4) + 1 spare. The wire reply
     # carries at most 64 leases.
     leases_per_node: int = Field(5, ge=1, le=64)
-    # Leases out at once per blob, shared among the nodes still downloading (at least one each): the
-    # origin's pieces then land on many nodes whose uplinks spread them in parallel, and the origin
-    # sees a bounded number of streams per blob. 0 = no cap (every node gets leases_per_node).
+    # Origin streams per blob at once, shared among the nodes still downloading (at least one each):
+    # the origin's pieces then land on many nodes whose uplinks spread them in parallel, and the
+    # origin sees a bounded number of streams per blob. Each lease taker also holds one spare lease,
+    # queued behind its streams (core.leases.SPARE_LEASES), so a stream goes straight on to its next
+    # piece. 0 = no cap (every node gets leases_per_node).
     origin_streams: int = Field(8, ge=0, le=4096)
     # Open those streams one at a time: one lease, then one more per piece digested. Streams share
     # the origin's uplink, so opening all at once delays every first piece (and the whole swarm).
