@@ -243,18 +243,30 @@ def test_leases_per_node_are_bounded_and_still_held_ones_are_repeated() -> None:
 
 
 def test_origin_streams_are_capped_per_blob_and_shared_by_downloaders() -> None:
+    # Agents that keep a spare lease queued behind their streams say so (``spares``) and get one
+    # lease more, which opens no stream.
+    _origin_streams_capped_and_shared(spares=True)
+
+
+def test_older_agents_get_no_spare_lease_and_each_lease_is_a_stream() -> None:
+    # Older agents start every lease they hold at once (no ``spares`` in their announce).
+    _origin_streams_capped_and_shared(spares=False)
+
+
+def _origin_streams_capped_and_shared(spares: bool) -> None:
+    spare = 1 if spares else 0
     t = Harness(replace(CONFIG, leases_per_node=5, origin_streams=4))
     t.announce("seeder", 0, size=64 * MiB, complete=True)  # complete: not a downloader
-    assert len(t.announce("a", 1, want_leases=5).leases) == 5  # alone: the whole cap, and a spare
+    assert len(t.announce("a", 1, want_leases=5, spares=spares).leases) == 4 + spare  # alone: the whole cap
     t2 = Harness(replace(CONFIG, leases_per_node=5, origin_streams=4))
     t2.announce("seeder", 0, size=64 * MiB, complete=True)
     for node in ("a", "b", "c", "d"):
         t2.announce(node, 1)  # four downloaders known, none asked for leases yet
-    got = {node: len(t2.announce(node, 2, want_leases=5).leases) for node in ("a", "b", "c", "d")}
-    # 4 // 4 streams each, and a spare: pieces land on four uplinks.
-    assert got == {"a": 2, "b": 2, "c": 2, "d": 2}
+    got = {node: len(t2.announce(node, 2, want_leases=5, spares=spares).leases) for node in ("a", "b", "c", "d")}
+    # 4 // 4 streams each (and the spare): pieces land on four uplinks.
+    assert got == dict.fromkeys("abcd", 1 + spare)
     t2.announce("e", 3)
-    assert t2.announce("e", 3, want_leases=5).leases == []  # the cap is reached
+    assert t2.announce("e", 3, want_leases=5, spares=spares).leases == []  # the cap is reached
 
 
 def test_origin_slow_start_opens_one_stream_more_per_digested_piece() -> None:

@@ -457,7 +457,7 @@ def _leases(blob: BlobRecord, msg: Announce, state: TrackerState, now: float, co
     if config.audits and msg.want_leases > 0:
         downloaders = _lease_takers(blob, msg.node, state.standing(msg.node).proven, config)
     if msg.want_leases > 0 and downloaders and now >= blob.rejoin_until:
-        for lease in book.grant(msg.node, now, msg.want_leases, downloaders):
+        for lease in book.grant(msg.node, now, msg.want_leases, downloaders, spares=msg.spares):
             emit("lease_granted", blob=blob.digest, node=msg.node, start=lease.start, end=lease.end,
                  reassigned=lease.start < blob.granted_upto)
             blob.granted_upto = max(blob.granted_upto, lease.end)

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 SPARE_LEASES = 1
 
 
-def _streams(held: int) -> int:
-    """Origin streams a holder of ``held`` leases runs (core.download keeps its spares queued)."""
+def _streams(held: int, spares: bool = True) -> int:
+    """Origin streams a holder of ``held`` leases runs: core.download keeps its spares queued; an
+    agent that does not (``spares`` False: older ones) starts every lease at once."""
+    if not spares:
+        return held
     return max(1, held - SPARE_LEASES) if held else 0
 
 
@@ -31,6 +34,7 @@ class Lease:
     start: int  # first piece
     end: int  # one past the last piece
     expires: float
+    spares: bool = True  # its holder keeps a spare queued (its announce said so)
 
     def covers(self, index: int) -> bool:
         return self.start <= index < self.end
@@ -70,17 +74,20 @@ class LeaseBook:
         return LeaseBook(self.piece_count, self.lease_pieces, self.ttl, self.per_node, self.max_leases,
                          self.slow_start, self.solo_lease_pieces)
 
-    def snapshot(self) -> tuple[bytes, list[tuple[str, int, int, float]], int]:
+    def snapshot(self) -> tuple[bytes, list[tuple[str, int, int, float, bool]], int]:
         """The book's state as plain values, for a tracker store shared by replicas (``restore``)."""
-        return bytes(self.digested), [(x.node, x.start, x.end, x.expires) for x in self.leases], self._cursor
+        leases = [(x.node, x.start, x.end, x.expires, x.spares) for x in self.leases]
+        return bytes(self.digested), leases, self._cursor
 
-    def restore(self, digested: bytes, leases: list[tuple[str, int, int, float]], cursor: int) -> None:
-        """Take back a ``snapshot`` of a book of the same piece count."""
+    def restore(self, digested: bytes, leases: list[tuple], cursor: int) -> None:
+        """Take back a ``snapshot`` of a book of the same piece count (or one an older tracker took,
+        whose leases have no ``spares``: taken as spare-keeping)."""
         if len(digested) != self.piece_count:
             raise ValueError(f"a snapshot of {len(digested)} pieces for a book of {self.piece_count}")
         self.digested = bytearray(digested)
         self._digested_n = sum(self.digested)
-        self.leases = [Lease(node, start, end, expires) for node, start, end, expires in leases]
+        self.leases = [Lease(node, start, end, expires, bool(rest[0]) if rest else True)
+                       for node, start, end, expires, *rest in leases]
         self._leased_to = {i: lease for lease in self.leases for i in range(lease.start, lease.end)}
         self._cursor = min(max(0, cursor), self.piece_count)
 
@@ -131,22 +138,29 @@ class LeaseBook:
 
     def streams(self) -> int:
         """Origin streams the leases out make: a holder fetches all its leases but its spares
-        (core.download), and always at least one."""
-        held: dict[str, int] = {}
+        (core.download), and always at least one; an older agent fetches all of them."""
+        held: dict[str, list[int]] = {}
         for lease in self.leases:
-            held[lease.node] = held.get(lease.node, 0) + 1
-        return sum(_streams(n) for n in held.values())
+            count = held.setdefault(lease.node, [0, 1])
+            count[0] += 1
+            count[1] &= lease.spares
+        return sum(_streams(n, bool(spares)) for n, spares in held.values())
 
-    def grant(self, node: str, now: float, want: int = 1, downloaders: int = 1) -> list[Lease]:
+    def grant(self, node: str, now: float, want: int = 1, downloaders: int = 1,
+              spares: bool = True) -> list[Lease]:
         """Grant up to ``want`` new leases over unleased, undigested pieces, bounded by the node's
-        ``share`` plus its spare and by ``max_leases`` streams for the whole blob."""
+        ``share`` plus its spare (if it keeps ``spares`` queued) and by ``max_leases`` streams for
+        the whole blob."""
         granted: list[Lease] = []
         # Long leases only once the asker has been alone for a piece's time (a digest came back): in a
         # flash crowd the first node to announce is briefly alone too, and a long first lease there
         # held back the spreading of the first pieces (simulated N=1,000: 1.075x the bound, not 1.064x).
         alone = downloaders <= 1 and self._digested_n > 0
         share = self.share(downloaders)
-        held = len(self.held_by(node))
+        mine = self.held_by(node)
+        for lease in mine:
+            lease.spares = spares  # the holder's kind, as its announce says now
+        held = len(mine)
         run = self.lease_pieces
         if alone and self.solo_lease_pieces > run:
             # Guided: a run takes at most 1/share of the pieces left, so the lone node's streams end
@@ -154,12 +168,12 @@ class LeaseBook:
             # which can only follow the contiguous prefix, has little left when the last piece lands.
             left = self.piece_count - self._digested_n - sum(lease.end - lease.start for lease in self.leases)
             run = max(run, min(self.solo_lease_pieces, -(-left // share)))
-        room = min(want, min(self.per_node, share + SPARE_LEASES) - held)
+        room = min(want, min(self.per_node, share + (SPARE_LEASES if spares else 0)) - held)
         if self.max_leases:
             # The cap is on streams: a holder's first lease opens one, its spares none, and every
             # lease past those one more.
             free = self.max_leases - self.streams()
-            while room > 0 and _streams(held + room) - _streams(held) > free:
+            while room > 0 and _streams(held + room, spares) - _streams(held, spares) > free:
                 room -= 1
         if self.slow_start:
             # Streams share the origin's uplink, so k streams from the start deliver their first
@@ -176,7 +190,7 @@ class LeaseBook:
             end = start
             while end < self.piece_count and end - start < run and self._free(end):
                 end += 1
-            lease = Lease(node, start, end, now + self.ttl)
+            lease = Lease(node, start, end, now + self.ttl, spares)
             for i in range(start, end):
                 self._leased_to[i] = lease
             self.leases.append(lease)

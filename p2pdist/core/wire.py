@@ -259,7 +259,7 @@ class Announce(Message):
         "blob": _digest, "size": _opt_int(), "have": _int(), "complete": _bool, "load": _int(0, 1 << 20),
         "event": _choice(*EVENTS), "want_leases": _int(0, 16),
         "digests": _list(_piece_digest), "digest_pos": _int(), "streaming": _bool, "wants_peers": _bool,
-        "peer_key": _bytes(32), "orphans": _list(_piece_index, 64),
+        "peer_key": _bytes(32), "orphans": _list(_piece_index, 64), "spares": _bool,
     }
     node: str
     addr: str
@@ -286,6 +286,9 @@ class Announce(Message):
     # Pieces the node lacks and no neighbour of it holds, after a while without progress
     # (core.download.Download.orphans): the tracker leases again those it counted as fetched.
     orphans: list[int] = field(default_factory=list)
+    # True: the agent keeps its spare lease queued behind its origin streams (core.leases.SPARE_LEASES).
+    # Absent (older agents, which start every lease they hold at once): the tracker grants no spare.
+    spares: bool = False
 
 
 @dataclass(frozen=True)

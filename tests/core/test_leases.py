@@ -328,6 +328,19 @@ def test_a_spare_opens_no_stream_so_the_cap_still_gives_every_taker_one():
     assert len(book.grant("a", 1.0, want=5, downloaders=10)) == 1  # a new spare for a
 
 
+def test_an_older_agent_gets_no_spare_and_each_of_its_leases_is_a_stream():
+    # An agent that does not say it keeps a spare queued starts every lease it holds at once.
+    book = LeaseBook(100, lease_pieces=1, per_node=5, max_leases=4)
+    assert len(book.grant("old", 0.0, want=5, downloaders=2, spares=False)) == 2  # 4 // 2, no spare
+    assert book.streams() == 2
+    assert len(book.grant("new", 0.0, want=5, downloaders=2)) == 3  # two streams and a spare
+    assert book.streams() == 4
+    assert book.grant("old", 0.0, want=5, downloaders=2, spares=False) == []
+    # Upgraded, its next announce says so: its second lease becomes its spare, which frees a stream.
+    assert len(book.grant("old", 1.0, want=5, downloaders=2)) == 1
+    assert book.streams() == 4
+
+
 def test_no_cap_keeps_per_node():
     book = LeaseBook(100, lease_pieces=2, per_node=3)
     assert book.share(1000) == 3
@@ -404,3 +417,18 @@ def test_a_lone_nodes_runs_shrink_toward_the_end():
     assert [n for n, _ in runs[-4:]] == [1, 1, 1, 1], runs  # the last round: a piece per stream
     # Against fixed eight-piece runs: a few more leases, not a lease per piece.
     assert len(runs) <= 128 // 8 + 12, len(runs)
+
+
+def test_a_snapshot_keeps_which_holders_keep_a_spare_and_an_older_one_reads_as_spare_keeping():
+    # Tracker replicas share the book through snapshots (tracker/redis_state.py): an older agent's
+    # leases must still count a stream each there.
+    book = LeaseBook(100, lease_pieces=1, per_node=5, max_leases=4)
+    book.grant("old", 0.0, want=5, downloaders=2, spares=False)
+    book.grant("new", 0.0, want=5, downloaders=2)
+    copy = book.emptied()
+    copy.restore(*book.snapshot())
+    assert copy.streams() == book.streams() == 4
+    digested, leases, cursor = book.snapshot()
+    older = book.emptied()
+    older.restore(digested, [lease[:4] for lease in leases], cursor)  # written before the field
+    assert older.streams() == 1 + 2  # "old" read as spare-keeping: its two leases, one stream
