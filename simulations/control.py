@@ -83,7 +83,7 @@ class ControlPlane:
             size=sw.blob.size, have=node.have_n[b], complete=complete,
             load=self.uploads[node.idx], event=event, want_leases=want, digests=self._digests(pieces),
             digest_pos=digest_pos, wants_peers=not complete and self._wants_peers(node), streaming=streaming,
-            spares=True,
+            spares=machine.QUEUES_SPARES,
             orphans=orphans,
         )
         self._to_tracker(self._tracker_handles, (sw, msg))

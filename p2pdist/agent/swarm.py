@@ -425,7 +425,7 @@ class Swarm:
             have=have, complete=complete, load=self.agent.uploads, event=event,
             want_leases=want, digests=digests, digest_pos=digest_pos, streaming=streaming,
             wants_peers=not complete and event != "corrupt" and self.agent.neighbours.wants_more(),
-            orphans=orphans or [], spares=True,
+            orphans=orphans or [], spares=machine.QUEUES_SPARES,
         )
 
     async def _first_announce(self) -> wire.AnnounceReply | None:

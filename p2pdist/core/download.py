@@ -50,6 +50,9 @@ MAX_RETRY = 4.0
 TRACKER_FAILURES = 2
 LOOP_TIMEOUT = 1.0  # a blocked download looks again at least this often (a back-off ends, a slot frees)
 MAX_WANT_LEASES = 16
+# The machine keeps its spare leases queued behind its origin streams (_schedule_origin): the
+# drivers' announces say so (wire.Announce.spares), and only then does a tracker grant spares.
+QUEUES_SPARES = True
 MAX_REPORT = 8192  # digests per announce (core.wire.MAX_LIST)
 # Seconds without progress (see ``last_progress``) after which the pieces no neighbour holds are
 # named to the tracker as orphans (``orphans``): their only holder may be gone (killed before
@@ -774,7 +777,8 @@ class Download:
         if self.direct and self.readers:
             limit = min(limit, self.paced())
         while self.leases and self.origin_active < limit:
-            if not self.direct and self.origin_active and self._queued_runs() <= SPARE_LEASES:
+            if (not self.direct and self.origin_active
+                    and (len(self.leases) <= SPARE_LEASES or self._queued_runs() <= SPARE_LEASES)):
                 # The spares wait for a stream to end: queued, they keep it going across the
                 # announce round trip that reports its piece (core.leases.SPARE_LEASES); fetched
                 # beside it, they would share the origin's uplink with it and leave it idle then.

@@ -7,6 +7,7 @@ pool. Time is passed in (seconds, any monotonic origin): the core owns no clock.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -139,12 +140,9 @@ class LeaseBook:
     def streams(self) -> int:
         """Origin streams the leases out make: a holder fetches all its leases but its spares
         (core.download), and always at least one; an older agent fetches all of them."""
-        held: dict[str, list[int]] = {}
-        for lease in self.leases:
-            count = held.setdefault(lease.node, [0, 1])
-            count[0] += 1
-            count[1] &= lease.spares
-        return sum(_streams(n, bool(spares)) for n, spares in held.values())
+        held = Counter(lease.node for lease in self.leases)
+        spares = {lease.node: lease.spares for lease in self.leases}  # one kind per holder (grant)
+        return sum(_streams(n, spares[node]) for node, n in held.items())
 
     def grant(self, node: str, now: float, want: int = 1, downloaders: int = 1,
               spares: bool = True) -> list[Lease]:
