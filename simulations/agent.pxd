@@ -35,6 +35,7 @@ cdef class Neighbour:
     cpdef void changed(self)
     cpdef void add_request(self, long delta)
     cdef public long room
+    cdef public long long room_pass
     cdef public double score
 
 
@@ -60,6 +61,7 @@ cdef class Node:
     cdef public double left_at
     cdef public str name
     cdef public long next_layer
+    cdef public long long passes
     cdef public object queue
     cdef public str rack
     cdef public long rack_idx
@@ -68,15 +70,14 @@ cdef class Node:
     cdef public dict transfers
     cdef public Link up
     cdef public int[::1] w_idx
+    cdef public list w_edge
     cdef public dict watchers
     cdef public str zone
     cdef public long zone_idx
 
 
 cdef class Holders:
-    cdef public object free
     cdef public Swarm owner
-    cdef public double now
 
 
 cdef class Swarm:
@@ -88,6 +89,7 @@ cdef class Swarm:
     cdef public long words
     cdef public unsigned long long[::1] reach
     cdef public int[::1] free_k
+    cdef public int[::1] free_room
     cdef public long nfree
     cdef public long upload_slots
     cdef public bint load_aware
@@ -103,6 +105,8 @@ cdef class Swarm:
     cdef public list board_nodes
     cdef public bint dirty
     cdef public list wakeups
+    cdef public bint room_only
+    cdef public list room_peers
     cdef public bint done
     cdef public long generation
     cdef public bint streaming
@@ -114,18 +118,19 @@ cdef class Swarm:
     cpdef void add_holder(self, long i, Neighbour edge)
     cpdef void drop_holder(self, long i)
     cpdef void run_pass(self)
+    @cython.locals(k=Py_ssize_t)
+    cdef bint _rooms_taken(self)
     cpdef void wake(self)
-    @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long)
+    cpdef void wake_room(self, long peer)
+    @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long, room=long)
     cpdef object holders(self, double now)
-    @cython.locals(node=Node, e=Neighbour, free=list, edges=list, j=Py_ssize_t, k=Py_ssize_t, room=long)
-    cpdef list free_edges(self, double now)
     @cython.locals(words=long, pb=long, wb=long, one=cython.ulonglong, w=long, s=long, bits=cython.ulonglong)
     cpdef bint holds_blocked(self, long peer)
     @cython.locals(node=Node)
     cdef inline long _room_at(self, Py_ssize_t k, double now)
     @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
     cpdef void stored(self, long i, bint from_origin)
-    @cython.locals(node=Node, watcher=Node, sw=Swarm, edge=Neighbour, b=long, idx=long, proved=cython.uint,
+    @cython.locals(node=Node, sw=Swarm, edge=Neighbour, b=long, proved=cython.uint,
                    one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
                    words=long, w=long, shift=long)
     cpdef void _have(self, long i, bint have)

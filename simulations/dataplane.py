@@ -211,6 +211,8 @@ class DataPlane:
             self._timeout_armed = True
             self.sim.at(self._timeouts[0][0], self._check_timeouts)
 
+    @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
+    @cython.wraparound(False)
     def _room(self, peer: Node) -> None:
         """The peer has a free upload slot again (its ROOM message): neighbours that could not place a
         piece it holds look again. They hear it in no fixed order; the first to ask gets the slot.
@@ -221,18 +223,20 @@ class DataPlane:
         k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
         nodes = self.board.nodes
         blocking = self.board.blocking
+        nb = len(blocking)
+        first = blocking[0] if nb else None  # the first blob's flags (a flash crowd has one blob)
         for j in range(n):
             pos = k + j  # (k + j) % n, without a division per watcher (0 <= k < n)
             if pos >= n:
                 pos -= n
             widx = peer.w_idx[pos]
-            for b in range(len(blocking)):
-                flags = blocking[b]
+            for b in range(nb):
+                flags = first if b == 0 else blocking[b]
                 if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
                     watcher = nodes[widx]
                     sw = watcher.swarms[b]
-                    if not sw.dirty and sw.holds_blocked(peer.idx):
-                        sw.wake()
+                    if (not sw.dirty or sw.room_only) and sw.holds_blocked(peer.idx):
+                        sw.wake_room(peer.idx)
 
     @cython.locals(sw=Swarm, req=Request, edge=Neighbour)
     def _busy(self, args: tuple[Swarm, Request]) -> None:
@@ -242,7 +246,7 @@ class DataPlane:
         sw.dl.request_done(req, machine.BUSY, self.sim.now)
         edge.changed()
 
-    @cython.locals(t=Transfer, sw=Swarm, req=Request, edge=Neighbour, peer=Node)
+    @cython.locals(t=Transfer, sw=Swarm, req=Request, edge=Neighbour, peer=Node, head=Transfer)
     def _peer_done(self, t: Transfer) -> None:
         sw, req = self._untrack(t)  # type: ignore[misc]
         # Finished transfers leave the head of the timeout queue now, not at the next check
@@ -250,7 +254,10 @@ class DataPlane:
         # run, with its request, stayed alive to the end (N=10,000: 2.56 million, most of the
         # 1.5 GB RSS), and every new one took fresh, cold memory. The checks run at the same times.
         queue = self._timeouts
-        while queue and queue[0][1].pending == 0:
+        while queue:
+            head = queue[0][1]  # a Transfer (typed: its field read in C, not looked up by name)
+            if head.pending != 0:
+                break
             queue.popleft()
         edge = req.peer
         peer = edge.node

@@ -41,7 +41,7 @@ def print_table(report: Report, console: Console | None = None) -> None:
             f"{r.counters['wall_seconds']:.1f} s",
         )
     table.caption = (f"bounds: fluid {b['fluid']:.2f} s, chunked {b['chunked']:.2f} s; "
-                     f"simulator core: {report.core}")
+                     f"simulator core: {report.core}, memory: {report.memory}")
     console.print(table)
     if report.sweep:
         sweep = Table(title="time to all vs N")

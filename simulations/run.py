@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,9 @@ class Report:
     # Which simulator core ran (simulations/native.py): "compiled", or "python (<why not>)". The
     # numbers are the same either way; the wall time is not.
     core: str = field(default_factory=lambda: native.CORE)
+    # Whether the process allocates on transparent huge pages (`p2pdist simulate` starts itself so
+    # where the kernel allows: p2pdist/cli/simulate.py). Same numbers; faster at thousands of nodes.
+    memory: str = field(default_factory=lambda: memory_mode(os.environ))
 
     def to_json(self) -> dict[str, Any]:
         sc = self.scenario
@@ -68,7 +72,16 @@ class Report:
             "sweep": self.sweep,
             "seeds": self.seeds,
             "core": self.core,
+            "memory": self.memory,
         }
+
+
+def memory_mode(environ: Mapping[str, str]) -> str:
+    """"huge pages" if this process allocates through malloc with glibc's huge-page tunable (as
+    ``p2pdist simulate`` arranges), else "default"."""
+    on = (environ.get("P2PDIST_SIM_HUGEPAGES") == "1" and environ.get("PYTHONMALLOC") == "malloc"
+          and "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", ""))
+    return "huge pages" if on else "default"
 
 
 _frozen = False  # a finished run's objects sit in gc's permanent generation (see run_one)

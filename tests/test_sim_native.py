@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from p2pdist.cli import simulate as simulate_cmd
 from simulations import native
+from simulations.run import memory_mode as run_memory_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +121,32 @@ def test_the_report_says_which_core_ran(core, tmp_path):
                     "--runs", "p2pdist", "--nodes", "10", "--json", str(out), "--quiet"],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     assert json.loads(out.read_text())["core"].startswith(core)
+
+
+def test_simulate_runs_itself_on_huge_pages_where_the_kernel_offers_them(tmp_path):
+    """`p2pdist simulate` starts itself again with CPython allocating through malloc and glibc's
+    huge-page tunable (p2pdist/cli/simulate.py), unless told not to; the report says which ran."""
+    setting = simulate_cmd.THP_SETTING.read_text()
+    expected = "default" if "[never]" in setting else "huge pages"
+    for switch, want in ((None, expected), ("0", "default")):
+        out = tmp_path / f"r-{switch}.json"
+        env = {k: v for k, v in os.environ.items() if k not in ("P2PDIST_SIM_HUGEPAGES", "PYTHONMALLOC")}
+        if switch is not None:
+            env["P2PDIST_SIM_HUGEPAGES"] = switch
+        subprocess.run([sys.executable, "-m", "p2pdist", "simulate", "simulations/scenarios/flash-100.toml",
+                        "--runs", "p2pdist", "--nodes", "10", "--json", str(out), "--quiet"],
+                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+        assert json.loads(out.read_text())["memory"] == want, switch
+
+
+def test_the_huge_page_environment_adds_to_the_callers_and_is_made_once():
+    env = simulate_cmd.huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/root"},
+                                      "always [madvise] never\n")
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "HOME": "/root",
+                   "PYTHONMALLOC": "malloc", "P2PDIST_SIM_HUGEPAGES": "1"}
+    assert run_memory_mode(env) == "huge pages"
+    assert simulate_cmd.huge_pages_env(env, "always [madvise] never\n") is None  # the started process
+    assert simulate_cmd.huge_pages_env({"P2PDIST_SIM_HUGEPAGES": "0"}, "[always] madvise never\n") is None
+    assert simulate_cmd.huge_pages_env({}, "always madvise [never]\n") is None
+    assert simulate_cmd.huge_pages_env({}, "") is None
+    assert run_memory_mode({"PYTHONMALLOC": "malloc"}) == "default"

@@ -67,7 +67,20 @@ class RarestFirst:
                 need = max(availability[i] for i in candidates)
                 chosen = [i for i in window if availability[i] >= need][:share]
         rest = count - len(chosen)
-        if rest > 0:
+        if rest == 1:
+            # One piece (a pass usually has one request free): the rarest in one loop, the same pick
+            # and draws as the heap below (nsmallest of one is the first least key).
+            best = -1
+            least = 0.0
+            for i in candidates:
+                if chosen and i in chosen:
+                    continue
+                key = availability[i] + rng.random()
+                if best < 0 or key < least:
+                    best, least = i, key
+            if best >= 0:
+                chosen.append(best)
+        elif rest > 0:
             pool = [i for i in candidates if i not in chosen] if chosen else list(candidates)
             # Random secondary key: equally rare pieces are spread across requesters.
             # availability + a random fraction: the order of (availability, random) without a tuple
@@ -169,11 +182,34 @@ def choose_peer(holders: Sequence[Neighbour], rng: random.Random, min_score: flo
     to it. Load before score: ranking by score first piles every requester onto the peers that
     answered first (seen in the simulator); the score's job is to keep bad peers out (``min_score``).
     """
-    # usable(), inlined: this runs for every request the agent (and the simulator) places.
-    candidates = [p for p in holders if p.inflight < p.limit and p.room > 0 and p.score > min_score]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
+    # The least of (-room, inflight / limit, -score, a random draw) over the usable holders, the
+    # first on a tie, one draw per usable holder in order: in one loop, without a list of them or a
+    # key tuple each (this runs for every request the agent and the simulator place; the simulator
+    # spent 3.6 % of a 10,000-node run in the list-and-min form). usable(), inlined.
+    best = None
+    best_room = 0
+    best_load = best_score = best_draw = 0.0
+    for p in holders:
+        room = p.room
+        if not (p.inflight < p.limit and room > 0 and p.score > min_score):
+            continue
+        load = p.inflight / p.limit
+        score = p.score
+        draw = rng.random()
+        if best is not None:
+            if room != best_room:
+                if room < best_room:
+                    continue
+            elif load != best_load:
+                if load > best_load:
+                    continue
+            elif score != best_score:
+                if score < best_score:
+                    continue
+            elif draw >= best_draw:
+                continue
+        best, best_room, best_load, best_score, best_draw = p, room, load, score, draw
+    return best
 
 
 def usable(p: Neighbour, min_score: float = -3.0) -> bool:
