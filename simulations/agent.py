@@ -15,7 +15,9 @@ a piece its last pass could not place).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import random
 from array import array
 from collections import deque
@@ -41,6 +43,23 @@ if TYPE_CHECKING:
     from .cluster import Blob, Cluster
 
 
+def huge_array(typecode: str, n: int) -> memoryview:
+    """``n`` zeroed items of ``typecode``, in private memory advised for transparent huge pages: the
+    cells of 10,000 nodes x 256 pieces are 10 MB that every stored piece's fan-out touches at ~25
+    places 1 KiB apart, 2,500 pages of 4 KiB (more than the TLB holds) or 5 of 2 MiB. Where the
+    advice is not available the pages are the usual ones."""
+    itemsize = array(typecode).itemsize
+    if not hasattr(mmap, "MAP_PRIVATE"):
+        return memoryview(array(typecode, bytes(n * itemsize)))
+    # Private, not the default shared mapping: shared anonymous memory follows shmem's huge-page
+    # setting (usually off), private memory the "madvise" one.
+    region = mmap.mmap(-1, max(itemsize, n * itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):  # a kernel without transparent huge pages
+            region.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(region).cast(typecode)[:n]
+
+
 class Board:
     """What passes and HAVEs read about other nodes, in flat arrays indexed by node.
 
@@ -56,8 +75,8 @@ class Board:
         self.nodes: list[Node] = []  # filled by the cluster, the origin peer last
         self.uploads = array("i", bytes(4 * nodes))
         self.words = [(count + 63) >> 6 for count in counts]
-        self.have = [array("Q", bytes(8 * nodes * w)) for w in self.words]
-        self.cells = [array("I", bytes(4 * nodes * count)) for count in counts]
+        self.have = [huge_array("Q", nodes * w) for w in self.words]
+        self.cells = [huge_array("I", nodes * count) for count in counts]
         self.live = [bytearray(nodes) for _ in counts]
         self.blocking = [bytearray(nodes) for _ in counts]
 

@@ -36,6 +36,8 @@ MODULES = ("engine", "agent", "dataplane", "control", "cluster", "machine", "sel
 AGENT_CORE = HERE.parent / "p2pdist" / "core"
 BORROWED = {"machine": AGENT_CORE / "download.py", "selection": AGENT_CORE / "selection.py",
             "leases": AGENT_CORE / "leases.py"}
+# Compiled-only helpers, from a .pyx (C code with no Python version): used only with the compiled core.
+EXTRAS = ("_hugepages",)
 MANIFEST = HERE / "_native.json"
 ENV = "P2PDIST_SIM_CORE"  # "python": ignore the compiled modules even if they are fresh
 
@@ -53,8 +55,10 @@ def source_path(name: str) -> Path:
 
 
 def source_digests() -> dict[str, str]:
-    """A digest of each module's .py and .pxd as they are on disk now."""
+    """A digest of each module's .py and .pxd (an extra's .pyx) as they are on disk now."""
     out = {}
+    for name in EXTRAS:
+        out[name] = hashlib.sha256(b".pyx\0" + (HERE / f"{name}.pyx").read_bytes()).hexdigest()
     for name in MODULES:
         h = hashlib.sha256()
         for ext in (".py", ".pxd"):
@@ -68,7 +72,7 @@ def source_digests() -> dict[str, str]:
 
 def _stale_reason() -> str | None:
     """Why the compiled modules must not be used, or None if they are built from today's sources."""
-    if not all((HERE / f"{name}{_suffix()}").exists() for name in MODULES):
+    if not all((HERE / f"{name}{_suffix()}").exists() for name in MODULES + EXTRAS):
         return "not built: run `python -m simulations build` (scripts/setup.sh does)"
     try:
         manifest = json.loads(MANIFEST.read_text())
@@ -129,6 +133,7 @@ def build(quiet: bool = False) -> None:
             sources.append(str(borrowed / f"{name}.py"))
         else:
             sources.append(str(HERE / f"{name}.py"))
+    sources += [str(HERE / f"{name}.pyx") for name in EXTRAS]
     ext_modules = cythonize(
         sources, quiet=quiet, build_dir=str(HERE.parent / "build" / "cython"),
         # Types come from the .pxd files only: the .py annotations are for readers and mypy, and
@@ -148,7 +153,7 @@ def build(quiet: bool = False) -> None:
 
 
 def clean() -> None:
-    for name in MODULES:
+    for name in MODULES + EXTRAS:
         (HERE / f"{name}{_suffix()}").unlink(missing_ok=True)
     MANIFEST.unlink(missing_ok=True)
 
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "build":
         build(args.quiet)
-        print(f"simulations: compiled core built ({', '.join(MODULES)})")
+        print(f"simulations: compiled core built ({', '.join(MODULES + EXTRAS)})")
     elif args.action == "clean":
         clean()
         print("simulations: compiled core removed; the .py modules run")

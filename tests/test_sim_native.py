@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pdist.cli import simulate as simulate_cmd
 from simulations import native
-from simulations.run import memory_mode as run_memory_mode
+from simulations.run import THP_SETTING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,30 +122,40 @@ def test_the_report_says_which_core_ran(core, tmp_path):
     assert json.loads(out.read_text())["core"].startswith(core)
 
 
-def test_simulate_runs_itself_on_huge_pages_where_the_kernel_offers_them(tmp_path):
-    """`p2pdist simulate` starts itself again with CPython allocating through malloc and glibc's
-    huge-page tunable (p2pdist/cli/simulate.py), unless told not to; the report says which ran."""
-    setting = simulate_cmd.THP_SETTING.read_text()
-    expected = "default" if "[never]" in setting else "huge pages"
-    for switch, want in ((None, expected), ("0", "default")):
-        out = tmp_path / f"r-{switch}.json"
-        env = {k: v for k, v in os.environ.items() if k not in ("P2PDIST_SIM_HUGEPAGES", "PYTHONMALLOC")}
-        if switch is not None:
-            env["P2PDIST_SIM_HUGEPAGES"] = switch
+def test_simulate_puts_its_objects_on_huge_pages_where_the_kernel_offers_them(tmp_path):
+    """The compiled core's runs take CPython's arenas from a region advised for huge pages
+    (simulations/_hugepages.pyx, run.huge_pages), unless told not to; the report says which."""
+    expected = "default" if "[never]" in THP_SETTING.read_text() else "huge pages"
+    for extra, want in (({}, expected), ({"P2PDIST_SIM_HUGEPAGES": "0"}, "default"),
+                        ({"P2PDIST_SIM_CORE": "python"}, "default")):
+        out = tmp_path / "r.json"
+        env = {k: v for k, v in os.environ.items() if k not in ("P2PDIST_SIM_HUGEPAGES", "P2PDIST_SIM_CORE")}
         subprocess.run([sys.executable, "-m", "p2pdist", "simulate", "simulations/scenarios/flash-100.toml",
                         "--runs", "p2pdist", "--nodes", "10", "--json", str(out), "--quiet"],
-                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-        assert json.loads(out.read_text())["memory"] == want, switch
+                       cwd=ROOT, env=env | extra, check=True, capture_output=True, timeout=300)
+        assert json.loads(out.read_text())["memory"] == want, extra
 
 
-def test_the_huge_page_environment_adds_to_the_callers_and_is_made_once():
-    env = simulate_cmd.huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/root"},
-                                      "always [madvise] never\n")
-    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "HOME": "/root",
-                   "PYTHONMALLOC": "malloc", "P2PDIST_SIM_HUGEPAGES": "1"}
-    assert run_memory_mode(env) == "huge pages"
-    assert simulate_cmd.huge_pages_env(env, "always [madvise] never\n") is None  # the started process
-    assert simulate_cmd.huge_pages_env({"P2PDIST_SIM_HUGEPAGES": "0"}, "[always] madvise never\n") is None
-    assert simulate_cmd.huge_pages_env({}, "always madvise [never]\n") is None
-    assert simulate_cmd.huge_pages_env({}, "") is None
-    assert run_memory_mode({"PYTHONMALLOC": "malloc"}) == "default"
+HUGE_PAGE_ARENAS = """
+import json
+from simulations import _hugepages
+assert _hugepages.region() == (0, 0) and _hugepages.arenas() == 0
+assert _hugepages.install() and _hugepages.install()  # once; the second call changes nothing
+start, size = _hugepages.region()
+objects = [(i, [i]) for i in range(400_000)]  # small objects: pymalloc's, from its arenas
+inside = sum(start <= id(o) < start + size for o in objects)
+first = _hugepages.arenas()
+del objects  # the emptied arenas go back to the region's spares, not to the kernel
+again = [(i, [i]) for i in range(400_000)]
+print(json.dumps({"inside": inside, "first": first, "again": _hugepages.arenas(), "start": start}))
+"""
+
+
+def test_pymalloc_takes_its_arenas_from_the_huge_page_region_and_reuses_freed_ones():
+    proc = subprocess.run([sys.executable, "-c", HUGE_PAGE_ARENAS], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, P2PDIST_SIM_CORE="compiled"))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["start"] % (2 << 20) == 0  # on a huge-page boundary
+    assert got["inside"] > 0.95 * 400_000 and got["first"] > 10  # (the rest: free room in older arenas)
+    assert got["again"] <= got["first"] + 2  # the second batch reused the first one's arenas

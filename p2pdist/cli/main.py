@@ -102,8 +102,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if argv is None and args.command == "simulate":
-        simulate_cmd.reexec_on_huge_pages(sys.argv[1:])  # returns if it cannot (or did already)
     if args.command == "daemon":
         return _daemon(args)
     if args.command == "fetch":

@@ -7,7 +7,6 @@ top-level ``simulations`` package and runs the same core policies the agents shi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,8 +23,8 @@ Runs are p2pdist, origin-only, pull-through-cache, kraken and dragonfly (default
 time to all vs N, ratio to the chunked bound vs N). The same scenario and seed give the same numbers;
 another seed gives other random choices, often a few percent apart: judge a what-if with --seeds.
 
-On Linux the simulation runs on transparent huge pages where the kernel offers them (faster at
-thousands of nodes, same numbers); P2PDIST_SIM_HUGEPAGES=0 runs it without.
+With the compiled core on Linux, the simulator's objects sit on transparent huge pages where the
+kernel offers them (faster at thousands of nodes, same numbers); P2PDIST_SIM_HUGEPAGES=0 turns that off.
 """
 
 
@@ -51,49 +50,6 @@ def add_parser(subparsers) -> None:
 # The simulator and its plotting are an extra: a node's daemon needs neither (tests/test_packaging.py).
 SIM_EXTRA = ("p2pdist simulate needs the simulator extra, which this install lacks (missing module {name!r}): "
              "pip install 'p2pdist[sim]' (scripts/setup.sh installs it)")
-
-
-# The switch that says the process already runs on huge pages (or must not): "1" or "0".
-HUGEPAGES_ENV = "P2PDIST_SIM_HUGEPAGES"
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-def huge_pages_env(environ: dict[str, str], thp_setting: str) -> dict[str, str] | None:
-    """The environment to run the simulator in on transparent huge pages, or None to run as is.
-
-    A 10,000-node run reaches ~0.4 GB of small objects at random (every stored piece updates ~40
-    neighbours' state), and with 4 KiB pages most of those reads also miss the TLB. CPython's
-    allocator maps its arenas without asking for huge pages; glibc's malloc asks for them when told
-    to (the ``glibc.malloc.hugetlb=1`` tunable, glibc 2.35+), so the simulator runs with CPython
-    allocating through malloc and that tunable set. Both are read at process start: hence a fresh
-    process (``reexec_on_huge_pages``). Measured side by side, 10,000 nodes x 1 GiB: README.
-    ``thp_setting`` is the kernel's ``transparent_hugepage/enabled`` line: with ``[never]`` there is
-    nothing to gain.
-    """
-    if environ.get(HUGEPAGES_ENV) is not None or "[never]" in thp_setting or not thp_setting:
-        return None
-    env = dict(environ)
-    env[HUGEPAGES_ENV] = "1"
-    env["PYTHONMALLOC"] = "malloc"
-    tunables = environ.get("GLIBC_TUNABLES")
-    env["GLIBC_TUNABLES"] = f"{tunables}:glibc.malloc.hugetlb=1" if tunables else "glibc.malloc.hugetlb=1"
-    return env
-
-
-def reexec_on_huge_pages(argv: list[str]) -> None:
-    """Replace this process with ``python -m p2pdist ARGV`` on huge pages, if that is possible and
-    not done yet (``huge_pages_env``); otherwise return and let the caller run as it is. Only for a
-    command line: a caller that runs ``main([...])`` in its own process keeps its process."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        setting = THP_SETTING.read_text()
-    except OSError:
-        return
-    env = huge_pages_env(dict(os.environ), setting)
-    if env is not None:
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "p2pdist", *argv], env)
 
 
 def run(args: argparse.Namespace) -> int:
