@@ -1,3 +1,4 @@
+import heapq
 import random
 from dataclasses import dataclass
 
@@ -286,3 +287,41 @@ def test_assign_ranks_only_pieces_a_usable_peer_holds():
 ])
 def test_inflight_budget_is_the_bytes_but_never_fewer_pieces_than_upload_slots(min_bytes, slots, piece, expected):
     assert inflight_budget(min_bytes, slots, piece) == expected
+
+
+def _least_by_key(holders, rng, min_score=-3.0):
+    """choose_peer's rule as written before its one-loop form: the least key among usable holders."""
+    usable = [p for p in holders if p.inflight < p.limit and p.room > 0 and p.score > min_score]
+    if not usable:
+        return None
+    return min(usable, key=lambda p: (-p.room, p.inflight / p.limit, -p.score, rng.random()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(-1, 2), st.sampled_from([-4.0, 0.0, 0.5, 1.0])),
+                max_size=7), st.integers(0, 2**32))
+def test_choose_peer_picks_and_draws_as_the_least_key_does(slots, seed):
+    """The loop must pick the same peer and take the same random draws (one per usable holder, in
+    order) as the key it stands for: the simulator's runs and the agents' choices depend on both."""
+    holders = [PeerSlot(f"p{k}", inflight, 2, score, room) for k, (inflight, room, score) in enumerate(slots)]
+    a, b = random.Random(seed), random.Random(seed)
+    assert choose_peer(holders, a) is _least_by_key(holders, b)
+    assert a.random() == b.random()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sets(st.integers(0, 39), max_size=30), st.lists(st.integers(0, 5), min_size=40, max_size=40),
+       st.one_of(st.none(), st.integers(0, 38)), st.integers(0, 2**32))
+def test_one_rarest_piece_is_picked_and_drawn_for_as_nsmallest_does(candidates, availability, cursor, seed):
+    """One piece wanted: the loop stands for heapq.nsmallest(1, ...) over the same keys."""
+    policy = RarestFirst(window=4, window_min=3)
+    a, b = random.Random(seed), random.Random(seed)
+    got = policy.select(candidates, availability, 1, a, cursor)
+    chosen = policy.select(candidates, availability, 0, b, cursor)  # nothing: no draws either
+    assert chosen == []
+    if cursor is not None and any(i in candidates for i in range(cursor, cursor + 4)):
+        return  # the window's own rule chose (or not); the rarest-first part is what is checked here
+    pool = list(candidates)
+    want = heapq.nsmallest(1, pool, key=lambda i: availability[i] + b.random())
+    assert got == want
+    assert a.random() == b.random()
