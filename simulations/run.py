@@ -97,6 +97,8 @@ def huge_pages() -> bool:
         return True
     if native.CORE != "compiled" or os.environ.get(HUGEPAGES_ENV, "1") == "0":
         return False
+    if os.environ.get("PYTHONMALLOC", "").startswith("malloc"):
+        return False  # CPython allocates through malloc: pymalloc's arenas are never asked for
     try:
         setting = THP_SETTING.read_text()
     except OSError:

@@ -127,9 +127,10 @@ def test_simulate_puts_its_objects_on_huge_pages_where_the_kernel_offers_them(tm
     (simulations/_hugepages.pyx, run.huge_pages), unless told not to; the report says which."""
     expected = "default" if "[never]" in THP_SETTING.read_text() else "huge pages"
     for extra, want in (({}, expected), ({"P2PDIST_SIM_HUGEPAGES": "0"}, "default"),
-                        ({"P2PDIST_SIM_CORE": "python"}, "default")):
+                        ({"P2PDIST_SIM_CORE": "python"}, "default"), ({"PYTHONMALLOC": "malloc"}, "default")):
         out = tmp_path / "r.json"
-        env = {k: v for k, v in os.environ.items() if k not in ("P2PDIST_SIM_HUGEPAGES", "P2PDIST_SIM_CORE")}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("P2PDIST_SIM_HUGEPAGES", "P2PDIST_SIM_CORE", "PYTHONMALLOC")}
         subprocess.run([sys.executable, "-m", "p2pdist", "simulate", "simulations/scenarios/flash-100.toml",
                         "--runs", "p2pdist", "--nodes", "10", "--json", str(out), "--quiet"],
                        cwd=ROOT, env=env | extra, check=True, capture_output=True, timeout=300)
