@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
+import os
 import random
 from array import array
 from collections import deque
@@ -47,9 +48,10 @@ def huge_array(typecode: str, n: int) -> memoryview:
     """``n`` zeroed items of ``typecode``, in private memory advised for transparent huge pages: the
     cells of 10,000 nodes x 256 pieces are 10 MB that every stored piece's fan-out touches at ~25
     places 1 KiB apart, 2,500 pages of 4 KiB (more than the TLB holds) or 5 of 2 MiB. Where the
-    advice is not available the pages are the usual ones."""
+    advice is not available, or with ``P2PDIST_SIM_HUGEPAGES=0`` (run.huge_pages), the pages are the
+    usual ones."""
     itemsize = array(typecode).itemsize
-    if not hasattr(mmap, "MAP_PRIVATE"):
+    if not hasattr(mmap, "MAP_PRIVATE") or os.environ.get("P2PDIST_SIM_HUGEPAGES") == "0":
         return memoryview(array(typecode, bytes(n * itemsize)))
     # Private, not the default shared mapping: shared anonymous memory follows shmem's huge-page
     # setting (usually off), private memory the "madvise" one.
