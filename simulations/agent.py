@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
-import os
 import random
 from array import array
 from collections import deque
@@ -28,7 +27,7 @@ import cython
 
 from p2pdist.core import download as core_download
 
-from . import machine
+from . import machine, native
 from .machine import Download, Reply, Request, Settings
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES
 
@@ -48,10 +47,9 @@ def huge_array(typecode: str, n: int) -> memoryview:
     """``n`` zeroed items of ``typecode``, in private memory advised for transparent huge pages: the
     cells of 10,000 nodes x 256 pieces are 10 MB that every stored piece's fan-out touches at ~25
     places 1 KiB apart, 2,500 pages of 4 KiB (more than the TLB holds) or 5 of 2 MiB. Where the
-    advice is not available, or with ``P2PDIST_SIM_HUGEPAGES=0`` (run.huge_pages), the pages are the
-    usual ones."""
+    advice is not available or not wanted (native.huge_pages_allowed), the pages are the usual ones."""
     itemsize = array(typecode).itemsize
-    if not hasattr(mmap, "MAP_PRIVATE") or os.environ.get("P2PDIST_SIM_HUGEPAGES") == "0":
+    if not hasattr(mmap, "MAP_PRIVATE") or not native.huge_pages_allowed():
         return memoryview(array(typecode, bytes(n * itemsize)))
     # Private, not the default shared mapping: shared anonymous memory follows shmem's huge-page
     # setting (usually off), private memory the "madvise" one.

@@ -223,15 +223,13 @@ class DataPlane:
         k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
         nodes = self.board.nodes
         blocking = self.board.blocking
-        nb = len(blocking)
-        first = blocking[0] if nb else None  # the first blob's flags (a flash crowd has one blob)
         for j in range(n):
             pos = k + j  # (k + j) % n, without a division per watcher (0 <= k < n)
             if pos >= n:
                 pos -= n
             widx = peer.w_idx[pos]
-            for b in range(nb):
-                flags = first if b == 0 else blocking[b]
+            for b in range(len(blocking)):
+                flags = blocking[b]
                 if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
                     watcher = nodes[widx]
                     sw = watcher.swarms[b]

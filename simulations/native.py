@@ -44,6 +44,22 @@ ENV = "P2PDIST_SIM_CORE"  # "python": ignore the compiled modules even if they a
 # What choose_core decided: "compiled", or "python (<why>)".
 CORE = "python (not chosen yet)"
 
+HUGEPAGES_ENV = "P2PDIST_SIM_HUGEPAGES"  # "0": the simulator's memory on the usual pages
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages_allowed() -> bool:
+    """Whether the simulator asks for transparent huge pages (run.huge_pages, agent.huge_array): not
+    switched off with ``P2PDIST_SIM_HUGEPAGES=0``, and a kernel that gives them to memory that asks
+    (transparent_hugepage "always" or "madvise")."""
+    if os.environ.get(HUGEPAGES_ENV, "1") == "0":
+        return False
+    try:
+        setting = THP_SETTING.read_text()
+    except OSError:
+        return False  # not Linux, or no transparent huge pages in this kernel
+    return bool(setting) and "[never]" not in setting
+
 
 def _suffix() -> str:
     return sysconfig.get_config_var("EXT_SUFFIX") or ".so"

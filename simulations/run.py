@@ -9,7 +9,6 @@ import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import native
@@ -77,8 +76,6 @@ class Report:
         }
 
 
-HUGEPAGES_ENV = "P2PDIST_SIM_HUGEPAGES"  # "0": leave CPython's allocator as it is
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _huge = False  # huge_pages() installed the arenas (once per process)
 
 
@@ -95,16 +92,10 @@ def huge_pages() -> bool:
     global _huge
     if _huge:
         return True
-    if native.CORE != "compiled" or os.environ.get(HUGEPAGES_ENV, "1") == "0":
+    if native.CORE != "compiled" or not native.huge_pages_allowed():
         return False
     if os.environ.get("PYTHONMALLOC", "").startswith("malloc"):
         return False  # CPython allocates through malloc: pymalloc's arenas are never asked for
-    try:
-        setting = THP_SETTING.read_text()
-    except OSError:
-        return False  # not Linux, or no transparent huge pages in this kernel
-    if "[never]" in setting:
-        return False
     from . import _hugepages
 
     _huge = _hugepages.install()

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from simulations import native
-from simulations.run import THP_SETTING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +124,7 @@ def test_the_report_says_which_core_ran(core, tmp_path):
 def test_simulate_puts_its_objects_on_huge_pages_where_the_kernel_offers_them(tmp_path):
     """The compiled core's runs take CPython's arenas from a region advised for huge pages
     (simulations/_hugepages.pyx, run.huge_pages), unless told not to; the report says which."""
-    expected = "default" if "[never]" in THP_SETTING.read_text() else "huge pages"
+    expected = "default" if "[never]" in native.THP_SETTING.read_text() else "huge pages"
     for extra, want in (({}, expected), ({"P2PDIST_SIM_HUGEPAGES": "0"}, "default"),
                         ({"P2PDIST_SIM_CORE": "python"}, "default"), ({"PYTHONMALLOC": "malloc"}, "default")):
         out = tmp_path / "r.json"

@@ -910,8 +910,7 @@ class Download:
             self.requests.add(req)
             self.shell.fetch_piece(req)
         if len(assigned) < count and len(assigned) < len(fetchable):
-            self._block_exactly(fetchable)  # any of the unplaced pieces may unblock us
-            self.blocked_is_fetchable = True
+            self._block_fetchable()  # any of the unplaced pieces may unblock us
         else:
             self._unblock()
         if self.blocked:
@@ -958,8 +957,7 @@ class Download:
     def _block_all(self, now: float) -> None:
         """No piece can be placed: every fetchable piece is blocked, and the loop's timer runs."""
         if not self.blocked_is_fetchable:
-            self._block_exactly(self.fetchable)
-            self.blocked_is_fetchable = True
+            self._block_fetchable()
         self._loop_timer(now)
 
     def _unblock(self) -> None:
@@ -972,13 +970,13 @@ class Download:
         self.blocked_is_fetchable = False
         self.shell.blocking(False)
 
-    def _block_exactly(self, pieces: set[int]) -> None:
-        """The blocked pieces become ``pieces``: those that left it are unblocked, the new ones
-        blocked, the set object kept. Emptying it and filling it again, as every pass that placed
-        some of its pieces did, freed and allocated its table each time (simulator, 10,000 nodes:
-        4 % of the run resizing these sets)."""
+    def _block_fetchable(self) -> None:
+        """The blocked pieces become the fetchable ones: those no longer fetchable are unblocked, the
+        new ones blocked, the set object kept. Emptying it and filling it again, as every pass that
+        placed some of its pieces did, freed and allocated its table each time (simulator, 10,000
+        nodes: 4 % of the run resizing these sets)."""
         cells, base = self.cells, self.base
-        blocked = self.blocked
+        blocked, pieces = self.blocked, self.fetchable
         was = bool(blocked)
         if was:
             for i in [i for i in blocked if i not in pieces]:
@@ -992,6 +990,7 @@ class Download:
             self.shell.blocking(True)
         elif was and not blocked:
             self.shell.blocking(False)
+        self.blocked_is_fetchable = True
 
     def _loop_timer(self, now: float) -> None:
         if self._loop_at == math.inf:
