@@ -47,6 +47,7 @@ from typing import Any, Protocol
 from benchmarks.netns import sweep_stale
 from benchmarks.shaped_cluster import (
     ClusterError,
+    LinkMeter,
     NodeResult,
     RttProbe,
     ShapedCluster,
@@ -128,6 +129,7 @@ class RunResult:
     cpu_seconds: float = 0.0  # CPU the agents (and tracker) used during the crowd
     counters: dict[str, float] = field(default_factory=dict)  # shaped_cluster.COUNTERS, summed over agents
     rtts: list[float] = field(default_factory=list)  # first -> last node round trips during the crowd (RttProbe)
+    links: dict[str, Any] = field(default_factory=dict)  # every host's link byte counters during the crowd (LinkMeter)
 
     @property
     def loaded_rtt(self) -> float | None:
@@ -137,6 +139,24 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return bool(self.nodes) and all(n.ok for n in self.nodes)
+
+    def link_use(self, rate: float) -> dict[str, float]:
+        """How busy the links were over the crowd, as shares of ``rate`` (bytes/s, the shaped rate):
+        the origin's upload, and the nodes' downloads and uploads (mean, and the least busy
+        download). Empty for results saved before the benchmark metered links."""
+        t = self.links.get("t_s", [])
+        if len(t) < 2 or t[-1] <= t[0]:
+            return {}
+        span = (t[-1] - t[0]) * rate
+
+        def share(series: list[int]) -> float:
+            return (series[-1] - series[0]) / span
+
+        up, down = self.links["uploaded_bytes"], self.links["downloaded_bytes"]
+        nodes = [label for label in down if label.startswith("node")]
+        downs = [share(down[label]) for label in nodes]
+        return {"origin up": share(up["origin"]), "nodes down": statistics.fmean(downs),
+                "nodes down, least": min(downs), "nodes up": statistics.fmean(share(up[label]) for label in nodes)}
 
     @property
     def time_to_all(self) -> float | None:
@@ -164,6 +184,7 @@ class RunResult:
                 "origin_egress_ratio": self.egress_ratio, "chunked_bound_s": self.bound, "ratio_to_bound": self.ratio,
                 "machine_cpu_busy": self.cpu_busy, "agents_cpu_s": self.cpu_seconds,
                 "agent_counters": self.counters, "loaded_rtt_s": self.loaded_rtt, "rtt_samples_s": self.rtts,
+                "links": self.links,
                 "nodes": [dataclasses.asdict(n) | {"seconds": n.seconds} for n in self.nodes]}
 
 
@@ -201,7 +222,7 @@ class BenchResult:
         cfg = BenchConfig(**(data["config"] | {"only": tuple(data["config"]["only"])}))
         runs = [RunResult(r["mode"], r["repeat"], cfg.size, r["origin_egress_bytes"], r["chunked_bound_s"],
                           [_node_from_json(n) for n in r["nodes"]], r["machine_cpu_busy"], r["agents_cpu_s"],
-                          r.get("agent_counters", {}), r.get("rtt_samples_s", []))
+                          r.get("agent_counters", {}), r.get("rtt_samples_s", []), r.get("links", {}))
                 for r in data["runs"]]
         return cls(cfg, data["digest"], data["pieces"], data["goodput_Bps"], data["u_Bps"], data["u_source"],
                    data["chunked_bound_s"], runs, data.get("simulation"), data["namespaces"], data["wall_seconds"],
@@ -296,8 +317,10 @@ def _one_run(cluster: ShapedCluster, cfg: BenchConfig, mode: str, repeat: int, r
         # Generous: origin-only should take N*F/u; a run slower than three times that is broken.
         deadline = 3 * cfg.nodes * cfg.size / result.u + 120
         cpu_before, procs_before = cpu_times(), process_cpu_seconds(procs)
+        hosts = [cluster.origin.label] + [h.label for h in cluster.node_hosts]
         with reporter.run(f"{mode} {repeat + 1}/{cfg.runs}", cfg.nodes, cfg.size), \
-                RttProbe(cluster.node_hosts[0], cluster.node_hosts[-1]) as probe:
+                RttProbe(cluster.node_hosts[0], cluster.node_hosts[-1]) as probe, \
+                LinkMeter(cluster.lan.hub, hosts) as meter:
             nodes = crowd(cluster.node_hosts, ref, via=cfg.fetch, deadline=deadline, progress=reporter.node)
         cpu_after, procs_after = cpu_times(), process_cpu_seconds(procs)
         egress = cluster.egress(result.digest) - before
@@ -310,7 +333,7 @@ def _one_run(cluster: ShapedCluster, cfg: BenchConfig, mode: str, repeat: int, r
             remove_tree(rundir / host.label)
     busy = (cpu_after[0] - cpu_before[0]) / max(cpu_after[1] - cpu_before[1], 1.0)
     return RunResult(mode, repeat, cfg.size, egress, result.bound, nodes, busy, procs_after - procs_before, counters,
-                     probe.samples)
+                     probe.samples, meter.to_json())
 
 
 # --- simulation ------------------------------------------------------------------------------

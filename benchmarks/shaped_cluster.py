@@ -380,6 +380,73 @@ class RttProbe:
                     continue  # a lost SYN says nothing about queueing; the next sample will
 
 
+class LinkMeter:
+    """Bytes every host sent and was sent through its link, sampled every ``interval`` s from the
+    hub's side: in the hub namespace ``/proc/net/dev`` lists one bridge port per host, whose received
+    bytes are what the host uploaded (after its tbf) and whose sent bytes what it downloaded (through
+    the tbf on that port). A run slower than the bound spent its time with some of these idle; the
+    counters say which. Frames, not payload: Ethernet, IP and TCP headers are counted too."""
+
+    def __init__(self, hub: str, labels: list[str], interval: float = 1.0) -> None:
+        self.hub, self.labels, self.interval = hub, labels, interval
+        self.times: list[float] = []  # monotonic seconds of each sample
+        self.uploaded: dict[str, list[int]] = {label: [] for label in labels}  # cumulative bytes per sample
+        self.downloaded: dict[str, list[int]] = {label: [] for label in labels}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="link-meter", daemon=True)
+
+    def __enter__(self) -> LinkMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with entered(self.hub):
+            self._sample()  # the first at once, the last at the end: the counts cover the whole run
+            while not self._stop.wait(self.interval):
+                self._sample()
+            self._sample()
+
+    def _sample(self) -> None:
+        ports = port_bytes(Path("/proc/thread-self/net/dev").read_text())
+        self.times.append(time.monotonic())
+        for label in self.labels:
+            rx, tx = ports.get(label, (0, 0))
+            self.uploaded[label].append(rx)
+            self.downloaded[label].append(tx)
+
+    def use(self, rate: float) -> dict[str, float]:
+        """Each host's upload and download over the run as a share of ``rate`` (bytes/s), keyed
+        ``<label> up`` and ``<label> down``; empty before two samples."""
+        if len(self.times) < 2 or self.times[-1] <= self.times[0]:
+            return {}
+        span = (self.times[-1] - self.times[0]) * rate
+        out = {}
+        for label in self.labels:
+            out[f"{label} up"] = (self.uploaded[label][-1] - self.uploaded[label][0]) / span
+            out[f"{label} down"] = (self.downloaded[label][-1] - self.downloaded[label][0]) / span
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        start = self.times[0] if self.times else 0.0
+        return {"t_s": [round(t - start, 3) for t in self.times], "uploaded_bytes": self.uploaded,
+                "downloaded_bytes": self.downloaded}
+
+
+def port_bytes(text: str) -> dict[str, tuple[int, int]]:
+    """``/proc/net/dev`` as {interface: (received bytes, sent bytes)}."""
+    out = {}
+    for line in text.splitlines()[2:]:  # two header lines
+        name, _, counters = line.partition(":")
+        fields = counters.split()
+        if len(fields) >= 9:
+            out[name.strip()] = (int(fields[0]), int(fields[8]))
+    return out
+
+
 # Agent counters summed over the nodes after a run: how often peers were busy and requests failed,
 # the numbers to read when a run is slower than the simulator says. (The uploaders' own count of
 # refusals, p2pdist_uploads_refused_total, is the same 503s seen from the other end.)

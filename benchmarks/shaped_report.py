@@ -81,14 +81,17 @@ def runs_table(result: BenchResult) -> Table:
                         f"every link shaped at {cfg.rate}",
                   caption=f"chunked bound (F/u)(1 + floor(log2 N)/M) = {result.bound:.1f} s with {link}")
     for name in ("run", "nodes ok", "time to all", "p50", "p99", "origin egress", "bound", "x bound",
-                 "from peers", "busy replies", "loaded rtt", "agents CPU", "machine busy"):
-        table.add_column(name, justify="left" if name == "run" else "right")
+                 "from peers", "busy replies", "loaded rtt", "links busy", "agents CPU", "machine busy"):
+        table.add_column(name, justify="left" if name == "run" else "right", no_wrap=name == "links busy")
     for run in result.runs:
-        table.add_row(*_run_row(run))
+        table.add_row(*_run_row(run, cfg.rate_bytes))
+    if any(run.links for run in result.runs):
+        table.caption += ("\nlinks busy: the nodes' downloads / their uploads / the origin's upload, "
+                          "bytes on the wire over the run as shares of the shaped rate")
     return table
 
 
-def _run_row(run: RunResult) -> list[str]:
+def _run_row(run: RunResult, rate: float) -> list[str]:
     ok = sum(1 for n in run.nodes if n.ok)
     peers = sum(n.from_peers for n in run.nodes)
     got = sum(n.from_peers + n.from_origin for n in run.nodes)
@@ -97,8 +100,14 @@ def _run_row(run: RunResult) -> list[str]:
     return [f"{run.mode} #{run.repeat + 1}", status, seconds(run.time_to_all), seconds(run.percentile(0.5)),
             seconds(run.percentile(0.99)), f"{run.egress_ratio:.2f} x blob", seconds(run.bound), ratio(run.ratio),
             f"{peers / got:.0%}" if got else "—", _count(run.counters.get("busy_replies")),
-            "—" if run.loaded_rtt is None else f"{run.loaded_rtt * 1000:.0f} ms",
+            "—" if run.loaded_rtt is None else f"{run.loaded_rtt * 1000:.0f} ms", _links_busy(run.link_use(rate)),
             f"{run.cpu_seconds:.0f} s", f"{run.cpu_busy:.0%}"]
+
+
+def _links_busy(use: dict[str, float]) -> str:
+    if not use:
+        return "—"
+    return f"{use['nodes down'] * 100:.0f}/{use['nodes up'] * 100:.0f}/{use['origin up'] * 100:.0f}%"
 
 
 def _count(value: float | None) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.bench_shaped import BenchConfig, run_benchmark
 from benchmarks.netns import namespaces
+from benchmarks.shaped_cluster import port_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -33,6 +34,31 @@ def test_small_shaped_run_delivers_the_blob_once_from_origin_and_leaves_no_names
     # The agents' own accounting agrees that the other copies came from peers.
     assert sum(n.from_peers for n in run.nodes) >= 2 * cfg.size
 
+    # The link meter saw every node take the whole blob in through its link, and the origin send at
+    # least what its log says it sent; no link above its shaped rate (tbf caps the frames).
+    links = run.links
+    assert len(links["t_s"]) >= 2
+    for node in run.nodes:
+        got = links["downloaded_bytes"][node.label]
+        assert got[-1] - got[0] >= cfg.size, f"{node.label}: its link carried less than the blob"
+    sent = links["uploaded_bytes"]["origin"]
+    assert sent[-1] - sent[0] >= run.egress
+    use = run.link_use(cfg.rate_bytes)
+    assert 0 < use["nodes down, least"] <= use["nodes down"] <= 1.05
+    assert 0 < use["origin up"] <= 1.05 and 0 < use["nodes up"] <= 1.05
+
     # hub, origin, tracker and one per node: made, and all gone again.
     assert len(result.namespaces) == cfg.nodes + 3
     assert not set(result.namespaces) & set(namespaces())
+
+
+def test_port_bytes_reads_received_and_sent_bytes_per_interface() -> None:
+    rest = " 0 0 0 0 0"  # the columns after the counters read (errs, drop, ...): not used
+    text = (
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs ...\n"
+        f"    lo:       0       0    0    0    0     0          0         0        0       0{rest}\n"
+        f" node0: 1048576     700    0    0    0     0          0         0 268435456  180000{rest}\n"
+        f"origin:     123       2    0    0    0     0          0         0      456       3{rest}\n"
+    )
+    assert port_bytes(text) == {"lo": (0, 0), "node0": (1048576, 268435456), "origin": (123, 456)}
