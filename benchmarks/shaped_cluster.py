@@ -418,18 +418,6 @@ class LinkMeter:
             self.uploaded[label].append(rx)
             self.downloaded[label].append(tx)
 
-    def use(self, rate: float) -> dict[str, float]:
-        """Each host's upload and download over the run as a share of ``rate`` (bytes/s), keyed
-        ``<label> up`` and ``<label> down``; empty before two samples."""
-        if len(self.times) < 2 or self.times[-1] <= self.times[0]:
-            return {}
-        span = (self.times[-1] - self.times[0]) * rate
-        out = {}
-        for label in self.labels:
-            out[f"{label} up"] = (self.uploaded[label][-1] - self.uploaded[label][0]) / span
-            out[f"{label} down"] = (self.downloaded[label][-1] - self.downloaded[label][0]) / span
-        return out
-
     def to_json(self) -> dict[str, Any]:
         start = self.times[0] if self.times else 0.0
         return {"t_s": [round(t - start, 3) for t in self.times], "uploaded_bytes": self.uploaded,
