@@ -67,6 +67,25 @@ def test_a_lying_node_slows_the_cluster_but_never_breaks_it(registry: Registry, 
     assert result.get("done") and sha256_file(result["path"]) == digest, late.output()[-3000:]
 
 
+def test_forged_proofs_of_digests_already_proved_still_get_their_sender_banned(registry: Registry, cluster: Cluster):
+    """The honest cluster has the blob and the tracker has proved every digest; then the rogue joins
+    (a seeder with forged proofs of garbage) and a newcomer pulls. The newcomer's first reply proves
+    every piece, so its check used to skip them all and took the rogue as a holder of everything,
+    with the most room: it asked the rogue first. Another digest under a proof is checked anyway."""
+    digest = registry.push_blob("team/app", os.urandom(SIZE))
+    ref = f"{registry.host}/team/app@{digest}"
+    tracker = cluster.start_tracker()
+    honest = [cluster.agent(f"honest{i}") for i in range(HONEST)]
+    for agent, result in zip(honest, fetch_all(honest, ref), strict=True):
+        assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-3000:]}"
+    with Rogue(tracker.url, TOKEN, digest, SIZE, "forged-proof") as rogue:
+        late = cluster.agent("late")
+        result = late.fetch(ref)
+        assert result.get("done") and sha256_file(result["path"]) == digest, late.output()[-3000:]
+        assert rogue.piece_requests == 0
+        assert late.metrics().get("p2pdist_peers_banned_total", 0) >= 1, late.output()[-3000:]
+
+
 def test_a_tracker_killed_and_restarted_mid_distribution_is_rejoined(registry: Registry, cluster: Cluster):
     size = 96 * MiB
     digest = registry.push_blob("team/app", os.urandom(size))

@@ -854,12 +854,16 @@ class Swarm:
         manifest, layout = partial.manifest, self.layout
         checked, learned = [], 0
         for index, digest, proof in proofs:
-            if index >= dl.count or dl.proved(index):
+            if index >= dl.count:
                 continue
+            known = manifest.get(index)
+            if dl.proved(index) and digest == known:
+                continue  # the tracker's proof of this very digest is here already: nothing to check
+            # A proved piece with another digest is checked too: a forged bitfield that arrived after
+            # every digest was proved here was taken unchecked, and its sender asked for pieces.
             if not identity.proofs.valid(self.blob, layout.blob_size, layout.piece_size, epoch, index, digest, proof):
                 self.ban(nb, f"forged proof of piece {index}")
                 return False
-            known = manifest.get(index)
             if known is not None and known != digest:
                 continue  # the origin's bytes said otherwise here (a disputed piece): ours stands
             self.proofs[index] = (digest, proof)
