@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from benchmarks.netns import Host, Lan, Process, entered
 from tests.support.registry import Registry
@@ -350,7 +350,27 @@ def process_cpu_seconds(procs: list[Process]) -> float:
     return total
 
 
-class RttProbe:
+class _Sampler:
+    """A thread that samples something while a run goes: started on entering, stopped and joined on
+    leaving (subclasses give ``_run``, which returns once ``_stop`` is set)."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class RttProbe(_Sampler):
     """Round-trip times between two nodes while a run loads the links: TCP connects from ``src`` to
     ``dst``'s peer port every ``interval`` s. The SYN and its answer wait in the same tbf queues as
     the pieces, so this is the delay a piece request meets, which the simulator needs as its rtt."""
@@ -358,16 +378,7 @@ class RttProbe:
     def __init__(self, src: Host, dst: Host, interval: float = 0.25) -> None:
         self.src, self.dst, self.interval = src, dst, interval
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rtt-probe", daemon=True)
-
-    def __enter__(self) -> RttProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__("rtt-probe")
 
     def _run(self) -> None:
         with entered(self.src.namespace):
@@ -380,7 +391,7 @@ class RttProbe:
                     continue  # a lost SYN says nothing about queueing; the next sample will
 
 
-class LinkMeter:
+class LinkMeter(_Sampler):
     """Bytes every host sent and was sent through its link, sampled every ``interval`` s from the
     hub's side: in the hub namespace ``/proc/net/dev`` lists one bridge port per host, whose received
     bytes are what the host uploaded (after its tbf) and whose sent bytes what it downloaded (through
@@ -392,16 +403,7 @@ class LinkMeter:
         self.times: list[float] = []  # monotonic seconds of each sample
         self.uploaded: dict[str, list[int]] = {label: [] for label in labels}  # cumulative bytes per sample
         self.downloaded: dict[str, list[int]] = {label: [] for label in labels}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="link-meter", daemon=True)
-
-    def __enter__(self) -> LinkMeter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__("link-meter")
 
     def _run(self) -> None:
         with entered(self.hub):
