@@ -5,6 +5,7 @@ broken or hostile client sends answered precisely."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -187,6 +188,29 @@ def test_broken_requests_get_a_precise_answer_and_the_connection_closes(tracker:
         conn.send(request_bytes)
         got, headers, body = conn.response()
         assert got == status and says in json.loads(body)["error"], (name, body)
+        assert headers["connection"] == "close" and conn.closed()
+    finally:
+        conn.close()
+
+
+def test_a_refusal_reaches_a_client_still_sending_its_body(tracker: Tracker):
+    """A chunked announce past the frame limit: the 413 goes out while the client is still sending, as
+    an HTTP client does until it reads. Closed at once, the rest of the body met a closed socket, the
+    client's kernel got a reset, and the reset threw the 413 away unread; the fast path now reads and
+    drops what still comes (a lingering close) after ending its own side."""
+    conn = Conn(tracker.port)
+    try:
+        conn.send(b"POST /v1/announce HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%b\r\n" % (64 << 10, bytes(64 << 10))
+        for _ in range(wire.MAX_FRAME // (64 << 10) + 1):  # past the limit
+            conn.send(chunk)
+        readable, _, _ = select.select([conn.sock], [], [], 10)  # the refusal is here, unread
+        assert readable
+        for _ in range(8):
+            conn.send(chunk)
+        conn.send(b"0\r\n\r\n")
+        status, headers, body = conn.response()
+        assert status == 413 and "exceeds the 1048576-byte limit" in json.loads(body)["error"]
         assert headers["connection"] == "close" and conn.closed()
     finally:
         conn.close()

@@ -38,6 +38,12 @@ from .app import ANNOUNCE_PATH, Answer, Tracker, answer_announce
 from .errors import TrackerError
 
 MAX_HEAD = 8190  # bytes of request line and headers, as aiohttp's max_line_size
+# After a refusal, what the client still sends is read and dropped for this long, or this much, before
+# the connection closes (a lingering close): closed at once, the client's kernel met a reset while its
+# request was still going out, and the reset threw away the refusal before the client read it (a 413
+# to a chunked body too large came back as "connection reset by peer" now and then).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * MAX_FRAME
 _ANNOUNCE = ANNOUNCE_PATH.encode()
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 409: "Conflict",
             413: "Payload Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
@@ -89,6 +95,7 @@ class FastPath(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._done = False  # nothing more is read from this connection
         self._raw = False  # relayed as bytes, no longer parsed (after an upgrade request)
+        self._linger = 0  # bytes still to drop after a refusal, while our side is closed already
         self._new_message()
 
     def _new_message(self) -> None:
@@ -142,6 +149,10 @@ class FastPath(asyncio.Protocol):
             self._relay.data_received(data)
             return
         if self._done:
+            if self._linger > 0:
+                self._linger -= len(data)
+                if self._linger <= 0 and self._transport is not None:
+                    self._transport.close()
             return
         try:
             self._parser.feed_data(data)
@@ -181,7 +192,7 @@ class FastPath(asyncio.Protocol):
         else:
             self._timer = asyncio.get_running_loop().call_later(left, self._check_idle)
 
-    def _write(self, answer: Answer, close: bool = False) -> None:
+    def _write(self, answer: Answer, close: bool = False, linger: bool = False) -> None:
         transport = self._transport
         assert transport is not None
         if answer.status == 200 and not answer.headers and not close:
@@ -193,14 +204,22 @@ class FastPath(asyncio.Protocol):
         if close:
             head.append("Connection: close")
         transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body)
-        if close:
+        if close and linger and transport.can_write_eof():
+            # Our side ends after the answer (FIN); theirs is read and dropped until it ends too
+            # (eof_received), LINGER_BYTES have come, or LINGER_SECONDS have passed.
+            self._done = True
+            self._linger = LINGER_BYTES
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        elif close:
             transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer and close: the rest of what this connection sends cannot be read as requests."""
         self._tracker.metrics.errors.labels("http").inc()
         if self._transport is not None and not self._transport.is_closing():
-            self._write(Answer(status, json.dumps({"error": message}).encode(), "application/json"), close=True)
+            self._write(Answer(status, json.dumps({"error": message}).encode(), "application/json"), close=True,
+                        linger=True)
 
     # --- httptools callbacks --------------------------------------------------------------------
 
