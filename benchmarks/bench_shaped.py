@@ -153,7 +153,7 @@ class RunResult:
             return (series[-1] - series[0]) / span
 
         up, down = self.links["uploaded_bytes"], self.links["downloaded_bytes"]
-        nodes = [label for label in down if label.startswith("node")]
+        nodes = [n.label for n in self.nodes if n.label in down]
         downs = [share(down[label]) for label in nodes]
         return {"origin up": share(up["origin"]), "nodes down": statistics.fmean(downs),
                 "nodes down, least": min(downs), "nodes up": statistics.fmean(share(up[label]) for label in nodes)}

@@ -21,6 +21,7 @@ from posix.mman cimport (
     PROT_WRITE,
     madvise,
     mmap,
+    munmap,
 )
 
 
@@ -89,7 +90,8 @@ def install(size_t reserve=16 << 30) -> bool:
         return False
     skew = (HUGE - (<size_t>base) % HUGE) % HUGE  # the first huge-page boundary in the mapping
     if madvise(<char *>base + skew, reserve, MADV_HUGEPAGE) != 0:
-        return False  # left mapped: address space only, never touched
+        munmap(base, reserve + HUGE)  # no huge pages to be had: give the address space back
+        return False
     _start = <char *>base + skew
     _size = reserve
     PyObject_GetArenaAllocator(&_previous)
