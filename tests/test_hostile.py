@@ -86,6 +86,29 @@ def test_forged_proofs_of_digests_already_proved_still_get_their_sender_banned(r
         assert late.metrics().get("p2pdist_peers_banned_total", 0) >= 1, late.output()[-3000:]
 
 
+def test_forged_proofs_sent_before_a_pull_get_their_sender_banned_when_it_starts(registry: Registry,
+                                                                                  cluster: Cluster):
+    """The rogue dials an agent that is not pulling the blob yet and hands it a bitfield with forged
+    proofs: nothing there could check them, so they were dropped and the bitfield stayed. The pull
+    that came later took the rogue as a holder of everything, unchecked, with the most room: it was
+    asked first. Now the proofs wait with the neighbour and are checked at the pull's first reply."""
+    digest = registry.push_blob("team/app", os.urandom(SIZE))
+    ref = f"{registry.host}/team/app@{digest}"
+    held = registry.push_blob("team/other", os.urandom(MiB))  # one the agent holds: it answers a bitfield of it
+    tracker = cluster.start_tracker()
+    honest = [cluster.agent(f"honest{i}") for i in range(HONEST)]
+    for agent, result in zip(honest, fetch_all(honest, ref), strict=True):
+        assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-3000:]}"
+    late = cluster.agent("late")
+    assert late.fetch(f"{registry.host}/team/other@{held}").get("done"), late.output()[-3000:]
+    with Rogue(tracker.url, TOKEN, digest, SIZE, "forged-proof") as rogue:
+        rogue.dial(f"127.0.0.1:{late.peer_port}", late.name, answered_by=held)
+        result = late.fetch(ref)
+        assert result.get("done") and sha256_file(result["path"]) == digest, late.output()[-3000:]
+        assert rogue.piece_requests == 0
+        assert late.metrics().get("p2pdist_peers_banned_total", 0) >= 1, late.output()[-3000:]
+
+
 def test_a_tracker_killed_and_restarted_mid_distribution_is_rejoined(registry: Registry, cluster: Cluster):
     size = 96 * MiB
     digest = registry.push_blob("team/app", os.urandom(size))

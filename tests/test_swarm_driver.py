@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from p2pdist.agent import Agent
-from p2pdist.agent.neighbours import Neighbour
+from p2pdist.agent.neighbours import MAX_HELD_PROOFS, Neighbour
 from p2pdist.agent.swarm import Swarm
 from p2pdist.config import AgentConfig
 from p2pdist.core.bitfield import Bitfield
@@ -52,3 +52,38 @@ async def test_a_pass_asks_only_free_neighbours_with_the_room_they_advertised(tm
         # Nobody usable: no view at all, so the machine blocks instead of ranking pieces.
         free.busy_until = now + 10
         assert swarm.holders(now) is None
+
+
+def test_a_neighbour_holds_the_proofs_nothing_could_check_yet_of_one_epoch_within_a_bound() -> None:
+    nb = Neighbour("n", "n:1")
+
+    def proof(i: int) -> tuple[int, bytes, bytes]:
+        return i, i.to_bytes(32, "big"), bytes(64)
+
+    nb.hold_proofs("a", 5, [proof(0), proof(1)])
+    nb.hold_proofs("a", 5, [proof(2)])  # a HAVE's proof after the bitfield's
+    assert nb.unchecked["a"] == (5, [proof(0), proof(1), proof(2)])
+    nb.hold_proofs("a", 6, [proof(3)])  # another digest log: the older proofs are void there
+    assert nb.unchecked["a"] == (6, [proof(3)])
+    nb.hold_proofs("b", 1, [proof(i) for i in range(MAX_HELD_PROOFS + 10)])
+    held = nb.unchecked["b"][1]
+    assert len(held) == MAX_HELD_PROOFS - 1 and held[-1] == proof(MAX_HELD_PROOFS + 9)  # the newest, within the bound
+    nb.hold_proofs("c", 1, [proof(0)])
+    assert "c" not in nb.unchecked  # no room left for another blob
+
+
+async def test_a_banned_neighbour_leaves_the_downloads_at_once(tmp_path: Path) -> None:
+    """Not when its sockets have closed: a pass meanwhile would still find it holding pieces."""
+    async with aiohttp.ClientSession() as session:
+        agent = Agent(AgentConfig(data_dir=tmp_path), "me", session)
+        swarm = Swarm(agent, BLOB, "docker.io", "library/app")
+        swarm.layout = PieceLayout(8 * PIECE, PIECE)
+        blob = str(BLOB)
+        liar = Neighbour("liar", "liar:1", limit=2, advertised=2)
+        liar.bitfields[blob] = Bitfield(8, range(8))
+        agent.neighbours.peers["liar"] = liar
+        now = time.monotonic()
+        assert swarm.holders(now) is not None
+        assert agent.neighbours.ban(liar, "forged proof of piece 0")
+        assert "liar" not in agent.neighbours.peers and swarm.holders(now) is None
+        assert not agent.neighbours.ban(liar, "again")  # banned once

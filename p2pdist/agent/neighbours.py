@@ -41,6 +41,8 @@ DIAL_BACKOFF_MAX = 30.0
 # for made-up blobs took an agent from 56 to 312 MB. Past either, the connection is closed.
 MAX_BITFIELDS = 1024
 MAX_BITFIELD_BYTES = 8 << 20
+# Proofs one neighbour sent that nothing here could check yet, over all blobs (Neighbour.hold_proofs).
+MAX_HELD_PROOFS = wire.MAX_PROOFS
 
 
 class Host(Protocol):
@@ -79,11 +81,24 @@ class Neighbour:
     # What a pass may still use of them: reset to ``advertised`` at the start of each pass, then
     # counted down by the peer chooser as it places requests there (core.selection.assign).
     room: int = UNKNOWN_ROOM
+    # blob -> (epoch, proofs) it sent before we could check them: no download of the blob yet, or
+    # none that has heard from the tracker. The download checks them once it can (Swarm).
+    unchecked: dict[str, tuple[int, list[tuple[int, bytes, bytes]]]] = field(default_factory=dict)
 
     @property
     def peer(self) -> str:
         """Its node id, under the name the core's peer choice reads (core.download.Peer)."""
         return self.node
+
+    def hold_proofs(self, blob: str, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> None:
+        """Keep proofs of ``blob`` for its download to check later, those of one epoch (the latest),
+        at most ``MAX_HELD_PROOFS`` over all blobs (the newest)."""
+        held = self.unchecked.get(blob)
+        if held is not None and held[0] == epoch:
+            proofs = held[1] + proofs
+        room = MAX_HELD_PROOFS - sum(len(p) for b, (_, p) in self.unchecked.items() if b != blob)
+        if room > 0:
+            self.unchecked[blob] = (epoch, proofs[-room:])
 
     def has(self, blob: str, index: int) -> bool:
         bf = self.bitfields.get(blob)
@@ -228,7 +243,11 @@ class Neighbourhood:
     def _detach(self, nb: Neighbour, ws: WebSocket) -> None:
         if ws in nb.sockets:
             nb.sockets.remove(ws)
-        if not nb.sockets and self.peers.get(nb.node) is nb:
+        if not nb.sockets:
+            self._forget(nb)
+
+    def _forget(self, nb: Neighbour) -> None:
+        if self.peers.get(nb.node) is nb:
             del self.peers[nb.node]
             for blob, bf in nb.bitfields.items():
                 self.host.on_bitfield(blob, bf, None)
@@ -285,6 +304,7 @@ class Neighbourhood:
                 self.host.on_room(nb)  # a swarm waiting for a free holder may go on now
         elif isinstance(msg, wire.Lost):
             old = nb.bitfields.pop(msg.blob, None)
+            nb.unchecked.pop(msg.blob, None)
             nb.sent.discard(msg.blob)
             if old is not None:
                 self.host.on_bitfield(msg.blob, old, None)
@@ -337,6 +357,9 @@ class Neighbourhood:
                                           "failures": nb.failures})
         for ws in list(nb.sockets):
             self._spawn(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120]))
+        # Gone from the downloads at once, not when its sockets have closed (up to the close
+        # timeout): a pass meanwhile could still ask it for a piece it says it holds.
+        self._forget(nb)
         return True
 
     async def close(self) -> None:

@@ -182,7 +182,11 @@ class Agent:
 
     def on_proofs(self, nb: Neighbour, blob: str, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> bool:
         swarm = self.swarms.get(blob)
-        return swarm.on_proofs(nb, epoch, proofs) if swarm is not None else True
+        if swarm is None:
+            if self.identity is not None:
+                nb.hold_proofs(blob, epoch, proofs)  # a pull of it starting later checks them
+            return True
+        return swarm.on_proofs(nb, epoch, proofs)
 
     @property
     def uploads(self) -> int:

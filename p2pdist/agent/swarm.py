@@ -231,6 +231,7 @@ class Swarm:
             self.stats.from_peers = 0
             self.stats.resumed = sum(self.layout.length(i) for i in self.partial.have)
             dl.start(time.monotonic(), self._reply(reply) if reply is not None else None)
+            self._check_held_proofs()
             if reply is not None:
                 self.agent.neighbours.connect(reply.peers, self.blob)
             while not self._complete:
@@ -278,6 +279,16 @@ class Swarm:
                 self.partial.close()
         await self._announce_safely("completed")
         return path
+
+    def _check_held_proofs(self) -> None:
+        """Proofs neighbours sent before this download could check them (before it began, or before
+        its first tracker reply) are checked now, before its first pass: a forger is banned before
+        it is asked for anything. Dropped unchecked, they left its bitfield standing, and the pass
+        asked it first (it says it holds everything, with room)."""
+        for nb in list(self.agent.neighbours.peers.values()):
+            held = nb.unchecked.pop(self.blob, None)
+            if held is not None:
+                self.on_proofs(nb, *held)
 
     def _new_machine(self) -> Download:
         limits = self.agent.config.limits
@@ -849,7 +860,12 @@ class Swarm:
         another epoch is ignored (the tracker forgot those digests, or we have not heard from it yet);
         a forged one bans the neighbour, as a bad piece would (False: drop its message)."""
         dl, partial, identity = self.machine, self.partial, self.agent.identity
-        if dl is None or partial is None or identity is None or not self.layout_agreed or not dl.takes_proofs(epoch):
+        if identity is None:
+            return True
+        if dl is None or partial is None:
+            nb.hold_proofs(self.blob, epoch, proofs)  # before the first reply: checked after it
+            return True
+        if not self.layout_agreed or not dl.takes_proofs(epoch):
             return True
         manifest, layout = partial.manifest, self.layout
         checked, learned = [], 0

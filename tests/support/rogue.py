@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from p2pdist.agent.neighbours import CONTROL_MESSAGES
 from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.layout import PieceLayout
@@ -68,6 +69,7 @@ class Rogue:
         self._thread = threading.Thread(target=self._loop.run_forever, name="rogue", daemon=True)
         self._stopping: asyncio.Event | None = None
         self._main: Any = None
+        self._dialled: list[asyncio.Task] = []  # control connections it opened itself (dial)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -79,6 +81,37 @@ class Rogue:
         if self._main.done():
             self._main.result()  # raises what went wrong
         return self
+
+    def dial(self, addr: str, node: str, answered_by: str, timeout: float = 20.0) -> None:
+        """Dial the agent ``node`` at ``addr`` and send it the rogue's bitfield (with the mode's lies);
+        returns once the agent has handled it. The agent answers nothing to a bitfield of a blob it is
+        not pulling, so a second bitfield follows, of ``answered_by``, a blob the agent holds: its
+        answer to that one comes after it handled the first (one connection, in order)."""
+        future = asyncio.run_coroutine_threadsafe(self._dial(addr, node, answered_by), self._loop)
+        future.result(timeout)
+
+    async def _dial(self, addr: str, node: str, answered_by: str) -> None:
+        assert self.layout is not None, "start() the rogue first: it learns the layout from the tracker"
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(f"http://{addr}/v1/control", headers=self.caller.peer(node, "/v1/control"),
+                                      max_msg_size=wire.MAX_FRAME)
+        await ws.send_bytes(wire.encode(wire.Hello(self.node, self.addr)))
+        await ws.send_bytes(wire.encode(self._bitfield()))
+        await ws.send_bytes(wire.encode(wire.BitfieldMsg(answered_by, 1, bytes(1), 0, [])))
+        while True:
+            msg = wire.decode((await ws.receive_bytes()), expect=CONTROL_MESSAGES)
+            if isinstance(msg, wire.BitfieldMsg) and msg.blob == answered_by:
+                break
+
+        async def hold() -> None:  # the connection stays, as a neighbour's does, until stop()
+            try:
+                assert self._stopping is not None
+                await self._stopping.wait()
+            finally:
+                await ws.close()
+                await session.close()
+
+        self._dialled.append(asyncio.ensure_future(hold()))
 
     def stop(self) -> None:
         if self._stopping is not None:
@@ -174,19 +207,23 @@ class Rogue:
             sent: set[int] = set()
             while not ws.closed and not self._stopping.is_set():
                 if self.layout is not None and self.held != sent:
-                    bf = Bitfield(self.layout.count)
-                    for i in self.held:
-                        bf.add(i)
                     sent = set(self.held)
-                    made_up = random.Random("proofs")
-                    proofs = ([(i, self._forge(i), made_up.randbytes(64)) for i in sorted(self.held)]
-                              if self.mode == "forged-proof" else [])
-                    await ws.send_bytes(wire.encode(wire.BitfieldMsg(self.blob, bf.size, bf.to_bytes(), self.epoch,
-                                                                     proofs[: wire.MAX_PROOFS])))
+                    await ws.send_bytes(wire.encode(self._bitfield()))
                     await ws.send_bytes(wire.encode(wire.Room(8)))
                 with contextlib.suppress(TimeoutError):
                     await ws.receive(timeout=0.2)
         return ws
+
+    def _bitfield(self) -> wire.BitfieldMsg:
+        """What it says it holds; in ``forged-proof`` mode with digests of its garbage under made-up proofs."""
+        assert self.layout is not None
+        bf = Bitfield(self.layout.count)
+        for i in self.held:
+            bf.add(i)
+        made_up = random.Random("proofs")
+        proofs = ([(i, self._forge(i), made_up.randbytes(64)) for i in sorted(self.held)]
+                  if self.mode == "forged-proof" else [])
+        return wire.BitfieldMsg(self.blob, bf.size, bf.to_bytes(), self.epoch, proofs[: wire.MAX_PROOFS])
 
     async def _piece(self, request: web.Request) -> web.StreamResponse:
         self.piece_requests += 1
