@@ -680,6 +680,41 @@ def test_an_unproven_reporters_digests_are_withheld_until_another_origin_copy_ag
     assert (s2, pd(s2)) in after.digests and not t.of("node_banned")
 
 
+def test_an_auditor_proven_by_agreeing_needs_no_audit_of_its_own() -> None:
+    """It took a lease on probation, so its first piece waited for an audit; its copy of another's
+    piece then agreed, which proves it: that audit would cost the origin a piece for nothing."""
+    t = Harness(AUDITED)
+    claim_first_lease(t, "h")
+    piece = audit_of(t, "a", t.announce("a", 2, want_leases=1))
+    assert [e["node"] for e in t.of("audit_opened")] == ["h", "a"]  # a leased a piece too
+    t.announce("a", 3, digests=[(piece, pd(piece))])
+    t.announce("b", 5, want_leases=1)
+    assert [e["reporter"] for e in t.of("audit_assigned")] == ["h"]  # nobody fetches one of a's
+
+
+def test_proven_takers_leave_the_next_lease_to_a_newcomer_while_the_blob_wants_more_takers() -> None:
+    """Theirs are not topped up; the next go to a node on probation, whose audit then starts while
+    the origin carries few streams. With its takers in, the proven ones take more again."""
+    t = Harness(replace(AUDITED, leases_per_node=4, origin_streams=16, probation_nodes=2))
+    for n in ("h", "a", "c", "d", "e", "f", "g", "k"):  # 8 downloaders: the blob wants 4 takers
+        t.announce(n, 0)
+    claim_first_lease(t, "h")
+    piece = audit_of(t, "a", t.announce("a", 2, want_leases=1))
+    t.announce("a", 3, digests=[(piece, pd(piece))])  # agrees: h and a are proven
+    book = t.state.get(BLOB, SIZE).book
+
+    def leases(node: str, now: float, want: int = 4) -> int:
+        t.announce(node, now, want_leases=want)
+        return len(book.held_by(node))
+
+    assert leases("h", 4, want=1) == 1  # its first lease is done: it asks for another
+    assert leases("h", 5) == 1  # not topped up: c and d may come
+    assert leases("c", 6) >= 1  # on probation, with its first lease
+    assert leases("h", 7) == 1  # one place on probation left
+    assert leases("d", 8) >= 1  # probation is full now
+    assert leases("h", 9) == 4  # topped up again
+
+
 def test_a_lease_holder_forging_digests_is_refuted_banned_and_its_pieces_leased_again() -> None:
     t = Harness(AUDITED)
     start, end = claim_first_lease(t, "liar", forged)
