@@ -600,7 +600,7 @@ def _wants_newcomers(blob: BlobRecord, config: TrackerConfig) -> bool:
     nodes on 50 Mbit/s links (bench-16.toml, seed 1), the second pair was proven at 5.7 s, and at
     2.1 s with this rule. Mean of seeds 1-8 1.372 -> 1.364 x the chunked bound; 100 nodes x 1 GiB at
     1 Gbit/s (seeds 1-6) 1.0569 -> 1.0543; 1,000 nodes (seeds 1-4) 1.0761 -> 1.0723. Holding each to
-    one lease at a time instead: 1.356, 1.0573 and 1.0728.
+    one lease at a time instead (before proven nodes left probation at once): 1.356, 1.0573, 1.0728.
     """
     return (len(blob.takers) < _takers_wanted(blob, config)
             and len(blob.probation) < config.probation_nodes
