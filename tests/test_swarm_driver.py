@@ -14,6 +14,7 @@ from p2pdist.agent import Agent
 from p2pdist.agent.neighbours import MAX_HELD_PROOFS, Neighbour
 from p2pdist.agent.swarm import Swarm
 from p2pdist.config import AgentConfig
+from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest
 from p2pdist.core.layout import PieceLayout
@@ -87,3 +88,7 @@ async def test_a_banned_neighbour_leaves_the_downloads_at_once(tmp_path: Path) -
         assert agent.neighbours.ban(liar, "forged proof of piece 0")
         assert "liar" not in agent.neighbours.peers and swarm.holders(now) is None
         assert not agent.neighbours.ban(liar, "again")  # banned once
+        # What it still sends while its socket closes is not taken.
+        other = "sha256:" + "e" * 64
+        agent.neighbours._handle(liar, wire.BitfieldMsg(other, 8, Bitfield(8, range(8)).to_bytes(), 0, []))
+        assert other not in liar.bitfields

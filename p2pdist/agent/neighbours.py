@@ -185,6 +185,10 @@ class Neighbourhood:
             self._dialing.discard(entry.node)
             return
         self._unreachable.pop(entry.node, None)
+        if entry.node in self.banned:  # banned while we dialled: a ban forgets the node at once (ban)
+            self._dialing.discard(entry.node)
+            await ws.close()
+            return
         try:
             await ws.send_bytes(wire.encode(wire.Hello(self.host.node, self.host.addr)))
             nb = self._attach(entry.node, entry.addr, ws)
@@ -273,6 +277,8 @@ class Neighbourhood:
             self._detach(nb, ws)
 
     def _handle(self, nb: Neighbour, msg: wire.Message) -> None:
+        if nb.node in self.banned:
+            return  # what it still sends while its socket closes is not taken (ban forgot it already)
         if isinstance(msg, wire.BitfieldMsg):
             new = Bitfield.from_bytes(msg.pieces, msg.bits)
             old = nb.bitfields.get(msg.blob)
