@@ -23,11 +23,17 @@ BLOB = Digest.parse("sha256:" + "d" * 64)
 PIECE = 1 << 20
 
 
+def agent_and_swarm(tmp_path: Path, session: aiohttp.ClientSession) -> tuple[Agent, Swarm]:
+    """An agent over a real store, and its swarm for BLOB (8 pieces), not started."""
+    agent = Agent(AgentConfig(data_dir=tmp_path), "me", session)
+    swarm = Swarm(agent, BLOB, "docker.io", "library/app")
+    swarm.layout = PieceLayout(8 * PIECE, PIECE)
+    return agent, swarm
+
+
 async def test_a_pass_asks_only_free_neighbours_with_the_room_they_advertised(tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as session:
-        agent = Agent(AgentConfig(data_dir=tmp_path), "me", session)
-        swarm = Swarm(agent, BLOB, "docker.io", "library/app")
-        swarm.layout = PieceLayout(8 * PIECE, PIECE)
+        agent, swarm = agent_and_swarm(tmp_path, session)
         blob = str(BLOB)
         now = time.monotonic()
 
@@ -76,9 +82,7 @@ def test_a_neighbour_holds_the_proofs_nothing_could_check_yet_of_one_epoch_withi
 async def test_a_banned_neighbour_leaves_the_downloads_at_once(tmp_path: Path) -> None:
     """Not when its sockets have closed: a pass meanwhile would still find it holding pieces."""
     async with aiohttp.ClientSession() as session:
-        agent = Agent(AgentConfig(data_dir=tmp_path), "me", session)
-        swarm = Swarm(agent, BLOB, "docker.io", "library/app")
-        swarm.layout = PieceLayout(8 * PIECE, PIECE)
+        agent, swarm = agent_and_swarm(tmp_path, session)
         blob = str(BLOB)
         liar = Neighbour("liar", "liar:1", limit=2, advertised=2)
         liar.bitfields[blob] = Bitfield(8, range(8))
