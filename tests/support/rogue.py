@@ -93,15 +93,19 @@ class Rogue:
     async def _dial(self, addr: str, node: str, answered_by: str) -> None:
         assert self.layout is not None, "start() the rogue first: it learns the layout from the tracker"
         session = aiohttp.ClientSession()
-        ws = await session.ws_connect(f"http://{addr}/v1/control", headers=self.caller.peer(node, "/v1/control"),
-                                      max_msg_size=wire.MAX_FRAME)
-        await ws.send_bytes(wire.encode(wire.Hello(self.node, self.addr)))
-        await ws.send_bytes(wire.encode(self._bitfield()))
-        await ws.send_bytes(wire.encode(wire.BitfieldMsg(answered_by, 1, bytes(1), 0, [])))
-        while True:
-            msg = wire.decode((await ws.receive_bytes()), expect=CONTROL_MESSAGES)
-            if isinstance(msg, wire.BitfieldMsg) and msg.blob == answered_by:
-                break
+        try:
+            ws = await session.ws_connect(f"http://{addr}/v1/control", max_msg_size=wire.MAX_FRAME,
+                                          headers=self.caller.peer(node, "/v1/control"))
+            await ws.send_bytes(wire.encode(wire.Hello(self.node, self.addr)))
+            await ws.send_bytes(wire.encode(self._bitfield()))
+            await ws.send_bytes(wire.encode(wire.BitfieldMsg(answered_by, 1, bytes(1), 0, [])))
+            while True:
+                msg = wire.decode((await ws.receive_bytes()), expect=CONTROL_MESSAGES)
+                if isinstance(msg, wire.BitfieldMsg) and msg.blob == answered_by:
+                    break
+        except BaseException:
+            await session.close()
+            raise
 
         async def hold() -> None:  # the connection stays, as a neighbour's does, until stop()
             try:
@@ -152,6 +156,8 @@ class Rogue:
                         await asyncio.wait_for(self._stopping.wait(), 0.2)
         finally:
             self._ready.set()
+            self._stopping.set()  # also when the loop above ended with an error: the dialled ones close
+            await asyncio.gather(*self._dialled, return_exceptions=True)
             await runner.cleanup()
 
     async def _announce(self, session: aiohttp.ClientSession) -> None:
