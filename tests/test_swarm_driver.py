@@ -9,14 +9,18 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from p2pdist.agent import Agent
+from p2pdist.agent import swarm as swarm_module
 from p2pdist.agent.neighbours import MAX_HELD_PROOFS, Neighbour
+from p2pdist.agent.peer_client import PeerLacks
 from p2pdist.agent.swarm import Swarm
 from p2pdist.config import AgentConfig
 from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest
+from p2pdist.core.download import AVAIL, Request
 from p2pdist.core.layout import PieceLayout
 
 BLOB = Digest.parse("sha256:" + "d" * 64)
@@ -96,3 +100,30 @@ async def test_a_banned_neighbour_leaves_the_downloads_at_once(tmp_path: Path) -
         other = "sha256:" + "e" * 64
         agent.neighbours._handle(liar, wire.BitfieldMsg(other, 8, Bitfield(8, range(8)).to_bytes(), 0, []))
         assert other not in liar.bitfields
+
+
+async def test_a_peer_that_lacks_a_piece_it_advertised_is_not_asked_for_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 404 is the peer's word that it lacks the piece (it dropped the blob, its LOST on the way): the
+    piece leaves its bitfield here, so the next request for it goes to another holder. Asked again, a
+    node that had just dropped a blob whose digest failed answered 404 four times in 4 ms and was
+    banned, and the asker, its holders all banned, took the whole blob from the origin."""
+    async with aiohttp.ClientSession() as session:
+        agent, swarm = agent_and_swarm(tmp_path, session)
+        blob = str(BLOB)
+        dl = swarm.machine = swarm._new_machine()
+        gone = Neighbour("gone", "gone:1", limit=2, advertised=2)
+        gone.bitfields[blob] = Bitfield(8, range(8))
+        agent.neighbours.peers["gone"] = gone
+        for i in range(8):
+            dl.add_holder(i)
+
+        async def lacks(*args: object, **kwargs: object) -> bytes:
+            raise PeerLacks("peer gone:1 answered 404")
+
+        monkeypatch.setattr(swarm_module, "fetch_piece", lacks)
+        await swarm._peer_piece(dl, Request(3, gone, PIECE, time.monotonic()))
+        assert 3 not in gone.bitfields[blob] and len(gone.bitfields[blob]) == 7
+        assert dl.cells[dl.base + 3] & AVAIL == 0  # nobody holds piece 3 now, as far as we know
+        assert dl.cells[dl.base + 4] & AVAIL == 1
+        assert not agent.neighbours.banned

@@ -26,6 +26,11 @@ class PeerBusy(PeerError):
     """The peer has no free upload slot; ask someone else."""
 
 
+class PeerLacks(PeerError):
+    """The peer answered 404: it does not hold the piece it advertised (it dropped the blob and its
+    LOST is on the way, or it lied)."""
+
+
 async def fetch_piece(
     session: aiohttp.ClientSession, addr: str, blob: str, offset: int, length: int,
     *, sign: Callable[[str, str], str] | None = None, scheme: str = "http", ssl: _ssl.SSLContext | bool = True,
@@ -53,6 +58,8 @@ async def fetch_piece(
                 if resp.content_length is not None and resp.content_length <= BUSY_BODY_LIMIT:
                     await resp.read()
                 raise PeerBusy(f"peer {addr} is busy")
+            if resp.status == 404:
+                raise PeerLacks(f"peer {addr} answered 404 for {blob} @{offset}")
             if resp.status != 206:
                 raise PeerError(f"peer {addr} answered {resp.status} for {blob} @{offset}")
             # A length is required up front: read() below must never buffer an unbounded body.

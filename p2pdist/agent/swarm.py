@@ -22,7 +22,7 @@ import aiohttp
 
 from p2pdist.agent.origin import OriginError, OriginRetry, RangeNotSupported
 from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
-from p2pdist.agent.peer_client import PeerBusy, PeerError, fetch_piece
+from p2pdist.agent.peer_client import PeerBusy, PeerError, PeerLacks, fetch_piece
 from p2pdist.agent.tracker_client import SizeConflict, TrackerDown, TrackerUnavailable
 from p2pdist.core import download as machine
 from p2pdist.core import wire
@@ -766,6 +766,20 @@ class Swarm:
         except PeerBusy:
             self.agent.metrics.peer_errors.labels("busy").inc()
             status = machine.BUSY
+        except PeerLacks as e:
+            # Its word, as a LOST would say it for one piece: the next request for the piece goes to
+            # another holder. Asked again, a node that had just dropped a blob whose digest failed
+            # (its LOST on the way) answered 404 four times in 4 ms and was banned, and with both
+            # its holders banned the asker went to the origin for the whole blob (3.0 x egress).
+            # Still a failure: a peer that 404s every piece it advertises is banned as before.
+            self.agent.metrics.peer_errors.labels("missing").inc()
+            log.info("peer lacks a piece it advertised", extra={"peer": nb.node, "piece": req.index, "error": str(e)})
+            bf = nb.bitfields.get(self.blob)
+            if bf is not None and req.index < bf.size and req.index in bf:
+                bf.discard(req.index)
+                if dl is self.machine:
+                    dl.drop_holder(req.index)
+            status = machine.FAILED
         except PeerError as e:
             self.agent.metrics.peer_errors.labels("transfer").inc()
             log.info("piece request failed", extra={"peer": nb.node, "piece": req.index, "error": str(e)})
