@@ -79,7 +79,9 @@ def test_forged_proofs_of_digests_already_proved_still_get_their_sender_banned(r
     for agent, result in zip(honest, fetch_all(honest, ref), strict=True):
         assert result.get("done"), f"{agent.name}: {result}\n{agent.output()[-3000:]}"
     with Rogue(tracker.url, TOKEN, digest, SIZE, "forged-proof") as rogue:
-        late = cluster.agent("late")
+        # About 3 s for the pull, so the rogue's bitfield comes while it runs: on a loaded machine a
+        # pull at full speed was over before the rogue, a thread of this process, had sent it.
+        late = cluster.agent("late", env={"P2PDIST_LIMITS_DOWNLOAD_RATE": str(16 * MiB)})
         result = late.fetch(ref)
         assert result.get("done") and sha256_file(result["path"]) == digest, late.output()[-3000:]
         assert rogue.piece_requests == 0
