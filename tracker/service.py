@@ -348,17 +348,15 @@ def _open_audit(state: TrackerState, blob: BlobRecord, node: str, index: int, cl
         # auditor's copy then counted for nobody).
         return
     length = layout.length(index)
-    if standing.audit is not None:
-        digest, size, at = standing.audit
-        other = state.get(digest, size)
-        current = other.audits.get(at) if other is not None else None
-        if current is not None and current.reporter == node:
-            started = current.auditor is not None or current.opinions
-            if other is blob or started:
-                return
-            if current.claim is not None and length >= standing.audit_length and not move_unstarted:
-                return
-            del other.audits[at]  # a smaller piece (or a claim, at last): the audit moves there
+    own = _own_audit(state, node)
+    if own is not None:
+        other, current = own
+        started = current.auditor is not None or current.opinions
+        if other is blob or started:
+            return
+        if current.claim is not None and length >= standing.audit_length and not move_unstarted:
+            return
+        del other.audits[current.index]  # a smaller piece (or a claim, at last): the audit moves there
     blob.audits[index] = Audit(index, node, claim, opened=now)
     standing.audit, standing.audit_length = (blob.digest, layout.blob_size, index), length
     emit("audit_opened", blob=blob.digest, node=node, piece=index)
@@ -409,13 +407,22 @@ def _prove(state: TrackerState, node: str) -> None:
     that nobody fetches yet is dropped (it would only cost the origin a piece to prove it again)."""
     standing = state.standing(node)
     standing.proven = True
-    if standing.audit is not None:
-        digest, size, at = standing.audit
-        blob = state.get(digest, size)
-        own = blob.audits.get(at) if blob is not None else None
-        if own is not None and own.reporter == node and own.auditor is None and not own.opinions:
-            del blob.audits[at]  # type: ignore[union-attr]
-            standing.audit = None
+    own = _own_audit(state, node)
+    if own is not None and own[1].auditor is None and not own[1].opinions:
+        del own[0].audits[own[1].index]
+        standing.audit = None
+
+
+def _own_audit(state: TrackerState, node: str) -> tuple[BlobRecord, Audit] | None:
+    """The open audit of ``node``'s own claim that its standing points at, and that audit's blob
+    (None also when the blob is not loaded: on Redis only the turn's blob is)."""
+    pointer = state.standing(node).audit
+    if pointer is None:
+        return None
+    digest, size, at = pointer
+    blob = state.get(digest, size)
+    audit = blob.audits.get(at) if blob is not None else None
+    return (blob, audit) if blob is not None and audit is not None and audit.reporter == node else None
 
 
 def _ban(state: TrackerState, blob: BlobRecord, node: str, now: float, config: TrackerConfig, emit: Emit,
