@@ -13,6 +13,7 @@ import pytest
 
 from p2pdist.agent import Agent
 from p2pdist.agent import swarm as swarm_module
+from p2pdist.agent.identity import NodeIdentity
 from p2pdist.agent.neighbours import MAX_HELD_PROOFS, Neighbour
 from p2pdist.agent.peer_client import PeerLacks
 from p2pdist.agent.swarm import Swarm
@@ -21,7 +22,9 @@ from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest
 from p2pdist.core.download import AVAIL, Request
+from p2pdist.core.identity import NodeCredential
 from p2pdist.core.layout import PieceLayout
+from p2pdist.core.manifest import piece_digest
 
 BLOB = Digest.parse("sha256:" + "d" * 64)
 PIECE = 1 << 20
@@ -127,3 +130,26 @@ async def test_a_peer_that_lacks_a_piece_it_advertised_is_not_asked_for_it_again
         assert dl.cells[dl.base + 3] & AVAIL == 0  # nobody holds piece 3 now, as far as we know
         assert dl.cells[dl.base + 4] & AVAIL == 1
         assert not agent.neighbours.banned
+
+
+async def test_proofs_wait_for_a_pull_only_of_a_blob_not_held_already(tmp_path: Path) -> None:
+    """A seeder pulls its blobs no more: the proof in every HAVE of every downloader would only
+    fill its neighbours' holds. A blob it lacks keeps them for the pull that checks them."""
+    async with aiohttp.ClientSession() as session:
+        identity = NodeIdentity(NodeCredential.issue("cluster-secret", "me", int(time.time()) + 3600))
+        agent = Agent(AgentConfig(data_dir=tmp_path), "me", session, identity=identity)
+        data = bytes(range(256)) * 64
+        held = Digest.of(data)
+        partial = agent.store.open_partial(held, PieceLayout(len(data), 4096))
+        try:
+            for i in range(partial.layout.count):
+                piece = data[i * 4096:(i + 1) * 4096]
+                partial.write_piece(i, piece, piece_digest(piece))
+            partial.commit()
+        finally:
+            partial.close()
+        nb = Neighbour("n", "n:1")
+        proof = (0, bytes(32), bytes(64))
+        assert agent.on_proofs(nb, str(held), 7, [proof])
+        assert agent.on_proofs(nb, str(BLOB), 7, [proof])
+        assert nb.unchecked == {str(BLOB): (7, [proof])}

@@ -94,11 +94,24 @@ class Neighbour:
         """Keep proofs of ``blob`` for its download to check later, those of one epoch (the latest),
         at most ``MAX_HELD_PROOFS`` over all blobs (the newest)."""
         held = self.unchecked.get(blob)
-        if held is not None and held[0] == epoch:
-            proofs = held[1] + proofs
+        if held is None or held[0] != epoch:
+            held = self.unchecked[blob] = (epoch, [])
+        kept = held[1]
+        kept.extend(proofs)  # in place: a HAVE's one proof costs no copy of those held before it
         room = MAX_HELD_PROOFS - sum(len(p) for b, (_, p) in self.unchecked.items() if b != blob)
-        if room > 0:
-            self.unchecked[blob] = (epoch, proofs[-room:])
+        if len(kept) > room:
+            del kept[: len(kept) - max(0, room)]
+        if not kept:
+            del self.unchecked[blob]
+
+    def lacks(self, blob: str, index: int) -> bool:
+        """It said it lacks piece ``index`` of ``blob`` (a 404): the piece leaves its bitfield here, as
+        a LOST of one piece would; True if it was in it."""
+        bf = self.bitfields.get(blob)
+        if bf is None or index >= bf.size or index not in bf:
+            return False
+        bf.discard(index)
+        return True
 
     def has(self, blob: str, index: int) -> bool:
         bf = self.bitfields.get(blob)

@@ -151,6 +151,14 @@ class Agent:
         manifest = self.store.piece_manifest(digest)
         return manifest.layout if manifest is not None else None
 
+    def _holds(self, blob: str) -> bool:
+        """Whether ``blob`` is complete in the store: a seeder pulls it no more, so neighbours'
+        proofs of it (every HAVE of every downloader) need not wait for a pull."""
+        try:
+            return self.store.has(Digest.parse(blob))
+        except ValueError:
+            return False
+
     def local_bitfield(self, blob: str) -> Bitfield | None:
         swarm = self.swarms.get(blob)
         if swarm is not None and swarm.partial is not None:
@@ -183,7 +191,7 @@ class Agent:
     def on_proofs(self, nb: Neighbour, blob: str, epoch: int, proofs: list[tuple[int, bytes, bytes]]) -> bool:
         swarm = self.swarms.get(blob)
         if swarm is None:
-            if self.identity is not None:
+            if self.identity is not None and not self._holds(blob):
                 nb.hold_proofs(blob, epoch, proofs)  # a pull of it starting later checks them
             return True
         return swarm.on_proofs(nb, epoch, proofs)

@@ -774,11 +774,8 @@ class Swarm:
             # Still a failure: a peer that 404s every piece it advertises is banned as before.
             self.agent.metrics.peer_errors.labels("missing").inc()
             log.info("peer lacks a piece it advertised", extra={"peer": nb.node, "piece": req.index, "error": str(e)})
-            bf = nb.bitfields.get(self.blob)
-            if bf is not None and req.index < bf.size and req.index in bf:
-                bf.discard(req.index)
-                if dl is self.machine:
-                    dl.drop_holder(req.index)
+            if nb.lacks(self.blob, req.index) and dl is self.machine:
+                dl.drop_holder(req.index)
             status = machine.FAILED
         except PeerError as e:
             self.agent.metrics.peer_errors.labels("transfer").inc()
