@@ -38,7 +38,7 @@ HAVE = core_download.HAVE
 PROVED = core_download.PROVED
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from .cluster import Blob, Cluster
 
@@ -58,6 +58,22 @@ def huge_array(typecode: str, n: int) -> memoryview:
         with contextlib.suppress(OSError):  # a kernel without transparent huge pages
             region.madvise(mmap.MADV_HUGEPAGE)
     return memoryview(region).cast(typecode)[:n]
+
+
+def _grown_ints(old: Sequence[int], n: int) -> array:
+    """A C int array with twice the room (at least 8) holding ``old``'s first ``n`` values."""
+    new = array("i", bytes(4 * max(8, 2 * n)))
+    for j in range(n):
+        new[j] = old[j]
+    return new
+
+
+def _grown_doubles(old: Sequence[float], n: int) -> array:
+    """A C double array with twice the room (at least 8) holding ``old``'s first ``n`` values."""
+    new = array("d", bytes(8 * max(8, 2 * n)))
+    for j in range(n):
+        new[j] = old[j]
+    return new
 
 
 class Board:
@@ -216,7 +232,8 @@ class Node:
         self.board.fill(self.idx, blob, count)
 
     def set_edges(self) -> None:
-        """``edges`` changed: the list a pass scans, in the dict's order, and its neighbours' indices."""
+        """``edges`` changed: the list a pass scans, in the dict's order, and its neighbours' indices
+        (``edge_list`` holds the edges; ``e_peer`` and ``e_ready`` may be longer: add_edge's room)."""
         for e in self.edge_list:
             e.pos = -1
         self.edge_list = list(self.edges.values())
@@ -225,10 +242,37 @@ class Node:
         for k, e in enumerate(self.edge_list):
             e.pos = k
 
+    def add_edge(self, edge: Neighbour) -> None:
+        """We may fetch from ``edge``'s node from now on (ControlPlane._link). A new neighbour is
+        appended to the pass's arrays, which grow by doubling: rebuilding them per edge was quadratic
+        in a node's edges, and in a flash crowd the first nodes are handed out to thousands."""
+        known = edge.pidx in self.edges
+        self.edges[edge.pidx] = edge
+        if known:  # replaced in place: the dict keeps its order, the arrays are rebuilt
+            self.set_edges()
+            return
+        k = len(self.edge_list)
+        if k == len(self.e_peer):
+            self.e_peer = _grown_ints(self.e_peer, k)
+            self.e_ready = _grown_doubles(self.e_ready, k)
+        self.edge_list.append(edge)
+        self.e_peer[k] = edge.pidx
+        self.e_ready[k] = edge.ready_at()
+        edge.pos = k
+
     def add_watcher(self, node: Node) -> None:
-        """``node`` hears our HAVEs from now on (it has an edge to us: ControlPlane._link)."""
+        """``node`` hears our HAVEs from now on (it has an edge to us: ControlPlane._link), appended
+        to the fan-out's arrays as add_edge does."""
+        known = node.idx in self.watchers
         self.watchers[node.idx] = node
-        self._set_watchers()
+        if known:
+            self._set_watchers()
+            return
+        k = len(self.w_edge)
+        if k == len(self.w_idx):
+            self.w_idx = _grown_ints(self.w_idx, k)
+        self.w_idx[k] = node.idx
+        self.w_edge.append(node.edges.get(self.idx))
 
     def drop_watcher(self, idx: int) -> None:
         if self.watchers.pop(idx, None) is not None:
@@ -236,7 +280,8 @@ class Node:
 
     def _set_watchers(self) -> None:
         """``watchers`` changed: the fan-out's arrays follow. The cluster changes an edge and the
-        watcher entry for it together (_link, _disconnect, _set_parents), so w_edge stays true."""
+        watcher entry for it together (_link, _disconnect, _set_parents), so w_edge stays true.
+        ``w_edge`` holds the watchers; ``w_idx`` may be longer (add_watcher's spare room)."""
         self.w_idx = array("i", self.watchers)
         self.w_edge = [w.edges.get(self.idx) for w in self.watchers.values()]
 
@@ -499,7 +544,7 @@ class Swarm:
         shift = i & 63
         one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
         proved = self.cells[self.base + i] & PROVED
-        for k in range(len(node.w_idx)):
+        for k in range(len(node.w_edge)):
             widx = node.w_idx[k]
             if not self.board_live[widx]:
                 continue

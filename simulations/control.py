@@ -189,8 +189,7 @@ class ControlPlane:
 
     def _link(self, a: Node, b: Node) -> None:
         """a may fetch from b from now on: an edge, a watcher for b's HAVEs, and b's bitfields."""
-        a.edges[b.idx] = Neighbour(b, self.profile.peer_concurrency, a)
-        a.set_edges()
+        a.add_edge(Neighbour(b, self.profile.peer_concurrency, a))
         b.add_watcher(a)
         for blob in range(len(self.blobs)):
             sw = a.swarms[blob]

@@ -218,7 +218,7 @@ class DataPlane:
         piece it holds look again. They hear it in no fixed order; the first to ask gets the slot.
         A neighbour whose blocked pieces the peer does not hold is not woken: its pass could only
         find what its last one found (N=1,000: two thirds of the passes a ROOM woke placed nothing)."""
-        n = len(peer.w_idx)
+        n = len(peer.w_edge)  # w_idx may have spare room (Node.add_watcher)
         # A random starting point, not a full shuffle: this runs once per finished upload.
         k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
         nodes = self.board.nodes
