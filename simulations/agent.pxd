@@ -17,6 +17,7 @@ cdef class Board:
     cdef public list have
     cdef public list cells
     cdef public list live
+    cdef public list swarms
     cdef public list blocking
 
 
@@ -103,6 +104,7 @@ cdef class Swarm:
     cdef public unsigned char[::1] blocking_flags
     cdef public unsigned char[::1] board_live
     cdef public list board_nodes
+    cdef public list board_swarms
     cdef public bint dirty
     cdef public list wakeups
     cdef public bint room_only
@@ -130,7 +132,7 @@ cdef class Swarm:
     cdef inline long _room_at(self, Py_ssize_t k, double now)
     @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
     cpdef void stored(self, long i, bint from_origin)
-    @cython.locals(node=Node, sw=Swarm, edge=Neighbour, b=long, proved=cython.uint,
-                   one=cython.ulonglong, count=long, nodes=list, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
+    @cython.locals(node=Node, sw=Swarm, edge=Neighbour, proved=cython.uint,
+                   one=cython.ulonglong, count=long, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
                    words=long, w=long, shift=long)
     cpdef void _have(self, long i, bint have)

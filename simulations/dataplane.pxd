@@ -48,8 +48,8 @@ cdef class DataPlane:
     cpdef void _next_upload(self, Node peer)
     @cython.locals(edge=Neighbour, peer=Node, t=Transfer)
     cpdef void _upload(self, Swarm sw, Request req)
-    @cython.locals(watcher=Node, sw=Swarm, n=long, k=long, j=long, pos=long, widx=long, b=long, blocking=list,
-                   flags=bytearray, nodes=list)
+    @cython.locals(sw=Swarm, n=long, k=long, j=long, pos=long, widx=long, b=long, blocking=list,
+                   flags=bytearray, swarms=list)
     cpdef void _room(self, Node peer)
     @cython.locals(edge=Neighbour)
     cpdef void _peer_failed(self, Swarm sw, Request req)

@@ -221,7 +221,7 @@ class DataPlane:
         n = len(peer.w_edge)  # w_idx may have spare room (Node.add_watcher)
         # A random starting point, not a full shuffle: this runs once per finished upload.
         k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
-        nodes = self.board.nodes
+        swarms = self.board.swarms
         blocking = self.board.blocking
         for j in range(n):
             pos = k + j  # (k + j) % n, without a division per watcher (0 <= k < n)
@@ -231,8 +231,7 @@ class DataPlane:
             for b in range(len(blocking)):
                 flags = blocking[b]
                 if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
-                    watcher = nodes[widx]
-                    sw = watcher.swarms[b]
+                    sw = swarms[b][widx]
                     if (not sw.dirty or sw.room_only) and sw.holds_blocked(peer.idx):
                         sw.wake_room(peer.idx)
 

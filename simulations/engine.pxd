@@ -64,7 +64,9 @@ cdef class Link:
     cdef public double busy
     cdef public double capacity
     cdef public object fire
-    cdef public list jobs
+    cdef public double[::1] tags
+    cdef public long long[::1] seqs
+    cdef public list transfers
     cdef public Meter meter
     cdef public str name
     cdef public Simulator sim
@@ -72,11 +74,15 @@ cdef class Link:
     cdef public object event
     cdef public double vtime
     cdef void _advance(self, double now)
+    @cython.locals(k=Py_ssize_t)
     cpdef void add(self, Transfer transfer, long long seq)
+    @cython.locals(k=Py_ssize_t)
     cpdef void remove(self, Transfer transfer)
-    @cython.locals(jobs=list, delay=double, job=tuple, transfer=Transfer, when=double, best=double, i=Py_ssize_t)
+    @cython.locals(last=Py_ssize_t)
+    cdef void _drop(self, Py_ssize_t k)
+    @cython.locals(delay=double, when=double, best=double, k=Py_ssize_t)
     cdef void _reschedule(self)
-    @cython.locals(jobs=list, done=list, job=tuple, limit=double, transfer=Transfer, i=Py_ssize_t)
+    @cython.locals(done=list, job=tuple, limit=double, transfer=Transfer, k=Py_ssize_t)
     cpdef void _fire(self, object _=*)
 
 cdef class Network:
