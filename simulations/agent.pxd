@@ -8,6 +8,7 @@ from .machine cimport Download
 cdef unsigned int AVAIL, BLOCKED, HAVE, PROVED
 
 cdef class Swarm
+cdef class Holders
 
 
 cdef class Board:
@@ -105,6 +106,8 @@ cdef class Swarm:
     cdef public unsigned char[::1] board_live
     cdef public list board_nodes
     cdef public list board_swarms
+    cdef public long node_idx
+    cdef public Holders holders_view
     cdef public bint dirty
     cdef public list wakeups
     cdef public bint room_only

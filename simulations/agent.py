@@ -305,6 +305,7 @@ class Swarm:
         self.free_k = array("i")  # the edges the last holders() scan found free, nfree of them
         self.free_room = array("i")  # and their peers' free upload slots then
         self.nfree = 0
+        self.holders_view = Holders(self)
         self.upload_slots = profile.upload_slots
         self.load_aware = profile.load_aware
         self.node = node
@@ -318,6 +319,7 @@ class Swarm:
         self.board_live = board.live[blob.idx]
         self.board_nodes = board.nodes
         self.board_swarms = board.swarms[blob.idx]
+        self.node_idx = node.idx
         self.dirty = False
         self.wakeups: list[Swarm] = cluster.dirty  # the cluster's queue of passes to run (one list object)
         # Woken by ROOMs alone since the last pass (wake_room), and from which nodes: the pass is
@@ -355,7 +357,10 @@ class Swarm:
             self._follow_reader()
 
     def alive(self) -> bool:
-        return not self.done and self.node.alive and self.generation == self.node.generation
+        # The Board holds a node's swarm while the node runs (Board.drop when it leaves, a new swarm
+        # when it comes back): one read of a contiguous list, where the node's alive flag and
+        # generation were a cache miss on the node object per pass (N=10,000).
+        return not self.done and self.board_swarms[self.node_idx] is self
 
     def _follow_reader(self) -> None:
         """A client streams the blob in order, reading each piece as it lands (the mirror's reader)."""
@@ -469,7 +474,7 @@ class Swarm:
         self.nfree = nfree
         if not nfree:
             return None
-        return Holders(self)
+        return self.holders_view  # one per swarm: a pass uses it before the next scan changes what it reads
 
     @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
     @cython.wraparound(False)
