@@ -317,7 +317,6 @@ class Swarm:
         self.base = node.idx * count
         self.blocking_flags = board.blocking[blob.idx]
         self.board_live = board.live[blob.idx]
-        self.board_nodes = board.nodes
         self.board_swarms = board.swarms[blob.idx]
         self.node_idx = node.idx
         self.dirty = False
