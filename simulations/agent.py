@@ -28,6 +28,7 @@ import cython
 from p2pdist.core import download as core_download
 
 from . import machine, native
+from .engine import grown
 from .machine import Download, Reply, Request, Settings
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES
 
@@ -38,7 +39,7 @@ HAVE = core_download.HAVE
 PROVED = core_download.PROVED
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
     from .cluster import Blob, Cluster
 
@@ -58,22 +59,6 @@ def huge_array(typecode: str, n: int) -> memoryview:
         with contextlib.suppress(OSError):  # a kernel without transparent huge pages
             region.madvise(mmap.MADV_HUGEPAGE)
     return memoryview(region).cast(typecode)[:n]
-
-
-def _grown_ints(old: Sequence[int], n: int) -> array:
-    """A C int array with twice the room (at least 8) holding ``old``'s first ``n`` values."""
-    new = array("i", bytes(4 * max(8, 2 * n)))
-    for j in range(n):
-        new[j] = old[j]
-    return new
-
-
-def _grown_doubles(old: Sequence[float], n: int) -> array:
-    """A C double array with twice the room (at least 8) holding ``old``'s first ``n`` values."""
-    new = array("d", bytes(8 * max(8, 2 * n)))
-    for j in range(n):
-        new[j] = old[j]
-    return new
 
 
 class Board:
@@ -257,8 +242,8 @@ class Node:
             return
         k = len(self.edge_list)
         if k == len(self.e_peer):
-            self.e_peer = _grown_ints(self.e_peer, k)
-            self.e_ready = _grown_doubles(self.e_ready, k)
+            self.e_peer = grown(self.e_peer, k, "i")
+            self.e_ready = grown(self.e_ready, k, "d")
         self.edge_list.append(edge)
         self.e_peer[k] = edge.pidx
         self.e_ready[k] = edge.ready_at()
@@ -274,7 +259,7 @@ class Node:
             return
         k = len(self.w_edge)
         if k == len(self.w_idx):
-            self.w_idx = _grown_ints(self.w_idx, k)
+            self.w_idx = grown(self.w_idx, k, "i")
         self.w_idx[k] = node.idx
         self.w_edge.append(node.edges.get(self.idx))
 

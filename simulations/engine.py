@@ -30,12 +30,14 @@ _SLACK = 1e-3
 _INF = math.inf
 
 
-def _grown(column: Any, n: int, typecode: str) -> array:
-    """A ``typecode`` column with twice the room (at least 4), holding ``column``'s first ``n`` values."""
-    grown = array(typecode, bytes(8 * max(4, 2 * n)))  # "d" and "q" are 8 bytes
+def grown(column: Any, n: int, typecode: str) -> array:
+    """A ``typecode`` array with twice the room (at least 4) holding ``column``'s first ``n`` values:
+    the columns that grow in place (a link's jobs, a node's edges and watchers)."""
+    out = array(typecode)
+    out.frombytes(bytes(out.itemsize * max(4, 2 * n)))
     for k in range(n):
-        grown[k] = column[k]
-    return grown
+        out[k] = column[k]
+    return out
 
 
 class Simulator:
@@ -338,8 +340,8 @@ class Link:
         self._advance(self.sim.now)
         k = self.active
         if k == len(self.tags):
-            self.tags = _grown(self.tags, k, "d")
-            self.seqs = _grown(self.seqs, k, "q")
+            self.tags = grown(self.tags, k, "d")
+            self.seqs = grown(self.seqs, k, "q")
         self.tags[k] = self.vtime + transfer.size
         self.seqs[k] = seq
         self.transfers.append(transfer)
