@@ -84,6 +84,10 @@ def test_a_neighbour_holds_the_proofs_nothing_could_check_yet_of_one_epoch_withi
     assert len(held) == MAX_HELD_PROOFS - 1 and held[-1] == proof(MAX_HELD_PROOFS + 9)  # the newest, within the bound
     nb.hold_proofs("c", 1, [proof(0)])
     assert "c" not in nb.unchecked  # no room left for another blob
+    assert nb.held == MAX_HELD_PROOFS
+    assert nb.take_proofs("a") == (6, [proof(3)]) and nb.held == MAX_HELD_PROOFS - 1
+    nb.hold_proofs("c", 1, [proof(0)])
+    assert nb.unchecked["c"] == (1, [proof(0)]) and nb.held == MAX_HELD_PROOFS  # the room "a" left
 
 
 async def test_a_banned_neighbour_leaves_the_downloads_at_once(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ class Neighbour:
     # blob -> (epoch, proofs) it sent before we could check them: no download of the blob yet, or
     # none that has heard from the tracker. The download checks them once it can (Swarm).
     unchecked: dict[str, tuple[int, list[tuple[int, bytes, bytes]]]] = field(default_factory=dict)
+    held: int = 0  # proofs in ``unchecked``, over all blobs (kept by hold_proofs and take_proofs)
 
     @property
     def peer(self) -> str:
@@ -95,14 +96,24 @@ class Neighbour:
         at most ``MAX_HELD_PROOFS`` over all blobs (the newest)."""
         held = self.unchecked.get(blob)
         if held is None or held[0] != epoch:
+            self.take_proofs(blob)  # another epoch's: void now
             held = self.unchecked[blob] = (epoch, [])
         kept = held[1]
         kept.extend(proofs)  # in place: a HAVE's one proof costs no copy of those held before it
-        room = MAX_HELD_PROOFS - sum(len(p) for b, (_, p) in self.unchecked.items() if b != blob)
-        if len(kept) > room:
-            del kept[: len(kept) - max(0, room)]
+        self.held += len(proofs)
+        over = min(len(kept), self.held - MAX_HELD_PROOFS)  # a count, not a sum over blobs per HAVE
+        if over > 0:
+            del kept[:over]
+            self.held -= over
         if not kept:
             del self.unchecked[blob]
+
+    def take_proofs(self, blob: str) -> tuple[int, list[tuple[int, bytes, bytes]]] | None:
+        """The (epoch, proofs) held for ``blob``, which are no longer held."""
+        held = self.unchecked.pop(blob, None)
+        if held is not None:
+            self.held -= len(held[1])
+        return held
 
     def lacks(self, blob: str, index: int) -> bool:
         """It said it lacks piece ``index`` of ``blob`` (a 404): the piece leaves its bitfield here, as
@@ -323,7 +334,7 @@ class Neighbourhood:
                 self.host.on_room(nb)  # a swarm waiting for a free holder may go on now
         elif isinstance(msg, wire.Lost):
             old = nb.bitfields.pop(msg.blob, None)
-            nb.unchecked.pop(msg.blob, None)
+            nb.take_proofs(msg.blob)
             nb.sent.discard(msg.blob)
             if old is not None:
                 self.host.on_bitfield(msg.blob, old, None)

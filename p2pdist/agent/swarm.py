@@ -286,7 +286,7 @@ class Swarm:
         it is asked for anything. Dropped unchecked, they left its bitfield standing, and the pass
         asked it first (it says it holds everything, with room)."""
         for nb in list(self.agent.neighbours.peers.values()):
-            held = nb.unchecked.pop(self.blob, None)
+            held = nb.take_proofs(self.blob)
             if held is not None:
                 self.on_proofs(nb, *held)
 
