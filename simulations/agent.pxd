@@ -105,7 +105,6 @@ cdef class Swarm:
     cdef public unsigned char[::1] blocking_flags
     cdef public unsigned char[::1] board_live
     cdef public list board_swarms
-    cdef public long node_idx
     cdef public Holders holders_view
     cdef public bint dirty
     cdef public list wakeups

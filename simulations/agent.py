@@ -303,7 +303,6 @@ class Swarm:
         self.blocking_flags = board.blocking[blob.idx]
         self.board_live = board.live[blob.idx]
         self.board_swarms = board.swarms[blob.idx]
-        self.node_idx = node.idx
         self.dirty = False
         self.wakeups: list[Swarm] = cluster.dirty  # the cluster's queue of passes to run (one list object)
         # Woken by ROOMs alone since the last pass (wake_room), and from which nodes: the pass is
@@ -341,10 +340,7 @@ class Swarm:
             self._follow_reader()
 
     def alive(self) -> bool:
-        # The Board holds a node's swarm while the node runs (Board.drop when it leaves, a new swarm
-        # when it comes back): one read of a contiguous list, where the node's alive flag and
-        # generation were a cache miss on the node object per pass (N=10,000).
-        return not self.done and self.board_swarms[self.node_idx] is self
+        return not self.done and self.node.alive and self.generation == self.node.generation
 
     def _follow_reader(self) -> None:
         """A client streams the blob in order, reading each piece as it lands (the mirror's reader)."""
