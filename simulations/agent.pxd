@@ -2,7 +2,7 @@
 # locals. Piece indices stay Python ints where they are shifted into the 256-bit bitfield masks.
 cimport cython
 
-from .engine cimport Link, Simulator
+from .engine cimport Link, Meter, Simulator
 from .machine cimport Download
 
 cdef unsigned int AVAIL, BLOCKED, HAVE, PROVED
@@ -108,6 +108,7 @@ cdef class Swarm:
     cdef public Holders holders_view
     cdef public bint dirty
     cdef public list wakeups
+    cdef public Meter delivered
     cdef public bint room_only
     cdef public list room_peers
     cdef public bint done

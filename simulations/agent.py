@@ -28,7 +28,7 @@ import cython
 from p2pdist.core import download as core_download
 
 from . import machine, native
-from .engine import grown
+from .engine import Meter, grown
 from .machine import Download, Reply, Request, Settings
 from .profiles import BACK_TO_SOURCE, DIRECT, LEASES
 
@@ -305,6 +305,7 @@ class Swarm:
         self.board_swarms = board.swarms[blob.idx]
         self.dirty = False
         self.wakeups: list[Swarm] = cluster.dirty  # the cluster's queue of passes to run (one list object)
+        self.delivered: Meter = cluster.delivered  # bytes stored over time, the cluster's
         # Woken by ROOMs alone since the last pass (wake_room), and from which nodes: the pass is
         # skipped if all of them are full again by its turn (run_pass).
         self.room_only = False
@@ -511,6 +512,7 @@ class Swarm:
             node.from_origin += length
         else:
             node.from_peers += length
+        self.delivered.count(self.sim.now, length)
         if self.streaming and self.dl.cursor == i:
             self._follow_reader()
         self._have(i, True)

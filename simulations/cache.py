@@ -71,6 +71,7 @@ class CacheRun(Cluster):
         node.layers_done += 1
         node.have_n[b] = self.blobs[b].count
         node.from_peers += self.blobs[b].size  # from the cache, not the origin
+        self.delivered.count(self.sim.now, self.blobs[b].size)
         if node.layers_done == len(self.blobs):
             node.done_at = self.sim.now
             self.remaining -= 1

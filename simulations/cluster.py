@@ -97,6 +97,7 @@ class Outcome:
     origin_bytes: float
     origin_bins: list[float]
     bin_seconds: float
+    delivered_bins: list[float]  # bytes stored at downloaders per bin, from peers and the origin
     from_peers: int
     from_origin: int
     announces: int
@@ -132,6 +133,9 @@ class Cluster(DataPlane, ControlPlane):
         # A bin per ~1/200 of the ideal time keeps the egress plot smooth at any scale.
         ideal = scenario.image.size / net.origin_upload
         self.meter = Meter(max(1e-3, ideal / 100))
+        # Bytes stored at the downloaders, from peers and the origin alike (Swarm.stored), in the same
+        # bins: against every uplink's capacity, how fast the swarm moved at each moment.
+        self.delivered = Meter(self.meter.bin)
         self.origin_link = Link(self.sim, "origin", net.origin_upload, self.meter)
         self._build_topology()
         # Every node, and the origin peer after them (index N).
@@ -354,6 +358,7 @@ class Cluster(DataPlane, ControlPlane):
             arrived=[n.arrived for n in nodes], done=[n.done_at for n in nodes], seeds=[n.seed for n in nodes],
             left=[n.left_at >= 0 and n.done_at < 0 for n in nodes],
             origin_bytes=self.meter.total, origin_bins=list(self.meter.bins), bin_seconds=self.meter.bin,
+            delivered_bins=list(self.delivered.bins),
             from_peers=sum(n.from_peers for n in nodes), from_origin=sum(n.from_origin for n in nodes),
             announces=self.tally.announces, handouts=self.tally.handouts,
             leases_granted=self.tally.leases_granted, leases_reassigned=self.tally.leases_reassigned,

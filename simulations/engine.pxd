@@ -49,6 +49,8 @@ cdef class Meter:
     cdef public double total
     @cython.locals(first=long, last=long, b=long)
     cpdef void add(self, double start, double end, double rate)
+    @cython.locals(k=long)
+    cpdef void count(self, double at, double amount)
 
 cdef class Transfer:
     cdef public bint cancelled

@@ -259,7 +259,8 @@ class Simulator:
 
 
 class Meter:
-    """Bytes a link carried, in fixed time bins (origin egress over time)."""
+    """Bytes in fixed time bins: a link's as it carries them (origin egress over time, ``add``), or
+    the nodes' as they store them (``count``)."""
 
     __slots__ = ("bin", "bins", "total")
 
@@ -282,6 +283,14 @@ class Meter:
         for b in range(first + 1, last):
             self.bins[b] += self.bin * rate
         self.bins[last] += (end - last * self.bin) * rate
+
+    def count(self, at: float, amount: float) -> None:
+        """``amount`` bytes at one instant (a piece stored)."""
+        k = int(at / self.bin)
+        if len(self.bins) <= k:
+            self.bins.extend([0.0] * (k + 1 - len(self.bins)))
+        self.bins[k] += amount
+        self.total += amount
 
 
 class Transfer:

@@ -1,9 +1,11 @@
 """Output: a rich summary table, a JSON file, and PNG plots (completion CDF, origin egress over time,
-time to all vs N on a log axis, ratio to the chunked bound vs N)."""
+swarm throughput and the capacity lost over time, time to all vs N on a log axis, ratio to the
+chunked bound vs N)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,44 @@ def write_plots(report: Report, out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     written.append(_save(fig, out / f"{name}-origin.png"))
+
+    # How fast the swarm moved against what every uplink together could carry, and the capacity that
+    # went unused so far, in seconds of all uplinks: in a flash crowd on equal links the time to all
+    # is the fluid bound plus where that curve ends, and it shows when the seconds were lost.
+    ceiling = report.bounds["uplinks"]
+    window = 1.2 * p2p_end if p2p_end else math.inf
+    shown = 0.0  # the largest loss of the runs done within the window (a baseline's runs off the top)
+    fig, (rate_ax, lost_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in report.runs:
+        if not r.delivered_rate:
+            continue
+        ends = [(i + 1) * r.bin_seconds for i in range(len(r.delivered_rate))]
+        # Bytes count when their piece is stored, so a bin can show a wave of pieces that travelled
+        # over the bins before it: three bins averaged keep the line readable.
+        rates = r.delivered_rate
+        smooth = [sum(rates[max(0, i - 1):i + 2]) / len(rates[max(0, i - 1):i + 2]) for i in range(len(rates))]
+        rate_ax.plot([x - r.bin_seconds / 2 for x in ends], [v * 8 / 1e9 for v in smooth], label=r.run,
+                     color=COLOURS.get(r.run))
+        stored, lost = 0.0, []
+        for x, v in zip(ends, rates, strict=True):
+            stored += v * r.bin_seconds
+            lost.append(x - stored / ceiling)
+        if r.completion_times and r.completion_times[-1] <= window:
+            shown = max(shown, *lost)
+        lost_ax.plot(ends, lost, label=r.run, color=COLOURS.get(r.run))
+    rate_ax.axhline(ceiling * 8 / 1e9, color="grey", linestyle="--", label="every uplink at once")
+    if p2p_end:
+        for ax in (rate_ax, lost_ax):
+            ax.set_xlim(0, window)
+        lost_ax.set_ylim(0, 1.1 * shown or 1.0)
+    rate_ax.set(xlabel="seconds", ylabel="bytes stored at the nodes (Gbit/s)",
+                title=f"{name}: swarm throughput (peers and origin)")
+    lost_ax.set(xlabel="seconds", ylabel="seconds of every uplink unused",
+                title="capacity lost so far (elapsed - stored / every uplink)")
+    for ax in (rate_ax, lost_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    written.append(_save(fig, out / f"{name}-uplinks.png"))
 
     points = report.sweep or [
         {"nodes": report.scenario.nodes - report.scenario.seeds, "run": r.run, "time_to_all": r.time_to_all,

@@ -45,6 +45,9 @@ class RunSummary:
     completion_times: list[float] = field(repr=False)  # sorted, seconds since the first arrival
     origin_rate: list[float] = field(repr=False)  # bytes/s per bin
     bin_seconds: float = 0.0
+    # Bytes/s stored at the downloaders per bin, from peers and the origin: against bounds["uplinks"],
+    # the share of every uplink's capacity the swarm used at each moment (the ramp at its start).
+    delivered_rate: list[float] = field(repr=False, default_factory=list)
 
 
 @dataclass
@@ -152,6 +155,7 @@ def scenario_bounds(scenario: Scenario) -> dict[str, float]:
         "chunked": chunked_bound(size, len(down), u, pieces),
         "pieces": pieces,
         "image_bytes": size,
+        "uplinks": net.origin_upload + sum(uploads),  # bytes/s: every uplink at once, the swarm's ceiling
     }
 
 
@@ -176,6 +180,7 @@ def summarize(scenario: Scenario, run: str, outcome: Outcome, bounds: dict[str, 
         ratio_fluid=t_all / bounds["fluid"] if t_all is not None and bounds["fluid"] else None,
         counters=counters, completion_times=done,
         origin_rate=[b / outcome.bin_seconds for b in outcome.origin_bins], bin_seconds=outcome.bin_seconds,
+        delivered_rate=[b / outcome.bin_seconds for b in outcome.delivered_bins],
     )
 
 

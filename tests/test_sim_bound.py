@@ -63,6 +63,20 @@ def test_the_origins_uplink_does_not_idle_between_a_takers_leases(n1000):
     assert not dips, [(round(i * summary.bin_seconds, 2), round(rates[i] / 125e6, 3)) for i in dips]
 
 
+def test_the_swarm_throughput_counts_each_stored_byte_once_and_never_beats_every_uplink(n100, n1000):
+    # The series behind the "uplinks" plot: bytes stored at the nodes per bin. All of them add up to
+    # every node's copy of the image, and no bin's running total is ahead of what every uplink
+    # together could have carried by its end (bytes count when their piece is stored, after they moved).
+    for summary, bounds in (n100, n1000):
+        width = summary.bin_seconds
+        assert sum(summary.delivered_rate) * width == pytest.approx(summary.nodes * bounds["image_bytes"], rel=1e-9)
+        assert bounds["uplinks"] == pytest.approx((summary.nodes + 1) * 125e6)  # N nodes and the origin, 1 Gbit/s
+        stored = 0.0
+        for i, rate in enumerate(summary.delivered_rate):
+            stored += rate * width
+            assert stored <= bounds["uplinks"] * (i + 1) * width * (1 + 1e-9), i
+
+
 def test_origin_only_is_n_times_the_image():
     summary, bounds = _summary(20, "64MiB", run="origin-only")
     assert summary.origin_copies == pytest.approx(20, rel=1e-6)

@@ -92,7 +92,10 @@ def test_simulate_command_writes_table_json_and_plots(tmp_path, capsys):
                                                "dragonfly"]
     assert all(r["completed"] == 12 for r in data["runs"])
     assert {p["nodes"] for p in data["sweep"]} == {4, 12}
-    for suffix in ("cdf", "origin", "vs-n", "ratio"):
+    for run in data["runs"]:  # every profile counts what its nodes store, once (Swarm.stored)
+        stored = sum(run["delivered_rate"]) * run["bin_seconds"]
+        assert stored == pytest.approx(12 * data["scenario"]["image_bytes"], rel=1e-9), run["run"]
+    for suffix in ("cdf", "origin", "uplinks", "vs-n", "ratio"):
         png = tmp_path / f"flash-100-{suffix}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Deterministic per seed: the same command gives the same numbers.
