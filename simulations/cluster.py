@@ -151,6 +151,9 @@ class Cluster(DataPlane, ControlPlane):
         self.tally = TrackerTally()
         self.piece_digests = [i.to_bytes(PIECE_DIGEST_SIZE, "big") for i in range(max(b.count for b in self.blobs))]
         self.tracker_free = 0.0
+        # Announces waiting for a reports-first tracker (ControlPlane._to_tracker): reports, others.
+        self.tracker_lanes: tuple[deque, deque] = (deque(), deque())
+        self.tracker_busy = False
         # The tracker's pacer as the real tracker runs it (tracker/app.py): above its announce budget,
         # replies ask agents for more room between announces. Only for a tracker the scenario gives
         # a cost (tracker_service_time): one that costs nothing has no budget to keep to.

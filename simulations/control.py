@@ -14,6 +14,7 @@ from tracker.service import AnnounceError, handle_announce
 from . import machine
 from .agent import Neighbour, Node, Swarm
 from .profiles import BACK_TO_SOURCE, LEASES
+from .scenario import REPORTS_FIRST
 
 _DIGESTS: list[str] = []  # blob_digest's names, by blob index
 
@@ -89,11 +90,34 @@ class ControlPlane:
         self._to_tracker(self._tracker_handles, (sw, msg))
 
     def _to_tracker(self, handler, args) -> None:
-        # The tracker serves announces one at a time: a FIFO server with a fixed cost per announce.
+        # The tracker serves announces one at a time, with a fixed cost per announce: first come first
+        # served (as the real one), or reports first (Scenario.tracker_queue, a what-if).
         arrive = self.sim.now + self.rtt / 2
+        if self.scenario.tracker_queue == REPORTS_FIRST and self.scenario.tracker_service_time > 0:
+            self.sim.at(arrive, self._tracker_takes, (handler, args))
+            return
         start = max(arrive, self.tracker_free)
         self.tracker_free = start + self.scenario.tracker_service_time
         self.sim.at(self.tracker_free, handler, args)
+
+    def _tracker_takes(self, job: tuple) -> None:
+        """An announce reaches the reports-first tracker: into the reports' lane if it reports
+        digests, else the others', and served now if the tracker is idle."""
+        msg = job[1][-1]
+        self.tracker_lanes[0 if msg.digests else 1].append(job)
+        if not self.tracker_busy:
+            self._tracker_next()
+
+    def _tracker_next(self) -> None:
+        lane = self.tracker_lanes[0] or self.tracker_lanes[1]
+        self.tracker_busy = bool(lane)
+        if lane:
+            self.sim.after(self.scenario.tracker_service_time, self._tracker_serves, lane.popleft())
+
+    def _tracker_serves(self, job: tuple) -> None:
+        handler, args = job
+        handler(args)
+        self._tracker_next()
 
     def _announce(self, msg: Announce) -> AnnounceReply:
         self.tally.announces += 1

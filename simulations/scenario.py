@@ -18,6 +18,8 @@ from .units import ScenarioError, parse_duration, parse_rate, parse_size
 
 ARRIVALS = ("flash", "batches", "poisson")
 RUNS = ("p2pdist", "origin-only", "pull-through-cache", "kraken", "dragonfly")
+FIFO, REPORTS_FIRST = "fifo", "reports-first"
+TRACKER_QUEUES = (FIFO, REPORTS_FIRST)  # Scenario.tracker_queue
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,10 @@ class Scenario:
     limits: tuple[tuple[str, Any], ...] = ()
     tracker: tuple[tuple[str, Any], ...] = ()
     tracker_service_time: float = 0.0  # tracker CPU seconds per announce (0 = infinitely fast)
+    # The order announces waiting for that tracker are served in: "fifo", as the real tracker serves
+    # them, or "reports-first", a what-if: announces reporting digests (origin pieces fetched) go
+    # before the others waiting, so a crowd's announces do not hold back the swarm's origin intake.
+    tracker_queue: str = FIFO
     cache_upload: float = 0.0  # pull-through cache uplink; 0 = same as the origin's
     sweep: tuple[int, ...] = ()  # node counts for the time-to-all vs N plots
     time_limit: float = 86400.0  # simulated seconds after which a run is cut off
@@ -154,8 +160,11 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         if r not in RUNS:
             raise ScenarioError(f"runs: unknown run {r!r}; choose from {', '.join(RUNS)}")
     p2p = data.get("p2pdist", {})
-    _known(p2p, {"selector", "handout", "streaming", "digest_proofs", "limits", "tracker", "tracker_service_time"},
-           "[p2pdist]")
+    _known(p2p, {"selector", "handout", "streaming", "digest_proofs", "limits", "tracker", "tracker_service_time",
+                 "tracker_queue"}, "[p2pdist]")
+    queue = str(p2p.get("tracker_queue", FIFO))
+    if queue not in TRACKER_QUEUES:
+        raise ScenarioError(f"p2pdist.tracker_queue: unknown {queue!r}; choose from {', '.join(TRACKER_QUEUES)}")
     base = data.get("baselines", {})
     _known(base, {"cache_upload"}, "[baselines]")
     network = _network(data.get("network", {}))
@@ -178,6 +187,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         limits=tuple(sorted(dict(p2p.get("limits", {})).items())),
         tracker=tuple(sorted(dict(p2p.get("tracker", {})).items())),
         tracker_service_time=parse_duration(p2p.get("tracker_service_time", 0), "p2pdist.tracker_service_time"),
+        tracker_queue=queue,
         cache_upload=parse_rate(base["cache_upload"], "baselines.cache_upload") if "cache_upload" in base else 0.0,
         sweep=tuple(_int(n, "sweep", 1) for n in data.get("sweep", ())),
         time_limit=parse_duration(data.get("time_limit", 86400), "time_limit"),

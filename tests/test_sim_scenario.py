@@ -162,3 +162,25 @@ def test_a_slow_tracker_slows_the_swarm_and_its_pacer_spaces_announces():
     _, free_rate = run("0ms", 100, nodes=100)
     _, paced_rate = run("0.01ms", 20, nodes=100)
     assert paced_rate < 0.8 * free_rate
+
+
+def test_a_reports_first_tracker_keeps_the_origin_streaming_through_a_crowds_first_announces():
+    """tracker_queue = "reports-first" (a what-if): announces that report digests are served before
+    the others waiting. 1,000 "started" announces at 1 ms each keep a FIFO tracker busy for a second,
+    and the lease holders' reports, which the next origin leases wait for, queue behind them."""
+
+    def run(queue: str):
+        sc = scenario_from_dict({"nodes": 1000, "image": {"layers": ["64MiB"], "piece_size": "1MiB"},
+                                 "network": {"upload": "1Gbit"},
+                                 "p2pdist": {"tracker_service_time": "1ms", "tracker_queue": queue}})
+        out = Cluster(sc, p2pdist_profile(sc)).run()
+        first = int(0.9 / out.bin_seconds)  # origin bytes in the crowd's first 0.9 s
+        return sum(out.origin_bins[:first]), max(out.done), out
+
+    fifo_bytes, fifo_done, _ = run("fifo")
+    first_bytes, first_done, out = run("reports-first")
+    assert all(d >= 0 for d in out.done)
+    assert first_bytes > 3 * fifo_bytes
+    assert first_done < fifo_done
+    with pytest.raises(ScenarioError, match="tracker_queue"):
+        scenario_from_dict({"p2pdist": {"tracker_queue": "lifo"}})
