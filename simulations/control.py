@@ -90,8 +90,8 @@ class ControlPlane:
         self._to_tracker(self._tracker_handles, (sw, msg))
 
     def _to_tracker(self, handler, args) -> None:
-        # The tracker serves announces one at a time, with a fixed cost per announce: first come first
-        # served (as the real one), or reports first (Scenario.tracker_queue, a what-if).
+        # The tracker serves announces one at a time, with a fixed cost per announce: reports first, as
+        # the real one (Scenario.tracker_queue), or first come first served (a what-if).
         arrive = self.sim.now + self.rtt / 2
         if self.scenario.tracker_queue == REPORTS_FIRST and self.scenario.tracker_service_time > 0:
             self.sim.at(arrive, self._tracker_takes, (handler, args))

@@ -123,10 +123,11 @@ class Scenario:
     limits: tuple[tuple[str, Any], ...] = ()
     tracker: tuple[tuple[str, Any], ...] = ()
     tracker_service_time: float = 0.0  # tracker CPU seconds per announce (0 = infinitely fast)
-    # The order announces waiting for that tracker are served in: "fifo", as the real tracker serves
-    # them, or "reports-first", a what-if: announces reporting digests (origin pieces fetched) go
-    # before the others waiting, so a crowd's announces do not hold back the swarm's origin intake.
-    tracker_queue: str = FIFO
+    # The order announces waiting for that tracker are served in: "reports-first", as the real one
+    # serves them (tracker/fastpath.py, ReportsFirst): announces reporting digests (origin pieces
+    # fetched) go before the others waiting, so a crowd's announces do not hold back the swarm's
+    # origin intake; or "fifo", a what-if: the tracker before that, first come first served.
+    tracker_queue: str = REPORTS_FIRST
     cache_upload: float = 0.0  # pull-through cache uplink; 0 = same as the origin's
     sweep: tuple[int, ...] = ()  # node counts for the time-to-all vs N plots
     time_limit: float = 86400.0  # simulated seconds after which a run is cut off
@@ -162,7 +163,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
     p2p = data.get("p2pdist", {})
     _known(p2p, {"selector", "handout", "streaming", "digest_proofs", "limits", "tracker", "tracker_service_time",
                  "tracker_queue"}, "[p2pdist]")
-    queue = str(p2p.get("tracker_queue", FIFO))
+    queue = str(p2p.get("tracker_queue", REPORTS_FIRST))
     if queue not in TRACKER_QUEUES:
         raise ScenarioError(f"p2pdist.tracker_queue: unknown {queue!r}; choose from {', '.join(TRACKER_QUEUES)}")
     base = data.get("baselines", {})

@@ -4,6 +4,7 @@ broken or hostile client sends answered precisely."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
@@ -19,7 +20,7 @@ from tests.support.identity import Caller
 from tests.support.procs import Tracker
 from tracker.app import TRACKER, create_app
 from tracker.config import TrackerConfig
-from tracker.fastpath import Connections, FastPath
+from tracker.fastpath import PER_TURN, PROMPT, Connections, FastPath
 
 TOKEN = "fastpath-test-secret"
 BLOB = "sha256:" + "ab" * 32
@@ -325,3 +326,67 @@ async def test_at_the_cap_each_new_connection_evicts_another_waiting_one():
     for conn in conns:
         conn.connection_lost(None)
     assert not book.open
+
+
+def _fast_conn(app, book: Connections) -> tuple[FastPath, FakeTransport]:
+    transport = FakeTransport()
+    conn = FastPath(app[TRACKER], lambda: None, book, idle_timeout=60.0)  # type: ignore[arg-type,return-value]
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+async def test_under_a_flood_a_digest_report_is_answered_before_the_announces_read_with_it():
+    """One event-loop turn reads every connection with data: 20 agents' announces, then a lease
+    holder's digest report. The first PROMPT are answered as read, the report at once, the rest
+    PER_TURN a turn after it, in order; held-back connections are read no further meanwhile."""
+    app = create_app(TrackerConfig(cluster_token=TOKEN))
+    book = Connections(0)
+    holder = Caller(TOKEN, "lease-holder")
+    reporter, reporter_transport = _fast_conn(app, book)
+    reporter.data_received(announce_request(announce_body("lease-holder"), caller=holder))  # its lease
+    started = wire.decode(bytes(reporter_transport.written).split(b"\r\n\r\n", 1)[1], expect=(wire.AnnounceReply,))
+    assert started.leases, started  # the first node to ask fetches from the origin
+    await asyncio.sleep(0)  # a turn later
+    reporter_transport.written.clear()
+
+    crowd = [_fast_conn(app, book) for _ in range(20)]
+    for i, (conn, _) in enumerate(crowd):
+        node = f"crowd-{i}"
+        conn.data_received(announce_request(announce_body(node), caller=Caller(TOKEN, node)))
+    start = started.leases[0][0]
+    report = wire.encode(wire.Announce(node="lease-holder", addr="10.0.0.1:65003", blob=BLOB, size=64 << 20,
+                                       have=1, event="progress", digests=[(start, bytes(32))]))
+    reporter.data_received(announce_request(report, caller=holder))
+
+    def answered() -> list[int]:
+        return [i for i, (_, t) in enumerate(crowd) if t.written]
+
+    assert answered() == list(range(PROMPT))
+    assert reporter_transport.written.startswith(b"HTTP/1.1 200 OK")  # ahead of 16 announces read before it
+    assert [t.reading for _, t in crowd] == [True] * PROMPT + [False] * (20 - PROMPT)
+    await asyncio.sleep(0)
+    assert answered() == list(range(PROMPT + PER_TURN))  # in the order they came
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert answered() == list(range(20))
+    for _, transport in crowd:
+        assert transport.written.startswith(b"HTTP/1.1 200 OK") and transport.written.count(b"HTTP/1.1") == 1
+        assert transport.reading
+    assert app[TRACKER].metrics.deferred._value.get() == 20 - PROMPT
+
+
+async def test_a_held_back_announce_is_answered_before_what_follows_it_on_its_connection():
+    """Pipelined on one connection behind a flood: an announce held back, then a request refused.
+    The refusal goes out after the announce's answer, not before it."""
+    app = create_app(TrackerConfig(cluster_token=TOKEN))
+    book = Connections(0)
+    for i in range(PROMPT):  # this turn's prompt answers, taken
+        conn, _ = _fast_conn(app, book)
+        conn.data_received(announce_request(announce_body(f"first-{i}"), caller=Caller(TOKEN, f"first-{i}")))
+    conn, transport = _fast_conn(app, book)
+    conn.data_received(announce_request() + b"POST /v1/announce HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+    first = bytes(transport.written)
+    assert first.startswith(b"HTTP/1.1 200 OK")  # held back, then answered before the refusal
+    assert first.index(b"HTTP/1.1 200 OK") < first.index(b"HTTP/1.1 401")
+    await asyncio.sleep(0)
+    assert bytes(transport.written) == first  # answered once

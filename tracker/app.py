@@ -262,16 +262,21 @@ def conclude(tracker: Tracker, msg: Announce, reply: AnnounceReply) -> Answer:
 
 def answer_announce(tracker: Tracker, authorization: str | None, path: str, body: bytes, remote: str | None,
                     gone: bool) -> Answer:
-    """An announce to a tracker with its state in memory, answered at once (the fast path's)."""
+    """An announce to a tracker with its state in memory, answered at once."""
     admitted = admit(tracker, authorization, path, body, remote, gone)
     if isinstance(admitted, Answer):
         return admitted
+    return respond(tracker, admitted)
+
+
+def respond(tracker: Tracker, msg: Announce) -> Answer:
+    """An admitted announce's answer from a tracker with its state in memory: the logic, then the reply."""
     try:
-        reply = handle_announce(tracker.state, admitted, tracker.clock(), tracker.rng, tracker.config, tracker.emit,
+        reply = handle_announce(tracker.state, msg, tracker.clock(), tracker.rng, tracker.config, tracker.emit,
                                 loaded=tracker.pacer.loaded)
     except AnnounceError as e:
-        return refused(tracker, admitted, e)
-    return conclude(tracker, admitted, reply)
+        return refused(tracker, msg, e)
+    return conclude(tracker, msg, reply)
 
 
 async def announce(request: web.Request) -> web.Response:

@@ -7,12 +7,21 @@ under 10 ms. A cluster's agents announce every second while they pull, so this i
 capacity.
 
 How: each connection is parsed by httptools (llhttp, the parser uvicorn runs on). A complete
-``POST /v1/announce`` is answered at once by the same steps as aiohttp's handler
-(``app.answer_announce``): same checks, same replies, same metrics. At the first request of any other
+``POST /v1/announce`` is answered by the same steps as aiohttp's handler (``app.admit``, then
+``app.respond``): same checks, same replies, same metrics. At the first request of any other
 kind the connection is **relayed**: an aiohttp RequestHandler of the tracker's own application takes
 it, and that request and every later one on the connection are passed to it as parsed (re-framed),
 so aiohttp answers them, in order. Agents poll for orders on connections of their own
 (agent/tracker_client.py), so their announce connections stay here.
+
+**Reports first.** One event-loop turn reads every connection with data, so under a flood it admits
+hundreds of announces, and answered as read, a lease holder's digest report waited behind all of
+them: its next origin lease and every node's digests with it (the simulator, 10,000 nodes on one
+core: the origin idled for 1.5 s at the start; ``tracker_queue`` in simulations/README.md). Now
+an announce that reports digests is answered as soon as it is read; the others are answered at
+once only while few come in a turn (``PROMPT``), and past that wait their turn, ``PER_TURN`` a
+turn, in order, behind every report read meanwhile (``ReportsFirst``). A connection's answers
+stay in its requests' order: what follows a held-back announce on its connection waits for it.
 
 Limits, as aiohttp's (p2pdist/serving.py): a connection that has not completed a request within
 ``idle_timeout`` of the last one is closed; at most ``max_connections`` at once, the oldest one
@@ -25,16 +34,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 from aiohttp.web_protocol import RequestHandler
 
-from p2pdist.core.wire import MAX_FRAME
+from p2pdist.core.wire import MAX_FRAME, Announce
 from p2pdist.serving import make_room, note_refused, waiting
 
-from .app import ANNOUNCE_PATH, Answer, Tracker, answer_announce
+from .app import ANNOUNCE_PATH, Answer, Tracker, admit, respond
 from .errors import TrackerError
 
 MAX_HEAD = 8190  # bytes of request line and headers, as aiohttp's max_line_size
@@ -54,13 +64,74 @@ class Stop(TrackerError):
     """Raised in a parser callback: this connection is being closed, parse no further."""
 
 
+# Announces answered as they are read in one event-loop turn before the rest wait behind the
+# reports: at an agent's pace a turn reads one or two, and those are answered as before.
+PROMPT = 4
+# Held-back announces answered per turn: a report read in the next turn waits for at most these
+# (8 x 0.15 ms); more per turn means fewer turns, each with a poll of every connection.
+PER_TURN = 8
+
+
+class Held:
+    """An admitted announce whose answer waits its turn (ReportsFirst)."""
+
+    __slots__ = ("conn", "done", "keep_alive", "msg")
+
+    def __init__(self, conn: FastPath, msg: Announce, keep_alive: bool) -> None:
+        self.conn = conn
+        self.msg = msg
+        self.keep_alive = keep_alive
+        self.done = False  # answered (its connection needed it sooner, or its turn came)
+
+
+class ReportsFirst:
+    """The order announces are answered in under load (see the module's note): reports at once,
+    the others at once while few, else in order, ``PER_TURN`` an event-loop turn."""
+
+    def __init__(self) -> None:
+        self.held: deque[Held] = deque()
+        self._turn = 0  # announces answered at once in this turn
+        self._armed = False  # a _next_turn is scheduled
+
+    def answer_now(self, msg: Announce) -> bool:
+        """Whether ``msg`` (on a connection with nothing held back) is answered as it is read."""
+        if msg.digests or (not self.held and self._turn < PROMPT):
+            self._turn += 1
+            self._arm()
+            return True
+        return False
+
+    def hold(self, held: Held) -> None:
+        self.held.append(held)
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._armed = False
+        self._turn = 0
+        served = 0
+        while self.held and served < PER_TURN:
+            held = self.held.popleft()
+            if not held.done:
+                held.conn.answer_held()
+                served += 1
+        if self.held:
+            self._arm()
+
+
 class Connections:
-    """The fast path's open connections, oldest first: the cap and its evictions."""
+    """The fast path's open connections, oldest first: the cap and its evictions; and the order
+    their announces are answered in (``reports_first``)."""
 
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
         self.open: dict[FastPath, None] = {}
         self.refused = 0  # connections turned away (every open one was serving a request)
+        self.reports_first = ReportsFirst()
 
     def admit(self, conn: FastPath) -> bool:
         if (self.max_connections and len(self.open) >= self.max_connections
@@ -96,6 +167,8 @@ class FastPath(asyncio.Protocol):
         self._done = False  # nothing more is read from this connection
         self._raw = False  # relayed as bytes, no longer parsed (after an upgrade request)
         self._linger = 0  # bytes still to drop after a refusal, while our side is closed already
+        self._held: deque[Held] = deque()  # this connection's announces waiting their turn, in order
+        self._writes_paused = False  # the transport's buffer is full (pause_writing)
         self._new_message()
 
     def _new_message(self) -> None:
@@ -130,6 +203,7 @@ class FastPath(asyncio.Protocol):
             self._relay.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._writes_paused = True
         if self._relay is not None:
             self._relay.pause_writing()
         elif self._transport is not None:
@@ -138,9 +212,10 @@ class FastPath(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writes_paused = False
         if self._relay is not None:
             self._relay.resume_writing()
-        elif self._transport is not None and not self._transport.is_closing():
+        elif self._transport is not None and not self._transport.is_closing() and not self._held:
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -193,6 +268,10 @@ class FastPath(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(left, self._check_idle)
 
     def _write(self, answer: Answer, close: bool = False, linger: bool = False) -> None:
+        self._answer_held()  # what this connection asked before goes out first
+        self._send(answer, close, linger)
+
+    def _send(self, answer: Answer, close: bool = False, linger: bool = False) -> None:
         transport = self._transport
         assert transport is not None
         if answer.status == 200 and not answer.headers and not close:
@@ -281,17 +360,48 @@ class FastPath(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         gone = transport.is_closing()
-        answer = answer_announce(self._tracker, self._authorization, ANNOUNCE_PATH, b"".join(self._body),
-                                 self._remote, gone)
+        admitted = admit(self._tracker, self._authorization, ANNOUNCE_PATH, b"".join(self._body), self._remote,
+                         gone)
         self._last = time.monotonic()
-        if not gone:
-            self._write(answer, close=not self._parser.should_keep_alive())
+        keep_alive = self._parser.should_keep_alive()
+        if isinstance(admitted, Answer):
+            if not gone:
+                self._write(admitted, close=not keep_alive)
+            return
+        if not self._held and self._book.reports_first.answer_now(admitted):
+            self._send(respond(self._tracker, admitted), close=not keep_alive)
+            return
+        # Its turn comes after the reports (ReportsFirst); read nothing more from this connection
+        # until then, so its answers stay in order.
+        held = Held(self, admitted, keep_alive)
+        self._held.append(held)
+        transport.pause_reading()
+        self._tracker.metrics.deferred.inc()
+        self._book.reports_first.hold(held)
+
+    def answer_held(self) -> None:
+        """The oldest held-back announce's turn (ReportsFirst)."""
+        held = self._held.popleft()
+        held.done = True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._tracker.metrics.dropped.labels("gone").inc()  # its agent gave up and hung up
+        else:
+            self._send(respond(self._tracker, held.msg), close=not held.keep_alive)
+        if not self._held and transport is not None and not transport.is_closing() and not self._writes_paused:
+            transport.resume_reading()
+
+    def _answer_held(self) -> None:
+        """Every held-back announce of this connection, now: something else must go out after them."""
+        while self._held:
+            self.answer_held()
 
     # --- relaying to aiohttp --------------------------------------------------------------------
 
     def _relay_head(self) -> None:
         """Pass this request's head to aiohttp (the connection is aiohttp's from here on). A chunked
         body arrives here decoded and is chunked again; every other header goes as it came."""
+        self._answer_held()  # aiohttp writes its answers itself: ours first
         if self._relay is None:
             assert self._transport is not None
             self._relay = self._make_handler()

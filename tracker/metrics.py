@@ -36,6 +36,9 @@ class TrackerMetrics:
         self.dropped = Counter("p2pdist_tracker_announces_dropped",
                                "Announces dropped unanswered under load because their agent gave up: its connection "
                                "closed (gone) or it waited longer than agents wait (late)", ["reason"], registry=r)
+        self.deferred = Counter("p2pdist_tracker_announces_deferred",
+                                "Announces answered after the digest reports that came with them: under load, "
+                                "reports go first (tracker/fastpath.py, ReportsFirst)", registry=r)
         self.leases_granted = Counter("p2pdist_tracker_leases_granted", "Origin leases granted", registry=r)
         self.leases_reassigned = Counter("p2pdist_tracker_leases_reassigned",
                                          "Leases granted over pieces an earlier lease had covered", registry=r)
