@@ -364,6 +364,7 @@ async def test_under_a_flood_a_digest_report_is_answered_before_the_announces_re
     assert answered() == list(range(PROMPT))
     assert reporter_transport.written.startswith(b"HTTP/1.1 200 OK")  # ahead of 16 announces read before it
     assert [t.reading for _, t in crowd] == [True] * PROMPT + [False] * (20 - PROMPT)
+    assert [c.waiting() for c, _ in crowd] == [True] * PROMPT + [False] * (20 - PROMPT)  # not evictable
     await asyncio.sleep(0)
     assert answered() == list(range(PROMPT + PER_TURN))  # in the order they came
     for _ in range(20):

@@ -251,8 +251,9 @@ class FastPath(asyncio.Protocol):
             self._refuse(400, f"malformed HTTP request: {e}")
 
     def waiting(self) -> bool:
-        """Not serving a request: idle, or still receiving one (evictable)."""
-        return self._relay is None or waiting(self._relay)
+        """Not serving a request: idle, or still receiving one (evictable). One with an announce
+        held back (ReportsFirst) is being served."""
+        return (self._relay is None and not self._held) or (self._relay is not None and waiting(self._relay))
 
     def close(self) -> None:
         if self._transport is not None:
