@@ -336,7 +336,7 @@ def _fast_conn(app, book: Connections) -> tuple[FastPath, FakeTransport]:
 
 
 async def test_under_a_flood_a_digest_report_is_answered_before_the_announces_read_with_it():
-    """One event-loop turn reads every connection with data: 20 agents' announces, then a lease
+    """One event-loop turn reads every connection with data: a crowd's announces, then a lease
     holder's digest report. The first PROMPT are answered as read, the report at once, the rest
     PER_TURN a turn after it, in order; held-back connections are read no further meanwhile."""
     app = create_app(TrackerConfig(cluster_token=TOKEN))
@@ -349,7 +349,8 @@ async def test_under_a_flood_a_digest_report_is_answered_before_the_announces_re
     await asyncio.sleep(0)  # a turn later
     reporter_transport.written.clear()
 
-    crowd = [_fast_conn(app, book) for _ in range(20)]
+    size = PROMPT + 2 * PER_TURN + 3
+    crowd = [_fast_conn(app, book) for _ in range(size)]
     for i, (conn, _) in enumerate(crowd):
         node = f"crowd-{i}"
         conn.data_received(announce_request(announce_body(node), caller=Caller(TOKEN, node)))
@@ -362,18 +363,19 @@ async def test_under_a_flood_a_digest_report_is_answered_before_the_announces_re
         return [i for i, (_, t) in enumerate(crowd) if t.written]
 
     assert answered() == list(range(PROMPT))
-    assert reporter_transport.written.startswith(b"HTTP/1.1 200 OK")  # ahead of 16 announces read before it
-    assert [t.reading for _, t in crowd] == [True] * PROMPT + [False] * (20 - PROMPT)
-    assert [c.waiting() for c, _ in crowd] == [True] * PROMPT + [False] * (20 - PROMPT)  # not evictable
+    assert reporter_transport.written.startswith(b"HTTP/1.1 200 OK")  # ahead of announces read before it
+    assert [t.reading for _, t in crowd] == [True] * PROMPT + [False] * (size - PROMPT)
+    assert [c.waiting() for c, _ in crowd] == [True] * PROMPT + [False] * (size - PROMPT)  # not evictable
     await asyncio.sleep(0)
     assert answered() == list(range(PROMPT + PER_TURN))  # in the order they came
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert answered() == list(range(20))
+    await asyncio.sleep(0)
+    assert answered() == list(range(PROMPT + 2 * PER_TURN))
+    await asyncio.sleep(0)
+    assert answered() == list(range(size))
     for _, transport in crowd:
         assert transport.written.startswith(b"HTTP/1.1 200 OK") and transport.written.count(b"HTTP/1.1") == 1
         assert transport.reading
-    assert app[TRACKER].metrics.deferred._value.get() == 20 - PROMPT
+    assert app[TRACKER].metrics.deferred._value.get() == size - PROMPT
 
 
 async def test_a_held_back_announce_is_answered_before_what_follows_it_on_its_connection():

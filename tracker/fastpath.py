@@ -65,11 +65,13 @@ class Stop(TrackerError):
 
 
 # Announces answered as they are read in one event-loop turn before the rest wait behind the
-# reports: at an agent's pace a turn reads one or two, and those are answered as before.
-PROMPT = 4
+# reports. At a steady 5,000 announces/s a turn reads a handful, answered as before (with 4 or 16
+# here, benchmarks/bench_tracker.py's p99 at 5,000/s varied more than the tracker's before it, on a
+# noisy machine); a flash crowd's flood reads hundreds, and a report waits for at most 64 of them.
+PROMPT = 64
 # Held-back announces answered per turn: a report read in the next turn waits for at most these
-# (8 x 0.15 ms); more per turn means fewer turns, each with a poll of every connection.
-PER_TURN = 8
+# (16 x 0.15 ms); more per turn means fewer turns, each with a poll of every connection.
+PER_TURN = 16
 
 
 class Held:
