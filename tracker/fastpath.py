@@ -70,8 +70,11 @@ class Stop(TrackerError):
 # noisy machine); a flash crowd's flood reads hundreds, and a report waits for at most 64 of them.
 PROMPT = 64
 # Held-back announces answered per turn: a report read in the next turn waits for at most these
-# (16 x 0.15 ms); more per turn means fewer turns, each with a poll of every connection.
-PER_TURN = 16
+# (64 x 0.15 ms); fewer per turn means more turns, each with a poll of every connection.
+PER_TURN = 64
+# Announces a connection may have held back before it is read no further: an agent sends one at a
+# time, so pausing (two system calls) is only for a client that pipelines.
+HELD_PER_CONNECTION = 4
 
 
 class Held:
@@ -217,7 +220,8 @@ class FastPath(asyncio.Protocol):
         self._writes_paused = False
         if self._relay is not None:
             self._relay.resume_writing()
-        elif self._transport is not None and not self._transport.is_closing() and not self._held:
+        elif (self._transport is not None and not self._transport.is_closing()
+              and len(self._held) < HELD_PER_CONNECTION):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -374,11 +378,12 @@ class FastPath(asyncio.Protocol):
         if not self._held and self._book.reports_first.answer_now(admitted):
             self._send(respond(self._tracker, admitted), close=not keep_alive)
             return
-        # Its turn comes after the reports (ReportsFirst); read nothing more from this connection
-        # until then, so its answers stay in order.
+        # Its turn comes after the reports (ReportsFirst); what follows it on this connection waits
+        # behind it (its answers stay in order), and a client that pipelines is read no further.
         held = Held(self, admitted, keep_alive)
         self._held.append(held)
-        transport.pause_reading()
+        if len(self._held) >= HELD_PER_CONNECTION:
+            transport.pause_reading()
         self._tracker.metrics.deferred.inc()
         self._book.reports_first.hold(held)
 
@@ -391,7 +396,8 @@ class FastPath(asyncio.Protocol):
             self._tracker.metrics.dropped.labels("gone").inc()  # its agent gave up and hung up
         else:
             self._send(respond(self._tracker, held.msg), close=not held.keep_alive)
-        if not self._held and transport is not None and not transport.is_closing() and not self._writes_paused:
+        if (len(self._held) == HELD_PER_CONNECTION - 1 and transport is not None and not transport.is_closing()
+                and not self._writes_paused):
             transport.resume_reading()
 
     def _answer_held(self) -> None:
