@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from p2pdist.core.proofs import tracker_lacks_digests
 from p2pdist.core.wire import Announce, AnnounceReply, PeerInfo
-from tracker.service import AnnounceError, handle_announce
+from tracker.service import AnnounceError, handle_announce, served_first
 
 from . import machine
 from .agent import Neighbour, Node, Swarm
@@ -87,24 +87,24 @@ class ControlPlane:
             spares=machine.QUEUES_SPARES,
             orphans=orphans,
         )
-        self._to_tracker(self._tracker_handles, (sw, msg))
+        self._to_tracker(self._tracker_handles, (sw, msg), msg)
 
-    def _to_tracker(self, handler, args) -> None:
+    def _to_tracker(self, handler, args, msg: Announce) -> None:
         # The tracker serves announces one at a time, with a fixed cost per announce: reports first, as
         # the real one (Scenario.tracker_queue), or first come first served (a what-if).
         arrive = self.sim.now + self.rtt / 2
         if self.scenario.tracker_queue == REPORTS_FIRST and self.scenario.tracker_service_time > 0:
-            self.sim.at(arrive, self._tracker_takes, (handler, args))
+            self.sim.at(arrive, self._tracker_takes, (handler, args, msg))
             return
         start = max(arrive, self.tracker_free)
         self.tracker_free = start + self.scenario.tracker_service_time
         self.sim.at(self.tracker_free, handler, args)
 
     def _tracker_takes(self, job: tuple) -> None:
-        """An announce reaches the reports-first tracker: into the reports' lane if it reports
-        digests, else the others', and served now if the tracker is idle."""
-        msg = job[1][-1]
-        self.tracker_lanes[0 if msg.digests else 1].append(job)
+        """An announce reaches the reports-first tracker: into the reports' lane if the tracker
+        serves it first (``served_first``), else the others', and served now if the tracker is idle."""
+        handler, args, msg = job
+        self.tracker_lanes[0 if served_first(msg) else 1].append((handler, args))
         if not self.tracker_busy:
             self._tracker_next()
 
@@ -176,7 +176,7 @@ class ControlPlane:
             have=node.have_n[b], complete=True, load=self.uploads[node.idx], event="completed",
             digests=self._digests(range(blob.count)) if first else [], wants_peers=False,
         )
-        self._to_tracker(self._seed_handled, (node, b, generation, msg))
+        self._to_tracker(self._seed_handled, (node, b, generation, msg), msg)
 
     def _seed_handled(self, args: tuple[Node, int, int, Announce]) -> None:
         node, b, generation, msg = args

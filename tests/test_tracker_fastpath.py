@@ -376,14 +376,19 @@ async def test_under_a_flood_a_digest_report_is_answered_before_the_announces_re
     assert app[TRACKER].metrics.deferred._value.get() == size - PROMPT
 
 
+def _take_prompt_answers(app, book: Connections) -> None:
+    """PROMPT agents' announces in this event-loop turn: the next ones read are held back."""
+    for i in range(PROMPT):
+        conn, _ = _fast_conn(app, book)
+        conn.data_received(announce_request(announce_body(f"first-{i}"), caller=Caller(TOKEN, f"first-{i}")))
+
+
 async def test_a_held_back_announce_is_answered_before_what_follows_it_on_its_connection():
     """Pipelined on one connection behind a flood: an announce held back, then a request refused.
     The refusal goes out after the announce's answer, not before it."""
     app = create_app(TrackerConfig(cluster_token=TOKEN))
     book = Connections(0)
-    for i in range(PROMPT):  # this turn's prompt answers, taken
-        conn, _ = _fast_conn(app, book)
-        conn.data_received(announce_request(announce_body(f"first-{i}"), caller=Caller(TOKEN, f"first-{i}")))
+    _take_prompt_answers(app, book)
     conn, transport = _fast_conn(app, book)
     conn.data_received(announce_request() + b"POST /v1/announce HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
     first = bytes(transport.written)
@@ -398,9 +403,7 @@ async def test_a_client_that_pipelines_behind_a_held_back_announce_is_read_no_fu
     is read no further once HELD_PER_CONNECTION wait, and again once they are answered, in order."""
     app = create_app(TrackerConfig(cluster_token=TOKEN))
     book = Connections(0)
-    for i in range(PROMPT):  # this turn's prompt answers, taken
-        conn, _ = _fast_conn(app, book)
-        conn.data_received(announce_request(announce_body(f"first-{i}"), caller=Caller(TOKEN, f"first-{i}")))
+    _take_prompt_answers(app, book)
     conn, transport = _fast_conn(app, book)
     requests = [announce_request(announce_body(have=i)) for i in range(HELD_PER_CONNECTION)]  # signed apart
     conn.data_received(b"".join(requests[:-1]))

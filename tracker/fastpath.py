@@ -46,6 +46,7 @@ from p2pdist.serving import make_room, note_refused, waiting
 
 from .app import ANNOUNCE_PATH, Answer, Tracker, admit, respond
 from .errors import TrackerError
+from .service import served_first
 
 MAX_HEAD = 8190  # bytes of request line and headers, as aiohttp's max_line_size
 # After a refusal, what the client still sends is read and dropped for this long, or this much, before
@@ -100,7 +101,7 @@ class ReportsFirst:
 
     def answer_now(self, msg: Announce) -> bool:
         """Whether ``msg`` (on a connection with nothing held back) is answered as it is read."""
-        if msg.digests or (not self.held and self._turn < PROMPT):
+        if served_first(msg) or (not self.held and self._turn < PROMPT):
             self._turn += 1
             self._arm()
             return True

@@ -87,6 +87,13 @@ def layout_for(size: int | None, config: TrackerConfig) -> PieceLayout | None:
         raise AnnounceError("size-invalid", f"blob size {size}: {e}") from None
 
 
+def served_first(msg: Announce) -> bool:
+    """Whether a loaded tracker answers ``msg`` before the announces waiting with it: it reports
+    digests (origin pieces fetched), which the reporter's next lease and every node's fetch of those
+    pieces wait for. The one rule of the fast path's ``ReportsFirst`` and of the simulator's tracker."""
+    return bool(msg.digests)
+
+
 def handle_announce(
     state: TrackerState,
     msg: Announce,
