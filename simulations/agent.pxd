@@ -5,7 +5,7 @@ cimport cython
 from .engine cimport Link, Meter, Simulator
 from .machine cimport Download
 
-cdef unsigned int AVAIL, BLOCKED, HAVE, PROVED
+cdef unsigned int AVAIL, BLOCKED, HAVE, INFLIGHT, KNOWN, PROVED
 
 cdef class Swarm
 cdef class Holders
@@ -130,8 +130,6 @@ cdef class Swarm:
     cpdef object holders(self, double now)
     @cython.locals(words=long, pb=long, wb=long, one=cython.ulonglong, w=long, s=long, bits=cython.ulonglong)
     cpdef bint holds_blocked(self, long peer)
-    @cython.locals(node=Node)
-    cdef inline long _room_at(self, Py_ssize_t k, double now)
     @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
     cpdef void stored(self, long i, bint from_origin)
     @cython.locals(node=Node, sw=Swarm, edge=Neighbour, proved=cython.uint,

@@ -166,6 +166,8 @@ class DataPlane:
             self._next_upload(edge.node)
 
     def _next_upload(self, peer: Node) -> None:
+        if not self.upload_queue:
+            return  # nothing is ever queued (fetch_from_peer answers busy): no truth test of the deque
         while peer.queue and self.uploads[peer.idx] < self.upload_slots:
             sw, req = peer.queue.popleft()
             if sw.node.alive and sw.generation == sw.node.generation:
@@ -206,10 +208,10 @@ class DataPlane:
         self.uploads[peer.idx] += 1
         t = self.net.transfer(req.length, self.path(peer, sw.node), self.peer_done, (sw, req))
         self.track(t, sw.node, peer)
-        self._timeouts.append((self.sim.now + self.piece_timeout, t))
+        self._timeouts.append(t)  # due at t.started + piece_timeout: the queue is in start order
         if not self._timeout_armed:
             self._timeout_armed = True
-            self.sim.at(self._timeouts[0][0], self._check_timeouts)
+            self.sim.at(self._timeouts[0].started + self.piece_timeout, self._check_timeouts)
 
     @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
     @cython.wraparound(False)
@@ -252,7 +254,7 @@ class DataPlane:
         # 1.5 GB RSS), and every new one took fresh, cold memory. The checks run at the same times.
         queue = self._timeouts
         while queue:
-            head = queue[0][1]  # a Transfer (typed: its field read in C, not looked up by name)
+            head = queue[0]  # a Transfer (typed: its field read in C, not looked up by name)
             if head.pending != 0:
                 break
             queue.popleft()
@@ -279,13 +281,13 @@ class DataPlane:
     def _check_timeouts(self, _: object = None) -> None:
         now = self.sim.now
         queue = self._timeouts
-        while queue and (queue[0][1].pending == 0 or queue[0][1].cancelled or queue[0][0] <= now):
-            _, t = queue.popleft()
+        while queue and (queue[0].pending == 0 or queue[0].cancelled or queue[0].started + self.piece_timeout <= now):
+            t = queue.popleft()
             if t.pending and not t.cancelled:
                 self.timeouts += 1
                 self._cancel(t)
         if queue:
-            self.sim.at(queue[0][0], self._check_timeouts)
+            self.sim.at(queue[0].started + self.piece_timeout, self._check_timeouts)
         else:
             self._timeout_armed = False
 

@@ -36,11 +36,11 @@ cdef class Simulator:
     @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, parent=Py_ssize_t)
     cdef void _sift_up(self, Py_ssize_t k)
     @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, n=Py_ssize_t, child=Py_ssize_t,
-                   right=Py_ssize_t)
+                   first=Py_ssize_t, last=Py_ssize_t, c=Py_ssize_t)
     cdef void _sift_down(self, Py_ssize_t k)
     @cython.locals(keys=cython.double[::1], earlier=bint)
     cdef void _rekey(self, Py_ssize_t k, double when, long long seq)
-    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, keys=cython.double[::1])
+    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, parent=Py_ssize_t, keys=cython.double[::1])
     cdef void _remove(self, Py_ssize_t slot)
 
 cdef class Meter:
@@ -84,7 +84,8 @@ cdef class Link:
     cdef void _drop(self, Py_ssize_t k)
     @cython.locals(delay=double, when=double, best=double, k=Py_ssize_t)
     cdef void _reschedule(self)
-    @cython.locals(done=list, job=tuple, limit=double, transfer=Transfer, k=Py_ssize_t)
+    @cython.locals(done=list, job=tuple, limit=double, first=Transfer, first_tag=double, first_seq=cython.longlong,
+                   k=Py_ssize_t)
     cpdef void _fire(self, object _=*)
 
 cdef class Network:
@@ -94,3 +95,5 @@ cdef class Network:
     cdef public long long started
     @cython.locals(t=Transfer, link=Link)
     cpdef Transfer transfer(self, double size, list links, object done, object data=*)
+
+cdef void _arrived(Transfer transfer)

@@ -154,7 +154,9 @@ class Simulator:
             self.events += 1
             callback(arg)
 
-    # --- the compiled heap (a binary min-heap on (time, seq); seq is unique) ---------------------
+    # --- the compiled heap (a 4-ary min-heap on (time, seq); seq is unique) ----------------------
+    # Four children a node: half the levels of a binary heap, and the four keys a sift-down compares
+    # sit side by side (96 bytes); at 10,000 nodes the binary heap's sift-down was 3 % of a run.
 
     def _grow(self) -> None:
         size = len(self._callbacks)
@@ -200,7 +202,7 @@ class Simulator:
         seq = keys[3 * k + 1]
         slot = keys[3 * k + 2]
         while k > 0:
-            parent = (k - 1) >> 1
+            parent = (k - 1) >> 2
             if keys[3 * parent] < when or (keys[3 * parent] == when and keys[3 * parent + 1] < seq):
                 break
             self._place(k, keys[3 * parent], keys[3 * parent + 1], keys[3 * parent + 2])
@@ -214,13 +216,17 @@ class Simulator:
         seq = keys[3 * k + 1]
         slot = keys[3 * k + 2]
         while True:
-            child = 2 * k + 1
-            if child >= n:
+            first = 4 * k + 1
+            if first >= n:
                 break
-            right = child + 1
-            if right < n and (keys[3 * right] < keys[3 * child]
-                              or (keys[3 * right] == keys[3 * child] and keys[3 * right + 1] < keys[3 * child + 1])):
-                child = right
+            child = first
+            last = min(first + 4, n)
+            c = first + 1
+            while c < last:  # the least of the (up to) four children
+                if keys[3 * c] < keys[3 * child] or (keys[3 * c] == keys[3 * child]
+                                                      and keys[3 * c + 1] < keys[3 * child + 1]):
+                    child = c
+                c += 1
             if keys[3 * child] < when or (keys[3 * child] == when and keys[3 * child + 1] < seq):
                 self._place(k, keys[3 * child], keys[3 * child + 1], keys[3 * child + 2])
                 k = child
@@ -251,8 +257,9 @@ class Simulator:
         # The last entry fills the hole, then goes up or down.
         keys = self._keys
         self._place(k, keys[3 * n], keys[3 * n + 1], keys[3 * n + 2])
-        if k > 0 and (keys[3 * k] < keys[3 * ((k - 1) >> 1)]
-                      or (keys[3 * k] == keys[3 * ((k - 1) >> 1)] and keys[3 * k + 1] < keys[3 * ((k - 1) >> 1) + 1])):
+        parent = (k - 1) >> 2
+        if k > 0 and (keys[3 * k] < keys[3 * parent]
+                      or (keys[3 * k] == keys[3 * parent] and keys[3 * k + 1] < keys[3 * parent + 1])):
             self._sift_up(k)
         else:
             self._sift_down(k)
@@ -405,26 +412,43 @@ class Link:
     def _fire(self, _: object = None) -> None:
         self.event = None  # this event is running: a new one is scheduled below if need be
         self._advance(self.sim.now)
-        done: list[tuple[float, int, Transfer]] = []
+        # Usually one transfer finishes: it is kept as is, and a list of (tag, seq, transfer) to
+        # sort is made only when a second one does (a tuple per finished transfer was 1 % of a run).
+        first: Transfer | None = None
+        first_tag = 0.0
+        first_seq = 0
+        done: list[tuple[float, int, Transfer]] | None = None
         limit = self.vtime + _SLACK
         k = 0
         while k < self.active:
             if self.tags[k] <= limit:
-                done.append((self.tags[k], self.seqs[k], self.transfers[k]))
+                if first is None:
+                    first, first_tag, first_seq = self.transfers[k], self.tags[k], self.seqs[k]
+                else:
+                    if done is None:
+                        done = [(first_tag, first_seq, first)]
+                    done.append((self.tags[k], self.seqs[k], self.transfers[k]))
                 self._drop(k)
                 continue
             k += 1
-        if len(done) > 1:
-            done.sort()  # in (tag, seq) order, as a heap would give them (seq is unique)
         if self.active == 0:
             self.vtime = 0.0
         self._reschedule()
+        if done is None:
+            if first is not None:
+                _arrived(first)
+            return
+        done.sort()  # in (tag, seq) order, as a heap would give them (seq is unique)
         for job in done:
-            transfer = job[2]
-            transfer.pending -= 1
-            if transfer.pending == 0:
-                transfer.links = []
-                transfer.done(transfer)
+            _arrived(job[2])
+
+
+def _arrived(transfer: Transfer) -> None:
+    """One of the transfer's links has carried it: done once all of them have."""
+    transfer.pending -= 1
+    if transfer.pending == 0:
+        transfer.links = []
+        transfer.done(transfer)
 
 
 class Network:

@@ -15,11 +15,10 @@ cdef class Request:
 
 
 cdef class RequestBook:
-    cdef public dict by_peer
+    cdef public list pending
     cdef public long open
-    @cython.locals(reqs=dict)
     cpdef void add(self, Request req)
-    @cython.locals(reqs=dict)
+    @cython.locals(pending=list, k=Py_ssize_t)
     cpdef bint close(self, Request req, str status)
 
 

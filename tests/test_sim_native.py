@@ -159,3 +159,41 @@ def test_pymalloc_takes_its_arenas_from_the_huge_page_region_and_reuses_freed_on
     assert got["start"] % (2 << 20) == 0  # on a huge-page boundary
     assert got["inside"] > 0.95 * 400_000 and got["first"] > 10  # (the rest: free room in older arenas)
     assert got["again"] <= got["first"] + 2  # the second batch reused the first one's arenas
+
+
+# Wraps Holders.reachable (the .py classes) and checks every answer against its definition: the
+# pieces of the machine's fetchable set whose bit is in the union of the free neighbours' bitfields.
+REACHABLE_PROBE = """
+import json
+from simulations import agent, native
+from simulations.run import run_one
+from simulations.scenario import load_scenario
+assert native.CORE.startswith("python"), native.CORE
+board_read = agent.Holders.reachable
+calls = {"passes": 0, "pieces": 0}
+def checked(self, pieces):
+    got = board_read(self, pieces)
+    owner = self.owner
+    want = sorted(i for i in pieces if owner.reach[i >> 6] >> (i & 63) & 1)
+    assert got == want, (got, want, sorted(pieces))
+    calls["passes"] += 1
+    calls["pieces"] += len(got)
+    return got
+agent.Holders.reachable = checked
+for path, nodes, run in (("simulations/scenarios/flash-100.toml", 60, "p2pdist"),
+                         ("simulations/scenarios/flash-100.toml", 60, "dragonfly"),
+                         ("simulations/scenarios/poisson-churn.toml", 60, "p2pdist")):
+    run_one(load_scenario(path).with_nodes(nodes), run)
+print(json.dumps(calls))
+"""
+
+
+def test_reachable_read_off_the_board_is_the_fetchable_pieces_a_free_neighbour_holds():
+    """Swarm's Holders.reachable reads the machine's cells instead of iterating its fetchable set:
+    at every pass of flash crowds and churn, it must give exactly that set's reachable pieces."""
+    env = dict(os.environ, P2PDIST_SIM_CORE="python", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", REACHABLE_PROBE], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls = json.loads(proc.stdout)
+    assert calls["passes"] > 1000 and calls["pieces"] > calls["passes"], calls
