@@ -36,11 +36,11 @@ cdef class Simulator:
     @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, parent=Py_ssize_t)
     cdef void _sift_up(self, Py_ssize_t k)
     @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, n=Py_ssize_t, child=Py_ssize_t,
-                   first=Py_ssize_t, last=Py_ssize_t, c=Py_ssize_t)
+                   right=Py_ssize_t)
     cdef void _sift_down(self, Py_ssize_t k)
     @cython.locals(keys=cython.double[::1], earlier=bint)
     cdef void _rekey(self, Py_ssize_t k, double when, long long seq)
-    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, parent=Py_ssize_t, keys=cython.double[::1])
+    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, keys=cython.double[::1])
     cdef void _remove(self, Py_ssize_t slot)
 
 cdef class Meter:
