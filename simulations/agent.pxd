@@ -6,13 +6,26 @@ from .engine cimport Link, Meter, Simulator
 from .machine cimport Download
 
 cdef unsigned int AVAIL, BLOCKED, HAVE, INFLIGHT, KNOWN, PROVED
+cdef unsigned char BLOCKING, NEWS
 
 cdef class Swarm
 cdef class Holders
 
 
+cdef class BlobRows:
+    cdef public unsigned long long[::1] have
+    cdef public unsigned int[::1] cells
+    cdef public unsigned char[::1] blocking
+    cdef public long words
+    cdef public long count
+    @cython.locals(words=long, pb=long, wb=long, base=long, one=cython.ulonglong, w=long, s=long,
+                   bits=cython.ulonglong)
+    cpdef bint room_wakes(self, long node, long peer)
+
+
 cdef class Board:
     cdef public list nodes
+    cdef public list rows
     cdef public int[::1] uploads
     cdef public list words
     cdef public list have
@@ -105,6 +118,7 @@ cdef class Swarm:
     cdef public unsigned char[::1] blocking_flags
     cdef public unsigned char[::1] board_live
     cdef public list board_swarms
+    cdef public long nidx
     cdef public Holders holders_view
     cdef public bint dirty
     cdef public list wakeups
@@ -125,11 +139,10 @@ cdef class Swarm:
     @cython.locals(k=Py_ssize_t)
     cdef bint _rooms_taken(self)
     cpdef void wake(self)
+    cpdef void clean(self)
     cpdef void wake_room(self, long peer)
     @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long, room=long)
     cpdef object holders(self, double now)
-    @cython.locals(words=long, pb=long, wb=long, one=cython.ulonglong, w=long, s=long, bits=cython.ulonglong)
-    cpdef bint holds_blocked(self, long peer)
     @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
     cpdef void stored(self, long i, bint from_origin)
     @cython.locals(node=Node, sw=Swarm, edge=Neighbour, proved=cython.uint,

@@ -3,7 +3,7 @@
 # Cluster's one extension base: a field here is a C read, an attribute of the Cluster a dict lookup).
 cimport cython
 
-from .agent cimport Board, Neighbour, Node, Swarm
+from .agent cimport BlobRows, Board, Neighbour, Node, Swarm
 from .engine cimport Link, Network, Simulator, Transfer
 from .machine cimport Request
 
@@ -48,8 +48,8 @@ cdef class DataPlane:
     cpdef void _next_upload(self, Node peer)
     @cython.locals(edge=Neighbour, peer=Node, t=Transfer)
     cpdef void _upload(self, Swarm sw, Request req)
-    @cython.locals(sw=Swarm, n=long, k=long, j=long, pos=long, widx=long, b=long, blocking=list,
-                   flags=bytearray, swarms=list)
+    @cython.locals(sw=Swarm, n=long, k=long, j=long, pos=long, widx=long, b=long, rows=list, row=BlobRows,
+                   swarms=list)
     cpdef void _room(self, Node peer)
     @cython.locals(edge=Neighbour)
     cpdef void _peer_failed(self, Swarm sw, Request req)

@@ -103,7 +103,7 @@ class DataPlane:
             if pos >= n:
                 pos -= n
             sw = batch[pos]
-            sw.dirty = False
+            sw.clean()
             sw.run_pass()
         return True
 
@@ -224,18 +224,17 @@ class DataPlane:
         # A random starting point, not a full shuffle: this runs once per finished upload.
         k = int(self.room_rng.random() * n) if n > 1 else 0  # random() is C; randrange is Python code
         swarms = self.board.swarms
-        blocking = self.board.blocking
+        rows = self.board.rows
         for j in range(n):
             pos = k + j  # (k + j) % n, without a division per watcher (0 <= k < n)
             if pos >= n:
                 pos -= n
             widx = peer.w_idx[pos]
-            for b in range(len(blocking)):
-                flags = blocking[b]
-                if flags[widx]:  # the Board says it has blocked pieces: only then visit the swarm
+            for b in range(len(rows)):
+                row = rows[b]
+                if row.room_wakes(widx, peer.idx):  # read on the Board: only then is the swarm visited
                     sw = swarms[b][widx]
-                    if (not sw.dirty or sw.room_only) and sw.holds_blocked(peer.idx):
-                        sw.wake_room(peer.idx)
+                    sw.wake_room(peer.idx)
 
     @cython.locals(sw=Swarm, req=Request, edge=Neighbour)
     def _busy(self, args: tuple[Swarm, Request]) -> None:
