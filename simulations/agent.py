@@ -637,7 +637,7 @@ class Holders:
         taken if its cell says fetchable (held by a neighbour, digest known, missing, not in
         flight: ``Download.fetchable``'s invariant, checked against the set in tests)."""
         owner = self.owner
-        row = (owner.base // owner.count) * owner.words  # our node's bitfield on the Board
+        row = owner.nidx * owner.words  # our node's bitfield on the Board
         base = owner.base
         one = 1  # a C unsigned long long in the compiled core
         out = []

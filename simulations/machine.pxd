@@ -16,7 +16,6 @@ cdef class Request:
 
 cdef class RequestBook:
     cdef public list pending
-    cdef public long open
     cpdef void add(self, Request req)
     @cython.locals(pending=list, k=Py_ssize_t)
     cpdef bint close(self, Request req, str status)
