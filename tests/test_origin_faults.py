@@ -192,7 +192,7 @@ async def test_a_response_that_trickles_mid_body_is_asked_again_before_the_swarm
     seen: list[tuple[str, bool]] = []
     async with serving(trickling_front(registry.url, seen)) as port:
         cluster.upstreams = [f"http://127.0.0.1:{port}"]
-        cluster.start_tracker()
+        tracker = cluster.start_tracker()
         agents = [cluster.agent(f"node{i}") for i in range(3)]
         results = await asyncio.to_thread(fetch_all, agents, f"127.0.0.1:{port}/team/app@{digest}")
     assert sum(t for _, t in seen) == 1, seen
@@ -201,10 +201,15 @@ async def test_a_response_that_trickles_mid_body_is_asked_again_before_the_swarm
         assert sha256_file(result["path"]) == digest
         assert "fetching the rest from the origin" not in agent.output()
     assert sum("stalled" in a.output() for a in agents) == 1
-    taken = sum(r["from_origin"] for r in results) / size
-    print(json.dumps({"case": "a trickling origin response", "from_origin_total": round(taken, 3),
-                      "seconds": [round(r["seconds"], 2) for r in results]}))
-    assert taken <= 1.05, f"the agents took {taken:.2f} x the blob from the origin"  # one piece twice: the audit
+    # The fresh tracker audits its new reporters: one piece twice per audit, one audit per pair of
+    # them at most (three nodes: two audits when the third's first origin piece was leased before
+    # the first audit was decided, as on a loaded machine, where it came to 1.08x).
+    audits = tracker.metrics().get('p2pdist_tracker_audits_total{result="assigned"}', 0)
+    taken = sum(r["from_origin"] for r in results)
+    print(json.dumps({"case": "a trickling origin response", "from_origin_total": round(taken / size, 3),
+                      "audits": audits, "seconds": [round(r["seconds"], 2) for r in results]}))
+    assert 1 <= audits <= 2
+    assert taken == size + audits * MiB, f"the agents took {taken / size:.3f} x the blob from the origin"
 
 
 def flipping_front(upstream: str, armed: list[bool], flipped: list[str]) -> web.Application:
