@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from p2pdist.core.manifest import PIECE_HASH
 from tests.support.cluster import TOKEN, Cluster, fetch_all, sha256_file
 from tests.support.procs import AgentProc, free_port
 from tests.support.registry import Registry
@@ -288,7 +289,7 @@ def test_a_blob_stored_by_an_older_version_is_recut_and_served_to_peers(registry
         assert time.monotonic() < deadline, f"the seeder never sent its digests:\n{again.output()[-2000:]}"
         time.sleep(0.1)
     stored = msgpack.unpackb(sidecar.read_bytes())
-    assert (stored["piece_hash"], stored["piece_size"]) == ("blake3", MiB)  # the tracker's piece size
+    assert (stored["piece_hash"], stored["piece_size"]) == (PIECE_HASH, MiB)  # the tracker's piece size
 
     result = cluster.agent("new").fetch(ref)
     assert result.get("done"), result

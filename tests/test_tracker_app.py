@@ -153,7 +153,7 @@ async def test_announce_round_trip(tracker: Proc, http: aiohttp.ClientSession) -
     [
         (b"\xc1not msgpack", 400, "malformed msgpack frame"),
         (b"", 400, "malformed msgpack frame"),
-        (frame(v=1), 400, "unsupported protocol version 1: this node speaks version 2"),
+        (frame(v=1), 400, f"unsupported protocol version 1: this node speaks version {VERSION}"),
         (frame(blob="sha256:../../etc/passwd"), 400,
          "field 'blob': invalid digest 'sha256:../../etc/passwd': sha256 needs 64 lowercase hex characters"),
         (frame(t="hello"), 400, "unexpected message type 'hello' here"),

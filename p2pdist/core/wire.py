@@ -19,7 +19,9 @@ from .digest import Digest, DigestError
 from .manifest import PIECE_DIGEST_SIZE
 from .proofs import PROOF_SIZE
 
-VERSION = 2  # 2: piece digests are BLAKE3 (core.manifest); a version-1 node hashes pieces with sha256
+# 3: a piece digest is the root over its 256 KiB blocks' BLAKE3 digests (core.manifest); 2: BLAKE3 of
+# the whole piece; 1: sha256. Nodes of two versions disagree on every digest, so they do not talk.
+VERSION = 3
 MAX_FRAME = 1 << 20  # 1 MiB: an announce with thousands of digests fits, a memory bomb does not
 MAX_LIST = 8192
 MAX_PROOFS = 4096  # proved digests in one bitfield message (~110 bytes each): the rest come from the tracker

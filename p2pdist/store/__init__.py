@@ -3,7 +3,7 @@
 Layout under ``root``::
 
     blobs/<alg>/<hex>            complete, verified blob (immutable once renamed in)
-    blobs/<alg>/<hex>.pieces     msgpack {"piece_size", "piece_hash", "digests"}: per-piece BLAKE3 of the blob
+    blobs/<alg>/<hex>.pieces     msgpack {"piece_size", "piece_hash", "digests"}: per-piece digests (core.manifest)
     partial/<alg>/<hex>/meta     msgpack {"digest", "size", "piece_size", "piece_hash"}, written atomically at creation
     partial/<alg>/<hex>/data     the blob being filled with positional writes
     partial/<alg>/<hex>/journal  36-byte records (piece index, piece digest), written after the data

@@ -1,11 +1,23 @@
 import hashlib
+import os
 
+import blake3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pdist.core.layout import PieceLayout
-from p2pdist.core.manifest import PIECE_DIGEST_SIZE, ManifestError, PieceManifest, piece_digest, piece_hasher
+from p2pdist.core.manifest import (
+    BLOCK_SIZE,
+    PIECE_DIGEST_SIZE,
+    ManifestError,
+    PieceManifest,
+    block_count,
+    block_digests,
+    piece_digest,
+    piece_hasher,
+    piece_root,
+)
 
 
 def _pieces(blob: bytes, piece_size: int) -> list[bytes]:
@@ -13,16 +25,60 @@ def _pieces(blob: bytes, piece_size: int) -> list[bytes]:
     return [blob[o : o + n] for o, n in (layout.span(i) for i in range(layout.count))]
 
 
-def test_piece_digest_is_raw_blake3_256():
-    # The BLAKE3 reference vector for "abc" (BLAKE3 paper / test_vectors), as raw bytes.
+def test_piece_digest_is_the_root_over_its_blocks_blake3_digests():
+    # The BLAKE3 reference vector for "abc" (BLAKE3 paper / test_vectors): the digest of its one block.
     abc = bytes.fromhex("6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85")
-    assert piece_digest(b"abc") == abc
-    assert piece_digest(memoryview(bytearray(b"abc"))) == abc
-    assert len(abc) == PIECE_DIGEST_SIZE
+    assert block_digests(b"abc") == abc
+    root = piece_digest(b"abc")
+    assert len(root) == PIECE_DIGEST_SIZE
+    # The root is BLAKE3 in key-derivation mode over the block digests: never a plain BLAKE3 of them
+    # (a piece whose bytes are another piece's block list must not share its digest).
+    assert root == piece_root(abc) != blake3.blake3(abc).digest()
+    assert piece_digest(memoryview(bytearray(b"abc"))) == root
     h = piece_hasher()
     h.update(b"a")
     h.update(b"bc")
-    assert h.digest() == abc
+    assert h.digest() == root
+
+
+def test_a_piece_is_cut_into_256_kib_blocks_each_hashed_alone():
+    data = os.urandom(2 * BLOCK_SIZE + 5)
+    blocks = block_digests(data)
+    assert len(blocks) == 3 * PIECE_DIGEST_SIZE == block_count(len(data)) * PIECE_DIGEST_SIZE
+    assert [blocks[k * 32 : (k + 1) * 32] for k in range(3)] == [
+        blake3.blake3(data[:BLOCK_SIZE]).digest(),
+        blake3.blake3(data[BLOCK_SIZE : 2 * BLOCK_SIZE]).digest(),
+        blake3.blake3(data[2 * BLOCK_SIZE :]).digest(),
+    ]
+    assert piece_digest(data) == piece_root(blocks)
+    # A change in one block changes that block's digest only, and the root.
+    changed = bytearray(data)
+    changed[BLOCK_SIZE + 7] ^= 1
+    other = block_digests(changed)
+    assert other[:32] == blocks[:32] and other[64:] == blocks[64:] and other[32:64] != blocks[32:64]
+    assert piece_digest(changed) != piece_digest(data)
+    # Exact multiples have no empty trailing block; an empty piece has one empty block.
+    assert block_count(BLOCK_SIZE) == 1 and len(block_digests(bytes(BLOCK_SIZE))) == 32
+    assert block_digests(b"") == blake3.blake3(b"").digest() and block_count(0) == 1
+
+
+def test_a_block_list_that_is_not_whole_digests_is_refused():
+    for bad in (b"", b"x" * 31, b"x" * 33):
+        with pytest.raises(ManifestError, match="block list"):
+            piece_root(bad)
+
+
+@given(st.integers(0, 3 * BLOCK_SIZE + 3), st.lists(st.integers(0, 3 * BLOCK_SIZE + 3), max_size=6))
+def test_a_piece_fed_in_any_cuts_hashes_as_one_piece(length, cuts):
+    data = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    h = piece_hasher()
+    last = 0
+    for cut in sorted({c for c in cuts if c <= length}):
+        h.update(data[last:cut])
+        last = cut
+    h.update(memoryview(data)[last:])
+    assert h.blocks() == block_digests(data)
+    assert h.digest() == piece_digest(data)
 
 
 def test_set_get_known_and_count():
