@@ -38,6 +38,10 @@ def test_eight_agents_flash_crowd_take_each_byte_from_origin_about_once(registry
     metrics = [a.metrics() for a in agents]
     assert sum(m.get('p2pdist_piece_digests_learned_total{source="peer"}', 0) for m in metrics) > 0
     assert all(m.get("p2pdist_peers_banned_total", 0) == 0 for m in metrics)
+    # Every piece went out with the block digests its sender kept when it verified it (from the peer
+    # that sent it, or hashed from the origin's bytes): none was read back and hashed again to serve it.
+    assert sum(m.get("p2pdist_bytes_uploaded_total", 0) for m in metrics) >= 6 * size
+    assert all(m.get("p2pdist_block_lists_hashed_total", 0) == 0 for m in metrics)
 
 
 def test_peer_that_corrupts_uploads_is_dropped_and_everyone_still_finishes(registry: Registry, cluster: Cluster):

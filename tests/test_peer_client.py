@@ -1,5 +1,7 @@
 """fetch_piece over a real TCP connection: bodies read in WAKE_BYTES steps (SO_RCVLOWAT) arrive whole,
-including a tail shorter than one step, and the pooled connection serves the next request.
+including a tail shorter than one step, and the pooled connection serves the next request; each
+block is checked against the block digests sent ahead (core.blocks) as it lands, and a peer that
+lies is caught at its first bad block, before the rest of the piece is sent.
 
 The server trickles its answer, as a shaped link would: the agent's own peer server (run by
 tests/test_cluster.py) sends at loopback speed, so the steps would not show."""
@@ -16,27 +18,43 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from p2pdist.agent.peer_client import WAKE_BYTES, PeerError, fetch_piece
+from p2pdist.agent.peer_client import WAKE_BYTES, PeerError, PeerLied, fetch_piece
+from p2pdist.core import blocks as blocks_wire
+from p2pdist.core.manifest import BLOCK_SIZE, block_digests, piece_digest
 from tests.support.registry import free_port
 
 BLOB = os.urandom(3 * WAKE_BYTES + 12345)
 DIGEST = "sha256:" + "ab" * 32
 
 
-async def _trickle(request: web.Request) -> web.StreamResponse:
-    """Range GETs answered 16 KiB at a time with pauses, as a shaped link delivers them."""
+def _range(request: web.Request) -> tuple[int, int]:
     m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers["Range"])
     assert m is not None
-    first, last = int(m.group(1)), int(m.group(2))
-    body = BLOB[first:last + 1]
+    return int(m.group(1)), int(m.group(2))
+
+
+async def _send(request: web.Request, body: bytes, headers: dict[str, str], sent: list[int] | None = None,
+                ) -> web.StreamResponse:
+    """``body`` 16 KiB at a time with pauses, as a shaped link delivers it; ``sent`` counts what went out."""
+    first, last = _range(request)
     resp = web.StreamResponse(status=206, headers={"Content-Length": str(len(body)),
-                                                   "Content-Range": f"bytes {first}-{last}/{len(BLOB)}"})
+                                                   "Content-Range": f"bytes {first}-{last}/{len(BLOB)}", **headers})
     await resp.prepare(request)
-    for i in range(0, len(body), 16 << 10):
-        await resp.write(body[i:i + (16 << 10)])
-        await asyncio.sleep(0.001)
-    await resp.write_eof()
+    with contextlib.suppress(ConnectionError):
+        for i in range(0, len(body), 16 << 10):
+            await resp.write(body[i:i + (16 << 10)])
+            if sent is not None:
+                sent.append(len(body[i:i + (16 << 10)]))
+            await asyncio.sleep(0.001)
+        await resp.write_eof()
     return resp
+
+
+async def _trickle(request: web.Request) -> web.StreamResponse:
+    """Range GETs answered with the range's block digests, as the agent's peer server does."""
+    first, last = _range(request)
+    body = BLOB[first:last + 1]
+    return await _send(request, body, {blocks_wire.HEADER: blocks_wire.encode(block_digests(body))})
 
 
 @contextlib.asynccontextmanager
@@ -64,11 +82,15 @@ async def test_pieces_longer_and_shorter_than_a_wake_step_arrive_whole_on_one_co
     connector = aiohttp.TCPConnector(limit=1)  # one connection: the second request reuses the first's socket
     async with aiohttp.ClientSession(connector=connector) as session:
         # 3 steps and a 12,345-byte tail: the low-water mark must drop to the tail or the read hangs.
-        data = await fetch_piece(session, peer, DIGEST, 0, len(BLOB), timeout=10)
-        assert bytes(data) == BLOB
+        piece = await fetch_piece(session, peer, DIGEST, 0, len(BLOB), expected=piece_digest(BLOB), timeout=10)
+        assert bytes(piece.data) == BLOB
+        assert piece.blocks == block_digests(BLOB)  # checked, and kept to serve the piece with
         # A 10-byte answer on the same socket: it arrives only if the mark was put back to 1.
-        data = await fetch_piece(session, peer, DIGEST, 100, 10, timeout=10)
-        assert bytes(data) == BLOB[100:110]
+        piece = await fetch_piece(session, peer, DIGEST, 100, 10, expected=piece_digest(BLOB[100:110]), timeout=10)
+        assert bytes(piece.data) == BLOB[100:110]
+        # Nothing to check against (no digest known): the bytes come unchecked, with no blocks.
+        piece = await fetch_piece(session, peer, DIGEST, 7, 9, timeout=10)
+        assert bytes(piece.data) == BLOB[7:16] and piece.blocks is None
 
 
 async def test_a_body_cut_short_is_an_error_not_a_hang() -> None:
@@ -82,3 +104,56 @@ async def test_a_body_cut_short_is_an_error_not_a_hang() -> None:
     async with serve(short) as addr, aiohttp.ClientSession() as session:
         with pytest.raises(PeerError):
             await fetch_piece(session, addr, DIGEST, 0, WAKE_BYTES * 2, timeout=10)
+
+
+async def test_a_bad_block_is_caught_when_it_lands_and_the_rest_is_not_read() -> None:
+    """Block digests of the true piece, bytes with block 1 of 16 changed: the asker stops at block 1."""
+    true = os.urandom(16 * BLOCK_SIZE)
+    bad = bytearray(true)
+    bad[BLOCK_SIZE + 5] ^= 1
+    sent: list[int] = []
+    finished = asyncio.Event()
+
+    async def liar(request: web.Request) -> web.StreamResponse:
+        try:
+            return await _send(request, bytes(bad), {blocks_wire.HEADER: blocks_wire.encode(block_digests(true))},
+                               sent)
+        finally:
+            finished.set()
+
+    async with serve(liar) as addr, aiohttp.ClientSession() as session:
+        with pytest.raises(PeerLied, match="block 1 "):
+            await fetch_piece(session, addr, DIGEST, 0, len(true), expected=piece_digest(true), timeout=10)
+        # The asker dropped the connection at block 1: the sender's writes failed long before the
+        # end (what went out after is what the loopback socket took before the reset reached it).
+        await asyncio.wait_for(finished.wait(), 10)
+        assert sum(sent) <= len(true) // 2, (sum(sent), len(true))
+
+
+async def test_block_digests_that_do_not_make_the_piece_digest_are_a_lie_found_before_the_body() -> None:
+    sent: list[int] = []
+    other = os.urandom(len(BLOB))
+
+    async def liar(request: web.Request) -> web.StreamResponse:
+        # Bytes and block digests that agree with each other, not with the digest the tracker gave.
+        return await _send(request, other, {blocks_wire.HEADER: blocks_wire.encode(block_digests(other))}, sent)
+
+    async with serve(liar) as addr, aiohttp.ClientSession() as session:
+        with pytest.raises(PeerLied, match="do not make the piece's digest"):
+            await fetch_piece(session, addr, DIGEST, 0, len(BLOB), expected=piece_digest(BLOB), timeout=10)
+
+
+@pytest.mark.parametrize(("header", "error", "match"), [
+    (None, PeerError, "no P2pdist-Blocks header"),
+    ("not base64!", PeerLied, "not base64"),
+    (blocks_wire.encode(b"x" * 32), PeerLied, "carries 32 bytes of digests, a 798777-byte piece has 128"),
+    ("A" * (blocks_wire.MAX_HEADER + 4), PeerLied, "more than a piece ever needs"),
+])
+async def test_malformed_or_missing_block_digests_are_refused(header, error, match) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return await _send(request, BLOB, {} if header is None else {blocks_wire.HEADER: header})
+
+    async with serve(answer) as addr, aiohttp.ClientSession() as session:
+        with pytest.raises(error, match=match) as caught:
+            await fetch_piece(session, addr, DIGEST, 0, len(BLOB), expected=piece_digest(BLOB), timeout=10)
+        assert (caught.type is PeerLied) == (error is PeerLied)  # a missing header is not a lie

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from p2pdist.agent.block_lists import BlockLists
 from p2pdist.agent.identity import NodeIdentity
 from p2pdist.agent.metrics import AgentMetrics
 from p2pdist.agent.neighbours import Neighbour, Neighbourhood
@@ -80,6 +81,8 @@ class Agent:
         self.upload_slots = UploadSlots(limits.upload_slots, limits.upload_line, limits.upload_line_wait,
                                         self._room_changed)
         self.download_rate = TokenBucket(config.limits.download_rate)
+        # Block digests sent with pieces (block_lists.py).
+        self.block_lists = BlockLists(on_hash=self.metrics.block_lists_hashed.inc)
         # Origin Range bodies are read by these threads, not the loop's (origin_reader.py): a few
         # streams per blob, for the few blobs a node pulls at once.
         self.origin_threads = ThreadPoolExecutor(max_workers=4 * config.limits.origin_concurrency,
@@ -244,6 +247,7 @@ class Agent:
         self._seeds.pop(blob, None)
         self._layout_agreed.discard(blob)
         self._seed_digests_sent.discard(blob)
+        self.block_lists.forget(blob)
         if self.tracker is not None and blob not in self._downloads:
             self._stop_soon(blob)
 

@@ -1,4 +1,4 @@
-"""Piece requests to peers: one HTTP range GET per piece, with a deadline."""
+"""Piece requests to peers: one HTTP range GET per piece, with a deadline, checked block by block."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import contextlib
 import socket
 import ssl as _ssl
 from collections.abc import Callable
+from typing import NamedTuple
 
 import aiohttp
+
+from p2pdist.core import blocks as blocks_wire
+from p2pdist.core.blocks import BlockCheck, BlockError, MissingBlocks
 
 from ..errors import P2pdistError
 
@@ -26,6 +30,16 @@ class PeerBusy(PeerError):
     """The peer has no free upload slot; ask someone else."""
 
 
+class PeerLied(PeerError):
+    """The peer's block digests do not make the piece's digest, or a block does not match its digest:
+    the peer sent a bad piece (caught at the first bad block, the rest is not read)."""
+
+
+class Piece(NamedTuple):
+    data: bytearray
+    blocks: bytes | None  # the piece's block digests, checked (None if no digest was given to check)
+
+
 class PeerLacks(PeerError):
     """The peer answered 404: it does not hold the piece it advertised (it dropped the blob and its
     LOST is on the way, or it lied)."""
@@ -33,14 +47,18 @@ class PeerLacks(PeerError):
 
 async def fetch_piece(
     session: aiohttp.ClientSession, addr: str, blob: str, offset: int, length: int,
-    *, sign: Callable[[str, str], str] | None = None, scheme: str = "http", ssl: _ssl.SSLContext | bool = True,
-    timeout: float = 30.0,
-) -> bytes:
-    """One piece from ``addr`` (the caller verifies it); ``sign(path, range)`` gives the request's
-    Authorization (our ticket and signature, meant for this peer only).
+    *, expected: bytes | None = None, sign: Callable[[str, str], str] | None = None, scheme: str = "http",
+    ssl: _ssl.SSLContext | bool = True, timeout: float = 30.0,
+) -> Piece:
+    """One piece from ``addr``; ``sign(path, range)`` gives the request's Authorization (our ticket
+    and signature, meant for this peer only).
 
-    Without it the request goes out bare and the peer refuses it (401, a PeerError): our node secret
-    opens only our own peer port and is never sent to anyone.
+    With ``expected`` (the piece digest from the tracker) the answer's block digests must make it and
+    every block is checked as it lands: what returns is verified, and a bad piece raises PeerLied at
+    its first bad block. Without, the caller has nothing to check it against and must not store it.
+
+    Without ``sign`` the request goes out bare and the peer refuses it (401, a PeerError): our node
+    secret opens only our own peer port and is never sent to anyone.
     """
     path = f"/v1/blobs/{blob}"
     headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
@@ -65,18 +83,30 @@ async def fetch_piece(
             # A length is required up front: read() below must never buffer an unbounded body.
             if resp.content_length != length:
                 raise PeerError(f"peer {addr} sent Content-Length {resp.content_length}, expected {length}")
-            data = await _read_body(resp, length)
+            check = None
+            if expected is not None:
+                try:
+                    blocks = blocks_wire.decode(resp.headers.get(blocks_wire.HEADER), length, expected)
+                except MissingBlocks as e:
+                    raise PeerError(f"peer {addr}: {e}") from None
+                except BlockError as e:
+                    raise PeerLied(f"peer {addr}, {blob} @{offset}: {e}") from None
+                check = BlockCheck(blocks, length)
+            try:
+                data = await _read_body(resp, length, check)
+            except BlockError as e:
+                raise PeerLied(f"peer {addr}, {blob} @{offset}: {e}") from None
             if len(data) != length:
                 raise PeerError(f"peer {addr} sent {len(data)} bytes, expected {length}")
-            return data
+            return Piece(data, check.blocks if check is not None else None)
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         raise PeerError(f"peer {addr}: {e or type(e).__name__}") from None
 
 
-async def _read_body(resp: aiohttp.ClientResponse, length: int) -> bytearray:
+async def _read_body(resp: aiohttp.ClientResponse, length: int, check: BlockCheck | None) -> bytearray:
     """The body, read in WAKE_BYTES steps: the socket's low-water mark is raised to what is still to
     come (capped at WAKE_BYTES), so the loop wakes when that much is there, never waiting for bytes
-    that will not be sent."""
+    that will not be sent. ``check`` checks each block as it completes (raises BlockError)."""
     transport = resp.connection.transport if resp.connection is not None else None
     sock = transport.get_extra_info("socket") if transport is not None else None
     if transport is not None and transport.get_extra_info("sslcontext") is not None:
@@ -97,6 +127,11 @@ async def _read_body(resp: aiohttp.ClientResponse, length: int) -> bytearray:
             if not chunk:
                 break
             data += chunk
+            if check is not None:
+                # ~45 us per 256 KiB block, BLAKE3 on the loop: a thread hop would cost as much.
+                check.advance(data)
+        if check is not None and length == 0:
+            check.advance(data)  # an empty piece: its one empty block
     finally:
         if sock is not None and mark != 1:
             # The connection goes back to the pool: its next reader must see every byte at once.

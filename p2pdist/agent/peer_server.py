@@ -1,4 +1,4 @@
-"""Peer data endpoint: verified piece ranges served from the store with sendfile.
+"""Peer data endpoint: verified piece ranges served from the store with sendfile, block digests ahead.
 
 ``GET /v1/blobs/<digest>`` with a single ``Range`` is answered only when every piece covering the
 range is verified here (complete blob, or verified pieces of a partial). A request that finds every
@@ -19,8 +19,10 @@ from aiohttp import web
 
 from p2pdist.agent.auth import peer_auth
 from p2pdist.agent.sendfile import SentFile
+from p2pdist.core import blocks as blocks_wire
 from p2pdist.core.digest import Digest, DigestError
-from p2pdist.store import BlobNotFound
+from p2pdist.core.layout import MAX_PIECE_SIZE
+from p2pdist.store import BlobNotFound, CorruptData
 
 if TYPE_CHECKING:
     from p2pdist.agent.node import Agent
@@ -65,12 +67,22 @@ def build_app(agent: Agent) -> web.Application:
             if agent.store.has(digest):
                 with contextlib.suppress(BlobNotFound):
                     pin = agent.store.open_blob(digest)
+            # The range's block digests go ahead of its bytes (core.blocks): askers check each block as
+            # it lands. Asked for a piece, that is the piece's; a range longer than any piece gets none.
+            headers = {}
+            if last + 1 - first <= MAX_PIECE_SIZE:
+                try:
+                    blocks = await agent.block_lists.for_range(str(digest), path, first, last + 1 - first)
+                except (CorruptData, OSError) as e:
+                    log.error("a verified range cannot be read back", extra={"blob": str(digest), "error": str(e)})
+                    raise _error(web.HTTPNotFound, f"{digest} bytes {first}-{last} cannot be read here") from None
+                headers[blocks_wire.HEADER] = blocks_wire.encode(blocks)
             agent.metrics.bytes_out.inc(last + 1 - first)
             if agent.config.faults.corrupt_uploads:
-                resp: web.StreamResponse = _corrupted(path, first, last, size)
+                resp: web.StreamResponse = _corrupted(path, first, last, size, headers)
             else:
                 # FileResponse answers the Range with 206 using sendfile (zero copy).
-                resp = SentFile(path, chunk_size=1 << 20)
+                resp = SentFile(path, chunk_size=1 << 20, headers=headers)
             # Sent here, not after returning, so the slot stays taken while the bytes flow.
             try:
                 await resp.prepare(request)
@@ -96,8 +108,8 @@ def build_app(agent: Agent) -> web.Application:
     return app
 
 
-def _corrupted(path, first: int, last: int, size: int) -> web.Response:
-    """Fault injection: the right length, the wrong bytes."""
+def _corrupted(path, first: int, last: int, size: int, headers: dict[str, str]) -> web.Response:
+    """Fault injection: the right length and block digests, the wrong bytes."""
     with open(path, "rb") as f:
         f.seek(first)
         data = bytearray(f.read(last + 1 - first))
@@ -105,5 +117,6 @@ def _corrupted(path, first: int, last: int, size: int) -> web.Response:
         data[len(data) // 2] ^= 0xFF
     return web.Response(
         body=bytes(data), status=206,
-        headers={"Content-Range": f"bytes {first}-{last}/{size}", "Content-Type": "application/octet-stream"},
+        headers={"Content-Range": f"bytes {first}-{last}/{size}", "Content-Type": "application/octet-stream",
+                 **headers},
     )

@@ -22,14 +22,14 @@ import aiohttp
 
 from p2pdist.agent.origin import OriginError, OriginRetry, RangeNotSupported
 from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
-from p2pdist.agent.peer_client import PeerBusy, PeerError, PeerLacks, fetch_piece
+from p2pdist.agent.peer_client import PeerBusy, PeerError, PeerLacks, PeerLied, Piece, fetch_piece
 from p2pdist.agent.tracker_client import SizeConflict, TrackerDown, TrackerUnavailable
 from p2pdist.core import download as machine
 from p2pdist.core import wire
 from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
-from p2pdist.core.manifest import ManifestError, piece_digest
+from p2pdist.core.manifest import ManifestError, hash_piece
 from p2pdist.core.proofs import EPOCH_SHIFT, cursor_epoch, tracker_lacks_digests
 from p2pdist.store import PartialClosed, StoreFull
 
@@ -190,6 +190,7 @@ class Swarm:
     def _drop_held(self) -> None:
         """The download's pieces are discarded: neighbours must stop asking us for them; start afresh."""
         self.agent.neighbours.broadcast_lost(self.blob)
+        self.agent.block_lists.forget(self.blob)
         self._reset()
 
     def _reset(self) -> None:
@@ -666,12 +667,20 @@ class Swarm:
         partial = self.partial
 
         def work() -> bytes:
-            digest = piece_digest(data)
-            self._write_origin_piece(partial, index, data, digest)
-            return digest
+            return self._digest_and_write(partial, index, data)
 
         digest = await asyncio.to_thread(work)
         self._origin_piece(dl, partial, index, digest)
+
+    def _digest_and_write(self, partial: Partial, index: int, data) -> bytes:
+        """An origin piece's digest (its block digests kept to serve it with), and the piece written."""
+        digest, blocks = hash_piece(data)
+        offset, length = partial.layout.span(index)
+        # Kept first: a neighbour may ask for the piece as soon as it is written. Should the origin's
+        # bytes fail the blob's digest, _drop_held forgets them.
+        self.agent.block_lists.put(self.blob, offset, length, blocks)
+        self._write_origin_piece(partial, index, data, digest)
+        return digest
 
     def _write_origin_piece(self, partial: Partial, index: int, data, digest: bytes) -> None:
         """Write an origin piece (in a worker thread). The origin's bytes beat a digest the cluster
@@ -707,8 +716,7 @@ class Swarm:
             return spare.pop() if spare and len(spare[-1]) >= length else bytearray(length)
 
         def on_piece(k: int, piece: memoryview) -> None:
-            digest = piece_digest(piece)
-            self._write_origin_piece(partial, first + k, piece, digest)
+            digest = self._digest_and_write(partial, first + k, piece)
             loop.call_soon_threadsafe(self._origin_piece, dl, partial, first + k, digest)
             spare.append(piece.obj)  # written: the buffer is free for the next piece
 
@@ -734,35 +742,35 @@ class Swarm:
             identity = self.agent.identity
             sign = None if identity is None else (
                 lambda path, rng: identity.peer_authorization("GET", path, nb.node, rng))
-            data = await self._within_deadline(dl, req, fetch_piece(
-                self.agent.session, nb.addr, self.blob, self.layout.offset(req.index), req.length,
+            # The digest the blocks must make. None only after a reset forgot it: the piece then comes
+            # unchecked and is not stored (below), as the request is already on its way.
+            expected = self.partial.manifest.get(req.index) if self.partial is not None else None
+            offset = self.layout.offset(req.index)
+            piece = await self._within_deadline(dl, req, fetch_piece(
+                self.agent.session, nb.addr, self.blob, offset, req.length, expected=expected,
                 sign=sign, scheme=cfg.peer_scheme, ssl=self.agent.ssl, timeout=cfg.limits.piece_timeout,
             ))
-            if data is None:
+            if piece is None:
                 status = machine.TIMEOUT
                 self.agent.metrics.peer_errors.labels("timeout").inc()
                 log.info("piece request timed out", extra={"peer": nb.node, "piece": req.index,
                                                            "after": round(time.monotonic() - req.sent, 3)})
                 return
             await self.agent.download_rate.take(req.length)
-            expected = self.partial.manifest.get(req.index)
             partial = self.partial
-
-            def work() -> bool:
-                digest = piece_digest(data)
-                if digest != expected:
-                    return False
-                partial.write_piece(req.index, data, digest)
-                return True
-
-            if expected is None:
-                pass  # our digest was forgotten meanwhile (a reset): not the peer's fault, not stored
-            elif await asyncio.to_thread(work):
-                status = machine.DONE
-            else:
-                status = machine.BAD
-                self.agent.metrics.pieces_bad.inc()
-                log.warning("bad piece from peer", extra={"peer": nb.node, "blob": self.blob, "piece": req.index})
+            if expected is None or partial.manifest.get(req.index) != expected:
+                return  # our digest was forgotten (a reset): not the peer's fault, not stored
+            # Verified block by block as it came (peer_client): here it is only written, its block
+            # digests kept first for when we serve it (a neighbour may ask as soon as it is written).
+            if piece.blocks is not None:
+                self.agent.block_lists.put(self.blob, offset, req.length, piece.blocks)
+            await asyncio.to_thread(partial.write_piece, req.index, piece.data, expected)
+            status = machine.DONE
+        except PeerLied as e:
+            status = machine.BAD
+            self.agent.metrics.pieces_bad.inc()
+            log.warning("bad piece from peer", extra={"peer": nb.node, "blob": self.blob, "piece": req.index,
+                                                      "error": str(e)})
         except PeerBusy:
             self.agent.metrics.peer_errors.labels("busy").inc()
             status = machine.BUSY
@@ -788,7 +796,7 @@ class Swarm:
                 nb.inflight -= 1  # the download started over: only the neighbour's count matters
 
     @staticmethod
-    async def _within_deadline(dl: Download, req: Request, fetch) -> bytes | None:
+    async def _within_deadline(dl: Download, req: Request, fetch) -> Piece | None:
         """The piece, or None if it missed the machine's deadline for it. The deadline is asked
         again while waiting: pieces arriving meanwhile shorten it (a silent peer's first requests
         are sent before any piece has come in)."""

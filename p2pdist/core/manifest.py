@@ -56,6 +56,12 @@ def piece_digest(data: bytes | bytearray | memoryview) -> bytes:
     return piece_root(block_digests(data))
 
 
+def hash_piece(data: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+    """(piece digest, block digests): a piece's digest, and what to send with it to a peer."""
+    blocks = block_digests(data)
+    return piece_root(blocks), blocks
+
+
 class PieceHasher:
     """``piece_digest`` of a piece fed in parts: ``update`` in any cuts, then ``digest()`` (or
     ``blocks()``, the block digests)."""

@@ -14,6 +14,7 @@ from p2pdist.core.manifest import (
     PieceManifest,
     block_count,
     block_digests,
+    hash_piece,
     piece_digest,
     piece_hasher,
     piece_root,
@@ -51,6 +52,7 @@ def test_a_piece_is_cut_into_256_kib_blocks_each_hashed_alone():
         blake3.blake3(data[2 * BLOCK_SIZE :]).digest(),
     ]
     assert piece_digest(data) == piece_root(blocks)
+    assert hash_piece(data) == (piece_root(blocks), blocks)
     # A change in one block changes that block's digest only, and the root.
     changed = bytearray(data)
     changed[BLOCK_SIZE + 7] ^= 1

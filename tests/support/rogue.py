@@ -30,10 +30,11 @@ import aiohttp
 from aiohttp import web
 
 from p2pdist.agent.neighbours import CONTROL_MESSAGES
+from p2pdist.core import blocks as blocks_wire
 from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.layout import PieceLayout
-from p2pdist.core.manifest import piece_digest
+from p2pdist.core.manifest import block_digests, piece_digest
 from p2pdist.core.proofs import cursor_epoch
 from tests.support.identity import Caller
 from tests.support.registry import free_port
@@ -242,6 +243,9 @@ class Rogue:
         index = self.layout.piece_at(first)
         offset, length = self.layout.span(index)
         body = garbage(index, length)[first - offset : last + 1 - offset]
+        # Its garbage's own block digests, as an honest peer sends its bytes' (core.blocks): they make
+        # the forged digests it reported; against the true ones the asker finds the lie at once.
         return web.Response(body=body, status=206, headers={
             "Content-Range": f"bytes {first}-{last}/{self.layout.blob_size}",
-            "Content-Type": "application/octet-stream"})
+            "Content-Type": "application/octet-stream",
+            blocks_wire.HEADER: blocks_wire.encode(block_digests(body))})
