@@ -129,6 +129,8 @@ cdef class Swarm:
     cdef public long generation
     cdef public bint streaming
     cdef public Download dl
+    cdef public bytearray early
+    cdef public dict waiters
 
     cpdef bint alive(self)
     @cython.locals(c=long, n=long, have=bytearray)
@@ -143,8 +145,14 @@ cdef class Swarm:
     cpdef void wake_room(self, long peer)
     @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long, room=long)
     cpdef object holders(self, double now)
-    @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
+    @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong, early=int)
     cpdef void stored(self, long i, bint from_origin)
+    @cython.locals(one=cython.ulonglong)
+    cpdef void offer(self, long i)
+    @cython.locals(one=cython.ulonglong)
+    cpdef void unoffer(self, long i)
+    @cython.locals(i=long)
+    cpdef void withdraw(self)
     @cython.locals(node=Node, sw=Swarm, edge=Neighbour, proved=cython.uint,
                    one=cython.ulonglong, count=long, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
                    words=long, w=long, shift=long)

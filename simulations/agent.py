@@ -345,6 +345,10 @@ class Swarm:
         self.b = blob.idx
         self.count = count = blob.count
         self.have = node.bits[blob.idx]
+        # Cut-through (Download.piece_arriving): pieces offered from their first block while they
+        # arrive, and the uploads of them that ended before the piece was all here (dataplane).
+        self.early = bytearray(blob.count)
+        self.waiters: dict[int, list] = {}
         self.cells = board.cells[blob.idx]
         self.base = node.idx * count
         self.blocking_flags = board.blocking[blob.idx]
@@ -372,7 +376,7 @@ class Swarm:
             # Dragonfly's back-to-source peer keeps reporting to its scheduler; p2pdist's direct mode does not.
             announce_direct=profile.origin == BACK_TO_SOURCE,
             direct_run_pieces=profile.direct_run_pieces, announce_spacing=profile.announce_spacing,
-            selector=profile.selector,
+            selector=profile.selector, cut_through=profile.cut_through,
         )
         rng = random.Random(f"{cluster.seed}/{node.name}/{blob.idx}/{node.generation}")
         self.dl = dl = Download(self, settings, blob.piece_size, blob.size, cluster.sim.now, rng,
@@ -545,7 +549,39 @@ class Swarm:
         self.delivered.count(self.sim.now, length)
         if self.streaming and self.dl.cursor == i:
             self._follow_reader()
+        early = self.early[i]
+        if early:
+            # The watchers heard of it at its first block (offer); its proof too, unless it came
+            # after (early 1): then the proof alone goes out now.
+            self.early[i] = 0
+            if early == 1 and self.cells[self.base + i] & PROVED:
+                self._have(i, False)
+            self.cluster.relay_stored(self, i)
+        else:
+            self._have(i, True)
+
+    @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
+    @cython.wraparound(False)
+    def offer(self, i: int) -> None:
+        """Piece i arrives from a peer and its first block checked out: the watchers hear of it now,
+        and may ask for it (the data plane ends their uploads one block after ours)."""
+        self.early[i] = 2 if self.cells[self.base + i] & PROVED else 1  # its proof goes out with the HAVE
+        one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
+        self.board_have[self.node.idx * self.words + (i >> 6)] |= one << (i & 63)
         self._have(i, True)
+
+    def withdraw(self) -> None:
+        """The node left: the pieces it offered while they arrived will not arrive (those it holds stay)."""
+        for i in range(self.count):
+            if self.early[i]:
+                self.unoffer(i)
+        self.waiters.clear()
+
+    def unoffer(self, i: int) -> None:
+        """Piece i, offered, did not arrive: nobody is to ask us for it (the agent answers a 404)."""
+        self.early[i] = 0
+        one = 1
+        self.board_have[self.node.idx * self.words + (i >> 6)] &= ~(one << (i & 63))
 
     def proved(self, index: int) -> None:
         self._have(index, False)  # the proof alone: the watchers heard the HAVE before it

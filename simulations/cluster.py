@@ -322,6 +322,9 @@ class Cluster(DataPlane, ControlPlane):
         node.generation += 1
         for t in list(node.transfers.values()):
             self._cancel(t)
+        for sw in node.swarms:
+            if sw is not None:
+                sw.withdraw()
         for j in list(node.edges) + [j for j in node.watchers if j not in node.edges]:
             self._disconnect(node, self.by_index(j))
         node.dialing.clear()

@@ -36,6 +36,9 @@ cdef class DataPlane:
     cdef public bint load_aware
     cdef public double piece_timeout
     cdef public object peer_done
+    cdef public set deferred
+    cdef public list arriving
+    cdef public double block_bits
 
     # The per-piece methods, called from C (their locals typed here, not in dataplane.py).
     @cython.locals(links=list)
@@ -46,10 +49,14 @@ cdef class DataPlane:
     cpdef object _untrack(self, Transfer t)
     @cython.locals(sw=Swarm)
     cpdef void _next_upload(self, Node peer)
-    @cython.locals(edge=Neighbour, peer=Node, t=Transfer)
+    @cython.locals(edge=Neighbour, peer=Node, t=Transfer, have=bytearray, up=Swarm)
     cpdef void _upload(self, Swarm sw, Request req)
     @cython.locals(sw=Swarm, n=long, k=long, j=long, pos=long, widx=long, b=long, rows=list, row=BlobRows,
                    swarms=list)
     cpdef void _room(self, Node peer)
     @cython.locals(edge=Neighbour)
     cpdef void _peer_failed(self, Swarm sw, Request req)
+    @cython.locals(edge=Neighbour)
+    cpdef void _request_failed(self, Swarm sw, Request req)
+    @cython.locals(sw=Swarm, req=Request, edge=Neighbour, peer=Node, head=Transfer)
+    cpdef void _end_upload(self, Transfer t, bint delivered)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import cython
 
+from p2pdist.core.manifest import BLOCK_SIZE
+
 from . import machine
 from .agent import Neighbour, Node, Swarm
 from .engine import Link, Transfer
@@ -78,6 +80,12 @@ class DataPlane:
         self.load_aware = self.profile.load_aware
         self.piece_timeout = self.profile.piece_timeout
         self.peer_done = self._peer_done
+        # Cut-through: uploads of a piece that ended before their sender had all of it wait here for
+        # it (Swarm.waiters). A block-time is block_bits / a downlink's capacity: one 256 KiB block at
+        # half the link, which two pieces in flight share.
+        self.deferred: set = set()
+        self.arriving: list = []  # (swarm, request, transfer) of the uploads that started this instant
+        self.block_bits = 2.0 * BLOCK_SIZE
 
     @cython.locals(sw=Swarm, batch=list, k=cython.long, n=cython.long, j=cython.long, pos=cython.long)
     def _flush(self) -> bool:
@@ -92,6 +100,8 @@ class DataPlane:
         nothing, and went to the origin for a layer 93 of 100 nodes held (rolling.toml: 1.19x origin
         egress and 4 stalls; 1.01x and none from a random place). A real ROOM reaches its askers in
         no fixed order."""
+        if self.arriving:
+            self._offer_arriving()
         if not self.dirty:
             return False
         batch = self.dirty.copy()
@@ -152,6 +162,17 @@ class DataPlane:
         return data
 
     def _cancel(self, t: Transfer) -> None:
+        if t in self.deferred:
+            # Its bytes are all here but its sender's piece is not: it ends with the sender.
+            sw, req = self._peek(t)
+            self.deferred.discard(t)
+            up = req.peer.node.swarms[sw.b]
+            if up is not None:
+                waiting = up.waiters.get(req.index)
+                if waiting is not None and t in waiting:
+                    waiting.remove(t)
+            self._end_upload(t, False)
+            return
         if t.cancelled or t.pending == 0:
             return
         self.net.cancel(t)
@@ -188,11 +209,17 @@ class DataPlane:
         sw.dl.piece_stored(stream.i, True, self.sim.now)
         stream.advance()
 
-    @cython.locals(sw=Swarm, req=Request, edge=Neighbour, peer=Node)
+    @cython.locals(sw=Swarm, req=Request, edge=Neighbour, peer=Node, i=cython.long)
     def fetch_from_peer(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
         peer = edge.node
         edge.changed()  # the machine counted the request on the edge
+        i = req.index
+        if not sw.board_have[peer.idx * sw.words + (i >> 6)] >> (i & 63) & 1:
+            # Not held there, nor arriving (Swarm.offer): it was offered and its arrival failed
+            # since. The agent answers 404, and the asker drops the peer as a holder of the piece.
+            self.sim.after(self.rtt, self._lacks, (sw, req))
+            return
         busy = self.uploads[peer.idx] >= self.upload_slots
         if not peer.alive or (busy and not self.upload_queue):
             self.sim.after(self.rtt, self._busy, (sw, req))
@@ -208,6 +235,16 @@ class DataPlane:
         self.uploads[peer.idx] += 1
         t = self.net.transfer(req.length, self.path(peer, sw.node), self.peer_done, (sw, req))
         self.track(t, sw.node, peer)
+        have = peer.bits[sw.b]
+        if not have[req.index]:
+            # The peer passes on a piece it is still receiving: this upload ends with that transfer.
+            up = peer.swarms[sw.b]
+            if up is not None:
+                up.waiters.setdefault(req.index, []).append(t)
+        if sw.dl.cut_through:
+            # Its first block checks out: the machine may offer the piece (Download.piece_arriving),
+            # at the end of this instant (_flush; an event a block later cost 8 % of the run).
+            self.arriving.append((sw, req, t))
         self._timeouts.append(t)  # due at t.started + piece_timeout: the queue is in start order
         if not self._timeout_armed:
             self._timeout_armed = True
@@ -244,8 +281,74 @@ class DataPlane:
         sw.dl.request_done(req, machine.BUSY, self.sim.now)
         edge.changed()
 
-    @cython.locals(t=Transfer, sw=Swarm, req=Request, edge=Neighbour, peer=Node, head=Transfer)
+    @cython.locals(sw=Swarm, req=Request, t=Transfer)
+    def _offer_arriving(self) -> None:
+        batch = self.arriving
+        self.arriving = []
+        for sw, req, t in batch:
+            if not t.cancelled and t.pending != 0 and sw.generation == sw.node.generation:
+                sw.dl.piece_arriving(req)
+
+    @cython.locals(sw=Swarm, req=Request)
+    def _lacks(self, args: tuple[Swarm, Request]) -> None:
+        sw, req = args
+        if sw.generation != sw.node.generation:
+            req.peer.add_request(-1)
+            return
+        sw.dl.drop_holder(req.index)
+        sw.dl.request_done(req, machine.FAILED, self.sim.now)
+        req.peer.changed()
+
+    @cython.locals(t=Transfer, sw=Swarm)
+    def relay_stored(self, up: Swarm, i: int) -> None:
+        """``up`` stored piece i, which it passed on while it arrived: the uploads of it that were
+        waiting for its last bytes end one block-time after them (those still sending end as usual)."""
+        waiting = up.waiters.pop(i, None)
+        if not waiting:
+            return
+        for t in waiting:
+            if t in self.deferred:
+                sw = self._peek(t)[0]
+                self.sim.after(self.block_bits / sw.node.down.capacity, self.peer_done, t)
+
+    def _peek(self, t: Transfer) -> tuple[Swarm, Request]:
+        return t.data[0] if self.tracking else t.data  # type: ignore[return-value]
+
+    @cython.locals(t=Transfer)
+    def _relay_failed(self, up: Swarm, i: int) -> None:
+        """``up``'s request of piece i, which it offered, ended without the piece: its uploads of it
+        are cut off at once, as the agent's are (relay.py). Not later: two nodes whose upstreams
+        failed could then take the piece from each other, each waiting for the other's end."""
+        up.unoffer(i)
+        for t in up.waiters.pop(i, []):
+            if t in self.deferred:
+                self.deferred.discard(t)
+                self._end_upload(t, False)
+            else:
+                self._cancel(t)  # a failed request of its asker, which may pass the failure on
+
+    @cython.locals(t=Transfer, sw=Swarm, req=Request, peer=Node, up=Swarm, have=bytearray)
     def _peer_done(self, t: Transfer) -> None:
+        sw, req = t.data[0] if self.tracking else t.data  # (_untrack, in _end_upload, unwraps it)
+        peer = req.peer.node
+        have = peer.bits[sw.b]
+        if not have[req.index]:
+            # Its sender passes the piece on as it arrives there (cut-through): the last bytes come
+            # one block after the sender's own, or never if its transfer fails.
+            up = peer.swarms[sw.b]
+            if up is not None and up.early[req.index]:
+                if t not in self.deferred:
+                    self.deferred.add(t)  # in up.waiters since it started (_upload)
+                    return
+            else:
+                self.deferred.discard(t)
+                self._end_upload(t, False)
+                return
+        self.deferred.discard(t)
+        self._end_upload(t, True)
+
+    @cython.locals(t=Transfer, sw=Swarm, req=Request, edge=Neighbour, peer=Node, head=Transfer)
+    def _end_upload(self, t: Transfer, delivered: bool) -> None:
         sw, req = self._untrack(t)  # type: ignore[misc]
         # Finished transfers leave the head of the timeout queue now, not at the next check
         # (piece_timeout, 30 s, is longer than a whole flash run): otherwise every transfer of the
@@ -266,6 +369,9 @@ class DataPlane:
         if sw.generation != sw.node.generation:
             edge.add_request(-1)
             return
+        if not delivered:
+            self._request_failed(sw, req)
+            return
         sw.dl.request_done(req, machine.DONE, self.sim.now)
         edge.changed()
 
@@ -274,6 +380,13 @@ class DataPlane:
         if sw.generation != sw.node.generation:
             edge.add_request(-1)
             return
+        self._request_failed(sw, req)
+
+    @cython.locals(edge=Neighbour)
+    def _request_failed(self, sw: Swarm, req: Request) -> None:
+        edge = req.peer
+        if sw.early[req.index]:
+            self._relay_failed(sw, req.index)
         sw.dl.request_done(req, machine.FAILED, self.sim.now)
         edge.changed()
 

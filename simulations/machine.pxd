@@ -38,6 +38,7 @@ cdef class Download:
     cdef public long origin_concurrency
     cdef public bint report_digests
     cdef public bint announce_direct
+    cdef public bint cut_through
     cdef public unsigned int[::1] cells
     cdef public long base
     cdef public Avail avail
@@ -103,6 +104,7 @@ cdef class Download:
     @cython.locals(budget=cython.longlong, piece_size=cython.longlong, count=long, length=cython.longlong,
                    req=Request, fetchable=set)
     cpdef void _schedule_peers(self, double now)
+    cpdef void piece_arriving(self, Request req)
     cpdef void request_done(self, Request req, str status, double now)
     cpdef void tick(self, double now)
     @cython.locals(due=double, at=double)

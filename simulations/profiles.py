@@ -64,6 +64,9 @@ class Profile:
     # Peers advertise their free upload slots (the agent's ROOM message): askers skip full peers,
     # prefer the emptiest, and look again when a full one frees a slot. Off for the baselines.
     load_aware: bool = True
+    # A piece is passed on from its first verified block (the agent's limits.cut_through); the
+    # baselines pass on only whole pieces, as Kraken and Dragonfly do.
+    cut_through: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -105,6 +108,7 @@ def p2pdist_profile(scenario: Scenario) -> Profile:
         inflight_bytes=limits.inflight_bytes, neighbours=limits.neighbours, upload_slots=limits.upload_slots,
         origin_concurrency=limits.origin_concurrency, piece_timeout=limits.piece_timeout,
         stall_timeout=limits.stall_timeout, streaming=scenario.streaming, digest_proofs=scenario.digest_proofs,
+        cut_through=limits.cut_through,
     )
 
 
@@ -125,7 +129,7 @@ def kraken_profile(scenario: Scenario) -> Profile:
         base, name="kraken", selector=RandomOrder(), handout=RandomByCompleteness(), origin=ORIGIN_PEER,
         tracker=tracker, peer_concurrency=3, neighbours=10, inflight_bytes=(10 * 3) * _piece_hint(scenario, tracker),
         digests_known=True, digest_proofs=False, streaming=False, stall_fallback=False, load_aware=False,
-        upload_slots=BASELINE_UPLOAD_SLOTS,
+        upload_slots=BASELINE_UPLOAD_SLOTS, cut_through=False,
     )
 
 
@@ -142,7 +146,7 @@ def dragonfly_profile(scenario: Scenario) -> Profile:
         tracker=tracker, peer_concurrency=4, neighbours=4, inflight_bytes=16 * _piece_hint(scenario, tracker),
         digests_known=True, digest_proofs=False, parents_only=True, streaming=False, stall_fallback=False,
         load_aware=False,
-        upload_slots=BASELINE_UPLOAD_SLOTS,
+        upload_slots=BASELINE_UPLOAD_SLOTS, cut_through=False,
     )
 
 

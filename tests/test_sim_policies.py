@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from simulations.selection import Sequential
 
 import p2pdist.core.handout as handout_mod
@@ -139,7 +140,10 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
         profile = p2pdist_profile(sc)
         tracker = replace(profile.tracker, origin_slow_start=slow_start)
         out = Cluster(sc, dataclasses.replace(profile, tracker=tracker)).run()
-        assert all(d > 0 for d in out.done) and out.origin_bytes <= 1.05 * (64 << 20)
+        # Every piece leaves the origin once, and once more per audit (1 MiB pieces here; the number
+        # of audits follows the order nodes report in: 3 or 4).
+        assert all(d > 0 for d in out.done) and 1 <= out.audits <= 4
+        assert out.origin_bytes == pytest.approx((64 << 20) + out.audits * (1 << 20))
         return min(stored)
 
     assert first_piece_at(True) < first_piece_at(False)
@@ -155,3 +159,17 @@ def test_nodes_that_arrived_together_take_freed_upload_slots_in_no_fixed_order()
     assert summary.completed == sc.nodes
     assert summary.counters["stalls"] == 0
     assert summary.origin_copies <= 1.05
+
+
+def test_cut_through_beats_store_and_forward_and_every_node_still_finishes():
+    # 200 nodes, 1 GiB in 4 MiB pieces at 1 Gbit/s: a piece reaches everyone in log(N) hops, each a
+    # piece-time store and forward (67 ms at the half link two transfers share) and about a 256 KiB
+    # block-time cut through. Relayed uploads end only after their sender had the whole piece
+    # (Swarm.waiters), so every node still ends with every piece. Measured: 1.030 and 1.058.
+    sc = scenario_from_dict(dict(SCENARIO, nodes=200, image={"layers": ["1GiB"], "piece_size": "4MiB"}))
+    bound = scenario_bounds(sc)["chunked"]
+    through = Cluster(sc, p2pdist_profile(sc)).run()
+    stored = Cluster(sc, dataclasses.replace(p2pdist_profile(sc), cut_through=False)).run()
+    assert all(d > 0 for d in through.done) and all(d > 0 for d in stored.done)
+    ratio = {name: max(run.done) / bound for name, run in (("through", through), ("stored", stored))}
+    assert ratio["through"] < 1.04 < ratio["stored"], ratio

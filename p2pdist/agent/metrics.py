@@ -27,6 +27,9 @@ class AgentMetrics:
             "Piece digests learned, from the tracker's replies or from neighbours with the tracker's proof",
             ["source"], registry=r)
         self.pieces_bad = Counter("p2pdist_bad_pieces_total", "Pieces from peers that failed verification", registry=r)
+        self.pieces_relayed = Counter(
+            "p2pdist_pieces_relayed_total",
+            "Pieces sent to a peer while they still arrived here, block by block as each checked out", registry=r)
         self.block_lists_hashed = Counter(
             "p2pdist_block_lists_hashed_total",
             "Pieces read back and hashed to send their block digests with them (not kept from their verification)",

@@ -19,6 +19,7 @@ from p2pdist.agent.neighbours import Neighbour, Neighbourhood
 from p2pdist.agent.orders import OrderTaker
 from p2pdist.agent.origin import Credentials, OriginClient
 from p2pdist.agent.ratelimit import TokenBucket
+from p2pdist.agent.relay import Relay
 from p2pdist.agent.swarm import Swarm
 from p2pdist.agent.tracker_client import TrackerClient, TrackerUnavailable
 from p2pdist.agent.upload_slots import UploadSlots
@@ -225,6 +226,12 @@ class Agent:
         if all(i in partial.have for i in range(layout.piece_at(start), layout.piece_at(end - 1) + 1)):
             return partial.data_path, layout.blob_size
         return None
+
+    def relay_for(self, digest: Digest, start: int, end: int) -> Relay | None:
+        """The piece that is bytes [start, end) of ``digest`` if it is arriving here and may be passed
+        on as its blocks check out (agent/relay.py), else None."""
+        swarm = self.swarms.get(str(digest))
+        return swarm.relay_for(start, end) if swarm is not None else None
 
     # --- seeding ----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ async def fetch_piece(
     session: aiohttp.ClientSession, addr: str, blob: str, offset: int, length: int,
     *, expected: bytes | None = None, sign: Callable[[str, str], str] | None = None, scheme: str = "http",
     ssl: _ssl.SSLContext | bool = True, timeout: float = 30.0,
+    on_checked: Callable[[BlockCheck, bytearray], None] | None = None,
 ) -> Piece:
     """One piece from ``addr``; ``sign(path, range)`` gives the request's Authorization (our ticket
     and signature, meant for this peer only).
@@ -56,6 +57,8 @@ async def fetch_piece(
     With ``expected`` (the piece digest from the tracker) the answer's block digests must make it and
     every block is checked as it lands: what returns is verified, and a bad piece raises PeerLied at
     its first bad block. Without, the caller has nothing to check it against and must not store it.
+    ``on_checked(check, data)`` hears each time more of it checked out (``check.checked`` bytes of
+    ``data``): the piece can be passed on from there (agent/relay.py).
 
     Without ``sign`` the request goes out bare and the peer refuses it (401, a PeerError): our node
     secret opens only our own peer port and is never sent to anyone.
@@ -93,7 +96,7 @@ async def fetch_piece(
                     raise PeerLied(f"peer {addr}, {blob} @{offset}: {e}") from None
                 check = BlockCheck(blocks, length)
             try:
-                data = await _read_body(resp, length, check)
+                data = await _read_body(resp, length, check, on_checked)
             except BlockError as e:
                 raise PeerLied(f"peer {addr}, {blob} @{offset}: {e}") from None
             if len(data) != length:
@@ -103,7 +106,8 @@ async def fetch_piece(
         raise PeerError(f"peer {addr}: {e or type(e).__name__}") from None
 
 
-async def _read_body(resp: aiohttp.ClientResponse, length: int, check: BlockCheck | None) -> bytearray:
+async def _read_body(resp: aiohttp.ClientResponse, length: int, check: BlockCheck | None,
+                     on_checked: Callable[[BlockCheck, bytearray], None] | None = None) -> bytearray:
     """The body, read in WAKE_BYTES steps: the socket's low-water mark is raised to what is still to
     come (capped at WAKE_BYTES), so the loop wakes when that much is there, never waiting for bytes
     that will not be sent. ``check`` checks each block as it completes (raises BlockError)."""
@@ -129,7 +133,9 @@ async def _read_body(resp: aiohttp.ClientResponse, length: int, check: BlockChec
             data += chunk
             if check is not None:
                 # ~45 us per 256 KiB block, BLAKE3 on the loop: a thread hop would cost as much.
-                check.advance(data)
+                before = check.checked
+                if check.advance(data) > before and on_checked is not None:
+                    on_checked(check, data)
         if check is not None and length == 0:
             check.advance(data)  # an empty piece: its one empty block
     finally:

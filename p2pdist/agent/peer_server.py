@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from p2pdist.agent.auth import peer_auth
+from p2pdist.agent.relay import Relay, RelayFailed
 from p2pdist.agent.sendfile import SentFile
 from p2pdist.core import blocks as blocks_wire
 from p2pdist.core.digest import Digest, DigestError
@@ -55,12 +56,19 @@ def build_app(agent: Agent) -> web.Application:
         if last < first:
             raise _error(web.HTTPRequestRangeNotSatisfiable, f"empty range {first}-{last}")
         source = agent.piece_source(digest, first, last + 1)
-        if source is None:
+        relay = agent.relay_for(digest, first, last + 1) if source is None else None
+        if source is None and relay is None:
             raise _error(web.HTTPNotFound, f"{digest} bytes {first}-{last} are not verified on this node")
-        path, size = source
         if not await agent.upload_slots.acquire():
             agent.metrics.uploads_busy.inc()
             raise web.HTTPServiceUnavailable(text="all upload slots busy", headers={"Retry-After": "1"})
+        if relay is not None:
+            try:
+                return await _relayed(request, agent, relay, digest, first, last)
+            finally:
+                agent.upload_slots.release()
+        assert source is not None
+        path, size = source
         pin = None
         try:  # from here on the slot is ours: whatever happens, it is given back
             # A complete blob is pinned while it is sent, so garbage collection cannot pull it away.
@@ -106,6 +114,31 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/control", control)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+async def _relayed(request: web.Request, agent: Agent, relay: Relay, digest: Digest, first: int,
+                   last: int) -> web.StreamResponse:
+    """A piece still arriving here, sent block by block as each checks out (agent/relay.py). Should it
+    stop arriving, the answer is cut off: the asker sees a short body, a failed request."""
+    length = last + 1 - first
+    blob = str(digest)
+    resp = web.StreamResponse(status=206, headers={
+        "Content-Range": f"bytes {first}-{last}/{relay.blob_size}", "Content-Length": str(length),
+        "Content-Type": "application/octet-stream", blocks_wire.HEADER: blocks_wire.encode(relay.blocks)})
+    agent.metrics.bytes_out.inc(length)
+    agent.metrics.pieces_relayed.inc()
+    await resp.prepare(request)
+    try:
+        await relay.stream(resp.write)
+        await resp.write_eof()
+    except RelayFailed as e:
+        log.info("a piece passed on stopped arriving: the answer is cut off", extra={
+            "blob": blob, "first": first, "error": str(e)})
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionResetError:
+        log.debug("relayed piece cut short by the asker", extra={"blob": blob, "first": first})
+    return resp
 
 
 def _corrupted(path, first: int, last: int, size: int, headers: dict[str, str]) -> web.Response:

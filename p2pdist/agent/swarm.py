@@ -23,9 +23,11 @@ import aiohttp
 from p2pdist.agent.origin import OriginError, OriginRetry, RangeNotSupported
 from p2pdist.agent.origin_reader import NeedsAsyncClient, RunControl, read_range
 from p2pdist.agent.peer_client import PeerBusy, PeerError, PeerLacks, PeerLied, Piece, fetch_piece
+from p2pdist.agent.relay import Relay
 from p2pdist.agent.tracker_client import SizeConflict, TrackerDown, TrackerUnavailable
 from p2pdist.core import download as machine
 from p2pdist.core import wire
+from p2pdist.core.blocks import BlockCheck
 from p2pdist.core.digest import Digest, DigestMismatch
 from p2pdist.core.download import Download, Request
 from p2pdist.core.layout import PieceLayout, decide_layout
@@ -121,6 +123,10 @@ class Swarm:
         # The bytes of the tracker's proofs (core.proofs), index -> (digest, proof). Which of them
         # hold (in our cursor's epoch) is the machine's word: ``Download.proved(i)``.
         self.proofs: dict[int, tuple[bytes, bytes]] = {}
+        # Pieces arriving from peers that askers may have while they arrive (relay.py), and those our
+        # neighbours heard of that way (their HAVE is not sent again once stored).
+        self.relays: dict[int, Relay] = {}
+        self.offered: dict[int, bool] = {}  # index -> whether its HAVE carried the tracker's proof
         self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
         self.started_epoch = 0  # the tracker's digest log the current download began on (0: none)
         self.finished = False
@@ -199,6 +205,8 @@ class Swarm:
         self.partial = None
         self.machine = None
         self.proofs = {}
+        self.relays = {}
+        self.offered = {}
         self.verified.clear()
         self._complete = False
         self._deadline = math.inf
@@ -297,7 +305,7 @@ class Swarm:
         settings = machine.Settings(
             inflight_bytes=limits.inflight_bytes, upload_slots=limits.upload_slots,
             origin_concurrency=limits.origin_concurrency, stall_timeout=limits.stall_timeout,
-            piece_timeout=limits.piece_timeout,
+            piece_timeout=limits.piece_timeout, cut_through=limits.cut_through,
         )
         dl = Download(self, settings, layout.piece_size, layout.blob_size, time.monotonic(), self.rng,
                       direct=self.direct)
@@ -358,12 +366,36 @@ class Swarm:
         else:
             self.stats.from_peers += length
         self.agent.metrics.bytes_in.labels("origin" if from_origin else "peer").inc(length)
+        offered = self.offered.pop(index, None)
+        if offered is None:
+            self._have(index)
+        elif not offered and self.machine is not None and self.machine.proved(index):
+            # The neighbours heard of it at its first block (offer), without the tracker's proof,
+            # which came since: the proof alone, as ``proved`` sends it.
+            self.proved(index)
+        self._spawn(self._notify_readers())
+
+    def offer(self, index: int) -> None:
+        self.offered[index] = self._have(index)
+
+    def _have(self, index: int) -> bool:
+        """HAVE ``index`` to the neighbours, with the tracker's proof if we hold it (returned)."""
         dl = self.machine
         if dl is not None and dl.proved(index):
             self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), dl.proof_epoch)
-        else:
-            self.agent.neighbours.broadcast_have(self.blob, index)
-        self._spawn(self._notify_readers())
+            return True
+        self.agent.neighbours.broadcast_have(self.blob, index)
+        return False
+
+    def relay_for(self, start: int, end: int) -> Relay | None:
+        """The relay of the piece that is bytes [start, end), if it is arriving and was offered."""
+        if self.layout is None or not 0 <= start < max(1, self.layout.blob_size):
+            return None
+        index = self.layout.piece_at(start)
+        relay = self.relays.get(index)
+        if relay is None or index not in self.offered or self.layout.span(index) != (start, end - start):
+            return None
+        return relay
 
     def proved(self, index: int) -> None:
         # The proof alone: the neighbours heard the HAVE already, so without its bytes there is
@@ -738,10 +770,24 @@ class Swarm:
         cfg = self.agent.config
         nb: Neighbour = req.peer  # type: ignore[assignment]
         status = machine.CANCELLED  # unless it ends otherwise: cancelled with the download
+        relay: Relay | None = None
         try:
             identity = self.agent.identity
             sign = None if identity is None else (
                 lambda path, rng: identity.peer_authorization("GET", path, nb.node, rng))
+
+            def on_checked(check: BlockCheck, data: bytearray) -> None:
+                # Checked blocks may go on to askers (cut-through): the machine says whether to offer.
+                nonlocal relay
+                if relay is None:
+                    if dl is not self.machine or req.index in self.relays:
+                        return
+                    relay = self.relays[req.index] = Relay(check.blocks, req.length, self.layout.blob_size)
+                    relay.progress(data, check.checked)
+                    dl.piece_arriving(req)
+                else:
+                    relay.progress(data, check.checked)
+
             # The digest the blocks must make. None only after a reset forgot it: the piece then comes
             # unchecked and is not stored (below), as the request is already on its way.
             expected = self.partial.manifest.get(req.index) if self.partial is not None else None
@@ -749,6 +795,7 @@ class Swarm:
             piece = await self._within_deadline(dl, req, fetch_piece(
                 self.agent.session, nb.addr, self.blob, offset, req.length, expected=expected,
                 sign=sign, scheme=cfg.peer_scheme, ssl=self.agent.ssl, timeout=cfg.limits.piece_timeout,
+                on_checked=on_checked,
             ))
             if piece is None:
                 status = machine.TIMEOUT
@@ -790,6 +837,14 @@ class Swarm:
             log.info("piece request failed", extra={"peer": nb.node, "piece": req.index, "error": str(e)})
             status = machine.FAILED
         finally:
+            if relay is not None:
+                # Written (askers get it from the store from now on; those streaming it finish from
+                # memory), or failed: the answers in progress are cut off, and later askers get a 404.
+                relay.fail()
+                if self.relays.get(req.index) is relay:
+                    del self.relays[req.index]
+                if status != machine.DONE:
+                    self.offered.pop(req.index, None)
             if dl is self.machine:
                 dl.request_done(req, status, time.monotonic())
             else:

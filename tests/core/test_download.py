@@ -71,6 +71,9 @@ class Shell:
     def stored(self, index: int, from_origin: bool) -> None:
         self.commands.append(("stored", index, from_origin))
 
+    def offer(self, index: int) -> None:
+        self.commands.append(("offer", index))
+
     def complete(self) -> None:
         self.commands.append(("complete",))
 
@@ -213,6 +216,22 @@ def test_rarest_first_within_the_byte_budget_and_the_peers_request_limits():
     # The budget is spent: another pass places nothing.
     dl.schedule(0.0)
     assert shell.take("fetch") == []
+
+
+def test_a_piece_is_offered_at_its_first_checked_block_while_its_request_is_open_and_not_after():
+    dl, shell, _peer, reqs = requests_to("p", 4, limit=4, budget_pieces=4)
+    dl.piece_arriving(reqs[0])
+    assert shell.take("offer") == [("offer", reqs[0].index)]  # the neighbours may ask for it now
+    dl.request_done(reqs[1], m.FAILED, 0.1)
+    dl.piece_arriving(reqs[1])  # the request is over: nothing arrives to pass on
+    dl.request_done(reqs[2], m.DONE, 0.1)
+    dl.piece_arriving(reqs[2])  # stored: its HAVE went out with ``stored``
+    assert shell.take("offer") == []
+    assert shell.take("stored") == [("stored", reqs[2].index, False)]
+    # Switched off (store and forward), a piece is passed on only once stored.
+    dl, shell, _peer, reqs = requests_to("p", 4, limit=4, budget_pieces=4, cut_through=False)
+    dl.piece_arriving(reqs[0])
+    assert shell.take("offer") == []
 
 
 def test_deadlines_follow_the_pieces_that_arrived():
