@@ -30,7 +30,7 @@ from p2pdist.core.digest import Digest
 from p2pdist.core.download import Request
 from p2pdist.core.layout import PieceLayout
 from p2pdist.core.manifest import BLOCK_SIZE, block_digests, piece_digest
-from tests.support.registry import free_port
+from tests.support.servers import serving
 
 BLOCKS = 4
 DATA = os.urandom(BLOCKS * BLOCK_SIZE)  # one 1 MiB piece (the blob's only one)
@@ -39,14 +39,8 @@ BLOB = Digest.of(DATA)
 
 @contextlib.asynccontextmanager
 async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serving(app) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 class Upstream:
