@@ -140,7 +140,7 @@ class Limits(Settings):
     # Pass a piece on to neighbours from its first verified 256 KiB block while the rest of it arrives
     # (core.blocks: every block is checked before it goes on), instead of once all of it is here.
     # A piece then spreads one hop per block-time, not per piece-time. Simulator, 1 GiB in 4 MiB
-    # pieces: 1.029, 1.032, 1.036 x the chunked bound at 100, 1,000, 10,000 nodes, against 1.054,
+    # pieces: 1.029, 1.032, 1.037 x the chunked bound at 100, 1,000, 10,000 nodes, against 1.054,
     # 1.072, 1.087 store and forward; shaped benchmark, 16 nodes: 61.9 s against 63.7 s (README).
     cut_through: bool = True
     # Piece requests that may wait for a busy upload slot, and for how long, before a 503. A slot
