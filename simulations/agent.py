@@ -641,6 +641,11 @@ class Swarm:
     def tracker_back(self) -> None:
         pass
 
+    def lacks(self, peer: Neighbour, index: int) -> bool:
+        # The Board shows what a node holds or offers: an offer withdrawn (``unoffer``) cleared its
+        # bit there and left the watchers' counts as they were, so the asker's count still has it.
+        return True
+
     def ban(self, peer: Neighbour, reason: str) -> None:
         pass  # simulated peers send no bad pieces and never go silent
 

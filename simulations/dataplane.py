@@ -295,8 +295,7 @@ class DataPlane:
         if sw.generation != sw.node.generation:
             req.peer.add_request(-1)
             return
-        sw.dl.drop_holder(req.index)
-        sw.dl.request_done(req, machine.FAILED, self.sim.now)
+        sw.dl.request_done(req, machine.LACKS, self.sim.now)
         req.peer.changed()
 
     @cython.locals(t=Transfer, sw=Swarm)

@@ -85,11 +85,12 @@ async def until(condition, what: str, timeout: float = 10.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def relaying_node(tmp_path: Path, upstream: Upstream, **limits) -> AsyncIterator[tuple]:
+async def relaying_node(tmp_path: Path, upstream: Upstream, faults: dict | None = None,
+                        **limits) -> AsyncIterator[tuple]:
     """The relaying agent with its peer server, a swarm for BLOB, and its request of the piece from
     ``upstream`` under way: yields (agent, swarm, the relay's address, the request's task, asker kwargs)."""
     async with aiohttp.ClientSession() as session, serve(upstream.app()) as up_addr:
-        config = AgentConfig(data_dir=tmp_path, limits=limits)
+        config = AgentConfig(data_dir=tmp_path, limits=limits, faults=faults or {})
         agent = Agent(config, "relay", session, node_secret="s" * 43)
         layout = PieceLayout(len(DATA), len(DATA))
         swarm = Swarm(agent, BLOB, "docker.io", "library/app")
@@ -167,3 +168,20 @@ async def test_with_cut_through_off_a_piece_is_passed_on_only_once_stored(tmp_pa
         await task
         assert 0 in swarm.partial.have
         assert agent.metrics.pieces_relayed._value.get() == 0
+
+
+async def test_a_relay_that_corrupts_what_it_passes_on_is_caught_at_the_bad_block(tmp_path: Path):
+    """``faults.corrupt_uploads`` covers relayed pieces too: the hostile tests' corrupting node lies
+    whether its piece came from its store or is still arriving."""
+    upstream = Upstream()
+    async with relaying_node(tmp_path, upstream, faults={"corrupt_uploads": True}) as (
+            agent, swarm, addr, task, asker, session):
+        upstream.release(0)
+        await until(lambda: 0 in swarm.offered, "the piece offered at its first block")
+        fetch = asyncio.ensure_future(fetch_piece(session, addr, str(BLOB), 0, len(DATA), timeout=10, **asker))
+        await until(lambda: agent.metrics.pieces_relayed._value.get() == 1, "the asker's request at the relay")
+        upstream.release(1, 2, 3)
+        with pytest.raises(PeerLied, match="block 2"):  # the middle byte is in block 2 of 4
+            await fetch
+        await task
+        assert 0 in swarm.partial.have  # the relay's own copy is good: only what it sent was not

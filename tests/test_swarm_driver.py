@@ -21,7 +21,7 @@ from p2pdist.config import AgentConfig
 from p2pdist.core import wire
 from p2pdist.core.bitfield import Bitfield
 from p2pdist.core.digest import Digest
-from p2pdist.core.download import AVAIL, Request
+from p2pdist.core.download import AVAIL, LACKS, Request
 from p2pdist.core.identity import NodeCredential
 from p2pdist.core.layout import PieceLayout
 from p2pdist.core.manifest import piece_digest
@@ -129,11 +129,15 @@ async def test_a_peer_that_lacks_a_piece_it_advertised_is_not_asked_for_it_again
             raise PeerLacks("peer gone:1 answered 404")
 
         monkeypatch.setattr(swarm_module, "fetch_piece", lacks)
-        await swarm._peer_piece(dl, Request(3, gone, PIECE, time.monotonic()))
+        req = Request(3, gone, PIECE, time.monotonic())
+        dl.requests.add(req)  # as a pass places it: counted on the peer and in the byte budget
+        gone.inflight += 1
+        dl.inflight_bytes += PIECE
+        await swarm._peer_piece(dl, req)
         assert 3 not in gone.bitfields[blob] and len(gone.bitfields[blob]) == 7
         assert dl.cells[dl.base + 3] & AVAIL == 0  # nobody holds piece 3 now, as far as we know
         assert dl.cells[dl.base + 4] & AVAIL == 1
-        assert not agent.neighbours.banned
+        assert not agent.neighbours.banned and gone.failures == 1 and req.status == LACKS
 
 
 async def test_proofs_wait_for_a_pull_only_of_a_blob_not_held_already(tmp_path: Path) -> None:

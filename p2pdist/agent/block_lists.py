@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from p2pdist.core.manifest import block_digests
 
-from ..store import CorruptData
+from ..store import read_range
 
 
 class BlockLists:
@@ -62,7 +62,7 @@ class BlockLists:
 
     async def for_range(self, blob: str, path: os.PathLike[str] | str, offset: int, length: int) -> bytes:
         """The block digests of bytes [offset, offset + length) of ``blob``, stored at ``path``.
-        Raises CorruptData if the file is shorter than that (it was truncated behind our back)."""
+        Raises store.CorruptData if the file is shorter than that (it was truncated behind our back)."""
         blocks = self.get(blob, offset, length)
         if blocks is None:
             blocks = await asyncio.to_thread(_hash_file_range, path, offset, length)
@@ -74,14 +74,4 @@ class BlockLists:
 
 
 def _hash_file_range(path: os.PathLike[str] | str, offset: int, length: int) -> bytes:
-    data = bytearray(length)
-    view = memoryview(data)
-    got = 0
-    with open(path, "rb", buffering=0) as f:
-        while got < length:
-            n = os.preadv(f.fileno(), [view[got:]], offset + got)
-            if n <= 0:
-                raise CorruptData(f"{path}: bytes {offset + got}..{offset + length} are not there (truncated)")
-            got += n
-    view.release()
-    return block_digests(data)
+    return block_digests(read_range(path, offset, length))

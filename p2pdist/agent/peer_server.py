@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from p2pdist.agent.sendfile import SentFile
 from p2pdist.core import blocks as blocks_wire
 from p2pdist.core.digest import Digest, DigestError
 from p2pdist.core.layout import MAX_PIECE_SIZE
-from p2pdist.store import BlobNotFound, CorruptData
+from p2pdist.store import BlobNotFound, CorruptData, read_range
 
 if TYPE_CHECKING:
     from p2pdist.agent.node import Agent
@@ -128,8 +129,9 @@ async def _relayed(request: web.Request, agent: Agent, relay: Relay, digest: Dig
     agent.metrics.bytes_out.inc(length)
     agent.metrics.pieces_relayed.inc()
     await resp.prepare(request)
+    write = _corrupting(resp.write, length // 2) if agent.config.faults.corrupt_uploads else resp.write
     try:
-        await relay.stream(resp.write)
+        await relay.stream(write)
         await resp.write_eof()
     except RelayFailed as e:
         log.info("a piece passed on stopped arriving: the answer is cut off", extra={
@@ -141,11 +143,25 @@ async def _relayed(request: web.Request, agent: Agent, relay: Relay, digest: Dig
     return resp
 
 
+def _corrupting(write: Callable[[bytes], Awaitable[None]], at: int) -> Callable[[bytes], Awaitable[None]]:
+    """Fault injection for a relayed piece: ``write`` with the byte at offset ``at`` flipped."""
+    sent = 0
+
+    async def corrupt(chunk: bytes) -> None:
+        nonlocal sent
+        if sent <= at < sent + len(chunk):
+            flipped = bytearray(chunk)
+            flipped[at - sent] ^= 0xFF
+            chunk = bytes(flipped)
+        sent += len(chunk)
+        await write(chunk)
+
+    return corrupt
+
+
 def _corrupted(path, first: int, last: int, size: int, headers: dict[str, str]) -> web.Response:
     """Fault injection: the right length and block digests, the wrong bytes."""
-    with open(path, "rb") as f:
-        f.seek(first)
-        data = bytearray(f.read(last + 1 - first))
+    data = bytearray(read_range(path, first, last + 1 - first))
     if data:
         data[len(data) // 2] ^= 0xFF
     return web.Response(

@@ -421,6 +421,9 @@ class Swarm:
     def tracker_back(self) -> None:
         log.info("tracker reachable again", extra={"blob": self.blob})
 
+    def lacks(self, peer: Neighbour, index: int) -> bool:
+        return peer.lacks(self.blob, index)
+
     def ban(self, peer: Neighbour, reason: str) -> None:
         if self.agent.neighbours.ban(peer, reason):
             self.agent.metrics.peers_banned.inc()
@@ -822,16 +825,10 @@ class Swarm:
             self.agent.metrics.peer_errors.labels("busy").inc()
             status = machine.BUSY
         except PeerLacks as e:
-            # Its word, as a LOST would say it for one piece: the next request for the piece goes to
-            # another holder. Asked again, a node that had just dropped a blob whose digest failed
-            # (its LOST on the way) answered 404 four times in 4 ms and was banned, and with both
-            # its holders banned the asker went to the origin for the whole blob (3.0 x egress).
-            # Still a failure: a peer that 404s every piece it advertises is banned as before.
+            # It does not hold a piece it advertised: the machine takes it off the piece's holders.
             self.agent.metrics.peer_errors.labels("missing").inc()
             log.info("peer lacks a piece it advertised", extra={"peer": nb.node, "piece": req.index, "error": str(e)})
-            if nb.lacks(self.blob, req.index) and dl is self.machine:
-                dl.drop_holder(req.index)
-            status = machine.FAILED
+            status = machine.LACKS
         except PeerError as e:
             self.agent.metrics.peer_errors.labels("transfer").inc()
             log.info("piece request failed", extra={"peer": nb.node, "piece": req.index, "error": str(e)})

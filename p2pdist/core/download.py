@@ -113,7 +113,8 @@ SENT = "sent"
 DONE = "done"
 BAD = "bad"  # the bytes did not match the piece digest
 BUSY = "busy"  # the peer had no free upload slot (503)
-FAILED = "failed"  # transfer error, 404, or the peer left
+FAILED = "failed"  # transfer error, or the peer left
+LACKS = "lacks"  # a 404: the peer does not hold the piece it advertised (it stopped arriving there)
 TIMEOUT = "timeout"  # no piece by the request's deadline (``Download.deadline``)
 CANCELLED = "cancelled"  # we stopped it (the download ended, or our digest went away): nobody's fault
 
@@ -194,6 +195,11 @@ class Shell(Protocol):
     def proved(self, index: int) -> None:
         """Piece ``index``, held here, got the tracker's proof after our HAVE of it went out (one of
         our origin pieces): send the neighbours its digest and proof."""
+
+    def lacks(self, peer: Neighbour, index: int) -> bool:
+        """``peer`` answered that it does not hold piece ``index`` (a 404), as a LOST of that one
+        piece would say: it is not to be asked for it until it advertises it again. True if it was
+        counted as a holder of the piece (not if its bitfield went, or a LOST came, meanwhile)."""
 
     def ban(self, peer: Neighbour, reason: str) -> None:
         """``peer`` sent ``BAN_AFTER_BAD_PIECES`` bad pieces, or failed ``BAN_AFTER_FAILURES``
@@ -931,7 +937,8 @@ class Download:
 
     def request_done(self, req: Request, status: str, now: float) -> None:
         """A piece request is over: ``DONE`` (verified and written: the piece is stored here),
-        ``BAD`` (failed its digest), ``BUSY`` (503), ``FAILED`` or ``CANCELLED``."""
+        ``BAD`` (failed its digest), ``BUSY`` (503), ``LACKS`` (404), ``FAILED``, ``TIMEOUT`` or
+        ``CANCELLED``."""
         if not self.requests.close(req, status):
             return
         peer = req.peer
@@ -951,7 +958,14 @@ class Download:
             peer.score -= BAD_PIECE_PENALTY
             if peer.bad_pieces >= BAN_AFTER_BAD_PIECES:
                 self.shell.ban(peer, "bad pieces")
-        elif status in (FAILED, TIMEOUT):
+        elif status in (FAILED, TIMEOUT, LACKS):
+            # A 404: the next request for the piece goes to another holder. Asked again, a node that
+            # had just dropped a blob whose digest failed (its LOST on the way) answered 404 four
+            # times in 4 ms and was banned, and with both its holders banned the asker went to the
+            # origin for the whole blob (3.0 x egress). Still a failure: a peer that 404s every
+            # piece it advertises is banned like one whose transfers fail.
+            if status == LACKS and self.shell.lacks(peer, req.index):
+                self.drop_holder(req.index)
             peer.score -= FAILURE_PENALTY
             peer.failures += 1
             if peer.failures >= BAN_AFTER_FAILURES:

@@ -29,10 +29,12 @@ from .common import (
     PieceError,
     StoreError,
     StoreFull,
+    read_range,
 )
 from .partial import Partial
 
 __all__ = [
     "BlobExists", "BlobNotFound", "BlobReader", "CorruptData", "IncompleteBlob", "LayoutMismatch", "Partial",
     "PartialClosed", "PartialState", "PieceError", "Store", "StoreError", "StoreFull",
+    "read_range",
 ]

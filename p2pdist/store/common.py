@@ -101,6 +101,12 @@ def _read_exact(fd: int, offset: int, length: int) -> bytes:
     return b"".join(parts)
 
 
+def read_range(path: os.PathLike[str] | str, offset: int, length: int) -> bytes:
+    """Bytes [offset, offset + length) of a store file; CorruptData if it is shorter (truncated)."""
+    with open(path, "rb", buffering=0) as f:
+        return _read_exact(f.fileno(), offset, length)
+
+
 def _hash_range(fd: int, offset: int, length: int, hashers: list[Any]) -> None:
     end = offset + length
     while offset < end:

@@ -89,6 +89,11 @@ class Shell:
     def proved(self, index: int) -> None:
         self.commands.append(("proved", index))
 
+    def lacks(self, peer, index: int) -> bool:
+        held = index in peer.pieces
+        peer.pieces.discard(index)
+        return held
+
     def ban(self, peer, reason: str) -> None:
         self.commands.append(("ban", peer.peer))
         self.ban_reasons.append(reason)
@@ -253,10 +258,35 @@ def test_a_peer_that_keeps_failing_is_banned_and_a_delivered_piece_forgives():
     dl.request_done(reqs[m.BAN_AFTER_FAILURES - 1], m.DONE, 2.0)  # one piece came: not silent after all
     assert peer.failures == 0
     for req in reqs[m.BAN_AFTER_FAILURES : 2 * m.BAN_AFTER_FAILURES - 1]:
-        dl.request_done(req, m.FAILED, 3.0)  # 404s for pieces it advertised count the same
+        dl.request_done(req, m.LACKS, 3.0)  # 404s for pieces it advertised count the same
     assert shell.take("ban") == []
     dl.request_done(reqs[2 * m.BAN_AFTER_FAILURES - 1], m.TIMEOUT, 3.0)
     assert shell.take("ban") == [("ban", "silent")] and shell.ban_reasons == ["timeouts"]
+
+
+def holders(dl: Download, i: int) -> int:
+    return dl.cells[dl.base + i] & m.AVAIL
+
+
+def test_a_404_takes_the_peer_off_the_piece_s_holders_once_and_counts_as_a_failure():
+    dl, shell = machine(1)
+    offer(dl, shell, *[FakePeer(name, {0}, limit=1) for name in "abc"])
+    dl.start(0.0, Reply())
+    dl.schedule(0.0)
+    [(_, _, first, req)] = shell.take("fetch")
+    assert holders(dl, 0) == 3
+    dl.request_done(req, m.LACKS, 1.0)
+    assert 0 not in req.peer.pieces and holders(dl, 0) == 2
+    assert req.peer.failures == 1 and req.peer.score == -m.FAILURE_PENALTY
+    dl.schedule(1.0)
+    [(_, _, second, req)] = shell.take("fetch")
+    assert second != first  # the piece goes to another holder
+    # Its LOST of the piece came before its 404: the driver dropped it as a holder then, and the 404
+    # drops nothing more (the third peer still counts).
+    req.peer.pieces.discard(0)
+    dl.drop_holder(0)
+    dl.request_done(req, m.LACKS, 1.1)
+    assert holders(dl, 0) == 1 and 0 in dl.fetchable and req.peer.failures == 1
 
 
 def test_request_outcomes_score_back_off_and_ban_the_peer():
