@@ -18,12 +18,14 @@ cdef class BlobRows:
     cdef public unsigned char[::1] blocking
     cdef public long words
     cdef public long count
-    @cython.locals(words=long, pb=long, wb=long, base=long, one=cython.ulonglong, w=long, s=long,
+    cdef public long stride
+    @cython.locals(words=long, pb=long, wb=long, base=long, stride=long, one=cython.ulonglong, w=long, s=long,
                    bits=cython.ulonglong)
     cpdef bint room_wakes(self, long node, long peer)
 
 
 cdef class Board:
+    cdef public long stride
     cdef public list nodes
     cdef public list rows
     cdef public int[::1] uploads
@@ -115,6 +117,7 @@ cdef class Swarm:
     cdef public bytearray have
     cdef public unsigned int[::1] cells
     cdef public long base
+    cdef public long stride
     cdef public unsigned char[::1] blocking_flags
     cdef public unsigned char[::1] board_live
     cdef public list board_swarms
@@ -154,6 +157,6 @@ cdef class Swarm:
     @cython.locals(i=long)
     cpdef void withdraw(self)
     @cython.locals(node=Node, sw=Swarm, edge=Neighbour, proved=cython.uint,
-                   one=cython.ulonglong, count=long, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
-                   words=long, w=long, shift=long)
+                   one=cython.ulonglong, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,
+                   words=long, w=long, shift=long, stride=long)
     cpdef void _have(self, long i, bint have)

@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 
 def huge_array(typecode: str, n: int) -> memoryview:
     """``n`` zeroed items of ``typecode``, in private memory advised for transparent huge pages: the
-    cells of 10,000 nodes x 256 pieces are 10 MB that every stored piece's fan-out touches at ~25
-    places 1 KiB apart, 2,500 pages of 4 KiB (more than the TLB holds) or 5 of 2 MiB. Where the
+    cells of 10,000 nodes x 256 pieces are 10 MB, 2,500 pages of 4 KiB (more than the TLB holds) or
+    5 of 2 MiB, which passes read a node's cells from 40 KB apart (Board: piece-major). Where the
     advice is not available or not wanted (native.huge_pages_allowed), the pages are the usual ones."""
     itemsize = array(typecode).itemsize
     if not hasattr(mmap, "MAP_PRIVATE") or not native.huge_pages_allowed():
@@ -74,7 +74,9 @@ class Board:
     cache miss per object (perf: most of a pass's and a HAVE's time). Here a pass scans its ~40
     neighbours, and a stored piece updates its ~40 watchers, in a few contiguous arrays:
     ``uploads`` (upload slots in use), ``have[b]`` (the pieces each node holds, ``words[b]`` 64-bit
-    words per node), ``cells[b]`` (each swarm's per-piece cell, ``count`` per node), ``live[b]`` (the
+    words per node), ``cells[b]`` (each swarm's per-piece cell, piece-major: cell (node, i) at
+    ``i * stride + node``, so a stored piece's fan-out reads one 40 KB row at 10,000 nodes, not
+    cells 1 KiB apart over 10 MB: 4 % of the 10,000-node run), ``live[b]`` (the
     node runs a swarm for b), ``blocking[b]`` (that swarm has blocked pieces: ROOM wakes it) and
     ``swarms[b]`` (the node's swarm for b: a HAVE or ROOM that must reach a watcher's machine goes
     there at once, not through the node's object and its list, two cache misses more each).
@@ -82,6 +84,7 @@ class Board:
 
     def __init__(self, nodes: int, counts: list[int]) -> None:
         self.nodes: list[Node] = []  # filled by the cluster, the origin peer last
+        self.stride = nodes  # cells are piece-major: cell (node, piece) at piece * nodes + node
         self.uploads = array("i", bytes(4 * nodes))
         self.words = [(count + 63) >> 6 for count in counts]
         self.have = [huge_array("Q", nodes * w) for w in self.words]
@@ -89,7 +92,7 @@ class Board:
         self.live = [bytearray(nodes) for _ in counts]
         self.blocking = [bytearray(nodes) for _ in counts]
         self.swarms: list[list[Swarm | None]] = [[None] * nodes for _ in counts]
-        self.rows = [BlobRows(self.have[b], self.cells[b], self.blocking[b], self.words[b], counts[b])
+        self.rows = [BlobRows(self.have[b], self.cells[b], self.blocking[b], self.words[b], counts[b], nodes)
                      for b in range(len(counts))]
 
     def drop(self, node: int) -> None:
@@ -113,14 +116,16 @@ class BlobRows:
     upload slot is decided here, on the flat arrays, and only a watcher that must is visited (its
     ``Swarm`` object was a cache miss per blocked watcher, half of the ROOM fan-out's time)."""
 
-    __slots__ = ("blocking", "cells", "count", "have", "words")
+    __slots__ = ("blocking", "cells", "count", "have", "stride", "words")
 
-    def __init__(self, have: memoryview, cells: memoryview, blocking: bytearray, words: int, count: int) -> None:
+    def __init__(self, have: memoryview, cells: memoryview, blocking: bytearray, words: int, count: int,
+                 stride: int) -> None:
         self.have = have
         self.cells = cells
         self.blocking = blocking
         self.words = words
         self.count = count
+        self.stride = stride
 
     @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
     @cython.wraparound(False)
@@ -135,14 +140,15 @@ class BlobRows:
         words = self.words
         pb = peer * words
         wb = node * words
-        base = node * self.count
+        base = node
+        stride = self.stride
         one = 1  # a C unsigned long long in the compiled core
         for w in range(words):
             bits = self.have[pb + w] & ~self.have[wb + w]
             if not bits:
                 continue
             for s in range(64):
-                if bits >> s & one and self.cells[base + w * 64 + s] & BLOCKED:
+                if bits >> s & one and self.cells[base + (w * 64 + s) * stride] & BLOCKED:
                     return True
         return False
 
@@ -350,7 +356,9 @@ class Swarm:
         self.early = bytearray(blob.count)
         self.waiters: dict[int, list] = {}
         self.cells = board.cells[blob.idx]
-        self.base = node.idx * count
+        # Piece-major: piece i of every node side by side (a HAVE's fan-out reads one row).
+        self.base = node.idx
+        self.stride = board.stride
         self.blocking_flags = board.blocking[blob.idx]
         self.board_live = board.live[blob.idx]
         self.board_swarms = board.swarms[blob.idx]
@@ -366,7 +374,7 @@ class Swarm:
         self.generation = node.generation
         self.streaming = profile.streaming
         for i in range(count):
-            self.cells[self.base + i] = 0
+            self.cells[self.base + i * self.stride] = 0
         settings = Settings(
             inflight_bytes=profile.inflight_bytes, upload_slots=profile.upload_slots,
             origin_concurrency=profile.origin_concurrency, stall_timeout=profile.stall_timeout,
@@ -380,7 +388,8 @@ class Swarm:
         )
         rng = random.Random(f"{cluster.seed}/{node.name}/{blob.idx}/{node.generation}")
         self.dl = dl = Download(self, settings, blob.piece_size, blob.size, cluster.sim.now, rng,
-                                cells=self.cells, base=self.base, direct=profile.origin == DIRECT)
+                                cells=self.cells, base=self.base, direct=profile.origin == DIRECT,
+                                stride=self.stride)
         for i in range(count):
             if self.have[i]:
                 dl.mark_had(i)
@@ -554,7 +563,7 @@ class Swarm:
             # The watchers heard of it at its first block (offer); its proof too, unless it came
             # after (early 1): then the proof alone goes out now.
             self.early[i] = 0
-            if early == 1 and self.cells[self.base + i] & PROVED:
+            if early == 1 and self.cells[self.base + i * self.stride] & PROVED:
                 self._have(i, False)
             self.cluster.relay_stored(self, i)
         else:
@@ -565,7 +574,7 @@ class Swarm:
     def offer(self, i: int) -> None:
         """Piece i arrives from a peer and its first block checked out: the watchers hear of it now,
         and may ask for it (the data plane ends their uploads one block after ours)."""
-        self.early[i] = 2 if self.cells[self.base + i] & PROVED else 1  # its proof goes out with the HAVE
+        self.early[i] = 2 if self.cells[self.base + i * self.stride] & PROVED else 1  # its proof goes out with the HAVE
         one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
         self.board_have[self.node.idx * self.words + (i >> 6)] |= one << (i & 63)
         self._have(i, True)
@@ -595,12 +604,12 @@ class Swarm:
         (the piece already had holders and the watcher's last pass did not wait for it) is added in
         the cell; otherwise the watcher's machine hears it."""
         node = self.node
-        count = self.count
         words = self.words
         w = i >> 6
         shift = i & 63
         one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
-        proved = self.cells[self.base + i] & PROVED
+        proved = self.cells[self.base + i * self.stride] & PROVED
+        stride = self.stride
         for k in range(len(node.w_edge)):
             widx = node.w_idx[k]
             if not self.board_live[widx]:
@@ -610,7 +619,7 @@ class Swarm:
             # cache misses, and about half the watchers of a piece have it already).
             if self.board_have[widx * words + w] >> shift & one:
                 continue
-            pos = widx * count + i
+            pos = i * stride + widx
             c = self.cells[pos]
             if c & HAVE:
                 continue
@@ -687,7 +696,7 @@ class Holders:
             i = w * 64
             while bits:
                 if bits & one:
-                    c = owner.cells[base + i]
+                    c = owner.cells[base + i * owner.stride]
                     if c & AVAIL and (c & (HAVE | INFLIGHT | KNOWN)) == KNOWN:
                         out.append(i)
                 bits >>= 1

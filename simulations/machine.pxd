@@ -24,6 +24,7 @@ cdef class RequestBook:
 cdef class Avail:
     cdef public unsigned int[::1] cells
     cdef public long base
+    cdef public long stride
     cdef public long count
 
 
@@ -41,6 +42,7 @@ cdef class Download:
     cdef public bint cut_through
     cdef public unsigned int[::1] cells
     cdef public long base
+    cdef public long stride
     cdef public Avail avail
     cdef public object rng
     cdef public long have_n
@@ -111,13 +113,13 @@ cdef class Download:
     cpdef double next_deadline(self)
     @cython.locals(due=double)
     cpdef void _arm(self, double now)
-    @cython.locals(cells=cython.uint[::1], base=long, i=long)
+    @cython.locals(cells=cython.uint[::1], base=long, stride=long, i=long)
     cpdef void _unblock(self)
-    @cython.locals(cells=cython.uint[::1], base=long, i=long, was=bint, blocked=set, pieces=set)
+    @cython.locals(cells=cython.uint[::1], base=long, stride=long, i=long, was=bint, blocked=set, pieces=set)
     cpdef void _block_fetchable(self)
     cpdef void _block_all(self, double now)
     cpdef void _loop_timer(self, double now)
-    @cython.locals(cells=cython.uint[::1], base=long, i=long)
+    @cython.locals(cells=cython.uint[::1], base=long, stride=long, i=long)
     cpdef void _report_had(self, long start, long end)
     @cython.locals(s=long, e=long, i=long)
     cpdef void origin_done(self, list runs, double now)

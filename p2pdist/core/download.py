@@ -287,12 +287,13 @@ class RequestBook:
 class Avail:
     """The availability counts of a download's pieces, as the core's selectors read them."""
 
-    __slots__ = ("base", "cells", "count")
+    __slots__ = ("base", "cells", "count", "stride")
 
-    def __init__(self, cells: array, base: int, count: int) -> None:
+    def __init__(self, cells: array, base: int, count: int, stride: int = 1) -> None:
         self.cells = cells
         self.base = base
         self.count = count
+        self.stride = stride
 
     def __len__(self) -> int:
         return self.count
@@ -300,7 +301,7 @@ class Avail:
     def __getitem__(self, index: int) -> int:
         if index < 0 or index >= self.count:
             raise IndexError(index)
-        return self.cells[self.base + index] & AVAIL
+        return self.cells[self.base + index * self.stride] & AVAIL
 
 
 class Download:
@@ -317,6 +318,7 @@ class Download:
         cells: array | None = None,
         base: int = 0,
         direct: bool = False,
+        stride: int = 1,
     ) -> None:
         self.shell = shell
         self.settings = settings
@@ -331,8 +333,11 @@ class Download:
         self.announce_direct = settings.announce_direct
         self.cut_through = settings.cut_through
         self.cells = cells if cells is not None else array("I", bytes(4 * self.count))
+        # Piece i's cell is cells[base + i * stride]: the agent's own array (0, 1), or the
+        # simulator's Board, where piece i of every node sits side by side (node, nodes).
         self.base = base
-        self.avail = Avail(self.cells, base, self.count)
+        self.stride = stride
+        self.avail = Avail(self.cells, base, self.count, stride)
         self.rng = rng
         self.have_n = 0
         self.fetchable: set[int] = set()
@@ -375,8 +380,8 @@ class Download:
         self._loop_at = math.inf
         self._armed = math.inf
         for i in range(self.count):
-            c = self.cells[base + i]
-            self.cells[base + i] = c & (HAVE | KNOWN)
+            c = self.cells[base + i * stride]
+            self.cells[base + i * stride] = c & (HAVE | KNOWN)
             if c & HAVE:
                 self.have_n += 1
 
@@ -386,20 +391,20 @@ class Download:
         return self.last_length if i == self.count - 1 else self.piece_size
 
     def has(self, i: int) -> bool:
-        return bool(self.cells[self.base + i] & HAVE)
+        return bool(self.cells[self.base + i * self.stride] & HAVE)
 
     def _inflight(self, i: int) -> bool:
-        return bool(self.cells[self.base + i] & INFLIGHT)
+        return bool(self.cells[self.base + i * self.stride] & INFLIGHT)
 
     def _had_or_inflight(self, i: int) -> bool:
-        return bool(self.cells[self.base + i] & (HAVE | INFLIGHT))
+        return bool(self.cells[self.base + i * self.stride] & (HAVE | INFLIGHT))
 
     def _not_for_origin(self, i: int) -> bool:
         """Whether an origin run may skip leased piece i: had, in flight, or ours for the asking
         from a neighbour with a digest we know (after a tracker restart the tracker leases pieces
         the swarm holds: they come from peers, are reported, and close the lease; fetched from
         the origin they cost up to 1.29x egress on a tracker killed mid-distribution)."""
-        c = self.cells[self.base + i]
+        c = self.cells[self.base + i * self.stride]
         if c & (HAVE | INFLIGHT):
             return True
         if not self.direct and c & KNOWN and c & AVAIL:
@@ -409,14 +414,14 @@ class Download:
 
     def mark_had(self, i: int) -> None:
         """Before ``start``: piece i was verified earlier (resumed from disk); its digest is known."""
-        pos = self.base + i
+        pos = self.base + i * self.stride
         if not self.cells[pos] & HAVE:
             self.have_n += 1
         self.cells[pos] |= HAVE | KNOWN
 
     def mark_known(self, i: int) -> None:
         """Before ``start``: piece i's digest is known (it came with the metainfo)."""
-        self.cells[self.base + i] |= KNOWN
+        self.cells[self.base + i * self.stride] |= KNOWN
 
     @property
     def is_complete(self) -> bool:
@@ -425,7 +430,7 @@ class Download:
     def add_holder(self, i: int, free: bool = True, now: float = -1.0) -> None:
         """A neighbour now holds piece i (HAVE or bitfield); ``free``: it has a request slot for us.
         ``now`` (a HAVE heard as it happens) counts as progress for the stall clock."""
-        pos = self.base + i
+        pos = self.base + i * self.stride
         c = self.cells[pos]
         if now >= 0:
             self.last_progress = now
@@ -450,7 +455,7 @@ class Download:
             self.wake()
 
     def drop_holder(self, i: int) -> None:
-        pos = self.base + i
+        pos = self.base + i * self.stride
         c = self.cells[pos]
         if c & HAVE or not c & AVAIL:
             return
@@ -461,7 +466,7 @@ class Download:
 
     def learn_digest(self, i: int) -> bool:
         """Piece i's digest is known now (from the tracker); False if it already was."""
-        pos = self.base + i
+        pos = self.base + i * self.stride
         c = self.cells[pos]
         if c & KNOWN:
             return False
@@ -493,10 +498,10 @@ class Download:
 
     def proved(self, i: int) -> bool:
         """Whether piece i's digest came with the tracker's proof (our HAVE of it carries it)."""
-        return bool(self.cells[self.base + i] & PROVED)
+        return bool(self.cells[self.base + i * self.stride] & PROVED)
 
     def _prove(self, i: int) -> None:
-        pos = self.base + i
+        pos = self.base + i * self.stride
         c = self.cells[pos]
         if not c & PROVED:
             self.cells[pos] = c | PROVED
@@ -509,10 +514,10 @@ class Download:
             # Another digest log (a corrupt reset, a tracker restart): the proofs we hold are void
             # there. Before the first reply there are none.
             if self.proof_epoch:
-                cells, base = self.cells, self.base
+                cells, base, stride = self.cells, self.base, self.stride
                 for i in range(self.count):
-                    if cells[base + i] & PROVED:
-                        cells[base + i] = cells[base + i] & (CELL ^ PROVED)
+                    if cells[base + i * stride] & PROVED:
+                        cells[base + i * stride] = cells[base + i * stride] & (CELL ^ PROVED)
             self.proof_epoch = epoch
         for i in reply.proved:
             if 0 <= i < self.count:
@@ -527,13 +532,13 @@ class Download:
         self.blocked_is_fetchable = False
 
     def _start(self, i: int) -> None:
-        self.cells[self.base + i] |= INFLIGHT
+        self.cells[self.base + i * self.stride] |= INFLIGHT
         self.inflight_pieces += 1
         self._drop_fetchable(i)
 
     def _settle(self, i: int) -> None:
         """Piece i is no longer in flight: fetchable again if it is still missing and someone has it."""
-        pos = self.base + i
+        pos = self.base + i * self.stride
         c = self.cells[pos]
         if not c & INFLIGHT:
             return
@@ -607,14 +612,14 @@ class Download:
         next quiet spell: in a moving swarm, a piece nobody near has yet is usually just fresh."""
         if self.done or self.direct or (not self.orphaned and now - self.last_progress < ORPHAN_AFTER):
             return []  # the common case, on every announce: nothing more to look at
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         queued = {i for s, e in self.leases for i in range(s, e)}
         if not self.orphaned:
             self.orphaned = {i for i in range(self.count)
-                             if not cells[base + i] & (HAVE | INFLIGHT | AVAIL) and i not in queued}
+                             if not cells[base + i * stride] & (HAVE | INFLIGHT | AVAIL) and i not in queued}
         out = []
         for i in sorted(self.orphaned):
-            c = cells[base + i]
+            c = cells[base + i * stride]
             if c & (HAVE | AVAIL):
                 self.orphaned.discard(i)  # settled: had here, or a neighbour holds it
             elif not c & INFLIGHT and i not in queued and len(out) < MAX_ORPHANS:
@@ -698,8 +703,8 @@ class Download:
             # before is sent again now, before it leases those pieces to another node, which would
             # fetch them from the origin a second time.
             self.digest_pos = 0
-            cells, base = self.cells, self.base
-            self.report = [i for i in sorted(self.reported) if cells[base + i] & HAVE]
+            cells, base, stride = self.cells, self.base, self.stride
+            self.report = [i for i in sorted(self.reported) if cells[base + i * stride] & HAVE]
             self._sent = 0
             if self.report:
                 self.kick()
@@ -723,12 +728,12 @@ class Download:
         held = {(start, end) for start, end, _ttl in leases}
         self.leases = [lease for lease in self.leases if lease in held]
         queued = set(self.leases)
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         work = False
         for start, end, _ttl in leases:
             if not 0 <= start < end <= self.count:
                 continue
-            if all(cells[base + i] & HAVE for i in range(start, end)):
+            if all(cells[base + i * stride] & HAVE for i in range(start, end)):
                 self._report_again(start, end)
                 continue
             work = True
@@ -742,9 +747,9 @@ class Download:
         """A lease whose every piece we hold is listed again: the tracker has not taken our report
         of them (a report lost with its reply, or a tracker that did not count it), and the lease
         closes only with it. Each is reported unless it waits in our next announce already."""
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         pending = set(self.report)
-        again = [i for i in range(start, end) if cells[base + i] & KNOWN and i not in pending]
+        again = [i for i in range(start, end) if cells[base + i * stride] & KNOWN and i not in pending]
         if again:
             self.report.extend(again)
             self.reported.update(again)
@@ -772,12 +777,12 @@ class Download:
         count = self.count
         streams = max(1, self.origin_concurrency)
         queued = {i for s, e in self.leases for i in range(s, e)}
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         start = 0
         while start < count:
             per = max(1, min(self.settings.direct_run_pieces, -(-(count - start) // streams)))
             end = min(start + per, count)
-            if any(not cells[base + i] & HAVE and i not in queued for i in range(start, end)):
+            if any(not cells[base + i * stride] & HAVE and i not in queued for i in range(start, end)):
                 self.leases.append((start, end))
             start = end
 
@@ -822,9 +827,9 @@ class Download:
         """Pieces of a lease we already hold (resumed, or from peers) are reported, closing them."""
         if self.direct:
             return
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         for i in range(start, end):
-            if cells[base + i] & HAVE and cells[base + i] & KNOWN and i not in self.reported:
+            if cells[base + i * stride] & HAVE and cells[base + i * stride] & KNOWN and i not in self.reported:
                 self.report.append(i)
                 self.reported.add(i)
                 self.kick()
@@ -851,7 +856,7 @@ class Download:
     def piece_stored(self, i: int, from_origin: bool, now: float) -> bool:
         """Piece i is verified and written (an origin piece, or a peer's before ``request_done``).
         False if it was had already."""
-        pos = self.base + i
+        pos = self.base + i * self.stride
         c = self.cells[pos]
         if c & HAVE:
             return False
@@ -990,9 +995,9 @@ class Download:
     def _unblock(self) -> None:
         if not self.blocked:
             return
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         for i in self.blocked:
-            cells[base + i] &= CELL ^ BLOCKED
+            cells[base + i * stride] &= CELL ^ BLOCKED
         self.blocked.clear()
         self.blocked_is_fetchable = False
         self.shell.blocking(False)
@@ -1002,17 +1007,17 @@ class Download:
         new ones blocked, the set object kept. Emptying it and filling it again, as every pass that
         placed some of its pieces did, freed and allocated its table each time (simulator, 10,000
         nodes: 4 % of the run resizing these sets)."""
-        cells, base = self.cells, self.base
+        cells, base, stride = self.cells, self.base, self.stride
         blocked, pieces = self.blocked, self.fetchable
         was = bool(blocked)
         if was:
             for i in [i for i in blocked if i not in pieces]:
                 blocked.discard(i)
-                cells[base + i] &= CELL ^ BLOCKED
+                cells[base + i * stride] &= CELL ^ BLOCKED
         for i in pieces:
             if i not in blocked:
                 blocked.add(i)
-                cells[base + i] |= BLOCKED
+                cells[base + i * stride] |= BLOCKED
         if blocked and not was:
             self.shell.blocking(True)
         elif was and not blocked:
@@ -1043,7 +1048,7 @@ class Download:
         previous = self.readers.get(reader)
         self.readers[reader] = index
         self.cursor = min(self.readers.values())
-        if self.cells[self.base + index] & HAVE or not self.direct:
+        if self.cells[self.base + index * self.stride] & HAVE or not self.direct:
             self.waiting.pop(reader, None)  # only a direct download's waits pace its streams
         elif previous != index or reader not in self.waiting:
             self.waiting[reader] = now  # asked again for the same piece: still the first wait
