@@ -143,16 +143,15 @@ async def _relayed(request: web.Request, agent: Agent, relay: Relay, digest: Dig
     return resp
 
 
-def _corrupting(write: Callable[[bytes], Awaitable[None]], at: int) -> Callable[[bytes], Awaitable[None]]:
-    """Fault injection for a relayed piece: ``write`` with the byte at offset ``at`` flipped."""
+def _corrupting(write: Callable[[bytearray], Awaitable[None]], at: int) -> Callable[[bytearray], Awaitable[None]]:
+    """Fault injection for a relayed piece: ``write`` with the byte at offset ``at`` flipped (each
+    chunk is the relay's own copy, so it is flipped in place)."""
     sent = 0
 
-    async def corrupt(chunk: bytes) -> None:
+    async def corrupt(chunk: bytearray) -> None:
         nonlocal sent
         if sent <= at < sent + len(chunk):
-            flipped = bytearray(chunk)
-            flipped[at - sent] ^= 0xFF
-            chunk = bytes(flipped)
+            chunk[at - sent] ^= 0xFF
         sent += len(chunk)
         await write(chunk)
 
