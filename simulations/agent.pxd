@@ -5,7 +5,8 @@ cimport cython
 from .engine cimport Link, Meter, Simulator
 from .machine cimport Download
 
-cdef unsigned int AVAIL, BLOCKED, HAVE, INFLIGHT, KNOWN, PROVED
+cdef unsigned int AVAIL, BLOCKED, CELL, HAVE, INFLIGHT, KNOWN, OFFERED, PROVED
+cdef int TELL_HAVE, TELL_PROOF
 cdef unsigned char BLOCKING, NEWS
 
 cdef class Swarm
@@ -132,7 +133,6 @@ cdef class Swarm:
     cdef public long generation
     cdef public bint streaming
     cdef public Download dl
-    cdef public bytearray early
     cdef public dict waiters
 
     cpdef bint alive(self)
@@ -148,13 +148,14 @@ cdef class Swarm:
     cpdef void wake_room(self, long peer)
     @cython.locals(node=Node, words=long, k=Py_ssize_t, w=long, base=long, nfree=long, room=long)
     cpdef object holders(self, double now)
-    @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong, early=int)
-    cpdef void stored(self, long i, bint from_origin)
+    @cython.locals(node=Node, length=cython.longlong, one=cython.ulonglong)
+    cpdef void stored(self, long i, bint from_origin, int tell)
     @cython.locals(one=cython.ulonglong)
     cpdef void offer(self, long i)
-    @cython.locals(one=cython.ulonglong)
     cpdef void unoffer(self, long i)
-    @cython.locals(i=long)
+    @cython.locals(one=cython.ulonglong)
+    cdef void _unboard(self, long i)
+    @cython.locals(i=long, pos=long)
     cpdef void withdraw(self)
     @cython.locals(node=Node, sw=Swarm, edge=Neighbour, proved=cython.uint,
                    one=cython.ulonglong, k=Py_ssize_t, widx=long, pos=long, c=cython.uint,

@@ -38,7 +38,12 @@ BLOCKED = core_download.BLOCKED
 HAVE = core_download.HAVE
 INFLIGHT = core_download.INFLIGHT
 KNOWN = core_download.KNOWN
+OFFERED = core_download.OFFERED
+CELL = core_download.CELL
 PROVED = core_download.PROVED
+# What the watchers still need to hear of a stored piece (Shell.stored).
+TELL_HAVE = core_download.TELL_HAVE
+TELL_PROOF = core_download.TELL_PROOF
 # A node's byte in Board.blocking[b]: its swarm has blocked pieces (a ROOM may wake it), and it is
 # queued for a pass with news of its own (dirty, not woken by ROOMs alone: a ROOM adds nothing).
 BLOCKING = 1
@@ -351,9 +356,8 @@ class Swarm:
         self.b = blob.idx
         self.count = count = blob.count
         self.have = node.bits[blob.idx]
-        # Cut-through (Download.piece_arriving): pieces offered from their first block while they
-        # arrive, and the uploads of them that ended before the piece was all here (dataplane).
-        self.early = bytearray(blob.count)
+        # Cut-through (Download.piece_arriving): the uploads of pieces offered from their first block
+        # that ended before the piece was all here (dataplane). Which are offered is the machine's.
         self.waiters: dict[int, list] = {}
         self.cells = board.cells[blob.idx]
         # Piece-major: piece i of every node side by side (a HAVE's fan-out reads one row).
@@ -543,7 +547,7 @@ class Swarm:
 
     @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
     @cython.wraparound(False)
-    def stored(self, i: int, from_origin: bool) -> None:
+    def stored(self, i: int, from_origin: bool, tell: int) -> None:
         """A verified piece: have it, tell the neighbours (over the Board), count it."""
         node = self.node
         self.have[i] = 1
@@ -558,37 +562,42 @@ class Swarm:
         self.delivered.count(self.sim.now, length)
         if self.streaming and self.dl.cursor == i:
             self._follow_reader()
-        early = self.early[i]
-        if early:
+        if tell == TELL_HAVE:
+            self._have(i, True)
+        else:
             # The watchers heard of it at its first block (offer); its proof too, unless it came
-            # after (early 1): then the proof alone goes out now.
-            self.early[i] = 0
-            if early == 1 and self.cells[self.base + i * self.stride] & PROVED:
+            # after: then the proof alone goes out now.
+            if tell == TELL_PROOF:
                 self._have(i, False)
             self.cluster.relay_stored(self, i)
-        else:
-            self._have(i, True)
 
     @cython.boundscheck(False)  # compiled: indices here are never negative or out of range
     @cython.wraparound(False)
     def offer(self, i: int) -> None:
         """Piece i arrives from a peer and its first block checked out: the watchers hear of it now,
-        and may ask for it (the data plane ends their uploads one block after ours)."""
-        self.early[i] = 2 if self.cells[self.base + i * self.stride] & PROVED else 1  # its proof goes out with the HAVE
+        and may ask for it (the data plane ends their uploads one block after ours). Its proof goes
+        out with the HAVE if the machine holds one."""
         one = 1  # a C unsigned long long in the compiled core: the shift stays in 64 bits
         self.board_have[self.node.idx * self.words + (i >> 6)] |= one << (i & 63)
         self._have(i, True)
 
     def withdraw(self) -> None:
-        """The node left: the pieces it offered while they arrived will not arrive (those it holds stay)."""
+        """The node left: the pieces it offered while they arrived will not arrive (those it holds
+        stay). Its machine hears nothing more, and its uploads were cut off with its transfers."""
         for i in range(self.count):
-            if self.early[i]:
-                self.unoffer(i)
+            pos = self.base + i * self.stride
+            if self.cells[pos] & OFFERED:
+                self.cells[pos] &= CELL ^ OFFERED  # its uploads of it went with the node
+                self._unboard(i)
         self.waiters.clear()
 
     def unoffer(self, i: int) -> None:
-        """Piece i, offered, did not arrive: nobody is to ask us for it (the agent answers a 404)."""
-        self.early[i] = 0
+        """Piece i, offered, will not arrive: nobody is to ask us for it (the agent answers a 404),
+        and the uploads of it are cut off."""
+        self._unboard(i)
+        self.cluster.relay_failed(self, i)
+
+    def _unboard(self, i: int) -> None:
         one = 1
         self.board_have[self.node.idx * self.words + (i >> 6)] &= ~(one << (i & 63))
 

@@ -314,11 +314,11 @@ class DataPlane:
         return t.data[0] if self.tracking else t.data  # type: ignore[return-value]
 
     @cython.locals(t=Transfer)
-    def _relay_failed(self, up: Swarm, i: int) -> None:
-        """``up``'s request of piece i, which it offered, ended without the piece: its uploads of it
-        are cut off at once, as the agent's are (relay.py). Not later: two nodes whose upstreams
-        failed could then take the piece from each other, each waiting for the other's end."""
-        up.unoffer(i)
+    def relay_failed(self, up: Swarm, i: int) -> None:
+        """``up``'s request of piece i, which it offered, ended without the piece (its machine's
+        ``unoffer``): its uploads of it are cut off at once, as the agent's are (relay.py). Not
+        later: two nodes whose upstreams failed could then take the piece from each other, each
+        waiting for the other's end."""
         for t in up.waiters.pop(i, []):
             if t in self.deferred:
                 self.deferred.discard(t)
@@ -335,7 +335,7 @@ class DataPlane:
             # Its sender passes the piece on as it arrives there (cut-through): the last bytes come
             # one block after the sender's own, or never if its transfer fails.
             up = peer.swarms[sw.b]
-            if up is not None and up.early[req.index]:
+            if up is not None and up.dl.offering(req.index):
                 if t not in self.deferred:
                     self.deferred.add(t)  # in up.waiters since it started (_upload)
                     return
@@ -384,9 +384,7 @@ class DataPlane:
     @cython.locals(edge=Neighbour)
     def _request_failed(self, sw: Swarm, req: Request) -> None:
         edge = req.peer
-        if sw.early[req.index]:
-            self._relay_failed(sw, req.index)
-        sw.dl.request_done(req, machine.FAILED, self.sim.now)
+        sw.dl.request_done(req, machine.FAILED, self.sim.now)  # an offered piece: its unoffer cuts its uploads
         edge.changed()
 
     def _check_timeouts(self, _: object = None) -> None:

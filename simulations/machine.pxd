@@ -3,7 +3,8 @@
 cimport cython
 
 # The cell bits as C constants (from Python, read them from p2pdist.core.download).
-cdef unsigned int AVAIL, HAVE, KNOWN, INFLIGHT, BLOCKED, PROVED, CELL
+cdef unsigned int AVAIL, HAVE, KNOWN, INFLIGHT, BLOCKED, PROVED, OFFERED, OFFER_PROVED, CELL
+cdef int TELL_NOTHING, TELL_PROOF, TELL_HAVE
 
 
 cdef class Request:
@@ -100,13 +101,16 @@ cdef class Download:
     cpdef void _settle(self, long i)
     cpdef void wake(self)
     cpdef void kick(self)
-    @cython.locals(pos=long, c=cython.uint)
+    @cython.locals(pos=long, c=cython.uint, tell=int)
     cpdef bint piece_stored(self, long i, bint from_origin, double now)
     cpdef void schedule(self, double now)
     @cython.locals(budget=cython.longlong, piece_size=cython.longlong, count=long, length=cython.longlong,
                    req=Request, fetchable=set)
     cpdef void _schedule_peers(self, double now)
+    @cython.locals(pos=long, c=cython.uint)
     cpdef void piece_arriving(self, Request req)
+    cpdef bint offering(self, long i)
+    @cython.locals(pos=long, c=cython.uint)
     cpdef void request_done(self, Request req, str status, double now)
     cpdef void tick(self, double now)
     @cython.locals(due=double, at=double)

@@ -104,7 +104,11 @@ async def relaying_node(tmp_path: Path, upstream: Upstream, faults: dict | None 
         agent.neighbours.peers["up"] = up
         try:
             async with serve(build_app(agent)) as relay_addr:
-                task = asyncio.ensure_future(swarm._peer_piece(dl, Request(0, up, len(DATA), time.monotonic())))
+                req = Request(0, up, len(DATA), time.monotonic())
+                dl.requests.add(req)  # as a pass places it: counted on the peer and in the byte budget
+                up.inflight += 1
+                dl.inflight_bytes += len(DATA)
+                task = asyncio.ensure_future(swarm._peer_piece(dl, req))
                 asker = {"expected": piece_digest(DATA), "sign": lambda _path, _rng: f"Bearer {agent.peer_secret}"}
                 try:
                     yield agent, swarm, relay_addr, task, asker, session
@@ -119,7 +123,7 @@ async def test_an_asker_gets_each_block_once_it_checked_out_here_before_the_rest
     upstream = Upstream()
     async with relaying_node(tmp_path, upstream) as (agent, swarm, addr, task, asker, session):
         upstream.release(0)
-        await until(lambda: 0 in swarm.offered, "the piece offered at its first block")
+        await until(lambda: swarm.machine.offering(0), "the piece offered at its first block")
         checked: list[tuple[int, int]] = []  # (bytes the asker verified, blocks the upstream had sent then)
         fetch = asyncio.ensure_future(fetch_piece(
             session, addr, str(BLOB), 0, len(DATA), timeout=10,
@@ -141,7 +145,7 @@ async def test_a_piece_that_stops_arriving_cuts_its_askers_off_and_is_not_offere
     upstream = Upstream(cut_after=2)
     async with relaying_node(tmp_path, upstream) as (agent, swarm, addr, task, asker, session):
         upstream.release(0)
-        await until(lambda: 0 in swarm.offered, "the piece offered at its first block")
+        await until(lambda: swarm.machine.offering(0), "the piece offered at its first block")
         fetch = asyncio.ensure_future(fetch_piece(session, addr, str(BLOB), 0, len(DATA), timeout=10, **asker))
         await until(lambda: agent.metrics.pieces_relayed._value.get() == 1, "the asker's request at the relay")
         upstream.release(1)  # then the upstream goes away after block 1
@@ -150,7 +154,8 @@ async def test_a_piece_that_stops_arriving_cuts_its_askers_off_and_is_not_offere
             await fetch
         assert not isinstance(caught.value, PeerLied)
         await task
-        assert 0 not in swarm.partial.have and 0 not in swarm.offered and not swarm.relays
+        assert 0 not in swarm.partial.have and not swarm.machine.offering(0) and not swarm.relays
+        assert agent.metrics.offers_withdrawn._value.get() == 1
         # Asked again, the relay says it lacks the piece (the asker drops it as a holder of it).
         with pytest.raises(PeerLacks):
             await fetch_piece(session, addr, str(BLOB), 0, len(DATA), timeout=10, **asker)
@@ -163,7 +168,7 @@ async def test_with_cut_through_off_a_piece_is_passed_on_only_once_stored(tmp_pa
         await until(lambda: upstream.sent == 2, "two blocks sent")
         with pytest.raises(PeerLacks):  # arriving, checked as far as it came, but not offered
             await fetch_piece(session, addr, str(BLOB), 0, len(DATA), timeout=10, **asker)
-        assert not swarm.offered
+        assert not swarm.machine.offering(0)
         upstream.release(2, 3)
         await task
         assert 0 in swarm.partial.have
@@ -177,7 +182,7 @@ async def test_a_relay_that_corrupts_what_it_passes_on_is_caught_at_the_bad_bloc
     async with relaying_node(tmp_path, upstream, faults={"corrupt_uploads": True}) as (
             agent, swarm, addr, task, asker, session):
         upstream.release(0)
-        await until(lambda: 0 in swarm.offered, "the piece offered at its first block")
+        await until(lambda: swarm.machine.offering(0), "the piece offered at its first block")
         fetch = asyncio.ensure_future(fetch_piece(session, addr, str(BLOB), 0, len(DATA), timeout=10, **asker))
         await until(lambda: agent.metrics.pieces_relayed._value.get() == 1, "the asker's request at the relay")
         upstream.release(1, 2, 3)

@@ -128,9 +128,9 @@ def test_origin_slow_start_changes_when_the_first_pieces_arrive(monkeypatch):
 
     class RecordingSwarm(sim_agent.Swarm):
         # A subclass, not a patched method: in the compiled core Swarm is an extension type.
-        def stored(self, i, from_origin):
+        def stored(self, i, from_origin, tell):
             stored.append(self.cluster.sim.now)
-            super().stored(i, from_origin)
+            super().stored(i, from_origin, tell)
 
     monkeypatch.setattr(sim_cluster, "Swarm", RecordingSwarm)
 

@@ -30,6 +30,10 @@ class AgentMetrics:
         self.pieces_relayed = Counter(
             "p2pdist_pieces_relayed_total",
             "Pieces sent to a peer while they still arrived here, block by block as each checked out", registry=r)
+        self.offers_withdrawn = Counter(
+            "p2pdist_offers_withdrawn_total",
+            "Pieces offered to the neighbours at their first block whose transfer here then failed "
+            "(their askers were cut off)", registry=r)
         self.block_lists_hashed = Counter(
             "p2pdist_block_lists_hashed_total",
             "Pieces read back and hashed to send their block digests with them (not kept from their verification)",

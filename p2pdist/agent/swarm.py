@@ -123,10 +123,9 @@ class Swarm:
         # The bytes of the tracker's proofs (core.proofs), index -> (digest, proof). Which of them
         # hold (in our cursor's epoch) is the machine's word: ``Download.proved(i)``.
         self.proofs: dict[int, tuple[bytes, bytes]] = {}
-        # Pieces arriving from peers that askers may have while they arrive (relay.py), and those our
-        # neighbours heard of that way (their HAVE is not sent again once stored).
+        # Pieces arriving from peers that askers may have while they arrive (relay.py), once the
+        # machine offered them (``Download.offering``).
         self.relays: dict[int, Relay] = {}
-        self.offered: dict[int, bool] = {}  # index -> whether its HAVE carried the tracker's proof
         self.verified = asyncio.Event()  # the assembled blob matched its digest (commit may still be syncing)
         self.started_epoch = 0  # the tracker's digest log the current download began on (0: none)
         self.finished = False
@@ -206,7 +205,6 @@ class Swarm:
         self.machine = None
         self.proofs = {}
         self.relays = {}
-        self.offered = {}
         self.verified.clear()
         self._complete = False
         self._deadline = math.inf
@@ -359,33 +357,34 @@ class Swarm:
     def announce(self) -> None:
         self._spawn(self._progress_announce(self.machine))
 
-    def stored(self, index: int, from_origin: bool) -> None:
+    def stored(self, index: int, from_origin: bool, tell: int) -> None:
         length = self.layout.length(index)
         if from_origin:
             self.stats.from_origin += length
         else:
             self.stats.from_peers += length
         self.agent.metrics.bytes_in.labels("origin" if from_origin else "peer").inc(length)
-        offered = self.offered.pop(index, None)
-        if offered is None:
+        if tell == machine.TELL_HAVE:
             self._have(index)
-        elif not offered and self.machine is not None and self.machine.proved(index):
-            # The neighbours heard of it at its first block (offer), without the tracker's proof,
-            # which came since: the proof alone, as ``proved`` sends it.
+        elif tell == machine.TELL_PROOF:
             self.proved(index)
         self._spawn(self._notify_readers())
 
     def offer(self, index: int) -> None:
-        self.offered[index] = self._have(index)
+        self._have(index)
 
-    def _have(self, index: int) -> bool:
-        """HAVE ``index`` to the neighbours, with the tracker's proof if we hold it (returned)."""
+    def unoffer(self, index: int) -> None:
+        # The relay was cut off already (``_peer_piece``), and ``relay_for`` asks the machine: askers
+        # from now on get a 404, as for any piece not here.
+        self.agent.metrics.offers_withdrawn.inc()
+
+    def _have(self, index: int) -> None:
+        """HAVE ``index`` to the neighbours, with the tracker's proof if we hold it."""
         dl = self.machine
         if dl is not None and dl.proved(index):
             self.agent.neighbours.broadcast_have(self.blob, index, self.proofs.get(index), dl.proof_epoch)
-            return True
-        self.agent.neighbours.broadcast_have(self.blob, index)
-        return False
+        else:
+            self.agent.neighbours.broadcast_have(self.blob, index)
 
     def relay_for(self, start: int, end: int) -> Relay | None:
         """The relay of the piece that is bytes [start, end), if it is arriving and was offered."""
@@ -393,7 +392,8 @@ class Swarm:
             return None
         index = self.layout.piece_at(start)
         relay = self.relays.get(index)
-        if relay is None or index not in self.offered or self.layout.span(index) != (start, end - start):
+        dl = self.machine
+        if relay is None or dl is None or not dl.offering(index) or self.layout.span(index) != (start, end - start):
             return None
         return relay
 
@@ -840,8 +840,6 @@ class Swarm:
                 relay.fail()
                 if self.relays.get(req.index) is relay:
                     del self.relays[req.index]
-                if status != machine.DONE:
-                    self.offered.pop(req.index, None)
             if dl is self.machine:
                 dl.request_done(req, status, time.monotonic())
             else:

@@ -106,7 +106,17 @@ BLOCKED = 1 << 19
 # The digest came with the tracker's proof (core.proofs), in our cursor's epoch: our HAVE of the
 # piece hands the digest on, so neighbours take it without asking the tracker.
 PROVED = 1 << 20
+# Offered from its first checked block while its request is open (cut-through, ``piece_arriving``),
+# and whether that HAVE carried the tracker's proof: what ``piece_stored`` still has to send, and
+# what a failed request takes back (``Shell.unoffer``).
+OFFERED = 1 << 21
+OFFER_PROVED = 1 << 22
 CELL = 0xFFFFFFFF  # every bit of a cell: bits are cleared with CELL ^ BIT (a cell is unsigned)
+
+# What the neighbours still need to hear of a piece just stored (``Shell.stored``).
+TELL_NOTHING = 0  # it was offered with its proof: they have heard all of it
+TELL_PROOF = 1  # it was offered without the proof, which has come since: the proof alone
+TELL_HAVE = 2  # a HAVE, with the proof if ``proved``
 
 # Request outcomes (Request.status).
 SENT = "sent"
@@ -171,14 +181,20 @@ class Shell(Protocol):
         """Send a progress announce built with ``announce_fields()``; answer with ``on_reply`` or
         ``announce_failed``."""
 
-    def stored(self, index: int, from_origin: bool) -> None:
-        """Piece ``index`` is verified here: count it, tell the neighbours and readers."""
+    def stored(self, index: int, from_origin: bool, tell: int) -> None:
+        """Piece ``index`` is verified here: count it, tell the readers, and tell the neighbours
+        what ``tell`` says (``TELL_HAVE``, ``TELL_PROOF`` or ``TELL_NOTHING``: an offered piece was
+        heard of already)."""
 
     def offer(self, index: int) -> None:
         """Piece ``index`` is arriving from a peer and its first block checked out: tell the
-        neighbours they may ask for it now (a HAVE), and send askers its blocks as they check out.
-        Should the request fail, askers get a 404 (the piece is not here after all). ``stored``
-        follows when it is all here: the neighbours have heard of it already."""
+        neighbours they may ask for it now (a HAVE, with the proof if ``proved``), and send askers
+        its blocks as they check out. ``stored`` follows when it is all here, or ``unoffer`` if the
+        request fails."""
+
+    def unoffer(self, index: int) -> None:
+        """Piece ``index``, offered, will not arrive by the request that offered it: askers streaming
+        it are cut off, and later askers get a 404 until it is offered or stored again."""
 
     def complete(self) -> None:
         """Every piece is verified here: check the whole blob and commit it."""
@@ -512,12 +528,13 @@ class Download:
         epoch = cursor_epoch(reply.digest_pos)
         if epoch != self.proof_epoch:
             # Another digest log (a corrupt reset, a tracker restart): the proofs we hold are void
-            # there. Before the first reply there are none.
+            # there, and so is one an offer's HAVE carried (the piece's new proof goes out when it
+            # is stored). Before the first reply there are none.
             if self.proof_epoch:
                 cells, base, stride = self.cells, self.base, self.stride
                 for i in range(self.count):
-                    if cells[base + i * stride] & PROVED:
-                        cells[base + i * stride] = cells[base + i * stride] & (CELL ^ PROVED)
+                    if cells[base + i * stride] & (PROVED | OFFER_PROVED):
+                        cells[base + i * stride] = cells[base + i * stride] & (CELL ^ (PROVED | OFFER_PROVED))
             self.proof_epoch = epoch
         for i in reply.proved:
             if 0 <= i < self.count:
@@ -860,7 +877,13 @@ class Download:
         c = self.cells[pos]
         if c & HAVE:
             return False
-        self.cells[pos] = c | HAVE | KNOWN
+        self.cells[pos] = (c | HAVE | KNOWN) & (CELL ^ (OFFERED | OFFER_PROVED))
+        if not c & OFFERED:
+            tell = TELL_HAVE
+        elif c & PROVED and not c & OFFER_PROVED:
+            tell = TELL_PROOF  # the proof came after the offer's HAVE went out
+        else:
+            tell = TELL_NOTHING
         self.have_n += 1
         self._drop_fetchable(i)
         self.undigested.discard(i)
@@ -872,7 +895,7 @@ class Download:
             self.kick()
         if self.waiting:
             self._readers_served(i, now)
-        self.shell.stored(i, from_origin)
+        self.shell.stored(i, from_origin, tell)
         self.wake()
         if self.have_n == self.count:
             self._complete()
@@ -937,8 +960,18 @@ class Download:
     def piece_arriving(self, req: Request) -> None:
         """The first block of ``req``'s piece checked out (core.blocks): with ``cut_through`` the
         piece may be passed on while the rest arrives, and the neighbours hear of it (``offer``)."""
-        if self.cut_through and req.status == SENT and not self.has(req.index):
-            self.shell.offer(req.index)
+        if not self.cut_through or req.status != SENT:
+            return
+        pos = self.base + req.index * self.stride
+        c = self.cells[pos]
+        if c & (HAVE | OFFERED):
+            return
+        self.cells[pos] = c | OFFERED | (OFFER_PROVED if c & PROVED else 0)
+        self.shell.offer(req.index)
+
+    def offering(self, i: int) -> bool:
+        """Whether piece i is offered while it arrives (askers may stream it from the relay)."""
+        return bool(self.cells[self.base + i * self.stride] & OFFERED)
 
     def request_done(self, req: Request, status: str, now: float) -> None:
         """A piece request is over: ``DONE`` (verified and written: the piece is stored here),
@@ -946,6 +979,14 @@ class Download:
         ``CANCELLED``."""
         if not self.requests.close(req, status):
             return
+        if status != DONE:
+            pos = self.base + req.index * self.stride
+            c = self.cells[pos]
+            if c & OFFERED:
+                # Offered by this request (one request per piece is open): the neighbours heard of a
+                # piece that is not coming. A copy stored meanwhile (an origin piece) cleared the bit.
+                self.cells[pos] = c & (CELL ^ (OFFERED | OFFER_PROVED))
+                self.shell.unoffer(req.index)
         peer = req.peer
         peer.inflight -= 1
         self.inflight_bytes -= req.length

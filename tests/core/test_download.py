@@ -68,11 +68,16 @@ class Shell:
     def announce(self) -> None:
         self.commands.append(("announce",))
 
-    def stored(self, index: int, from_origin: bool) -> None:
-        self.commands.append(("stored", index, from_origin))
+    def stored(self, index: int, from_origin: bool, tell: int = m.TELL_HAVE) -> None:
+        # A plain HAVE is recorded as before the offer outcomes existed; any other outcome with it.
+        told = () if tell == m.TELL_HAVE else (tell,)
+        self.commands.append(("stored", index, from_origin, *told))
 
     def offer(self, index: int) -> None:
         self.commands.append(("offer", index))
+
+    def unoffer(self, index: int) -> None:
+        self.commands.append(("unoffer", index))
 
     def complete(self) -> None:
         self.commands.append(("complete",))
@@ -237,6 +242,64 @@ def test_a_piece_is_offered_at_its_first_checked_block_while_its_request_is_open
     dl, shell, _peer, reqs = requests_to("p", 4, limit=4, budget_pieces=4, cut_through=False)
     dl.piece_arriving(reqs[0])
     assert shell.take("offer") == []
+
+
+def test_an_offered_piece_is_not_heard_of_twice_and_a_failed_offer_is_taken_back():
+    epoch = 5 << EPOCH_SHIFT
+    dl, shell = machine(4, budget_pieces=4)
+    peer = FakePeer("p", set(range(4)), limit=4)
+    offer(dl, shell, peer)
+    dl.start(0.0, Reply(digest_pos=epoch))
+    dl.proofs_checked([0], 0.0)  # piece 0's proof is held before it arrives
+    dl.schedule(0.0)
+    reqs = {c[3].index: c[3] for c in shell.take("fetch")}
+    assert sorted(reqs) == [0, 1, 2, 3]
+    for i in range(4):
+        dl.piece_arriving(reqs[i])
+    assert shell.take("offer") == [("offer", i) for i in range(4)]
+    assert all(dl.offering(i) for i in range(4))
+    dl.proofs_checked([1], 0.1)  # piece 1's proof comes after its offer's HAVE went out without it
+    assert shell.take("proved") == []  # not held yet: its proof goes out when it is stored
+    for i in (0, 1, 2):
+        dl.request_done(reqs[i], m.DONE, 0.2)
+    # Heard of at the offer: piece 0 with its proof (nothing more), piece 1 without (the proof
+    # alone now), piece 2 never proved (nothing more).
+    assert shell.take("stored") == [("stored", 0, False, m.TELL_NOTHING), ("stored", 1, False, m.TELL_PROOF),
+                                    ("stored", 2, False, m.TELL_NOTHING)]
+    assert not any(dl.offering(i) for i in (0, 1, 2))
+    # Piece 3's request fails: the offer is taken back, and the piece is asked for again.
+    dl.request_done(reqs[3], m.FAILED, 0.3)
+    assert shell.take("unoffer") == [("unoffer", 3)] and not dl.offering(3)
+    dl.schedule(0.3)
+    (again,) = [c[3] for c in shell.take("fetch")]
+    assert again.index == 3
+    dl.piece_arriving(again)
+    assert shell.take("offer") == [("offer", 3)]
+    # A copy stored meanwhile (the origin's): the neighbours heard of the piece already, and the
+    # request failing after it takes nothing back.
+    dl.piece_stored(3, True, 0.4)
+    assert shell.take("stored") == [("stored", 3, True, m.TELL_NOTHING)]
+    dl.request_done(again, m.FAILED, 0.5)
+    assert shell.take("unoffer") == [] and dl.has(3)
+
+
+def test_a_proof_an_offer_carried_is_void_in_a_new_epoch_and_the_new_one_goes_out_when_stored():
+    dl, shell = machine(2, budget_pieces=2)
+    offer(dl, shell, FakePeer("p", {0, 1}, limit=2))
+    dl.start(0.0, Reply(interval=1.0, digest_pos=5 << EPOCH_SHIFT))
+    dl.proofs_checked([0], 0.0)
+    dl.schedule(0.0)
+    reqs = {c[3].index: c[3] for c in shell.take("fetch")}
+    dl.piece_arriving(reqs[0])  # its HAVE carries the epoch-5 proof
+    assert shell.take("offer") == [("offer", 0)]
+    # The tracker's log started over (epoch 6) and proves the piece again.
+    dl.tick(1.0)
+    assert shell.take("announce")
+    dl.announce_fields()
+    dl.on_reply(1.0, Reply(reset=True, proved=[0], digest_pos=6 << EPOCH_SHIFT))
+    assert dl.proved(0)
+    dl.request_done(reqs[0], m.DONE, 1.1)
+    assert shell.take("stored") == [("stored", 0, False, m.TELL_PROOF)]  # the epoch-6 proof
 
 
 def test_deadlines_follow_the_pieces_that_arrived():
