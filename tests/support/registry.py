@@ -535,6 +535,12 @@ class Registry:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """The registry process (benchmarks read its CPU time)."""
+        assert self._proc is not None, "the registry is not running"
+        return self._proc.pid
+
+    @property
     def root(self) -> Path:
         """The filesystem storage root (blobs live under docker/registry/v2/blobs/)."""
         assert self.workdir is not None
