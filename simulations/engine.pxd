@@ -33,14 +33,13 @@ cdef class Simulator:
     @cython.locals(k=Py_ssize_t, slot=Py_ssize_t)
     cdef Py_ssize_t _push(self, double when, long long seq, object callback, object arg)
     cdef void _place(self, Py_ssize_t k, double when, double seq, double slot)
-    @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, parent=Py_ssize_t)
+    @cython.locals(when=double, seq=double, slot=double, parent=Py_ssize_t)
     cdef void _sift_up(self, Py_ssize_t k)
-    @cython.locals(keys=cython.double[::1], when=double, seq=double, slot=double, n=Py_ssize_t, child=Py_ssize_t,
-                   right=Py_ssize_t)
+    @cython.locals(when=double, seq=double, slot=double, n=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t)
     cdef void _sift_down(self, Py_ssize_t k)
-    @cython.locals(keys=cython.double[::1], earlier=bint)
+    @cython.locals(earlier=bint)
     cdef void _rekey(self, Py_ssize_t k, double when, long long seq)
-    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, keys=cython.double[::1])
+    @cython.locals(k=Py_ssize_t, n=Py_ssize_t, parent=Py_ssize_t)
     cdef void _remove(self, Py_ssize_t slot)
 
 cdef class Meter:

@@ -187,57 +187,67 @@ class Simulator:
         self._sift_up(k)
         return slot
 
+    # The heap's methods index self._keys and self._pos directly: a memoryview local costs an atomic
+    # reference count taken and dropped per call, and _place runs once per level a sift moves (perf,
+    # N=10,000: _place alone 3.8 % of the run). Every index is below 3 * _n <= len(_keys).
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def _place(self, k: int, when: float, seq: float, slot: float) -> None:
-        keys = self._keys
-        keys[3 * k] = when
-        keys[3 * k + 1] = seq
-        keys[3 * k + 2] = slot
+        self._keys[3 * k] = when
+        self._keys[3 * k + 1] = seq
+        self._keys[3 * k + 2] = slot
         self._pos[cython.cast(cython.Py_ssize_t, slot)] = k
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def _sift_up(self, k: int) -> None:
-        keys = self._keys
-        when = keys[3 * k]
-        seq = keys[3 * k + 1]
-        slot = keys[3 * k + 2]
+        when = self._keys[3 * k]
+        seq = self._keys[3 * k + 1]
+        slot = self._keys[3 * k + 2]
         while k > 0:
             parent = (k - 1) >> 1
-            if keys[3 * parent] < when or (keys[3 * parent] == when and keys[3 * parent + 1] < seq):
+            if self._keys[3 * parent] < when or (self._keys[3 * parent] == when and self._keys[3 * parent + 1] < seq):
                 break
-            self._place(k, keys[3 * parent], keys[3 * parent + 1], keys[3 * parent + 2])
+            self._place(k, self._keys[3 * parent], self._keys[3 * parent + 1], self._keys[3 * parent + 2])
             k = parent
         self._place(k, when, seq, slot)
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def _sift_down(self, k: int) -> None:
-        keys = self._keys
         n = self._n
-        when = keys[3 * k]
-        seq = keys[3 * k + 1]
-        slot = keys[3 * k + 2]
+        when = self._keys[3 * k]
+        seq = self._keys[3 * k + 1]
+        slot = self._keys[3 * k + 2]
         while True:
             child = 2 * k + 1
             if child >= n:
                 break
             right = child + 1
-            if right < n and (keys[3 * right] < keys[3 * child]
-                              or (keys[3 * right] == keys[3 * child] and keys[3 * right + 1] < keys[3 * child + 1])):
+            if right < n and (self._keys[3 * right] < self._keys[3 * child]
+                              or (self._keys[3 * right] == self._keys[3 * child]
+                                  and self._keys[3 * right + 1] < self._keys[3 * child + 1])):
                 child = right
-            if keys[3 * child] < when or (keys[3 * child] == when and keys[3 * child + 1] < seq):
-                self._place(k, keys[3 * child], keys[3 * child + 1], keys[3 * child + 2])
+            if self._keys[3 * child] < when or (self._keys[3 * child] == when and self._keys[3 * child + 1] < seq):
+                self._place(k, self._keys[3 * child], self._keys[3 * child + 1], self._keys[3 * child + 2])
                 k = child
             else:
                 break
         self._place(k, when, seq, slot)
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def _rekey(self, k: int, when: float, seq: int) -> None:
-        keys = self._keys
-        earlier = when < keys[3 * k]  # seq only grows: a later or equal time sifts down
-        keys[3 * k] = when
-        keys[3 * k + 1] = seq
+        earlier = when < self._keys[3 * k]  # seq only grows: a later or equal time sifts down
+        self._keys[3 * k] = when
+        self._keys[3 * k + 1] = seq
         if earlier:
             self._sift_up(k)
         else:
             self._sift_down(k)
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def _remove(self, slot: int) -> None:
         """Drop the entry of ``slot`` and free the slot."""
         k = self._pos[slot]
@@ -249,10 +259,11 @@ class Simulator:
         if k == n:
             return
         # The last entry fills the hole, then goes up or down.
-        keys = self._keys
-        self._place(k, keys[3 * n], keys[3 * n + 1], keys[3 * n + 2])
-        if k > 0 and (keys[3 * k] < keys[3 * ((k - 1) >> 1)]
-                      or (keys[3 * k] == keys[3 * ((k - 1) >> 1)] and keys[3 * k + 1] < keys[3 * ((k - 1) >> 1) + 1])):
+        self._place(k, self._keys[3 * n], self._keys[3 * n + 1], self._keys[3 * n + 2])
+        parent = (k - 1) >> 1
+        if k > 0 and (self._keys[3 * k] < self._keys[3 * parent]
+                      or (self._keys[3 * k] == self._keys[3 * parent]
+                          and self._keys[3 * k + 1] < self._keys[3 * parent + 1])):
             self._sift_up(k)
         else:
             self._sift_down(k)
