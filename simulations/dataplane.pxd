@@ -49,7 +49,7 @@ cdef class DataPlane:
     cpdef object _untrack(self, Transfer t)
     @cython.locals(sw=Swarm)
     cpdef void _next_upload(self, Node peer)
-    @cython.locals(edge=Neighbour, peer=Node, t=Transfer, have=bytearray, up=Swarm)
+    @cython.locals(edge=Neighbour, peer=Node, t=Transfer, have=bytearray, up=Swarm, waiting=list)
     cpdef void _upload(self, Swarm sw, Request req)
     @cython.locals(sw=Swarm, n=long, k=long, j=long, pos=long, widx=long, b=long, rows=list, row=BlobRows,
                    swarms=list)

@@ -240,7 +240,11 @@ class DataPlane:
             # The peer passes on a piece it is still receiving: this upload ends with that transfer.
             up = peer.swarms[sw.b]
             if up is not None:
-                up.waiters.setdefault(req.index, []).append(t)
+                waiting = up.waiters.get(req.index)  # not setdefault: a list made per upload
+                if waiting is None:
+                    up.waiters[req.index] = [t]
+                else:
+                    waiting.append(t)
         if sw.dl.cut_through:
             # Its first block checks out: the machine may offer the piece (Download.piece_arriving),
             # at the end of this instant (_flush; an event a block later cost 8 % of the run).
