@@ -192,13 +192,13 @@ def choose_peer(holders: Sequence[Neighbour], rng: random.Random, min_score: flo
     best = None
     best_room = 0
     best_load = best_score = best_draw = 0.0
-    random = rng.random
+    next_draw = rng.random
     for p in holders:
         room, inflight, limit, score = p.room, p.inflight, p.limit, p.score
         if not (inflight < limit and room > 0 and score > min_score):
             continue
         load = inflight / limit
-        draw = random()
+        draw = next_draw()
         if best is not None:
             if room != best_room:
                 if room < best_room:
