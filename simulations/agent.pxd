@@ -5,7 +5,7 @@ cimport cython
 from .engine cimport Link, Meter, Simulator
 from .machine cimport Download
 
-cdef unsigned int AVAIL, BLOCKED, CELL, HAVE, INFLIGHT, KNOWN, OFFERED, PROVED
+cdef unsigned int AVAIL, BLOCKED, CELL, HAVE, INFLIGHT, KNOWN, OFFERED, OFFER_PROVED, PROVED
 cdef int TELL_HAVE, TELL_PROOF
 cdef unsigned char BLOCKING, NEWS
 

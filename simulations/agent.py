@@ -39,6 +39,7 @@ HAVE = core_download.HAVE
 INFLIGHT = core_download.INFLIGHT
 KNOWN = core_download.KNOWN
 OFFERED = core_download.OFFERED
+OFFER_PROVED = core_download.OFFER_PROVED
 CELL = core_download.CELL
 PROVED = core_download.PROVED
 # What the watchers still need to hear of a stored piece (Shell.stored).
@@ -587,7 +588,7 @@ class Swarm:
         for i in range(self.count):
             pos = self.base + i * self.stride
             if self.cells[pos] & OFFERED:
-                self.cells[pos] &= CELL ^ OFFERED  # its uploads of it went with the node
+                self.cells[pos] &= CELL ^ (OFFERED | OFFER_PROVED)  # as the machine clears an offer
                 self._unboard(i)
         self.waiters.clear()
 
@@ -623,9 +624,8 @@ class Swarm:
             widx = node.w_idx[k]
             if not self.board_live[widx]:
                 continue
-            # A watcher that has the piece (its cell says HAVE) is skipped on its Board bit: the
-            # bitfields are 32 bytes a node, the cells 1 KiB (at N=10,000, 320 KB against 10 MB of
-            # cache misses, and about half the watchers of a piece have it already).
+            # A watcher that has the piece (its cell says HAVE) is skipped on its Board bit, 32
+            # bytes a node, before its cell is read (about half the watchers of a piece have it).
             if self.board_have[widx * words + w] >> shift & one:
                 continue
             pos = i * stride + widx
